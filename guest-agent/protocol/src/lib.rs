@@ -1,0 +1,1 @@
+//! Wire protocol shared by the runner host and the guest agent.

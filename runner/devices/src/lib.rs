@@ -1,0 +1,2 @@
+//! Virtio device models. They speak virtio queues and guest memory only: the
+//! transports (virtio-mmio in `runner-vmm`, vhost-user in `runner-vhost`) adapt them.

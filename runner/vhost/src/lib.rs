@@ -1,0 +1,1 @@
+//! vhost-user transport: serves the `runner-devices` models to QEMU.

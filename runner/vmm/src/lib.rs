@@ -1,0 +1,1 @@
+//! The built-in KVM microVM monitor.
