@@ -1,1 +1,265 @@
-//! Wire protocol shared by the runner host and the guest agent.
+//! Wire protocol shared by the runner host and the in-guest agent.
+//!
+//! A connection carries *frames*. Each frame is a 5-byte header, a little-endian
+//! `u32` payload length and a one-byte kind, then the payload:
+//!
+//! * kind [`KIND_CONTROL`]: a JSON-encoded [`Message`]. Control traffic is rare
+//!   and small, and JSON keeps it readable in a packet dump.
+//! * the data kinds ([`Stream`]): raw bytes of stdout, stderr, stdin or a tar
+//!   stream. Bulk data is never JSON-encoded or buffered whole; it moves in
+//!   chunks of at most [`CHUNK_SIZE`].
+//!
+//! Every payload is bounded by [`MAX_FRAME`], so a reader never allocates more
+//! than that for one frame, whatever the peer claims.
+//!
+//! A session starts with both sides sending [`Message::Hello`]; after that the
+//! host sends one request at a time on a connection (several connections may
+//! be open at once). The comment on each [`Message`] says what exchange it starts.
+
+mod codec;
+mod stream;
+
+pub use codec::{read_frame, write_frame, ProtocolError};
+pub use stream::{DataReader, DataWriter};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to frames or messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// AF_VSOCK port the agent listens on inside the guest.
+pub const AGENT_PORT: u32 = 10_000;
+/// Largest payload a frame may carry. Larger frames are a protocol error.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Size in which the agent and host cut bulk data into data frames.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Header kind of a control frame.
+pub const KIND_CONTROL: u8 = 0;
+
+/// Features an agent may offer in its [`Message::Hello`].
+pub const CAPABILITIES: &[&str] = &[
+    "exec",
+    "stdin",
+    "cancel",
+    "put-files",
+    "get-files",
+    "ping",
+    "shutdown",
+];
+
+/// The byte streams that travel in data frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 1,
+    Stderr = 2,
+    Stdin = 3,
+    Tar = 4,
+}
+
+impl Stream {
+    pub fn from_kind(kind: u8) -> Option<Stream> {
+        match kind {
+            1 => Some(Stream::Stdout),
+            2 => Some(Stream::Stderr),
+            3 => Some(Stream::Stdin),
+            4 => Some(Stream::Tar),
+            _ => None,
+        }
+    }
+}
+
+/// One unit on the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    Control(Message),
+    Data(Stream, Vec<u8>),
+}
+
+/// Control messages. The comment on each says who sends it and what follows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Both sides, first frame of a connection. A peer with another `version`
+    /// answers [`Message::Error`] and closes.
+    Hello {
+        version: u32,
+        capabilities: Vec<String>,
+        /// Free-form description of the sender (agent version, kernel).
+        #[serde(default)]
+        who: String,
+    },
+    /// Host → agent. If `stdin` is set, the host then sends `Stdin` data
+    /// frames and [`Message::StdinEof`]. The agent streams `Stdout`/`Stderr`
+    /// data frames and ends with [`Message::Exited`]. [`Message::Cancel`] may
+    /// be sent at any time before that.
+    Exec(ExecRequest),
+    /// Host → agent: no more stdin for the running command.
+    StdinEof,
+    /// Host → agent: kill the running command's whole process group.
+    Cancel,
+    /// Agent → host: the command has finished (or could not start).
+    Exited(ExitStatus),
+    /// Host → agent: a tar stream follows as `Tar` data frames, ended by
+    /// [`Message::TarEnd`]; it is unpacked under `target`, which is created.
+    /// The agent answers [`Message::FilesDone`] or [`Message::Error`].
+    PutFiles {
+        target: String,
+    },
+    /// Host → agent: send back as a tar stream the paths under `base` that
+    /// match any of `patterns` (plain paths or globs, relative to `base`).
+    /// The agent answers `Tar` data frames, [`Message::TarEnd`], then
+    /// [`Message::FilesDone`]; or [`Message::Error`].
+    GetFiles {
+        base: String,
+        patterns: Vec<String>,
+    },
+    /// Either side: the tar stream is complete.
+    TarEnd,
+    /// Agent → host: a file transfer finished.
+    FilesDone {
+        entries: u64,
+        bytes: u64,
+    },
+    /// Host → agent; answered by [`Message::Pong`] with the same nonce.
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+        uptime_ms: u64,
+    },
+    /// Host → agent: sync file systems and power the guest off. The agent
+    /// answers [`Message::ShuttingDown`] first.
+    Shutdown,
+    ShuttingDown,
+    /// Either side: the last request failed. After a protocol error (bad
+    /// frame) the sender closes the connection.
+    Error {
+        message: String,
+    },
+}
+
+/// What to run, and how.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub command: Command,
+    /// Added to (or overriding) the agent's base environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory; the agent's default (`/`) when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the process group after this long.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Whether stdin frames follow. Without it the command reads /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// A program with arguments, or a script for a shell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Argv(Vec<String>),
+    /// Run by `shell -c script`; the shell is `/bin/sh` when empty.
+    Script {
+        script: String,
+        #[serde(default)]
+        shell: String,
+    },
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Argv(Vec::new())
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code, when the process exited normally.
+    pub code: Option<i32>,
+    /// Terminating signal number, when it was killed.
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    /// Peak resident set of the process group's waited-for leader, KiB.
+    pub max_rss_kib: u64,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    /// Why the command could not run at all (missing binary, bad cwd). Such
+    /// a result carries exit code 127 (not found) or 126 (not executable).
+    pub error: Option<String>,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// A short human description: `exit code 1`, `killed by signal 9 (timed out)`.
+    pub fn describe(&self) -> String {
+        let base = match (self.code, self.signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+            (None, None) => "no exit status".to_string(),
+        };
+        if self.timed_out {
+            format!("{base}, timed out")
+        } else if self.cancelled {
+            format!("{base}, cancelled")
+        } else {
+            base
+        }
+    }
+}
+
+/// Names of the signals a test is likely to die of; numbers are x86_64 Linux.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_covers_codes_signals_and_timeouts() {
+        let ok = ExitStatus {
+            code: Some(0),
+            ..Default::default()
+        };
+        assert!(ok.success());
+        assert_eq!(ok.describe(), "exit code 0");
+        let killed = ExitStatus {
+            signal: Some(9),
+            timed_out: true,
+            ..Default::default()
+        };
+        assert!(!killed.success());
+        assert_eq!(killed.describe(), "killed by signal 9 (SIGKILL), timed out");
+    }
+
+    #[test]
+    fn stream_kinds_round_trip() {
+        for s in [Stream::Stdout, Stream::Stderr, Stream::Stdin, Stream::Tar] {
+            assert_eq!(Stream::from_kind(s as u8), Some(s));
+        }
+        assert_eq!(Stream::from_kind(KIND_CONTROL), None);
+        assert_eq!(Stream::from_kind(99), None);
+    }
+}
