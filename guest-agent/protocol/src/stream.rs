@@ -58,6 +58,7 @@ pub struct DataReader<'a, R: Read> {
     pending: Vec<u8>,
     offset: usize,
     finished: bool,
+    ended: bool,
 }
 
 impl<'a, R: Read> DataReader<'a, R> {
@@ -69,7 +70,15 @@ impl<'a, R: Read> DataReader<'a, R> {
             pending: Vec::new(),
             offset: 0,
             finished: false,
+            ended: false,
         }
+    }
+
+    /// True once the end marker arrived, false if the stream broke off
+    /// (peer error, bad frame, disconnect). After a break nothing more of
+    /// this exchange follows on the connection.
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     /// Reads and drops whatever is left up to the end marker, so the
@@ -93,17 +102,23 @@ impl<R: Read> Read for DataReader<'_, R> {
                     self.pending = bytes;
                     self.offset = 0;
                 }
-                Some(Frame::Control(msg)) if msg == self.end => self.finished = true,
+                Some(Frame::Control(msg)) if msg == self.end => {
+                    self.finished = true;
+                    self.ended = true;
+                }
                 Some(Frame::Control(Message::Error { message })) => {
-                    return Err(io::Error::other(format!("peer reported: {message}")))
+                    self.finished = true;
+                    return Err(io::Error::other(format!("peer reported: {message}")));
                 }
                 Some(other) => {
+                    self.finished = true;
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("unexpected frame in {:?} stream: {other:?}", self.stream),
                     ))
                 }
                 None => {
+                    self.finished = true;
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("connection closed inside the {:?} stream", self.stream),
@@ -165,10 +180,12 @@ mod tests {
         };
         write_frame(&mut wire, &Frame::Control(msg)).unwrap();
         let mut cur = Cursor::new(wire);
-        let err = DataReader::new(&mut cur, Stream::Tar, Message::TarEnd)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let mut reader = DataReader::new(&mut cur, Stream::Tar, Message::TarEnd);
+        let err = reader.read_to_end(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("disk full"));
+        // Nothing of this exchange follows an error: draining must not block.
+        reader.drain().unwrap();
+        assert!(!reader.ended());
 
         let mut empty = Cursor::new(Vec::new());
         let err = DataReader::new(&mut empty, Stream::Tar, Message::TarEnd)

@@ -1,0 +1,163 @@
+//! Backends boot a VM from a [`VmSpec`] and hand back a [`Vm`] whose agent can
+//! be reached over vsock. Everything above this module (sessions, the
+//! scheduler) is the same whichever backend runs the guest.
+
+pub mod hybrid_vsock;
+pub mod qemu;
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::session::{AgentSession, SessionError};
+
+/// Where the guest images live and how big the VM is.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// Shown in logs and errors.
+    pub name: String,
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// How long the guest may take to answer the agent handshake.
+    pub boot_timeout: Duration,
+}
+
+/// The kernel command line every backend passes; it is the boot contract with
+/// `rootfs/` (read-only root on the first virtio-blk disk, our init builds the
+/// overlay and starts the agent).
+pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro \
+rootfstype=ext4 init=/sbin/runner-init";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("the VM exited during boot ({status}); last console lines:\n{}", .serial_tail.join("\n"))]
+    Exited {
+        status: String,
+        serial_tail: Vec<String>,
+    },
+    #[error("the guest agent did not answer within {timeout:?}{}; last console lines:\n{}",
+        .last_error.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default(),
+        .serial_tail.join("\n"))]
+    Timeout {
+        timeout: Duration,
+        last_error: Option<String>,
+        serial_tail: Vec<String>,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl BootError {
+    /// The last console lines, for reports.
+    pub fn serial_tail(&self) -> &[String] {
+        match self {
+            BootError::Exited { serial_tail, .. } | BootError::Timeout { serial_tail, .. } => {
+                serial_tail
+            }
+            _ => &[],
+        }
+    }
+}
+
+/// A backend knows how to start VMs.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Starts the VM. It returns as soon as the VM runs; use
+    /// [`wait_for_agent`] to wait for the guest.
+    fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, BootError>;
+}
+
+/// A running VM. Dropping it destroys the VM and everything it created.
+pub trait Vm: Send {
+    /// Opens a stream to a guest vsock port (the agent's, usually).
+    fn connect(&self, port: u32) -> std::io::Result<UnixStream>;
+    /// `Some(description)` once the VM has stopped.
+    fn exited(&mut self) -> Option<String>;
+    /// The last `n` lines of the serial console.
+    fn serial_tail(&self, n: usize) -> Vec<String>;
+    /// Waits up to `limit` for the VM to stop by itself (after the agent was
+    /// asked to shut down). Returns false if it had to be killed.
+    fn wait_exit(&mut self, limit: Duration) -> bool;
+}
+
+/// How many console lines a boot error carries.
+pub const SERIAL_TAIL_LINES: usize = 30;
+
+/// Polls the guest until the agent completes the handshake, the VM dies, or
+/// the boot timeout passes. Polling is cheap here: a refused connection is
+/// one RST from the guest.
+pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession, BootError> {
+    let start = Instant::now();
+    let mut last_error;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if crate::interrupt::is_interrupted() {
+            return Err(BootError::Interrupted);
+        }
+        if let Some(status) = vm.exited() {
+            return Err(BootError::Exited {
+                status,
+                serial_tail: vm.serial_tail(SERIAL_TAIL_LINES),
+            });
+        }
+        match vm.connect(agent_protocol::AGENT_PORT) {
+            Ok(stream) => match AgentSession::handshake(stream) {
+                Ok(session) => return Ok(session),
+                // A protocol mismatch will not get better by retrying.
+                Err(e @ SessionError::Incompatible(_)) => {
+                    return Err(BootError::Setup(e.to_string()))
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            },
+            Err(e) => last_error = Some(e.to_string()),
+        }
+        if start.elapsed() >= timeout {
+            return Err(BootError::Timeout {
+                timeout,
+                last_error,
+                serial_tail: vm.serial_tail(SERIAL_TAIL_LINES),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Reads the last `n` lines of a log file, lossily decoded, without loading
+/// more than the end of it.
+pub fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let window = 64 * 1024;
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(window)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_returns_the_last_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let text: String = (0..100).map(|i| format!("line {i}\r\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(tail_lines(&path, 2), vec!["line 98", "line 99"]);
+        assert!(tail_lines(&dir.path().join("missing"), 5).is_empty());
+    }
+}

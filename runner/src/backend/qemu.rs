@@ -1,0 +1,256 @@
+//! The `qemu` backend: `qemu-system-x86_64 -M microvm`, the rootfs as a
+//! read-only virtio-blk disk and vsock through a vhost-user device.
+//!
+//! Each VM lives in its own temp directory (vhost-user socket, hybrid vsock
+//! socket, serial log, QEMU's own stderr), removed with the VM.
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CMDLINE};
+use crate::interrupt::{self, HookGuard};
+use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+
+/// CPU emulation QEMU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization; only worth it where KVM runs guest ring 0
+    /// natively (see `runner doctor`).
+    Kvm,
+    /// Software emulation; works everywhere.
+    Tcg,
+}
+
+/// Who serves the guest's vsock device.
+#[derive(Clone, Debug)]
+pub enum VsockProvider {
+    /// An external vhost-user-vsock daemon (vhost-device-vsock compatible).
+    External(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct QemuBackend {
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub vsock: VsockProvider,
+}
+
+/// The CID the guest sees; every VM is alone on its own device, so all can
+/// use the same one.
+const GUEST_CID: u32 = 3;
+
+impl QemuBackend {
+    /// Finds `qemu-system-x86_64` on PATH, or says how to install it.
+    pub fn locate(accel: Accel, vsock: VsockProvider) -> Result<QemuBackend, BootError> {
+        let qemu = find_on_path("qemu-system-x86_64").ok_or_else(|| {
+            BootError::Setup(
+                "qemu-system-x86_64 not found; install it with `apt-get install qemu-system-x86`"
+                    .into(),
+            )
+        })?;
+        Ok(QemuBackend { qemu, accel, vsock })
+    }
+}
+
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+impl super::Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, BootError> {
+        for (what, path) in [("kernel", &spec.kernel), ("rootfs", &spec.rootfs)] {
+            if !path.is_file() {
+                return Err(BootError::Setup(format!(
+                    "{what} {} does not exist",
+                    path.display()
+                )));
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("runner-vm-")
+            .tempdir()
+            .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
+        let paths = VmPaths::new(dir.path());
+        let sockets: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+
+        let vsock = start_vsock(&self.vsock, &paths)?;
+        let qemu_log = File::create(&paths.qemu_log)
+            .map_err(|e| BootError::Setup(format!("creating {}: {e}", paths.qemu_log.display())))?;
+        let mut cmd = self.command(spec, &paths);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(qemu_log));
+        tracing::debug!(vm = %spec.name, "starting {cmd:?}");
+        let qemu = spawn_guarded(&mut cmd, "qemu")
+            .map_err(|e| BootError::Setup(format!("starting {}: {e}", self.qemu.display())))?;
+
+        let hook = {
+            let (qemu_pid, vsock_pid, sockets) = (qemu.pid(), vsock.pid(), sockets.clone());
+            interrupt::on_interrupt(move || {
+                kill_pid(qemu_pid);
+                kill_pid(vsock_pid);
+                if let Ok(sockets) = sockets.lock() {
+                    for s in sockets.iter() {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            })
+        };
+        Ok(Box::new(QemuVm {
+            _hook: hook,
+            qemu,
+            _vsock: vsock,
+            sockets,
+            paths,
+            _dir: dir,
+        }))
+    }
+}
+
+impl QemuBackend {
+    fn command(&self, spec: &VmSpec, paths: &VmPaths) -> Command {
+        let mem = spec.memory_mib;
+        let mut cmd = Command::new(&self.qemu);
+        let (accel, cpu) = match self.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        cmd.args(["-accel", accel, "-cpu", cpu])
+            // acpi=off makes QEMU announce the virtio-mmio devices on the
+            // kernel command line, which is how our ACPI-less kernel finds them.
+            .args(["-M", "microvm,acpi=off,memory-backend=mem"])
+            .args(["-m", &format!("{mem}M"), "-smp", &spec.vcpus.to_string()])
+            // vhost-user needs guest memory the backend can map: a shared memfd.
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            ])
+            .args(["-kernel", &qemu_path(&spec.kernel)])
+            .args(["-append", GUEST_CMDLINE])
+            .args([
+                "-drive",
+                &format!(
+                    "id=root,file={},format=raw,if=none,readonly=on",
+                    qemu_path(&spec.rootfs)
+                ),
+            ])
+            .args(["-device", "virtio-blk-device,drive=root"])
+            .args([
+                "-chardev",
+                &format!("socket,id=vsock,path={}", qemu_path(&paths.vhost_user)),
+            ])
+            .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
+            .args(["-serial", &format!("file:{}", qemu_path(&paths.serial))])
+            .args(["-display", "none", "-nodefaults", "-no-user-config"])
+            // The agent's shutdown reboots; -no-reboot turns that into an exit.
+            .arg("-no-reboot");
+        cmd
+    }
+}
+
+/// QEMU option values use `,` as a separator; a literal comma is doubled.
+fn qemu_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+struct VmPaths {
+    vhost_user: PathBuf,
+    vsock_uds: PathBuf,
+    serial: PathBuf,
+    qemu_log: PathBuf,
+}
+
+impl VmPaths {
+    fn new(dir: &Path) -> VmPaths {
+        VmPaths {
+            vhost_user: dir.join("vhost-user.sock"),
+            vsock_uds: dir.join("vsock.sock"),
+            serial: dir.join("serial.log"),
+            qemu_log: dir.join("qemu.log"),
+        }
+    }
+}
+
+fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<ChildGuard, BootError> {
+    let VsockProvider::External(program) = provider;
+    let mut cmd = Command::new(program);
+    cmd.arg("--vm").arg(format!(
+        "guest-cid={GUEST_CID},socket={},uds-path={}",
+        paths.vhost_user.display(),
+        paths.vsock_uds.display()
+    ));
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut child = spawn_guarded(&mut cmd, "vsock backend")
+        .map_err(|e| BootError::Setup(format!("starting {}: {e}", program.display())))?;
+    // QEMU refuses to start if the vhost-user socket is not there yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !paths.vhost_user.exists() {
+        if let Some(status) = child.try_wait() {
+            return Err(BootError::Setup(format!(
+                "{} exited at start ({status})",
+                program.display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(BootError::Setup(format!(
+                "{} did not create its socket",
+                program.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(child)
+}
+
+/// Field order is drop order: unhook, stop QEMU, stop the device, then
+/// remove the directory.
+struct QemuVm {
+    _hook: HookGuard,
+    qemu: ChildGuard,
+    _vsock: ChildGuard,
+    sockets: Arc<Mutex<Vec<UnixStream>>>,
+    paths: VmPaths,
+    _dir: tempfile::TempDir,
+}
+
+impl Vm for QemuVm {
+    fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
+        let stream = super::hybrid_vsock::connect(&self.paths.vsock_uds, port)?;
+        if let Ok(mut sockets) = self.sockets.lock() {
+            sockets.push(stream.try_clone()?);
+        }
+        Ok(stream)
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let status = self.qemu.try_wait()?;
+        let log = std::fs::read_to_string(&self.paths.qemu_log).unwrap_or_default();
+        let log = log.trim();
+        Some(if log.is_empty() {
+            format!("qemu {status}")
+        } else {
+            format!("qemu {status}: {log}")
+        })
+    }
+
+    fn serial_tail(&self, n: usize) -> Vec<String> {
+        tail_lines(&self.paths.serial, n)
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let stopped = self.qemu.wait_timeout(limit).is_some();
+        self.qemu.kill();
+        stopped
+    }
+}

@@ -1,0 +1,150 @@
+//! Command-line interface: argument parsing and the commands themselves.
+
+mod exec;
+mod image;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::qemu::{find_on_path, Accel, QemuBackend, VsockProvider};
+use crate::backend::{Backend, VmSpec};
+use crate::images::{ImageRef, Images};
+
+#[derive(Parser)]
+#[command(name = "runner", version, about = "Run CI jobs in disposable microVMs")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a fresh VM, run one command in it, stream its output and exit
+    /// with its exit code (125 if the VM itself failed).
+    Exec(exec::ExecArgs),
+    /// Build or locate guest images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+}
+
+/// A failed command: what to print and which exit code to use.
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub code: i32,
+}
+
+impl Failure {
+    pub fn new(code: i32, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            error: error.into(),
+            code,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<i32, Failure> {
+    if let Err(e) = crate::interrupt::install() {
+        return Err(Failure::new(
+            1,
+            anyhow::anyhow!("installing signal handlers: {e}"),
+        ));
+    }
+    match cli.command {
+        Command::Exec(args) => exec::run(args),
+        Command::Image(cmd) => image::run(cmd),
+    }
+}
+
+/// `RUST_LOG` picks what is logged; warnings and errors by default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The best backend this host runs well (`runner doctor` explains it).
+    Auto,
+    Qemu,
+}
+
+/// The VM every command boots.
+#[derive(Args, Clone, Debug)]
+pub struct VmArgs {
+    /// Kernel: a path, or `default` (built by kernels/build.sh on first use).
+    #[arg(long, default_value = "default", env = "RUNNER_KERNEL")]
+    pub kernel: String,
+    /// Root file system: a path, or `minimal` / `debian` (built on first use).
+    #[arg(long, default_value = "minimal", env = "RUNNER_ROOTFS")]
+    pub rootfs: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
+    /// How long the guest may take to become ready (e.g. `60s`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub boot_timeout: Duration,
+}
+
+impl VmArgs {
+    pub fn spec(&self, name: &str) -> anyhow::Result<VmSpec> {
+        let images = Images::from_env();
+        let kernel = images.kernel(&ImageRef::parse(&self.kernel))?;
+        let rootfs = images.rootfs(&ImageRef::parse(&self.rootfs))?;
+        Ok(VmSpec {
+            name: name.to_string(),
+            kernel,
+            rootfs,
+            vcpus: self.vcpus,
+            memory_mib: self.memory,
+            boot_timeout: self.boot_timeout,
+        })
+    }
+
+    pub fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
+        let vsock = find_on_path("vhost-device-vsock").ok_or_else(|| {
+            anyhow::anyhow!(
+                "vhost-device-vsock not found; install it with `cargo install vhost-device-vsock`"
+            )
+        })?;
+        let backend = match self.backend {
+            // Without hardware virtualization QEMU's TCG is the fast path;
+            // KVM-accelerated backends come with `runner doctor`.
+            BackendChoice::Auto | BackendChoice::Qemu => {
+                QemuBackend::locate(Accel::Tcg, VsockProvider::External(vsock))?
+            }
+        };
+        Ok(Box::new(backend))
+    }
+}
+
+/// `30s`, `5m`, `1h 30m`, `250ms`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (try `30s` or `5m`)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").unwrap_err().contains("try `30s`"));
+    }
+}

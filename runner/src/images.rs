@@ -1,0 +1,229 @@
+//! Finding guest images, and building the named ones on first use.
+//!
+//! A kernel or rootfs is named by a path, or by a name that the scripts under
+//! `kernels/` and `rootfs/` know how to build (`default`; `minimal`,
+//! `debian`). The scripts cache their results under `~/.cache/runner`, keyed
+//! by their inputs, so resolving a name that was built before costs a hash.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{what} {path} not found; build one with `{hint}`")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: String,
+    },
+    #[error("unknown {what} image `{name}` (known: {known})")]
+    UnknownName {
+        what: &'static str,
+        name: String,
+        known: &'static str,
+    },
+    #[error("image `{0}` must be built, but the runner sources (kernels/, rootfs/) were not found; set RUNNER_SOURCE_DIR to a checkout or pass an image path")]
+    NoSources(String),
+    #[error("building {what} failed: {detail}")]
+    Build { what: String, detail: String },
+}
+
+/// A kernel or rootfs, by path or by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRef {
+    Named(String),
+    Path(PathBuf),
+}
+
+impl ImageRef {
+    /// Anything with a `/` or a file extension is a path; a bare word is a name.
+    pub fn parse(text: &str) -> ImageRef {
+        if text.contains('/') || text.contains('.') {
+            ImageRef::Path(PathBuf::from(text))
+        } else {
+            ImageRef::Named(text.to_string())
+        }
+    }
+}
+
+pub const KERNEL_NAMES: &str = "default";
+pub const ROOTFS_NAMES: &str = "minimal, debian";
+
+/// Resolves image references to files.
+pub struct Images {
+    sources: Option<PathBuf>,
+}
+
+impl Images {
+    /// Uses `RUNNER_SOURCE_DIR`, else the checkout this binary was built from
+    /// if it is still there.
+    pub fn from_env() -> Images {
+        let candidates = [
+            std::env::var_os("RUNNER_SOURCE_DIR").map(PathBuf::from),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map(Path::to_path_buf),
+        ];
+        let sources = candidates
+            .into_iter()
+            .flatten()
+            .find(|dir| dir.join("kernels/build.sh").is_file());
+        Images { sources }
+    }
+
+    pub fn kernel(&self, image: &ImageRef) -> Result<PathBuf, ImageError> {
+        match image {
+            ImageRef::Path(path) => existing(path, "kernel", "kernels/build.sh"),
+            ImageRef::Named(name) if name == "default" => {
+                let dir = self.run_script("kernel", "kernels/build.sh", &[])?;
+                existing(&dir.join("vmlinux"), "kernel", "kernels/build.sh")
+            }
+            ImageRef::Named(name) => Err(ImageError::UnknownName {
+                what: "kernel",
+                name: name.clone(),
+                known: KERNEL_NAMES,
+            }),
+        }
+    }
+
+    pub fn rootfs(&self, image: &ImageRef) -> Result<PathBuf, ImageError> {
+        match image {
+            ImageRef::Path(path) => {
+                existing(path, "rootfs", "rootfs/build.sh minimal --agent PATH")
+            }
+            ImageRef::Named(name) if name == "minimal" || name == "debian" => {
+                let agent = self.agent_binary()?;
+                let agent = agent.display().to_string();
+                let image = self.run_script(
+                    &format!("{name} rootfs"),
+                    "rootfs/build.sh",
+                    &[name, "--agent", &agent],
+                )?;
+                existing(&image, "rootfs", &format!("rootfs/build.sh {name}"))
+            }
+            ImageRef::Named(name) => Err(ImageError::UnknownName {
+                what: "rootfs",
+                name: name.clone(),
+                known: ROOTFS_NAMES,
+            }),
+        }
+    }
+
+    /// Builds the static guest agent and returns its path.
+    pub fn agent_binary(&self) -> Result<PathBuf, ImageError> {
+        let sources = self.sources("guest agent")?;
+        // An explicit --target keeps RUSTFLAGS away from build scripts and
+        // proc-macros, which cannot be linked statically.
+        let target = "x86_64-unknown-linux-gnu";
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+            .current_dir(sources)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                "agent",
+                "-p",
+                "guest-agent",
+            ])
+            .args(["--target", target])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| build_error("the guest agent", format!("running cargo: {e}")))?;
+        if !status.success() {
+            return Err(build_error("the guest agent", format!("cargo {status}")));
+        }
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| sources.join("target"));
+        Ok(target_dir.join(target).join("agent").join("guest-agent"))
+    }
+
+    fn sources(&self, what: &str) -> Result<&Path, ImageError> {
+        self.sources
+            .as_deref()
+            .ok_or_else(|| ImageError::NoSources(what.to_string()))
+    }
+
+    /// Runs a build script; its last line of stdout is the result's path.
+    /// Progress goes to our stderr as it happens, since a cold kernel build
+    /// takes minutes.
+    fn run_script(&self, what: &str, script: &str, args: &[&str]) -> Result<PathBuf, ImageError> {
+        let sources = self.sources(what)?;
+        let output = Command::new("bash")
+            .arg(sources.join(script))
+            .args(args)
+            .current_dir(sources)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| build_error(what, format!("running {script}: {e}")))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(build_error(
+                what,
+                format!("{script} {} (see its messages above)", output.status),
+            ));
+        }
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        last.map(|l| PathBuf::from(l.trim()))
+            .ok_or_else(|| build_error(what, format!("{script} printed no result path")))
+    }
+}
+
+fn existing(path: &Path, what: &'static str, hint: &str) -> Result<PathBuf, ImageError> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(ImageError::Missing {
+            what,
+            path: path.to_path_buf(),
+            hint: hint.to_string(),
+        })
+    }
+}
+
+fn build_error(what: &str, detail: String) -> ImageError {
+    ImageError::Build {
+        what: what.to_string(),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_words_are_names_and_paths_are_paths() {
+        assert_eq!(
+            ImageRef::parse("minimal"),
+            ImageRef::Named("minimal".into())
+        );
+        assert_eq!(
+            ImageRef::parse("out/rootfs.ext4"),
+            ImageRef::Path("out/rootfs.ext4".into())
+        );
+        assert_eq!(
+            ImageRef::parse("vmlinux.bin"),
+            ImageRef::Path("vmlinux.bin".into())
+        );
+    }
+
+    #[test]
+    fn missing_paths_and_unknown_names_say_what_to_do() {
+        let images = Images { sources: None };
+        let err = images
+            .kernel(&ImageRef::parse("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "kernel /nonexistent/vmlinux not found; build one with `kernels/build.sh`"
+        );
+        let err = images.rootfs(&ImageRef::parse("alpine")).unwrap_err();
+        assert!(err.to_string().contains("known: minimal, debian"), "{err}");
+        let err = images.rootfs(&ImageRef::parse("minimal")).unwrap_err();
+        assert!(matches!(err, ImageError::NoSources(_)), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! Child processes that cannot outlive us.
+//!
+//! Every helper process (QEMU, a vhost-user backend) is started through
+//! [`spawn_guarded`]: it gets its own process group, so a Ctrl-C in the
+//! terminal reaches only the runner, which then tears VMs down in order; and it
+//! gets `PR_SET_PDEATHSIG`, so even a `kill -9` of the runner takes it along.
+//! The returned [`ChildGuard`] kills and reaps the child when dropped.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+pub struct ChildGuard {
+    child: Child,
+    what: String,
+}
+
+pub fn spawn_guarded(cmd: &mut Command, what: &str) -> io::Result<ChildGuard> {
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(ChildGuard {
+        child,
+        what: what.to_string(),
+    })
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the child has already ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `limit` for the child to end by itself.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the child (if still running) and reaps it.
+    pub fn kill(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        if let Err(e) = self.child.kill() {
+            tracing::debug!("killing {}: {e}", self.what);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends SIGKILL to a process we still hold a guard for. Safe against pid
+/// reuse because an un-reaped child keeps its pid until the guard waits.
+pub fn kill_pid(pid: u32) {
+    // SAFETY: plain syscall with no memory arguments.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}

@@ -1,0 +1,104 @@
+//! Moving files in and out of the guest as tar streams.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use agent_protocol::{write_frame, DataReader, DataWriter, Frame, Message, Stream};
+
+use super::{AgentSession, SessionError, REPLY_TIMEOUT};
+
+/// One host file or directory and where it goes, relative to the target.
+#[derive(Clone, Debug)]
+pub struct FileEntry {
+    pub host: PathBuf,
+    pub guest: PathBuf,
+}
+
+/// What a finished transfer moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl AgentSession {
+    /// Copies `entries` into the guest under `target` (created if missing).
+    /// Directories are copied recursively.
+    pub fn put_files(
+        &mut self,
+        target: &str,
+        entries: &[FileEntry],
+    ) -> Result<Transferred, SessionError> {
+        self.send(Message::PutFiles {
+            target: target.to_string(),
+        })?;
+        {
+            let mut w = self.writer.lock().map_err(|_| SessionError::Closed)?;
+            let mut tar = tar::Builder::new(DataWriter::new(&mut *w, Stream::Tar));
+            tar.follow_symlinks(false);
+            for entry in entries {
+                if entry.host.is_dir() {
+                    tar.append_dir_all(&entry.guest, &entry.host)?;
+                } else {
+                    tar.append_path_with_name(&entry.host, &entry.guest)?;
+                }
+            }
+            tar.into_inner()?.flush()?;
+            write_frame(&mut *w, &Frame::Control(Message::TarEnd))?;
+        }
+        self.files_done()
+    }
+
+    /// Fetches the paths under `base` matching `patterns` into `dest`.
+    ///
+    /// The guest is not trusted: the tar crate's `unpack` refuses entries
+    /// that would land outside `dest`.
+    pub fn get_files(
+        &mut self,
+        base: &str,
+        patterns: &[String],
+        dest: &Path,
+    ) -> Result<Transferred, SessionError> {
+        self.send(Message::GetFiles {
+            base: base.to_string(),
+            patterns: patterns.to_vec(),
+        })?;
+        std::fs::create_dir_all(dest)?;
+        self.reader.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        let mut stream = DataReader::new(&mut self.reader, Stream::Tar, Message::TarEnd);
+        let mut archive = tar::Archive::new(&mut stream);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(true);
+        let unpacked = archive.unpack(dest);
+        // Stay in step with the agent even if unpacking stopped early.
+        let drained = stream.drain();
+        let ended = stream.ended();
+        self.reader.set_read_timeout(None)?;
+        if !ended {
+            // The stream broke off (agent error, disconnect): no FilesDone follows.
+            let cause = unpacked.err().or(drained.err());
+            return Err(cause.map(agent_error_or_io).unwrap_or(SessionError::Closed));
+        }
+        let done = self.files_done()?;
+        unpacked.map_err(agent_error_or_io)?;
+        Ok(done)
+    }
+
+    fn files_done(&mut self) -> Result<Transferred, SessionError> {
+        match self.reply(REPLY_TIMEOUT)? {
+            Message::FilesDone { entries, bytes } => Ok(Transferred { entries, bytes }),
+            Message::Error { message } => Err(SessionError::Agent(message)),
+            other => Err(SessionError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// `DataReader` turns an agent `Error` into an io error whose text starts
+/// with "peer reported"; give it back its proper variant.
+fn agent_error_or_io(e: std::io::Error) -> SessionError {
+    let text = e.to_string();
+    match text.strip_prefix("peer reported: ") {
+        Some(message) => SessionError::Agent(message.to_string()),
+        None => e.into(),
+    }
+}
