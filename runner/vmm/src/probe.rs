@@ -1,0 +1,1 @@
+//! Host probe (filled in next).

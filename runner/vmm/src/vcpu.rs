@@ -1,0 +1,243 @@
+//! vCPU threads: each runs KVM_RUN in a loop, hands PIO/MMIO exits to the
+//! buses and reports anything that ends the VM to the controller.
+//!
+//! A vCPU blocked in KVM_RUN (or halted inside KVM) is interrupted with a
+//! thread-directed real-time signal. The handler sets `immediate_exit` in
+//! the thread's `kvm_run` page, so a kick that lands while the thread is in
+//! user space still makes the next KVM_RUN return at once (no lost wakeups).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Once, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::Bus;
+
+/// KVM_SYSTEM_EVENT types (include/uapi/linux/kvm.h).
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+/// RFLAGS.IF
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Why a vCPU thread stopped running the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// KVM_EXIT_SHUTDOWN: the vCPU triple-faulted.
+    TripleFault,
+    /// KVM_EXIT_HLT (only without an in-kernel LAPIC).
+    Halted,
+    /// KVM_SYSTEM_EVENT shutdown or reset.
+    SystemEvent { kind: u32 },
+    /// KVM could not run the guest: entry failure, internal (emulation)
+    /// error, or an exit the VMM cannot handle.
+    Failed(String),
+    /// The controller asked the thread to stop.
+    Stopped,
+}
+
+/// What a halt probe found (see `VcpuControl::probe`).
+pub const PROBE_PENDING: u8 = 0;
+pub const PROBE_RUNNING: u8 = 1;
+/// Halted with interrupts disabled, or an AP never started: only an
+/// NMI/INIT could wake it, and nothing in this VM sends one.
+pub const PROBE_PARKED: u8 = 2;
+
+/// Shared between a vCPU thread and the controller.
+#[derive(Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    probe_requested: AtomicBool,
+    probe_result: AtomicU8,
+}
+
+impl VcpuControl {
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+    /// Asks the thread to report its run state at its next kick.
+    pub fn request_probe(&self) {
+        self.probe_result.store(PROBE_PENDING, Ordering::SeqCst);
+        self.probe_requested.store(true, Ordering::SeqCst);
+    }
+    pub fn probe_result(&self) -> u8 {
+        self.probe_result.load(Ordering::SeqCst)
+    }
+}
+
+thread_local! {
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only async-signal-safe work: one volatile store into this thread's
+    // own kvm_run mapping, which outlives the thread's run loop.
+    let ptr = KVM_RUN_PTR.with(|p| p.get());
+    if !ptr.is_null() {
+        // SAFETY: `ptr` is this thread's kvm_run mmap, set by `run_loop`
+        // and cleared before the VcpuFd is dropped.
+        unsafe { std::ptr::addr_of_mut!((*ptr).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> std::io::Result<()> {
+    static INSTALL: Once = Once::new();
+    static RESULT: OnceLock<Option<i32>> = OnceLock::new();
+    INSTALL.call_once(|| {
+        let r = register_signal_handler(kick_signal(), kick_handler).err();
+        let _ = RESULT.set(r.map(|e| e.errno()));
+    });
+    match RESULT.get().copied().flatten() {
+        Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+        None => Ok(()),
+    }
+}
+
+/// Everything a vCPU thread needs.
+pub struct VcpuRunner {
+    pub index: usize,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub control: Arc<VcpuControl>,
+    pub events: mpsc::Sender<(usize, VcpuEvent)>,
+    pub events_ready: Arc<EventFd>,
+    /// Set by the first vCPU to come back from KVM_RUN: proof the guest ran.
+    pub first_exit: Arc<OnceLock<Instant>>,
+}
+
+/// A started vCPU thread.
+pub struct VcpuThread {
+    pub control: Arc<VcpuControl>,
+    handle: JoinHandle<()>,
+}
+
+impl VcpuThread {
+    /// Interrupts KVM_RUN so the thread looks at its control flags.
+    pub fn kick(&self) {
+        if let Err(e) = self.handle.kill(kick_signal()) {
+            tracing::warn!("kicking vCPU thread failed: {e}");
+        }
+    }
+
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            tracing::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+/// Starts the thread for one vCPU.
+pub fn spawn(runner: VcpuRunner) -> std::io::Result<VcpuThread> {
+    install_kick_handler()?;
+    let control = runner.control.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("vcpu{}", runner.index))
+        .spawn(move || runner.run())?;
+    Ok(VcpuThread { control, handle })
+}
+
+impl VcpuRunner {
+    fn run(mut self) {
+        // The kick signal may be blocked in the thread that spawned us.
+        let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN_PTR.with(|p| p.set(run_ptr));
+        let event = self.run_loop();
+        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        let _ = self.events.send((self.index, event));
+        let _ = self.events_ready.write(1);
+    }
+
+    fn run_loop(&mut self) -> VcpuEvent {
+        loop {
+            if self.control.stop.load(Ordering::SeqCst) {
+                return VcpuEvent::Stopped;
+            }
+            let result = self.fd.run();
+            self.first_exit.get_or_init(Instant::now);
+            match result {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Hlt) => return VcpuEvent::Halted,
+                Ok(VcpuExit::Shutdown) => return VcpuEvent::TripleFault,
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    if kind == SYSTEM_EVENT_SHUTDOWN || kind == SYSTEM_EVENT_RESET {
+                        return VcpuEvent::SystemEvent { kind };
+                    }
+                    return VcpuEvent::Failed(format!("KVM system event {kind}"));
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return VcpuEvent::Failed(format!(
+                        "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on cpu {cpu}"
+                    ));
+                }
+                Ok(VcpuExit::InternalError) => return VcpuEvent::Failed(self.internal_error()),
+                Ok(VcpuExit::Intr) => {}
+                Ok(other) => {
+                    return VcpuEvent::Failed(format!("unexpected KVM exit {other:?}"));
+                }
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    if self.control.probe_requested.swap(false, Ordering::SeqCst) {
+                        let state = self.probe_state();
+                        self.control.probe_result.store(state, Ordering::SeqCst);
+                    }
+                }
+                Err(e) if e.errno() == libc::EAGAIN => {}
+                Err(e) => return VcpuEvent::Failed(format!("KVM_RUN: {e}")),
+            }
+        }
+    }
+
+    /// Decodes KVM_EXIT_INTERNAL_ERROR, naming the emulation failure case.
+    fn internal_error(&mut self) -> String {
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is
+        // the active member of the union.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let what = match suberror {
+            1 => "instruction emulation failed",
+            2 => "exception while delivering an event",
+            3 => "unexpected exit during event delivery",
+            _ => "internal error",
+        };
+        format!("KVM_EXIT_INTERNAL_ERROR suberror {suberror} ({what}) at rip {rip:#x}")
+    }
+
+    fn probe_state(&self) -> u8 {
+        let Ok(mp) = self.fd.get_mp_state() else {
+            return PROBE_RUNNING;
+        };
+        match mp.mp_state {
+            KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED => PROBE_PARKED,
+            KVM_MP_STATE_HALTED => match self.fd.get_regs() {
+                Ok(regs) if regs.rflags & RFLAGS_IF == 0 => PROBE_PARKED,
+                _ => PROBE_RUNNING,
+            },
+            _ => PROBE_RUNNING,
+        }
+    }
+}

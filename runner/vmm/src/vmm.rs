@@ -1,0 +1,510 @@
+//! `Vmm`: builds a microVM from a [`VmmConfig`], runs it until something
+//! ends it, and reports why.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use linux_loader::loader::{load_cmdline, Cmdline};
+use vm_memory::GuestAddress;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::loader::{load_kernel, EntryPoint};
+use crate::boot::mptable;
+use crate::boot::params::{self, E820Entry};
+use crate::config::VmmConfig;
+use crate::devices::{Bus, SerialConsole, SerialOutput, I8042};
+use crate::error::{Error, Result};
+use crate::kvm_host;
+use crate::layout;
+use crate::memory::{self, GuestMemoryMmap};
+use crate::vcpu::{self, VcpuControl, VcpuEvent, VcpuRunner, VcpuThread, PROBE_PARKED};
+
+/// How often the controller checks whether every vCPU is parked for good.
+const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why the VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest pulsed the CPU reset line through the i8042 (Linux
+    /// `reboot`/`poweroff` with `reboot=k`). The normal way a job VM ends.
+    Reset,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault { vcpu: usize },
+    /// Every vCPU halted with interrupts disabled (or was never started):
+    /// nothing can wake the guest again (Linux `halt`, a crashed guest).
+    Halted,
+    /// KVM reported a system event (shutdown = 1, reset = 2).
+    SystemEvent { vcpu: usize, kind: u32 },
+    /// The configured timeout elapsed first.
+    Timeout(Duration),
+    /// [`VmmHandle::stop`] or [`VmmHandle::stop_for_signal`] was called.
+    Stopped { signal: Option<i32> },
+    /// KVM could not run the guest (entry failure, emulation failure...).
+    VcpuFailed { vcpu: usize, detail: String },
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Reset => write!(f, "guest requested reset (i8042)"),
+            ExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
+            ExitReason::Halted => write!(f, "all vCPUs halted with interrupts disabled"),
+            ExitReason::SystemEvent { vcpu, kind } => {
+                write!(f, "KVM system event {kind} on vCPU {vcpu}")
+            }
+            ExitReason::Timeout(t) => write!(f, "timed out after {:.1}s", t.as_secs_f64()),
+            ExitReason::Stopped { signal: Some(s) } => write!(f, "stopped by signal {s}"),
+            ExitReason::Stopped { signal: None } => write!(f, "stopped by the host"),
+            ExitReason::VcpuFailed { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
+        }
+    }
+}
+
+/// Durations measured from the start of [`Vmm::new`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootTimings {
+    /// Building the VM: memory, kernel load, boot structures, vCPU setup.
+    pub build: Duration,
+    /// Until the first return from KVM_RUN on any vCPU (the guest ran).
+    pub first_exit: Option<Duration>,
+    /// Until the guest wrote its first serial byte.
+    pub first_serial_byte: Option<Duration>,
+    /// Until the VM ended and every vCPU thread was joined.
+    pub total: Duration,
+}
+
+/// How the run ended.
+#[derive(Clone, Debug)]
+pub struct VmExit {
+    pub reason: ExitReason,
+    pub timings: BootTimings,
+}
+
+/// Which boot protocol the kernel is entered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// ELF vmlinux with a Xen PVH note: 32-bit entry with `hvm_start_info`.
+    Pvh,
+    /// ELF vmlinux without PVH note: 64-bit entry with a zero page.
+    Linux64Elf,
+    /// bzImage: 64-bit entry of the decompressor with a zero page.
+    BzImage,
+}
+
+/// Stops a running VM from any thread. `stop` and `stop_for_signal` only
+/// store an integer and write an eventfd, so a signal handler may call them.
+#[derive(Clone)]
+pub struct VmmHandle {
+    evt: Arc<EventFd>,
+    signal: Arc<AtomicI32>,
+}
+
+impl VmmHandle {
+    /// Ends the VM with [`ExitReason::Stopped`] `{ signal: None }`.
+    pub fn stop(&self) {
+        let _ = self.evt.write(1);
+    }
+
+    /// Ends the VM with [`ExitReason::Stopped`] `{ signal: Some(signo) }`.
+    pub fn stop_for_signal(&self, signo: i32) {
+        self.signal.store(signo, Ordering::SeqCst);
+        let _ = self.evt.write(1);
+    }
+}
+
+/// A built, not yet running microVM.
+pub struct Vmm {
+    config: VmmConfig,
+    created: Instant,
+    build_time: Duration,
+    // Field order is drop order: vCPUs before the VM, the VM before memory.
+    vcpus: Vec<VcpuFd>,
+    vm: VmFd,
+    _kvm: Kvm,
+    mem: GuestMemoryMmap,
+    _memfd: File,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    reset_evt: EventFd,
+    _serial_irq: EventFd,
+    first_serial_byte: Arc<OnceLock<Instant>>,
+    handle: VmmHandle,
+    cmdline: String,
+    e820: Vec<E820Entry>,
+    protocol: BootProtocol,
+}
+
+impl Vmm {
+    /// Validates `config` and builds the VM. Nothing runs until [`Vmm::run`].
+    pub fn new(config: VmmConfig) -> Result<Vmm> {
+        let created = Instant::now();
+        let num_vcpus = usize::from(config.vcpus.num);
+        if num_vcpus == 0 {
+            return Err(Error::Config("at least one vCPU is needed".into()));
+        }
+        if num_vcpus > mptable::MAX_VCPUS {
+            return Err(Error::Config(format!(
+                "{num_vcpus} vCPUs requested; the MP table describes at most {}",
+                mptable::MAX_VCPUS
+            )));
+        }
+        let cmdline =
+            Cmdline::try_from(&config.kernel.cmdline, layout::CMDLINE_MAX_SIZE).map_err(|e| {
+                Error::Cmdline(format!(
+                    "{e} (at most {} bytes)",
+                    layout::CMDLINE_MAX_SIZE - 1
+                ))
+            })?;
+        let cmdline_str = config.kernel.cmdline.clone();
+
+        let kvm = kvm_host::open_kvm()?;
+        check_vcpu_limit(num_vcpus, kvm.get_max_vcpus())?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::KvmMissingCap(name));
+            }
+        }
+
+        let (mem, memfd) = memory::create_guest_memory(config.memory.size_mib)?;
+        let kernel = load_kernel(&mem, config.memory.size_mib, &config.kernel.path)?;
+
+        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+                .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        }
+        vm.create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        memory::register_with_kvm(&vm, &mem)?;
+
+        load_cmdline(&mem, GuestAddress(layout::CMDLINE_START), &cmdline)
+            .map_err(|e| Error::BootSetup(format!("command line: {e}")))?;
+        let e820 = params::e820_table(&mem);
+        let cmdline_len = cmdline_str.len() + 1;
+        let protocol = match &kernel.entry {
+            EntryPoint::Pvh(_) => {
+                let (info, memmap) = params::build_pvh_info(&e820);
+                params::write_pvh_info(&mem, &info, &memmap)?;
+                BootProtocol::Pvh
+            }
+            EntryPoint::Linux64 { setup_header, .. } => {
+                let bp = params::build_boot_params(*setup_header, cmdline_len, &e820)?;
+                params::write_boot_params(&mem, &bp)?;
+                if setup_header.is_some() {
+                    BootProtocol::BzImage
+                } else {
+                    BootProtocol::Linux64Elf
+                }
+            }
+        };
+        mptable::write(&mem, num_vcpus)?;
+
+        // Legacy devices.
+        let serial_log = match &config.serial.log_path {
+            Some(path) => Some(File::create(path).map_err(|source| Error::SerialLog {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let output = SerialOutput::new(serial_log, config.serial.console);
+        let first_serial_byte = output.first_byte_time();
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_COM1_IRQ)
+            .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+        let serial = SerialConsole::new(
+            serial_irq.try_clone().map_err(Error::io("eventfd clone"))?,
+            output,
+        );
+        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        let i8042 = I8042::new(reset_evt.try_clone().map_err(Error::io("eventfd clone"))?);
+        let mut pio = Bus::new("pio");
+        pio.insert(
+            Arc::new(Mutex::new(serial)),
+            u64::from(layout::SERIAL_COM1_PORT),
+            8,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        pio.insert(
+            Arc::new(Mutex::new(i8042)),
+            u64::from(layout::I8042_PORT),
+            5,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let mmio = Bus::new("mmio");
+
+        // vCPUs.
+        let supported: CpuId = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let hide = kvm_host::is_pvm();
+        if hide {
+            tracing::info!("PVM host: hiding CX16 and XSAVE from the guest's CPUID");
+        }
+        let mut vcpus = Vec::with_capacity(num_vcpus);
+        for index in 0..num_vcpus {
+            let fd = vm
+                .create_vcpu(index as u64)
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            crate::x86::configure_vcpu(
+                &fd,
+                index as u8,
+                num_vcpus as u8,
+                &supported,
+                hide,
+                &mem,
+                &kernel.entry,
+            )?;
+            vcpus.push(fd);
+        }
+
+        let handle = VmmHandle {
+            evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?),
+            signal: Arc::new(AtomicI32::new(0)),
+        };
+        tracing::debug!(?protocol, entry = ?kernel.entry, "microVM built");
+        Ok(Vmm {
+            config,
+            created,
+            build_time: created.elapsed(),
+            vcpus,
+            vm,
+            _kvm: kvm,
+            mem,
+            _memfd: memfd,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            reset_evt,
+            _serial_irq: serial_irq,
+            first_serial_byte,
+            handle,
+            cmdline: cmdline_str,
+            e820,
+            protocol,
+        })
+    }
+
+    /// A handle that stops the VM from another thread or a signal handler.
+    pub fn handle(&self) -> VmmHandle {
+        self.handle.clone()
+    }
+
+    /// The e820 map given to the guest (same in boot_params and PVH memmap).
+    pub fn e820(&self) -> &[E820Entry] {
+        &self.e820
+    }
+
+    /// The exact kernel command line written to guest memory.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    pub fn boot_protocol(&self) -> BootProtocol {
+        self.protocol
+    }
+
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The KVM VM, for device models that register irqfds/ioeventfds.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Runs the VM until it ends; every vCPU thread is joined before this
+    /// returns, and all KVM fds are closed when it returns.
+    pub fn run(mut self) -> Result<VmExit> {
+        let epoll = Epoll::new().map_err(Error::io("epoll_create"))?;
+        let events_ready =
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
+        const VCPU_EVENT: u64 = 0;
+        const RESET_EVENT: u64 = 1;
+        const STOP_EVENT: u64 = 2;
+        for (fd, token) in [
+            (events_ready.as_ref(), VCPU_EVENT),
+            (&self.reset_evt, RESET_EVENT),
+            (self.handle.evt.as_ref(), STOP_EVENT),
+        ] {
+            use std::os::fd::AsRawFd;
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(Error::io("epoll_ctl"))?;
+        }
+
+        let (tx, rx) = mpsc::channel();
+        let first_exit = Arc::new(OnceLock::new());
+        let run_start = Instant::now();
+        let mut threads: Vec<VcpuThread> = Vec::new();
+        let mut spawn_error = None;
+        for (index, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let runner = VcpuRunner {
+                index,
+                fd,
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                control: Arc::new(VcpuControl::default()),
+                events: tx.clone(),
+                events_ready: events_ready.clone(),
+                first_exit: first_exit.clone(),
+            };
+            match vcpu::spawn(runner) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(Error::io("spawning vCPU thread")(e));
+                    break;
+                }
+            }
+        }
+
+        let reason = match spawn_error {
+            Some(_) => None,
+            None => Some(self.control_loop(&epoll, &rx, &threads, run_start)),
+        };
+
+        for t in &threads {
+            t.control.request_stop();
+            t.kick();
+        }
+        for t in threads {
+            t.join();
+        }
+        let reason = match (reason, spawn_error) {
+            (Some(r), _) => r?,
+            (None, Some(e)) => return Err(e),
+            (None, None) => unreachable!("either the loop ran or spawning failed"),
+        };
+        let since = |t: Option<&Instant>| t.map(|t| t.saturating_duration_since(self.created));
+        let timings = BootTimings {
+            build: self.build_time,
+            first_exit: since(first_exit.get()),
+            first_serial_byte: since(self.first_serial_byte.get()),
+            total: self.created.elapsed(),
+        };
+        tracing::debug!(%reason, ?timings, "microVM ended");
+        Ok(VmExit { reason, timings })
+    }
+
+    fn control_loop(
+        &self,
+        epoll: &Epoll,
+        rx: &mpsc::Receiver<(usize, VcpuEvent)>,
+        threads: &[VcpuThread],
+        run_start: Instant,
+    ) -> Result<ExitReason> {
+        let deadline = self.config.timeout.map(|t| run_start + t);
+        let mut next_probe = run_start + HALT_PROBE_INTERVAL;
+        let mut probing = false;
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let now = Instant::now();
+            if let (Some(d), Some(t)) = (deadline, self.config.timeout) {
+                if now >= d {
+                    return Ok(ExitReason::Timeout(t));
+                }
+            }
+            if now >= next_probe {
+                if probing
+                    && threads
+                        .iter()
+                        .all(|t| t.control.probe_result() == PROBE_PARKED)
+                {
+                    return Ok(ExitReason::Halted);
+                }
+                for t in threads {
+                    t.control.request_probe();
+                    t.kick();
+                }
+                probing = true;
+                next_probe = now + HALT_PROBE_INTERVAL;
+            }
+            let mut wait = next_probe.saturating_duration_since(now);
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(now));
+            }
+            let n = match epoll.wait(wait.as_millis().max(1) as i32, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    0 => {
+                        while let Ok((index, event)) = rx.try_recv() {
+                            if let Some(reason) = vcpu_exit_reason(index, event) {
+                                return Ok(reason);
+                            }
+                        }
+                    }
+                    1 => return Ok(ExitReason::Reset),
+                    _ => {
+                        let signal = self.handle.signal.load(Ordering::SeqCst);
+                        return Ok(ExitReason::Stopped {
+                            signal: (signal != 0).then_some(signal),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
+    match event {
+        VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
+        VcpuEvent::Halted => Some(ExitReason::Halted),
+        VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
+        VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
+        VcpuEvent::Stopped => None,
+    }
+}
+
+/// Refuses more vCPUs than the host's KVM_CAP_MAX_VCPUS.
+pub fn check_vcpu_limit(requested: usize, kvm_max: usize) -> Result<()> {
+    if requested > kvm_max {
+        return Err(Error::TooManyVcpus {
+            requested,
+            max: kvm_max,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_limit_is_enforced_with_a_clear_message() {
+        assert!(check_vcpu_limit(4, 4).is_ok());
+        let err = check_vcpu_limit(5, 4).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "5 vCPUs requested but this host's KVM allows at most 4"
+        );
+    }
+}
