@@ -84,6 +84,19 @@ pub trait Vm: Send {
     fn wait_exit(&mut self, limit: Duration) -> bool;
 }
 
+/// The backend `auto` picks on this host.
+pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
+    // Without hardware virtualization QEMU's TCG is the fast path.
+    let vsock = qemu::find_on_path("vhost-device-vsock").ok_or_else(|| {
+        BootError::Setup(
+            "vhost-device-vsock not found; install it with `cargo install vhost-device-vsock`"
+                .into(),
+        )
+    })?;
+    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::External(vsock))?;
+    Ok(Box::new(qemu))
+}
+
 /// How many console lines a boot error carries.
 pub const SERIAL_TAIL_LINES: usize = 30;
 

@@ -185,11 +185,11 @@ impl VmPaths {
 fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<ChildGuard, BootError> {
     let VsockProvider::External(program) = provider;
     let mut cmd = Command::new(program);
-    cmd.arg("--vm").arg(format!(
-        "guest-cid={GUEST_CID},socket={},uds-path={}",
-        paths.vhost_user.display(),
-        paths.vsock_uds.display()
-    ));
+    cmd.args(["--guest-cid", &GUEST_CID.to_string()])
+        .arg("--socket")
+        .arg(&paths.vhost_user)
+        .arg("--uds-path")
+        .arg(&paths.vsock_uds);
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     let mut child = spawn_guarded(&mut cmd, "vsock backend")
         .map_err(|e| BootError::Setup(format!("starting {}: {e}", program.display())))?;

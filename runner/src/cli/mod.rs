@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::backend::qemu::{find_on_path, Accel, QemuBackend, VsockProvider};
-use crate::backend::{Backend, VmSpec};
+use crate::backend::{default_backend, Backend, VmSpec};
 use crate::images::{ImageRef, Images};
 
 #[derive(Parser)]
@@ -50,10 +49,16 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             anyhow::anyhow!("installing signal handlers: {e}"),
         ));
     }
-    match cli.command {
+    let result = match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
+    };
+    // Whatever broke after Ctrl-C broke because of it: say so, and use the
+    // shell's code for death by SIGINT.
+    if crate::interrupt::is_interrupted() {
+        return Err(Failure::new(130, anyhow::anyhow!("interrupted")));
     }
+    result
 }
 
 /// `RUST_LOG` picks what is logged; warnings and errors by default.
@@ -111,19 +116,9 @@ impl VmArgs {
     }
 
     pub fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
-        let vsock = find_on_path("vhost-device-vsock").ok_or_else(|| {
-            anyhow::anyhow!(
-                "vhost-device-vsock not found; install it with `cargo install vhost-device-vsock`"
-            )
-        })?;
-        let backend = match self.backend {
-            // Without hardware virtualization QEMU's TCG is the fast path;
-            // KVM-accelerated backends come with `runner doctor`.
-            BackendChoice::Auto | BackendChoice::Qemu => {
-                QemuBackend::locate(Accel::Tcg, VsockProvider::External(vsock))?
-            }
-        };
-        Ok(Box::new(backend))
+        match self.backend {
+            BackendChoice::Auto | BackendChoice::Qemu => Ok(default_backend()?),
+        }
     }
 }
 

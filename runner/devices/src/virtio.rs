@@ -1,0 +1,179 @@
+//! The transport-neutral interface between a virtio device model and whatever
+//! carries it to the guest.
+//!
+//! Two transports drive the same models:
+//! - the virtio-mmio transport of the built-in VMM (`runner-vmm`), which owns the
+//!   [`Queue`]s it configured from MMIO register writes and raises interrupts
+//!   through an irqfd;
+//! - the vhost-user adapter (`runner-vhost`), where `vhost-user-backend` owns the
+//!   queues inside its vrings and interrupts are writes to each vring's call eventfd.
+//!
+//! Because the queues live in different places in each transport, a device never
+//! keeps them: the transport *lends* them for the length of one call through a
+//! [`DeviceContext`], together with the guest memory and an [`Interrupt`] sink.
+//! This also means a memory-table update (vhost-user `SET_MEM_TABLE`) needs no
+//! device cooperation: the next call simply carries the new memory.
+//!
+//! The life of a device, as seen by a transport:
+//! 1. read [`VirtioDevice::device_type`], [`VirtioDevice::queue_max_sizes`],
+//!    [`VirtioDevice::features`] and the config space to present the device;
+//! 2. pass the features the driver accepted to [`VirtioDevice::ack_features`];
+//! 3. once the driver is ready (mmio `DRIVER_OK`, vhost-user rings started) call
+//!    [`VirtioDevice::activate`];
+//! 4. on every queue notification call [`VirtioDevice::process_queue`]; whenever
+//!    [`VirtioDevice::backend_fd`] (if any) is readable call
+//!    [`VirtioDevice::process_backend`];
+//! 5. on a driver reset call [`VirtioDevice::reset`], after which the device is
+//!    back at step 2.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory;
+
+/// How a device tells the driver that something happened.
+///
+/// Implemented by the transport: irqfd plus interrupt-status register for
+/// virtio-mmio, the vring call eventfd for vhost-user.
+pub trait Interrupt {
+    /// The device put buffers in the used ring of queue `queue_index`.
+    fn signal_used_queue(&self, queue_index: u16) -> io::Result<()>;
+
+    /// The device configuration space changed.
+    fn signal_config_change(&self) -> io::Result<()>;
+}
+
+/// The virtqueues a transport lends a device for one call.
+///
+/// `None` means the queue does not exist or the driver has not made it usable
+/// (not ready, or a disabled vhost-user ring); the device must then leave it alone.
+pub trait QueueSet {
+    /// The queue at `index`, if it is usable right now.
+    fn queue_mut(&mut self, index: u16) -> Option<&mut Queue>;
+}
+
+impl QueueSet for [Queue] {
+    fn queue_mut(&mut self, index: u16) -> Option<&mut Queue> {
+        self.get_mut(usize::from(index)).filter(|q| q.ready())
+    }
+}
+
+impl QueueSet for [Option<&mut Queue>] {
+    fn queue_mut(&mut self, index: u16) -> Option<&mut Queue> {
+        self.get_mut(usize::from(index))
+            .and_then(|q| q.as_deref_mut())
+            .filter(|q| q.ready())
+    }
+}
+
+/// Everything a device may touch while it handles one event.
+pub struct DeviceContext<'a, M: GuestMemory> {
+    /// Guest memory as of this call.
+    pub mem: &'a M,
+    /// The device's queues, indexed like [`VirtioDevice::queue_max_sizes`].
+    pub queues: &'a mut dyn QueueSet,
+    /// Where used-buffer notifications go.
+    pub interrupt: &'a dyn Interrupt,
+}
+
+impl<'a, M: GuestMemory> DeviceContext<'a, M> {
+    /// Bundles the parts of a call context.
+    pub fn new(mem: &'a M, queues: &'a mut dyn QueueSet, interrupt: &'a dyn Interrupt) -> Self {
+        DeviceContext {
+            mem,
+            queues,
+            interrupt,
+        }
+    }
+
+    /// Interrupts the driver for queue `index` unless it asked not to be
+    /// (`VIRTQ_AVAIL_F_NO_INTERRUPT` or the `used_event` of EVENT_IDX).
+    pub fn notify_used(&mut self, index: u16) -> Result<(), DeviceError> {
+        let Some(queue) = self.queues.queue_mut(index) else {
+            return Ok(());
+        };
+        if queue.needs_notification(self.mem)? {
+            self.interrupt
+                .signal_used_queue(index)
+                .map_err(DeviceError::Interrupt)?;
+        }
+        Ok(())
+    }
+}
+
+/// Failures a device reports to its transport. None of them is caused by a
+/// single bad packet (those are dropped and logged); they mean the queue or the
+/// host side is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The queue's rings could not be accessed in guest memory.
+    #[error("virtqueue access failed: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    /// Raising the interrupt failed.
+    #[error("cannot signal the driver: {0}")]
+    Interrupt(#[source] io::Error),
+    /// The host side of the device (sockets, epoll, files) failed.
+    #[error("device backend failed: {0}")]
+    Backend(#[source] io::Error),
+    /// The transport asked for a queue the device does not have.
+    #[error("device has no queue {0}")]
+    NoSuchQueue(u16),
+}
+
+/// A virtio device model, independent of its transport.
+///
+/// `M` is the guest memory type of the transport, for example `GuestMemoryMmap`
+/// for the VMM or `GuestMemoryMmap<B>` behind vhost-user-backend's
+/// `GuestMemoryAtomic`; device models implement this for every `M: GuestMemory`.
+pub trait VirtioDevice<M: GuestMemory>: Send {
+    /// Virtio device id (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue; the slice length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+
+    /// Records the features the driver accepted. Bits that were not offered are
+    /// ignored.
+    fn ack_features(&mut self, features: u64);
+
+    /// Features currently accepted by the driver.
+    fn acked_features(&self) -> u64;
+
+    /// Reads `data.len()` bytes of the configuration space at `offset`. Bytes
+    /// beyond the end of the configuration space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the configuration space. Read-only devices ignore this.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// The driver finished setting the device up; queues may now be used.
+    fn activate(&mut self) -> Result<(), DeviceError>;
+
+    /// The driver notified queue `queue_index`.
+    fn process_queue(
+        &mut self,
+        queue_index: u16,
+        ctx: &mut DeviceContext<'_, M>,
+    ) -> Result<(), DeviceError>;
+
+    /// A file descriptor that becomes readable when the device has host-side
+    /// work ([`VirtioDevice::process_backend`]); typically an epoll fd. It is
+    /// level-triggered: it stays readable until the work is picked up, and a
+    /// device must not leave it readable when it cannot make progress.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// Handles whatever made [`VirtioDevice::backend_fd`] readable.
+    fn process_backend(&mut self, _ctx: &mut DeviceContext<'_, M>) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// The driver reset the device: drop all in-flight state, forget acked
+    /// features. The device can be set up and activated again afterwards.
+    fn reset(&mut self);
+}

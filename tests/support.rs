@@ -1,0 +1,138 @@
+//! Shared pieces of the end-to-end tests: the guest images, booting a VM,
+//! and running commands in it.
+//!
+//! Images come from RUNNER_KERNEL / RUNNER_ROOTFS when set (`scripts/test`
+//! sets them); otherwise the named defaults are built on first use, exactly
+//! as `runner` itself would.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use agent_protocol::{Command, ExecRequest, ExitStatus, Stream};
+use runner::backend::{self, Vm, VmSpec};
+use runner::images::{ImageRef, Images};
+use runner::session::AgentSession;
+
+pub struct GuestImages {
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+pub fn images() -> &'static GuestImages {
+    static IMAGES: OnceLock<GuestImages> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let images = Images::from_env();
+        let pick = |var: &str, default: &str| {
+            ImageRef::parse(&std::env::var(var).unwrap_or_else(|_| default.to_string()))
+        };
+        let kernel = images.kernel(&pick("RUNNER_KERNEL", "default"));
+        let rootfs = images.rootfs(&pick("RUNNER_ROOTFS", "minimal"));
+        match (kernel, rootfs) {
+            (Ok(kernel), Ok(rootfs)) => GuestImages { kernel, rootfs },
+            (k, r) => panic!(
+                "guest images unavailable (kernel: {:?}, rootfs: {:?}); run scripts/test",
+                k.err().map(|e| e.to_string()),
+                r.err().map(|e| e.to_string())
+            ),
+        }
+    })
+}
+
+pub fn spec(name: &str) -> VmSpec {
+    let images = images();
+    VmSpec {
+        name: name.to_string(),
+        kernel: images.kernel.clone(),
+        rootfs: images.rootfs.clone(),
+        vcpus: 1,
+        memory_mib: 256,
+        // Generous: on a loaded 2-core CI machine TCG boots slow down.
+        boot_timeout: Duration::from_secs(120),
+    }
+}
+
+/// A booted VM and a first session with its agent.
+pub struct TestVm {
+    pub vm: Box<dyn Vm>,
+    pub session: AgentSession,
+}
+
+pub fn boot(name: &str) -> TestVm {
+    let backend = backend::default_backend().expect("a backend");
+    let spec = spec(name);
+    let mut vm = backend.start(&spec).expect("VM starts");
+    let session = backend::wait_for_agent(vm.as_mut(), spec.boot_timeout)
+        .unwrap_or_else(|e| panic!("{name}: guest did not become ready: {e}"));
+    TestVm { vm, session }
+}
+
+impl TestVm {
+    /// Another connection to the same agent.
+    pub fn session(&self) -> AgentSession {
+        let stream = self
+            .vm
+            .connect(agent_protocol::AGENT_PORT)
+            .expect("connect");
+        AgentSession::handshake(stream).expect("handshake")
+    }
+}
+
+/// What a command did, with its output collected.
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Ran {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+pub fn sh(session: &mut AgentSession, script: &str) -> Ran {
+    run(session, script_request(script, None))
+}
+
+pub fn script_request(script: &str, timeout: Option<Duration>) -> ExecRequest {
+    ExecRequest {
+        command: Command::Script {
+            script: script.to_string(),
+            shell: String::new(),
+        },
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        ..Default::default()
+    }
+}
+
+pub fn run(session: &mut AgentSession, request: ExecRequest) -> Ran {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let status = session
+        .exec(request, None, &mut |stream, bytes| match stream {
+            Stream::Stderr => stderr.extend_from_slice(bytes),
+            _ => stdout.extend_from_slice(bytes),
+        })
+        .expect("exec");
+    Ran {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The `runner` binary built alongside these tests.
+pub fn runner_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("runner");
+    assert!(
+        bin.is_file(),
+        "{} missing; `cargo test --workspace` builds it",
+        bin.display()
+    );
+    bin
+}
