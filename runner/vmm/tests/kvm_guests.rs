@@ -1,0 +1,203 @@
+//! Focused KVM tests: tiny hand-assembled 64-bit guests, loaded as ELF
+//! vmlinux images through the real `Vmm` (linux-loader, boot params, page
+//! tables, CPUID/MSR setup, vCPU threads, PIO bus, serial, i8042). Each one
+//! prints over COM1 and then ends the VM a different way.
+//!
+//! They need /dev/kvm and fail with the reason when it is unusable.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use runner_vmm::{BootProtocol, ExitReason, Vmm, VmmConfig};
+
+/// Load address of the test guests (above 1 MiB like a kernel).
+const GUEST_BASE: u64 = 0x20_0000;
+
+/// Prints "Hello\n" on COM1 (0x3f8) with `out`, then runs `tail`.
+fn guest_code(tail: &[u8]) -> Vec<u8> {
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x48, 0x8d, 0x35, 0x35, 0x00, 0x00, 0x00, // lea rsi, [rip + 0x35] (-> 0x40)
+        0xb9, 0x06, 0x00, 0x00, 0x00, // mov ecx, 6
+        0xac, // 1: lodsb
+        0xee, // out dx, al
+        0xe2, 0xfc, // loop 1b
+    ];
+    code.extend_from_slice(tail);
+    assert!(code.len() <= 0x40);
+    code.resize(0x40, 0x90);
+    code.extend_from_slice(b"Hello\n");
+    code
+}
+
+const TAIL_CLI_HLT: &[u8] = &[0xfa, 0xf4, 0xeb, 0xfd]; // cli; 1: hlt; jmp 1b
+const TAIL_I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]; // mov al,0xfe; out 0x64,al; jmp .
+const TAIL_UD2: &[u8] = &[0x0f, 0x0b]; // #UD with an empty IDT: triple fault
+const TAIL_SPIN: &[u8] = &[0xeb, 0xfe]; // jmp .
+/// Probes ports nothing emulates, then resets: unknown PIO must be ignored.
+const TAIL_UNKNOWN_PIO_THEN_RESET: &[u8] = &[
+    0xe4, 0x71, // in al, 0x71
+    0xe6, 0x80, // out 0x80, al
+    0x66, 0xba, 0x34, 0x12, // mov dx, 0x1234
+    0xed, // in eax, dx
+    0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe, // reset
+];
+
+/// A minimal x86_64 ELF executable with one PT_LOAD segment.
+fn elf_image(paddr: u64, code: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 56];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little endian
+    b[6] = 1; // version
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&paddr.to_le_bytes()); // e_entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    b[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    b[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    b[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    b[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+    b[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes());
+    b[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+    b[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    b[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    b.extend_from_slice(code);
+    b
+}
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!(
+            "these tests boot guests under KVM and /dev/kvm is unusable ({e}): {}",
+            runner_vmm::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
+        );
+    }
+}
+
+struct Guest {
+    _dir: tempfile::TempDir,
+    config: VmmConfig,
+    log: std::path::PathBuf,
+}
+
+fn guest(tail: &[u8], vcpus: u8, timeout: Duration) -> Guest {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    std::fs::File::create(&kernel)
+        .unwrap()
+        .write_all(&elf_image(GUEST_BASE, &guest_code(tail)))
+        .unwrap();
+    let log = dir.path().join("serial.log");
+    let mut config = VmmConfig::new(&kernel, "console=ttyS0");
+    config.memory.size_mib = 32;
+    config.vcpus.num = vcpus;
+    config.serial.log_path = Some(log.clone());
+    config.timeout = Some(timeout);
+    Guest {
+        _dir: dir,
+        config,
+        log,
+    }
+}
+
+#[test]
+fn serial_output_then_cli_hlt_ends_as_halted() {
+    let g = guest(TAIL_CLI_HLT, 1, Duration::from_secs(30));
+    let vmm = Vmm::new(g.config.clone()).unwrap();
+    assert_eq!(vmm.boot_protocol(), BootProtocol::Linux64Elf);
+    let exit = vmm.run().unwrap();
+    assert_eq!(exit.reason, ExitReason::Halted, "{exit:?}");
+    assert_eq!(std::fs::read_to_string(&g.log).unwrap(), "Hello\n");
+    let t = exit.timings;
+    assert!(t.first_exit.is_some() && t.first_serial_byte.is_some(), "{t:?}");
+    eprintln!("cli;hlt guest timings: {t:?}");
+}
+
+#[test]
+fn i8042_reset_ends_the_vm() {
+    let g = guest(TAIL_I8042_RESET, 1, Duration::from_secs(30));
+    let exit = Vmm::new(g.config.clone()).unwrap().run().unwrap();
+    assert_eq!(exit.reason, ExitReason::Reset, "{exit:?}");
+    assert_eq!(std::fs::read_to_string(&g.log).unwrap(), "Hello\n");
+}
+
+#[test]
+fn triple_fault_is_reported() {
+    let g = guest(TAIL_UD2, 1, Duration::from_secs(30));
+    let exit = Vmm::new(g.config.clone()).unwrap().run().unwrap();
+    assert_eq!(exit.reason, ExitReason::TripleFault { vcpu: 0 }, "{exit:?}");
+}
+
+#[test]
+fn unknown_ports_are_ignored() {
+    let g = guest(TAIL_UNKNOWN_PIO_THEN_RESET, 1, Duration::from_secs(30));
+    let exit = Vmm::new(g.config.clone()).unwrap().run().unwrap();
+    assert_eq!(exit.reason, ExitReason::Reset, "{exit:?}");
+}
+
+#[test]
+fn spinning_guest_hits_the_timeout() {
+    let g = guest(TAIL_SPIN, 1, Duration::from_millis(700));
+    let start = Instant::now();
+    let exit = Vmm::new(g.config.clone()).unwrap().run().unwrap();
+    assert_eq!(exit.reason, ExitReason::Timeout(Duration::from_millis(700)));
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "teardown took {took:?}");
+    assert_eq!(std::fs::read_to_string(&g.log).unwrap(), "Hello\n");
+}
+
+#[test]
+fn handle_stops_a_spinning_smp_guest() {
+    // Two vCPUs: the AP waits for INIT/SIPI inside KVM and must be kicked
+    // out of it; the BSP spins.
+    let g = guest(TAIL_SPIN, 2, Duration::from_secs(60));
+    let vmm = Vmm::new(g.config.clone()).unwrap();
+    let handle = vmm.handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        handle.stop_for_signal(libc_sigterm());
+    });
+    let start = Instant::now();
+    let exit = vmm.run().unwrap();
+    stopper.join().unwrap();
+    assert_eq!(exit.reason, ExitReason::Stopped { signal: Some(15) });
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+#[test]
+fn smp_guest_halts_when_bsp_halts_and_aps_never_started() {
+    let g = guest(TAIL_CLI_HLT, 4, Duration::from_secs(30));
+    let exit = Vmm::new(g.config.clone()).unwrap().run().unwrap();
+    assert_eq!(exit.reason, ExitReason::Halted, "{exit:?}");
+}
+
+#[test]
+fn bad_configs_fail_before_anything_runs() {
+    require_kvm();
+    let g = guest(TAIL_CLI_HLT, 1, Duration::from_secs(5));
+    let mut c = g.config.clone();
+    c.vcpus.num = 0;
+    assert!(Vmm::new(c).is_err());
+    let mut c = g.config.clone();
+    c.vcpus.num = 255;
+    let err = Vmm::new(c).err().unwrap().to_string();
+    assert!(err.contains("vCPUs"), "{err}");
+    let mut c = g.config.clone();
+    c.kernel.cmdline = "x".repeat(5000);
+    let err = Vmm::new(c).err().unwrap().to_string();
+    assert!(err.contains("command line"), "{err}");
+    let mut c = g.config.clone();
+    c.kernel.path = g.log.clone(); // does not exist yet
+    let err = Vmm::new(c).err().unwrap().to_string();
+    assert!(err.contains("serial.log"), "{err}");
+}
