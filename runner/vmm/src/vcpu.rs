@@ -92,7 +92,14 @@ pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-fn install_kick_handler() -> std::io::Result<()> {
+/// Makes kicks of the current thread set `immediate_exit` in `run`, the
+/// thread's `kvm_run` page (null to stop). The page must stay mapped while
+/// it is the target.
+pub(crate) fn set_kick_target(run: *mut kvm_run) {
+    KVM_RUN_PTR.with(|p| p.set(run));
+}
+
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static INSTALL: Once = Once::new();
     static RESULT: OnceLock<Option<i32>> = OnceLock::new();
     INSTALL.call_once(|| {
@@ -153,10 +160,9 @@ impl VcpuRunner {
     fn run(mut self) {
         // The kick signal may be blocked in the thread that spawned us.
         let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
-        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
-        KVM_RUN_PTR.with(|p| p.set(run_ptr));
+        set_kick_target(self.fd.get_kvm_run());
         let event = self.run_loop();
-        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        set_kick_target(std::ptr::null_mut());
         let _ = self.events.send((self.index, event));
         let _ = self.events_ready.write(1);
     }

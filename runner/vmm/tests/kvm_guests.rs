@@ -71,7 +71,11 @@ fn elf_image(paddr: u64, code: &[u8]) -> Vec<u8> {
 }
 
 fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!(
             "these tests boot guests under KVM and /dev/kvm is unusable ({e}): {}",
             runner_vmm::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
@@ -115,7 +119,10 @@ fn serial_output_then_cli_hlt_ends_as_halted() {
     assert_eq!(exit.reason, ExitReason::Halted, "{exit:?}");
     assert_eq!(std::fs::read_to_string(&g.log).unwrap(), "Hello\n");
     let t = exit.timings;
-    assert!(t.first_exit.is_some() && t.first_serial_byte.is_some(), "{t:?}");
+    assert!(
+        t.first_exit.is_some() && t.first_serial_byte.is_some(),
+        "{t:?}"
+    );
     eprintln!("cli;hlt guest timings: {t:?}");
 }
 

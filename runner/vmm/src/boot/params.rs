@@ -82,8 +82,10 @@ pub fn build_boot_params(
     cmdline_len: usize,
     e820: &[E820Entry],
 ) -> Result<boot_params> {
-    let mut params = boot_params::default();
-    params.hdr = setup_header.unwrap_or_default();
+    let mut params = boot_params {
+        hdr: setup_header.unwrap_or_default(),
+        ..Default::default()
+    };
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
