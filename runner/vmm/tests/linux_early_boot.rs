@@ -1,0 +1,128 @@
+//! Early boot of the real project kernel under the built-in VMM.
+//!
+//! Needs RUNNER_KERNEL (the `vmlinux` built by `kernels/build.sh`, or its
+//! directory) and a usable /dev/kvm. The serial console must show the
+//! `Linux version` banner, `Command line: <exactly what we passed>` and
+//! every entry of the e820 map we built, within a bounded time; then the
+//! VM is stopped and torn down.
+//!
+//! On a PVM host (no VT-x) guest ring 0 is emulated, so only this early
+//! part of boot is reachable in test time; on VT-x/AMD-V it takes well
+//! under a second.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use runner_vmm::{BootProtocol, ExitReason, Vmm, VmmConfig};
+
+/// Upper bound for the markers to appear (PVM emulation is slow).
+const BOOT_BUDGET: Duration = Duration::from_secs(120);
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 runner.early_boot_test=1";
+
+fn kernel_image(name: &str) -> PathBuf {
+    let hint = "build it with `kernels/build.sh` (it prints the cache directory) and set \
+                RUNNER_KERNEL to the vmlinux inside it";
+    let raw = std::env::var_os("RUNNER_KERNEL")
+        .unwrap_or_else(|| panic!("RUNNER_KERNEL is not set: {hint}"));
+    let path = PathBuf::from(raw);
+    let dir = if path.is_dir() {
+        path.clone()
+    } else {
+        path.parent().map(PathBuf::from).unwrap_or_default()
+    };
+    let image = if path.is_file() && name == "vmlinux" {
+        path.clone()
+    } else {
+        dir.join(name)
+    };
+    assert!(
+        image.is_file(),
+        "RUNNER_KERNEL={} has no {name} ({}): {hint}",
+        path.display(),
+        image.display()
+    );
+    image
+}
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!(
+            "the early-boot test runs the kernel under KVM and /dev/kvm is unusable ({e}): {}",
+            runner_vmm::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
+        );
+    }
+}
+
+#[test]
+fn vmlinux_prints_banner_cmdline_and_our_e820_map() {
+    let kernel = kernel_image("vmlinux");
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let mut config = VmmConfig::new(&kernel, CMDLINE);
+    config.memory.size_mib = 128;
+    config.vcpus.num = 1;
+    config.serial.log_path = Some(log.clone());
+    // The VMM's own timeout is a backstop; the watcher below stops earlier.
+    config.timeout = Some(BOOT_BUDGET + Duration::from_secs(10));
+
+    let start = Instant::now();
+    let vmm = Vmm::new(config).unwrap();
+    assert_eq!(vmm.boot_protocol(), BootProtocol::Pvh, "the project kernel has a PVH note");
+    assert_eq!(vmm.cmdline(), CMDLINE);
+    let mut expected = vec![
+        "Linux version ".to_string(),
+        format!("Command line: {CMDLINE}"),
+    ];
+    expected.extend(vmm.e820().iter().map(|e| e.linux_log_line()));
+
+    let handle = vmm.handle();
+    let watch_log = log.clone();
+    let watch_expected = expected.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut seen_at: Vec<Option<Duration>> = vec![None; watch_expected.len()];
+        while start.elapsed() < BOOT_BUDGET {
+            let text = std::fs::read_to_string(&watch_log).unwrap_or_default();
+            for (i, want) in watch_expected.iter().enumerate() {
+                if seen_at[i].is_none() && text.contains(want.as_str()) {
+                    seen_at[i] = Some(start.elapsed());
+                }
+            }
+            if seen_at.iter().all(Option::is_some) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        handle.stop();
+        seen_at
+    });
+
+    let exit = vmm.run().unwrap();
+    let seen_at = watcher.join().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let missing: Vec<&String> = expected
+        .iter()
+        .zip(&seen_at)
+        .filter(|(_, t)| t.is_none())
+        .map(|(w, _)| w)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "after {:?} the serial log lacks {missing:?}; exit {exit:?}; log tail:\n{}",
+        start.elapsed(),
+        tail(&text, 40)
+    );
+    assert_eq!(exit.reason, ExitReason::Stopped { signal: None }, "{exit:?}");
+    // The e820 lines are exactly ours: no extra usable ranges either.
+    let usable = text.lines().filter(|l| l.contains("BIOS-e820:")).count();
+    assert_eq!(usable, expected.len() - 2, "e820 lines in log:\n{text}");
+    eprintln!("early boot: {:?}", exit.timings);
+    for (want, t) in expected.iter().zip(&seen_at) {
+        eprintln!("  {:>8.2?}  {want}", t.unwrap_or_default());
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
