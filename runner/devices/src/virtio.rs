@@ -53,17 +53,31 @@ pub trait QueueSet {
     fn queue_mut(&mut self, index: u16) -> Option<&mut Queue>;
 }
 
-impl QueueSet for [Queue] {
+fn usable(queue: Option<&mut Queue>) -> Option<&mut Queue> {
+    queue.filter(|q| q.ready())
+}
+
+/// For transports that own their queues (virtio-mmio).
+impl QueueSet for Vec<Queue> {
     fn queue_mut(&mut self, index: u16) -> Option<&mut Queue> {
-        self.get_mut(usize::from(index)).filter(|q| q.ready())
+        usable(self.get_mut(usize::from(index)))
     }
 }
 
-impl QueueSet for [Option<&mut Queue>] {
+impl<const N: usize> QueueSet for [Queue; N] {
     fn queue_mut(&mut self, index: u16) -> Option<&mut Queue> {
-        self.get_mut(usize::from(index))
-            .and_then(|q| q.as_deref_mut())
-            .filter(|q| q.ready())
+        usable(self.get_mut(usize::from(index)))
+    }
+}
+
+/// For transports that lend queues held elsewhere (vhost-user vrings), with
+/// `None` for the ones the driver has not enabled.
+impl QueueSet for Vec<Option<&mut Queue>> {
+    fn queue_mut(&mut self, index: u16) -> Option<&mut Queue> {
+        usable(
+            self.get_mut(usize::from(index))
+                .and_then(|q| q.as_deref_mut()),
+        )
     }
 }
 

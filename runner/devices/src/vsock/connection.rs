@@ -89,7 +89,14 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    fn new(stream: UnixStream, local_port: u32, peer_port: u32, guest_cid: u64, buf_alloc: u32, state: State) -> Self {
+    fn new(
+        stream: UnixStream,
+        local_port: u32,
+        peer_port: u32,
+        guest_cid: u64,
+        buf_alloc: u32,
+        state: State,
+    ) -> Self {
         Connection {
             stream,
             local_port,
@@ -121,15 +128,40 @@ impl Connection {
     }
 
     /// A host program asked (`CONNECT <peer_port>`) to reach the guest.
-    pub fn host_initiated(stream: UnixStream, local_port: u32, peer_port: u32, guest_cid: u64, buf_alloc: u32) -> Self {
-        let mut c = Connection::new(stream, local_port, peer_port, guest_cid, buf_alloc, State::AwaitingResponse);
+    pub fn host_initiated(
+        stream: UnixStream,
+        local_port: u32,
+        peer_port: u32,
+        guest_cid: u64,
+        buf_alloc: u32,
+    ) -> Self {
+        let mut c = Connection::new(
+            stream,
+            local_port,
+            peer_port,
+            guest_cid,
+            buf_alloc,
+            State::AwaitingResponse,
+        );
         c.pending = pending::REQUEST;
         c
     }
 
     /// The guest connected to host port `local_port` and the host listener accepted.
-    pub fn guest_initiated(stream: UnixStream, request: &VsockHeader, guest_cid: u64, buf_alloc: u32) -> Self {
-        let mut c = Connection::new(stream, request.dst_port, request.src_port, guest_cid, buf_alloc, State::Established);
+    pub fn guest_initiated(
+        stream: UnixStream,
+        request: &VsockHeader,
+        guest_cid: u64,
+        buf_alloc: u32,
+    ) -> Self {
+        let mut c = Connection::new(
+            stream,
+            request.dst_port,
+            request.src_port,
+            guest_cid,
+            buf_alloc,
+            State::Established,
+        );
         c.update_peer_credit(request);
         c.pending = pending::RESPONSE;
         c
@@ -218,7 +250,11 @@ impl Connection {
     fn forward_to_host<M: GuestMemory>(&mut self, mem: &M, pkt: &TxPacket) {
         if self.guest_shutdown & SHUTDOWN_SEND != 0 || self.state != State::Established {
             // Normal when the host hung up while the guest was still sending.
-            tracing::debug!(port = self.local_port, peer = self.peer_port, "vsock: data after shutdown");
+            tracing::debug!(
+                port = self.local_port,
+                peer = self.peer_port,
+                "vsock: data after shutdown"
+            );
             self.kill();
             return;
         }
@@ -239,7 +275,10 @@ impl Connection {
             match pkt.write_payload_to(mem, 0, &mut NoSigPipe(&self.stream)) {
                 Ok(n) => done = n,
                 Err(e) => {
-                    tracing::debug!(port = self.local_port, "vsock: host socket write failed: {e}");
+                    tracing::debug!(
+                        port = self.local_port,
+                        "vsock: host socket write failed: {e}"
+                    );
                     self.kill();
                     return;
                 }
@@ -294,7 +333,10 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::debug!(port = self.local_port, "vsock: host socket write failed: {e}");
+                    tracing::debug!(
+                        port = self.local_port,
+                        "vsock: host socket write failed: {e}"
+                    );
                     self.kill();
                     return;
                 }
@@ -426,7 +468,10 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) => {
-                    tracing::debug!(port = self.local_port, "vsock: host socket read failed: {e}");
+                    tracing::debug!(
+                        port = self.local_port,
+                        "vsock: host socket read failed: {e}"
+                    );
                     self.kill();
                     return self.fill_rx(mem, buf);
                 }

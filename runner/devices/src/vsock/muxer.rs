@@ -281,7 +281,9 @@ impl Muxer {
             match (&h.stream).read(&mut byte) {
                 Ok(0) => break Err("closed before CONNECT".to_string()),
                 Ok(_) if byte[0] == b'\n' => break parse_connect(&h.line),
-                Ok(_) if h.line.len() >= MAX_CONNECT_LINE => break Err("CONNECT line too long".to_string()),
+                Ok(_) if h.line.len() >= MAX_CONNECT_LINE => {
+                    break Err("CONNECT line too long".to_string())
+                }
                 Ok(_) => h.line.push(byte[0]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -295,7 +297,11 @@ impl Muxer {
             Ok(port) => self.start_host_connection(token, h.stream, port),
             Err(why) => {
                 tracing::warn!("vsock: dropping host connection: {why}");
-                let _ = self.epoll.ctl(ControlOperation::Delete, h.stream.as_raw_fd(), EpollEvent::default());
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    h.stream.as_raw_fd(),
+                    EpollEvent::default(),
+                );
             }
         }
     }
@@ -304,12 +310,18 @@ impl Muxer {
         let fd = stream.as_raw_fd();
         if self.conns.len() >= self.max_connections {
             tracing::warn!("vsock: connection limit reached, refusing CONNECT {peer_port}");
-            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             return;
         }
         let local_port = self.alloc_local_port();
         // Now that it carries data, also watch for room to write and hang-ups.
-        if let Err(e) = self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(event_set(true), token)) {
+        if let Err(e) = self.epoll.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(event_set(true), token),
+        ) {
             tracing::warn!("vsock: cannot watch host socket: {e}");
             return;
         }
@@ -317,7 +329,13 @@ impl Muxer {
             local_port,
             peer_port,
         };
-        let conn = Connection::host_initiated(stream, local_port, peer_port, self.guest_cid, self.buf_alloc);
+        let conn = Connection::host_initiated(
+            stream,
+            local_port,
+            peer_port,
+            self.guest_cid,
+            self.buf_alloc,
+        );
         self.slots.insert(token, Slot::Conn(key));
         self.conns.insert(key, (token, conn));
         self.after_change(key);
@@ -326,7 +344,10 @@ impl Muxer {
     fn alloc_local_port(&mut self) -> u32 {
         loop {
             let port = self.next_local_port;
-            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(FIRST_LOCAL_PORT);
             if !self.conns.keys().any(|k| k.local_port == port) {
                 return port;
             }
@@ -361,7 +382,10 @@ impl Muxer {
 
     fn accept_guest_connection(&mut self, hdr: &VsockHeader) {
         if self.conns.len() >= self.max_connections {
-            tracing::warn!("vsock: connection limit reached, refusing guest connection to port {}", hdr.dst_port);
+            tracing::warn!(
+                "vsock: connection limit reached, refusing guest connection to port {}",
+                hdr.dst_port
+            );
             return self.reply_rst(hdr);
         }
         let mut path = self.uds_path.clone().into_os_string();
@@ -369,7 +393,11 @@ impl Muxer {
         let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("vsock: guest connection to port {} refused: {}: {e}", hdr.dst_port, Path::new(&path).display());
+                tracing::debug!(
+                    "vsock: guest connection to port {} refused: {}: {e}",
+                    hdr.dst_port,
+                    Path::new(&path).display()
+                );
                 return self.reply_rst(hdr);
             }
         };
@@ -430,7 +458,11 @@ impl Muxer {
     fn remove(&mut self, key: ConnKey) {
         if let Some((token, conn)) = self.conns.remove(&key) {
             self.slots.remove(&token);
-            let _ = self.epoll.ctl(ControlOperation::Delete, conn.stream.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                conn.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
     }
 
@@ -469,7 +501,9 @@ impl Muxer {
         if self.timer_at.is_some_and(|t| t <= at) {
             return;
         }
-        let delay = at.saturating_duration_since(Instant::now()).max(std::time::Duration::from_millis(1));
+        let delay = at
+            .saturating_duration_since(Instant::now())
+            .max(std::time::Duration::from_millis(1));
         match self.timer.reset(delay, None) {
             Ok(()) => self.timer_at = Some(at),
             Err(e) => tracing::warn!("vsock: cannot arm timer: {e}"),
@@ -494,7 +528,11 @@ impl Muxer {
         for token in expired_handshakes {
             if let Some(Slot::Handshake(h)) = self.slots.remove(&token) {
                 tracing::warn!("vsock: host connection sent no CONNECT line in time");
-                let _ = self.epoll.ctl(ControlOperation::Delete, h.stream.as_raw_fd(), EpollEvent::default());
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    h.stream.as_raw_fd(),
+                    EpollEvent::default(),
+                );
             }
         }
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
@@ -504,7 +542,10 @@ impl Muxer {
                     let was_waiting = conn.state == State::AwaitingResponse;
                     conn.on_deadline();
                     if was_waiting {
-                        tracing::warn!(port = key.peer_port, "vsock: guest did not answer a connection request in time");
+                        tracing::warn!(
+                            port = key.peer_port,
+                            "vsock: guest did not answer a connection request in time"
+                        );
                     }
                 }
             }

@@ -150,7 +150,11 @@ struct GuestRanges {
 impl GuestRanges {
     /// Collects the readable (`writable == false`) or writable descriptors of
     /// `chain`, checking that each one lies in guest memory.
-    fn from_chain<M, T>(mem: &M, chain: DescriptorChain<T>, writable: bool) -> Result<Self, PacketError>
+    fn from_chain<M, T>(
+        mem: &M,
+        chain: DescriptorChain<T>,
+        writable: bool,
+    ) -> Result<Self, PacketError>
     where
         M: GuestMemory,
         T: Deref,
@@ -184,7 +188,11 @@ impl GuestRanges {
     }
 
     /// The ranges covering bytes `[offset, offset + len)`, clipped to the chain.
-    fn window(&self, offset: usize, len: usize) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
+    fn window(
+        &self,
+        offset: usize,
+        len: usize,
+    ) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
         let end = offset.saturating_add(len);
         let mut pos = 0usize;
         self.ranges.iter().filter_map(move |&(addr, rlen)| {
@@ -196,7 +204,12 @@ impl GuestRanges {
         })
     }
 
-    fn read_at<M: GuestMemory>(&self, mem: &M, offset: usize, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+    fn read_at<M: GuestMemory>(
+        &self,
+        mem: &M,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<(), GuestMemoryError> {
         let mut done = 0;
         for (addr, len) in self.window(offset, buf.len()) {
             mem.read_slice(&mut buf[done..done + len], addr)?;
@@ -205,7 +218,12 @@ impl GuestRanges {
         Ok(())
     }
 
-    fn write_at<M: GuestMemory>(&self, mem: &M, offset: usize, data: &[u8]) -> Result<(), GuestMemoryError> {
+    fn write_at<M: GuestMemory>(
+        &self,
+        mem: &M,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), GuestMemoryError> {
         let mut done = 0;
         for (addr, len) in self.window(offset, data.len()) {
             mem.write_slice(&data[done..done + len], addr)?;
@@ -342,7 +360,12 @@ impl TxPacket {
     }
 
     /// Appends the payload from byte `offset` on to `out`.
-    pub fn copy_payload<M: GuestMemory>(&self, mem: &M, offset: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    pub fn copy_payload<M: GuestMemory>(
+        &self,
+        mem: &M,
+        offset: usize,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let start = out.len();
         let n = self.payload.len.saturating_sub(offset);
         out.resize(start + n, 0);
@@ -391,7 +414,10 @@ impl RxBuffer {
     /// [`RxBuffer::payload_capacity`].
     pub fn write_payload<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> io::Result<()> {
         if data.len() > self.payload_capacity() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload exceeds rx buffer"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "payload exceeds rx buffer",
+            ));
         }
         self.ranges
             .write_at(mem, HDR_SIZE, data)

@@ -1,0 +1,55 @@
+//! virtio-vsock (device id 19) with a host side made of Unix sockets.
+//!
+//! - [`packet`]: the wire header and moving packets in and out of guest memory;
+//! - `connection`: one stream's state machine and credit accounting;
+//! - `muxer`: the Unix sockets, the hybrid `CONNECT` protocol, the epoll set;
+//! - [`device`]: the virtqueues and the [`crate::virtio::VirtioDevice`] glue.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod connection;
+mod device;
+mod muxer;
+pub mod packet;
+mod socket;
+#[cfg(test)]
+mod tests;
+
+pub use device::{VsockDevice, VsockError, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+
+/// How long a host-initiated connection waits for the guest's RESPONSE once
+/// the REQUEST reached the guest. Generous because TCG guests are slow.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose both directions are shut waits for the last
+/// bytes to drain or for the guest's RST before it is reset.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a host program may take to send its `CONNECT <port>` line.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Configuration of one vsock device.
+#[derive(Clone, Debug)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// Host-side Unix socket: host programs connect here; guest connections to
+    /// host port `P` go to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+    /// Bytes of guest data each connection may hold while the host program is
+    /// slow to read (the `buf_alloc` advertised to the guest).
+    pub conn_buffer_size: u32,
+    /// Most simultaneous connections; further ones are refused.
+    pub max_connections: usize,
+}
+
+impl VsockConfig {
+    /// A configuration with the default buffer size (256 KiB) and connection limit (256).
+    pub fn new(guest_cid: u64, uds_path: impl Into<PathBuf>) -> VsockConfig {
+        VsockConfig {
+            guest_cid,
+            uds_path: uds_path.into(),
+            conn_buffer_size: 256 * 1024,
+            max_connections: 256,
+        }
+    }
+}
