@@ -17,6 +17,7 @@ pub mod layout;
 pub mod memory;
 pub mod probe;
 pub mod vcpu;
+pub mod virtio_mmio;
 pub mod vmm;
 pub mod x86;
 

@@ -45,7 +45,11 @@ fn kernel_image(name: &str) -> PathBuf {
 }
 
 fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!(
             "the early-boot test runs the kernel under KVM and /dev/kvm is unusable ({e}): {}",
             runner_vmm::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
@@ -68,7 +72,11 @@ fn vmlinux_prints_banner_cmdline_and_our_e820_map() {
 
     let start = Instant::now();
     let vmm = Vmm::new(config).unwrap();
-    assert_eq!(vmm.boot_protocol(), BootProtocol::Pvh, "the project kernel has a PVH note");
+    assert_eq!(
+        vmm.boot_protocol(),
+        BootProtocol::Pvh,
+        "the project kernel has a PVH note"
+    );
     assert_eq!(vmm.cmdline(), CMDLINE);
     let mut expected = vec![
         "Linux version ".to_string(),
@@ -112,7 +120,11 @@ fn vmlinux_prints_banner_cmdline_and_our_e820_map() {
         start.elapsed(),
         tail(&text, 40)
     );
-    assert_eq!(exit.reason, ExitReason::Stopped { signal: None }, "{exit:?}");
+    assert_eq!(
+        exit.reason,
+        ExitReason::Stopped { signal: None },
+        "{exit:?}"
+    );
     // The e820 lines are exactly ours: no extra usable ranges either.
     let usable = text.lines().filter(|l| l.contains("BIOS-e820:")).count();
     assert_eq!(usable, expected.len() - 2, "e820 lines in log:\n{text}");
