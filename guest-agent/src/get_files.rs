@@ -26,7 +26,8 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
     }
     let mut names = BTreeSet::new();
     for pattern in patterns {
-        relative_components(Path::new(pattern)).map_err(|e| format!("pattern {e}"))?;
+        let parts = relative_components(Path::new(pattern)).map_err(|e| format!("pattern {e}"))?;
+        let plain: PathBuf = parts.iter().collect();
         let mut matched = false;
         if pattern.contains(['*', '?', '[']) {
             let full = format!(
@@ -40,16 +41,16 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
                     names.insert(name.to_path_buf());
                 }
             }
-        } else if normalized(pattern).as_os_str().is_empty() {
+        } else if plain.as_os_str().is_empty() {
             // "." (or "./"): everything in the base directory.
             for child in std::fs::read_dir(&base_path).map_err(|e| format!("{base:?}: {e}"))? {
                 let child = child.map_err(|e| format!("{base:?}: {e}"))?;
                 matched = true;
                 names.insert(PathBuf::from(child.file_name()));
             }
-        } else if std::fs::symlink_metadata(base_path.join(pattern)).is_ok() {
+        } else if std::fs::symlink_metadata(base_path.join(&plain)).is_ok() {
             matched = true;
-            names.insert(normalized(pattern));
+            names.insert(plain);
         }
         if !matched {
             return Err(format!(
@@ -58,11 +59,6 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
         }
     }
     Ok(names.into_iter().collect())
-}
-
-/// `a/./b/` → `a/b`, so the same path given twice is archived once.
-fn normalized(pattern: &str) -> PathBuf {
-    Path::new(pattern).components().collect()
 }
 
 /// Writes `names` (from [`resolve`]) as a complete tar stream into `out`.

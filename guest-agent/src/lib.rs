@@ -16,7 +16,12 @@
 #[macro_export]
 macro_rules! console {
     ($($arg:tt)*) => {
-        eprintln!("runner-agent: {}", format_args!($($arg)*))
+        {
+            use ::std::io::Write as _;
+            // Not eprintln!: that panics when stderr is gone, and a panic
+            // in PID 1 would take the whole guest down.
+            let _ = ::std::writeln!(::std::io::stderr(), "runner-agent: {}", format_args!($($arg)*));
+        }
     };
 }
 

@@ -3,6 +3,7 @@
 //! Usage: `runner-agent [--vsock-port N | --listen-unix PATH]`. Without
 //! arguments it listens on AF_VSOCK port `agent_protocol::AGENT_PORT`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use guest_agent::{console, listener, pid1, reaper};
@@ -49,7 +50,7 @@ fn main() {
     let listen = match parse_args() {
         Ok(listen) => listen,
         Err(message) => {
-            eprintln!("{message}");
+            let _ = writeln!(std::io::stderr(), "{message}");
             if pid1 {
                 // An init must not exit; serve the default port instead.
                 Listen::Vsock(agent_protocol::AGENT_PORT)
