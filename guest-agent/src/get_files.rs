@@ -29,7 +29,9 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
         let parts = relative_components(Path::new(pattern)).map_err(|e| format!("pattern {e}"))?;
         let plain: PathBuf = parts.iter().collect();
         let mut matched = false;
-        if pattern.contains(['*', '?', '[']) {
+        let literal_exists = !plain.as_os_str().is_empty()
+            && std::fs::symlink_metadata(base_path.join(&plain)).is_ok();
+        if pattern.contains(['*', '?', '[']) && !literal_exists {
             let full = format!(
                 "{}/{pattern}",
                 glob::Pattern::escape(&base_path.to_string_lossy())
@@ -48,7 +50,8 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
                 matched = true;
                 names.insert(PathBuf::from(child.file_name()));
             }
-        } else if std::fs::symlink_metadata(base_path.join(&plain)).is_ok() {
+        } else if literal_exists {
+            // A plain path, or one whose name merely contains `*?[`.
             matched = true;
             names.insert(plain);
         }

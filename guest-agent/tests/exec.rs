@@ -294,3 +294,28 @@ fn concurrent_execs_on_several_connections() {
         "connections were served one after another"
     );
 }
+
+#[test]
+fn unread_stdin_neither_hangs_nor_piles_up() {
+    let (mut c, _) = connect();
+    let mut req = script("exec sleep 1000");
+    req.stdin = true;
+    req.timeout_ms = Some(400);
+    c.send(Message::Exec(req));
+    // 4 MB of stdin for a command that never reads it: the agent holds one
+    // frame, the rest waits in the socket, and the timeout still fires.
+    let mut writer = c.stream.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'z'; 64 * 1024];
+        for _ in 0..64 {
+            agent_protocol::write_frame(&mut writer, &Frame::Data(Stream::Stdin, chunk.clone()))
+                .unwrap();
+        }
+        agent_protocol::write_frame(&mut writer, &Frame::Control(Message::StdinEof)).unwrap();
+    });
+    let status = c.collect_exec(|_, _| {});
+    assert!(status.timed_out, "{status:?}");
+    // The leftover stdin frames are skipped; the connection carries on.
+    feeder.join().unwrap();
+    assert_eq!(c.exec(script("echo ok")).stdout_str(), "ok\n");
+}

@@ -122,6 +122,10 @@ fn get_files_globs_dot_and_missing_patterns() {
     assert_eq!(names(&tar), ["bin/run.sh", "data/deep/er/big.bin"]);
     let (tar, _) = c.get_tar(b, &["."]).unwrap();
     assert_eq!(names(&tar).len(), 9);
+    // A name with glob characters is taken literally when it exists.
+    std::fs::write(base.path().join("data/odd[1].txt"), "odd").unwrap();
+    let (tar, _) = c.get_tar(b, &["data/odd[1].txt"]).unwrap();
+    assert_eq!(names(&tar), ["data/odd[1].txt"]);
 
     let err = c.get_tar(b, &["bin", "nothing-*.log"]).unwrap_err();
     assert!(err.contains("\"nothing-*.log\" matched nothing"), "{err}");
