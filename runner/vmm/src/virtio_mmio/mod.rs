@@ -210,12 +210,16 @@ impl MmioTransport {
         }
     }
 
-    /// Handles the device's backend fd becoming readable.
+    /// Handles the device's backend fd becoming readable. Before DRIVER_OK
+    /// the device is called with no usable queues, so it can drain what it
+    /// cannot deliver yet instead of leaving the (level-triggered) fd hot.
     pub fn process_backend(&mut self) {
-        if !self.activated {
-            return;
-        }
-        let mut queues = LentQueues(&mut self.queues);
+        let lent: &mut [Queue] = if self.activated {
+            &mut self.queues
+        } else {
+            &mut []
+        };
+        let mut queues = LentQueues(lent);
         let mut ctx = DeviceContext::new(&self.mem, &mut queues, self.interrupt.as_ref());
         if let Err(e) = self.device.process_backend(&mut ctx) {
             tracing::error!("virtio device backend failed: {e}");

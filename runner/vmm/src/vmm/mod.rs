@@ -1,16 +1,20 @@
 //! `Vmm`: builds a microVM from a [`VmmConfig`], runs it until something
 //! ends it, and reports why.
 
+mod run;
+mod virtio;
+
+pub use virtio::VirtioSlot;
+
 use std::fs::File;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::{load_cmdline, Cmdline};
 use vm_memory::GuestAddress;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::loader::{load_kernel, EntryPoint};
@@ -22,7 +26,6 @@ use crate::error::{Error, Result};
 use crate::kvm_host;
 use crate::layout;
 use crate::memory::{self, GuestMemoryMmap};
-use crate::vcpu::{self, VcpuControl, VcpuEvent, VcpuRunner, VcpuThread, PROBE_PARKED};
 
 /// How often the controller checks whether every vCPU is parked for good.
 const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -128,13 +131,15 @@ pub struct Vmm {
     _kvm: Kvm,
     mem: GuestMemoryMmap,
     _memfd: File,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    pio: Bus,
+    mmio: Bus,
+    virtio: Vec<virtio::VirtioSlotState>,
+    entry: EntryPoint,
     reset_evt: EventFd,
     _serial_irq: EventFd,
     first_serial_byte: Arc<OnceLock<Instant>>,
     handle: VmmHandle,
-    cmdline: String,
+    cmdline: Cmdline,
     e820: Vec<E820Entry>,
     protocol: BootProtocol,
 }
@@ -160,7 +165,6 @@ impl Vmm {
                     layout::CMDLINE_MAX_SIZE - 1
                 ))
             })?;
-        let cmdline_str = config.kernel.cmdline.clone();
 
         let kvm = kvm_host::open_kvm()?;
         check_vcpu_limit(num_vcpus, kvm.get_max_vcpus())?;
@@ -197,26 +201,16 @@ impl Vmm {
         vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
         memory::register_with_kvm(&vm, &mem)?;
 
-        load_cmdline(&mem, GuestAddress(layout::CMDLINE_START), &cmdline)
-            .map_err(|e| Error::BootSetup(format!("command line: {e}")))?;
         let e820 = params::e820_table(&mem);
-        let cmdline_len = cmdline_str.len() + 1;
         let protocol = match &kernel.entry {
-            EntryPoint::Pvh(_) => {
-                let (info, memmap) = params::build_pvh_info(&e820);
-                params::write_pvh_info(&mem, &info, &memmap)?;
-                BootProtocol::Pvh
-            }
-            EntryPoint::Linux64 { setup_header, .. } => {
-                let bp = params::build_boot_params(*setup_header, cmdline_len, &e820)?;
-                params::write_boot_params(&mem, &bp)?;
-                if setup_header.is_some() {
-                    BootProtocol::BzImage
-                } else {
-                    BootProtocol::Linux64Elf
-                }
-            }
+            EntryPoint::Pvh(_) => BootProtocol::Pvh,
+            EntryPoint::Linux64 {
+                setup_header: Some(_),
+                ..
+            } => BootProtocol::BzImage,
+            EntryPoint::Linux64 { .. } => BootProtocol::Linux64Elf,
         };
+        write_boot_data(&mem, &kernel.entry, &cmdline, &e820)?;
         mptable::write(&mem, num_vcpus)?;
 
         // Legacy devices.
@@ -292,13 +286,15 @@ impl Vmm {
             _kvm: kvm,
             mem,
             _memfd: memfd,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
+            pio,
+            mmio,
+            virtio: Vec::new(),
+            entry: kernel.entry,
             reset_evt,
             _serial_irq: serial_irq,
             first_serial_byte,
             handle,
-            cmdline: cmdline_str,
+            cmdline,
             e820,
             protocol,
         })
@@ -314,9 +310,13 @@ impl Vmm {
         &self.e820
     }
 
-    /// The exact kernel command line written to guest memory.
-    pub fn cmdline(&self) -> &str {
-        &self.cmdline
+    /// The exact kernel command line written to guest memory (the
+    /// configured one plus a `virtio_mmio.device=` entry per device).
+    pub fn cmdline(&self) -> String {
+        self.cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub fn boot_protocol(&self) -> BootProtocol {
@@ -331,155 +331,32 @@ impl Vmm {
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm
     }
-
-    /// Runs the VM until it ends; every vCPU thread is joined before this
-    /// returns, and all KVM fds are closed when it returns.
-    pub fn run(mut self) -> Result<VmExit> {
-        let epoll = Epoll::new().map_err(Error::io("epoll_create"))?;
-        let events_ready =
-            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
-        const VCPU_EVENT: u64 = 0;
-        const RESET_EVENT: u64 = 1;
-        const STOP_EVENT: u64 = 2;
-        for (fd, token) in [
-            (events_ready.as_ref(), VCPU_EVENT),
-            (&self.reset_evt, RESET_EVENT),
-            (self.handle.evt.as_ref(), STOP_EVENT),
-        ] {
-            use std::os::fd::AsRawFd;
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(Error::io("epoll_ctl"))?;
-        }
-
-        let (tx, rx) = mpsc::channel();
-        let first_exit = Arc::new(OnceLock::new());
-        let run_start = Instant::now();
-        let mut threads: Vec<VcpuThread> = Vec::new();
-        let mut spawn_error = None;
-        for (index, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
-            let runner = VcpuRunner {
-                index,
-                fd,
-                pio: self.pio.clone(),
-                mmio: self.mmio.clone(),
-                control: Arc::new(VcpuControl::default()),
-                events: tx.clone(),
-                events_ready: events_ready.clone(),
-                first_exit: first_exit.clone(),
-            };
-            match vcpu::spawn(runner) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    spawn_error = Some(Error::io("spawning vCPU thread")(e));
-                    break;
-                }
-            }
-        }
-
-        let reason = match spawn_error {
-            Some(_) => None,
-            None => Some(self.control_loop(&epoll, &rx, &threads, run_start)),
-        };
-
-        for t in &threads {
-            t.control.request_stop();
-            t.kick();
-        }
-        for t in threads {
-            t.join();
-        }
-        let reason = match (reason, spawn_error) {
-            (Some(r), _) => r?,
-            (None, Some(e)) => return Err(e),
-            (None, None) => unreachable!("either the loop ran or spawning failed"),
-        };
-        let since = |t: Option<&Instant>| t.map(|t| t.saturating_duration_since(self.created));
-        let timings = BootTimings {
-            build: self.build_time,
-            first_exit: since(first_exit.get()),
-            first_serial_byte: since(self.first_serial_byte.get()),
-            total: self.created.elapsed(),
-        };
-        tracing::debug!(%reason, ?timings, "microVM ended");
-        Ok(VmExit { reason, timings })
-    }
-
-    fn control_loop(
-        &self,
-        epoll: &Epoll,
-        rx: &mpsc::Receiver<(usize, VcpuEvent)>,
-        threads: &[VcpuThread],
-        run_start: Instant,
-    ) -> Result<ExitReason> {
-        let deadline = self.config.timeout.map(|t| run_start + t);
-        let mut next_probe = run_start + HALT_PROBE_INTERVAL;
-        let mut probing = false;
-        let mut events = vec![EpollEvent::default(); 8];
-        loop {
-            let now = Instant::now();
-            if let (Some(d), Some(t)) = (deadline, self.config.timeout) {
-                if now >= d {
-                    return Ok(ExitReason::Timeout(t));
-                }
-            }
-            if now >= next_probe {
-                if probing
-                    && threads
-                        .iter()
-                        .all(|t| t.control.probe_result() == PROBE_PARKED)
-                {
-                    return Ok(ExitReason::Halted);
-                }
-                for t in threads {
-                    t.control.request_probe();
-                    t.kick();
-                }
-                probing = true;
-                next_probe = now + HALT_PROBE_INTERVAL;
-            }
-            let mut wait = next_probe.saturating_duration_since(now);
-            if let Some(d) = deadline {
-                wait = wait.min(d.saturating_duration_since(now));
-            }
-            let n = match epoll.wait(wait.as_millis().max(1) as i32, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("epoll_wait")(e)),
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    0 => {
-                        while let Ok((index, event)) = rx.try_recv() {
-                            if let Some(reason) = vcpu_exit_reason(index, event) {
-                                return Ok(reason);
-                            }
-                        }
-                    }
-                    1 => return Ok(ExitReason::Reset),
-                    _ => {
-                        let signal = self.handle.signal.load(Ordering::SeqCst);
-                        return Ok(ExitReason::Stopped {
-                            signal: (signal != 0).then_some(signal),
-                        });
-                    }
-                }
-            }
-        }
-    }
 }
 
-fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
-    match event {
-        VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
-        VcpuEvent::Halted => Some(ExitReason::Halted),
-        VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
-        VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
-        VcpuEvent::Stopped => None,
+/// Writes the command line and the boot protocol's structures (zero page
+/// or PVH start info, both carrying `e820`).
+fn write_boot_data(
+    mem: &GuestMemoryMmap,
+    entry: &EntryPoint,
+    cmdline: &Cmdline,
+    e820: &[E820Entry],
+) -> Result<()> {
+    load_cmdline(mem, GuestAddress(layout::CMDLINE_START), cmdline)
+        .map_err(|e| Error::BootSetup(format!("command line: {e}")))?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(|e| Error::Cmdline(e.to_string()))?
+        .as_bytes_with_nul()
+        .len();
+    match entry {
+        EntryPoint::Pvh(_) => {
+            let (info, memmap) = params::build_pvh_info(e820);
+            params::write_pvh_info(mem, &info, &memmap)
+        }
+        EntryPoint::Linux64 { setup_header, .. } => {
+            let bp = params::build_boot_params(*setup_header, cmdline_len, e820)?;
+            params::write_boot_params(mem, &bp)
+        }
     }
 }
 

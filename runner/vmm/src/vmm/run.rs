@@ -1,0 +1,222 @@
+//! Running a built VM: vCPU threads plus the controller/device event loop
+//! in the calling thread.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{BootTimings, ExitReason, VmExit, Vmm, HALT_PROBE_INTERVAL};
+use crate::error::{Error, Result};
+use crate::vcpu::{self, VcpuControl, VcpuEvent, VcpuRunner, VcpuThread, PROBE_PARKED};
+use crate::virtio_mmio::MmioTransport;
+
+const VCPU_EVENT: u64 = 0;
+const RESET_EVENT: u64 = 1;
+const STOP_EVENT: u64 = 2;
+/// Tokens from here on index `DeviceEvent`s.
+const FIRST_DEVICE_EVENT: u64 = 16;
+
+/// Device work the event loop dispatches.
+enum DeviceEvent {
+    QueueNotify {
+        transport: Arc<Mutex<MmioTransport>>,
+        evt: EventFd,
+        queue: u16,
+    },
+    Backend {
+        transport: Arc<Mutex<MmioTransport>>,
+    },
+}
+
+fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Vmm {
+    /// Runs the VM until it ends; every vCPU thread is joined before this
+    /// returns, and all KVM fds are closed when it returns.
+    pub fn run(mut self) -> Result<VmExit> {
+        let epoll = Epoll::new().map_err(Error::io("epoll_create"))?;
+        let add = |fd: RawFd, token: u64| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(Error::io("epoll_ctl"))
+        };
+        let events_ready =
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
+        add(events_ready.as_raw_fd(), VCPU_EVENT)?;
+        add(self.reset_evt.as_raw_fd(), RESET_EVENT)?;
+        add(self.handle.evt.as_raw_fd(), STOP_EVENT)?;
+
+        let mut device_events = Vec::new();
+        for slot in &self.virtio {
+            for (queue, evt) in slot.queue_evts.iter().enumerate() {
+                let evt = evt.try_clone().map_err(Error::io("eventfd clone"))?;
+                add(
+                    evt.as_raw_fd(),
+                    FIRST_DEVICE_EVENT + device_events.len() as u64,
+                )?;
+                device_events.push(DeviceEvent::QueueNotify {
+                    transport: slot.transport.clone(),
+                    evt,
+                    queue: queue as u16,
+                });
+            }
+            if let Some(fd) = lock(&slot.transport).backend_fd() {
+                add(fd, FIRST_DEVICE_EVENT + device_events.len() as u64)?;
+                device_events.push(DeviceEvent::Backend {
+                    transport: slot.transport.clone(),
+                });
+            }
+        }
+
+        let (tx, rx) = mpsc::channel();
+        let first_exit = Arc::new(OnceLock::new());
+        let run_start = Instant::now();
+        let pio = Arc::new(std::mem::take(&mut self.pio));
+        let mmio = Arc::new(std::mem::take(&mut self.mmio));
+        let mut threads: Vec<VcpuThread> = Vec::new();
+        let mut spawn_error = None;
+        for (index, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let runner = VcpuRunner {
+                index,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                control: Arc::new(VcpuControl::default()),
+                events: tx.clone(),
+                events_ready: events_ready.clone(),
+                first_exit: first_exit.clone(),
+            };
+            match vcpu::spawn(runner) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(Error::io("spawning vCPU thread")(e));
+                    break;
+                }
+            }
+        }
+
+        let reason = match spawn_error {
+            Some(e) => Err(e),
+            None => self.control_loop(&epoll, &rx, &threads, &device_events, run_start),
+        };
+        for t in &threads {
+            t.control.request_stop();
+            t.kick();
+        }
+        for t in threads {
+            t.join();
+        }
+        let reason = reason?;
+        let since = |t: Option<&Instant>| t.map(|t| t.saturating_duration_since(self.created));
+        let timings = BootTimings {
+            build: self.build_time,
+            first_exit: since(first_exit.get()),
+            first_serial_byte: since(self.first_serial_byte.get()),
+            total: self.created.elapsed(),
+        };
+        tracing::debug!(%reason, ?timings, "microVM ended");
+        Ok(VmExit { reason, timings })
+    }
+
+    fn control_loop(
+        &self,
+        epoll: &Epoll,
+        rx: &mpsc::Receiver<(usize, VcpuEvent)>,
+        threads: &[VcpuThread],
+        device_events: &[DeviceEvent],
+        run_start: Instant,
+    ) -> Result<ExitReason> {
+        let deadline = self.config.timeout.map(|t| run_start + t);
+        let mut next_probe = run_start + HALT_PROBE_INTERVAL;
+        let mut probing = false;
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let now = Instant::now();
+            if let (Some(d), Some(t)) = (deadline, self.config.timeout) {
+                if now >= d {
+                    return Ok(ExitReason::Timeout(t));
+                }
+            }
+            if now >= next_probe {
+                // Every vCPU parked at the previous probe: nothing can run again.
+                if probing
+                    && threads
+                        .iter()
+                        .all(|t| t.control.probe_result() == PROBE_PARKED)
+                {
+                    return Ok(ExitReason::Halted);
+                }
+                for t in threads {
+                    t.control.request_probe();
+                    t.kick();
+                }
+                probing = true;
+                next_probe = now + HALT_PROBE_INTERVAL;
+            }
+            let mut wait = next_probe.saturating_duration_since(now);
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(now));
+            }
+            let n = match epoll.wait(wait.as_millis().max(1) as i32, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    VCPU_EVENT => {
+                        while let Ok((index, event)) = rx.try_recv() {
+                            if let Some(reason) = vcpu_exit_reason(index, event) {
+                                return Ok(reason);
+                            }
+                        }
+                    }
+                    RESET_EVENT => return Ok(ExitReason::Reset),
+                    STOP_EVENT => {
+                        let signal = self.handle.signal.load(Ordering::SeqCst);
+                        return Ok(ExitReason::Stopped {
+                            signal: (signal != 0).then_some(signal),
+                        });
+                    }
+                    token => {
+                        let index = token.saturating_sub(FIRST_DEVICE_EVENT) as usize;
+                        match device_events.get(index) {
+                            Some(DeviceEvent::QueueNotify {
+                                transport,
+                                evt,
+                                queue,
+                            }) => {
+                                let _ = evt.read();
+                                lock(transport).process_queue(*queue);
+                            }
+                            Some(DeviceEvent::Backend { transport }) => {
+                                lock(transport).process_backend();
+                            }
+                            None => tracing::warn!(token, "event for an unknown token"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
+    match event {
+        VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
+        VcpuEvent::Halted => Some(ExitReason::Halted),
+        VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
+        VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
+        VcpuEvent::Stopped => None,
+    }
+}

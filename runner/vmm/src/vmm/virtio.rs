@@ -1,0 +1,102 @@
+//! Attaching virtio devices to a built VM: a virtio-mmio window on the MMIO
+//! bus, an irqfd for its interrupt, an ioeventfd per queue, and a
+//! `virtio_mmio.device=` entry on the kernel command line.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::IoEventAddress;
+use runner_devices::virtio::VirtioDevice;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{write_boot_data, Vmm};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::memory::GuestMemoryMmap;
+use crate::virtio_mmio::{reg, MmioTransport};
+
+/// Where a virtio device was placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// Guest physical base of its register window.
+    pub base: u64,
+    pub size: u64,
+    /// IOAPIC pin (GSI) of its interrupt.
+    pub irq: u32,
+}
+
+/// A device's transport and the fds the event loop waits on.
+pub(super) struct VirtioSlotState {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// One per queue, signalled by KVM on a `QueueNotify` write.
+    pub queue_evts: Vec<EventFd>,
+    pub slot: VirtioSlot,
+    /// Kept open for as long as the irqfd registration.
+    pub _irqfd: EventFd,
+}
+
+impl Vmm {
+    /// Attaches `device` behind the next free virtio-mmio window and
+    /// announces it on the kernel command line. Call before [`Vmm::run`].
+    pub fn add_virtio_device(
+        &mut self,
+        device: Box<dyn VirtioDevice<GuestMemoryMmap>>,
+    ) -> Result<VirtioSlot> {
+        let index = self.virtio.len() as u64;
+        let slot = VirtioSlot {
+            base: layout::VIRTIO_MMIO_START + index * layout::VIRTIO_MMIO_SIZE,
+            size: layout::VIRTIO_MMIO_SIZE,
+            irq: layout::VIRTIO_IRQ_BASE + index as u32,
+        };
+        if slot.irq > layout::IRQ_MAX {
+            return Err(Error::Config(format!(
+                "at most {} virtio devices fit the IOAPIC",
+                layout::IRQ_MAX + 1 - layout::VIRTIO_IRQ_BASE
+            )));
+        }
+        // The command line first: if it overflows, nothing is registered.
+        let mut cmdline = self.cmdline.clone();
+        cmdline
+            .add_virtio_mmio_device(slot.size, GuestAddress(slot.base), slot.irq, None)
+            .map_err(|e| Error::Cmdline(format!("adding virtio device: {e}")))?;
+
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        self.vm
+            .register_irqfd(&irqfd, slot.irq)
+            .map_err(Error::kvm("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(
+            device,
+            self.mem.clone(),
+            irqfd.try_clone().map_err(Error::io("eventfd clone"))?,
+        )
+        .map_err(|e| Error::Config(format!("virtio queues: {e}")))?;
+        let mut queue_evts = Vec::with_capacity(transport.num_queues());
+        for queue in 0..transport.num_queues() {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+            let addr = IoEventAddress::Mmio(slot.base + reg::QUEUE_NOTIFY);
+            self.vm
+                .register_ioevent(&evt, &addr, queue as u32)
+                .map_err(Error::kvm("KVM_IOEVENTFD (virtio queue notify)"))?;
+            queue_evts.push(evt);
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(transport.clone(), slot.base, slot.size)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        write_boot_data(&self.mem, &self.entry, &cmdline, &self.e820)?;
+        self.cmdline = cmdline;
+        self.virtio.push(VirtioSlotState {
+            transport,
+            queue_evts,
+            slot,
+            _irqfd: irqfd,
+        });
+        tracing::debug!(?slot, "virtio-mmio device attached");
+        Ok(slot)
+    }
+
+    /// The virtio devices attached so far, in attach order.
+    pub fn virtio_slots(&self) -> Vec<VirtioSlot> {
+        self.virtio.iter().map(|v| v.slot).collect()
+    }
+}
