@@ -143,9 +143,13 @@ fn mount_once(m: &Mount) {
     }
 }
 
-/// Points stdin/stdout/stderr at the console, so the agent's messages reach
-/// the serial log however the agent was started.
+/// Points stdin/stdout/stderr at the console when the agent was started
+/// without a usable stderr (closed, or /dev/null), so its messages reach the
+/// serial log. A stderr that runner-init (or a test) handed over is kept.
 fn attach_console() {
+    if stderr_is_usable() {
+        return;
+    }
     let Ok(console) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -158,6 +162,22 @@ fn attach_console() {
         // SAFETY: dup2 onto the standard descriptors, which we own.
         unsafe { libc::dup2(console.as_raw_fd(), fd) };
     }
+}
+
+fn stderr_is_usable() -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    // SAFETY: an all-zero stat is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into `st`.
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    let is_char_dev = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+    let devnull = std::fs::metadata("/dev/null")
+        .ok()
+        .filter(|m| m.file_type().is_char_device())
+        .map(|m| m.rdev());
+    !(is_char_dev && devnull == Some(st.st_rdev))
 }
 
 /// `ip link set lo up`. The kernel gives an up loopback 127.0.0.1 by itself.
