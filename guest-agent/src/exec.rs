@@ -162,7 +162,10 @@ impl Running {
         req: &ExecRequest,
         started: Instant,
     ) -> Result<(), ExecAbort> {
-        let deadline = req.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+        // A timeout too large to represent is no timeout (and must not panic).
+        let deadline = req
+            .timeout_ms
+            .and_then(|ms| started.checked_add(Duration::from_millis(ms)));
         let mut pending = PendingStdin::default();
         let mut exit: Option<(ChildExit, Instant)> = None;
         let (mut timed_out, mut cancelled) = (false, false);

@@ -34,6 +34,7 @@ pub fn serve_connection<S: Read + Write + AsFd>(stream: S) -> ConnectionEnd {
         Ok(end) => end,
         Err(Abort::Disconnected) => ConnectionEnd::Closed,
         Err(Abort::Protocol(message)) => {
+            crate::console!("closing a connection: {message}");
             // Best effort: the peer may already be gone.
             let _ = send_error(&mut conn, message);
             ConnectionEnd::Closed

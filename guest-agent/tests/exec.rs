@@ -25,6 +25,9 @@ fn exit_codes_and_environment() {
     assert_eq!(c.exec(argv(&["true"])).status.code, Some(0));
     assert_eq!(c.exec(argv(&["false"])).status.code, Some(1));
     assert_eq!(c.exec(script("exit 42")).status.code, Some(42));
+    let mut huge_timeout = argv(&["true"]);
+    huge_timeout.timeout_ms = Some(u64::MAX);
+    assert_eq!(c.exec(huge_timeout).status.code, Some(0));
 
     let mut req = script("echo \"$HOME|$LANG|$TERM|$FOO|$PATH\"; pwd");
     req.env = vec![
