@@ -376,6 +376,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vmm_and_handle_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        fn assert_sync<T: Sync>() {}
+        assert_send::<Vmm>();
+        assert_send::<VmmHandle>();
+        assert_sync::<VmmHandle>();
+    }
+
+    #[test]
     fn vcpu_limit_is_enforced_with_a_clear_message() {
         assert!(check_vcpu_limit(4, 4).is_ok());
         let err = check_vcpu_limit(5, 4).unwrap_err().to_string();
