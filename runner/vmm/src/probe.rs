@@ -90,8 +90,9 @@ impl HostProbe {
                     }
                     (Ring0Speed::Emulated, true) => format!(
                         "KVM is PVM (kvm_pvm): guest ring 0 is emulated ({rate}). The built-in VMM \
-                         works, but a stock Linux kernel needs tens of minutes to boot; use the QEMU \
-                         backend here, or a host with VT-x/AMD-V"
+                         works, but a stock Linux kernel only reaches its early console here (PVM \
+                         forces XSAVE into the guest CPUID and its emulator stops at ring-0 \
+                         `xrstor`/`int3`); use the QEMU backend, or a host with VT-x/AMD-V"
                     ),
                     (Ring0Speed::Emulated, false) => format!(
                         "KVM ({module}) runs guest ring 0 at only {rate}: it looks emulated; \

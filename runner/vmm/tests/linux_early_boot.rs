@@ -3,8 +3,8 @@
 //! Needs RUNNER_KERNEL (the `vmlinux` built by `kernels/build.sh`, or its
 //! directory) and a usable /dev/kvm. The serial console must show the
 //! `Linux version` banner, `Command line: <exactly what we passed>` and
-//! every entry of the e820 map we built, within a bounded time; then the
-//! VM is stopped and torn down.
+//! every entry of the e820 map we built, and find both vCPUs in our MP
+//! table, within a bounded time; then the VM is stopped and torn down.
 //!
 //! On a PVM host (no VT-x) guest ring 0 is emulated, so only this early
 //! part of boot is reachable in test time; on VT-x/AMD-V it takes well
@@ -65,7 +65,8 @@ fn vmlinux_prints_banner_cmdline_and_our_e820_map() {
     let log = dir.path().join("serial.log");
     let mut config = VmmConfig::new(&kernel, CMDLINE);
     config.memory.size_mib = 128;
-    config.vcpus.num = 1;
+    // Two vCPUs: the kernel must find both in our MP table.
+    config.vcpus.num = 2;
     config.serial.log_path = Some(log.clone());
     // The VMM's own timeout is a backstop; the watcher below stops earlier.
     config.timeout = Some(BOOT_BUDGET + Duration::from_secs(10));
@@ -83,6 +84,8 @@ fn vmlinux_prints_banner_cmdline_and_our_e820_map() {
         format!("Command line: {CMDLINE}"),
     ];
     expected.extend(vmm.e820().iter().map(|e| e.linux_log_line()));
+    expected.push("MPTABLE: OEM ID: RUNNER".to_string());
+    expected.push("Processors: 2".to_string());
 
     let handle = vmm.handle();
     let watch_log = log.clone();
@@ -131,11 +134,22 @@ fn vmlinux_prints_banner_cmdline_and_our_e820_map() {
         .lines()
         .filter(|l| l.contains("BIOS-e820:") && l.trim_end().ends_with("usable"))
         .count();
-    assert_eq!(usable, expected.len() - 2, "e820 lines in log:\n{text}");
+    assert_eq!(
+        usable,
+        vmm_e820_len(&expected),
+        "e820 lines in log:\n{text}"
+    );
     eprintln!("early boot: {:?}", exit.timings);
     for (want, t) in expected.iter().zip(&seen_at) {
         eprintln!("  {:>8.2?}  {want}", t.unwrap_or_default());
     }
+}
+
+fn vmm_e820_len(expected: &[String]) -> usize {
+    expected
+        .iter()
+        .filter(|e| e.starts_with("BIOS-e820:"))
+        .count()
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -35,6 +35,15 @@ pub fn configure_vcpu(
     )?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    if hide_cx16_and_xsave && index == 0 && xsave_still_visible(vcpu) {
+        // Observed on kvm_pvm: KVM_SET_CPUID2 succeeds but the vCPU keeps
+        // XSAVE (and AVX...) in leaf 1, so the guest kernel will execute
+        // `xrstor`, which PVM's ring-0 emulator cannot do.
+        tracing::warn!(
+            "this PVM host forces XSAVE into the guest's CPUID; a Linux guest needs \
+             `noxsave` on its command line to get past FPU init"
+        );
+    }
     msrs::set_boot_msrs(vcpu)?;
     vcpu.set_fpu(&regs::boot_fpu())
         .map_err(Error::kvm("KVM_SET_FPU"))?;
@@ -48,4 +57,16 @@ pub fn configure_vcpu(
             .map_err(Error::kvm("KVM_SET_REGS"))?;
     }
     Ok(())
+}
+
+/// Whether the vCPU still reports XSAVE after we asked KVM to hide it.
+fn xsave_still_visible(vcpu: &VcpuFd) -> bool {
+    const ECX_XSAVE: u32 = 1 << 26;
+    vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map(|c| {
+            c.as_slice()
+                .iter()
+                .any(|e| e.function == 1 && e.ecx & ECX_XSAVE != 0)
+        })
+        .unwrap_or(false)
 }
