@@ -21,8 +21,8 @@ pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
 /// Index of the event queue (transport reset events; this device sends none).
 pub const EVENT_QUEUE: u16 = 2;
-/// Maximum size of each queue.
-pub const QUEUE_SIZE: u16 = 256;
+/// Maximum size of each queue. QEMU's vhost-user-vsock-device asks for 1024.
+pub const QUEUE_SIZE: u16 = 1024;
 
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 

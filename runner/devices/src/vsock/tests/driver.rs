@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::mock::{MockSplitQueue, UsedRing};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::virtio::{DeviceContext, Interrupt, VirtioDevice};
@@ -49,6 +49,37 @@ impl Interrupt for CountingInterrupt {
     }
 }
 
+/// Stores one chain at descriptor index `head` and makes it available.
+/// (`MockSplitQueue::add_desc_chains` does not wrap around the avail ring, so
+/// long tests publish chains themselves.)
+fn publish(q: &MockSplitQueue<'_, GuestMemoryMmap>, descs: &[RawDescriptor], head: u16) {
+    for (i, d) in descs.iter().enumerate() {
+        q.desc_table()
+            .store(head + i as u16, *d)
+            .expect("store descriptor");
+    }
+    let avail = q.avail();
+    let idx = avail.idx().load();
+    avail
+        .ring()
+        .ref_at(usize::from(idx % QSIZE))
+        .expect("avail slot")
+        .store(head);
+    avail.idx().store(idx.wrapping_add(1));
+}
+
+/// A queue for `mock` whose used ring lives at `at`.
+fn relocate_used_ring<'a>(
+    mem: &'a GuestMemoryMmap,
+    mock: &MockSplitQueue<'a, GuestMemoryMmap>,
+    at: GuestAddress,
+) -> (UsedRing<'a, GuestMemoryMmap>, Queue) {
+    let used = UsedRing::new(mem, at, QSIZE);
+    let mut queue = mock.create_queue::<Queue>().expect("queue");
+    queue.set_used_ring_address(Some(at.0 as u32), Some((at.0 >> 32) as u32));
+    (used, queue)
+}
+
 /// A received packet.
 #[derive(Debug, Clone)]
 pub struct Pkt {
@@ -66,6 +97,8 @@ pub struct Guest<'a> {
     pub mem: &'a GuestMemoryMmap,
     rxq: MockSplitQueue<'a, GuestMemoryMmap>,
     txq: MockSplitQueue<'a, GuestMemoryMmap>,
+    rx_used: UsedRing<'a, GuestMemoryMmap>,
+    tx_used: UsedRing<'a, GuestMemoryMmap>,
     queues: Vec<Queue>,
     pub device: VsockDevice,
     pub irq: CountingInterrupt,
@@ -99,11 +132,13 @@ impl<'a> Guest<'a> {
         let rxq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
         let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
         let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
-        let queues = vec![
-            rxq.create_queue::<Queue>().expect("rxq"),
-            txq.create_queue::<Queue>().expect("txq"),
-            evq.create_queue::<Queue>().expect("evq"),
-        ];
+        // MockSplitQueue places the used ring `len` bytes after the avail ring
+        // start instead of `2 * len`, so the two overlap once more than half
+        // the ring has been used; each used ring gets its own place instead.
+        let (rx_used, rxq_q) = relocate_used_ring(mem, &rxq, GuestAddress(0x4000));
+        let (tx_used, txq_q) = relocate_used_ring(mem, &txq, GuestAddress(0x1_4000));
+        let (_, evq_q) = relocate_used_ring(mem, &evq, GuestAddress(0x2_4000));
+        let queues = vec![rxq_q, txq_q, evq_q];
         let features = VirtioDevice::<GuestMemoryMmap>::features(&device);
         VirtioDevice::<GuestMemoryMmap>::ack_features(&mut device, features);
         VirtioDevice::<GuestMemoryMmap>::activate(&mut device).expect("activate");
@@ -111,6 +146,8 @@ impl<'a> Guest<'a> {
             mem,
             rxq,
             txq,
+            rx_used,
+            tx_used,
             queues,
             device,
             irq: CountingInterrupt::default(),
@@ -155,7 +192,7 @@ impl<'a> Guest<'a> {
             ];
             self.rx_layout[usize::from(idx)] = (base, base + 0x100);
             self.rx_outstanding += 1;
-            self.rxq.add_desc_chains(&descs, idx).expect("add rx chain");
+            publish(&self.rxq, &descs, idx);
         }
     }
 
@@ -174,7 +211,7 @@ impl<'a> Guest<'a> {
             ))];
             self.rx_layout[usize::from(idx)] = (base, base + HDR_SIZE as u64);
             self.rx_outstanding += 1;
-            self.rxq.add_desc_chains(&descs, idx).expect("add rx chain");
+            publish(&self.rxq, &descs, idx);
         }
     }
 
@@ -191,7 +228,7 @@ impl<'a> Guest<'a> {
                 RawDescriptor::from(Descriptor::new(addr, len, flags, idx + i as u16 + 1))
             })
             .collect();
-        self.rxq.add_desc_chains(&raw, idx).expect("add rx chain");
+        publish(&self.rxq, &raw, idx);
         self.rx_outstanding += 1;
     }
 
@@ -235,7 +272,7 @@ impl<'a> Guest<'a> {
                 0,
             )));
         }
-        self.txq.add_desc_chains(&descs, idx).expect("add tx chain");
+        publish(&self.txq, &descs, idx);
         self.kick(TX_QUEUE);
     }
 
@@ -251,7 +288,7 @@ impl<'a> Guest<'a> {
                 RawDescriptor::from(Descriptor::new(addr, len, flags, idx + i as u16 + 1))
             })
             .collect();
-        self.txq.add_desc_chains(&raw, idx).expect("add tx chain");
+        publish(&self.txq, &raw, idx);
         self.kick(TX_QUEUE);
     }
 
@@ -283,7 +320,7 @@ impl<'a> Guest<'a> {
 
     /// Packets the device put in the rx used ring since the last call.
     pub fn received(&mut self) -> Vec<Pkt> {
-        let used = self.rxq.used();
+        let used = &self.rx_used;
         let end = used.idx().load();
         let mut out = Vec::new();
         while self.used_seen[0] != end {
@@ -317,7 +354,7 @@ impl<'a> Guest<'a> {
 
     /// Number of tx buffers the device has returned so far.
     pub fn tx_used(&self) -> u16 {
-        self.txq.used().idx().load()
+        self.tx_used.idx().load()
     }
 
     /// Pumps until `want` says the packets collected so far are enough.
