@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use agent_protocol::{read_frame, write_frame, Frame, ProtocolError, MAX_FRAME};
 
@@ -34,6 +35,36 @@ impl<S: Read + Write + AsFd> Conn<S> {
 
     pub fn send(&mut self, frame: &Frame) -> Result<(), ProtocolError> {
         write_frame(&mut self.stream, frame)
+    }
+
+    /// Ends our side of the connection (the peer reads EOF after everything
+    /// sent so far) and waits up to `linger` for the peer to close its side,
+    /// which tells that it has read everything. Errors mean it is gone already.
+    pub fn finish_sending(&mut self, linger: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{shutdown, Shutdown};
+        use std::os::fd::AsRawFd;
+        if shutdown(self.stream.as_fd().as_raw_fd(), Shutdown::Write).is_err() {
+            return;
+        }
+        let until = Instant::now() + linger;
+        let mut sink = [0u8; 4096];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
+            let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => return, // linger expired
+                Ok(_) => match self.stream.read(&mut sink) {
+                    Ok(0) => return, // the peer closed: it has everything
+                    Ok(_) => {}      // late frames: nothing to do with them now
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                },
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// The raw write side, for adapters that frame data themselves.

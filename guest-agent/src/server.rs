@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::time::Duration;
 
 use agent_protocol::{
     DataReader, DataWriter, Frame, Message, ProtocolError, Stream, CAPABILITIES, PROTOCOL_VERSION,
@@ -15,6 +16,11 @@ use agent_protocol::{
 use crate::conn::Conn;
 use crate::exec::{self, describe, ExecAbort};
 use crate::{get_files, pid1, put_files};
+
+/// How long `ShuttingDown` may take to reach the host before the guest
+/// powers off. Without this wait a reset can overtake the frame while it is
+/// still in the vsock queues, and the host never learns the shutdown was clean.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 
 /// How a connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,6 +131,7 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
             )?,
             Message::Shutdown => {
                 send(conn, Message::ShuttingDown)?;
+                conn.finish_sending(SHUTDOWN_LINGER);
                 return Ok(ConnectionEnd::Shutdown);
             }
             // Late messages for a command that has already finished.

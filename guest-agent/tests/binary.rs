@@ -136,6 +136,7 @@ fn shutdown_exits_the_process_when_not_pid1() {
     let mut c = agent.connect();
     c.send(Message::Shutdown);
     assert_eq!(c.recv_control(), Message::ShuttingDown);
+    drop(c);
     let until = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(status) = agent.child.try_wait().unwrap() {
