@@ -28,7 +28,7 @@ use crate::layout;
 use crate::memory::{self, GuestMemoryMmap};
 
 /// How often the controller checks whether every vCPU is parked for good.
-const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Why the VM ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -19,6 +19,8 @@ const RESET_EVENT: u64 = 1;
 const STOP_EVENT: u64 = 2;
 /// Tokens from here on index `DeviceEvent`s.
 const FIRST_DEVICE_EVENT: u64 = 16;
+/// How long kicked vCPUs get to answer a halt probe before we look.
+const PROBE_ANSWER_TIME: Duration = Duration::from_millis(5);
 
 /// Device work the event loop dispatches.
 enum DeviceEvent {
@@ -138,7 +140,7 @@ impl Vmm {
     ) -> Result<ExitReason> {
         let deadline = self.config.timeout.map(|t| run_start + t);
         let mut next_probe = run_start + HALT_PROBE_INTERVAL;
-        let mut probing = false;
+        let mut probe_check: Option<Instant> = None;
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let now = Instant::now();
@@ -147,26 +149,34 @@ impl Vmm {
                     return Ok(ExitReason::Timeout(t));
                 }
             }
-            if now >= next_probe {
-                // Every vCPU parked at the previous probe: nothing can run again.
-                if probing
-                    && threads
-                        .iter()
-                        .all(|t| t.control.probe_result() == PROBE_PARKED)
+            // A vCPU halted with interrupts off stays halted (nothing in
+            // this VM sends NMI/INIT), so one probe where every vCPU is
+            // parked is final.
+            if probe_check.is_some_and(|c| now >= c) {
+                probe_check = None;
+                if threads
+                    .iter()
+                    .all(|t| t.control.probe_result() == PROBE_PARKED)
                 {
                     return Ok(ExitReason::Halted);
                 }
+            }
+            if now >= next_probe {
                 for t in threads {
                     t.control.request_probe();
                     t.kick();
                 }
-                probing = true;
+                probe_check = Some(now + PROBE_ANSWER_TIME);
                 next_probe = now + HALT_PROBE_INTERVAL;
             }
-            let mut wait = next_probe.saturating_duration_since(now);
-            if let Some(d) = deadline {
-                wait = wait.min(d.saturating_duration_since(now));
+            let mut wake = next_probe;
+            if let Some(c) = probe_check {
+                wake = wake.min(c);
             }
+            if let Some(d) = deadline {
+                wake = wake.min(d);
+            }
+            let wait = wake.saturating_duration_since(now);
             let n = match epoll.wait(wait.as_millis().max(1) as i32, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
