@@ -59,6 +59,7 @@ pub struct DataReader<'a, R: Read> {
     offset: usize,
     finished: bool,
     ended: bool,
+    peer_error: Option<String>,
 }
 
 impl<'a, R: Read> DataReader<'a, R> {
@@ -71,7 +72,13 @@ impl<'a, R: Read> DataReader<'a, R> {
             offset: 0,
             finished: false,
             ended: false,
+            peer_error: None,
         }
+    }
+
+    /// The message of the peer's `Error`, if that is what broke the stream off.
+    pub fn peer_error(&self) -> Option<&str> {
+        self.peer_error.as_deref()
     }
 
     /// True once the end marker arrived, false if the stream broke off
@@ -108,21 +115,23 @@ impl<R: Read> Read for DataReader<'_, R> {
                 }
                 Some(Frame::Control(Message::Error { message })) => {
                     self.finished = true;
-                    return Err(io::Error::other(format!("peer reported: {message}")));
+                    let err = io::Error::other(format!("peer reported: {message}"));
+                    self.peer_error = Some(message);
+                    return Err(err);
                 }
                 Some(other) => {
                     self.finished = true;
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("unexpected frame in {:?} stream: {other:?}", self.stream),
-                    ))
+                    ));
                 }
                 None => {
                     self.finished = true;
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("connection closed inside the {:?} stream", self.stream),
-                    ))
+                    ));
                 }
             }
         }
@@ -186,6 +195,7 @@ mod tests {
         // Nothing of this exchange follows an error: draining must not block.
         reader.drain().unwrap();
         assert!(!reader.ended());
+        assert_eq!(reader.peer_error(), Some("disk full"));
 
         let mut empty = Cursor::new(Vec::new());
         let err = DataReader::new(&mut empty, Stream::Tar, Message::TarEnd)

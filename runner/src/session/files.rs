@@ -72,15 +72,20 @@ impl AgentSession {
         let unpacked = archive.unpack(dest);
         // Stay in step with the agent even if unpacking stopped early.
         let drained = stream.drain();
-        let ended = stream.ended();
+        let (ended, peer_error) = (stream.ended(), stream.peer_error().map(str::to_string));
         self.reader.set_read_timeout(None)?;
+        if let Some(message) = peer_error {
+            return Err(SessionError::Agent(message));
+        }
         if !ended {
-            // The stream broke off (agent error, disconnect): no FilesDone follows.
+            // The stream broke off (bad frame, disconnect): no FilesDone follows.
             let cause = unpacked.err().or(drained.err());
-            return Err(cause.map(agent_error_or_io).unwrap_or(SessionError::Closed));
+            return Err(cause
+                .map(SessionError::from)
+                .unwrap_or(SessionError::Closed));
         }
         let done = self.files_done()?;
-        unpacked.map_err(agent_error_or_io)?;
+        unpacked?;
         Ok(done)
     }
 
@@ -90,15 +95,5 @@ impl AgentSession {
             Message::Error { message } => Err(SessionError::Agent(message)),
             other => Err(SessionError::Unexpected(format!("{other:?}"))),
         }
-    }
-}
-
-/// `DataReader` turns an agent `Error` into an io error whose text starts
-/// with "peer reported"; give it back its proper variant.
-fn agent_error_or_io(e: std::io::Error) -> SessionError {
-    let text = e.to_string();
-    match text.strip_prefix("peer reported: ") {
-        Some(message) => SessionError::Agent(message.to_string()),
-        None => e.into(),
     }
 }
