@@ -304,7 +304,14 @@ impl MmioTransport {
             }
         }
         match self.device.activate() {
-            Ok(()) => self.activated = true,
+            Ok(()) => {
+                tracing::debug!(
+                    device = self.device.device_type(),
+                    features = self.device.acked_features(),
+                    "virtio device activated"
+                );
+                self.activated = true;
+            }
             Err(e) => {
                 tracing::error!("virtio device activation failed: {e}");
                 self.needs_reset();

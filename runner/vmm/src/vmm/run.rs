@@ -207,9 +207,11 @@ impl Vmm {
                                 queue,
                             }) => {
                                 let _ = evt.read();
+                                tracing::trace!(queue, "virtio queue notify");
                                 lock(transport).process_queue(*queue);
                             }
                             Some(DeviceEvent::Backend { transport }) => {
+                                tracing::trace!("virtio device backend event");
                                 lock(transport).process_backend();
                             }
                             None => tracing::warn!(token, "event for an unknown token"),
