@@ -235,10 +235,6 @@ fn write_guest(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn vsock_device_delivers_a_host_connect_to_the_guest_rx_queue() {
     use runner_devices::vsock::{VsockConfig, VsockDevice};
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let kernel = write_guest(dir.path());
