@@ -3,7 +3,9 @@
 //! scheduler) is the same whichever backend runs the guest.
 
 pub mod hybrid_vsock;
+pub mod kvm;
 pub mod qemu;
+pub mod select;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -84,9 +86,16 @@ pub trait Vm: Send {
     fn wait_exit(&mut self, limit: Duration) -> bool;
 }
 
-/// The backend `auto` picks on this host.
+/// The backend `auto` picks on this host (see [`select`]).
 pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
-    // Without hardware virtualization QEMU's TCG is the fast path.
+    match select::auto_selection().pick {
+        select::AutoPick::Kvm => Ok(Box::new(kvm::KvmBackend::new())),
+        select::AutoPick::QemuTcg => qemu_tcg_backend(),
+    }
+}
+
+/// QEMU with software emulation and an external vhost-user vsock daemon.
+pub fn qemu_tcg_backend() -> Result<Box<dyn Backend>, BootError> {
     let vsock = qemu::find_on_path("vhost-device-vsock").ok_or_else(|| {
         BootError::Setup(
             "vhost-device-vsock not found; install it with `cargo install vhost-device-vsock`"

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the commands themselves.
 
+mod doctor;
 mod exec;
 mod image;
 
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::backend::{default_backend, Backend, VmSpec};
+use crate::backend::kvm::KvmBackend;
+use crate::backend::{default_backend, qemu_tcg_backend, Backend, VmSpec};
 use crate::images::{ImageRef, Images};
 
 #[derive(Parser)]
@@ -25,6 +27,9 @@ enum Command {
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Check what this host can run guests with (KVM, PVM, QEMU) and which
+    /// backend `--backend auto` picks; exits 0 if that backend can work.
+    Doctor,
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -52,6 +57,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     let result = match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
+        Command::Doctor => doctor::run(),
     };
     // Whatever broke after Ctrl-C broke because of it: say so, and use the
     // shell's code for death by SIGINT.
@@ -76,7 +82,10 @@ pub fn init_logging() {
 pub enum BackendChoice {
     /// The best backend this host runs well (`runner doctor` explains it).
     Auto,
+    /// QEMU with software emulation (TCG).
     Qemu,
+    /// The built-in KVM VMM; needs KVM with hardware virtualization.
+    Kvm,
 }
 
 /// The VM every command boots.
@@ -117,7 +126,9 @@ impl VmArgs {
 
     pub fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
         match self.backend {
-            BackendChoice::Auto | BackendChoice::Qemu => Ok(default_backend()?),
+            BackendChoice::Auto => Ok(default_backend()?),
+            BackendChoice::Qemu => Ok(qemu_tcg_backend()?),
+            BackendChoice::Kvm => Ok(Box::new(KvmBackend::new())),
         }
     }
 }
