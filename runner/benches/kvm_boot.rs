@@ -1,0 +1,350 @@
+//! Start-up cost and memory overhead of the `kvm` backend.
+//!
+//! `cargo bench -p runner --bench kvm_boot` with RUNNER_KERNEL (vmlinux)
+//! and RUNNER_ROOTFS set (scripts/test prints both). One run each:
+//!
+//! 1. VMM start -> first guest instruction: `Vmm::new` until the first
+//!    return from KVM_RUN of a guest whose first instruction is an `out`
+//!    (so that exit *is* the first instruction), median of 5.
+//! 2. Process start -> first serial byte of the real kernel, the kvm
+//!    backend (in a child process running only it) against
+//!    `qemu-system-x86_64 -M microvm -accel kvm -cpu host` on the same
+//!    vmlinux. Both are measured the same way: spawn the process, poll its
+//!    serial log file until it is not empty.
+//! 3. Resident memory of that child beyond guest memory: the sum of `Rss`
+//!    over every mapping in /proc/<pid>/smaps except the guest RAM memfd
+//!    (whose resident pages are exactly the guest pages touched so far),
+//!    maximum over samples taken while the kernel boots. That counts the
+//!    binary's and libc's resident text too (shared with other processes,
+//!    so an upper bound); the private part is printed separately. Memory
+//!    KVM itself allocates in the host kernel (page tables, vCPU state) is
+//!    not in any process's RSS and not counted.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runner::backend::kvm::KvmBackend;
+use runner::backend::{VmSpec, GUEST_CMDLINE};
+use runner_vmm::{Vmm, VmmConfig};
+
+const GUEST_MIB: u32 = 256;
+/// Longest the real kernel may take to print (emulated ring 0 is slow).
+const SERIAL_BUDGET: Duration = Duration::from_secs(180);
+/// Memory is sampled until this long after the first serial byte.
+const SAMPLE_AFTER_FIRST_BYTE: Duration = Duration::from_secs(2);
+const OVERHEAD_TARGET_MIB: f64 = 3.0;
+/// The guest RAM mapping's name (runner-vmm's memfd).
+const GUEST_RAM_MAPPING: &str = "memfd:runner-guest-ram";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return child(&args[1..]);
+    }
+    let kernel = image("RUNNER_KERNEL");
+    let rootfs = image("RUNNER_ROOTFS");
+    let module = runner_vmm::kvm_host::kvm_module().unwrap_or_else(|| "unknown".into());
+    println!("host KVM module: {module}; kernel {}", kernel.display());
+
+    let (build, first) = first_instruction();
+    println!(
+        "VMM start -> first guest instruction: {:.2} ms (build {:.2} ms; median of 5)",
+        ms(first),
+        ms(build)
+    );
+
+    let ours = kvm_backend_child(&kernel, &rootfs);
+    let qemu = qemu_first_byte(&kernel);
+    println!(
+        "process start -> first serial byte: kvm backend {:.3} s, QEMU microvm {:.3} s; \
+         ratio {:.2} (one run each)",
+        ours.first_byte.as_secs_f64(),
+        qemu.as_secs_f64(),
+        ours.first_byte.as_secs_f64() / qemu.as_secs_f64()
+    );
+    let m = ours.memory;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "VMM resident memory beyond guest memory: {:.2} MiB (private {:.2} MiB; anonymous \
+         {:.2} MiB, file-backed {:.2} MiB, KVM mappings {:.2} MiB); guest pages touched \
+         {:.1} MiB of {GUEST_MIB}; target <= {OVERHEAD_TARGET_MIB} MiB: {}",
+        mib(m.other_rss),
+        mib(m.other_private),
+        mib(m.anon),
+        mib(m.file),
+        mib(m.kvm),
+        mib(m.guest_rss),
+        if mib(m.other_rss) <= OVERHEAD_TARGET_MIB {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("kvm_boot: {msg}");
+    std::process::exit(1);
+}
+
+fn image(var: &str) -> PathBuf {
+    match std::env::var_os(var).map(PathBuf::from) {
+        Some(p) if p.is_file() => p,
+        _ => fail(&format!(
+            "{var} must name the guest image file; scripts/test builds the images and prints them"
+        )),
+    }
+}
+
+/// A 64-bit guest whose first instruction exits to the VMM:
+/// `out 0x80, al; cli; hlt`.
+fn first_instruction() -> (Duration, Duration) {
+    const CODE: &[u8] = &[0xe6, 0x80, 0xfa, 0xf4, 0xeb, 0xfd];
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+    let path = dir.path().join("first.elf");
+    std::fs::write(&path, elf_image(0x20_0000, CODE)).unwrap_or_else(|e| fail(&e.to_string()));
+    let mut builds = Vec::new();
+    let mut firsts = Vec::new();
+    for _ in 0..5 {
+        let mut config = VmmConfig::new(&path, "console=ttyS0");
+        config.memory.size_mib = GUEST_MIB;
+        config.timeout = Some(Duration::from_secs(30));
+        let exit = Vmm::new(config)
+            .and_then(Vmm::run)
+            .unwrap_or_else(|e| fail(&format!("tiny guest: {e}")));
+        let t = exit.timings;
+        builds.push(t.build);
+        firsts.push(
+            t.first_exit
+                .unwrap_or_else(|| fail(&format!("tiny guest never ran: {}", exit.reason))),
+        );
+    }
+    builds.sort();
+    firsts.sort();
+    (builds[2], firsts[2])
+}
+
+/// A minimal x86_64 ELF executable with one PT_LOAD segment at `paddr`.
+fn elf_image(paddr: u64, code: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 56];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little endian
+    b[6] = 1; // ELF version
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&paddr.to_le_bytes()); // e_entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    b[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    b[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    b[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    b[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+    b[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes()); // p_vaddr
+    b[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes()); // p_paddr
+    b[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    b[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    b.extend_from_slice(code);
+    b
+}
+
+/// Child mode: one VM through the kvm backend; prints the VM directory,
+/// runs until stdin closes, then tears the VM down.
+fn child(args: &[String]) {
+    let [kernel, rootfs] = args else {
+        fail("usage: --child KERNEL ROOTFS");
+    };
+    let spec = VmSpec {
+        name: "bench".into(),
+        kernel: kernel.into(),
+        rootfs: rootfs.into(),
+        vcpus: 1,
+        memory_mib: GUEST_MIB,
+        boot_timeout: SERIAL_BUDGET,
+    };
+    let vm = KvmBackend::new()
+        .start_vm(&spec)
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    println!("{}", vm.dir().display());
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stdin().read_line(&mut String::new());
+    drop(vm);
+}
+
+struct ChildRun {
+    first_byte: Duration,
+    memory: MemUse,
+}
+
+fn kvm_backend_child(kernel: &Path, rootfs: &Path) -> ChildRun {
+    let exe = std::env::current_exe().unwrap_or_else(|e| fail(&e.to_string()));
+    let start = Instant::now();
+    let mut child = Command::new(exe)
+        .arg("--child")
+        .args([kernel, rootfs])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("starting the child: {e}")));
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let log = PathBuf::from(line.trim()).join("serial.log");
+    let pid = child.id();
+    let mut memory = MemUse::default();
+    let mut first_byte = None;
+    let mut next_sample = Instant::now();
+    loop {
+        let now = Instant::now();
+        if first_byte.is_none() && file_len(&log) > 0 {
+            first_byte = Some(now - start);
+        }
+        if now >= next_sample {
+            if let Some(m) = mem_use(pid) {
+                memory = memory.max(m);
+            }
+            next_sample = now + Duration::from_millis(100);
+        }
+        if first_byte.is_some_and(|t| now - start > t + SAMPLE_AFTER_FIRST_BYTE) {
+            break;
+        }
+        if now - start > SERIAL_BUDGET || matches!(child.try_wait(), Ok(Some(_))) {
+            end(&mut child);
+            fail("the kvm backend's guest printed nothing");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    end(&mut child);
+    ChildRun {
+        first_byte: first_byte.unwrap_or_default(),
+        memory,
+    }
+}
+
+/// Closes the child's stdin (it then tears its VM down) and reaps it.
+fn end(child: &mut Child) {
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// QEMU's `-serial file:` log polled exactly like ours. PVM's emulator
+/// cannot run `lock cmpxchg16b`, so there (and only there) CX16 and XSAVE
+/// are masked, as the built-in VMM does on PVM.
+fn qemu_first_byte(kernel: &Path) -> Duration {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+    let log = dir.path().join("serial.log");
+    let cpu = if runner_vmm::kvm_host::is_pvm() {
+        "host,-cx16,-xsave"
+    } else {
+        "host"
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", cpu])
+        .args(["-m", &GUEST_MIB.to_string(), "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", &format!("file:{}", log.display())])
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", GUEST_CMDLINE, "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    println!("QEMU: -M microvm,acpi=off -accel kvm -cpu {cpu} -m {GUEST_MIB}");
+    let start = Instant::now();
+    let mut qemu = cmd
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("qemu-system-x86_64: {e}")));
+    let first = loop {
+        if file_len(&log) > 0 {
+            break start.elapsed();
+        }
+        if start.elapsed() > SERIAL_BUDGET || matches!(qemu.try_wait(), Ok(Some(_))) {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            fail("QEMU's guest printed nothing");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    first
+}
+
+/// Resident memory of a process, in KiB, split by what it is.
+#[derive(Clone, Copy, Debug, Default)]
+struct MemUse {
+    guest_rss: u64,
+    other_rss: u64,
+    other_private: u64,
+    anon: u64,
+    file: u64,
+    kvm: u64,
+}
+
+impl MemUse {
+    /// The sample with the larger overhead (guest pages: the larger too).
+    fn max(self, other: MemUse) -> MemUse {
+        let mut m = if other.other_rss > self.other_rss {
+            other
+        } else {
+            self
+        };
+        m.guest_rss = self.guest_rss.max(other.guest_rss);
+        m
+    }
+}
+
+fn mem_use(pid: u32) -> Option<MemUse> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut use_ = MemUse::default();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if !first.ends_with(':') {
+            // A mapping header: range perms offset dev inode [pathname].
+            name = words.nth(4).unwrap_or("").to_string();
+            continue;
+        }
+        let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let guest = name.contains(GUEST_RAM_MAPPING);
+        match first {
+            "Rss:" if guest => use_.guest_rss += kib,
+            "Rss:" => {
+                use_.other_rss += kib;
+                if name.starts_with("anon_inode:kvm") {
+                    use_.kvm += kib;
+                } else if name.starts_with('/') {
+                    use_.file += kib;
+                } else {
+                    use_.anon += kib;
+                }
+            }
+            "Private_Clean:" | "Private_Dirty:" if !guest => use_.other_private += kib,
+            _ => {}
+        }
+    }
+    Some(use_)
+}
