@@ -1,1 +1,2 @@
 //! runner: the host side.
+pub mod pipeline;
