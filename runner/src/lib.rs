@@ -1,2 +1,3 @@
 //! runner: the host side.
 pub mod pipeline;
+pub mod plan;
