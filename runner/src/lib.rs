@@ -1,3 +1,4 @@
 //! runner: the host side.
 pub mod pipeline;
 pub mod plan;
+pub mod results;

@@ -77,6 +77,8 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}m{:02}s", secs / 60, secs % 60)
     } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{secs}s")
     } else {
         format!("{:.1}s", d.as_secs_f64())
     }
@@ -231,6 +233,7 @@ mod tests {
     fn formats_durations_compactly() {
         assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(format_duration(Duration::from_millis(4240)), "4.2s");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
         assert_eq!(format_duration(Duration::from_secs(125)), "2m05s");
         assert_eq!(format_duration(Duration::from_secs(3720)), "1h02m");
     }
