@@ -1,4 +1,5 @@
 //! runner: the host side.
 pub mod pipeline;
 pub mod plan;
+pub mod report;
 pub mod results;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use agent_protocol::ExitStatus;
-pub use capture::{JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
+pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
 
 use crate::pipeline::format_duration;
 use crate::plan::PlannedJob;
@@ -309,4 +309,4 @@ impl RunResults {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
