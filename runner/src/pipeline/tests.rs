@@ -415,3 +415,47 @@ fn load_finds_the_workspace_and_reports_missing_files() {
     )));
     assert_eq!(err.location(), None);
 }
+
+/// The example pipelines in `pipelines/` parse and plan as documented.
+#[test]
+fn example_pipelines_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+    let plan = |name: &str| {
+        let pipeline = Pipeline::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        crate::plan::Plan::new(&pipeline)
+    };
+    let names = |plan: &crate::plan::Plan| -> Vec<String> {
+        plan.jobs.iter().map(|j| j.name.clone()).collect()
+    };
+
+    let hello = plan("hello.yml");
+    assert_eq!(names(&hello), ["hello"]);
+    assert_eq!(hello.jobs[0].steps.len(), 3);
+    assert_eq!(hello.jobs[0].workdir, "/");
+    assert!(hello.jobs[0].files.is_empty());
+
+    let matrix = plan("matrix.yml");
+    assert_eq!(matrix.jobs.len(), 6);
+    assert_eq!(matrix.jobs[1].name, "arith (N=1, OP=mul)");
+    assert_eq!(matrix.jobs[1].env["GREETING"], "hello");
+
+    let failing = plan("failing.yml");
+    assert_eq!(names(&failing), ["fails", "times-out", "allowed"]);
+    assert_eq!(
+        failing.jobs[1].steps[0].timeout,
+        Some(Duration::from_secs(2))
+    );
+    assert!(failing.jobs[2].allow_failure);
+
+    let rust = plan("rust-crate.yml");
+    let job = &rust.jobs[0];
+    assert_eq!(job.workdir, "/opt/tests");
+    assert_eq!(job.files.len(), 1);
+    assert!(job.files[0]
+        .from
+        .ends_with("target/x86_64-unknown-linux-gnu/debug/deps/agent_protocol-????????????????"));
+    assert_eq!(job.files[0].to, "/opt/tests/");
+
+    let count = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(count, 4, "a new example needs a check here");
+}
