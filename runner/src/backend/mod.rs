@@ -87,13 +87,7 @@ pub trait Vm: Send {
 /// The backend `auto` picks on this host.
 pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
     // Without hardware virtualization QEMU's TCG is the fast path.
-    let vsock = qemu::find_on_path("vhost-device-vsock").ok_or_else(|| {
-        BootError::Setup(
-            "vhost-device-vsock not found; install it with `cargo install vhost-device-vsock`"
-                .into(),
-        )
-    })?;
-    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::External(vsock))?;
+    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::Builtin)?;
     Ok(Box::new(qemu))
 }
 
