@@ -474,12 +474,16 @@ impl Muxer {
                 0
             }));
         }
+        // Each connection gets one try per call: one that turns out to have
+        // nothing to send goes back to the queue only afterwards.
+        let mut idle = Vec::new();
+        let mut written = None;
         while let Some(key) = self.rx_work.pop_front() {
             let Some((_, conn)) = self.conns.get_mut(&key) else {
                 continue;
             };
             conn.in_rx_queue = false;
-            let written = match conn.fill_rx(mem, buf) {
+            written = match conn.fill_rx(mem, buf) {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!("vsock: cannot write rx buffer: {e}");
@@ -487,13 +491,17 @@ impl Muxer {
                     Some(0)
                 }
             };
-            // Back to the end of the line if it has more, so streams share the queue.
-            self.after_change(key);
             if written.is_some() {
-                return written;
+                // Back to the end of the line if it has more, so streams share the queue.
+                self.after_change(key);
+                break;
             }
+            idle.push(key);
         }
-        None
+        for key in idle {
+            self.after_change(key);
+        }
+        written
     }
 
     fn arm_timer(&mut self, at: Instant) {
