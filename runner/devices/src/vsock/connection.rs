@@ -89,6 +89,9 @@ pub(crate) struct Connection {
     // Guest -> host socket.
     to_host: Vec<u8>,
     to_host_start: usize,
+    /// Leading bytes of `to_host` that are our own (the `OK` line), not guest
+    /// data, and so must not count towards `fwd_cnt`.
+    to_host_own: usize,
     writable: bool,
     rx_cnt: Wrapping<u32>,
     fwd_cnt: Wrapping<u32>,
@@ -126,6 +129,7 @@ impl Connection {
             credit_request_sent: false,
             to_host: Vec::new(),
             to_host_start: 0,
+            to_host_own: 0,
             // A freshly connected socket has room; EAGAIN will say otherwise.
             writable: true,
             rx_cnt: Wrapping(0),
@@ -230,6 +234,7 @@ impl Connection {
                 // The hybrid protocol's acknowledgement to the host program.
                 let ack = format!("OK {}\n", self.local_port);
                 self.to_host.extend_from_slice(ack.as_bytes());
+                self.to_host_own = ack.len();
                 self.flush_to_host();
             }
             (State::AwaitingResponse, _) | (_, Op::Request) | (_, Op::Response) => {
@@ -327,10 +332,9 @@ impl Connection {
             match send_nosignal(self.stream.as_raw_fd(), &self.to_host[self.to_host_start..]) {
                 Ok(n) => {
                     self.to_host_start += n;
-                    // The "OK" line is ours, not guest data; it is sent before
-                    // any data, while fwd_cnt cannot advance past rx_cnt.
-                    let fwd = Wrapping(n as u32).min(self.rx_cnt - self.fwd_cnt);
-                    self.fwd_cnt += fwd;
+                    let own = n.min(self.to_host_own);
+                    self.to_host_own -= own;
+                    self.fwd_cnt += Wrapping((n - own) as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -101,8 +101,6 @@ fn bind_listener(path: &Path) -> io::Result<UnixListener> {
 
 impl Muxer {
     pub fn new(config: &VsockConfig) -> io::Result<Muxer> {
-        let listener = bind_listener(&config.uds_path)?;
-        listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let timer = TimerFd::new()?;
         // SAFETY: fcntl on an fd we own; only adds O_NONBLOCK so a spurious
@@ -116,14 +114,22 @@ impl Muxer {
         }
         epoll.ctl(
             ControlOperation::Add,
-            listener.as_raw_fd(),
-            EpollEvent::new(event_set(false), TOKEN_LISTENER),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
             timer.as_raw_fd(),
             EpollEvent::new(event_set(false), TOKEN_TIMER),
         )?;
+        // Bound last, so a failure above leaves no socket file behind.
+        let listener = bind_listener(&config.uds_path)?;
+        let watched = listener.set_nonblocking(true).and_then(|()| {
+            epoll.ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(event_set(false), TOKEN_LISTENER),
+            )
+        });
+        if let Err(e) = watched {
+            let _ = std::fs::remove_file(&config.uds_path);
+            return Err(e);
+        }
         Ok(Muxer {
             epoll,
             listener,
