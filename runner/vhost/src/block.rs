@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use runner_devices::block::DiskMode;
-use runner_devices::block::{BlockConfig, BlockDevice, BlockError, BlockStats, IoCounts};
+use runner_devices::block::{BlockConfig, BlockDevice, BlockError, BlockStats};
+pub use runner_devices::block::{DiskMode, IoCounts};
 
 use crate::server::{ServerError, VhostUserServer};
 
