@@ -22,12 +22,10 @@ pub struct GuestImages {
 pub fn images() -> &'static GuestImages {
     static IMAGES: OnceLock<GuestImages> = OnceLock::new();
     IMAGES.get_or_init(|| {
+        // The named defaults honour RUNNER_KERNEL / RUNNER_ROOTFS.
         let images = Images::from_env();
-        let pick = |var: &str, default: &str| {
-            ImageRef::parse(&std::env::var(var).unwrap_or_else(|_| default.to_string()))
-        };
-        let kernel = images.kernel(&pick("RUNNER_KERNEL", "default"));
-        let rootfs = images.rootfs(&pick("RUNNER_ROOTFS", "minimal"));
+        let kernel = images.kernel(&ImageRef::Named("default".into()));
+        let rootfs = images.rootfs(&ImageRef::Named("minimal".into()));
         match (kernel, rootfs) {
             (Ok(kernel), Ok(rootfs)) => GuestImages { kernel, rootfs },
             (k, r) => panic!(

@@ -2,11 +2,15 @@
 //!
 //! A kernel or rootfs is named by a path, or by a name that the scripts under
 //! `kernels/` and `rootfs/` know how to build (`default`; `minimal`,
-//! `debian`). The scripts cache their results under `~/.cache/runner`, keyed
+//! `debian`). `RUNNER_KERNEL` and `RUNNER_ROOTFS` stand in for `default`
+//! and `minimal` (CI and the tests build those once and pass them on). The
+//! scripts cache their results under `~/.cache/runner`, keyed
 //! by their inputs, so resolving a name that was built before costs a hash.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+pub use crate::pipeline::{ImageKind, ImageRef, KERNEL_NAMES, ROOTFS_NAMES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -16,38 +20,17 @@ pub enum ImageError {
         path: PathBuf,
         hint: String,
     },
-    #[error("unknown {what} image `{name}` (known: {known})")]
+    #[error("unknown {what} image `{name}` (known: {})", known.join(", "))]
     UnknownName {
         what: &'static str,
         name: String,
-        known: &'static str,
+        known: &'static [&'static str],
     },
     #[error("image `{0}` must be built, but the runner sources (kernels/, rootfs/) were not found; set RUNNER_SOURCE_DIR to a checkout or pass an image path")]
     NoSources(String),
     #[error("building {what} failed: {detail}")]
     Build { what: String, detail: String },
 }
-
-/// A kernel or rootfs, by path or by name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ImageRef {
-    Named(String),
-    Path(PathBuf),
-}
-
-impl ImageRef {
-    /// Anything with a `/` or a file extension is a path; a bare word is a name.
-    pub fn parse(text: &str) -> ImageRef {
-        if text.contains('/') || text.contains('.') {
-            ImageRef::Path(PathBuf::from(text))
-        } else {
-            ImageRef::Named(text.to_string())
-        }
-    }
-}
-
-pub const KERNEL_NAMES: &str = "default";
-pub const ROOTFS_NAMES: &str = "minimal, debian";
 
 /// Resolves image references to files.
 pub struct Images {
@@ -75,6 +58,9 @@ impl Images {
         match image {
             ImageRef::Path(path) => existing(path, "kernel", "kernels/build.sh"),
             ImageRef::Named(name) if name == "default" => {
+                if let Some(path) = std::env::var_os("RUNNER_KERNEL") {
+                    return existing(Path::new(&path), "kernel", "kernels/build.sh");
+                }
                 let dir = self.run_script("kernel", "kernels/build.sh", &[])?;
                 existing(&dir.join("vmlinux"), "kernel", "kernels/build.sh")
             }
@@ -92,6 +78,10 @@ impl Images {
                 existing(path, "rootfs", "rootfs/build.sh minimal --agent PATH")
             }
             ImageRef::Named(name) if name == "minimal" || name == "debian" => {
+                let stand_in = (name == "minimal").then(|| std::env::var_os("RUNNER_ROOTFS"));
+                if let Some(path) = stand_in.flatten() {
+                    return existing(Path::new(&path), "rootfs", "rootfs/build.sh minimal");
+                }
                 let agent = self.agent_binary()?;
                 let agent = agent.display().to_string();
                 let image = self.run_script(
@@ -195,35 +185,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bare_words_are_names_and_paths_are_paths() {
-        assert_eq!(
-            ImageRef::parse("minimal"),
-            ImageRef::Named("minimal".into())
-        );
-        assert_eq!(
-            ImageRef::parse("out/rootfs.ext4"),
-            ImageRef::Path("out/rootfs.ext4".into())
-        );
-        assert_eq!(
-            ImageRef::parse("vmlinux.bin"),
-            ImageRef::Path("vmlinux.bin".into())
-        );
-    }
-
-    #[test]
     fn missing_paths_and_unknown_names_say_what_to_do() {
         let images = Images { sources: None };
         let err = images
-            .kernel(&ImageRef::parse("/nonexistent/vmlinux"))
+            .kernel(&ImageRef::Path("/nonexistent/vmlinux".into()))
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "kernel /nonexistent/vmlinux not found; build one with `kernels/build.sh`"
         );
-        let err = images.rootfs(&ImageRef::parse("alpine")).unwrap_err();
+        let err = images
+            .rootfs(&ImageRef::Named("alpine".into()))
+            .unwrap_err();
         assert!(err.to_string().contains("known: minimal, debian"), "{err}");
-        let err = images.rootfs(&ImageRef::parse("minimal")).unwrap_err();
+        let err = images
+            .rootfs(&ImageRef::Named("minimal".into()))
+            .unwrap_err();
         assert!(matches!(err, ImageError::NoSources(_)), "{err}");
     }
 }

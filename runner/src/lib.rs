@@ -1,9 +1,17 @@
-//! runner: the host side. The modules follow the data: images and a VM spec
-//! go to a backend, which boots a VM; a session talks to the guest agent.
+//! runner: the host side. The modules follow the data:
+//!
+//! pipeline (YAML) → plan (jobs × matrix) → scheduler (one fresh VM per job)
+//! → backend (qemu | kvm) → session (the guest agent) → results → report
+//! (JUnit, console). `images` finds or builds what a VM boots from.
 
 pub mod backend;
 pub mod cli;
 pub mod images;
 pub mod interrupt;
+pub mod pipeline;
+pub mod plan;
 pub mod process;
+pub mod report;
+pub mod results;
+pub mod scheduler;
 pub mod session;

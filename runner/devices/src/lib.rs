@@ -2,5 +2,6 @@
 //! transports (virtio-mmio in `runner-vmm`, vhost-user in `runner-vhost`) adapt them
 //! through the interface in [`virtio`].
 
+pub mod block;
 pub mod virtio;
 pub mod vsock;

@@ -94,15 +94,9 @@ pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
     }
 }
 
-/// QEMU with software emulation and an external vhost-user vsock daemon.
+/// QEMU with software emulation (TCG) and our own vsock device.
 pub fn qemu_tcg_backend() -> Result<Box<dyn Backend>, BootError> {
-    let vsock = qemu::find_on_path("vhost-device-vsock").ok_or_else(|| {
-        BootError::Setup(
-            "vhost-device-vsock not found; install it with `cargo install vhost-device-vsock`"
-                .into(),
-        )
-    })?;
-    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::External(vsock))?;
+    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::Builtin)?;
     Ok(Box::new(qemu))
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+use runner_vhost::vsock::{VsockServer, VsockServerConfig};
 
 /// CPU emulation QEMU uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +29,19 @@ pub enum Accel {
 /// Who serves the guest's vsock device.
 #[derive(Clone, Debug)]
 pub enum VsockProvider {
-    /// An external vhost-user-vsock daemon (vhost-device-vsock compatible).
+    /// Our own device model (`runner-devices`), served over vhost-user from
+    /// a thread of this process.
+    Builtin,
+    /// An external vhost-user-vsock daemon with vhost-device-vsock's command
+    /// line; kept to compare against in benchmarks.
     External(PathBuf),
+}
+
+/// The running vsock device of one VM, held so that dropping the VM stops it.
+#[allow(dead_code)]
+enum VsockService {
+    Builtin(VsockServer),
+    External(ChildGuard),
 }
 
 #[derive(Clone, Debug)]
@@ -96,10 +108,16 @@ impl super::Backend for QemuBackend {
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", self.qemu.display())))?;
 
         let hook = {
-            let (qemu_pid, vsock_pid, sockets) = (qemu.pid(), vsock.pid(), sockets.clone());
+            let external_pid = match &vsock {
+                VsockService::External(child) => Some(child.pid()),
+                VsockService::Builtin(_) => None,
+            };
+            let (qemu_pid, sockets) = (qemu.pid(), sockets.clone());
+            // Killing QEMU ends the vhost-user session of a builtin device;
+            // an external one is a process of its own.
             interrupt::on_interrupt(move || {
                 kill_pid(qemu_pid);
-                kill_pid(vsock_pid);
+                external_pid.map(kill_pid);
                 if let Ok(sockets) = sockets.lock() {
                     for s in sockets.iter() {
                         let _ = s.shutdown(std::net::Shutdown::Both);
@@ -182,8 +200,19 @@ impl VmPaths {
     }
 }
 
-fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<ChildGuard, BootError> {
-    let VsockProvider::External(program) = provider;
+fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<VsockService, BootError> {
+    let program = match provider {
+        VsockProvider::Builtin => {
+            let server = VsockServer::start(VsockServerConfig {
+                socket_path: paths.vhost_user.clone(),
+                uds_path: paths.vsock_uds.clone(),
+                guest_cid: GUEST_CID.into(),
+            })
+            .map_err(|e| BootError::Setup(format!("starting the vsock device: {e}")))?;
+            return Ok(VsockService::Builtin(server));
+        }
+        VsockProvider::External(program) => program,
+    };
     let mut cmd = Command::new(program);
     cmd.args(["--guest-cid", &GUEST_CID.to_string()])
         .arg("--socket")
@@ -210,7 +239,7 @@ fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<ChildGuard, 
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(child)
+    Ok(VsockService::External(child))
 }
 
 /// Field order is drop order: unhook, stop QEMU, stop the device, then
@@ -218,7 +247,7 @@ fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<ChildGuard, 
 struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
-    _vsock: ChildGuard,
+    _vsock: VsockService,
     sockets: Arc<Mutex<Vec<UnixStream>>>,
     paths: VmPaths,
     _dir: tempfile::TempDir,

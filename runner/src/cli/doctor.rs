@@ -19,7 +19,6 @@ pub struct HostReport {
     pub probe: HostProbe,
     /// Path and `--version` line.
     pub qemu: Option<(PathBuf, String)>,
-    pub vhost_vsock: Option<PathBuf>,
     pub selection: Selection,
 }
 
@@ -34,7 +33,6 @@ impl HostReport {
         HostReport {
             probe,
             qemu,
-            vhost_vsock: find_on_path("vhost-device-vsock"),
             selection,
         }
     }
@@ -43,7 +41,7 @@ impl HostReport {
     pub fn auto_works(&self) -> bool {
         match self.selection.pick {
             AutoPick::Kvm => true,
-            AutoPick::QemuTcg => self.qemu.is_some() && self.vhost_vsock.is_some(),
+            AutoPick::QemuTcg => self.qemu.is_some(),
         }
     }
 
@@ -78,15 +76,6 @@ impl HostReport {
                 None => "not installed (`apt-get install qemu-system-x86`)".to_string(),
             },
         );
-        line(
-            "vhost-device-vsock",
-            match &self.vhost_vsock {
-                Some(path) => format!("{} (the qemu backend's vsock device)", path.display()),
-                None => "not installed; the qemu backend needs it \
-                         (`cargo install vhost-device-vsock`)"
-                    .to_string(),
-            },
-        );
         let pick = self.selection.pick;
         line(
             "--backend auto",
@@ -97,21 +86,9 @@ impl HostReport {
             (AutoPick::QemuTcg, true) => {
                 "ready: guests run under QEMU with software emulation (TCG)".to_string()
             }
-            (AutoPick::QemuTcg, false) => format!(
-                "not ready: the qemu backend needs {}",
-                [
-                    self.qemu
-                        .is_none()
-                        .then_some("qemu-system-x86_64 (`apt-get install qemu-system-x86`)",),
-                    self.vhost_vsock
-                        .is_none()
-                        .then_some("vhost-device-vsock (`cargo install vhost-device-vsock`)",),
-                ]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" and ")
-            ),
+            (AutoPick::QemuTcg, false) => "not ready: the qemu backend needs \
+                                            qemu-system-x86_64 (`apt-get install qemu-system-x86`)"
+                .to_string(),
         };
         out.push_str(&format!("\n{verdict}\n"));
         out
@@ -225,7 +202,6 @@ mod tests {
                     "QEMU emulator version 7.2.15".to_string(),
                 )
             }),
-            vhost_vsock: Some(PathBuf::from("/usr/local/bin/vhost-device-vsock")),
         }
     }
 

@@ -3,6 +3,7 @@
 mod doctor;
 mod exec;
 mod image;
+mod test;
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::kvm::KvmBackend;
 use crate::backend::{default_backend, qemu_tcg_backend, Backend, VmSpec};
-use crate::images::{ImageRef, Images};
+use crate::images::{ImageKind, ImageRef, Images};
+pub use crate::pipeline::parse_duration;
 
 #[derive(Parser)]
 #[command(name = "runner", version, about = "Run CI jobs in disposable microVMs")]
@@ -24,6 +26,8 @@ enum Command {
     /// Boot a fresh VM, run one command in it, stream its output and exit
     /// with its exit code (125 if the VM itself failed).
     Exec(exec::ExecArgs),
+    /// Run a pipeline: one fresh VM per job, JUnit and a console report.
+    Test(test::TestArgs),
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     let result = match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
+        Command::Test(args) => test::run(args),
         Command::Doctor => doctor::run(),
     };
     // Whatever broke after Ctrl-C broke because of it: say so, and use the
@@ -88,6 +93,16 @@ pub enum BackendChoice {
     Kvm,
 }
 
+impl BackendChoice {
+    pub fn backend(self) -> anyhow::Result<Box<dyn Backend>> {
+        match self {
+            BackendChoice::Auto => Ok(default_backend()?),
+            BackendChoice::Qemu => Ok(qemu_tcg_backend()?),
+            BackendChoice::Kvm => Ok(Box::new(KvmBackend::new())),
+        }
+    }
+}
+
 /// The VM every command boots.
 #[derive(Args, Clone, Debug)]
 pub struct VmArgs {
@@ -112,8 +127,13 @@ pub struct VmArgs {
 impl VmArgs {
     pub fn spec(&self, name: &str) -> anyhow::Result<VmSpec> {
         let images = Images::from_env();
-        let kernel = images.kernel(&ImageRef::parse(&self.kernel))?;
-        let rootfs = images.rootfs(&ImageRef::parse(&self.rootfs))?;
+        let cwd = std::env::current_dir()?;
+        let kernel =
+            ImageRef::parse(ImageKind::Kernel, &self.kernel, &cwd).map_err(anyhow::Error::msg)?;
+        let rootfs =
+            ImageRef::parse(ImageKind::Rootfs, &self.rootfs, &cwd).map_err(anyhow::Error::msg)?;
+        let kernel = images.kernel(&kernel)?;
+        let rootfs = images.rootfs(&rootfs)?;
         Ok(VmSpec {
             name: name.to_string(),
             kernel,
@@ -125,32 +145,6 @@ impl VmArgs {
     }
 
     pub fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
-        match self.backend {
-            BackendChoice::Auto => Ok(default_backend()?),
-            BackendChoice::Qemu => Ok(qemu_tcg_backend()?),
-            BackendChoice::Kvm => Ok(Box::new(KvmBackend::new())),
-        }
-    }
-}
-
-/// `30s`, `5m`, `1h 30m`, `250ms`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (try `30s` or `5m`)"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_accept_units_and_bare_seconds() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("soon").unwrap_err().contains("try `30s`"));
+        self.backend.backend()
     }
 }

@@ -29,12 +29,8 @@ impl AgentSession {
         target: &str,
         entries: &[FileEntry],
     ) -> Result<Transferred, SessionError> {
-        self.send(Message::PutFiles {
-            target: target.to_string(),
-        })?;
-        {
-            let mut w = self.writer.lock().map_err(|_| SessionError::Closed)?;
-            let mut tar = tar::Builder::new(DataWriter::new(&mut *w, Stream::Tar));
+        self.put_tar(target, |out| {
+            let mut tar = tar::Builder::new(out);
             tar.follow_symlinks(false);
             for entry in entries {
                 if entry.host.is_dir() {
@@ -43,7 +39,26 @@ impl AgentSession {
                     tar.append_path_with_name(&entry.host, &entry.guest)?;
                 }
             }
-            tar.into_inner()?.flush()?;
+            tar.finish()
+        })
+    }
+
+    /// Streams a tar archive, produced by `write`, into the guest and unpacks
+    /// it under `target`. Nothing is buffered whole: `write` writes straight
+    /// into data frames.
+    pub fn put_tar(
+        &mut self,
+        target: &str,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Transferred, SessionError> {
+        self.send(Message::PutFiles {
+            target: target.to_string(),
+        })?;
+        {
+            let mut w = self.writer.lock().map_err(|_| SessionError::Closed)?;
+            let mut frames = DataWriter::new(&mut *w, Stream::Tar);
+            write(&mut frames)?;
+            frames.flush()?;
             write_frame(&mut *w, &Frame::Control(Message::TarEnd))?;
         }
         self.files_done()

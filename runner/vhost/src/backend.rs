@@ -65,6 +65,8 @@ pub struct DeviceBackend<D> {
     device: Mutex<D>,
     queue_sizes: Vec<u16>,
     mem: Option<VhostMemory>,
+    /// Stands in for guest memory until the frontend sends its memory table.
+    no_memory: GuestMemoryMmap<()>,
     activated: bool,
 }
 
@@ -75,6 +77,7 @@ impl<D: VirtioDevice<GuestMemoryMmap<()>>> DeviceBackend<D> {
             device: Mutex::new(device),
             queue_sizes,
             mem: None,
+            no_memory: GuestMemoryMmap::new(),
             activated: false,
         }
     }
@@ -186,12 +189,12 @@ where
         vrings: &[Self::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        let Some(atomic) = &self.mem else {
-            // No memory table yet: nothing can be touched. Host-side events
-            // stay pending in the device until the rings start.
-            return Ok(());
-        };
-        let mem = atomic.memory();
+        // Before the frontend shares guest memory no queue can be touched, but
+        // host-side events must still be drained: the backend fd is
+        // level-triggered and would wake this thread in a loop otherwise.
+        let guard = self.mem.as_ref().map(|m| m.memory());
+        let have_mem = guard.is_some();
+        let mem: &GuestMemoryMmap<()> = guard.as_deref().unwrap_or(&self.no_memory);
         let mut guards: Vec<_> = vrings.iter().map(|v| v.get_mut()).collect();
         let calls = VringCalls(
             guards
@@ -202,25 +205,24 @@ where
         let mut queues: Vec<Option<&mut Queue>> = guards
             .iter_mut()
             .map(|g| {
-                if g.is_enabled() {
+                if have_mem && g.is_enabled() {
                     Some(g.get_queue_mut())
                 } else {
                     None
                 }
             })
             .collect();
-        let backend_event = self.backend_event();
+        let backend_event = self.queue_sizes.len() as u16 + 1;
         let num_queues = self.queue_sizes.len();
-        let activated = &mut self.activated;
         let device = self
             .device
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        if !*activated {
+        if have_mem && !self.activated {
             device.activate().map_err(io::Error::other)?;
-            *activated = true;
+            self.activated = true;
         }
-        let mut ctx = DeviceContext::new(&*mem, &mut queues, &calls);
+        let mut ctx = DeviceContext::new(mem, &mut queues, &calls);
         let result = if usize::from(device_event) < num_queues {
             device.process_queue(device_event, &mut ctx)
         } else if device_event == backend_event {

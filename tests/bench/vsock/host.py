@@ -27,6 +27,8 @@ def connect(port, timeout=60.0):
                 line += b
             if not line.startswith(b"OK "):
                 raise ConnectionError("bad ack %r" % line)
+            # A lost byte must fail the run, not hang it.
+            s.settimeout(120)
             return s
         except (ConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
             s.close()

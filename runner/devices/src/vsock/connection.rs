@@ -26,7 +26,7 @@ use super::packet::{
     TYPE_STREAM,
 };
 use super::socket::{send_nosignal, NoSigPipe};
-use super::{CLOSE_TIMEOUT, REQUEST_TIMEOUT};
+use super::VsockTimeouts;
 
 /// Control packets waiting for an rx buffer, in the order they are sent.
 mod pending {
@@ -36,6 +36,15 @@ mod pending {
     pub const SHUTDOWN: u8 = 1 << 3;
     pub const CREDIT_UPDATE: u8 = 1 << 4;
     pub const CREDIT_REQUEST: u8 = 1 << 5;
+}
+
+/// What every connection of a device shares.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnParams {
+    pub guest_cid: u64,
+    /// Our receive buffer for guest data (the `buf_alloc` we advertise).
+    pub buf_alloc: u32,
+    pub timeouts: VsockTimeouts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +67,7 @@ pub(crate) struct Connection {
     /// Port of the guest socket.
     pub peer_port: u32,
     guest_cid: u64,
+    timeouts: VsockTimeouts,
     pub state: State,
     pending: u8,
     shutdown_flags: u32,
@@ -79,6 +89,9 @@ pub(crate) struct Connection {
     // Guest -> host socket.
     to_host: Vec<u8>,
     to_host_start: usize,
+    /// Leading bytes of `to_host` that are our own (the `OK` line), not guest
+    /// data, and so must not count towards `fwd_cnt`.
+    to_host_own: usize,
     writable: bool,
     rx_cnt: Wrapping<u32>,
     fwd_cnt: Wrapping<u32>,
@@ -93,15 +106,15 @@ impl Connection {
         stream: UnixStream,
         local_port: u32,
         peer_port: u32,
-        guest_cid: u64,
-        buf_alloc: u32,
+        params: ConnParams,
         state: State,
     ) -> Self {
         Connection {
             stream,
             local_port,
             peer_port,
-            guest_cid,
+            guest_cid: params.guest_cid,
+            timeouts: params.timeouts,
             state,
             pending: 0,
             shutdown_flags: 0,
@@ -116,12 +129,13 @@ impl Connection {
             credit_request_sent: false,
             to_host: Vec::new(),
             to_host_start: 0,
+            to_host_own: 0,
             // A freshly connected socket has room; EAGAIN will say otherwise.
             writable: true,
             rx_cnt: Wrapping(0),
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
-            buf_alloc,
+            buf_alloc: params.buf_alloc,
             guest_shutdown: 0,
             host_write_shut: false,
         }
@@ -132,15 +146,13 @@ impl Connection {
         stream: UnixStream,
         local_port: u32,
         peer_port: u32,
-        guest_cid: u64,
-        buf_alloc: u32,
+        params: ConnParams,
     ) -> Self {
         let mut c = Connection::new(
             stream,
             local_port,
             peer_port,
-            guest_cid,
-            buf_alloc,
+            params,
             State::AwaitingResponse,
         );
         c.pending = pending::REQUEST;
@@ -148,18 +160,12 @@ impl Connection {
     }
 
     /// The guest connected to host port `local_port` and the host listener accepted.
-    pub fn guest_initiated(
-        stream: UnixStream,
-        request: &VsockHeader,
-        guest_cid: u64,
-        buf_alloc: u32,
-    ) -> Self {
+    pub fn guest_initiated(stream: UnixStream, request: &VsockHeader, params: ConnParams) -> Self {
         let mut c = Connection::new(
             stream,
             request.dst_port,
             request.src_port,
-            guest_cid,
-            buf_alloc,
+            params,
             State::Established,
         );
         c.update_peer_credit(request);
@@ -228,6 +234,7 @@ impl Connection {
                 // The hybrid protocol's acknowledgement to the host program.
                 let ack = format!("OK {}\n", self.local_port);
                 self.to_host.extend_from_slice(ack.as_bytes());
+                self.to_host_own = ack.len();
                 self.flush_to_host();
             }
             (State::AwaitingResponse, _) | (_, Op::Request) | (_, Op::Response) => {
@@ -313,7 +320,7 @@ impl Connection {
             // The guest closed its socket. Once the host has all the data,
             // answer with RST, which lets the guest free the socket at once.
             self.state = State::Closing;
-            self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            self.deadline = Some(Instant::now() + self.timeouts.close);
         }
         self.flush_to_host();
     }
@@ -325,10 +332,9 @@ impl Connection {
             match send_nosignal(self.stream.as_raw_fd(), &self.to_host[self.to_host_start..]) {
                 Ok(n) => {
                     self.to_host_start += n;
-                    // The "OK" line is ours, not guest data; it is sent before
-                    // any data, while fwd_cnt cannot advance past rx_cnt.
-                    let fwd = Wrapping(n as u32).min(self.rx_cnt - self.fwd_cnt);
-                    self.fwd_cnt += fwd;
+                    let own = n.min(self.to_host_own);
+                    self.to_host_own -= own;
+                    self.fwd_cnt += Wrapping((n - own) as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -366,7 +372,7 @@ impl Connection {
         }
         let guest_view_used = (self.rx_cnt - self.last_fwd_cnt_sent).0;
         let guest_view_free = self.buf_alloc.saturating_sub(guest_view_used);
-        if unreported >= self.buf_alloc / 4 || guest_view_free < MAX_PAYLOAD as u32 {
+        if unreported >= self.buf_alloc / 2 || guest_view_free < MAX_PAYLOAD as u32 {
             self.pending |= pending::CREDIT_UPDATE;
         }
     }
@@ -444,7 +450,7 @@ impl Connection {
         let control = if self.take(pending::RST) {
             Some((Op::Rst, 0))
         } else if self.take(pending::REQUEST) {
-            self.deadline = Some(Instant::now() + REQUEST_TIMEOUT);
+            self.deadline = Some(Instant::now() + self.timeouts.request);
             Some((Op::Request, 0))
         } else if self.take(pending::RESPONSE) {
             Some((Op::Response, 0))
@@ -505,7 +511,7 @@ impl Connection {
             // The socket is gone: nothing the guest sends can be delivered either.
             self.shutdown_flags |= SHUTDOWN_RCV;
             self.state = State::Closing;
-            self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            self.deadline = Some(Instant::now() + self.timeouts.close);
         }
         self.pending |= pending::SHUTDOWN;
     }

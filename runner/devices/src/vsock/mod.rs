@@ -18,14 +18,29 @@ mod tests;
 
 pub use device::{VsockDevice, VsockError, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 
-/// How long a host-initiated connection waits for the guest's RESPONSE once
-/// the REQUEST reached the guest. Generous because TCG guests are slow.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection whose both directions are shut waits for the last
-/// bytes to drain or for the guest's RST before it is reset.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a host program may take to send its `CONNECT <port>` line.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the device waits for the other side before giving up. The
+/// defaults (10 s each) are generous because TCG guests are slow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockTimeouts {
+    /// A host program's `CONNECT <port>` line must arrive within this.
+    pub handshake: Duration,
+    /// A host-initiated connection waits this long for the guest's RESPONSE
+    /// once the REQUEST reached the guest; then the host socket is closed.
+    pub request: Duration,
+    /// A connection whose both directions are shut waits this long for the
+    /// last bytes to drain or for the guest's RST; then it is reset.
+    pub close: Duration,
+}
+
+impl Default for VsockTimeouts {
+    fn default() -> Self {
+        VsockTimeouts {
+            handshake: Duration::from_secs(10),
+            request: Duration::from_secs(10),
+            close: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Configuration of one vsock device.
 #[derive(Clone, Debug)]
@@ -40,16 +55,19 @@ pub struct VsockConfig {
     pub conn_buffer_size: u32,
     /// Most simultaneous connections; further ones are refused.
     pub max_connections: usize,
+    pub timeouts: VsockTimeouts,
 }
 
 impl VsockConfig {
-    /// A configuration with the default buffer size (256 KiB) and connection limit (256).
+    /// A configuration with the default buffer size (256 KiB), connection
+    /// limit (256) and timeouts.
     pub fn new(guest_cid: u64, uds_path: impl Into<PathBuf>) -> VsockConfig {
         VsockConfig {
             guest_cid,
             uds_path: uds_path.into(),
             conn_buffer_size: 256 * 1024,
             max_connections: 256,
+            timeouts: VsockTimeouts::default(),
         }
     }
 }

@@ -25,10 +25,10 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, State};
+use super::connection::{ConnParams, Connection, State};
 use super::packet::{Op, RxBuffer, TxPacket, VsockHeader, HOST_CID, TYPE_STREAM};
 use super::socket::connect_nonblocking;
-use super::{VsockConfig, HANDSHAKE_TIMEOUT};
+use super::VsockConfig;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
@@ -69,8 +69,7 @@ pub(crate) struct Muxer {
     timer: TimerFd,
     /// When the timer fires next, if armed.
     timer_at: Option<Instant>,
-    guest_cid: u64,
-    buf_alloc: u32,
+    params: ConnParams,
     max_connections: usize,
     conns: HashMap<ConnKey, (u64, Connection)>,
     slots: HashMap<u64, Slot>,
@@ -102,8 +101,6 @@ fn bind_listener(path: &Path) -> io::Result<UnixListener> {
 
 impl Muxer {
     pub fn new(config: &VsockConfig) -> io::Result<Muxer> {
-        let listener = bind_listener(&config.uds_path)?;
-        listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let timer = TimerFd::new()?;
         // SAFETY: fcntl on an fd we own; only adds O_NONBLOCK so a spurious
@@ -117,22 +114,33 @@ impl Muxer {
         }
         epoll.ctl(
             ControlOperation::Add,
-            listener.as_raw_fd(),
-            EpollEvent::new(event_set(false), TOKEN_LISTENER),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
             timer.as_raw_fd(),
             EpollEvent::new(event_set(false), TOKEN_TIMER),
         )?;
+        // Bound last, so a failure above leaves no socket file behind.
+        let listener = bind_listener(&config.uds_path)?;
+        let watched = listener.set_nonblocking(true).and_then(|()| {
+            epoll.ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(event_set(false), TOKEN_LISTENER),
+            )
+        });
+        if let Err(e) = watched {
+            let _ = std::fs::remove_file(&config.uds_path);
+            return Err(e);
+        }
         Ok(Muxer {
             epoll,
             listener,
             uds_path: config.uds_path.clone(),
             timer,
             timer_at: None,
-            guest_cid: config.guest_cid,
-            buf_alloc: config.conn_buffer_size,
+            params: ConnParams {
+                guest_cid: config.guest_cid,
+                buf_alloc: config.conn_buffer_size,
+                timeouts: config.timeouts,
+            },
             max_connections: config.max_connections,
             conns: HashMap::new(),
             slots: HashMap::new(),
@@ -196,7 +204,10 @@ impl Muxer {
                     token => self.on_stream_event(token, set),
                 }
             }
-            if n < events.len() {
+            // Handling events can queue new ones (re-arming a socket that is
+            // already ready does): leave only when none are left, so the fd
+            // is quiet when we return.
+            if n == 0 {
                 return Ok(());
             }
         }
@@ -233,7 +244,7 @@ impl Muxer {
                 tracing::warn!("vsock: cannot watch host socket: {e}");
                 continue;
             }
-            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+            let deadline = Instant::now() + self.params.timeouts.handshake;
             self.arm_timer(deadline);
             let handshake = Handshake {
                 stream,
@@ -329,13 +340,7 @@ impl Muxer {
             local_port,
             peer_port,
         };
-        let conn = Connection::host_initiated(
-            stream,
-            local_port,
-            peer_port,
-            self.guest_cid,
-            self.buf_alloc,
-        );
+        let conn = Connection::host_initiated(stream, local_port, peer_port, self.params);
         self.slots.insert(token, Slot::Conn(key));
         self.conns.insert(key, (token, conn));
         self.after_change(key);
@@ -356,7 +361,7 @@ impl Muxer {
 
     /// Handles one packet from the tx queue.
     pub fn handle_guest_packet<M: GuestMemory>(&mut self, mem: &M, pkt: &TxPacket) {
-        let op = match pkt.check_addressing(self.guest_cid) {
+        let op = match pkt.check_addressing(self.params.guest_cid) {
             Ok(op) => op,
             Err(e) => {
                 tracing::warn!("vsock: dropping tx packet: {e}");
@@ -410,7 +415,7 @@ impl Muxer {
             tracing::warn!("vsock: cannot watch host socket: {e}");
             return self.reply_rst(hdr);
         }
-        let conn = Connection::guest_initiated(stream, hdr, self.guest_cid, self.buf_alloc);
+        let conn = Connection::guest_initiated(stream, hdr, self.params);
         let key = ConnKey {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
@@ -428,7 +433,7 @@ impl Muxer {
         }
         self.orphan_replies.push_back(VsockHeader {
             src_cid: HOST_CID,
-            dst_cid: self.guest_cid,
+            dst_cid: self.params.guest_cid,
             src_port: to.dst_port,
             dst_port: to.src_port,
             type_: TYPE_STREAM,
@@ -475,12 +480,16 @@ impl Muxer {
                 0
             }));
         }
+        // Each connection gets one try per call: one that turns out to have
+        // nothing to send goes back to the queue only afterwards.
+        let mut idle = Vec::new();
+        let mut written = None;
         while let Some(key) = self.rx_work.pop_front() {
             let Some((_, conn)) = self.conns.get_mut(&key) else {
                 continue;
             };
             conn.in_rx_queue = false;
-            let written = match conn.fill_rx(mem, buf) {
+            written = match conn.fill_rx(mem, buf) {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!("vsock: cannot write rx buffer: {e}");
@@ -488,13 +497,17 @@ impl Muxer {
                     Some(0)
                 }
             };
-            // Back to the end of the line if it has more, so streams share the queue.
-            self.after_change(key);
             if written.is_some() {
-                return written;
+                // Back to the end of the line if it has more, so streams share the queue.
+                self.after_change(key);
+                break;
             }
+            idle.push(key);
         }
-        None
+        for key in idle {
+            self.after_change(key);
+        }
+        written
     }
 
     fn arm_timer(&mut self, at: Instant) {

@@ -124,6 +124,8 @@ impl VsockHeader {
 pub enum PacketError {
     #[error("descriptor chain holds {0} bytes, less than the {HDR_SIZE}-byte header")]
     HeaderTooShort(usize),
+    #[error("rx buffer of {0} bytes has no room for payload after the {HDR_SIZE}-byte header")]
+    RxBufferTooSmall(usize),
     #[error("descriptor points outside guest memory")]
     BadDescriptor,
     #[error("header claims {claimed} payload bytes but the buffer holds {available}")]
@@ -382,7 +384,9 @@ pub struct RxBuffer {
 }
 
 impl RxBuffer {
-    /// Collects the writable part of an rx chain; it must fit at least a header.
+    /// Collects the writable part of an rx chain. It must fit a header and at
+    /// least one payload byte: a header-only buffer could never carry data, and
+    /// keeping it would stall the queue behind it.
     pub fn parse<M, T>(mem: &M, chain: DescriptorChain<T>) -> Result<RxBuffer, PacketError>
     where
         M: GuestMemory,
@@ -390,8 +394,8 @@ impl RxBuffer {
         T::Target: GuestMemory,
     {
         let ranges = GuestRanges::from_chain(mem, chain, true)?;
-        if ranges.len < HDR_SIZE {
-            return Err(PacketError::HeaderTooShort(ranges.len));
+        if ranges.len <= HDR_SIZE {
+            return Err(PacketError::RxBufferTooSmall(ranges.len));
         }
         Ok(RxBuffer { ranges })
     }

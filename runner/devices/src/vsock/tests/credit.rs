@@ -68,7 +68,7 @@ fn device_reports_forwarded_bytes_before_the_guest_runs_dry() {
     let mem = memory();
     let mut g = Guest::new(&mem);
     let (_listener, mut host) = g.connect_from_guest(40100, 7002);
-    let data = pattern(80 * 1024);
+    let data = pattern(160 * 1024);
     let mut sent = 0;
     for chunk in data.chunks(16 * 1024) {
         let mut hdr = g.header(Op::Rw, 40100, 7002);
@@ -84,7 +84,7 @@ fn device_reports_forwarded_bytes_before_the_guest_runs_dry() {
     let update = pkts
         .iter()
         .rfind(|p| p.op() == Some(Op::CreditUpdate))
-        .expect("a credit update once a quarter of the buffer was forwarded");
+        .expect("a credit update once half the buffer was forwarded");
     assert!(
         update.hdr.fwd_cnt >= 64 * 1024,
         "fwd_cnt {}",

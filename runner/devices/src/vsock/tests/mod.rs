@@ -5,4 +5,5 @@
 mod credit;
 mod driver;
 mod forged;
+mod limits;
 mod streams;

@@ -241,3 +241,36 @@ fn config_space_and_features() {
     dev.read_config(4, &mut high);
     assert_eq!(high, [0; 4]);
 }
+
+/// The backend fd must not stay readable once its events were handled, even
+/// when the device cannot deliver anything (no rx buffers): transports wait on
+/// it level-triggered and would spin.
+#[test]
+fn backend_fd_goes_quiet_when_nothing_can_progress() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let mut host = UnixStream::connect(&g.uds).expect("connect");
+    host.write_all(b"CONNECT 5005\n").expect("write");
+    g.pump(WAIT);
+    let fd = VirtioDevice::<GuestMemoryMmap>::backend_fd(&g.device).expect("fd");
+    let readable = |fd| {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    };
+    assert!(
+        !readable(fd),
+        "REQUEST waits for rx buffers without waking anyone"
+    );
+    host.write_all(b"more").expect("write");
+    assert!(readable(fd), "new host data wakes the transport");
+    g.pump(WAIT);
+    assert!(!readable(fd));
+    g.offer_rx(1);
+    g.kick(crate::vsock::RX_QUEUE);
+    assert_eq!(g.received()[0].op(), Some(Op::Request));
+}

@@ -1,0 +1,417 @@
+//! The block device: one request queue, a read-only config space, and the
+//! [`Disk`] behind them. Requests are served synchronously, in queue order,
+//! on whatever thread the transport calls from.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{Bytes, GuestMemory};
+
+use super::disk::{Disk, DiskError};
+use super::request::{self, total_len, Cursor, Rejected, Request, RequestType};
+use super::stats::BlockStats;
+use super::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
+use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
+
+/// Index of the request queue (the only queue).
+pub const REQUEST_QUEUE: u16 = 0;
+
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+
+/// Size of `struct virtio_blk_config` up to and including the
+/// write-zeroes fields; everything past `blk_size` reads as zero except
+/// `num_queues`.
+const CONFIG_SIZE: usize = 60;
+
+/// Largest host buffer data passes through between the disk and guest
+/// memory; bigger requests are moved a window at a time, so a request's size
+/// never decides how much the host allocates.
+const MAX_WINDOW: usize = 512 * 1024;
+
+/// Why a block device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("block device serial {serial:?} is {len} bytes long; at most {SERIAL_LEN} fit")]
+    SerialTooLong { serial: String, len: usize },
+}
+
+/// A virtio-blk device over a [`Disk`].
+pub struct BlockDevice {
+    disk: Disk,
+    serial: [u8; SERIAL_LEN],
+    features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_SIZE],
+    window: Vec<u8>,
+    activated: bool,
+    stats: Arc<BlockStats>,
+}
+
+/// What a request came to: the status byte and how many bytes of data the
+/// device wrote into guest memory.
+struct Outcome {
+    status: u32,
+    written: u64,
+}
+
+impl Outcome {
+    fn status(status: u32) -> Outcome {
+        Outcome { status, written: 0 }
+    }
+}
+
+impl BlockDevice {
+    /// Opens the image (and creates the overlay) as `config` says.
+    pub fn new(config: BlockConfig) -> Result<BlockDevice, BlockError> {
+        let serial_bytes = config.serial.as_bytes();
+        if serial_bytes.len() > SERIAL_LEN {
+            return Err(BlockError::SerialTooLong {
+                len: serial_bytes.len(),
+                serial: config.serial,
+            });
+        }
+        let mut serial = [0u8; SERIAL_LEN];
+        serial[..serial_bytes.len()].copy_from_slice(serial_bytes);
+        let disk = Disk::open(&config.image, &config.mode)?;
+
+        let mut features = (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        if disk.is_read_only() {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let mut cfg = [0u8; CONFIG_SIZE];
+        cfg[0..8].copy_from_slice(&(disk.size() / SECTOR_SIZE).to_le_bytes());
+        cfg[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        cfg[20..24].copy_from_slice(&BLOCK_SIZE.to_le_bytes());
+        // num_queues: only read by drivers that negotiated MQ, but QEMU's
+        // vhost-user-blk fills it in too.
+        cfg[34..36].copy_from_slice(&1u16.to_le_bytes());
+
+        Ok(BlockDevice {
+            disk,
+            serial,
+            features,
+            acked_features: 0,
+            config: cfg,
+            window: Vec::new(),
+            activated: false,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.size() / SECTOR_SIZE
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.disk.is_read_only()
+    }
+
+    /// The storage, for inspection (e.g. how much the guest has written).
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
+    /// Whether the driver has activated the device (and not reset it since).
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// The device's request counters; the handle stays valid (and live)
+    /// after the device has been handed to a transport.
+    pub fn stats(&self) -> Arc<BlockStats> {
+        self.stats.clone()
+    }
+
+    fn process_requests<M: GuestMemory>(
+        &mut self,
+        ctx: &mut DeviceContext<'_, M>,
+    ) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let Some(queue) = ctx.queues.queue_mut(REQUEST_QUEUE) else {
+            return Ok(());
+        };
+        let mut used = false;
+        loop {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len = self.handle_chain(mem, chain);
+                queue.add_used(mem, head, len)?;
+                used = true;
+            }
+            // Re-enabling reports requests added meanwhile, which must not
+            // wait for a kick that will never come.
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        if used {
+            ctx.notify_used(REQUEST_QUEUE)?;
+        }
+        Ok(())
+    }
+
+    /// Serves one chain; returns the used length (bytes written to the
+    /// device-writable part, status byte included).
+    fn handle_chain<M, T>(&mut self, mem: &M, chain: DescriptorChain<T>) -> u32
+    where
+        M: GuestMemory,
+        T: Deref,
+        T::Target: GuestMemory,
+    {
+        let head = chain.head_index();
+        let (status_addr, outcome) = match request::parse(mem, chain) {
+            Ok(req) => {
+                let outcome = self.execute(mem, &req);
+                (req.status, outcome)
+            }
+            Err(Rejected::NoStatus) => {
+                tracing::warn!(
+                    head,
+                    "virtio-blk: dropping a request with no writable status byte"
+                );
+                self.stats.failed();
+                return 0;
+            }
+            Err(Rejected::Malformed { status, reason }) => {
+                tracing::warn!(head, "virtio-blk: malformed request: {reason}");
+                (status, Outcome::status(VIRTIO_BLK_S_IOERR))
+            }
+        };
+        if outcome.status != VIRTIO_BLK_S_OK {
+            self.stats.failed();
+        }
+        // The status fits a byte: the VIRTIO_BLK_S_* values are 0..=6.
+        if let Err(e) = mem.write_obj(outcome.status as u8, status_addr) {
+            tracing::warn!(head, "virtio-blk: cannot write the status byte: {e}");
+            return 0;
+        }
+        u32::try_from(outcome.written + 1).unwrap_or(u32::MAX)
+    }
+
+    fn execute<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
+        let wrong_shape = |what: &str| {
+            tracing::warn!(kind = ?req.kind, "virtio-blk: malformed request: {what}");
+            Outcome::status(VIRTIO_BLK_S_IOERR)
+        };
+        match req.kind {
+            RequestType::In => {
+                if !req.readable.is_empty() {
+                    return wrong_shape("read request with device-readable data");
+                }
+                self.read(mem, req)
+            }
+            RequestType::Out => {
+                if !req.writable.is_empty() {
+                    return wrong_shape("write request with device-writable data");
+                }
+                if self.disk.is_read_only() {
+                    tracing::debug!("virtio-blk: write to a read-only disk refused");
+                    return Outcome::status(VIRTIO_BLK_S_IOERR);
+                }
+                self.write(mem, req)
+            }
+            RequestType::Flush => {
+                if !req.readable.is_empty() || !req.writable.is_empty() {
+                    return wrong_shape("flush request with data");
+                }
+                match self.disk.flush() {
+                    Ok(()) => {
+                        self.stats.flushed();
+                        Outcome::status(VIRTIO_BLK_S_OK)
+                    }
+                    Err(e) => {
+                        tracing::error!("virtio-blk: flush failed: {e}");
+                        Outcome::status(VIRTIO_BLK_S_IOERR)
+                    }
+                }
+            }
+            RequestType::GetId => {
+                if !req.readable.is_empty() || req.writable.is_empty() {
+                    return wrong_shape("GET_ID request without a writable id buffer");
+                }
+                let len = total_len(&req.writable).min(SERIAL_LEN as u64) as usize;
+                match Cursor::new(&req.writable).scatter(mem, &self.serial[..len]) {
+                    Ok(()) => Outcome {
+                        status: VIRTIO_BLK_S_OK,
+                        written: len as u64,
+                    },
+                    Err(e) => {
+                        tracing::warn!("virtio-blk: cannot write the id: {e}");
+                        Outcome::status(VIRTIO_BLK_S_IOERR)
+                    }
+                }
+            }
+            RequestType::Other(kind) => {
+                tracing::debug!(kind, "virtio-blk: unsupported request type");
+                Outcome::status(VIRTIO_BLK_S_UNSUPP)
+            }
+        }
+    }
+
+    /// The disk offset of a `len`-byte transfer at `sector`, if it is whole
+    /// sectors and fits the disk.
+    fn disk_range(&self, sector: u64, len: u64) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        (len.is_multiple_of(SECTOR_SIZE) && end <= self.disk.size()).then_some(offset)
+    }
+
+    /// Makes the bounce window at least `len` bytes (`len` <= MAX_WINDOW).
+    fn grow_window(&mut self, len: usize) {
+        if self.window.len() < len {
+            self.window.resize(len, 0);
+        }
+    }
+
+    fn read<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
+        let len = total_len(&req.writable);
+        let Some(offset) = self.disk_range(req.sector, len) else {
+            tracing::warn!(
+                sector = req.sector,
+                len,
+                capacity = self.capacity(),
+                "virtio-blk: read outside the disk or not whole sectors"
+            );
+            return Outcome::status(VIRTIO_BLK_S_IOERR);
+        };
+        let mut cursor = Cursor::new(&req.writable);
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(MAX_WINDOW as u64) as usize;
+            self.grow_window(n);
+            let window = &mut self.window[..n];
+            if let Err(e) = self.disk.read_at(window, offset + done) {
+                tracing::error!(offset = offset + done, "virtio-blk: disk read failed: {e}");
+                return Outcome {
+                    status: VIRTIO_BLK_S_IOERR,
+                    written: done,
+                };
+            }
+            if let Err(e) = cursor.scatter(mem, window) {
+                tracing::warn!("virtio-blk: cannot copy read data to the guest: {e}");
+                return Outcome {
+                    status: VIRTIO_BLK_S_IOERR,
+                    written: done,
+                };
+            }
+            done += n as u64;
+        }
+        self.stats.read(done);
+        Outcome {
+            status: VIRTIO_BLK_S_OK,
+            written: done,
+        }
+    }
+
+    fn write<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
+        let len = total_len(&req.readable);
+        let Some(offset) = self.disk_range(req.sector, len) else {
+            tracing::warn!(
+                sector = req.sector,
+                len,
+                capacity = self.capacity(),
+                "virtio-blk: write outside the disk or not whole sectors"
+            );
+            return Outcome::status(VIRTIO_BLK_S_IOERR);
+        };
+        let mut cursor = Cursor::new(&req.readable);
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(MAX_WINDOW as u64) as usize;
+            self.grow_window(n);
+            let window = &mut self.window[..n];
+            if let Err(e) = cursor.gather(mem, window) {
+                tracing::warn!("virtio-blk: cannot copy write data from the guest: {e}");
+                return Outcome::status(VIRTIO_BLK_S_IOERR);
+            }
+            if let Err(e) = self.disk.write_at(window, offset + done) {
+                tracing::error!(offset = offset + done, "virtio-blk: disk write failed: {e}");
+                return Outcome::status(VIRTIO_BLK_S_IOERR);
+            }
+            done += n as u64;
+        }
+        self.stats.wrote(done);
+        Outcome::status(VIRTIO_BLK_S_OK)
+    }
+}
+
+impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.features;
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset.saturating_add(i as u64);
+            *byte = usize::try_from(at)
+                .ok()
+                .and_then(|at| self.config.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The only writable field, `writeback`, needs CONFIG_WCE, which is
+        // not offered.
+        tracing::warn!(
+            offset,
+            len = data.len(),
+            "virtio-blk: ignoring write to read-only config space"
+        );
+    }
+
+    fn activate(&mut self) -> Result<(), DeviceError> {
+        self.activated = true;
+        Ok(())
+    }
+
+    fn process_queue(
+        &mut self,
+        queue_index: u16,
+        ctx: &mut DeviceContext<'_, M>,
+    ) -> Result<(), DeviceError> {
+        match queue_index {
+            REQUEST_QUEUE => self.process_requests(ctx),
+            other => Err(DeviceError::NoSuchQueue(other)),
+        }
+    }
+
+    fn reset(&mut self) {
+        // The disk keeps its content: a driver reset is not a new disk.
+        self.acked_features = 0;
+        self.activated = false;
+    }
+}

@@ -1,0 +1,113 @@
+//! `runner test`: a pipeline file → one fresh VM per job → JUnit + console.
+//!
+//! Exit codes: 0 when everything passed (allowed failures excepted), 1 when
+//! a test failed, 2 for usage or configuration errors, 130 after Ctrl-C.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{parse_duration, BackendChoice, Failure};
+use crate::images::Images;
+use crate::pipeline::Pipeline;
+use crate::plan::Plan;
+use crate::report::junit::{self, JunitOptions};
+use crate::report::ConsoleReporter;
+use crate::results::DEFAULT_OUTPUT_LIMIT;
+use crate::scheduler::{self, Options, ResolvedImages};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Most VMs running at once (default: the number of CPUs). Host memory
+    /// limits it further.
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// Run only jobs whose name contains this text or matches this glob;
+    /// repeat to select more.
+    #[arg(short, long)]
+    filter: Vec<String>,
+    /// Start no new job once one has failed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Where job logs, artifacts and (by default) the JUnit file go.
+    #[arg(long, default_value = "runner-out")]
+    out: PathBuf,
+    /// The JUnit XML file (default: <out>/junit.xml).
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Bytes of each step's stdout and stderr kept for the reports; the job
+    /// log always has everything.
+    #[arg(long, default_value_t = DEFAULT_OUTPUT_LIMIT)]
+    output_limit: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// How long a guest may take to become ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    boot_timeout: Duration,
+}
+
+pub fn run(args: TestArgs) -> Result<i32, Failure> {
+    let config = |e: anyhow::Error| Failure::new(2, e);
+    let pipeline = Pipeline::load(&args.pipeline).map_err(|e| config(e.into()))?;
+    let plan = Plan::new(&pipeline)
+        .filter(&args.filter)
+        .map_err(|e| config(e.into()))?;
+    let images = resolve_images(&plan).map_err(config)?;
+    let backend = args.backend.backend().map_err(config)?;
+    prepare_out_dir(&args.out).map_err(config)?;
+
+    let options = Options {
+        jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
+        fail_fast: args.fail_fast,
+        boot_timeout: args.boot_timeout,
+        output_limit: args.output_limit,
+        out_dir: args.out.clone(),
+    };
+    let console = ConsoleReporter::stdout();
+    let results = scheduler::run(&plan, backend.as_ref(), &images, &console, &options);
+
+    let junit_path = args.junit.unwrap_or_else(|| args.out.join("junit.xml"));
+    let junit_options = JunitOptions {
+        output_limit: args.output_limit,
+        ..JunitOptions::default()
+    };
+    junit::write(&results, &junit_path, &junit_options)
+        .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the JUnit report")))?;
+    eprintln!("runner: JUnit report in {}", junit_path.display());
+    Ok(results.exit_code())
+}
+
+/// Resolves every image the plan uses once, building named ones on first use.
+fn resolve_images(plan: &Plan) -> anyhow::Result<ResolvedImages> {
+    let images = Images::from_env();
+    let mut resolved = HashMap::new();
+    for job in &plan.jobs {
+        if !resolved.contains_key(&job.image) {
+            let kernel = images.kernel(&job.image.kernel)?;
+            let rootfs = images.rootfs(&job.image.rootfs)?;
+            resolved.insert(job.image.clone(), (kernel, rootfs));
+        }
+    }
+    Ok(resolved)
+}
+
+/// Logs and artifacts of an earlier run in the same place would mix with
+/// this run's; the directory is ours, so start it afresh.
+fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
+    for sub in ["logs", "artifacts"] {
+        let dir = out.join(sub);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("clearing {}: {e}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

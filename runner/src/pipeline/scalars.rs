@@ -1,0 +1,282 @@
+//! Parsers for the scalar values of a pipeline file: durations, memory sizes,
+//! environment variable names and image references. They return plain
+//! `String` errors; the visitors in `de.rs` attach the file position.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::suggest;
+
+/// Kernel names the runner knows how to build or fetch from its cache.
+pub const KERNEL_NAMES: &[&str] = &["default"];
+/// Root file system names the runner knows how to build.
+pub const ROOTFS_NAMES: &[&str] = &["minimal", "debian"];
+
+/// Longest accepted timeout; longer ones are almost certainly a unit mix-up.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Smallest guest memory a Linux guest with the agent can boot in.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// 1 TiB: above that the value is a typo, not a plan.
+const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+/// Parses `30s`, `5m`, `1h30m`, `500ms`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!("invalid duration `{text}`: expected a number with a unit, like `30s`, `5m`, `1h30m` or `500ms`")
+    };
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(invalid());
+    }
+    if trimmed.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let seconds = trimmed.parse::<f64>().map_err(|_| invalid())?;
+        return checked_duration(text, seconds);
+    }
+    let mut total = 0.0_f64;
+    let mut rest = trimmed;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match rest[..unit_len].trim() {
+            "ms" => 0.001,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hr" | "hrs" => 3600.0,
+            _ => return Err(invalid()),
+        };
+        total += number * scale;
+        rest = rest[unit_len..].trim_start();
+    }
+    checked_duration(text, total)
+}
+
+fn checked_duration(text: &str, seconds: f64) -> Result<Duration, String> {
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!(
+            "invalid duration `{text}`: must be greater than zero"
+        ));
+    }
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("invalid duration `{text}`: longer than 7 days"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Short human form: `850ms`, `4.2s`, `2m05s`, `1h02m`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{secs}s")
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Parses `512M`, `1G`, `2GiB`, `768` (MiB when there is no unit) into MiB.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let invalid =
+        || format!("invalid memory size `{text}`: expected a size like `512M`, `1G` or `2GiB`");
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let mib = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mi" | "mib" => Some(number),
+        "g" | "gb" | "gi" | "gib" => number.checked_mul(1024),
+        _ => return Err(invalid()),
+    }
+    .ok_or_else(invalid)?;
+    if mib < MIN_MEMORY_MIB {
+        return Err(format!(
+            "memory size `{text}` is too small: a guest needs at least {MIN_MEMORY_MIB}M"
+        ));
+    }
+    if mib > MAX_MEMORY_MIB {
+        return Err(format!("memory size `{text}` is larger than 1 TiB"));
+    }
+    Ok(mib)
+}
+
+/// Environment variable names the shell can reference: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid environment variable name `{name}`: use letters, digits and `_`, not starting with a digit"
+        ))
+    }
+}
+
+/// A kernel or root file system: a name the runner knows, or a file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ImageRef {
+    /// One of [`KERNEL_NAMES`] / [`ROOTFS_NAMES`]; the backend resolves it
+    /// to a file in its cache.
+    Named(String),
+    /// A file on the host, absolute (relative paths in the pipeline are
+    /// resolved against the workspace root when parsing).
+    Path(PathBuf),
+}
+
+/// What an [`ImageRef`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    Kernel,
+    Rootfs,
+}
+
+impl ImageKind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            ImageKind::Kernel => "kernel",
+            ImageKind::Rootfs => "rootfs",
+        }
+    }
+
+    pub fn known_names(self) -> &'static [&'static str] {
+        match self {
+            ImageKind::Kernel => KERNEL_NAMES,
+            ImageKind::Rootfs => ROOTFS_NAMES,
+        }
+    }
+}
+
+impl ImageRef {
+    /// A value with a `/` or starting with `.` or `~` is a path; anything
+    /// else must be a known name.
+    pub fn parse(kind: ImageKind, text: &str, workspace: &Path) -> Result<ImageRef, String> {
+        let text = text.trim();
+        if text.contains('/') || text.starts_with('.') || text.starts_with('~') {
+            return Ok(ImageRef::Path(resolve_host_path(text, workspace)));
+        }
+        let known = kind.known_names();
+        if known.contains(&text) {
+            return Ok(ImageRef::Named(text.to_string()));
+        }
+        let noun = kind.noun();
+        let hint = match suggest(text, known) {
+            Some(name) => format!(" (did you mean `{name}`?)"),
+            None => String::new(),
+        };
+        Err(format!(
+            "unknown {noun} image `{text}`{hint}: known {noun} images are {}; a file is given by path, like `./images/{noun}.img`",
+            known.join(", ")
+        ))
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRef::Named(name) => f.write_str(name),
+            ImageRef::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Host paths in a pipeline are relative to the workspace root; `~/` is the
+/// user's home directory.
+pub fn resolve_host_path(text: &str, workspace: &Path) -> PathBuf {
+    if let Some(rest) = text.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    let path = Path::new(text);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        workspace.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in [
+            "", "5x", "s", "m5", "1..2s", "-3s", "0s", "0", "8d", "9999h", "inf", "1.2.3",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_duration("5x").unwrap_err().contains("like `30s`"));
+    }
+
+    #[test]
+    fn formats_durations_compactly() {
+        assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(format_duration(Duration::from_millis(4240)), "4.2s");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_secs(125)), "2m05s");
+        assert_eq!(format_duration(Duration::from_secs(3720)), "1h02m");
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M"), Ok(512));
+        assert_eq!(parse_memory("512"), Ok(512));
+        assert_eq!(parse_memory("1G"), Ok(1024));
+        assert_eq!(parse_memory("2GiB"), Ok(2048));
+        assert_eq!(parse_memory("256 MB"), Ok(256));
+        for bad in ["", "G", "1T", "12x", "8M", "-1G", "99999999999999999999G"] {
+            assert!(parse_memory(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_memory("8M").unwrap_err().contains("at least 16M"));
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(check_env_name("RUST_LOG").is_ok());
+        assert!(check_env_name("_x1").is_ok());
+        for bad in ["", "1X", "A-B", "A B", "É"] {
+            assert!(check_env_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn image_refs() {
+        let ws = Path::new("/repo");
+        assert_eq!(
+            ImageRef::parse(ImageKind::Rootfs, "debian", ws),
+            Ok(ImageRef::Named("debian".into()))
+        );
+        assert_eq!(
+            ImageRef::parse(ImageKind::Kernel, "./k/vmlinux", ws),
+            Ok(ImageRef::Path("/repo/./k/vmlinux".into()))
+        );
+        assert_eq!(
+            ImageRef::parse(ImageKind::Rootfs, "/img/r.ext4", ws),
+            Ok(ImageRef::Path("/img/r.ext4".into()))
+        );
+        let err = ImageRef::parse(ImageKind::Rootfs, "debain", ws).unwrap_err();
+        assert!(err.starts_with("unknown rootfs image `debain` (did you mean `debian`?)"));
+        assert!(err.contains("known rootfs images are minimal, debian"));
+    }
+}

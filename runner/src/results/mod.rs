@@ -1,0 +1,312 @@
+//! What a run produced: the scheduler fills these in, the reporters read them.
+//!
+//! The unit of counting is the *case*, as in JUnit: each step is a case,
+//! plus one synthetic case per job for a problem that belongs to no step
+//! (the VM did not boot, the agent was lost, the job was cancelled before
+//! any step). [`JobResult::cases`] lists them; the console summary and the
+//! JUnit file both count from it, so they always agree.
+
+mod capture;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+pub use agent_protocol::ExitStatus;
+pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
+
+use crate::pipeline::format_duration;
+use crate::plan::PlannedJob;
+
+/// Everything one `runner run` produced.
+#[derive(Clone, Debug)]
+pub struct RunResults {
+    pub pipeline_name: String,
+    pub pipeline_path: PathBuf,
+    pub started: SystemTime,
+    /// Wall-clock time of the whole run.
+    pub wall: Duration,
+    /// In plan order.
+    pub jobs: Vec<JobResult>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    /// Display name, with matrix values.
+    pub name: String,
+    /// JUnit classname: the display name as well.
+    pub classname: String,
+    pub allow_failure: bool,
+    pub started: SystemTime,
+    /// From VM start to VM teardown.
+    pub duration: Duration,
+    /// Time until the agent answered, when the VM booted.
+    pub boot: Option<Duration>,
+    pub outcome: JobOutcome,
+    /// One per planned step, in order, including skipped ones.
+    pub steps: Vec<StepResult>,
+    /// The job's full log (all steps' stdout and stderr, interleaved).
+    pub log_path: Option<PathBuf>,
+    /// Host paths of the artifacts copied out.
+    pub artifacts: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutcome {
+    Passed,
+    /// A step failed, timed out or could not run.
+    Failed,
+    /// The VM did not come up; `serial_tail` holds its last console lines.
+    BootError {
+        message: String,
+        serial_tail: Vec<String>,
+    },
+    /// The runner itself failed after boot (agent lost, file copy failed).
+    Error {
+        message: String,
+    },
+    /// Interrupted (Ctrl-C) or never started.
+    Cancelled {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct StepResult {
+    pub name: String,
+    pub status: StepStatus,
+    pub duration: Duration,
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepStatus {
+    Passed,
+    /// Ran and ended unsuccessfully (non-zero exit, signal, not found).
+    Failed {
+        exit: ExitStatus,
+    },
+    /// Killed at its time limit (the step's own, or the job's remaining budget).
+    TimedOut {
+        limit: Duration,
+        exit: Option<ExitStatus>,
+    },
+    /// Not run, e.g. because an earlier step failed.
+    Skipped {
+        reason: String,
+    },
+    /// Could not be run or observed (agent lost mid-step).
+    Error {
+        message: String,
+    },
+}
+
+/// How a case counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaseKind {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+}
+
+/// A case that stands for the job as a whole (see the module comment).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobCase {
+    /// `(boot)`, `(job)`.
+    pub name: &'static str,
+    pub kind: CaseKind,
+    pub message: String,
+    /// Extra lines: the serial console tail for a boot error.
+    pub detail: Vec<String>,
+}
+
+/// Case counts of a run. Failures and errors of `allow_failure` jobs are
+/// counted as `allowed_failures` only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub allowed_failures: usize,
+}
+
+impl StepStatus {
+    pub fn kind(&self) -> CaseKind {
+        match self {
+            StepStatus::Passed => CaseKind::Passed,
+            StepStatus::Failed { .. } | StepStatus::TimedOut { .. } => CaseKind::Failed,
+            StepStatus::Skipped { .. } => CaseKind::Skipped,
+            StepStatus::Error { .. } => CaseKind::Error,
+        }
+    }
+
+    /// `ok`, `exit code 1`, `timed out after 30s`, `skipped: …`.
+    pub fn describe(&self) -> String {
+        match self {
+            StepStatus::Passed => "ok".to_string(),
+            StepStatus::Failed { exit } => match &exit.error {
+                Some(error) => format!("{} ({error})", exit.describe()),
+                None => exit.describe(),
+            },
+            StepStatus::TimedOut { limit, .. } => {
+                format!("timed out after {}", format_duration(*limit))
+            }
+            StepStatus::Skipped { reason } => format!("skipped: {reason}"),
+            StepStatus::Error { message } => format!("error: {message}"),
+        }
+    }
+}
+
+impl StepResult {
+    /// A step that was not run.
+    pub fn skipped(name: impl Into<String>, reason: impl Into<String>) -> StepResult {
+        StepResult {
+            name: name.into(),
+            status: StepStatus::Skipped {
+                reason: reason.into(),
+            },
+            duration: Duration::ZERO,
+            stdout: Output::default(),
+            stderr: Output::default(),
+        }
+    }
+}
+
+impl JobResult {
+    /// A result for `job` with its name, classname and `allow_failure`
+    /// filled in, no steps yet, and outcome [`JobOutcome::Passed`].
+    pub fn for_job(job: &PlannedJob, started: SystemTime) -> JobResult {
+        JobResult {
+            name: job.name.clone(),
+            classname: job.name.clone(),
+            allow_failure: job.allow_failure,
+            started,
+            duration: Duration::ZERO,
+            boot: None,
+            outcome: JobOutcome::Passed,
+            steps: Vec::new(),
+            log_path: None,
+            artifacts: Vec::new(),
+        }
+    }
+
+    /// The outcome the steps imply: `Failed` if any failed, timed out or
+    /// errored, else `Passed`.
+    pub fn outcome_from_steps(steps: &[StepResult]) -> JobOutcome {
+        let bad = steps
+            .iter()
+            .any(|s| matches!(s.status.kind(), CaseKind::Failed | CaseKind::Error));
+        if bad {
+            JobOutcome::Failed
+        } else {
+            JobOutcome::Passed
+        }
+    }
+
+    /// The synthetic case for a job-level problem, if there is one.
+    pub fn job_case(&self) -> Option<JobCase> {
+        match &self.outcome {
+            JobOutcome::Passed | JobOutcome::Failed => None,
+            JobOutcome::BootError {
+                message,
+                serial_tail,
+            } => Some(JobCase {
+                name: "(boot)",
+                kind: CaseKind::Error,
+                message: format!("VM failed to boot: {message}"),
+                detail: serial_tail.clone(),
+            }),
+            JobOutcome::Error { message } => {
+                // Already reported on the step it happened in.
+                let on_a_step = self.steps.iter().any(|s| match &s.status {
+                    StepStatus::Error { message: m } => m == message,
+                    _ => false,
+                });
+                (!on_a_step).then(|| JobCase {
+                    name: "(job)",
+                    kind: CaseKind::Error,
+                    message: message.clone(),
+                    detail: Vec::new(),
+                })
+            }
+            JobOutcome::Cancelled { reason } => self.steps.is_empty().then(|| JobCase {
+                name: "(job)",
+                kind: CaseKind::Skipped,
+                message: format!("cancelled: {reason}"),
+                detail: Vec::new(),
+            }),
+        }
+    }
+
+    /// Kinds of all cases of this job: steps first, then the job case.
+    pub fn cases(&self) -> Vec<CaseKind> {
+        let mut kinds: Vec<CaseKind> = self.steps.iter().map(|s| s.status.kind()).collect();
+        kinds.extend(self.job_case().map(|case| case.kind));
+        kinds
+    }
+
+    /// Whether this job failed, ignoring `allow_failure`.
+    pub fn failed(&self) -> bool {
+        self.outcome != JobOutcome::Passed
+            || self
+                .cases()
+                .iter()
+                .any(|k| matches!(k, CaseKind::Failed | CaseKind::Error))
+    }
+
+    /// Whether this job makes the run fail.
+    pub fn fails_run(&self) -> bool {
+        self.failed() && !self.allow_failure
+    }
+}
+
+impl RunResults {
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for job in &self.jobs {
+            for kind in job.cases() {
+                match kind {
+                    CaseKind::Passed => counts.passed += 1,
+                    CaseKind::Skipped => counts.skipped += 1,
+                    CaseKind::Failed | CaseKind::Error if job.allow_failure => {
+                        counts.allowed_failures += 1
+                    }
+                    CaseKind::Failed | CaseKind::Error => counts.failed += 1,
+                }
+            }
+        }
+        counts
+    }
+
+    /// 0 when every job passed (`allow_failure` jobs excepted), else 1.
+    /// (2, for an invalid pipeline, is the CLI's business.)
+    pub fn exit_code(&self) -> i32 {
+        if self.jobs.iter().any(JobResult::fails_run) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// `12 passed, 2 failed, 1 skipped, 1 allowed failure in 34.5s`. The
+    /// `N passed, N failed` head is what CI log parsers look for; skipped
+    /// and allowed failures appear only when there are some.
+    pub fn summary_line(&self) -> String {
+        let counts = self.counts();
+        let mut line = format!("{} passed, {} failed", counts.passed, counts.failed);
+        if counts.skipped > 0 {
+            line.push_str(&format!(", {} skipped", counts.skipped));
+        }
+        match counts.allowed_failures {
+            0 => {}
+            1 => line.push_str(", 1 allowed failure"),
+            n => line.push_str(&format!(", {n} allowed failures")),
+        }
+        line.push_str(&format!(" in {:.1}s", self.wall.as_secs_f64()));
+        line
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

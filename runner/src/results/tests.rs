@@ -1,0 +1,229 @@
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+pub(crate) fn step(name: &str, status: StepStatus) -> StepResult {
+    StepResult {
+        name: name.to_string(),
+        status,
+        duration: Duration::from_millis(1200),
+        stdout: Output::from_bytes(b"out\n"),
+        stderr: Output::default(),
+    }
+}
+
+pub(crate) fn failed(code: i32) -> StepStatus {
+    StepStatus::Failed {
+        exit: ExitStatus {
+            code: Some(code),
+            ..ExitStatus::default()
+        },
+    }
+}
+
+pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> JobResult {
+    JobResult {
+        name: name.to_string(),
+        classname: name.to_string(),
+        allow_failure: false,
+        started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        duration: Duration::from_secs(3),
+        boot: Some(Duration::from_millis(1400)),
+        outcome,
+        steps,
+        log_path: Some(PathBuf::from("out/01-a/job.log")),
+        artifacts: Vec::new(),
+    }
+}
+
+pub(crate) fn run(jobs: Vec<JobResult>) -> RunResults {
+    RunResults {
+        pipeline_name: "demo".to_string(),
+        pipeline_path: PathBuf::from("pipelines/demo.yml"),
+        started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        wall: Duration::from_millis(34_540),
+        jobs,
+    }
+}
+
+#[test]
+fn all_passed_exits_zero() {
+    let r = run(vec![job(
+        "a",
+        JobOutcome::Passed,
+        vec![
+            step("one", StepStatus::Passed),
+            step("two", StepStatus::Passed),
+        ],
+    )]);
+    assert_eq!(r.exit_code(), 0);
+    assert_eq!(r.summary_line(), "2 passed, 0 failed in 34.5s");
+}
+
+#[test]
+fn a_failed_step_fails_the_run_and_skips_count() {
+    let r = run(vec![
+        job(
+            "ok",
+            JobOutcome::Passed,
+            vec![step("s", StepStatus::Passed)],
+        ),
+        job(
+            "bad",
+            JobOutcome::Failed,
+            vec![
+                step("s1", failed(1)),
+                step(
+                    "s2",
+                    StepStatus::Skipped {
+                        reason: "`s1` failed".into(),
+                    },
+                ),
+            ],
+        ),
+    ]);
+    assert_eq!(r.exit_code(), 1);
+    assert_eq!(
+        r.counts(),
+        Counts {
+            passed: 1,
+            failed: 1,
+            skipped: 1,
+            allowed_failures: 0
+        }
+    );
+    assert_eq!(r.summary_line(), "1 passed, 1 failed, 1 skipped in 34.5s");
+}
+
+#[test]
+fn allowed_failures_do_not_fail_the_run() {
+    let mut flaky = job(
+        "flaky",
+        JobOutcome::Failed,
+        vec![step(
+            "t",
+            StepStatus::TimedOut {
+                limit: Duration::from_secs(30),
+                exit: None,
+            },
+        )],
+    );
+    flaky.allow_failure = true;
+    let mut boot = job(
+        "boot",
+        JobOutcome::BootError {
+            message: "no agent".into(),
+            serial_tail: vec![],
+        },
+        vec![],
+    );
+    boot.allow_failure = true;
+    let r = run(vec![
+        job(
+            "ok",
+            JobOutcome::Passed,
+            vec![step("s", StepStatus::Passed)],
+        ),
+        flaky,
+        boot,
+    ]);
+    assert_eq!(r.exit_code(), 0);
+    assert_eq!(
+        r.summary_line(),
+        "1 passed, 0 failed, 2 allowed failures in 34.5s"
+    );
+}
+
+#[test]
+fn job_level_problems_become_one_case() {
+    let boot = job(
+        "b",
+        JobOutcome::BootError {
+            message: "kernel panic".into(),
+            serial_tail: vec!["Kernel panic - not syncing".into()],
+        },
+        vec![],
+    );
+    let case = boot.job_case().unwrap();
+    assert_eq!(case.name, "(boot)");
+    assert_eq!(case.kind, CaseKind::Error);
+    assert_eq!(case.message, "VM failed to boot: kernel panic");
+    assert_eq!(case.detail, ["Kernel panic - not syncing"]);
+    assert!(boot.fails_run());
+
+    // An error already carried by a step is not counted twice.
+    let lost = job(
+        "l",
+        JobOutcome::Error {
+            message: "agent lost".into(),
+        },
+        vec![step(
+            "s",
+            StepStatus::Error {
+                message: "agent lost".into(),
+            },
+        )],
+    );
+    assert_eq!(lost.job_case(), None);
+    assert_eq!(lost.cases(), [CaseKind::Error]);
+    let copy = job(
+        "c",
+        JobOutcome::Error {
+            message: "copy failed".into(),
+        },
+        vec![],
+    );
+    assert_eq!(copy.cases(), [CaseKind::Error]);
+
+    let cancelled = job(
+        "x",
+        JobOutcome::Cancelled {
+            reason: "interrupted".into(),
+        },
+        vec![],
+    );
+    assert_eq!(cancelled.cases(), [CaseKind::Skipped]);
+    assert!(cancelled.fails_run());
+
+    // An outcome that disagrees with its steps still fails the run.
+    let inconsistent = job("i", JobOutcome::Passed, vec![step("s", failed(2))]);
+    assert!(inconsistent.fails_run());
+    assert_eq!(
+        JobResult::outcome_from_steps(&inconsistent.steps),
+        JobOutcome::Failed
+    );
+}
+
+#[test]
+fn statuses_describe_themselves() {
+    assert_eq!(StepStatus::Passed.describe(), "ok");
+    assert_eq!(failed(101).describe(), "exit code 101");
+    let not_found = StepStatus::Failed {
+        exit: ExitStatus {
+            code: Some(127),
+            error: Some("no such file: cargo".into()),
+            ..ExitStatus::default()
+        },
+    };
+    assert_eq!(not_found.describe(), "exit code 127 (no such file: cargo)");
+    let killed = StepStatus::Failed {
+        exit: ExitStatus {
+            signal: Some(11),
+            ..ExitStatus::default()
+        },
+    };
+    assert_eq!(killed.describe(), "killed by signal 11 (SIGSEGV)");
+    assert_eq!(
+        StepStatus::TimedOut {
+            limit: Duration::from_secs(30),
+            exit: None
+        }
+        .describe(),
+        "timed out after 30s"
+    );
+    assert_eq!(
+        StepResult::skipped("x", "`a` failed").status.describe(),
+        "skipped: `a` failed"
+    );
+}

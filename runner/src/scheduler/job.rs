@@ -1,0 +1,218 @@
+//! One job in one fresh VM: boot, copy the files in, run the steps in order,
+//! copy the artifacts out, power off. The VM is destroyed whatever happens
+//! (it is dropped at the end of [`run`]).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_protocol::Stream;
+
+use super::RunContext;
+use crate::backend::{wait_for_agent, Vm, VmSpec, SERIAL_TAIL_LINES};
+use crate::pipeline::files;
+use crate::plan::{PlannedJob, PlannedStep};
+use crate::report::OutputStream;
+use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus};
+use crate::session::AgentSession;
+
+pub(super) fn run(job: &PlannedJob, ctx: &RunContext) -> JobResult {
+    let clock = Instant::now();
+    let mut result = JobResult::for_job(job, SystemTime::now());
+    ctx.observer.on_job_started(job);
+    result.outcome = match run_in_vm(job, ctx, clock, &mut result) {
+        Ok(()) => JobResult::outcome_from_steps(&result.steps),
+        Err(outcome) => outcome,
+    };
+    result.duration = clock.elapsed();
+    ctx.observer.on_job_finished(job, &result);
+    result
+}
+
+fn run_in_vm(
+    job: &PlannedJob,
+    ctx: &RunContext,
+    clock: Instant,
+    result: &mut JobResult,
+) -> Result<(), JobOutcome> {
+    let log_path = ctx
+        .options
+        .out_dir
+        .join("logs")
+        .join(format!("{}.log", job.slug));
+    let log = JobLog::create(&log_path).map_err(|e| JobOutcome::Error {
+        message: format!("creating {}: {e}", log_path.display()),
+    })?;
+    result.log_path = Some(log_path);
+    // Collect the files before booting: a typo in `files` should not cost a boot.
+    let collected = files::collect(&job.files).map_err(|e| JobOutcome::Error {
+        message: e.to_string(),
+    })?;
+
+    let (kernel, rootfs) =
+        ctx.images
+            .get(&job.image)
+            .cloned()
+            .ok_or_else(|| JobOutcome::Error {
+                message: "no image was resolved for this job".into(),
+            })?;
+    let spec = VmSpec {
+        name: job.name.clone(),
+        kernel,
+        rootfs,
+        vcpus: job.vcpus,
+        memory_mib: job.memory_mib.try_into().unwrap_or(u32::MAX),
+        boot_timeout: ctx.options.boot_timeout,
+    };
+    ctx.observer.on_job_progress(job, "booting");
+    log.note(&format!(
+        "==> booting {} ({})",
+        job.name,
+        ctx.backend.name()
+    ));
+    let boot_error = |e: crate::backend::BootError| JobOutcome::BootError {
+        message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        serial_tail: e.serial_tail().to_vec(),
+    };
+    let mut vm = ctx.backend.start(&spec).map_err(boot_error)?;
+    let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout).map_err(boot_error)?;
+    result.boot = Some(clock.elapsed());
+
+    if !collected.is_empty() {
+        ctx.observer.on_job_progress(job, "copying files");
+        log.note(&format!("==> copying {} files in", collected.len()));
+        session
+            .put_tar("/", |out| {
+                files::write_tar(&collected, out)
+                    .map(|_| ())
+                    .map_err(std::io::Error::other)
+            })
+            .map_err(|e| JobOutcome::Error {
+                message: format!("copying files into the guest: {e}"),
+            })?;
+    }
+
+    let mut broken = None;
+    for step in &job.steps {
+        if let Some(reason) = &broken {
+            result.steps.push(StepResult::skipped(&step.name, reason));
+            continue;
+        }
+        let remaining = job.timeout.saturating_sub(clock.elapsed());
+        let step_result = run_step(job, step, &mut session, vm.as_ref(), remaining, ctx, &log);
+        if step_result.status != StepStatus::Passed {
+            broken = Some(format!("an earlier step failed: `{}`", step.name));
+        }
+        let session_lost = matches!(step_result.status, StepStatus::Error { .. });
+        result.steps.push(step_result);
+        if session_lost {
+            // Without an agent nothing else can run or be collected.
+            let message = format!("lost the guest agent during `{}`", step.name);
+            log.flush();
+            return Err(JobOutcome::Error { message });
+        }
+    }
+
+    collect_artifacts(job, ctx, &mut session, &log, result);
+    log.flush();
+    power_off(session, vm);
+    Ok(())
+}
+
+fn run_step(
+    job: &PlannedJob,
+    step: &PlannedStep,
+    session: &mut AgentSession,
+    vm: &dyn Vm,
+    remaining: Duration,
+    ctx: &RunContext,
+    log: &JobLog,
+) -> StepResult {
+    ctx.observer.on_step_started(job, step);
+    log.note(&format!("==> step {}: {}", step.index + 1, step.name));
+    let clock = Instant::now();
+    let request = step.exec_request(Some(remaining));
+    let limit = request
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(remaining);
+    let mut stdout = log.capture(ctx.options.output_limit);
+    let mut stderr = log.capture(ctx.options.output_limit);
+    let exec = session.exec(request, None, &mut |stream, bytes| {
+        let which = match stream {
+            Stream::Stderr => {
+                stderr.push(bytes);
+                OutputStream::Stderr
+            }
+            _ => {
+                stdout.push(bytes);
+                OutputStream::Stdout
+            }
+        };
+        ctx.observer.on_step_output(job, step, which, bytes);
+    });
+    let status = match exec {
+        Ok(exit) if exit.timed_out => StepStatus::TimedOut {
+            limit,
+            exit: Some(exit),
+        },
+        Ok(exit) if exit.success() => StepStatus::Passed,
+        Ok(exit) => StepStatus::Failed { exit },
+        Err(e) => StepStatus::Error {
+            message: format!(
+                "{e}; last console lines:\n{}",
+                vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
+            ),
+        },
+    };
+    log.note(&format!(
+        "==> step {}: {}",
+        step.index + 1,
+        status.describe()
+    ));
+    let result = StepResult {
+        name: step.name.clone(),
+        status,
+        duration: clock.elapsed(),
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+    };
+    ctx.observer.on_step_finished(job, step, &result);
+    result
+}
+
+/// Artifacts are copied out after a failure too: that is when they matter
+/// most. A missing artifact is noted in the log, it does not fail the job.
+fn collect_artifacts(
+    job: &PlannedJob,
+    ctx: &RunContext,
+    session: &mut AgentSession,
+    log: &JobLog,
+    result: &mut JobResult,
+) {
+    if job.artifacts.is_empty() {
+        return;
+    }
+    ctx.observer.on_job_progress(job, "collecting artifacts");
+    let dest = ctx.options.out_dir.join("artifacts").join(&job.slug);
+    match session.get_files(&job.workdir, &job.artifacts, &dest) {
+        Ok(done) => {
+            log.note(&format!(
+                "==> artifacts: {} entries into {}",
+                done.entries,
+                dest.display()
+            ));
+            result.artifacts.push(dest);
+        }
+        Err(e) => {
+            log.note(&format!("==> artifacts not collected: {e}"));
+            tracing::warn!(job = %job.name, "artifacts not collected: {e}");
+        }
+    }
+}
+
+/// A clean power-off lets the guest flush; a VM that ignores it is killed
+/// when dropped.
+fn power_off(session: AgentSession, mut vm: Box<dyn Vm>) {
+    if session.shutdown().is_ok() && !vm.wait_exit(Duration::from_secs(10)) {
+        tracing::debug!("the VM did not power off in time; killed it");
+    }
+}

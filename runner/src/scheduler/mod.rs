@@ -1,0 +1,148 @@
+//! The scheduler: every planned job gets a brand-new VM, at most `jobs` at a
+//! time and never more than host memory allows; jobs beyond that wait in a
+//! queue. Results come back in plan order whatever order jobs finish in.
+
+mod budget;
+mod job;
+
+pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::backend::Backend;
+use crate::pipeline::Image;
+use crate::plan::Plan;
+use crate::report::RunObserver;
+use crate::results::{JobOutcome, JobResult, RunResults};
+
+/// Kernel and rootfs files for each image the plan uses, resolved (and
+/// built, on first use) before the run starts.
+pub type ResolvedImages = HashMap<Image, (PathBuf, PathBuf)>;
+
+pub struct Options {
+    /// Most VMs running at once.
+    pub jobs: usize,
+    /// Start no new job once one has failed.
+    pub fail_fast: bool,
+    pub boot_timeout: Duration,
+    /// Bytes of each step's stdout and stderr kept in memory for reports.
+    pub output_limit: usize,
+    /// Job logs go to `<out_dir>/logs`, artifacts to `<out_dir>/artifacts`.
+    pub out_dir: PathBuf,
+}
+
+/// Everything a job needs from the run around it.
+struct RunContext<'a> {
+    backend: &'a dyn Backend,
+    images: &'a ResolvedImages,
+    observer: &'a dyn RunObserver,
+    options: &'a Options,
+    budget: &'a MemoryBudget,
+    /// Set by fail-fast: jobs that have not started yet are skipped.
+    stop: AtomicBool,
+    /// The name of the job that triggered fail-fast.
+    first_failure: Mutex<Option<String>>,
+}
+
+pub fn run(
+    plan: &Plan,
+    backend: &dyn Backend,
+    images: &ResolvedImages,
+    observer: &dyn RunObserver,
+    options: &Options,
+) -> RunResults {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    observer.on_run_started(plan);
+    let budget = MemoryBudget::from_host();
+    let ctx = RunContext {
+        backend,
+        images,
+        observer,
+        options,
+        budget: &budget,
+        stop: AtomicBool::new(false),
+        first_failure: Mutex::new(None),
+    };
+    let slots: Vec<Mutex<Option<JobResult>>> = plan.jobs.iter().map(|_| Mutex::new(None)).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.jobs.max(1))
+        .thread_name(|i| format!("job-{i}"))
+        .build();
+    let run_all = || {
+        // FIFO so that jobs start in plan order.
+        rayon::scope_fifo(|scope| {
+            for (job, slot) in plan.jobs.iter().zip(&slots) {
+                let ctx = &ctx;
+                scope.spawn_fifo(move |_| {
+                    let result = run_or_skip(job, ctx);
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                });
+            }
+        })
+    };
+    match pool {
+        Ok(pool) => pool.install(run_all),
+        // Without a pool of our own, rayon's global one still runs the jobs.
+        Err(e) => {
+            tracing::warn!("cannot create the job pool: {e}");
+            run_all()
+        }
+    }
+    let jobs = slots
+        .into_iter()
+        .map(|slot| slot.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .map(|result| result.expect("every job slot is filled"))
+        .collect();
+    let results = RunResults {
+        pipeline_name: plan.pipeline_name.clone(),
+        pipeline_path: plan.pipeline_path.clone(),
+        started,
+        wall: clock.elapsed(),
+        jobs,
+    };
+    observer.finish(&results);
+    results
+}
+
+fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
+    let cancelled = |reason: String| {
+        let mut result = JobResult::for_job(job, SystemTime::now());
+        result.outcome = JobOutcome::Cancelled { reason };
+        ctx.observer.on_job_finished(job, &result);
+        result
+    };
+    if crate::interrupt::is_interrupted() {
+        return cancelled("interrupted".into());
+    }
+    if ctx.stop.load(Ordering::SeqCst) {
+        let first = ctx.first_failure.lock().map(|f| f.clone()).ok().flatten();
+        return cancelled(format!(
+            "--fail-fast: job `{}` failed",
+            first.unwrap_or_default()
+        ));
+    }
+    let memory = job.memory_mib + VM_OVERHEAD_MIB;
+    let Some(_reservation) = ctx.budget.acquire(memory) else {
+        let mut result = JobResult::for_job(job, SystemTime::now());
+        result.outcome = JobOutcome::Error {
+            message: format!(
+                "the job needs {memory} MiB but the host can give VMs only {} MiB",
+                ctx.budget.total_mib()
+            ),
+        };
+        ctx.observer.on_job_finished(job, &result);
+        return result;
+    };
+    let result = job::run(job, ctx);
+    if ctx.options.fail_fast && result.fails_run() && !ctx.stop.swap(true, Ordering::SeqCst) {
+        if let Ok(mut first) = ctx.first_failure.lock() {
+            *first = Some(job.name.clone());
+        }
+    }
+    result
+}

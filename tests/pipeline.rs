@@ -1,0 +1,199 @@
+//! `runner test` on a real pipeline: passing, failing, timing-out and matrix
+//! jobs in parallel VMs, checked through the JUnit file (parsed back), the
+//! console and the exit code.
+
+use std::path::Path;
+use std::process::Output;
+
+use e2e_tests::{images, runner_bin};
+
+const PIPELINE: &str = r#"
+name: e2e
+image: minimal
+defaults:
+  files: none
+  timeout: 2m
+jobs:
+  writer:
+    steps:
+      - name: writes into the root file system
+        run: echo secret > /root/leak && echo wrote
+      - name: stays up a while
+        run: sleep 4
+  reader:
+    steps:
+      - name: sees nothing of other jobs
+        run: test ! -e /root/leak && sleep 4
+      - name: deliberate failure
+        run: echo boom >&2; exit 4
+      - name: never runs
+        run: "true"
+  slow:
+    steps:
+      - name: sleeps too long
+        run: sleep 1000
+        timeout: 2s
+  matrix:
+    matrix:
+      N: [1, 2]
+    steps:
+      - name: square
+        run: echo "N*N=$((N * N))"
+"#;
+
+fn run_pipeline(dir: &Path, yaml: &str, extra: &[&str]) -> Output {
+    let file = dir.join("pipeline.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let images = images();
+    std::process::Command::new(runner_bin())
+        .env("RUNNER_KERNEL", &images.kernel)
+        .env("RUNNER_ROOTFS", &images.rootfs)
+        .env("CI", "true")
+        .env("TMPDIR", dir)
+        .current_dir(dir)
+        .arg("test")
+        .arg(&file)
+        .args(["--out", "out"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
+    node.children().find(|c| c.has_tag_name(tag))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// (start, end) of a testsuite in seconds since the epoch, from its
+/// `timestamp` and `time` attributes.
+fn interval(suite: roxmltree::Node) -> (f64, f64) {
+    let stamp = suite.attribute("timestamp").expect("timestamp");
+    let start = chrono_like_seconds(stamp);
+    let time: f64 = suite.attribute("time").unwrap().parse().unwrap();
+    (start, start + time)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff][Z|+00:00]` → seconds; only the time of day
+/// matters since both suites ran within the same minute or so.
+fn chrono_like_seconds(stamp: &str) -> f64 {
+    let time = stamp.split('T').nth(1).unwrap();
+    let time = time.trim_end_matches('Z');
+    let time = time.split('+').next().unwrap();
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn a_pipeline_runs_in_parallel_vms_and_reports_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_pipeline(dir.path(), PIPELINE, &["--jobs", "2"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+
+    // Console: every failure with its output, then one summary line.
+    assert!(stdout.contains("boom"), "{stdout}");
+    assert!(stdout.contains("exit code 4"), "{stdout}");
+    assert!(stdout.contains("timed out"), "{stdout}");
+    let summary = stdout.lines().last().unwrap();
+    assert!(
+        summary.starts_with("5 passed, 2 failed, 1 skipped in "),
+        "{summary}"
+    );
+
+    // JUnit: one suite per job, one case per step.
+    let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let suites: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .collect();
+    let names: Vec<_> = suites
+        .iter()
+        .map(|s| s.attribute("name").unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["writer", "reader", "slow", "matrix (N=1)", "matrix (N=2)"]
+    );
+    let case = |suite: &str, name: &str| {
+        doc.descendants()
+            .find(|n| {
+                n.has_tag_name("testcase")
+                    && n.attribute("classname") == Some(suite)
+                    && n.attribute("name") == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no testcase {suite} / {name}"))
+    };
+
+    let failed = case("reader", "deliberate failure");
+    let failure = child(failed, "failure").expect("a failure element");
+    assert!(failure
+        .attribute("message")
+        .unwrap()
+        .contains("exit code 4"));
+    let err = child(failed, "system-err").expect("system-err");
+    assert!(err.text().unwrap().contains("boom"));
+    let skipped = case("reader", "never runs");
+    assert!(child(skipped, "skipped").is_some());
+    let timed_out = case("slow", "sleeps too long");
+    let failure = child(timed_out, "failure").expect("a failure for the timeout");
+    assert!(failure.attribute("message").unwrap().contains("timed out"));
+    let square = case("matrix (N=2)", "square");
+    assert!(child(square, "system-out")
+        .unwrap()
+        .text()
+        .unwrap()
+        .contains("N*N=4"));
+    // The file job `writer` wrote is not visible to job `reader`.
+    assert!(child(case("reader", "sees nothing of other jobs"), "failure").is_none());
+
+    // --jobs 2: the first two jobs ran at the same time.
+    let (a_start, a_end) = interval(suites[0]);
+    let (b_start, b_end) = interval(suites[1]);
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "writer {a_start}..{a_end} and reader {b_start}..{b_end} did not overlap"
+    );
+    // Full logs per job, VM directories gone.
+    assert!(dir.path().join("out/logs").read_dir().unwrap().count() == 5);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("runner-vm-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_pipelines_get_a_located_error_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = "name: t\njobs:\n  a:\n    stpes:\n      - run: true\n";
+    let out = run_pipeline(dir.path(), typo, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("pipeline.yml:4:5"), "{stderr}");
+    assert!(stderr.contains("did you mean `steps`"), "{stderr}");
+
+    let missing_image =
+        "name: t\nimage:\n  rootfs: ./nope.ext4\njobs:\n  a:\n    steps: [\"true\"]\n";
+    let out = run_pipeline(dir.path(), missing_image, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("rootfs/build.sh"), "{stderr}");
+    assert!(
+        !dir.path().join("out/junit.xml").exists(),
+        "no report for a run that never started"
+    );
+}
