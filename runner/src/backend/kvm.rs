@@ -1,11 +1,16 @@
 //! The `kvm` backend: the built-in VMM (`runner-vmm`) runs each guest in
 //! this process, on its own thread, with our own device models attached
-//! over virtio-mmio: vsock (hybrid `CONNECT <port>` protocol on a Unix
-//! socket, exactly like the QEMU backend's, so sessions do not care which
-//! backend runs the guest).
+//! over virtio-mmio:
+//!
+//! - virtio-blk over the rootfs in overlay mode: the image is opened
+//!   read-only, guest writes land in a private copy-on-write file that is
+//!   thrown away with the VM (the guest is `/dev/vda`);
+//! - vsock, with the hybrid `CONNECT <port>` protocol on a Unix socket,
+//!   exactly like the QEMU backend's, so sessions do not care which backend
+//!   runs the guest.
 //!
 //! Each VM lives in its own temp directory (hybrid vsock socket, serial
-//! log), removed with the VM once the VMM thread has been joined.
+//! log, overlay), removed with the VM once the VMM thread has been joined.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use runner_devices::block::{BlockConfig, BlockDevice, DiskMode};
 use runner_devices::vsock::{VsockConfig, VsockDevice};
 use runner_vmm::{
     KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, VmExit, Vmm, VmmConfig, VmmHandle,
@@ -23,6 +29,9 @@ use crate::interrupt::{self, HookGuard};
 
 /// The CID the guest sees; every VM has its own device, so all can use it.
 pub const GUEST_CID: u64 = 3;
+
+/// What the guest reads from `/sys/block/vda/serial`.
+pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
 
 /// Name of the thread that runs a VM's VMM (its vCPUs get their own
 /// threads, `vcpu<N>`, started by the VMM).
@@ -88,6 +97,16 @@ impl KvmBackend {
             timeout: None,
         };
         let mut vmm = Vmm::new(config).map_err(setup_error)?;
+        // The root disk first: it gets the first virtio-mmio window.
+        let root = BlockDevice::new(BlockConfig {
+            image: spec.rootfs.clone(),
+            mode: DiskMode::Overlay {
+                dir: Some(dir.path().to_path_buf()),
+            },
+            serial: ROOT_DISK_SERIAL.to_string(),
+        })
+        .map_err(|e| BootError::Setup(format!("kvm backend: root disk: {e}")))?;
+        vmm.add_virtio_device(Box::new(root)).map_err(setup_error)?;
         let vsock = VsockDevice::new(VsockConfig::new(GUEST_CID, &paths.vsock_uds))
             .map_err(|e| BootError::Setup(format!("kvm backend: vsock device: {e}")))?;
         vmm.add_virtio_device(Box::new(vsock))
