@@ -87,7 +87,11 @@ pub trait Vm: Send {
 /// The backend `auto` picks on this host.
 pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
     // Without hardware virtualization QEMU's TCG is the fast path.
-    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::Builtin)?;
+    let qemu = qemu::QemuBackend::locate(
+        qemu::Accel::Tcg,
+        qemu::VsockProvider::Builtin,
+        qemu::DiskProvider::Builtin,
+    )?;
     Ok(Box::new(qemu))
 }
 
