@@ -34,14 +34,13 @@ rootfstype=ext4 init=/sbin/runner-init";
 pub enum BootError {
     #[error("{0}")]
     Setup(String),
-    #[error("the VM exited during boot ({status}); last console lines:\n{}", .serial_tail.join("\n"))]
+    #[error("the VM exited during boot ({status})")]
     Exited {
         status: String,
         serial_tail: Vec<String>,
     },
-    #[error("the guest agent did not answer within {timeout:?}{}; last console lines:\n{}",
-        .last_error.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default(),
-        .serial_tail.join("\n"))]
+    #[error("the guest agent did not answer within {timeout:?}{}",
+        .last_error.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default())]
     Timeout {
         timeout: Duration,
         last_error: Option<String>,
