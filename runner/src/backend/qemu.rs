@@ -150,7 +150,9 @@ impl super::Backend for QemuBackend {
             // an external one is a process of its own.
             interrupt::on_interrupt(move || {
                 kill_pid(qemu_pid);
-                external_pid.map(kill_pid);
+                if let Some(pid) = external_pid {
+                    kill_pid(pid);
+                }
                 if let Ok(sockets) = sockets.lock() {
                     for s in sockets.iter() {
                         let _ = s.shutdown(std::net::Shutdown::Both);
