@@ -39,6 +39,10 @@ jobs:
     steps:
       - name: square
         run: echo "N*N=$((N * N))"
+  loud:
+    steps:
+      - name: prints three megabytes
+        run: head -c 3000000 /dev/zero | tr '\0' x
 "#;
 
 fn run_pipeline(dir: &Path, yaml: &str, extra: &[&str]) -> Output {
@@ -92,7 +96,11 @@ fn chrono_like_seconds(stamp: &str) -> f64 {
 #[test]
 fn a_pipeline_runs_in_parallel_vms_and_reports_junit() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_pipeline(dir.path(), PIPELINE, &["--jobs", "2"]);
+    let out = run_pipeline(
+        dir.path(),
+        PIPELINE,
+        &["--jobs", "2", "--output-limit", "10000"],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -107,7 +115,7 @@ fn a_pipeline_runs_in_parallel_vms_and_reports_junit() {
     assert!(stdout.contains("timed out"), "{stdout}");
     let summary = stdout.lines().last().unwrap();
     assert!(
-        summary.starts_with("5 passed, 2 failed, 1 skipped in "),
+        summary.starts_with("6 passed, 2 failed, 1 skipped in "),
         "{summary}"
     );
 
@@ -124,7 +132,14 @@ fn a_pipeline_runs_in_parallel_vms_and_reports_junit() {
         .collect();
     assert_eq!(
         names,
-        ["writer", "reader", "slow", "matrix (N=1)", "matrix (N=2)"]
+        [
+            "writer",
+            "reader",
+            "slow",
+            "matrix (N=1)",
+            "matrix (N=2)",
+            "loud"
+        ]
     );
     let case = |suite: &str, name: &str| {
         doc.descendants()
@@ -165,8 +180,17 @@ fn a_pipeline_runs_in_parallel_vms_and_reports_junit() {
         a_start < b_end && b_start < a_end,
         "writer {a_start}..{a_end} and reader {b_start}..{b_end} did not overlap"
     );
+    // Output over the limit: trimmed in the report with a note, whole in
+    // the job's log file.
+    let loud = child(case("loud", "prints three megabytes"), "system-out").unwrap();
+    let kept = loud.text().unwrap();
+    assert!(kept.len() < 20_000, "{} bytes kept", kept.len());
+    assert!(kept.contains("omitted"), "no trimming note");
+    let log = std::fs::read(dir.path().join("out/logs/06-loud.log")).unwrap();
+    assert!(log.iter().filter(|&&b| b == b'x').count() == 3_000_000);
+
     // Full logs per job, VM directories gone.
-    assert!(dir.path().join("out/logs").read_dir().unwrap().count() == 5);
+    assert_eq!(dir.path().join("out/logs").read_dir().unwrap().count(), 6);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()
@@ -196,4 +220,31 @@ fn bad_pipelines_get_a_located_error_and_exit_2() {
         !dir.path().join("out/junit.xml").exists(),
         "no report for a run that never started"
     );
+}
+
+#[test]
+fn a_guest_that_is_not_ready_in_time_is_a_boot_error_with_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: t\ndefaults: { files: none }\njobs:\n  a:\n    steps: [\"true\"]\n";
+    let out = run_pipeline(dir.path(), yaml, &["--boot-timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let boot = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some("(boot)"))
+        .expect("a (boot) testcase");
+    let error = child(boot, "error").expect("an error element");
+    assert!(
+        error
+            .attribute("message")
+            .unwrap()
+            .contains("did not answer"),
+        "{xml}"
+    );
+    // The console's last lines travel with the error.
+    let body = error.text().unwrap_or_default();
+    assert!(body.contains("serial console"), "{xml}");
+    // Kernel messages, whichever were last when the timeout hit.
+    assert!(body.lines().any(|l| l.starts_with("[ ")), "{xml}");
 }

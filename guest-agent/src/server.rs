@@ -20,7 +20,7 @@ use crate::{get_files, pid1, put_files};
 /// How long `ShuttingDown` may take to reach the host before the guest
 /// powers off. Without this wait a reset can overtake the frame while it is
 /// still in the vsock queues, and the host never learns the shutdown was clean.
-const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(3);
 
 /// How a connection ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -171,9 +171,8 @@ for round in $(seq "$rounds"); do
         echo "$out" | sed "s/^/  [$backend #$round] /" >&2
         if [ "$rc" -ne 0 ]; then
             [ "$backend" = ours ] && die "ours failed in round $round"
-            log "$backend failed in round $round (not counted)"
+            log "$backend failed in round $round; the measurements it finished still count"
             failures=$((failures + 1))
-            continue
         fi
         echo "$out" | sed -n "s/^RESULTS //p" | python3 -c \
             "import json,sys; d=json.load(sys.stdin); d['backend']='$backend'; print(json.dumps(d))" >> "$results"
@@ -187,15 +186,20 @@ metrics = [("h2g_mbps", "host->guest MB/s", True), ("g2h_mbps", "guest->host MB/
            ("echo_mbps", "echo MB/s (each way)", True), ("rtt_us", "64 B round trip us", False),
            ("connect_ms", "connect+close ms", False)]
 backends = sorted({r["backend"] for r in rows}, key=lambda b: b != "ours")
-med = {b: {m: statistics.median(r[m] for r in rows if r["backend"] == b) for m, _, _ in metrics} for b in backends}
-counts = "/".join(str(sum(r["backend"] == b for r in rows)) for b in backends)
-print("%-24s" % ("median of %s runs" % counts) + "".join("%14s" % b for b in backends)
-      + ("%18s" % "ours/theirs" if len(backends) == 2 else ""))
+def median(b, m):
+    vals = [r[m] for r in rows if r["backend"] == b and m in r]
+    return (statistics.median(vals), len(vals)) if vals else (None, 0)
+print("%-24s" % "median (runs)" + "".join("%16s" % b for b in backends)
+      + ("%14s" % "ours/theirs" if len(backends) == 2 else ""))
 for m, label, higher in metrics:
-    line = "%-24s" % label + "".join("%14.1f" % med[b][m] for b in backends)
-    if len(backends) == 2:
-        ratio = med["ours"][m] / med["theirs"][m]
-        line += "%12.2fx %s" % (ratio, "(higher is better)" if higher else "(lower is better)")
+    cells = [median(b, m) for b in backends]
+    line = "%-24s" % label + "".join(
+        "%16s" % ("%.1f (%d)" % c if c[0] is not None else "n/a (0)") for c in cells)
+    if len(backends) == 2 and all(c[0] for c in cells):
+        line += "%13.2fx %s" % (cells[0][0] / cells[1][0], "higher is better" if higher else "lower is better")
     print(line)
+for r in rows:
+    if "failed" in r:
+        print("%s failed: %s" % (r["backend"], r["failed"]))
 EOF
 [ "$failures" -eq 0 ] || log "vhost-device-vsock failed $failures of $rounds measurement round(s)"

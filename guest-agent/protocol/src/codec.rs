@@ -48,11 +48,13 @@ pub fn write_frame<W: Write>(w: &mut W, frame: &Frame) -> Result<(), ProtocolErr
     if payload.len() > MAX_FRAME {
         return Err(ProtocolError::Oversized(payload.len()));
     }
-    let mut header = [0u8; 5];
-    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[4] = kind;
-    w.write_all(&header)?;
-    w.write_all(payload)?;
+    // One write per frame: over vsock each write becomes a packet, and a
+    // frame split in two can be cut in half by a guest that powers off.
+    let mut wire = Vec::with_capacity(5 + payload.len());
+    wire.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    wire.push(kind);
+    wire.extend_from_slice(payload);
+    w.write_all(&wire)?;
     Ok(())
 }
 

@@ -13,7 +13,15 @@ use std::time::Duration;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds)?;
+    let mut stream = UnixStream::connect(uds).map_err(|e| match e.kind() {
+        // The device accepts only once the guest driver is up; until then
+        // its listen backlog fills with our attempts.
+        io::ErrorKind::WouldBlock => io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "vsock device not accepting connections yet",
+        ),
+        _ => e,
+    })?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let line = stream
         .write_all(format!("CONNECT {port}\n").as_bytes())

@@ -36,14 +36,13 @@ rootfstype=ext4 init=/sbin/runner-init";
 pub enum BootError {
     #[error("{0}")]
     Setup(String),
-    #[error("the VM exited during boot ({status}); last console lines:\n{}", .serial_tail.join("\n"))]
+    #[error("the VM exited during boot ({status})")]
     Exited {
         status: String,
         serial_tail: Vec<String>,
     },
-    #[error("the guest agent did not answer within {timeout:?}{}; last console lines:\n{}",
-        .last_error.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default(),
-        .serial_tail.join("\n"))]
+    #[error("the guest agent did not answer within {timeout:?}{}",
+        .last_error.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default())]
     Timeout {
         timeout: Duration,
         last_error: Option<String>,
@@ -94,9 +93,13 @@ pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
     }
 }
 
-/// QEMU with software emulation (TCG) and our own vsock device.
+/// QEMU with software emulation (TCG) and our own vsock and disk devices.
 pub fn qemu_tcg_backend() -> Result<Box<dyn Backend>, BootError> {
-    let qemu = qemu::QemuBackend::locate(qemu::Accel::Tcg, qemu::VsockProvider::Builtin)?;
+    let qemu = qemu::QemuBackend::locate(
+        qemu::Accel::Tcg,
+        qemu::VsockProvider::Builtin,
+        qemu::DiskProvider::Builtin,
+    )?;
     Ok(Box::new(qemu))
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+use runner_vhost::block::{BlockServer, BlockServerConfig, DiskMode};
 use runner_vhost::vsock::{VsockServer, VsockServerConfig};
 
 /// CPU emulation QEMU uses.
@@ -44,11 +45,22 @@ enum VsockService {
     External(ChildGuard),
 }
 
+/// Who serves the root disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskProvider {
+    /// Our virtio-blk model over vhost-user-blk: the image read-only, guest
+    /// writes into a throwaway overlay.
+    Builtin,
+    /// QEMU's own virtio-blk, read-only; kept to compare against.
+    Qemu,
+}
+
 #[derive(Clone, Debug)]
 pub struct QemuBackend {
     pub qemu: PathBuf,
     pub accel: Accel,
     pub vsock: VsockProvider,
+    pub disk: DiskProvider,
 }
 
 /// The CID the guest sees; every VM is alone on its own device, so all can
@@ -57,14 +69,23 @@ const GUEST_CID: u32 = 3;
 
 impl QemuBackend {
     /// Finds `qemu-system-x86_64` on PATH, or says how to install it.
-    pub fn locate(accel: Accel, vsock: VsockProvider) -> Result<QemuBackend, BootError> {
+    pub fn locate(
+        accel: Accel,
+        vsock: VsockProvider,
+        disk: DiskProvider,
+    ) -> Result<QemuBackend, BootError> {
         let qemu = find_on_path("qemu-system-x86_64").ok_or_else(|| {
             BootError::Setup(
                 "qemu-system-x86_64 not found; install it with `apt-get install qemu-system-x86`"
                     .into(),
             )
         })?;
-        Ok(QemuBackend { qemu, accel, vsock })
+        Ok(QemuBackend {
+            qemu,
+            accel,
+            vsock,
+            disk,
+        })
     }
 }
 
@@ -97,6 +118,18 @@ impl super::Backend for QemuBackend {
         let sockets: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
 
         let vsock = start_vsock(&self.vsock, &paths)?;
+        let disk = match self.disk {
+            DiskProvider::Builtin => {
+                let mut config = BlockServerConfig::overlay(&paths.vhost_user_blk, &spec.rootfs);
+                config.mode = DiskMode::Overlay {
+                    dir: Some(dir.path().to_path_buf()),
+                };
+                let server = BlockServer::start(config)
+                    .map_err(|e| BootError::Setup(format!("starting the root disk: {e}")))?;
+                Some(server)
+            }
+            DiskProvider::Qemu => None,
+        };
         let qemu_log = File::create(&paths.qemu_log)
             .map_err(|e| BootError::Setup(format!("creating {}: {e}", paths.qemu_log.display())))?;
         let mut cmd = self.command(spec, &paths);
@@ -117,7 +150,9 @@ impl super::Backend for QemuBackend {
             // an external one is a process of its own.
             interrupt::on_interrupt(move || {
                 kill_pid(qemu_pid);
-                external_pid.map(kill_pid);
+                if let Some(pid) = external_pid {
+                    kill_pid(pid);
+                }
                 if let Ok(sockets) = sockets.lock() {
                     for s in sockets.iter() {
                         let _ = s.shutdown(std::net::Shutdown::Both);
@@ -129,6 +164,7 @@ impl super::Backend for QemuBackend {
             _hook: hook,
             qemu,
             _vsock: vsock,
+            _disk: disk,
             sockets,
             paths,
             _dir: dir,
@@ -156,14 +192,7 @@ impl QemuBackend {
             ])
             .args(["-kernel", &qemu_path(&spec.kernel)])
             .args(["-append", GUEST_CMDLINE])
-            .args([
-                "-drive",
-                &format!(
-                    "id=root,file={},format=raw,if=none,readonly=on",
-                    qemu_path(&spec.rootfs)
-                ),
-            ])
-            .args(["-device", "virtio-blk-device,drive=root"])
+            .args(self.disk_args(spec, paths))
             .args([
                 "-chardev",
                 &format!("socket,id=vsock,path={}", qemu_path(&paths.vhost_user)),
@@ -177,6 +206,28 @@ impl QemuBackend {
     }
 }
 
+impl QemuBackend {
+    fn disk_args(&self, spec: &VmSpec, paths: &VmPaths) -> Vec<String> {
+        match self.disk {
+            DiskProvider::Builtin => vec![
+                "-chardev".into(),
+                format!("socket,id=root,path={}", qemu_path(&paths.vhost_user_blk)),
+                "-device".into(),
+                "vhost-user-blk,chardev=root".into(),
+            ],
+            DiskProvider::Qemu => vec![
+                "-drive".into(),
+                format!(
+                    "id=root,file={},format=raw,if=none,readonly=on",
+                    qemu_path(&spec.rootfs)
+                ),
+                "-device".into(),
+                "virtio-blk-device,drive=root".into(),
+            ],
+        }
+    }
+}
+
 /// QEMU option values use `,` as a separator; a literal comma is doubled.
 fn qemu_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
@@ -184,6 +235,7 @@ fn qemu_path(path: &Path) -> String {
 
 struct VmPaths {
     vhost_user: PathBuf,
+    vhost_user_blk: PathBuf,
     vsock_uds: PathBuf,
     serial: PathBuf,
     qemu_log: PathBuf,
@@ -193,6 +245,7 @@ impl VmPaths {
     fn new(dir: &Path) -> VmPaths {
         VmPaths {
             vhost_user: dir.join("vhost-user.sock"),
+            vhost_user_blk: dir.join("vhost-user-blk.sock"),
             vsock_uds: dir.join("vsock.sock"),
             serial: dir.join("serial.log"),
             qemu_log: dir.join("qemu.log"),
@@ -248,6 +301,7 @@ struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
     _vsock: VsockService,
+    _disk: Option<BlockServer>,
     sockets: Arc<Mutex<Vec<UnixStream>>>,
     paths: VmPaths,
     _dir: tempfile::TempDir,

@@ -43,8 +43,14 @@ pub fn run(args: ExecArgs) -> Result<i32, Failure> {
     let spec = args.vm.spec("exec").map_err(fail)?;
     let backend = args.vm.backend().map_err(fail)?;
     let mut vm = backend.start(&spec).map_err(|e| fail(e.into()))?;
-    let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout)
-        .map_err(|e| fail(anyhow::Error::new(e).context("booting the VM")))?;
+    // One line saying what failed, then the console's last lines.
+    let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout).map_err(|e| {
+        let tail = e.serial_tail().join("\n");
+        fail(match tail.is_empty() {
+            true => anyhow::anyhow!("booting the VM: {e}"),
+            false => anyhow::anyhow!("booting the VM: {e}\nlast console lines:\n{tail}"),
+        })
+    })?;
 
     let stdin: Option<Box<dyn std::io::Read + Send>> =
         args.interactive.then(|| Box::new(std::io::stdin()) as _);

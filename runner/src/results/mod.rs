@@ -17,7 +17,7 @@ pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_L
 use crate::pipeline::format_duration;
 use crate::plan::PlannedJob;
 
-/// Everything one `runner run` produced.
+/// Everything one `runner test` produced.
 #[derive(Clone, Debug)]
 pub struct RunResults {
     pub pipeline_name: String,

@@ -69,7 +69,7 @@ fn run_in_vm(
         ctx.backend.name()
     ));
     let boot_error = |e: crate::backend::BootError| JobOutcome::BootError {
-        message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        message: e.to_string(),
         serial_tail: e.serial_tail().to_vec(),
     };
     let mut vm = ctx.backend.start(&spec).map_err(boot_error)?;

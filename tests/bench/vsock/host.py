@@ -205,9 +205,23 @@ tests = {
     "dial": test_dial,
     "refused": test_refused,
 }
+failed = None
 for name in WHAT:
-    if name == "reboot":
-        reboot()
-    else:
-        tests[name]()
+    try:
+        if name == "reboot":
+            reboot()
+        else:
+            tests[name]()
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        failed = "%s: %s: %s" % (name, type(e).__name__, e)
+        break
+if failed:
+    results["failed"] = failed
 print("RESULTS " + json.dumps(results))
+if failed:
+    # Still stop the guest so QEMU exits on its own.
+    if "reboot" in WHAT:
+        reboot()
+    sys.exit(1)
