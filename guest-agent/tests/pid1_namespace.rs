@@ -41,7 +41,10 @@ fn pid1_mode_sets_up_the_guest_and_reaps_orphans() {
         eprintln!("SKIPPED: needs root and a working `unshare` (namespaces)");
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // As PID 1 the agent mounts fresh tmpfs on /tmp and /run in its mount
+    // namespace, so the socket must live elsewhere (the checkout itself may
+    // be under /tmp).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let socket = dir.path().join("pid1.sock");
     let unshare = std::process::Command::new("unshare")
         .args(["--pid", "--kill-child", "--mount-proc", "--uts", "--net"])
