@@ -5,15 +5,17 @@
 #   tests/bench/vsock.sh [--rounds N] [--size MB] [--only ours|theirs]
 #
 # Boots the guest kernel under QEMU TCG with a static test program as /init
-# (tests/bench/vsock/guest.rs), then drives it from the host through the
+# (runner/vhost/tests/guest/vsock_guest.rs), then drives it from the host through the
 # hybrid-vsock Unix socket (tests/bench/vsock/host.py):
-#   - functional checks (ours only): echo, connect to a closed guest port,
-#     guest-initiated connection, SIZE MB echoed intact with a host half-close;
+#   - functional checks: echo, connect to a closed guest port, guest-initiated
+#     connection, SIZE MB echoed intact with a host half-close (must pass for
+#     ours; run on vhost-device-vsock for information);
 #   - measurements (both backends, alternating, N rounds): SIZE MB host->guest
 #     and guest->host with CRC checks, SIZE MB echo, 64-byte round trip time,
-#     connect+close rate. Medians and the ours/theirs ratio are printed.
+#     connect+close rate. Medians and the ours/theirs ratio are printed; a
+#     backend that fails a step keeps the measurements it finished.
 #
-# Needs: qemu-system-x86_64, python3, cpio, gzip, cargo; the guest kernel from
+# Needs: qemu-system-x86_64, python3, cpio, gzip, cargo, rustc; the guest kernel from
 # RUNNER_KERNEL or kernels/build.sh's cache; vhost-device-vsock from
 # VHOST_DEVICE_VSOCK, PATH or /work/tools/bin (else only ours is measured;
 # install with `cargo install vhost-device-vsock --root /work/tools`).
@@ -38,7 +40,7 @@ done
 die() { echo "vsock.sh: error: $*" >&2; exit 1; }
 log() { echo "vsock.sh: $*" >&2; }
 
-for tool in qemu-system-x86_64 python3 cpio gzip cargo; do
+for tool in qemu-system-x86_64 python3 cpio gzip cargo rustc; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
 
@@ -69,26 +71,13 @@ cleanup() {
 trap cleanup EXIT
 
 # --- guest program and initramfs -------------------------------------------
+# The same guest program as runner/vhost/tests/vsock_qemu.rs, built with plain
+# rustc (it needs no crates).
 log "building the guest program"
-mkdir -p "$work/guest/src" "$work/initrd/dev" "$work/initrd/proc"
-cp "$HERE/guest.rs" "$work/guest/src/main.rs"
-cat > "$work/guest/Cargo.toml" <<'EOF'
-[package]
-name = "vsock-bench-guest"
-version = "0.1.0"
-edition = "2021"
-
-[dependencies]
-libc = "0.2"
-
-[profile.release]
-opt-level = 2
-
-[workspace]
-EOF
-(cd "$work/guest" && CARGO_TARGET_DIR="$work/guest/target" RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --quiet) || die "building the guest program failed"
-cp "$work/guest/target/release/vsock-bench-guest" "$work/initrd/init"
+mkdir -p "$work/initrd/dev"
+"${RUSTC:-rustc}" --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
+    "$ROOT/runner/vhost/tests/guest/vsock_guest.rs" -o "$work/initrd/init" ||
+    die "building the guest program failed"
 (cd "$work/initrd" && find . | cpio -o -H newc --quiet | gzip -9 > "$work/initrd.gz")
 
 log "building runner-vhost's vsock_server example"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Host side of tests/bench/vsock.sh: talks to the guest program (guest.rs)
+"""Host side of tests/bench/vsock.sh: talks to the guest program
+(runner/vhost/tests/guest/vsock_guest.rs)
 through the hybrid-vsock Unix socket, checks what comes back, and prints one
 `RESULTS {json}` line with the measurements.
 
