@@ -87,9 +87,8 @@ toolchain_identity() {
     printf 'cc=%s\nld=%s' "${cc:-none}" "${ld:-none}"
 }
 
-key_inputs=""
-cache_dir=""
-if [ -f "$source_tarball" ] && src_id="$(source_identity)"; then
+compute_key() {
+    src_id="$(source_identity)" || return 1
     key_inputs="$(printf 'source=%s\nfragment=%s\nbuild.sh=%s\n%s\n' \
         "$src_id" \
         "$(sha256sum "$FRAGMENT" | cut -d' ' -f1)" \
@@ -97,11 +96,13 @@ if [ -f "$source_tarball" ] && src_id="$(source_identity)"; then
         "$(toolchain_identity)")"
     key="$(printf '%s' "$key_inputs" | sha256sum | cut -c1-16)"
     cache_dir="$CACHE_ROOT/kernels/$key"
-    if [ -f "$cache_dir/vmlinux" ] && [ -f "$cache_dir/bzImage" ] && [ -f "$cache_dir/config" ]; then
-        log "cache hit: $cache_dir"
-        printf '%s\n' "$cache_dir"
-        exit 0
-    fi
+}
+
+if [ -f "$source_tarball" ] && compute_key \
+    && [ -f "$cache_dir/vmlinux" ] && [ -f "$cache_dir/bzImage" ] && [ -f "$cache_dir/config" ]; then
+    log "cache hit: $cache_dir"
+    printf '%s\n' "$cache_dir"
+    exit 0
 fi
 
 # --- build dependencies ----------------------------------------------------------
@@ -141,17 +142,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-if [ -z "$cache_dir" ]; then
-    # The source package was only just installed: compute the key now.
-    src_id="$(source_identity)" || die "cannot identify $source_tarball (is $DEFAULT_SOURCE_PKG installed?)"
-    key_inputs="$(printf 'source=%s\nfragment=%s\nbuild.sh=%s\n%s\n' \
-        "$src_id" \
-        "$(sha256sum "$FRAGMENT" | cut -d' ' -f1)" \
-        "$(sha256sum "$SCRIPT_PATH" | cut -d' ' -f1)" \
-        "$(toolchain_identity)")"
-    key="$(printf '%s' "$key_inputs" | sha256sum | cut -c1-16)"
-    cache_dir="$CACHE_ROOT/kernels/$key"
-fi
+# Computed again: installing packages can change the toolchain or the source.
+compute_key || die "cannot identify $source_tarball (is $DEFAULT_SOURCE_PKG installed?)"
 
 # --- temp dir, cleanup ------------------------------------------------------------
 # The temp dir lives next to the cache entry so the final rename is atomic.
@@ -166,7 +158,7 @@ cleanup() {
         kill -TERM -- "-$child" 2>/dev/null || true
         wait "$child" 2>/dev/null || true
     fi
-    rm -rf "$work"
+    rm -rf --one-file-system "$work"
     exit "$rc"
 }
 trap cleanup EXIT
