@@ -35,6 +35,10 @@ pub enum ImageError {
 /// Resolves image references to files.
 pub struct Images {
     sources: Option<PathBuf>,
+    /// `RUNNER_KERNEL`: stands in for the `default` kernel.
+    default_kernel: Option<PathBuf>,
+    /// `RUNNER_ROOTFS`: stands in for the `minimal` rootfs.
+    minimal_rootfs: Option<PathBuf>,
 }
 
 impl Images {
@@ -51,15 +55,19 @@ impl Images {
             .into_iter()
             .flatten()
             .find(|dir| dir.join("kernels/build.sh").is_file());
-        Images { sources }
+        Images {
+            sources,
+            default_kernel: std::env::var_os("RUNNER_KERNEL").map(PathBuf::from),
+            minimal_rootfs: std::env::var_os("RUNNER_ROOTFS").map(PathBuf::from),
+        }
     }
 
     pub fn kernel(&self, image: &ImageRef) -> Result<PathBuf, ImageError> {
         match image {
             ImageRef::Path(path) => existing(path, "kernel", "kernels/build.sh"),
             ImageRef::Named(name) if name == "default" => {
-                if let Some(path) = std::env::var_os("RUNNER_KERNEL") {
-                    return existing(Path::new(&path), "kernel", "kernels/build.sh");
+                if let Some(path) = &self.default_kernel {
+                    return existing(path, "kernel", "kernels/build.sh");
                 }
                 let dir = self.run_script("kernel", "kernels/build.sh", &[])?;
                 existing(&dir.join("vmlinux"), "kernel", "kernels/build.sh")
@@ -78,9 +86,8 @@ impl Images {
                 existing(path, "rootfs", "rootfs/build.sh minimal --agent PATH")
             }
             ImageRef::Named(name) if name == "minimal" || name == "debian" => {
-                let stand_in = (name == "minimal").then(|| std::env::var_os("RUNNER_ROOTFS"));
-                if let Some(path) = stand_in.flatten() {
-                    return existing(Path::new(&path), "rootfs", "rootfs/build.sh minimal");
+                if let (Some(path), "minimal") = (&self.minimal_rootfs, name.as_str()) {
+                    return existing(path, "rootfs", "rootfs/build.sh minimal");
                 }
                 let agent = self.agent_binary()?;
                 let agent = agent.display().to_string();
@@ -186,7 +193,11 @@ mod tests {
 
     #[test]
     fn missing_paths_and_unknown_names_say_what_to_do() {
-        let images = Images { sources: None };
+        let images = Images {
+            sources: None,
+            default_kernel: None,
+            minimal_rootfs: None,
+        };
         let err = images
             .kernel(&ImageRef::Path("/nonexistent/vmlinux".into()))
             .unwrap_err()
