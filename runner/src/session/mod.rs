@@ -158,7 +158,13 @@ impl AgentSession {
     /// Asks the guest to sync and power off.
     pub fn shutdown(mut self) -> Result<(), SessionError> {
         self.send(Message::Shutdown)?;
-        match self.reply(REPLY_TIMEOUT)? {
+        let reply = self.reply(REPLY_TIMEOUT)?;
+        // The agent powers off as soon as it sees us hang up (it waits a
+        // little for that, so that its reply is not lost). Other handles to
+        // this socket may exist (the VM keeps one to break blocking reads on
+        // Ctrl-C), so dropping ours is not enough: shut the socket itself.
+        let _ = self.reader.shutdown(std::net::Shutdown::Both);
+        match reply {
             Message::ShuttingDown => Ok(()),
             other => Err(SessionError::Unexpected(format!("{other:?}"))),
         }
