@@ -204,7 +204,7 @@ build_debian() {
         || die "debootstrap failed (see output above; is $mirror reachable?)"
 
     log "cleaning caches, logs and host-specific files"
-    chroot "$stage" apt-get clean
+    chroot "$stage" apt-get clean >&2
     rm -rf "$stage"/var/lib/apt/lists/* "$stage"/var/cache/apt/*.bin \
         "$stage"/var/log/* "$stage"/var/cache/ldconfig/aux-cache \
         "$stage"/var/cache/debconf/*-old "$stage"/var/lib/dpkg/*-old \
