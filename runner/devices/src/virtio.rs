@@ -116,6 +116,19 @@ impl<'a, M: GuestMemory> DeviceContext<'a, M> {
     }
 }
 
+/// Copies `data.len()` bytes of a device's configuration space, starting at
+/// `offset`, into `data`; bytes beyond its end read as zero, as the virtio
+/// spec asks of [`VirtioDevice::read_config`].
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        let at = offset.saturating_add(i as u64);
+        *byte = usize::try_from(at)
+            .ok()
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// Failures a device reports to its transport. None of them is caused by a
 /// single bad packet (those are dropped and logged); they mean the queue or the
 /// host side is unusable.

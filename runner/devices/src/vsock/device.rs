@@ -185,13 +185,7 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.config.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset.saturating_add(i as u64);
-            *byte = usize::try_from(at)
-                .ok()
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_space(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
