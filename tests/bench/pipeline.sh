@@ -3,7 +3,9 @@
 #  (a) 8 one-step jobs (`uname`) through `runner test --jobs 2` against 8 raw
 #      QEMU boots of the same kernel and rootfs, 2 at a time, each running
 #      `uname` as init and ending when it exits (target: ratio <= 1.10);
-#  (b) the same pipeline with --jobs 2 against --jobs 1 (target: >= 1.8x).
+#  (b) the same pipeline with --jobs 2 against --jobs 1 (target: >= 1.8x),
+#      printed beside the same speed-up for the raw QEMU boots: that is the
+#      ceiling this host's CPUs allow two emulated guests, whatever runs them.
 #
 # Usage: tests/bench/pipeline.sh   (images as for the tests: RUNNER_KERNEL /
 # RUNNER_ROOTFS, or built on first use)
@@ -57,17 +59,23 @@ raw_boot() {
 export -f raw_boot
 export kernel rootfs command
 
-raw_start=$(now)
-seq 8 | xargs -P 2 -I{} bash -c raw_boot
-raw_end=$(now)
-raw=$(elapsed "$raw_start" "$raw_end")
+raw_boots() {
+  local start end
+  start=$(now)
+  seq 8 | xargs -P "$1" -I{} bash -c raw_boot
+  end=$(now)
+  elapsed "$start" "$end"
+}
+raw=$(raw_boots 2)
+raw1=$(raw_boots 1)
 jobs2=$(run_pipeline 2)
 jobs1=$(run_pipeline 1)
 
 ratio_a=$(echo "scale=3; $jobs2 / $raw" | bc)
 ratio_b=$(echo "scale=3; $jobs1 / $jobs2" | bc)
+ceiling=$(echo "scale=3; $raw1 / $raw" | bc)
 verdict() { if [ "$(echo "$1" | bc)" -eq 1 ]; then echo met; else echo MISSED; fi; }
 printf '(a) 8 jobs: runner test --jobs 2 %.2fs vs 8 raw QEMU boots (2 at a time) %.2fs: ratio %.2f (target <= 1.10, %s)\n' \
   "$jobs2" "$raw" "$ratio_a" "$(verdict "$ratio_a <= 1.10")"
-printf '(b) 8 jobs: --jobs 1 %.2fs vs --jobs 2 %.2fs: speed-up %.2fx (target >= 1.8x, %s)\n' \
-  "$jobs1" "$jobs2" "$ratio_b" "$(verdict "$ratio_b >= 1.8")"
+printf '(b) 8 jobs: --jobs 1 %.2fs vs --jobs 2 %.2fs: speed-up %.2fx (target >= 1.8x, %s); raw QEMU 1 vs 2 at a time: %.2fx on this host\n' \
+  "$jobs1" "$jobs2" "$ratio_b" "$(verdict "$ratio_b >= 1.8")" "$ceiling"
