@@ -181,10 +181,17 @@ kmake() { run make -C "$work/src" ARCH=x86_64 "$@"; }
 log "building kernel, key $key (source: $src_id)"
 start=$(date +%s)
 
+phase_start=$start
+phase_done() { local now; now=$(date +%s); log "$1 took $((now - phase_start)) s"; phase_start=$now; }
+
 log "extracting $source_tarball"
 mkdir "$work/src"
-run tar -xf "$source_tarball" -C "$work/src" --strip-components=1 \
+# Debian's tarball is multi-block xz: decompressing on all cores halves this step.
+decompress=()
+case "$source_tarball" in *.xz) decompress=(-I "xz -T0") ;; esac
+run tar "${decompress[@]}" -xf "$source_tarball" -C "$work/src" --strip-components=1 \
     || die "could not extract $source_tarball"
+phase_done "extracting"
 [ -f "$work/src/Makefile" ] && [ -d "$work/src/arch/x86" ] \
     || die "$source_tarball does not look like a Linux source tree"
 
@@ -224,11 +231,13 @@ while IFS= read -r line; do
     esac
 done < "$FRAGMENT"
 [ "$bad" = 0 ] || die "the final .config does not match $FRAGMENT (see above); fix a missing dependency in the fragment"
+phase_done "configuring"
 
 # --- build -----------------------------------------------------------------------
 jobs="$(nproc)"
 log "make -j$jobs vmlinux bzImage"
 kmake -j"$jobs" vmlinux bzImage || die "kernel build failed (output above)"
+phase_done "compiling and linking"
 
 # The PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY, type 0x12, owner "Xen") is
 # what lets a VMM boot vmlinux directly.
