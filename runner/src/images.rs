@@ -7,6 +7,7 @@
 //! scripts cache their results under `~/.cache/runner`, keyed
 //! by their inputs, so resolving a name that was built before costs a hash.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -147,19 +148,40 @@ impl Images {
     /// takes minutes.
     fn run_script(&self, what: &str, script: &str, args: &[&str]) -> Result<PathBuf, ImageError> {
         let sources = self.sources(what)?;
-        let output = Command::new("bash")
+        let mut child = Command::new("bash")
             .arg(sources.join(script))
             .args(args)
             .current_dir(sources)
             .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| build_error(what, format!("running {script}: {e}")))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
+        // Progress goes on to our stderr as it comes, except the one line a
+        // cache hit prints: that is every run, and says nothing new.
+        let progress = child.stderr.take().map(|stderr| {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !line.contains("cache hit") {
+                        eprintln!("{line}");
+                    }
+                }
+            })
+        });
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        let status = child
+            .wait()
+            .map_err(|e| build_error(what, format!("running {script}: {e}")))?;
+        if let Some(thread) = progress {
+            let _ = thread.join();
+        }
+        if !status.success() {
             return Err(build_error(
                 what,
-                format!("{script} {} (see its messages above)", output.status),
+                format!("{script} {status} (see its messages above)"),
             ));
         }
         let last = stdout.lines().rev().find(|l| !l.trim().is_empty());

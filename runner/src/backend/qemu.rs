@@ -200,7 +200,10 @@ impl QemuBackend {
             .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
             .args(["-serial", &format!("file:{}", qemu_path(&paths.serial))])
             .args(["-display", "none", "-nodefaults", "-no-user-config"])
-            // The agent's shutdown reboots; -no-reboot turns that into an exit.
+            // The agent's shutdown reboots through the keyboard controller
+            // (reboot=k), which microvm lacks unless asked; -no-reboot turns
+            // the reset into an exit. Without it a bzImage guest loops.
+            .args(["-device", "i8042"])
             .arg("-no-reboot");
         cmd
     }
