@@ -8,7 +8,6 @@ use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CMDLINE};
@@ -115,7 +114,6 @@ impl super::Backend for QemuBackend {
             .tempdir()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
-        let sockets: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
 
         let vsock = start_vsock(&self.vsock, &paths)?;
         let disk = match self.disk {
@@ -145,18 +143,14 @@ impl super::Backend for QemuBackend {
                 VsockService::External(child) => Some(child.pid()),
                 VsockService::Builtin(_) => None,
             };
-            let (qemu_pid, sockets) = (qemu.pid(), sockets.clone());
-            // Killing QEMU ends the vhost-user session of a builtin device;
-            // an external one is a process of its own.
+            let qemu_pid = qemu.pid();
+            // Killing QEMU ends the vhost-user session of a builtin device,
+            // which resets it and closes every host connection, so blocked
+            // reads end; an external device is a process of its own.
             interrupt::on_interrupt(move || {
                 kill_pid(qemu_pid);
                 if let Some(pid) = external_pid {
                     kill_pid(pid);
-                }
-                if let Ok(sockets) = sockets.lock() {
-                    for s in sockets.iter() {
-                        let _ = s.shutdown(std::net::Shutdown::Both);
-                    }
                 }
             })
         };
@@ -165,7 +159,6 @@ impl super::Backend for QemuBackend {
             qemu,
             _vsock: vsock,
             _disk: disk,
-            sockets,
             paths,
             _dir: dir,
         }))
@@ -305,18 +298,13 @@ struct QemuVm {
     qemu: ChildGuard,
     _vsock: VsockService,
     _disk: Option<BlockServer>,
-    sockets: Arc<Mutex<Vec<UnixStream>>>,
     paths: VmPaths,
     _dir: tempfile::TempDir,
 }
 
 impl Vm for QemuVm {
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
-        let stream = super::hybrid_vsock::connect(&self.paths.vsock_uds, port)?;
-        if let Ok(mut sockets) = self.sockets.lock() {
-            sockets.push(stream.try_clone()?);
-        }
-        Ok(stream)
+        super::hybrid_vsock::connect(&self.paths.vsock_uds, port)
     }
 
     fn exited(&mut self) -> Option<String> {
