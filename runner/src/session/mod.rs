@@ -161,8 +161,8 @@ impl AgentSession {
         let reply = self.reply(REPLY_TIMEOUT)?;
         // The agent powers off as soon as it sees us hang up (it waits a
         // little for that, so that its reply is not lost). Other handles to
-        // this socket may exist (the VM keeps one to break blocking reads on
-        // Ctrl-C), so dropping ours is not enough: shut the socket itself.
+        // this socket may live on (a `Canceller` someone kept), so dropping
+        // ours is not enough: shut the socket itself.
         let _ = self.reader.shutdown(std::net::Shutdown::Both);
         match reply {
             Message::ShuttingDown => Ok(()),
