@@ -16,6 +16,7 @@ pub mod kvm_host;
 pub mod layout;
 pub mod memory;
 pub mod probe;
+pub mod testing;
 pub mod vcpu;
 pub mod virtio_mmio;
 pub mod vmm;
