@@ -174,8 +174,16 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// beyond the end of the configuration space read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
 
-    /// Writes the configuration space. Read-only devices ignore this.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes the configuration space. By default it is read-only: the write
+    /// is logged and ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::warn!(
+            device_type = self.device_type(),
+            offset,
+            len = data.len(),
+            "virtio: ignoring write to read-only config space"
+        );
+    }
 
     /// The driver finished setting the device up; queues may now be used.
     fn activate(&mut self) -> Result<(), DeviceError>;

@@ -377,15 +377,8 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
         crate::virtio::read_config_space(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // The only writable field, `writeback`, needs CONFIG_WCE, which is
-        // not offered.
-        tracing::warn!(
-            offset,
-            len = data.len(),
-            "virtio-blk: ignoring write to read-only config space"
-        );
-    }
+    // write_config: the default (read-only). The only writable field,
+    // `writeback`, needs CONFIG_WCE, which is not offered.
 
     fn activate(&mut self) -> Result<(), DeviceError> {
         self.activated = true;

@@ -188,14 +188,6 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
         crate::virtio::read_config_space(&config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(
-            offset,
-            len = data.len(),
-            "vsock: ignoring write to read-only config space"
-        );
-    }
-
     fn activate(&mut self) -> Result<(), DeviceError> {
         self.activated = true;
         Ok(())
