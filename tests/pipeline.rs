@@ -222,12 +222,47 @@ fn bad_pipelines_get_a_located_error_and_exit_2() {
     );
 }
 
+/// A root file system whose init prints a line and then sleeps for ever: the
+/// kernel boots, but the agent never answers, however fast the machine is.
+fn never_ready_rootfs(dir: &Path) -> std::path::PathBuf {
+    let tree = dir.join("never-ready");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("sbin")).unwrap();
+    let busybox = e2e_tests::require_tool("/bin/busybox", "busybox-static");
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    let init = tree.join("sbin/runner-init");
+    std::fs::write(
+        &init,
+        "#!/bin/busybox sh\necho 'init: this guest never starts an agent'\nexec /bin/busybox sleep 2147483647\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = dir.join("never-ready.ext4");
+    let mkfs = e2e_tests::require_tool("mkfs.ext4", "e2fsprogs");
+    let status = std::process::Command::new(mkfs)
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfs.ext4 failed");
+    image
+}
+
 #[test]
-fn a_guest_that_is_not_ready_in_time_is_a_boot_error_with_the_console() {
+fn a_guest_that_is_never_ready_is_a_boot_error_with_the_console() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = "name: t\ndefaults: { files: none }\njobs:\n  a:\n    steps: [\"true\"]\n";
-    let out = run_pipeline(dir.path(), yaml, &["--boot-timeout", "1s"]);
-    assert_eq!(out.status.code(), Some(1));
+    let image = never_ready_rootfs(dir.path());
+    let yaml = format!(
+        "name: t\nimage: {{ rootfs: {} }}\ndefaults: {{ files: none }}\njobs:\n  a:\n    steps: [\"true\"]\n",
+        image.display()
+    );
+    // Long enough for any machine to reach init; the guest never answers, so
+    // the timeout trips whatever the speed.
+    let out = run_pipeline(dir.path(), &yaml, &["--boot-timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap();
     let boot = doc
@@ -242,9 +277,10 @@ fn a_guest_that_is_not_ready_in_time_is_a_boot_error_with_the_console() {
             .contains("did not answer"),
         "{xml}"
     );
-    // The console's last lines travel with the error.
+    // The console's last lines travel with the error: kernel messages and
+    // the init's own line.
     let body = error.text().unwrap_or_default();
     assert!(body.contains("serial console"), "{xml}");
-    // Kernel messages, whichever were last when the timeout hit.
     assert!(body.lines().any(|l| l.starts_with("[ ")), "{xml}");
+    assert!(body.contains("never starts an agent"), "{xml}");
 }

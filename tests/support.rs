@@ -57,7 +57,7 @@ pub struct TestVm {
 }
 
 pub fn boot(name: &str) -> TestVm {
-    let backend = backend::default_backend().expect("a backend");
+    let backend = backend::from_env().expect("a backend");
     let spec = spec(name);
     let mut vm = backend.start(&spec).expect("VM starts");
     let session = backend::wait_for_agent(vm.as_mut(), spec.boot_timeout)
@@ -133,4 +133,21 @@ pub fn runner_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The path of a tool the test cannot do without. A missing tool fails the
+/// test with one line naming it and its Debian package: a test that cannot
+/// run must never pass silently.
+pub fn require_tool(name: &str, package: &str) -> PathBuf {
+    let found = if name.contains('/') {
+        Some(PathBuf::from(name)).filter(|p| p.is_file())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .chain(["/sbin".into(), "/usr/sbin".into()])
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    found.unwrap_or_else(|| panic!("{name} is missing: apt-get install {package}"))
 }
