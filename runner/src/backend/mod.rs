@@ -95,12 +95,45 @@ pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
 
 /// QEMU with software emulation (TCG) and our own vsock and disk devices.
 pub fn qemu_tcg_backend() -> Result<Box<dyn Backend>, BootError> {
+    qemu_with(qemu::Accel::Tcg)
+}
+
+/// `--backend qemu`: QEMU with KVM acceleration where KVM runs guest ring 0
+/// natively (VT-x/AMD-V), with TCG elsewhere (no KVM, or PVM, which would
+/// emulate the guest kernel far slower than TCG translates it).
+pub fn qemu_backend() -> Result<Box<dyn Backend>, BootError> {
+    qemu_with(qemu_accel())
+}
+
+/// The accelerator `--backend qemu` uses on this host.
+pub fn qemu_accel() -> qemu::Accel {
+    match select::auto_selection().pick {
+        select::AutoPick::Kvm => qemu::Accel::Kvm,
+        select::AutoPick::QemuTcg => qemu::Accel::Tcg,
+    }
+}
+
+fn qemu_with(accel: qemu::Accel) -> Result<Box<dyn Backend>, BootError> {
     let qemu = qemu::QemuBackend::locate(
-        qemu::Accel::Tcg,
+        accel,
         qemu::VsockProvider::Builtin,
         qemu::DiskProvider::Builtin,
     )?;
     Ok(Box::new(qemu))
+}
+
+/// The backend named by `RUNNER_BACKEND` (`auto`, `qemu` or `kvm`, as
+/// `--backend` takes them; unset means `auto`). Tests boot through this, so
+/// one suite runs against either backend.
+pub fn from_env() -> Result<Box<dyn Backend>, BootError> {
+    match std::env::var("RUNNER_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => default_backend(),
+        Ok("qemu") => qemu_backend(),
+        Ok("kvm") => Ok(Box::new(kvm::KvmBackend::new())),
+        Ok(other) => Err(BootError::Setup(format!(
+            "RUNNER_BACKEND={other} is not a backend (expected auto, qemu or kvm)"
+        ))),
+    }
 }
 
 /// How many console lines a boot error carries.

@@ -81,6 +81,8 @@ impl HostReport {
             "--backend auto",
             format!("picks {}: {}", pick.backend_name(), self.selection.reason),
         );
+        line("--backend kvm", kvm_choice_text(pick));
+        line("--backend qemu", qemu_choice_text(pick, self.qemu.is_some()));
         let verdict = match (pick, self.auto_works()) {
             (AutoPick::Kvm, _) => "ready: guests run under the built-in KVM VMM".to_string(),
             (AutoPick::QemuTcg, true) => {
@@ -92,6 +94,30 @@ impl HostReport {
         };
         out.push_str(&format!("\n{verdict}\n"));
         out
+    }
+}
+
+/// What `--backend kvm` would do here.
+fn kvm_choice_text(pick: AutoPick) -> String {
+    match pick {
+        AutoPick::Kvm => "the built-in VMM at hardware speed".to_string(),
+        AutoPick::QemuTcg => "the built-in VMM would start, but a Linux guest would not \
+                              boot in reasonable time on this /dev/kvm (see above)"
+            .to_string(),
+    }
+}
+
+/// What `--backend qemu` would do here: it uses KVM exactly where `auto`
+/// would pick the built-in VMM (see `backend::qemu_accel`).
+fn qemu_choice_text(pick: AutoPick, installed: bool) -> String {
+    let how = match pick {
+        AutoPick::Kvm => "QEMU with KVM acceleration (-accel kvm)",
+        AutoPick::QemuTcg => "QEMU with software emulation (-accel tcg)",
+    };
+    if installed {
+        how.to_string()
+    } else {
+        format!("{how}, once qemu-system-x86_64 is installed")
     }
 }
 
@@ -234,6 +260,10 @@ mod tests {
         assert!(text.contains("QEMU emulator version 7.2.15"), "{text}");
         assert!(text.contains("picks qemu: /dev/kvm is PVM"), "{text}");
         assert!(text.contains(" ready: guests run under QEMU"), "{text}");
+        assert!(
+            text.contains("--backend qemu QEMU with software emulation (-accel tcg)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -255,6 +285,10 @@ mod tests {
         );
         assert!(text.contains("no (kvm_intel)"), "{text}");
         assert!(text.contains("picks kvm:"), "{text}");
+        assert!(
+            text.contains("--backend qemu QEMU with KVM acceleration (-accel kvm), once"),
+            "{text}"
+        );
         assert!(
             text.contains(" ready: guests run under the built-in KVM VMM"),
             "{text}"

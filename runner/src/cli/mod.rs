@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::kvm::KvmBackend;
-use crate::backend::{default_backend, qemu_tcg_backend, Backend, VmSpec};
+use crate::backend::{default_backend, qemu_backend, Backend, VmSpec};
 use crate::images::{ImageKind, ImageRef, Images};
 pub use crate::pipeline::parse_duration;
 
@@ -87,7 +87,8 @@ pub fn init_logging() {
 pub enum BackendChoice {
     /// The best backend this host runs well (`runner doctor` explains it).
     Auto,
-    /// QEMU with software emulation (TCG).
+    /// QEMU: with KVM acceleration where KVM runs guest ring 0 natively,
+    /// with software emulation (TCG) elsewhere.
     Qemu,
     /// The built-in KVM VMM; needs KVM with hardware virtualization.
     Kvm,
@@ -97,7 +98,7 @@ impl BackendChoice {
     pub fn backend(self) -> anyhow::Result<Box<dyn Backend>> {
         match self {
             BackendChoice::Auto => Ok(default_backend()?),
-            BackendChoice::Qemu => Ok(qemu_tcg_backend()?),
+            BackendChoice::Qemu => Ok(qemu_backend()?),
             BackendChoice::Kvm => Ok(Box::new(KvmBackend::new())),
         }
     }
@@ -112,7 +113,7 @@ pub struct VmArgs {
     /// Root file system: a path, or `minimal` / `debian` (built on first use).
     #[arg(long, default_value = "minimal", env = "RUNNER_ROOTFS")]
     pub rootfs: String,
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", env = "RUNNER_BACKEND")]
     pub backend: BackendChoice,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,

@@ -43,7 +43,7 @@ pub struct TestArgs {
     /// log always has everything.
     #[arg(long, default_value_t = DEFAULT_OUTPUT_LIMIT)]
     output_limit: usize,
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", env = "RUNNER_BACKEND")]
     backend: BackendChoice,
     /// How long a guest may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
