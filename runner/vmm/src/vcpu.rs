@@ -187,6 +187,8 @@ impl VcpuRunner {
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     self.mmio.write(addr, data);
                 }
+                Ok(VcpuExit::X86Rdmsr(exit)) => crate::x86::msrs::handle_read(exit),
+                Ok(VcpuExit::X86Wrmsr(exit)) => crate::x86::msrs::handle_write(exit),
                 Ok(VcpuExit::Hlt) => return VcpuEvent::Halted,
                 Ok(VcpuExit::Shutdown) => return VcpuEvent::TripleFault,
                 Ok(VcpuExit::SystemEvent(kind, _)) => {

@@ -46,6 +46,24 @@ const TAIL_UNKNOWN_PIO_THEN_RESET: &[u8] = &[
     0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe, // reset
 ];
 
+/// Writes 0xffff to AMD's PERF_CTR3 and reads it back, as Linux's PMU
+/// probe does on AMD, prints the low byte + '0' and a newline, then halts.
+/// With no PMU behind it the write must neither fault (an empty IDT would
+/// make that a triple fault) nor stick.
+const TAIL_AMD_PERFCTR_PROBE: &[u8] = &[
+    0xb9, 0x07, 0x00, 0x01, 0xc0, // mov ecx, 0xc0010007
+    0xb8, 0xff, 0xff, 0x00, 0x00, // mov eax, 0xffff
+    0x31, 0xd2, // xor edx, edx
+    0x0f, 0x30, // wrmsr
+    0x31, 0xc0, // xor eax, eax
+    0x0f, 0x32, // rdmsr
+    0x04, 0x30, // add al, '0'
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xee, // out dx, al
+    0xb0, 0x0a, 0xee, // mov al, '\n'; out dx, al
+    0xfa, 0xf4, 0xeb, 0xfd, // cli; 1: hlt; jmp 1b
+];
+
 struct Guest {
     _dir: tempfile::TempDir,
     config: VmmConfig,
@@ -87,6 +105,14 @@ fn serial_output_then_cli_hlt_ends_as_halted() {
         "{t:?}"
     );
     eprintln!("cli;hlt guest timings: {t:?}");
+}
+
+#[test]
+fn pmu_counter_writes_are_dropped_and_read_as_zero() {
+    let g = guest(TAIL_AMD_PERFCTR_PROBE, 1, Duration::from_secs(30));
+    let exit = Vmm::new(g.config.clone()).unwrap().run().unwrap();
+    assert_eq!(exit.reason, ExitReason::Halted, "{exit:?}");
+    assert_eq!(std::fs::read_to_string(&g.log).unwrap(), "Hello\n0\n");
 }
 
 #[test]

@@ -192,6 +192,9 @@ impl Vmm {
             vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
                 .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
+        if !crate::x86::msrs::forward_unbacked_msrs(&kvm, &vm)? {
+            tracing::debug!("this KVM cannot forward MSR accesses; PMU probes stay with KVM");
+        }
         vm.create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {

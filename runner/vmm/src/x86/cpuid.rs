@@ -2,7 +2,7 @@
 //! of Firecracker's CPUID normalization: per-vCPU APIC ids, a simple
 //! "n cores, one thread each, one socket" topology in leaves 0x1, 0x4, 0xb
 //! and 0x1f, the hypervisor bit, the KVM signature leaves, and no leaves we
-//! cannot back (PMU, power management).
+//! cannot back (the PMU, Intel's and AMD's, and power management).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -28,6 +28,8 @@ const LEAF_XSAVE: u32 = 0xd;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_KVM_SIGNATURE: u32 = 0x4000_0000;
 const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
 
 // Leaf 0x1 bits.
 const ECX_CX16: u32 = 1 << 13;
@@ -38,6 +40,11 @@ const ECX_AVX: u32 = 1 << 28;
 const ECX_F16C: u32 = 1 << 29;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
+// Leaf 0x8000_0001 ECX: AMD's performance counter extensions (core,
+// northbridge, last-level cache). Hidden with the rest of the PMU.
+const ECX_PERFCTR_CORE: u32 = 1 << 23;
+const ECX_PERFCTR_NB: u32 = 1 << 24;
+const ECX_PERFCTR_LLC: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64 bytes).
 const CLFLUSH_SIZE: u32 = 8;
 /// Leaf 0x6 EAX: the always-running APIC timer is the only power feature
@@ -97,7 +104,10 @@ pub fn filter(cpuid: &mut CpuId, p: &CpuidParams) -> Result<()> {
                 e.ecx = 0;
                 e.edx = 0;
             }
-            LEAF_PMU => {
+            LEAF_EXT_FEATURES => {
+                e.ecx &= !(ECX_PERFCTR_CORE | ECX_PERFCTR_NB | ECX_PERFCTR_LLC);
+            }
+            LEAF_PMU | LEAF_AMD_PERFMON_V2 => {
                 e.eax = 0;
                 e.ebx = 0;
                 e.ecx = 0;
@@ -341,5 +351,60 @@ mod tests {
             c.as_slice().iter().all(|e| e.function != 0xb),
             "no 0xb above max leaf"
         );
+    }
+
+    /// An AMD-style table, as KVM reports it on EPYC or under QEMU's
+    /// `-cpu max` with SVM: max basic leaf 0xd, no topology leaf of its own,
+    /// the PMU announced in the extended leaves instead of leaf 0xa.
+    fn amd_like() -> CpuId {
+        CpuId::from_entries(&[
+            leaf(0, 0, [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+            leaf(1, 0, [0x00a0_0f11, 0x0002_0800, ECX_CX16 | ECX_XSAVE, 0x178b_fbff]),
+            leaf(0xd, 0, [0x7, 0x340, 0x340, 0]),
+            leaf(0x8000_0000, 0, [0x8000_0022, 0, 0, 0]),
+            leaf(
+                0x8000_0001,
+                0,
+                [
+                    0x00a0_0f11,
+                    0,
+                    ECX_PERFCTR_CORE | ECX_PERFCTR_NB | ECX_PERFCTR_LLC | 0x0000_0004,
+                    0x2fd3_fbff,
+                ],
+            ),
+            leaf(0x8000_0022, 0, [0x1, 0x6, 0, 0]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn amd_pmu_is_hidden_and_the_rest_kept() {
+        let mut c = amd_like();
+        filter(
+            &mut c,
+            &CpuidParams {
+                vcpu_id: 1,
+                num_vcpus: 2,
+                hide_cx16_and_xsave: false,
+            },
+        )
+        .unwrap();
+        let ext = get(&c, 0x8000_0001, 0);
+        assert_eq!(
+            ext.ecx,
+            0x0000_0004,
+            "PerfCtr extensions gone, SVM (bit 2) kept"
+        );
+        assert_eq!(ext.edx, 0x2fd3_fbff, "EDX untouched");
+        let v2 = get(&c, 0x8000_0022, 0);
+        assert_eq!((v2.eax, v2.ebx, v2.ecx, v2.edx), (0, 0, 0, 0));
+        let l1 = get(&c, 1, 0);
+        assert_eq!(l1.ebx >> 24, 1, "initial APIC id");
+        assert_ne!(l1.ecx & ECX_XSAVE, 0, "XSAVE kept off PVM");
+        // Our topology in 0xb (within the max basic leaf), none in 0x1f.
+        assert_eq!(get(&c, 0xb, 1).ebx, 2, "2 cores");
+        assert_eq!(get(&c, 0xb, 0).edx, 1, "x2APIC id");
+        assert!(c.as_slice().iter().all(|e| e.function != 0x1f));
+        assert_eq!(get(&c, 0x4000_0000, 0).ebx, KVM_SIGNATURE[0]);
     }
 }
