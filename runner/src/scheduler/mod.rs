@@ -18,6 +18,7 @@ use crate::pipeline::Image;
 use crate::plan::Plan;
 use crate::report::RunObserver;
 use crate::results::{JobOutcome, JobResult, RunResults};
+use crate::session::ArtifactLimits;
 
 /// Kernel and rootfs files for each image the plan uses, resolved (and
 /// built, on first use) before the run starts.
@@ -33,6 +34,8 @@ pub struct Options {
     pub output_limit: usize,
     /// Job logs go to `<out_dir>/logs`, artifacts to `<out_dir>/artifacts`.
     pub out_dir: PathBuf,
+    /// Caps on what each job's artifacts may hold.
+    pub artifact_limits: ArtifactLimits,
 }
 
 /// Everything a job needs from the run around it.
