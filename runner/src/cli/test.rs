@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{parse_duration, BackendChoice, Failure};
+use super::{out_dir, parse_duration, BackendChoice, Failure};
 use crate::images::Images;
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
@@ -64,9 +64,10 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
         .map_err(|e| config(e.into()))?;
+    // Before images are built: a refused --out should not wait for that.
+    out_dir::prepare(&args.out).map_err(config)?;
     let images = resolve_images(&plan).map_err(config)?;
     let backend = args.backend.backend().map_err(config)?;
-    prepare_out_dir(&args.out).map_err(config)?;
 
     let options = Options {
         jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
@@ -105,19 +106,6 @@ fn resolve_images(plan: &Plan) -> anyhow::Result<ResolvedImages> {
         }
     }
     Ok(resolved)
-}
-
-/// Logs and artifacts of an earlier run in the same place would mix with
-/// this run's; the directory is ours, so start it afresh.
-fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
-    for sub in ["logs", "artifacts"] {
-        let dir = out.join(sub);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| anyhow::anyhow!("clearing {}: {e}", dir.display()))?;
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))
 }
 
 /// Parses `1G`, `200M`, `64K`, `4096` (bytes) with binary units.
