@@ -59,6 +59,7 @@ pub struct TestArgs {
 }
 
 pub fn run(args: TestArgs) -> Result<i32, Failure> {
+    crate::backend::vm_dir::sweep_stale_in_temp();
     let config = |e: anyhow::Error| Failure::new(2, e);
     let pipeline = Pipeline::load(&args.pipeline).map_err(|e| config(e.into()))?;
     let plan = Plan::new(&pipeline)
