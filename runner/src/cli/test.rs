@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::{out_dir, parse_duration, BackendChoice, Failure};
 use crate::images::Images;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{host_scope, Pipeline};
 use crate::plan::Plan;
 use crate::report::junit::{self, JunitOptions};
 use crate::report::ConsoleReporter;
@@ -53,6 +53,11 @@ pub struct TestArgs {
     /// A CLI flag, not a pipeline key: the pipeline is not trusted.
     #[arg(long, default_value = "1G", value_parser = parse_byte_size)]
     artifacts_max_size: u64,
+    /// Let `files` copy host paths outside the workspace (`~/...`,
+    /// `/etc/...`, or through a symlink). Off by default: a pipeline from a
+    /// pull request must not read the host.
+    #[arg(long)]
+    allow_host_files: bool,
     /// Most artifact entries (files, directories, links) one job may copy out.
     #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     artifacts_max_files: u64,
@@ -65,6 +70,11 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
         .map_err(|e| config(e.into()))?;
+    if !args.allow_host_files {
+        for job in &plan.jobs {
+            host_scope::check_entries(&job.files, &plan.workspace).map_err(|e| config(e.into()))?;
+        }
+    }
     // Before images are built: a refused --out should not wait for that.
     out_dir::prepare(&args.out).map_err(config)?;
     let images = resolve_images(&plan).map_err(config)?;
@@ -80,6 +90,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
             max_bytes: args.artifacts_max_size,
             max_entries: args.artifacts_max_files,
         },
+        allow_host_files: args.allow_host_files,
     };
     let console = ConsoleReporter::stdout();
     let results = scheduler::run(&plan, backend.as_ref(), &images, &console, &options);

@@ -8,7 +8,7 @@ use agent_protocol::Stream;
 
 use super::RunContext;
 use crate::backend::{wait_for_agent, Vm, VmSpec, SERIAL_TAIL_LINES};
-use crate::pipeline::files;
+use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
 use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus};
@@ -43,9 +43,12 @@ fn run_in_vm(
     })?;
     result.log_path = Some(log_path);
     // Collect the files before booting: a typo in `files` should not cost a boot.
-    let collected = files::collect(&job.files).map_err(|e| JobOutcome::Error {
-        message: e.to_string(),
-    })?;
+    let collected = if ctx.options.allow_host_files {
+        files::collect(&job.files).map_err(|e| e.to_string())
+    } else {
+        host_scope::collect_within(&job.files, ctx.workspace).map_err(|e| e.to_string())
+    }
+    .map_err(|message| JobOutcome::Error { message })?;
 
     let (kernel, rootfs) =
         ctx.images

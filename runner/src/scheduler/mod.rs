@@ -36,6 +36,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// Caps on what each job's artifacts may hold.
     pub artifact_limits: ArtifactLimits,
+    /// `files` may copy any host path, not only the workspace's.
+    pub allow_host_files: bool,
 }
 
 /// Everything a job needs from the run around it.
@@ -44,6 +46,9 @@ struct RunContext<'a> {
     images: &'a ResolvedImages,
     observer: &'a dyn RunObserver,
     options: &'a Options,
+    /// The pipeline's workspace: what `files` may read without
+    /// `allow_host_files`.
+    workspace: &'a std::path::Path,
     budget: &'a MemoryBudget,
     /// Set by fail-fast: jobs that have not started yet are skipped.
     stop: AtomicBool,
@@ -67,6 +72,7 @@ pub fn run(
         images,
         observer,
         options,
+        workspace: &plan.workspace,
         budget: &budget,
         stop: AtomicBool::new(false),
         first_failure: Mutex::new(None),
