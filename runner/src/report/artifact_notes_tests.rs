@@ -79,3 +79,23 @@ fn junit_has_the_notes_in_the_suite_system_err() {
     assert!(unit.contains("/tmp/junit.xml"));
     assert_eq!(err(&suites[1]), None);
 }
+
+/// Suite-level system-err comes after the test cases, where junit.xsd
+/// wants it. Fails (one line) rather than passing when xmllint is missing.
+#[test]
+fn junit_with_notes_validates_against_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junit.xml");
+    std::fs::write(&path, render(&results(), &JunitOptions::default()).unwrap()).unwrap();
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/src/report/junit.xsd");
+    let out = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema", schema])
+        .arg(&path)
+        .output()
+        .expect("xmllint is needed for this test (apt-get install libxml2-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
