@@ -1,44 +1,52 @@
 //! The `--out` directory: `logs/` and `artifacts/` of an earlier run there
 //! would mix with this run's, so they are cleared first. But `--out` may be
 //! any directory (`--out .`), so only what the runner provably created is
-//! ever removed: each of those subdirectories gets a marker file when the
-//! runner creates it, and one without the marker is left alone, with an
-//! error instead of a deletion.
+//! ever removed: `<out>/.runner-out` lists the subdirectories the runner
+//! created, and one that exists without being listed is left alone, with
+//! an error instead of a deletion. (The list lives beside them, not inside:
+//! a marker in `logs/` would show up among the logs.)
 
 use std::path::Path;
 
 use anyhow::{bail, Context};
 
-/// Written into each subdirectory the runner creates.
+/// In the out directory: one line per subdirectory the runner created.
 pub const MARKER: &str = ".runner-out";
-const MARKER_TEXT: &str = "Created by `runner test`, which empties this directory at each run.\n";
 const OURS: [&str; 2] = ["logs", "artifacts"];
 
 /// Clears and recreates `<out>/logs` and `<out>/artifacts`, refusing (before
-/// removing anything) if either exists without our marker.
+/// removing anything) if either exists but is not listed in the marker, or
+/// is not a real directory.
 pub fn prepare(out: &Path) -> anyhow::Result<()> {
+    let marker = out.join(MARKER);
+    let listed = std::fs::read_to_string(&marker).unwrap_or_default();
+    let created = |sub: &str| listed.lines().any(|line| line == sub);
     for sub in OURS {
         let dir = out.join(sub);
         let Ok(meta) = std::fs::symlink_metadata(&dir) else {
             continue;
         };
-        if !meta.is_dir() || !dir.join(MARKER).is_file() {
+        if !meta.is_dir() || !created(sub) {
             bail!(
-                "--out {}: {} exists and was not created by runner (it has no {MARKER}); \
+                "--out {}: {} exists and was not created by runner (it is not listed in {}); \
                  choose another --out, or move it away",
                 out.display(),
-                dir.display()
+                dir.display(),
+                marker.display()
             );
         }
     }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Listed before they are created: a crash in between must not leave a
+    // directory of ours that a later run would refuse to clear.
+    std::fs::write(&marker, OURS.join("\n") + "\n")
+        .with_context(|| format!("writing {}", marker.display()))?;
     for sub in OURS {
         let dir = out.join(sub);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join(MARKER), MARKER_TEXT)
-            .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
     }
     Ok(())
 }
@@ -64,13 +72,13 @@ mod tests {
     #[test]
     fn nothing_is_removed_if_any_directory_is_foreign() {
         let out = tempfile::tempdir().unwrap();
-        prepare(out.path()).unwrap();
-        std::fs::write(out.path().join("artifacts/old.txt"), "old").unwrap();
-        // logs/ replaced by the user's own directory.
-        std::fs::remove_dir_all(out.path().join("logs")).unwrap();
+        // logs/ is ours, artifacts/ the user's.
+        std::fs::write(out.path().join(MARKER), "logs\n").unwrap();
         std::fs::create_dir(out.path().join("logs")).unwrap();
+        std::fs::write(out.path().join("logs/old.log"), "old").unwrap();
+        std::fs::create_dir(out.path().join("artifacts")).unwrap();
         assert!(prepare(out.path()).is_err());
-        assert!(out.path().join("artifacts/old.txt").exists());
+        assert!(out.path().join("logs/old.log").exists());
     }
 
     #[test]
@@ -81,8 +89,12 @@ mod tests {
         std::fs::write(out.path().join("logs/old.log"), "old").unwrap();
         prepare(out.path()).unwrap();
         assert!(!out.path().join("logs/old.log").exists());
-        assert!(out.path().join("logs").join(MARKER).is_file());
-        assert!(out.path().join("artifacts").join(MARKER).is_file());
+        assert_eq!(
+            std::fs::read_to_string(out.path().join(MARKER)).unwrap(),
+            "logs\nartifacts\n"
+        );
+        // Nothing of ours among the logs.
+        assert_eq!(out.path().join("logs").read_dir().unwrap().count(), 0);
         assert!(out.path().join("notes.txt").exists());
     }
 
@@ -90,9 +102,11 @@ mod tests {
     fn a_symlink_in_place_of_logs_is_refused() {
         let out = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
-        std::fs::write(elsewhere.path().join(MARKER), "").unwrap();
+        std::fs::write(elsewhere.path().join("keep.txt"), "").unwrap();
+        prepare(out.path()).unwrap();
+        std::fs::remove_dir(out.path().join("logs")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), out.path().join("logs")).unwrap();
         assert!(prepare(out.path()).is_err());
-        assert!(elsewhere.path().join(MARKER).exists());
+        assert!(elsewhere.path().join("keep.txt").exists());
     }
 }
