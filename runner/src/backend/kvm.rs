@@ -72,9 +72,7 @@ impl KvmBackend {
                 runner_vmm::boot::mptable::MAX_VCPUS
             ))
         })?;
-        let dir = tempfile::Builder::new()
-            .prefix("runner-vm-")
-            .tempdir()
+        let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
 

@@ -6,6 +6,7 @@ pub mod hybrid_vsock;
 pub mod kvm;
 pub mod qemu;
 pub mod select;
+pub mod vm_dir;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;

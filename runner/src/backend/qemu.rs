@@ -109,9 +109,7 @@ impl super::Backend for QemuBackend {
                 )));
             }
         }
-        let dir = tempfile::Builder::new()
-            .prefix("runner-vm-")
-            .tempdir()
+        let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
 

@@ -39,6 +39,7 @@ pub struct ExecArgs {
 
 pub fn run(args: ExecArgs) -> Result<i32, Failure> {
     let request = request(&args).map_err(|e| Failure::new(2, e))?;
+    crate::backend::vm_dir::sweep_stale_in_temp();
     let fail = |e: anyhow::Error| Failure::new(VM_FAILED, e);
     let spec = args.vm.spec("exec").map_err(fail)?;
     let backend = args.vm.backend().map_err(fail)?;

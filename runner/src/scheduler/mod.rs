@@ -18,6 +18,7 @@ use crate::pipeline::Image;
 use crate::plan::Plan;
 use crate::report::RunObserver;
 use crate::results::{JobOutcome, JobResult, RunResults};
+use crate::session::ArtifactLimits;
 
 /// Kernel and rootfs files for each image the plan uses, resolved (and
 /// built, on first use) before the run starts.
@@ -33,6 +34,10 @@ pub struct Options {
     pub output_limit: usize,
     /// Job logs go to `<out_dir>/logs`, artifacts to `<out_dir>/artifacts`.
     pub out_dir: PathBuf,
+    /// Caps on what each job's artifacts may hold.
+    pub artifact_limits: ArtifactLimits,
+    /// `files` may copy any host path, not only the workspace's.
+    pub allow_host_files: bool,
 }
 
 /// Everything a job needs from the run around it.
@@ -41,6 +46,9 @@ struct RunContext<'a> {
     images: &'a ResolvedImages,
     observer: &'a dyn RunObserver,
     options: &'a Options,
+    /// The pipeline's workspace: what `files` may read without
+    /// `allow_host_files`.
+    workspace: &'a std::path::Path,
     budget: &'a MemoryBudget,
     /// Set by fail-fast: jobs that have not started yet are skipped.
     stop: AtomicBool,
@@ -64,6 +72,7 @@ pub fn run(
         images,
         observer,
         options,
+        workspace: &plan.workspace,
         budget: &budget,
         stop: AtomicBool::new(false),
         first_failure: Mutex::new(None),
