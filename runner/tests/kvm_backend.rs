@@ -211,7 +211,9 @@ fn run_in_guest(
     };
     let mut stdout = Vec::new();
     let status = session
-        .exec(request, None, &mut |_, bytes| stdout.extend_from_slice(bytes))
+        .exec(request, None, &mut |_, bytes| {
+            stdout.extend_from_slice(bytes)
+        })
         .expect("exec");
     (status, String::from_utf8_lossy(&stdout).into_owned())
 }

@@ -33,6 +33,10 @@ pub struct VmSpec {
 pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro \
 rootfstype=ext4 init=/sbin/runner-init";
 
+/// The CID the guest sees, whichever backend runs it: every VM has its own
+/// vsock device, so all can use the same one.
+pub const GUEST_CID: u64 = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("{0}")]
