@@ -49,7 +49,7 @@ mkdir -p "$cache"
 work=$(mktemp -d "$cache/.build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 log "building L1 from $package $version"
-(cd "$work" && apt-get download -q "$package=$version" >&2) ||
+(cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$package=$version" >&2) ||
     die "cannot download $package $version from the Debian mirror"
 dpkg-deb -x "$work"/"$package"_*.deb "$work/pkg"
 kver=${package#linux-image-}
