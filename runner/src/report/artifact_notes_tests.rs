@@ -1,26 +1,11 @@
 //! Missing and refused artifacts reach both reports, not just the log.
 
-use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
-
+use super::console::tests::Buffer;
 use super::console::{ConsoleMode, ConsoleOptions, ConsoleReporter};
 use super::junit::{render, JunitOptions};
 use super::RunObserver;
 use crate::results::tests::{job, run, step};
 use crate::results::{JobOutcome, StepStatus};
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fn results() -> crate::results::RunResults {
     let mut passed = job(
@@ -51,7 +36,7 @@ fn the_console_summary_lists_artifact_problems_of_passing_jobs() {
     };
     let console = ConsoleReporter::new(options, Box::new(buffer.clone()));
     console.finish(&results());
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let text = buffer.text();
     let expected = "\n==== unit: 2 artifact problems ====\n\
         artifact `/tmp/junit.xml` not collected: pattern \"tmp/junit.xml\" matched nothing under \"/\"\n\
         artifact refused: dev/null: device nodes are not copied out\n";

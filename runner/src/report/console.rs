@@ -495,4 +495,4 @@ impl RunObserver for ConsoleReporter {
 
 #[cfg(test)]
 #[path = "console_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -9,9 +9,9 @@ use super::*;
 use crate::pipeline::Pipeline;
 use crate::results::tests::{failed, job, run, step};
 
-/// A writer the test can read back.
+/// A writer the test can read back (the report's other tests use it too).
 #[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
+pub(in crate::report) struct Buffer(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Buffer {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -24,7 +24,7 @@ impl Write for Buffer {
 }
 
 impl Buffer {
-    fn text(&self) -> String {
+    pub(in crate::report) fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
