@@ -82,7 +82,10 @@ impl HostReport {
             format!("picks {}: {}", pick.backend_name(), self.selection.reason),
         );
         line("--backend kvm", kvm_choice_text(pick));
-        line("--backend qemu", qemu_choice_text(pick, self.qemu.is_some()));
+        line(
+            "--backend qemu",
+            qemu_choice_text(pick, self.qemu.is_some()),
+        );
         let verdict = match (pick, self.auto_works()) {
             (AutoPick::Kvm, _) => "ready: guests run under the built-in KVM VMM".to_string(),
             (AutoPick::QemuTcg, true) => {

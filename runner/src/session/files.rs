@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use agent_protocol::{write_frame, DataReader, DataWriter, Frame, Message, Stream};
 
-use super::{AgentSession, SessionError, REPLY_TIMEOUT};
+use super::deadline::DeadlineIo;
+use super::{AgentSession, SessionError, REPLY_TIMEOUT, WRITE_TIMEOUT};
 
 /// One host file or directory and where it goes, relative to the target.
 #[derive(Clone, Debug)]
@@ -45,7 +46,8 @@ impl AgentSession {
 
     /// Streams a tar archive, produced by `write`, into the guest and unpacks
     /// it under `target`. Nothing is buffered whole: `write` writes straight
-    /// into data frames.
+    /// into data frames. The copy ends with an error at the session deadline,
+    /// or when the guest takes no data for [`WRITE_TIMEOUT`].
     pub fn put_tar(
         &mut self,
         target: &str,
@@ -55,11 +57,20 @@ impl AgentSession {
             target: target.to_string(),
         })?;
         {
-            let mut w = self.writer.lock().map_err(|_| SessionError::Closed)?;
-            let mut frames = DataWriter::new(&mut *w, Stream::Tar);
-            write(&mut frames)?;
-            frames.flush()?;
-            write_frame(&mut *w, &Frame::Control(Message::TarEnd))?;
+            let w = self.writer.lock().map_err(|_| SessionError::Closed)?;
+            let mut io = DeadlineIo::new(&w, self.deadline, Some(WRITE_TIMEOUT));
+            let sent = (|| {
+                let mut frames = DataWriter::new(&mut io, Stream::Tar);
+                write(&mut frames)?;
+                frames.flush()?;
+                write_frame(&mut io, &Frame::Control(Message::TarEnd))
+                    .map_err(std::io::Error::other)
+            })();
+            // The error from inside the tar writer is wrapped beyond
+            // recognition; the adapter knows whether a limit ended it.
+            if let Err(e) = sent {
+                return Err(io.expired().map(SessionError::from).unwrap_or(e.into()));
+            }
         }
         self.files_done()
     }
@@ -79,8 +90,8 @@ impl AgentSession {
             patterns: patterns.to_vec(),
         })?;
         std::fs::create_dir_all(dest)?;
-        self.reader.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        let mut stream = DataReader::new(&mut self.reader, Stream::Tar, Message::TarEnd);
+        let mut io = DeadlineIo::new(&self.reader, self.deadline, Some(REPLY_TIMEOUT));
+        let mut stream = DataReader::new(&mut io, Stream::Tar, Message::TarEnd);
         let mut archive = tar::Archive::new(&mut stream);
         archive.set_preserve_permissions(true);
         archive.set_overwrite(true);
@@ -88,7 +99,9 @@ impl AgentSession {
         // Stay in step with the agent even if unpacking stopped early.
         let drained = stream.drain();
         let (ended, peer_error) = (stream.ended(), stream.peer_error().map(str::to_string));
-        self.reader.set_read_timeout(None)?;
+        if let Some(why) = io.expired() {
+            return Err(why.into());
+        }
         if let Some(message) = peer_error {
             return Err(SessionError::Agent(message));
         }

@@ -359,7 +359,11 @@ mod tests {
     fn amd_like() -> CpuId {
         CpuId::from_entries(&[
             leaf(0, 0, [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
-            leaf(1, 0, [0x00a0_0f11, 0x0002_0800, ECX_CX16 | ECX_XSAVE, 0x178b_fbff]),
+            leaf(
+                1,
+                0,
+                [0x00a0_0f11, 0x0002_0800, ECX_CX16 | ECX_XSAVE, 0x178b_fbff],
+            ),
             leaf(0xd, 0, [0x7, 0x340, 0x340, 0]),
             leaf(0x8000_0000, 0, [0x8000_0022, 0, 0, 0]),
             leaf(
@@ -391,8 +395,7 @@ mod tests {
         .unwrap();
         let ext = get(&c, 0x8000_0001, 0);
         assert_eq!(
-            ext.ecx,
-            0x0000_0004,
+            ext.ecx, 0x0000_0004,
             "PerfCtr extensions gone, SVM (bit 2) kept"
         );
         assert_eq!(ext.edx, 0x2fd3_fbff, "EDX untouched");
