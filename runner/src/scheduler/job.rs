@@ -11,8 +11,15 @@ use crate::backend::{wait_for_agent, Vm, VmSpec, SERIAL_TAIL_LINES};
 use crate::pipeline::files;
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
-use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus};
-use crate::session::AgentSession;
+use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus, TimeLimit};
+use crate::session::{AgentSession, SessionError, HOST_GRACE};
+
+/// Time the artifacts always get, even when the job's own time is up:
+/// after a timeout is when they matter most.
+const ARTIFACT_TIME: Duration = Duration::from_secs(60);
+/// How long to wait, after the agent's connection broke, for the VM to be
+/// seen stopping, so that the report can say it did.
+const EXIT_NOTICE: Duration = Duration::from_secs(3);
 
 pub(super) fn run(job: &PlannedJob, ctx: &RunContext) -> JobResult {
     let clock = Instant::now();
@@ -75,6 +82,11 @@ fn run_in_vm(
     let mut vm = ctx.backend.start(&spec).map_err(boot_error)?;
     let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout).map_err(boot_error)?;
     result.boot = Some(clock.elapsed());
+    // The agent enforces the job's timeout on each step; this is the
+    // host's own bound on everything else (file copies, a guest that never
+    // reports), with the same grace as a step.
+    let job_deadline = clock + job.timeout + HOST_GRACE;
+    session.set_deadline(Some(job_deadline));
 
     if !collected.is_empty() {
         ctx.observer.on_job_progress(job, "copying files");
@@ -86,7 +98,13 @@ fn run_in_vm(
                     .map_err(std::io::Error::other)
             })
             .map_err(|e| JobOutcome::Error {
-                message: format!("copying files into the guest: {e}"),
+                message: match e.is_host_deadline() {
+                    true => format!(
+                        "copying files into the guest: {e} ({})",
+                        TimeLimit::Job(job.timeout)
+                    ),
+                    false => format!("copying files into the guest: {e}"),
+                },
             })?;
     }
 
@@ -97,9 +115,25 @@ fn run_in_vm(
             continue;
         }
         let remaining = job.timeout.saturating_sub(clock.elapsed());
-        let step_result = run_step(job, step, &mut session, vm.as_ref(), remaining, ctx, &log);
+        let step_result = run_step(job, step, &mut session, vm.as_mut(), remaining, ctx, &log);
         if step_result.status != StepStatus::Passed {
             broken = Some(format!("an earlier step failed: `{}`", step.name));
+        }
+        if let StepStatus::TimedOut {
+            host_deadline: true,
+            ..
+        } = step_result.status
+        {
+            // The guest ignored its own deadline: nothing more is asked of
+            // it, not even the artifacts. Returning drops (kills) the VM.
+            result.steps.push(step_result);
+            let reason = format!("the VM was killed at the host deadline in `{}`", step.name);
+            for rest in &job.steps[step.index + 1..] {
+                result.steps.push(StepResult::skipped(&rest.name, &reason));
+            }
+            log.note(&format!("==> {reason}"));
+            log.flush();
+            return Ok(());
         }
         let session_lost = matches!(step_result.status, StepStatus::Error { .. });
         result.steps.push(step_result);
@@ -111,6 +145,7 @@ fn run_in_vm(
         }
     }
 
+    session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
     collect_artifacts(job, ctx, &mut session, &log, result);
     log.flush();
     // No clean power-off: the root is read-only, the overlay is thrown away
@@ -125,7 +160,7 @@ fn run_step(
     job: &PlannedJob,
     step: &PlannedStep,
     session: &mut AgentSession,
-    vm: &dyn Vm,
+    vm: &mut dyn Vm,
     remaining: Duration,
     ctx: &RunContext,
     log: &JobLog,
@@ -138,6 +173,11 @@ fn run_step(
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(remaining);
+    // Which configured limit the request's timeout came from, for the report.
+    let by = match step.timeout {
+        Some(own) if own <= remaining => TimeLimit::Step(own),
+        _ => TimeLimit::Job(job.timeout),
+    };
     let mut stdout = log.capture(ctx.options.output_limit);
     let mut stderr = log.capture(ctx.options.output_limit);
     let exec = session.exec(request, None, &mut |stream, bytes| {
@@ -156,15 +196,20 @@ fn run_step(
     let status = match exec {
         Ok(exit) if exit.timed_out => StepStatus::TimedOut {
             limit,
+            by,
             exit: Some(exit),
+            host_deadline: false,
         },
         Ok(exit) if exit.success() => StepStatus::Passed,
         Ok(exit) => StepStatus::Failed { exit },
+        Err(SessionError::ExecDeadline { .. } | SessionError::Deadline) => StepStatus::TimedOut {
+            limit,
+            by,
+            exit: None,
+            host_deadline: true,
+        },
         Err(e) => StepStatus::Error {
-            message: format!(
-                "{e}; last console lines:\n{}",
-                vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
-            ),
+            message: lost_agent_message(&e, vm),
         },
     };
     log.note(&format!(
@@ -181,6 +226,28 @@ fn run_step(
     };
     ctx.observer.on_step_finished(job, step, &result);
     result
+}
+
+/// Says what happened when the agent went away mid-step: the session
+/// error, whether the VM stopped (power-off, panic) and its last console
+/// lines, which usually show why.
+fn lost_agent_message(e: &SessionError, vm: &mut dyn Vm) -> String {
+    // The connection breaks a moment before the VM is seen to end; a short
+    // wait lets the report name the cause rather than guess.
+    let until = Instant::now() + EXIT_NOTICE;
+    let mut exited = vm.exited();
+    while exited.is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        exited = vm.exited();
+    }
+    let state = match exited {
+        Some(how) => format!("the VM stopped ({how})"),
+        None => "the VM is still running".to_string(),
+    };
+    format!(
+        "{e}; {state}; last console lines:\n{}",
+        vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
+    )
 }
 
 /// Artifacts are copied out after a failure too: that is when they matter

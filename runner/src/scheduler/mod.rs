@@ -146,3 +146,6 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
     }
     result
 }
+
+#[cfg(test)]
+mod tests;
