@@ -179,6 +179,31 @@ pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession
     }
 }
 
+/// How long to wait, after the agent's connection broke, for the VM to be
+/// seen stopping, so that the report can say it did.
+const EXIT_NOTICE: Duration = Duration::from_secs(3);
+
+/// For a report after the agent went away: whether the VM stopped (power
+/// off, panic) and its last console lines, which usually show why.
+pub fn vm_state_report(vm: &mut dyn Vm) -> String {
+    // The connection breaks a moment before the VM is seen to end; a short
+    // wait lets the report name the cause rather than guess.
+    let until = Instant::now() + EXIT_NOTICE;
+    let mut exited = vm.exited();
+    while exited.is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        exited = vm.exited();
+    }
+    let state = match exited {
+        Some(how) => format!("the VM stopped ({how})"),
+        None => "the VM is still running".to_string(),
+    };
+    format!(
+        "{state}; last console lines:\n{}",
+        vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
+    )
+}
+
 /// Reads the last `n` lines of a log file, lossily decoded, without loading
 /// more than the end of it.
 pub fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use agent_protocol::{Command, ExecRequest, Stream};
-use anyhow::Context;
 use clap::Args;
 
 use super::{parse_duration, Failure, VmArgs};
@@ -90,7 +89,11 @@ pub fn run(args: ExecArgs) -> Result<i32, Failure> {
             eprintln!("runner: command timed out; {e}; killed the VM");
             return Ok(TIMED_OUT);
         }
-        other => other.context("running the command").map_err(fail)?,
+        Err(e) => {
+            let report = crate::backend::vm_state_report(vm.as_mut());
+            return Err(fail(anyhow::anyhow!("running the command: {e}; {report}")));
+        }
+        Ok(status) => status,
     };
     if let Some(message) = &status.error {
         eprintln!("runner: {message}");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_protocol::Stream;
 
 use super::RunContext;
-use crate::backend::{wait_for_agent, Vm, VmSpec, SERIAL_TAIL_LINES};
+use crate::backend::{wait_for_agent, Vm, VmSpec};
 use crate::pipeline::files;
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
@@ -17,9 +17,6 @@ use crate::session::{AgentSession, SessionError, HOST_GRACE};
 /// Time the artifacts always get, even when the job's own time is up:
 /// after a timeout is when they matter most.
 const ARTIFACT_TIME: Duration = Duration::from_secs(60);
-/// How long to wait, after the agent's connection broke, for the VM to be
-/// seen stopping, so that the report can say it did.
-const EXIT_NOTICE: Duration = Duration::from_secs(3);
 
 pub(super) fn run(job: &PlannedJob, ctx: &RunContext) -> JobResult {
     let clock = Instant::now();
@@ -209,7 +206,7 @@ fn run_step(
             host_deadline: true,
         },
         Err(e) => StepStatus::Error {
-            message: lost_agent_message(&e, vm),
+            message: format!("{e}; {}", crate::backend::vm_state_report(vm)),
         },
     };
     log.note(&format!(
@@ -226,28 +223,6 @@ fn run_step(
     };
     ctx.observer.on_step_finished(job, step, &result);
     result
-}
-
-/// Says what happened when the agent went away mid-step: the session
-/// error, whether the VM stopped (power-off, panic) and its last console
-/// lines, which usually show why.
-fn lost_agent_message(e: &SessionError, vm: &mut dyn Vm) -> String {
-    // The connection breaks a moment before the VM is seen to end; a short
-    // wait lets the report name the cause rather than guess.
-    let until = Instant::now() + EXIT_NOTICE;
-    let mut exited = vm.exited();
-    while exited.is_none() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-        exited = vm.exited();
-    }
-    let state = match exited {
-        Some(how) => format!("the VM stopped ({how})"),
-        None => "the VM is still running".to_string(),
-    };
-    format!(
-        "{e}; {state}; last console lines:\n{}",
-        vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
-    )
 }
 
 /// Artifacts are copied out after a failure too: that is when they matter
