@@ -6,6 +6,7 @@ pub mod hybrid_vsock;
 pub mod kvm;
 pub mod qemu;
 pub mod select;
+pub mod serial_pump;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,7 +25,14 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// How long the guest may take to answer the agent handshake.
     pub boot_timeout: Duration,
+    /// Most bytes the serial console log may take on disk: the guest
+    /// decides how much it prints. Past it the head and a rolling tail are
+    /// kept. `None` for no limit.
+    pub serial_log_limit: Option<u64>,
 }
+
+/// The serial log cap used unless configured otherwise.
+pub const DEFAULT_SERIAL_LOG_LIMIT: u64 = runner_devices::bounded::DEFAULT_LOG_LIMIT;
 
 /// The kernel command line every backend passes; it is the boot contract with
 /// `rootfs/` (read-only root on the first virtio-blk disk, our init builds the

@@ -48,6 +48,45 @@ pub struct TestArgs {
     /// How long a guest may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     boot_timeout: Duration,
+    /// Most disk each job log and each VM's serial log may take (`64M`,
+    /// `1G`, bytes without a unit; `none` for no limit). Past it the log
+    /// keeps its beginning and a rolling end, with a line saying how much
+    /// was left out.
+    #[arg(long, default_value = "64M", value_parser = parse_log_limit)]
+    log_limit: LogLimit,
+}
+
+/// A size cap, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimit(pub Option<u64>);
+
+/// `64M`, `1G`, `512K`, `1048576` (bytes); `none` or `0` for no limit.
+pub fn parse_log_limit(text: &str) -> Result<LogLimit, String> {
+    let trimmed = text.trim();
+    if matches!(trimmed, "none" | "0") {
+        return Ok(LogLimit(None));
+    }
+    let invalid = || format!("invalid size `{text}`: expected a size like `64M`, `1G` or `none`");
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(invalid()),
+    };
+    let bytes = number.checked_mul(scale).ok_or_else(invalid)?;
+    let min = runner_devices::bounded::MIN_LOG_LIMIT;
+    if bytes < min {
+        return Err(format!(
+            "log limit `{text}` is too small: the least is {min} bytes"
+        ));
+    }
+    Ok(LogLimit(Some(bytes)))
 }
 
 pub fn run(args: TestArgs) -> Result<i32, Failure> {
@@ -66,6 +105,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         boot_timeout: args.boot_timeout,
         output_limit: args.output_limit,
         out_dir: args.out.clone(),
+        log_limit: args.log_limit.0,
     };
     let console = ConsoleReporter::stdout();
     let results = scheduler::run(&plan, backend.as_ref(), &images, &console, &options);
@@ -110,4 +150,21 @@ fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
 
 fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limits_parse() {
+        assert_eq!(parse_log_limit("64M"), Ok(LogLimit(Some(64 << 20))));
+        assert_eq!(parse_log_limit("1G"), Ok(LogLimit(Some(1 << 30))));
+        assert_eq!(parse_log_limit("4096"), Ok(LogLimit(Some(4096))));
+        assert_eq!(parse_log_limit("none"), Ok(LogLimit(None)));
+        assert_eq!(parse_log_limit("0"), Ok(LogLimit(None)));
+        for bad in ["", "M", "12X", "-1M", "10", "99999999999999999999G"] {
+            assert!(parse_log_limit(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
 }

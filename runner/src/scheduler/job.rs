@@ -42,9 +42,10 @@ fn run_in_vm(
         .out_dir
         .join("logs")
         .join(format!("{}.log", job.slug));
-    let log = JobLog::create(&log_path).map_err(|e| JobOutcome::Error {
-        message: format!("creating {}: {e}", log_path.display()),
-    })?;
+    let log =
+        JobLog::with_limit(&log_path, ctx.options.log_limit).map_err(|e| JobOutcome::Error {
+            message: format!("creating {}: {e}", log_path.display()),
+        })?;
     result.log_path = Some(log_path);
     // Collect the files before booting: a typo in `files` should not cost a boot.
     let collected = files::collect(&job.files).map_err(|e| JobOutcome::Error {
@@ -65,6 +66,7 @@ fn run_in_vm(
         vcpus: job.vcpus,
         memory_mib: job.memory_mib.try_into().unwrap_or(u32::MAX),
         boot_timeout: ctx.options.boot_timeout,
+        serial_log_limit: ctx.options.log_limit,
     };
     ctx.observer.on_job_progress(job, "booting");
     log.note(&format!(

@@ -33,6 +33,9 @@ pub struct Options {
     pub output_limit: usize,
     /// Job logs go to `<out_dir>/logs`, artifacts to `<out_dir>/artifacts`.
     pub out_dir: PathBuf,
+    /// Most bytes each job log and each VM's serial log may take on disk
+    /// (head and tail are kept); `None` for no limit.
+    pub log_limit: Option<u64>,
 }
 
 /// Everything a job needs from the run around it.

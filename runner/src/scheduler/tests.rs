@@ -101,6 +101,7 @@ fn run_fake(yaml: &str, backend: FakeBackend, out: &Path) -> RunResults {
         boot_timeout: Duration::from_secs(60),
         output_limit: 4096,
         out_dir: out.to_path_buf(),
+        log_limit: None,
     };
     run(&plan, &backend, &images, &Quiet, &options)
 }
