@@ -13,6 +13,9 @@
 //! do is a FIFO of connections with something to say, plus RSTs for packets
 //! that matched no connection; both are bounded.
 
+use std::sync::Arc;
+
+use crate::bounded::RateLimiter;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
@@ -140,6 +143,7 @@ impl Muxer {
                 guest_cid: config.guest_cid,
                 buf_alloc: config.conn_buffer_size,
                 timeouts: config.timeouts,
+                warnings: Arc::new(RateLimiter::default()),
             },
             max_connections: config.max_connections,
             conns: HashMap::new(),
@@ -222,17 +226,27 @@ impl Muxer {
                 Err(e) => {
                     // EMFILE and friends: the pending connection stays queued and
                     // we will be told again when another one arrives.
-                    tracing::warn!("vsock: accept on {} failed: {e}", self.uds_path.display());
+                    crate::warn_limited!(
+                        self.params.warnings,
+                        "vsock: accept on {} failed: {e}",
+                        self.uds_path.display()
+                    );
                     return;
                 }
             };
             let handshakes = self.slots.len() - self.conns.len();
             if handshakes >= MAX_HANDSHAKES || self.conns.len() >= self.max_connections {
-                tracing::warn!("vsock: too many host connections, refusing one");
+                crate::warn_limited!(
+                    self.params.warnings,
+                    "vsock: too many host connections, refusing one"
+                );
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                tracing::warn!("vsock: cannot make host socket non-blocking: {e}");
+                crate::warn_limited!(
+                    self.params.warnings,
+                    "vsock: cannot make host socket non-blocking: {e}"
+                );
                 continue;
             }
             let token = self.new_token();
@@ -241,7 +255,7 @@ impl Muxer {
                 stream.as_raw_fd(),
                 EpollEvent::new(event_set(false), token),
             ) {
-                tracing::warn!("vsock: cannot watch host socket: {e}");
+                crate::warn_limited!(self.params.warnings, "vsock: cannot watch host socket: {e}");
                 continue;
             }
             let deadline = Instant::now() + self.params.timeouts.handshake;
@@ -307,7 +321,10 @@ impl Muxer {
         match port {
             Ok(port) => self.start_host_connection(token, h.stream, port),
             Err(why) => {
-                tracing::warn!("vsock: dropping host connection: {why}");
+                crate::warn_limited!(
+                    self.params.warnings,
+                    "vsock: dropping host connection: {why}"
+                );
                 let _ = self.epoll.ctl(
                     ControlOperation::Delete,
                     h.stream.as_raw_fd(),
@@ -320,7 +337,10 @@ impl Muxer {
     fn start_host_connection(&mut self, token: u64, stream: UnixStream, peer_port: u32) {
         let fd = stream.as_raw_fd();
         if self.conns.len() >= self.max_connections {
-            tracing::warn!("vsock: connection limit reached, refusing CONNECT {peer_port}");
+            crate::warn_limited!(
+                self.params.warnings,
+                "vsock: connection limit reached, refusing CONNECT {peer_port}"
+            );
             let _ = self
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
@@ -333,14 +353,14 @@ impl Muxer {
             fd,
             EpollEvent::new(event_set(true), token),
         ) {
-            tracing::warn!("vsock: cannot watch host socket: {e}");
+            crate::warn_limited!(self.params.warnings, "vsock: cannot watch host socket: {e}");
             return;
         }
         let key = ConnKey {
             local_port,
             peer_port,
         };
-        let conn = Connection::host_initiated(stream, local_port, peer_port, self.params);
+        let conn = Connection::host_initiated(stream, local_port, peer_port, self.params.clone());
         self.slots.insert(token, Slot::Conn(key));
         self.conns.insert(key, (token, conn));
         self.after_change(key);
@@ -364,7 +384,7 @@ impl Muxer {
         let op = match pkt.check_addressing(self.params.guest_cid) {
             Ok(op) => op,
             Err(e) => {
-                tracing::warn!("vsock: dropping tx packet: {e}");
+                crate::warn_limited!(self.params.warnings, "vsock: dropping tx packet: {e}");
                 return;
             }
         };
@@ -387,7 +407,8 @@ impl Muxer {
 
     fn accept_guest_connection(&mut self, hdr: &VsockHeader) {
         if self.conns.len() >= self.max_connections {
-            tracing::warn!(
+            crate::warn_limited!(
+                self.params.warnings,
                 "vsock: connection limit reached, refusing guest connection to port {}",
                 hdr.dst_port
             );
@@ -412,10 +433,10 @@ impl Muxer {
             stream.as_raw_fd(),
             EpollEvent::new(event_set(true), token),
         ) {
-            tracing::warn!("vsock: cannot watch host socket: {e}");
+            crate::warn_limited!(self.params.warnings, "vsock: cannot watch host socket: {e}");
             return self.reply_rst(hdr);
         }
-        let conn = Connection::guest_initiated(stream, hdr, self.params);
+        let conn = Connection::guest_initiated(stream, hdr, self.params.clone());
         let key = ConnKey {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
@@ -428,7 +449,10 @@ impl Muxer {
     /// Answers a packet that matches no connection with an RST.
     fn reply_rst(&mut self, to: &VsockHeader) {
         if self.orphan_replies.len() >= MAX_ORPHAN_REPLIES {
-            tracing::warn!("vsock: too many unanswered stray packets, dropping an RST");
+            crate::warn_limited!(
+                self.params.warnings,
+                "vsock: too many unanswered stray packets, dropping an RST"
+            );
             return;
         }
         self.orphan_replies.push_back(VsockHeader {
@@ -476,7 +500,7 @@ impl Muxer {
     pub fn fill_rx<M: GuestMemory>(&mut self, mem: &M, buf: &RxBuffer) -> Option<u32> {
         if let Some(hdr) = self.orphan_replies.pop_front() {
             return Some(buf.write_header(mem, &hdr).unwrap_or_else(|e| {
-                tracing::warn!("vsock: cannot write rx buffer: {e}");
+                crate::warn_limited!(self.params.warnings, "vsock: cannot write rx buffer: {e}");
                 0
             }));
         }
@@ -492,7 +516,10 @@ impl Muxer {
             written = match conn.fill_rx(mem, buf) {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!("vsock: cannot write rx buffer: {e}");
+                    crate::warn_limited!(
+                        self.params.warnings,
+                        "vsock: cannot write rx buffer: {e}"
+                    );
                     conn.kill();
                     Some(0)
                 }
@@ -519,7 +546,7 @@ impl Muxer {
             .max(std::time::Duration::from_millis(1));
         match self.timer.reset(delay, None) {
             Ok(()) => self.timer_at = Some(at),
-            Err(e) => tracing::warn!("vsock: cannot arm timer: {e}"),
+            Err(e) => crate::warn_limited!(self.params.warnings, "vsock: cannot arm timer: {e}"),
         }
     }
 
@@ -540,7 +567,10 @@ impl Muxer {
             .collect();
         for token in expired_handshakes {
             if let Some(Slot::Handshake(h)) = self.slots.remove(&token) {
-                tracing::warn!("vsock: host connection sent no CONNECT line in time");
+                crate::warn_limited!(
+                    self.params.warnings,
+                    "vsock: host connection sent no CONNECT line in time"
+                );
                 let _ = self.epoll.ctl(
                     ControlOperation::Delete,
                     h.stream.as_raw_fd(),
@@ -555,7 +585,8 @@ impl Muxer {
                     let was_waiting = conn.state == State::AwaitingResponse;
                     conn.on_deadline();
                     if was_waiting {
-                        tracing::warn!(
+                        crate::warn_limited!(
+                            self.params.warnings,
                             port = key.peer_port,
                             "vsock: guest did not answer a connection request in time"
                         );
@@ -593,5 +624,12 @@ fn parse_connect(line: &[u8]) -> Result<u32, String> {
 impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+impl Muxer {
+    /// The device's warning budget, shared with its connections.
+    pub(crate) fn warnings(&self) -> &RateLimiter {
+        &self.params.warnings
     }
 }
