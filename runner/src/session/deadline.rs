@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(io.expired(), Some(Expiry::Deadline));
         assert!(!sink.is_empty());
-        drop(io);
+        // Hanging up ends the trickle.
         drop(ours);
         trickle.join().unwrap();
     }

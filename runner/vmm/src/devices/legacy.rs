@@ -130,7 +130,7 @@ mod tests {
     fn serial_writes_reach_the_log_and_raise_the_irq() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
-        let out = SerialOutput::new(Some(File::create(&path).unwrap()), false);
+        let out = SerialOutput::new(Some(CappedLog::create(&path, None).unwrap()), false);
         let first = out.first_byte_time();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut serial = SerialConsole::new(irq.try_clone().unwrap(), out);
