@@ -206,11 +206,11 @@ impl AgentSession {
                 Err(e) => break Err(e),
             }
         };
-        // Taking the lock orders this after any frame the pump is sending, so
-        // no stdin frame can follow the command's end on the wire.
-        if let Ok(_guard) = self.writer.lock() {
-            finished.store(true, Ordering::SeqCst);
-        }
+        // No stdin frame may start after this; one the pump is sending is
+        // finished (or, if the guest takes no more, abandoned) before the
+        // lock is ours, so nothing of this command follows on the wire.
+        finished.store(true, Ordering::SeqCst);
+        drop(self.writer.lock());
         result
     }
 
@@ -299,7 +299,7 @@ fn pump_stdin(mut input: Box<dyn Read + Send>, writer: SharedWriter, finished: A
                     return;
                 }
                 let last = matches!(frame, Frame::Control(_));
-                if write_locked(&w, &frame, None).is_err() || last {
+                if write_stdin(&w, &frame, &finished).is_err() || last {
                     return;
                 }
             }
@@ -307,6 +307,37 @@ fn pump_stdin(mut input: Box<dyn Read + Send>, writer: SharedWriter, finished: A
     if let Err(e) = spawned {
         tracing::warn!("cannot start the stdin thread: {e}");
     }
+}
+
+/// How often a stdin write blocked by the guest checks whether the command
+/// has ended.
+const STDIN_RECHECK: Duration = Duration::from_secs(1);
+
+/// Writes one stdin frame on the (locked) shared socket. A command may
+/// leave its stdin unread for as long as it likes (the agent then stops
+/// taking frames), so there is no stall limit while it runs. Once it has
+/// ended, a frame the guest will not take is abandoned and the socket shut:
+/// half a frame on the wire would corrupt anything that followed.
+fn write_stdin(stream: &UnixStream, frame: &Frame, finished: &AtomicBool) -> io::Result<()> {
+    let mut wire = Vec::new();
+    write_frame(&mut wire, frame).map_err(io::Error::other)?;
+    let mut sent = 0;
+    while sent < wire.len() {
+        let mut io = DeadlineIo::new(stream, None, Some(STDIN_RECHECK));
+        match std::io::Write::write(&mut io, &wire[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if io.expired().is_some() && !finished.load(Ordering::SeqCst) => {}
+            Err(e) => {
+                if sent > 0 {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes one frame on the (locked) shared socket. A guest that takes no

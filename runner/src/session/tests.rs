@@ -146,3 +146,69 @@ fn a_command_that_reports_its_timeout_is_not_a_host_deadline() {
     drop(session);
     agent.join().unwrap();
 }
+
+#[test]
+fn stdin_left_unread_for_a_while_is_not_lost() {
+    const TOTAL: usize = 4 << 20;
+    let (mut session, agent) = fake_agent(|mut guest| {
+        let _ = read_frame(&mut guest);
+        // Take nothing for longer than the pump's recheck interval, as a
+        // command busy with something else would: the pump must wait.
+        std::thread::sleep(super::STDIN_RECHECK + Duration::from_millis(500));
+        let mut got = 0usize;
+        loop {
+            match read_frame(&mut guest) {
+                Ok(Some(Frame::Data(Stream::Stdin, bytes))) => got += bytes.len(),
+                Ok(Some(Frame::Control(Message::StdinEof))) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let count = Frame::Data(Stream::Stdout, got.to_string().into_bytes());
+        write_frame(&mut guest, &count).unwrap();
+        let exited = Message::Exited(agent_protocol::ExitStatus {
+            code: Some(0),
+            ..Default::default()
+        });
+        write_frame(&mut guest, &Frame::Control(exited)).unwrap();
+    });
+    let input = std::io::Cursor::new(vec![7u8; TOTAL]);
+    let mut out = Vec::new();
+    let status = session
+        .exec(
+            request(Duration::from_secs(600)),
+            Some(Box::new(input)),
+            &mut |_, bytes| out.extend_from_slice(bytes),
+        )
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(String::from_utf8(out).unwrap(), TOTAL.to_string());
+    drop(session);
+    agent.join().unwrap();
+}
+
+#[test]
+fn a_guest_that_exits_without_taking_stdin_does_not_hold_the_session() {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let (mut session, agent) = fake_agent(move |mut guest| {
+        let _ = read_frame(&mut guest);
+        let exited = Message::Exited(agent_protocol::ExitStatus {
+            code: Some(0),
+            ..Default::default()
+        });
+        write_frame(&mut guest, &Frame::Control(exited)).unwrap();
+        // Never reads again: the host's stdin pump is left blocked.
+        let _ = wait.recv();
+    });
+    let endless = std::io::repeat(b'y');
+    let status = session
+        .exec(
+            request(Duration::from_secs(600)),
+            Some(Box::new(endless)),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert!(status.success());
+    done.send(()).unwrap();
+    drop(session);
+    agent.join().unwrap();
+}
