@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::{Command, ExecRequest};
 use e2e_tests::{boot, run, script_request, sh};
-use runner::session::FileEntry;
+use runner::session::{ArtifactBudget, ArtifactLimits, FileEntry};
 
 #[test]
 fn commands_report_output_exit_codes_signals_and_timeouts() {
@@ -90,7 +90,11 @@ fn twenty_megabytes_of_output_arrive_intact_and_files_round_trip() {
     assert_eq!(sh(&mut s, "/work/src/run.sh").stdout(), "ran\n");
 
     let back = host.path().join("back");
-    s.get_files("/work", &["src".into()], &back).expect("get");
+    let mut budget = ArtifactBudget::new(ArtifactLimits::default());
+    let got = s
+        .get_files("/work", &["src".into()], &back, &mut budget)
+        .expect("get");
+    assert!(got.refused.is_empty() && got.error.is_none(), "{got:?}");
     assert_eq!(
         std::fs::read(back.join("src/nested/data.bin")).unwrap(),
         payload
@@ -98,7 +102,7 @@ fn twenty_megabytes_of_output_arrive_intact_and_files_round_trip() {
     assert_eq!(mode(&back.join("src/run.sh")) & 0o777, 0o755);
 
     let err = s
-        .get_files("/work", &["does-not-exist".into()], &back)
+        .get_files("/work", &["does-not-exist".into()], &back, &mut budget)
         .unwrap_err();
     assert!(err.to_string().contains("does-not-exist"), "{err}");
     // The session is still usable after a failed transfer.

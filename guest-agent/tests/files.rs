@@ -137,6 +137,30 @@ fn get_files_globs_dot_and_missing_patterns() {
     assert!(matches!(c.ping(5), Message::Pong { nonce: 5, .. }));
 }
 
+/// The host fetches an absolute artifact (`/tmp/x.xml`) as base `/` and
+/// pattern `tmp/x.xml`: the entries come back named by their whole path
+/// minus the leading `/`, for literal paths and globs alike.
+#[test]
+fn get_files_from_the_root_keeps_whole_paths() {
+    let base = tempfile::tempdir().unwrap();
+    make_tree(base.path());
+    let relative = base.path().to_str().unwrap().trim_start_matches('/');
+    let (mut c, _) = connect();
+    let names = |tar: &[u8]| -> Vec<String> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    let literal = format!("{relative}/bin/run.sh");
+    let (tar, _) = c.get_tar("/", &[&literal]).unwrap();
+    assert_eq!(names(&tar), std::slice::from_ref(&literal));
+    let glob = format!("{relative}/bin/*.sh");
+    let (tar, _) = c.get_tar("/", &[&glob]).unwrap();
+    assert_eq!(names(&tar), [literal]);
+}
+
 /// A tar entry written by hand: the tar crate refuses to build these.
 fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
     let mut h = tar::Header::new_old();

@@ -95,9 +95,9 @@ fn fail(msg: &str) -> ! {
 }
 
 fn image(var: &str) -> PathBuf {
-    match std::env::var_os(var).map(PathBuf::from) {
-        Some(p) if p.is_file() => p,
-        _ => fail(&format!(
+    match std::env::var_os(var) {
+        Some(_) => runner_vmm::testing::image_from_env(var, Some("vmlinux")),
+        None => fail(&format!(
             "{var} must name the guest image file; scripts/test builds the images and prints them"
         )),
     }

@@ -18,11 +18,19 @@ pub struct ChildGuard {
 
 pub fn spawn_guarded(cmd: &mut Command, what: &str) -> io::Result<ChildGuard> {
     cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    // Read before the fork: in the child, `std::process::id()` is the child.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe, touch no memory of the
+    // parent, and a raw-errno `io::Error` does not allocate.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // If the runner died between fork and prctl, no signal will ever
+            // come: we have been reparented already. Do not exec.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -82,5 +90,23 @@ pub fn kill_pid(pid: u32) {
     // SAFETY: plain syscall with no memory arguments.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parent check in `pre_exec` compares against our pid, not a
+    /// thread's: a spawn from any thread must still go through.
+    #[test]
+    fn guarded_children_start_from_any_thread() {
+        let status = std::thread::spawn(|| {
+            let mut child = spawn_guarded(&mut Command::new("true"), "true").expect("spawn");
+            child.wait_timeout(Duration::from_secs(600))
+        })
+        .join()
+        .unwrap();
+        assert!(status.expect("`true` exited").success());
     }
 }

@@ -134,6 +134,11 @@ fn wait_for_agent_gives_a_session_or_a_boot_error_with_console_lines() {
         runner_vmm::probe::probe_host().calibration,
         Some(Ok(c)) if c.speed == runner_vmm::probe::Ring0Speed::Native
     );
+    // The nested tier (tests/nested) runs this under real KVM: there only
+    // agent-ready counts.
+    if std::env::var_os("RUNNER_NESTED").is_some() {
+        assert!(native, "RUNNER_NESTED is set but ring 0 is not native here");
+    }
     let spec = spec("kvm-timeout", Duration::from_secs(20));
     let mut vm = KvmBackend::new().start_vm(&spec).expect("the VM starts");
     if !native {
@@ -161,8 +166,12 @@ fn wait_for_agent_gives_a_session_or_a_boot_error_with_console_lines() {
         "{took:?}"
     );
     match result {
-        Ok(session) if native => {
+        Ok(mut session) if native => {
             eprintln!("agent ready after {took:?}");
+            let ran = run_in_guest(&mut session, "uname -sr; echo $((6 * 7))");
+            assert!(ran.0.success(), "{ran:?}");
+            assert!(ran.1.starts_with("Linux 6."), "{ran:?}");
+            assert!(ran.1.ends_with("42\n"), "{ran:?}");
             let _ = session.shutdown();
         }
         Err(e @ (BootError::Timeout { .. } | BootError::Exited { .. })) if !native => {
@@ -186,6 +195,27 @@ fn wait_for_agent_gives_a_session_or_a_boot_error_with_console_lines() {
         Ok(_) => panic!("the agent answered although ring 0 is emulated here"),
     }
     drop_and_check_teardown(vm);
+}
+
+/// Runs a shell script through the agent: its exit status and stdout.
+fn run_in_guest(
+    session: &mut runner::session::AgentSession,
+    script: &str,
+) -> (agent_protocol::ExitStatus, String) {
+    let request = agent_protocol::ExecRequest {
+        command: agent_protocol::Command::Script {
+            script: script.into(),
+            shell: String::new(),
+        },
+        ..Default::default()
+    };
+    let mut stdout = Vec::new();
+    let status = session
+        .exec(request, None, &mut |_, bytes| {
+            stdout.extend_from_slice(bytes)
+        })
+        .expect("exec");
+    (status, String::from_utf8_lossy(&stdout).into_owned())
 }
 
 fn setup_error(spec: &runner::backend::VmSpec) -> String {

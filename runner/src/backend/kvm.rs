@@ -24,11 +24,8 @@ use runner_vmm::{
     KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, VmExit, Vmm, VmmConfig, VmmHandle,
 };
 
-use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CMDLINE};
+use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
-
-/// The CID the guest sees; every VM has its own device, so all can use it.
-pub const GUEST_CID: u64 = 3;
 
 /// What the guest reads from `/sys/block/vda/serial`.
 pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
@@ -72,9 +69,7 @@ impl KvmBackend {
                 runner_vmm::boot::mptable::MAX_VCPUS
             ))
         })?;
-        let dir = tempfile::Builder::new()
-            .prefix("runner-vm-")
-            .tempdir()
+        let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
 

@@ -7,6 +7,7 @@ pub mod kvm;
 pub mod qemu;
 pub mod select;
 pub mod serial_pump;
+pub mod vm_dir;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ pub const DEFAULT_SERIAL_LOG_LIMIT: u64 = runner_devices::bounded::DEFAULT_LOG_L
 /// overlay and starts the agent).
 pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro \
 rootfstype=ext4 init=/sbin/runner-init";
+
+/// The CID the guest sees, whichever backend runs it: every VM has its own
+/// vsock device, so all can use the same one.
+pub const GUEST_CID: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::serial_pump::SerialPump;
-use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CMDLINE};
+use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
 use runner_vhost::block::{BlockServer, BlockServerConfig, DiskMode};
@@ -63,10 +63,6 @@ pub struct QemuBackend {
     pub disk: DiskProvider,
 }
 
-/// The CID the guest sees; every VM is alone on its own device, so all can
-/// use the same one.
-const GUEST_CID: u32 = 3;
-
 impl QemuBackend {
     /// Finds `qemu-system-x86_64` on PATH, or says how to install it.
     pub fn locate(
@@ -110,9 +106,7 @@ impl super::Backend for QemuBackend {
                 )));
             }
         }
-        let dir = tempfile::Builder::new()
-            .prefix("runner-vm-")
-            .tempdir()
+        let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
 
@@ -266,7 +260,7 @@ fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<VsockService
             let server = VsockServer::start(VsockServerConfig {
                 socket_path: paths.vhost_user.clone(),
                 uds_path: paths.vsock_uds.clone(),
-                guest_cid: GUEST_CID.into(),
+                guest_cid: GUEST_CID,
             })
             .map_err(|e| BootError::Setup(format!("starting the vsock device: {e}")))?;
             return Ok(VsockService::Builtin(server));

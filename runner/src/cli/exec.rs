@@ -59,7 +59,9 @@ pub struct ExecArgs {
 
 pub fn run(args: ExecArgs) -> Result<i32, Failure> {
     let request = request(&args).map_err(|e| Failure::new(2, e))?;
+    crate::backend::vm_dir::sweep_stale_in_temp();
     let fail = |e: anyhow::Error| Failure::new(VM_FAILED, e);
+    let started = std::time::Instant::now();
     let spec = args.vm.spec("exec").map_err(fail)?;
     let backend = args.vm.backend().map_err(fail)?;
     let mut vm = backend.start(&spec).map_err(|e| fail(e.into()))?;
@@ -71,6 +73,11 @@ pub fn run(args: ExecArgs) -> Result<i32, Failure> {
             false => anyhow::anyhow!("booting the VM: {e}\nlast console lines:\n{tail}"),
         })
     })?;
+    // tests/bench/nested.sh reads this line (RUST_LOG=info).
+    tracing::info!(
+        "guest agent ready {} ms after VM set-up began",
+        started.elapsed().as_millis()
+    );
 
     let stdin: Option<Box<dyn std::io::Read + Send>> =
         args.interactive.then(|| Box::new(std::io::stdin()) as _);

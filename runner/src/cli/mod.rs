@@ -3,6 +3,7 @@
 mod doctor;
 mod exec;
 mod image;
+mod out_dir;
 mod test;
 
 use std::time::Duration;

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{parse_duration, BackendChoice, Failure};
+use super::{out_dir, parse_duration, BackendChoice, Failure};
 use crate::images::Images;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{host_scope, Pipeline};
 use crate::plan::Plan;
 use crate::report::junit::{self, JunitOptions};
 use crate::report::ConsoleReporter;
 use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
+use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -48,6 +49,18 @@ pub struct TestArgs {
     /// How long a guest may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     boot_timeout: Duration,
+    /// Most bytes of artifacts one job may copy out (`1G`, `200M`, `4096`).
+    /// A CLI flag, not a pipeline key: the pipeline is not trusted.
+    #[arg(long, default_value = "1G", value_parser = parse_byte_size)]
+    artifacts_max_size: u64,
+    /// Let `files` copy host paths outside the workspace (`~/...`,
+    /// `/etc/...`, or through a symlink). Off by default: a pipeline from a
+    /// pull request must not read the host.
+    #[arg(long)]
+    allow_host_files: bool,
+    /// Most artifact entries (files, directories, links) one job may copy out.
+    #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
+    artifacts_max_files: u64,
     /// Most disk each job log and each VM's serial log may take (`64M`,
     /// `1G`, bytes without a unit; `none` for no limit). Past it the log
     /// keeps its beginning and a rolling end, with a line saying how much
@@ -60,26 +73,13 @@ pub struct TestArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogLimit(pub Option<u64>);
 
-/// `64M`, `1G`, `512K`, `1048576` (bytes); `none` or `0` for no limit.
+/// `64M`, `1G`, `1048576` (bytes, as [`parse_byte_size`]); `none` or `0`
+/// for no limit.
 pub fn parse_log_limit(text: &str) -> Result<LogLimit, String> {
-    let trimmed = text.trim();
-    if matches!(trimmed, "none" | "0") {
+    if matches!(text.trim(), "none" | "0") {
         return Ok(LogLimit(None));
     }
-    let invalid = || format!("invalid size `{text}`: expected a size like `64M`, `1G` or `none`");
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        _ => return Err(invalid()),
-    };
-    let bytes = number.checked_mul(scale).ok_or_else(invalid)?;
+    let bytes = parse_byte_size(text)?;
     let min = runner_devices::bounded::MIN_LOG_LIMIT;
     if bytes < min {
         return Err(format!(
@@ -90,14 +90,21 @@ pub fn parse_log_limit(text: &str) -> Result<LogLimit, String> {
 }
 
 pub fn run(args: TestArgs) -> Result<i32, Failure> {
+    crate::backend::vm_dir::sweep_stale_in_temp();
     let config = |e: anyhow::Error| Failure::new(2, e);
     let pipeline = Pipeline::load(&args.pipeline).map_err(|e| config(e.into()))?;
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
         .map_err(|e| config(e.into()))?;
+    if !args.allow_host_files {
+        for job in &plan.jobs {
+            host_scope::check_entries(&job.files, &plan.workspace).map_err(|e| config(e.into()))?;
+        }
+    }
+    // Before images are built: a refused --out should not wait for that.
+    out_dir::prepare(&args.out).map_err(config)?;
     let images = resolve_images(&plan).map_err(config)?;
     let backend = args.backend.backend().map_err(config)?;
-    prepare_out_dir(&args.out).map_err(config)?;
 
     let options = Options {
         jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
@@ -106,6 +113,11 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         output_limit: args.output_limit,
         out_dir: args.out.clone(),
         log_limit: args.log_limit.0,
+        artifact_limits: ArtifactLimits {
+            max_bytes: args.artifacts_max_size,
+            max_entries: args.artifacts_max_files,
+        },
+        allow_host_files: args.allow_host_files,
     };
     let console = ConsoleReporter::stdout();
     let results = scheduler::run(&plan, backend.as_ref(), &images, &console, &options);
@@ -135,17 +147,24 @@ fn resolve_images(plan: &Plan) -> anyhow::Result<ResolvedImages> {
     Ok(resolved)
 }
 
-/// Logs and artifacts of an earlier run in the same place would mix with
-/// this run's; the directory is ours, so start it afresh.
-fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
-    for sub in ["logs", "artifacts"] {
-        let dir = out.join(sub);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| anyhow::anyhow!("clearing {}: {e}", dir.display()))?;
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))
+/// Parses `1G`, `200M`, `64K`, `4096` (bytes) with binary units.
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let invalid = || format!("invalid size `{text}`: expected a size like `4096`, `200M` or `1G`");
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(1 << shift).ok_or_else(invalid)
 }
 
 fn default_jobs() -> usize {
@@ -166,5 +185,14 @@ mod tests {
         for bad in ["", "M", "12X", "-1M", "10", "99999999999999999999G"] {
             assert!(parse_log_limit(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert_eq!(parse_byte_size("200M"), Ok(200 << 20));
+        assert_eq!(parse_byte_size("1GiB"), Ok(1 << 30));
+        assert!(parse_byte_size("1X").is_err());
+        assert!(parse_byte_size("99999999999T").is_err());
     }
 }

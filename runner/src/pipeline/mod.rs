@@ -9,6 +9,7 @@
 mod de;
 mod error;
 pub mod files;
+pub mod host_scope;
 mod scalars;
 #[cfg(test)]
 mod tests;

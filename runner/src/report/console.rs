@@ -299,6 +299,25 @@ impl ConsoleReporter {
         }
         lines
     }
+
+    /// The end-of-run block for a job's missing or refused artifacts, shown
+    /// whether or not the job passed.
+    fn artifact_report(&self, job: &JobResult) -> Vec<String> {
+        if job.artifact_notes.is_empty() {
+            return Vec::new();
+        }
+        let n = job.artifact_notes.len();
+        let problems = if n == 1 { "problem" } else { "problems" };
+        let mut lines = vec![
+            String::new(),
+            self.paint(
+                &format!("==== {}: {n} artifact {problems} ====", job.name),
+                "33",
+            ),
+        ];
+        lines.extend(job.artifact_notes.iter().map(|note| one_line(note)));
+        lines
+    }
 }
 
 fn tail_block(lines: &mut Vec<String>, label: &str, output: &Output, n: usize) {
@@ -466,6 +485,7 @@ impl RunObserver for ConsoleReporter {
         let mut lines = Vec::new();
         for job in &results.jobs {
             lines.extend(self.failure_report(job));
+            lines.extend(self.artifact_report(job));
         }
         lines.push(String::new());
         // No colour: CI parsers match this line as plain text.

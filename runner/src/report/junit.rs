@@ -144,6 +144,10 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         });
         suite.add_test_case(case);
     }
+    if !job.artifact_notes.is_empty() {
+        // Suite level: these belong to the job, not to any one step.
+        suite.set_system_err(xml_text(&job.artifact_notes.join("\n")));
+    }
     suite
 }
 

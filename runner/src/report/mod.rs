@@ -105,6 +105,9 @@ impl UniqueNames {
 }
 
 #[cfg(test)]
+mod artifact_notes_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

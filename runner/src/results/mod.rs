@@ -48,6 +48,9 @@ pub struct JobResult {
     pub log_path: Option<PathBuf>,
     /// Host paths of the artifacts copied out.
     pub artifacts: Vec<PathBuf>,
+    /// Artifacts that are missing or were refused, one line each
+    /// (`artifact refused: out/x: device nodes are not copied out`).
+    pub artifact_notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -248,6 +251,7 @@ impl JobResult {
             steps: Vec::new(),
             log_path: None,
             artifacts: Vec::new(),
+            artifact_notes: Vec::new(),
         }
     }
 

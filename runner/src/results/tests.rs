@@ -34,6 +34,7 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         steps,
         log_path: Some(PathBuf::from("out/01-a/job.log")),
         artifacts: Vec::new(),
+        artifact_notes: Vec::new(),
     }
 }
 

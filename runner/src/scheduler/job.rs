@@ -8,11 +8,11 @@ use agent_protocol::Stream;
 
 use super::RunContext;
 use crate::backend::{wait_for_agent, Vm, VmSpec};
-use crate::pipeline::files;
+use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
 use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus, TimeLimit};
-use crate::session::{AgentSession, SessionError, HOST_GRACE};
+use crate::session::{AgentSession, ArtifactBudget, SessionError, HOST_GRACE};
 
 /// Time the artifacts always get, even when the job's own time is up:
 /// after a timeout is when they matter most.
@@ -48,9 +48,12 @@ fn run_in_vm(
         })?;
     result.log_path = Some(log_path);
     // Collect the files before booting: a typo in `files` should not cost a boot.
-    let collected = files::collect(&job.files).map_err(|e| JobOutcome::Error {
-        message: e.to_string(),
-    })?;
+    let collected = if ctx.options.allow_host_files {
+        files::collect(&job.files).map_err(|e| e.to_string())
+    } else {
+        host_scope::collect_within(&job.files, ctx.workspace).map_err(|e| e.to_string())
+    }
+    .map_err(|message| JobOutcome::Error { message })?;
 
     let (kernel, rootfs) =
         ctx.images
@@ -228,7 +231,11 @@ fn run_step(
 }
 
 /// Artifacts are copied out after a failure too: that is when they matter
-/// most. A missing artifact is noted in the log, it does not fail the job.
+/// most. Each pattern is fetched on its own, so that one missing artifact
+/// neither hides the others nor goes unreported: problems are kept in
+/// `result.artifact_notes` for the console and JUnit. They do not fail the
+/// job: the steps decide that, and a test that failed early often leaves
+/// its report unwritten.
 fn collect_artifacts(
     job: &PlannedJob,
     ctx: &RunContext,
@@ -241,18 +248,76 @@ fn collect_artifacts(
     }
     ctx.observer.on_job_progress(job, "collecting artifacts");
     let dest = ctx.options.out_dir.join("artifacts").join(&job.slug);
-    match session.get_files(&job.workdir, &job.artifacts, &dest) {
-        Ok(done) => {
-            log.note(&format!(
-                "==> artifacts: {} entries into {}",
-                done.entries,
-                dest.display()
-            ));
-            result.artifacts.push(dest);
+    let mut budget = ArtifactBudget::new(ctx.options.artifact_limits);
+    let mut notes = Vec::new();
+    let mut hung_up = None;
+    let mut collected = 0;
+    for pattern in &job.artifacts {
+        if let Some(reason) = &hung_up {
+            notes.push(format!("artifact `{pattern}` not collected: {reason}"));
+            continue;
         }
-        Err(e) => {
-            log.note(&format!("==> artifacts not collected: {e}"));
-            tracing::warn!(job = %job.name, "artifacts not collected: {e}");
+        let (base, relative) = artifact_request(&job.workdir, pattern);
+        match session.get_files(&base, &[relative], &dest, &mut budget) {
+            Ok(unpacked) => {
+                collected += unpacked.entries;
+                notes.extend(unpacked.refused.iter().map(|r| format!("artifact {r}")));
+                if let Some(e) = &unpacked.error {
+                    notes.push(format!("artifact `{pattern}`: {e}"));
+                }
+                if unpacked.hung_up() {
+                    hung_up = Some("the transfer was stopped at the artifact limit".to_string());
+                }
+            }
+            Err(SessionError::Agent(message)) => {
+                notes.push(format!("artifact `{pattern}` not collected: {message}"));
+            }
+            Err(e) => {
+                notes.push(format!("artifact `{pattern}` not collected: {e}"));
+                hung_up = Some(format!("the agent connection broke ({e})"));
+            }
         }
+    }
+    log.note(&format!(
+        "==> artifacts: {collected} entries into {}",
+        dest.display()
+    ));
+    for note in &notes {
+        log.note(&format!("==> {note}"));
+        tracing::warn!(job = %job.name, "{note}");
+    }
+    if collected > 0 {
+        result.artifacts.push(dest);
+    }
+    result.artifact_notes = notes;
+}
+
+/// The `GetFiles` base and pattern for an `artifacts` entry. The agent takes
+/// patterns relative to a base; an absolute path is taken relative to `/`,
+/// so `/var/log/app.log` lands at `<job artifacts>/var/log/app.log`, while
+/// `report.xml` (relative to the workdir) lands at `<job artifacts>/report.xml`.
+fn artifact_request(workdir: &str, pattern: &str) -> (String, String) {
+    match pattern.strip_prefix('/') {
+        Some(rest) => ("/".to_string(), rest.trim_start_matches('/').to_string()),
+        None => (workdir.to_string(), pattern.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::artifact_request;
+
+    #[test]
+    fn absolute_artifacts_are_fetched_relative_to_the_root() {
+        let request = |p| artifact_request("/workspace", p);
+        assert_eq!(
+            request("/var/log/app.log"),
+            ("/".into(), "var/log/app.log".into())
+        );
+        assert_eq!(request("//tmp/x*.xml"), ("/".into(), "tmp/x*.xml".into()));
+        assert_eq!(
+            request("out/report.xml"),
+            ("/workspace".into(), "out/report.xml".into())
+        );
     }
 }

@@ -18,6 +18,7 @@ use crate::pipeline::Image;
 use crate::plan::Plan;
 use crate::report::RunObserver;
 use crate::results::{JobOutcome, JobResult, RunResults};
+use crate::session::ArtifactLimits;
 
 /// Kernel and rootfs files for each image the plan uses, resolved (and
 /// built, on first use) before the run starts.
@@ -36,6 +37,10 @@ pub struct Options {
     /// Most bytes each job log and each VM's serial log may take on disk
     /// (head and tail are kept); `None` for no limit.
     pub log_limit: Option<u64>,
+    /// Caps on what each job's artifacts may hold.
+    pub artifact_limits: ArtifactLimits,
+    /// `files` may copy any host path, not only the workspace's.
+    pub allow_host_files: bool,
 }
 
 /// Everything a job needs from the run around it.
@@ -44,6 +49,9 @@ struct RunContext<'a> {
     images: &'a ResolvedImages,
     observer: &'a dyn RunObserver,
     options: &'a Options,
+    /// The pipeline's workspace: what `files` may read without
+    /// `allow_host_files`.
+    workspace: &'a std::path::Path,
     budget: &'a MemoryBudget,
     /// Set by fail-fast: jobs that have not started yet are skipped.
     stop: AtomicBool,
@@ -67,6 +75,7 @@ pub fn run(
         images,
         observer,
         options,
+        workspace: &plan.workspace,
         budget: &budget,
         stop: AtomicBool::new(false),
         first_failure: Mutex::new(None),

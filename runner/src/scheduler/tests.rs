@@ -102,6 +102,8 @@ fn run_fake(yaml: &str, backend: FakeBackend, out: &Path) -> RunResults {
         output_limit: 4096,
         out_dir: out.to_path_buf(),
         log_limit: None,
+        artifact_limits: Default::default(),
+        allow_host_files: false,
     };
     run(&plan, &backend, &images, &Quiet, &options)
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use agent_protocol::{write_frame, DataReader, DataWriter, Frame, Message, Stream};
 
 use super::deadline::DeadlineIo;
+use super::unpack::{unpack, ArtifactBudget, UnpackError, Unpacked};
 use super::{AgentSession, SessionError, REPLY_TIMEOUT, WRITE_TIMEOUT};
 
 /// One host file or directory and where it goes, relative to the target.
@@ -75,16 +76,20 @@ impl AgentSession {
         self.files_done()
     }
 
-    /// Fetches the paths under `base` matching `patterns` into `dest`.
+    /// Fetches the paths under `base` matching `patterns` into `dest`,
+    /// charging `budget` (see [`super::unpack`] for what is refused).
     ///
-    /// The guest is not trusted: the tar crate's `unpack` refuses entries
-    /// that would land outside `dest`.
+    /// Refused entries are listed in the result, as is a stop on reaching
+    /// the budget. In that case the connection is hung up (the rest of the
+    /// stream could be gigabytes of a sparse file) and the session is no
+    /// longer usable; a job is over by then anyway.
     pub fn get_files(
         &mut self,
         base: &str,
         patterns: &[String],
         dest: &Path,
-    ) -> Result<Transferred, SessionError> {
+        budget: &mut ArtifactBudget,
+    ) -> Result<Unpacked, SessionError> {
         self.send(Message::GetFiles {
             base: base.to_string(),
             patterns: patterns.to_vec(),
@@ -92,29 +97,28 @@ impl AgentSession {
         std::fs::create_dir_all(dest)?;
         let mut io = DeadlineIo::new(&self.reader, self.deadline, Some(REPLY_TIMEOUT));
         let mut stream = DataReader::new(&mut io, Stream::Tar, Message::TarEnd);
-        let mut archive = tar::Archive::new(&mut stream);
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(true);
-        let unpacked = archive.unpack(dest);
-        // Stay in step with the agent even if unpacking stopped early.
-        let drained = stream.drain();
+        let unpacked = unpack(&mut stream, dest, budget);
         let (ended, peer_error) = (stream.ended(), stream.peer_error().map(str::to_string));
-        if let Some(why) = io.expired() {
-            return Err(why.into());
+        if unpacked.hung_up() || (!ended && peer_error.is_none()) {
+            // Out of step with the agent: no FilesDone can be told apart
+            // from the rest of the stream. Nothing more goes over this socket.
+            let _ = self.reader.shutdown(std::net::Shutdown::Both);
+            if unpacked.hung_up() {
+                return Ok(unpacked);
+            }
+            if let Some(why) = io.expired() {
+                return Err(why.into());
+            }
+            return Err(match unpacked.error {
+                Some(UnpackError::Stream(e)) => SessionError::from(e),
+                _ => SessionError::Closed,
+            });
         }
         if let Some(message) = peer_error {
             return Err(SessionError::Agent(message));
         }
-        if !ended {
-            // The stream broke off (bad frame, disconnect): no FilesDone follows.
-            let cause = unpacked.err().or(drained.err());
-            return Err(cause
-                .map(SessionError::from)
-                .unwrap_or(SessionError::Closed));
-        }
-        let done = self.files_done()?;
-        unpacked?;
-        Ok(done)
+        self.files_done()?;
+        Ok(unpacked)
     }
 
     fn files_done(&mut self) -> Result<Transferred, SessionError> {

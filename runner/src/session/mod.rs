@@ -11,8 +11,13 @@
 
 mod deadline;
 mod files;
+mod unpack;
 
 pub use files::FileEntry;
+pub use unpack::{
+    ArtifactBudget, ArtifactLimits, Refusal, UnpackError, Unpacked, DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+};
 
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;

@@ -121,7 +121,12 @@ fn a_guest_that_sends_artifacts_for_ever_is_stopped_at_the_deadline() {
     let dest = tempfile::tempdir().unwrap();
     session.set_deadline(Some(Instant::now() + Duration::from_millis(500)));
     let err = session
-        .get_files("/", &["*".to_string()], dest.path())
+        .get_files(
+            "/",
+            &["*".to_string()],
+            dest.path(),
+            &mut super::ArtifactBudget::new(Default::default()),
+        )
         .unwrap_err();
     assert!(matches!(err, SessionError::Deadline), "{err:?}");
     drop(session);

@@ -8,25 +8,14 @@ use std::time::Duration;
 
 use runner::backend::kvm::VMM_THREAD_NAME;
 use runner::backend::VmSpec;
+pub use runner_vmm::testing::{image_from_env, require_kvm};
 
 /// The project kernel and rootfs from RUNNER_KERNEL / RUNNER_ROOTFS.
 pub fn images() -> (PathBuf, PathBuf) {
-    let get = |var: &str| {
-        let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-            panic!(
-                "{var} is not set: these tests boot the project's guest images; run them \
-                 through scripts/test (it builds the images and sets RUNNER_KERNEL and \
-                 RUNNER_ROOTFS), or set both to the files it prints"
-            )
-        });
-        assert!(
-            path.is_file(),
-            "{var}={} is not a file; scripts/test builds it",
-            path.display()
-        );
-        path
-    };
-    (get("RUNNER_KERNEL"), get("RUNNER_ROOTFS"))
+    (
+        image_from_env("RUNNER_KERNEL", Some("vmlinux")),
+        image_from_env("RUNNER_ROOTFS", None),
+    )
 }
 
 pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
@@ -39,19 +28,6 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
         memory_mib: 256,
         boot_timeout,
         serial_log_limit: Some(runner::backend::DEFAULT_SERIAL_LOG_LIMIT),
-    }
-}
-
-pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!(
-            "the kvm backend tests need /dev/kvm ({e}): {}",
-            runner_vmm::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
-        );
     }
 }
 

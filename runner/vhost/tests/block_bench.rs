@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner_vhost::block::{BlockServer, BlockServerConfig, DiskMode};
+use runner_vmm::testing::image_from_env;
 
 const READY: &str = "runner-agent: ready on vsock port 10000";
 const BUDGET: Duration = Duration::from_secs(600);
@@ -45,12 +46,7 @@ fn env_num(var: &str, default: u64) -> u64 {
 }
 
 fn kernel() -> PathBuf {
-    let path = env_path("RUNNER_KERNEL");
-    if path.is_dir() {
-        path.join("vmlinux")
-    } else {
-        path
-    }
+    image_from_env("RUNNER_KERNEL", Some("vmlinux"))
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -166,7 +162,7 @@ impl Vm {
 }
 
 fn boot_seconds(dir: &Path, backend: Backend) -> f64 {
-    let rootfs = env_path("RUNNER_ROOTFS");
+    let rootfs = image_from_env("RUNNER_ROOTFS", None);
     let start = Instant::now();
     let mut vm = Vm::start(
         dir,

@@ -12,28 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner_vhost::block::{BlockServer, BlockServerConfig, DiskMode};
+use runner_vmm::testing::image_from_env;
 
 /// Boot to the ready line takes 2-10 s under TCG; a loaded CI machine
 /// running both tests at once gets a lot more.
 const BOOT_BUDGET: Duration = Duration::from_secs(120);
 const READY: &str = "runner-agent: ready on vsock port 10000";
-
-const HINT: &str = "run the tests through scripts/test, which builds the guest kernel and \
-                    rootfs and sets RUNNER_KERNEL and RUNNER_ROOTFS";
-
-fn image_from_env(var: &str, file_in_dir: Option<&str>) -> PathBuf {
-    let raw = std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: {HINT}"));
-    let mut path = PathBuf::from(raw);
-    if let (true, Some(name)) = (path.is_dir(), file_in_dir) {
-        path = path.join(name);
-    }
-    assert!(
-        path.is_file(),
-        "{var}={} is not a file: {HINT}",
-        path.display()
-    );
-    path
-}
 
 fn kernel() -> PathBuf {
     image_from_env("RUNNER_KERNEL", Some("vmlinux"))

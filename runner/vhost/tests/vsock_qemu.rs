@@ -15,26 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner_vhost::{VsockServer, VsockServerConfig};
+use runner_vmm::testing::image_from_env;
 
 /// Boot to a listening guest takes 2-10 s under TCG; a loaded CI machine more.
 const BOOT_BUDGET: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn kernel() -> PathBuf {
-    let hint = "build the guest kernel with kernels/build.sh (or run scripts/test) \
-                and set RUNNER_KERNEL to its vmlinux";
-    let raw = std::env::var_os("RUNNER_KERNEL")
-        .unwrap_or_else(|| panic!("RUNNER_KERNEL is not set: {hint}"));
-    let mut path = PathBuf::from(raw);
-    if path.is_dir() {
-        path = path.join("vmlinux");
-    }
-    assert!(
-        path.is_file(),
-        "RUNNER_KERNEL={} is not a file: {hint}",
-        path.display()
-    );
-    path
+    image_from_env("RUNNER_KERNEL", Some("vmlinux"))
 }
 
 /// Appends one entry to a `newc` cpio archive.

@@ -27,3 +27,39 @@ pub fn elf_image(paddr: u64, code: &[u8]) -> Vec<u8> {
     b.extend_from_slice(code);
     b
 }
+
+/// Panics with the reason and the fix unless /dev/kvm opens read-write:
+/// tests that boot guests under KVM fail, never skip, without it.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!(
+            "this test boots guests under KVM and /dev/kvm is unusable ({e}): {}",
+            crate::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
+        );
+    }
+}
+
+/// A guest image named by an environment variable (`RUNNER_KERNEL`,
+/// `RUNNER_ROOTFS`; scripts/test sets both). The variable may name the
+/// kernel build's directory instead of its vmlinux: then `in_dir` is the
+/// file taken from it. Panics with the fix when the image is missing.
+pub fn image_from_env(var: &str, in_dir: Option<&str>) -> std::path::PathBuf {
+    let hint = "run the tests through scripts/test, which builds the guest images and sets \
+                RUNNER_KERNEL and RUNNER_ROOTFS, or set both to the files it prints";
+    let mut path = std::env::var_os(var)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: {hint}"));
+    if let (true, Some(file)) = (path.is_dir(), in_dir) {
+        path = path.join(file);
+    }
+    assert!(
+        path.is_file(),
+        "{var}={} is not a file: {hint}",
+        path.display()
+    );
+    path
+}

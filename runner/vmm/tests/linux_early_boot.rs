@@ -13,48 +13,27 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use runner_vmm::testing::{image_from_env, require_kvm};
 use runner_vmm::{BootProtocol, ExitReason, Vmm, VmmConfig};
 
 /// Upper bound for the markers to appear (PVM emulation is slow).
 const BOOT_BUDGET: Duration = Duration::from_secs(120);
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 runner.early_boot_test=1";
 
+/// `vmlinux` (RUNNER_KERNEL) or another file of the same kernel build.
 fn kernel_image(name: &str) -> PathBuf {
-    let hint = "build it with `kernels/build.sh` (it prints the cache directory) and set \
-                RUNNER_KERNEL to the vmlinux inside it";
-    let raw = std::env::var_os("RUNNER_KERNEL")
-        .unwrap_or_else(|| panic!("RUNNER_KERNEL is not set: {hint}"));
-    let path = PathBuf::from(raw);
-    let dir = if path.is_dir() {
-        path.clone()
-    } else {
-        path.parent().map(PathBuf::from).unwrap_or_default()
-    };
-    let image = if path.is_file() && name == "vmlinux" {
-        path.clone()
-    } else {
-        dir.join(name)
-    };
+    let vmlinux = image_from_env("RUNNER_KERNEL", Some("vmlinux"));
+    if name == "vmlinux" {
+        return vmlinux;
+    }
+    let image = vmlinux.with_file_name(name);
     assert!(
         image.is_file(),
-        "RUNNER_KERNEL={} has no {name} ({}): {hint}",
-        path.display(),
-        image.display()
+        "{} is missing beside {}: kernels/build.sh builds both",
+        image.display(),
+        vmlinux.display()
     );
     image
-}
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!(
-            "the early-boot test runs the kernel under KVM and /dev/kvm is unusable ({e}): {}",
-            runner_vmm::kvm_host::open_hint(e.raw_os_error().unwrap_or(0))
-        );
-    }
 }
 
 #[test]

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Counts boot failures under real KVM in L1, for our VMM and for QEMU-kvm
+# (`--backend qemu` uses -accel kvm there) on the same kernel and rootfs:
+# BOOTS boots one at a time and BOOTS boots two at a time, per backend.
+# A boot is `runner exec -- true`, with a host-side deadline.
+#
+#   tests/nested/boot-study.sh [--npt 0|1] [--smp N] [--boots N] [--backends "kvm qemu"]
+#
+# Needs RUNNER_KERNEL and RUNNER_ROOTFS and a built target/release/runner.
+# Prints one line per (backend, mode): boots, failures, median seconds.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+npt=0 smp=2 boots=30 backends="kvm qemu"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --npt) npt="$2"; shift 2 ;;
+        --smp) smp="$2"; shift 2 ;;
+        --boots) boots="$2"; shift 2 ;;
+        --backends) backends="$2"; shift 2 ;;
+        *) echo "usage: boot-study.sh [--npt 0|1] [--smp N] [--boots N] [--backends LIST]" >&2; exit 2 ;;
+    esac
+done
+: "${RUNNER_KERNEL:?set RUNNER_KERNEL}" "${RUNNER_ROOTFS:?set RUNNER_ROOTFS}"
+[ -x target/release/runner ] || cargo build --release -q -p runner
+out="target/nested-study/npt$npt-smp$smp"
+rm -rf "$out"
+mkdir -p "$out"
+cat >"$out/study.sh" <<INNER
+set -u
+export RUNNER_KERNEL=$(printf %q "$RUNNER_KERNEL") RUNNER_ROOTFS=$(printf %q "$RUNNER_ROOTFS")
+boot() { # BACKEND LOG: one boot, its wall time in ms and ok/fail
+    local start=\$(date +%s%N) rc=0
+    timeout -k 5 120 target/release/runner exec --backend "\$1" --boot-timeout 100s -- true >"\$2" 2>&1 || rc=\$?
+    echo "\$(( (\$(date +%s%N) - start) / 1000000 )) \$rc"
+}
+for backend in $backends; do
+    for i in \$(seq $boots); do boot \$backend /nested-out/last-\$backend.log; done >/nested-out/\$backend-serial.txt
+    for i in \$(seq \$(( ($boots + 1) / 2 ))); do
+        boot \$backend /nested-out/last-\$backend-a.log >/nested-out/a.txt &
+        boot \$backend /nested-out/last-\$backend-b.log >/nested-out/b.txt
+        wait
+        cat /nested-out/a.txt /nested-out/b.txt
+    done >/nested-out/\$backend-pairs.txt
+done
+dmesg | grep -iE 'soft lockup|rcu.*stall|unhandled' >/nested-out/dmesg-problems.txt
+true
+INNER
+# A generous deadline: L1 must not outlive its study.
+tests/nested/run-l1.sh --npt "$npt" --smp "$smp" --deadline $((boots * 60 + 300)) "$out" "$out/study.sh" >"$out/l1.log" 2>&1 ||
+    echo "L1 ended with status $? (see $out/l1.log)"
+for f in "$out"/*-serial.txt "$out"/*-pairs.txt; do
+    [ -f "$f" ] || continue
+    name=$(basename "$f" .txt)
+    awk -v name="$name" -v cfg="npt=$npt smp=$smp" '{n++; if ($2 != 0) fail++; t[n] = $1}
+        END {asort(t); printf "%-14s %-14s boots %3d  failed %3d  median %.1f s\n",
+             cfg, name, n, fail + 0, (n ? t[int((n + 1) / 2)] / 1000 : 0)}' "$f"
+done | tee "$out/summary.txt"
+[ -s "$out/dmesg-problems.txt" ] && { echo "L1 kernel problems:"; head "$out/dmesg-problems.txt"; }
+true

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Runs inside L1 (see run-l1.sh), where /dev/kvm is real KVM (kvm_amd): the
+# built-in VMM's tests and the end-to-end tests, every one against the kvm
+# backend, each under a deadline and retried once if it fails.
+#
+#   inner.sh RESULTS TESTLIST KERNEL ROOTFS
+#
+# TESTLIST has one test binary path a line. Per-test logs and a summary go
+# to RESULTS. Why retries: TCG's emulated SVM itself loses a few nested boots
+# (tests/nested/README.md); a retry that passes is counted and reported as
+# an environment retry, a test that fails twice fails the tier, and so do
+# retries above RETRY_LIMIT_PCT percent of the tests.
+set -uo pipefail
+
+results="$1" list="$2"
+export RUNNER_KERNEL="$3" RUNNER_ROOTFS="$4"
+readonly per_test_deadline="${NESTED_TEST_DEADLINE:-300}"
+readonly retry_limit_pct="${NESTED_RETRY_LIMIT_PCT:-10}"
+mkdir -p "$results/logs"
+export RUNNER_BACKEND=kvm RUNNER_NESTED=1 CI=true RUST_BACKTRACE=0
+
+say() { echo "nested: $*"; }
+
+runner="$(dirname "$(head -n1 "$list")")/../runner"
+say "runner doctor:"
+"$runner" doctor | tee "$results/doctor.txt"
+if ! grep -qE 'backend auto +picks kvm' "$results/doctor.txt"; then
+    say "FAIL runner doctor did not pick kvm under real KVM"
+    echo "doctor" >>"$results/failed"
+fi
+
+passed=0 failed=0 retried=0 total=0
+run_one() { # BIN TEST LOG
+    timeout --kill-after=10 "$per_test_deadline" "$1" --exact "$2" --test-threads 1 --nocapture \
+        >"$3" 2>&1 </dev/null
+}
+while read -r bin; do
+    [ -n "$bin" ] || continue
+    name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
+    mapfile -t tests < <("$bin" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+    for t in "${tests[@]}"; do
+        total=$((total + 1))
+        log="$results/logs/$name--${t//[^A-Za-z0-9_]/_}"
+        start=$(date +%s)
+        if run_one "$bin" "$t" "$log.log"; then
+            passed=$((passed + 1))
+            say "ok      $name::$t ($(($(date +%s) - start)) s)"
+            continue
+        fi
+        say "retry   $name::$t (first attempt failed, exit $?); its output ended with:"
+        tail -n 15 "$log.log" | sed 's/^/    /'
+        retried=$((retried + 1))
+        echo "$name::$t" >>"$results/retried"
+        if run_one "$bin" "$t" "$log.retry.log"; then
+            passed=$((passed + 1))
+            say "ok      $name::$t on the retry (environment retry)"
+        else
+            failed=$((failed + 1))
+            echo "$name::$t" >>"$results/failed"
+            say "FAIL    $name::$t failed twice; its output:"
+            tail -n 60 "$log.retry.log" | sed 's/^/    /'
+        fi
+    done
+done <"$list"
+
+# CPUID/MSR hygiene: no boot may leave KVM complaining about an MSR the
+# guest touched (on hardware too that would be a log line per boot).
+dmesg >"$results/l1-dmesg.txt" 2>&1
+if grep -iE 'unhandled (wr|rd)msr|perfctr wrmsr' "$results/l1-dmesg.txt" >"$results/msr-warnings.txt"; then
+    say "FAIL L1's kernel logged MSR accesses KVM did not handle:"
+    sed 's/^/    /' "$results/msr-warnings.txt" | head -n 20
+    echo "msr-hygiene" >>"$results/failed"
+fi
+
+echo "$passed $failed $retried $total" >"$results/counts"
+say "$passed passed, $failed failed, $retried environment retries, of $total tests"
+if ((total == 0)); then
+    say "FAIL no test ran"
+    exit 1
+fi
+if ((retried * 100 > total * retry_limit_pct)); then
+    say "FAIL $retried retries of $total tests is over ${retry_limit_pct}%"
+    exit 1
+fi
+[ ! -s "$results/failed" ]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The nested KVM tier: proves the built-in VMM end to end under real KVM.
+#
+#   tests/nested/run.sh            (scripts/test runs it after the host suite)
+#
+# Needs RUNNER_KERNEL and RUNNER_ROOTFS (scripts/test sets them). It builds
+# the test binaries, boots L1 (tests/nested/l1-image.sh, run-l1.sh: Debian's
+# kernel under QEMU TCG, whose emulated AMD SVM gives kvm_amd a real
+# /dev/kvm), and runs tests/nested/inner.sh there: `runner doctor` must pick
+# kvm, then the VMM, kvm backend and end-to-end tests run with
+# RUNNER_BACKEND=kvm. Results land in target/nested/; any failure fails this
+# script with the failing test's output.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+: "${RUNNER_KERNEL:?set RUNNER_KERNEL (scripts/test does)}"
+: "${RUNNER_ROOTFS:?set RUNNER_ROOTFS (scripts/test does)}"
+# The whole tier's deadline: L1 is killed past it, and its console tail shown.
+readonly deadline="${NESTED_DEADLINE:-1500}"
+readonly out=target/nested
+
+# The binaries the tier runs, by test target: the VMM on tiny guests, the
+# kvm backend on the real kernel, then everything a user does end to end.
+readonly targets=(kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline)
+cargo build --quiet -p runner
+json=$(cargo test --no-run --quiet -p runner-vmm -p runner -p e2e-tests --message-format=json)
+rm -rf "$out"
+mkdir -p "$out"
+for t in "${targets[@]}"; do
+    bin=$(jq -r --arg t "$t" 'select(.reason == "compiler-artifact" and .target.name == $t
+        and (.target.kind | index("test")) and .executable != null) | .executable' <<<"$json")
+    [ -n "$bin" ] || { echo "nested: no test binary for target $t" >&2; exit 1; }
+    echo "$bin" >>"$out/tests.txt"
+done
+
+echo "nested: booting L1 (QEMU TCG, emulated AMD SVM, kvm-amd npt=0)" >&2
+set +e
+tests/nested/run-l1.sh --deadline "$deadline" "$out" \
+    tests/nested/inner.sh /nested-out /nested-out/tests.txt "$RUNNER_KERNEL" "$RUNNER_ROOTFS"
+status=$?
+set -e
+if [ "$status" -ne 0 ]; then
+    echo "nested: FAILED (exit $status); per-test logs in $out/logs" >&2
+    [ -s "$out/failed" ] && sed 's/^/nested: failed: /' "$out/failed" >&2
+    exit 1
+fi
+echo "nested: passed ($(cat "$out/counts" | awk '{print $1 " tests, " $3 " environment retries"}'))" >&2
