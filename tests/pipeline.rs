@@ -284,3 +284,44 @@ fn a_guest_that_is_never_ready_is_a_boot_error_with_the_console() {
     assert!(body.lines().any(|l| l.starts_with("[ ")), "{xml}");
     assert!(body.contains("never starts an agent"), "{xml}");
 }
+
+#[test]
+fn a_guest_that_powers_off_mid_step_is_an_error_with_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    // `poweroff -f` skips init: the kernel halts at once, under the agent's
+    // feet. The step's own timeout is far away, so only noticing the lost
+    // agent can end the step in time.
+    let yaml = r#"
+name: t
+defaults: { files: none }
+jobs:
+  dies:
+    steps:
+      - name: powers off
+        run: echo going down; poweroff -f; sleep 1000
+        timeout: 30m
+      - name: never runs
+        run: "true"
+"#;
+    let started = std::time::Instant::now();
+    let out = run_pipeline(dir.path(), yaml, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // Far below the step's timeout: the loss was noticed, not waited out.
+    assert!(started.elapsed() < std::time::Duration::from_secs(600));
+    let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let case = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some("powers off"))
+        .expect("a testcase for the step");
+    let error = child(case, "error").expect("an error element");
+    let message = error.attribute("message").unwrap();
+    assert!(message.contains("closed the connection"), "{xml}");
+    // The body names the VM's state and carries the console: the kernel's
+    // own last words (`reboot: System halted` or `reboot: Power down`).
+    let body = error.text().unwrap_or_default();
+    assert!(body.contains("the VM"), "{xml}");
+    assert!(body.contains("last console lines"), "{xml}");
+    assert!(body.contains("reboot: "), "{xml}");
+    assert!(body.contains("going down"), "{xml}");
+}

@@ -144,6 +144,7 @@ fn child(args: &[String]) {
         vcpus: 1,
         memory_mib: GUEST_MIB,
         boot_timeout: SERIAL_BUDGET,
+        serial_log_limit: Some(runner::backend::DEFAULT_SERIAL_LOG_LIMIT),
     };
     let vm = KvmBackend::new()
         .start_vm(&spec)

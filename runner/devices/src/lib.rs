@@ -3,5 +3,6 @@
 //! through the interface in [`virtio`].
 
 pub mod block;
+pub mod bounded;
 pub mod virtio;
 pub mod vsock;

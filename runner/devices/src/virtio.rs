@@ -177,12 +177,22 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// Writes the configuration space. By default it is read-only: the write
     /// is logged and ignored.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(
+        crate::warn_limited!(
+            self.warnings(),
             device_type = self.device_type(),
             offset,
             len = data.len(),
             "virtio: ignoring write to read-only config space"
         );
+    }
+
+    /// Where this device's guest-triggered warnings are rate-limited; each
+    /// device should have its own, so one VM cannot silence another. The
+    /// default is one shared by all devices that keep none.
+    fn warnings(&self) -> &crate::bounded::RateLimiter {
+        static SHARED: std::sync::OnceLock<crate::bounded::RateLimiter> =
+            std::sync::OnceLock::new();
+        SHARED.get_or_init(Default::default)
     }
 
     /// The driver finished setting the device up; queues may now be used.

@@ -84,6 +84,7 @@ impl KvmBackend {
             vcpus: VcpuConfig { num: vcpus },
             serial: SerialConfig {
                 log_path: Some(paths.serial.clone()),
+                log_limit: spec.serial_log_limit,
                 console: false,
             },
             // No VMM-side limit: the boot timeout is enforced by
@@ -281,6 +282,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 64,
             boot_timeout: Duration::from_secs(1),
+            serial_log_limit: None,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod hybrid_vsock;
 pub mod kvm;
 pub mod qemu;
 pub mod select;
+pub mod serial_pump;
 pub mod vm_dir;
 
 use std::os::unix::net::UnixStream;
@@ -25,7 +26,14 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// How long the guest may take to answer the agent handshake.
     pub boot_timeout: Duration,
+    /// Most bytes the serial console log may take on disk: the guest
+    /// decides how much it prints. Past it the head and a rolling tail are
+    /// kept. `None` for no limit.
+    pub serial_log_limit: Option<u64>,
 }
+
+/// The serial log cap used unless configured otherwise.
+pub const DEFAULT_SERIAL_LOG_LIMIT: u64 = runner_devices::bounded::DEFAULT_LOG_LIMIT;
 
 /// The kernel command line every backend passes; it is the boot contract with
 /// `rootfs/` (read-only root on the first virtio-blk disk, our init builds the
@@ -182,6 +190,31 @@ pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// How long to wait, after the agent's connection broke, for the VM to be
+/// seen stopping, so that the report can say it did.
+const EXIT_NOTICE: Duration = Duration::from_secs(3);
+
+/// For a report after the agent went away: whether the VM stopped (power
+/// off, panic) and its last console lines, which usually show why.
+pub fn vm_state_report(vm: &mut dyn Vm) -> String {
+    // The connection breaks a moment before the VM is seen to end; a short
+    // wait lets the report name the cause rather than guess.
+    let until = Instant::now() + EXIT_NOTICE;
+    let mut exited = vm.exited();
+    while exited.is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        exited = vm.exited();
+    }
+    let state = match exited {
+        Some(how) => format!("the VM stopped ({how})"),
+        None => "the VM is still running".to_string(),
+    };
+    format!(
+        "{state}; last console lines:\n{}",
+        vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
+    )
 }
 
 /// Reads the last `n` lines of a log file, lossily decoded, without loading

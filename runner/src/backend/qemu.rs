@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::serial_pump::SerialPump;
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
@@ -61,7 +62,6 @@ pub struct QemuBackend {
     pub vsock: VsockProvider,
     pub disk: DiskProvider,
 }
-
 
 impl QemuBackend {
     /// Finds `qemu-system-x86_64` on PATH, or says how to install it.
@@ -123,6 +123,8 @@ impl super::Backend for QemuBackend {
             }
             DiskProvider::Qemu => None,
         };
+        let serial = SerialPump::start(&paths.serial_socket, &paths.serial, spec.serial_log_limit)
+            .map_err(|e| BootError::Setup(format!("starting the serial console log: {e}")))?;
         let qemu_log = File::create(&paths.qemu_log)
             .map_err(|e| BootError::Setup(format!("creating {}: {e}", paths.qemu_log.display())))?;
         let mut cmd = self.command(spec, &paths);
@@ -152,6 +154,7 @@ impl super::Backend for QemuBackend {
         Ok(Box::new(QemuVm {
             _hook: hook,
             qemu,
+            _serial: serial,
             _vsock: vsock,
             _disk: disk,
             paths,
@@ -186,7 +189,12 @@ impl QemuBackend {
                 &format!("socket,id=vsock,path={}", qemu_path(&paths.vhost_user)),
             ])
             .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
-            .args(["-serial", &format!("file:{}", qemu_path(&paths.serial))])
+            // Through our capped log, not `file:` (see serial_pump.rs).
+            .args([
+                "-chardev",
+                &SerialPump::chardev("serial0", &paths.serial_socket),
+            ])
+            .args(["-serial", "chardev:serial0"])
             .args(["-display", "none", "-nodefaults", "-no-user-config"])
             // The agent's shutdown reboots through the keyboard controller
             // (reboot=k), which microvm lacks unless asked; -no-reboot turns
@@ -220,7 +228,7 @@ impl QemuBackend {
 }
 
 /// QEMU option values use `,` as a separator; a literal comma is doubled.
-fn qemu_path(path: &Path) -> String {
+pub(super) fn qemu_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
@@ -229,6 +237,7 @@ struct VmPaths {
     vhost_user_blk: PathBuf,
     vsock_uds: PathBuf,
     serial: PathBuf,
+    serial_socket: PathBuf,
     qemu_log: PathBuf,
 }
 
@@ -239,6 +248,7 @@ impl VmPaths {
             vhost_user_blk: dir.join("vhost-user-blk.sock"),
             vsock_uds: dir.join("vsock.sock"),
             serial: dir.join("serial.log"),
+            serial_socket: dir.join("serial.sock"),
             qemu_log: dir.join("qemu.log"),
         }
     }
@@ -286,11 +296,13 @@ fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<VsockService
     Ok(VsockService::External(child))
 }
 
-/// Field order is drop order: unhook, stop QEMU, stop the device, then
-/// remove the directory.
+/// Field order is drop order: unhook, stop QEMU, finish the serial log
+/// (QEMU's end of it is closed by then), stop the devices, then remove the
+/// directory.
 struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
+    _serial: SerialPump,
     _vsock: VsockService,
     _disk: Option<BlockServer>,
     paths: VmPaths,

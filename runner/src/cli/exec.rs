@@ -4,14 +4,31 @@ use std::io::Write;
 use std::time::Duration;
 
 use agent_protocol::{Command, ExecRequest, Stream};
-use anyhow::Context;
 use clap::Args;
 
 use super::{parse_duration, Failure, VmArgs};
 use crate::backend::wait_for_agent;
+use crate::session::SessionError;
 
 /// Exit code when the VM, not the command, failed.
 const VM_FAILED: i32 = 125;
+/// Exit code when the command ran out of time, as `timeout(1)` has it.
+const TIMED_OUT: i32 = 124;
+/// `--timeout` when none is given: a forgotten `sleep` or a guest that
+/// never answers must not hold a CI machine for ever.
+pub const DEFAULT_EXEC_TIMEOUT: &str = "10m";
+
+/// A time limit, or none at all (`0` or `none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit(pub Option<Duration>);
+
+/// `30s`, `5m` (see [`parse_duration`]); `0` or `none` for no limit.
+pub fn parse_limit(text: &str) -> Result<Limit, String> {
+    match text.trim() {
+        "0" | "none" => Ok(Limit(None)),
+        other => parse_duration(other).map(|d| Limit(Some(d))),
+    }
+}
 
 #[derive(Args)]
 pub struct ExecArgs {
@@ -23,9 +40,12 @@ pub struct ExecArgs {
     /// Working directory inside the guest.
     #[arg(long)]
     cwd: Option<String>,
-    /// Kill the command (and everything it started) after this long.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    /// Kill the command (and everything it started) after this long; exit
+    /// code 124. `0` or `none` means no limit. If the guest does not stop the
+    /// command, the host kills the VM 5s later. Booting has its own limit,
+    /// --boot-timeout.
+    #[arg(long, value_parser = parse_limit, default_value = DEFAULT_EXEC_TIMEOUT)]
+    timeout: Limit,
     /// Forward this process's stdin to the command.
     #[arg(short, long)]
     interactive: bool,
@@ -62,17 +82,26 @@ pub fn run(args: ExecArgs) -> Result<i32, Failure> {
     let stdin: Option<Box<dyn std::io::Read + Send>> =
         args.interactive.then(|| Box::new(std::io::stdin()) as _);
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let status = session
-        .exec(request, stdin, &mut |stream, bytes| {
-            // Output is passed on as it comes; a closed stdout (a pipe into
-            // `head`) must not stop the command.
-            let _ = match stream {
-                Stream::Stderr => err.write_all(bytes).and_then(|_| err.flush()),
-                _ => out.write_all(bytes).and_then(|_| out.flush()),
-            };
-        })
-        .context("running the command")
-        .map_err(fail)?;
+    let result = session.exec(request, stdin, &mut |stream, bytes| {
+        // Output is passed on as it comes; a closed stdout (a pipe into
+        // `head`) must not stop the command.
+        let _ = match stream {
+            Stream::Stderr => err.write_all(bytes).and_then(|_| err.flush()),
+            _ => out.write_all(bytes).and_then(|_| out.flush()),
+        };
+    });
+    let status = match result {
+        // The guest ignored the timeout; returning drops (kills) the VM.
+        Err(e @ SessionError::ExecDeadline { .. }) => {
+            eprintln!("runner: command timed out; {e}; killed the VM");
+            return Ok(TIMED_OUT);
+        }
+        Err(e) => {
+            let report = crate::backend::vm_state_report(vm.as_mut());
+            return Err(fail(anyhow::anyhow!("running the command: {e}; {report}")));
+        }
+        Ok(status) => status,
+    };
     if let Some(message) = &status.error {
         eprintln!("runner: {message}");
     } else if status.timed_out {
@@ -110,7 +139,10 @@ fn request(args: &ExecArgs) -> anyhow::Result<ExecRequest> {
         command,
         env,
         cwd: args.cwd.clone(),
-        timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+        timeout_ms: args
+            .timeout
+            .0
+            .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
         stdin: args.interactive,
     })
 }
@@ -119,11 +151,44 @@ fn request(args: &ExecArgs) -> anyhow::Result<ExecRequest> {
 /// like `timeout(1)`, 124 when it ran out of time.
 fn exit_code(status: &agent_protocol::ExitStatus) -> i32 {
     if status.timed_out {
-        return 124;
+        return TIMED_OUT;
     }
     match (status.code, status.signal) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
         (None, None) => VM_FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_with_none_and_zero_meaning_no_limit() {
+        assert_eq!(parse_limit("30s"), Ok(Limit(Some(Duration::from_secs(30)))));
+        assert_eq!(parse_limit("none"), Ok(Limit(None)));
+        assert_eq!(parse_limit("0"), Ok(Limit(None)));
+        assert_eq!(
+            parse_limit(DEFAULT_EXEC_TIMEOUT),
+            Ok(Limit(Some(Duration::from_secs(600))))
+        );
+        let err = parse_limit("soon").unwrap_err();
+        assert!(err.contains("like `30s`"), "{err}");
+    }
+
+    #[test]
+    fn the_default_timeout_reaches_the_agent() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            exec: ExecArgs,
+        }
+        let cli = Cli::try_parse_from(["exec", "--", "true"]).unwrap();
+        assert_eq!(request(&cli.exec).unwrap().timeout_ms, Some(600_000));
+        let cli = Cli::try_parse_from(["exec", "--timeout", "none", "--", "true"]).unwrap();
+        assert_eq!(request(&cli.exec).unwrap().timeout_ms, None);
+        assert!(Cli::try_parse_from(["exec", "--timeout", "soon", "--", "true"]).is_err());
     }
 }

@@ -143,6 +143,7 @@ impl VmArgs {
             vcpus: self.vcpus,
             memory_mib: self.memory,
             boot_timeout: self.boot_timeout,
+            serial_log_limit: Some(crate::backend::DEFAULT_SERIAL_LOG_LIMIT),
         })
     }
 

@@ -61,6 +61,32 @@ pub struct TestArgs {
     /// Most artifact entries (files, directories, links) one job may copy out.
     #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     artifacts_max_files: u64,
+    /// Most disk each job log and each VM's serial log may take (`64M`,
+    /// `1G`, bytes without a unit; `none` for no limit). Past it the log
+    /// keeps its beginning and a rolling end, with a line saying how much
+    /// was left out.
+    #[arg(long, default_value = "64M", value_parser = parse_log_limit)]
+    log_limit: LogLimit,
+}
+
+/// A size cap, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimit(pub Option<u64>);
+
+/// `64M`, `1G`, `1048576` (bytes, as [`parse_byte_size`]); `none` or `0`
+/// for no limit.
+pub fn parse_log_limit(text: &str) -> Result<LogLimit, String> {
+    if matches!(text.trim(), "none" | "0") {
+        return Ok(LogLimit(None));
+    }
+    let bytes = parse_byte_size(text)?;
+    let min = runner_devices::bounded::MIN_LOG_LIMIT;
+    if bytes < min {
+        return Err(format!(
+            "log limit `{text}` is too small: the least is {min} bytes"
+        ));
+    }
+    Ok(LogLimit(Some(bytes)))
 }
 
 pub fn run(args: TestArgs) -> Result<i32, Failure> {
@@ -86,6 +112,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         boot_timeout: args.boot_timeout,
         output_limit: args.output_limit,
         out_dir: args.out.clone(),
+        log_limit: args.log_limit.0,
         artifact_limits: ArtifactLimits {
             max_bytes: args.artifacts_max_size,
             max_entries: args.artifacts_max_files,
@@ -146,7 +173,19 @@ fn default_jobs() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_byte_size;
+    use super::*;
+
+    #[test]
+    fn log_limits_parse() {
+        assert_eq!(parse_log_limit("64M"), Ok(LogLimit(Some(64 << 20))));
+        assert_eq!(parse_log_limit("1G"), Ok(LogLimit(Some(1 << 30))));
+        assert_eq!(parse_log_limit("4096"), Ok(LogLimit(Some(4096))));
+        assert_eq!(parse_log_limit("none"), Ok(LogLimit(None)));
+        assert_eq!(parse_log_limit("0"), Ok(LogLimit(None)));
+        for bad in ["", "M", "12X", "-1M", "10", "99999999999999999999G"] {
+            assert!(parse_log_limit(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
 
     #[test]
     fn byte_sizes() {

@@ -190,9 +190,10 @@ impl ConsoleReporter {
                 result.status.describe()
             ),
             StepStatus::TimedOut { limit, .. } => format!(
-                "{} (after {})",
+                "{} (after {}, {})",
                 self.paint("TIMED OUT", "1;31"),
-                format_duration(*limit)
+                format_duration(*limit),
+                result.status.timeout_cause().unwrap_or_default()
             ),
             StepStatus::Skipped { reason } => format!("{} ({reason})", self.paint("skipped", "33")),
             StepStatus::Error { message } => format!("{} ({message})", self.paint("ERROR", "1;31")),

@@ -30,7 +30,9 @@ fn sample() -> RunResults {
             "sleep",
             StepStatus::TimedOut {
                 limit: Duration::from_secs(5),
+                by: crate::results::TimeLimit::Step(Duration::from_secs(5)),
                 exit: None,
+                host_deadline: false,
             },
         )],
     );
@@ -153,7 +155,7 @@ fn failures_skips_and_boot_errors_carry_their_story() {
     let failure = elements(flaky, "failure")[0];
     assert_eq!(
         failure.attribute("message"),
-        Some("allowed failure: timed out after 5s")
+        Some("allowed failure: timed out after 5s (step timeout 5s)")
     );
     assert_eq!(failure.attribute("type"), Some("timeout"));
     let properties = elements(elements(suites[1], "properties")[0], "property");

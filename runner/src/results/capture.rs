@@ -8,11 +8,12 @@
 //! the full stream goes to the log file on disk.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use runner_devices::bounded::CappedLog;
 
 /// Bytes of each stream of each step kept in memory, by default.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
@@ -106,21 +107,28 @@ pub fn omission_note(omitted: u64, log: Option<&Path>) -> String {
 /// with the runner's own notes between steps. Cheap to clone; clones write
 /// to the same file. Writing is best effort: after the first error (disk
 /// full) the log is marked incomplete and writing stops, the run goes on.
+/// A guest can print without end, so the file may be capped: past the cap
+/// it keeps its head and a rolling tail (see [`CappedLog`]).
 #[derive(Clone, Debug)]
 pub struct JobLog {
     path: PathBuf,
-    file: Arc<Mutex<BufWriter<File>>>,
+    file: Arc<Mutex<BufWriter<CappedLog>>>,
     failed: Arc<AtomicBool>,
 }
 
 impl JobLog {
     /// Creates (truncates) the log file, and its directory if needed.
     pub fn create(path: impl Into<PathBuf>) -> io::Result<JobLog> {
+        JobLog::with_limit(path, None)
+    }
+
+    /// Like [`JobLog::create`], never growing past `limit` bytes.
+    pub fn with_limit(path: impl Into<PathBuf>, limit: Option<u64>) -> io::Result<JobLog> {
         let path = path.into();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = File::create(&path)?;
+        let file = CappedLog::create(&path, limit)?;
         Ok(JobLog {
             path,
             file: Arc::new(Mutex::new(BufWriter::new(file))),
@@ -151,7 +159,7 @@ impl JobLog {
         self.with_file(|file| file.flush());
     }
 
-    fn with_file(&self, op: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) {
+    fn with_file(&self, op: impl FnOnce(&mut BufWriter<CappedLog>) -> io::Result<()>) {
         if self.failed.load(Ordering::Relaxed) {
             return;
         }
@@ -344,6 +352,25 @@ mod tests {
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert_eq!(text, "==> step 1: build\nout-1\nerr-1\nout-2\n");
         assert!(out.text().contains("full output in"));
+    }
+
+    #[test]
+    fn a_capped_job_log_keeps_head_and_tail_with_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = JobLog::with_limit(dir.path().join("job.log"), Some(4096)).unwrap();
+        log.note("==> step 1: spam");
+        let mut out = log.capture(64);
+        for i in 0..10_000 {
+            out.push(format!("spam {i}\n").as_bytes());
+        }
+        out.finish();
+        log.note("==> step 1: ok");
+        log.flush();
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.len() <= 4096, "{} bytes", text.len());
+        assert!(text.starts_with("==> step 1: spam\nspam 0\n"));
+        assert!(text.ends_with("spam 9999\n==> step 1: ok\n"), "{text}");
+        assert!(text.contains(" bytes omitted here]\n"), "{text}");
     }
 
     #[test]

@@ -91,8 +91,15 @@ pub enum StepStatus {
     },
     /// Killed at its time limit (the step's own, or the job's remaining budget).
     TimedOut {
+        /// How long the step was allowed.
         limit: Duration,
+        /// Which configured limit that came from.
+        by: TimeLimit,
+        /// What the agent reported; `None` when the host had to step in.
         exit: Option<ExitStatus>,
+        /// The agent did not report the timeout in time, so the host
+        /// killed the VM at its own deadline.
+        host_deadline: bool,
     },
     /// Not run, e.g. because an earlier step failed.
     Skipped {
@@ -103,6 +110,37 @@ pub enum StepStatus {
         message: String,
     },
 }
+
+/// The configured limit a step ran into; each holds the limit as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeLimit {
+    /// The step's own `timeout` (or the job's `step_timeout`).
+    Step(Duration),
+    /// The job's `timeout`, which covers boot, copies and all steps.
+    Job(Duration),
+}
+
+impl std::fmt::Display for TimeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimeLimit::Step(t) => write!(f, "step timeout {}", format_limit(*t)),
+            TimeLimit::Job(t) => write!(f, "job timeout {}", format_limit(*t)),
+        }
+    }
+}
+
+/// A limit as people write it in a pipeline: `10m` rather than `10m00s`.
+fn format_limit(limit: Duration) -> String {
+    let secs = limit.as_secs();
+    match (limit.subsec_millis(), secs) {
+        (0, s) if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        (0, s) if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        _ => format_duration(limit),
+    }
+}
+
+/// What the report says when the host, not the agent, ended a step.
+pub const HOST_DEADLINE_NOTE: &str = "host deadline: guest did not stop the step, VM killed";
 
 /// How a case counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +182,8 @@ impl StepStatus {
         }
     }
 
-    /// `ok`, `exit code 1`, `timed out after 30s`, `skipped: …`.
+    /// `ok`, `exit code 1`, `timed out after 30s (step timeout 30s)`,
+    /// `skipped: …`.
     pub fn describe(&self) -> String {
         match self {
             StepStatus::Passed => "ok".to_string(),
@@ -153,11 +192,32 @@ impl StepStatus {
                 None => exit.describe(),
             },
             StepStatus::TimedOut { limit, .. } => {
-                format!("timed out after {}", format_duration(*limit))
+                format!(
+                    "timed out after {} ({})",
+                    format_duration(*limit),
+                    self.timeout_cause().unwrap_or_default()
+                )
             }
             StepStatus::Skipped { reason } => format!("skipped: {reason}"),
             StepStatus::Error { message } => format!("error: {message}"),
         }
+    }
+}
+
+impl StepStatus {
+    /// For a timeout, which limit hit: `step timeout 2s`, `job timeout 10m`,
+    /// with the host's note when the guest did not stop the step itself.
+    pub fn timeout_cause(&self) -> Option<String> {
+        let StepStatus::TimedOut {
+            by, host_deadline, ..
+        } = self
+        else {
+            return None;
+        };
+        Some(match host_deadline {
+            false => by.to_string(),
+            true => format!("{by}; {HOST_DEADLINE_NOTE}"),
+        })
     }
 }
 

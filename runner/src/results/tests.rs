@@ -106,7 +106,9 @@ fn allowed_failures_do_not_fail_the_run() {
             "t",
             StepStatus::TimedOut {
                 limit: Duration::from_secs(30),
+                by: crate::results::TimeLimit::Step(Duration::from_secs(30)),
                 exit: None,
+                host_deadline: false,
             },
         )],
     );
@@ -218,10 +220,34 @@ fn statuses_describe_themselves() {
     assert_eq!(
         StepStatus::TimedOut {
             limit: Duration::from_secs(30),
-            exit: None
+            by: crate::results::TimeLimit::Step(Duration::from_secs(30)),
+            exit: None,
+            host_deadline: false,
         }
         .describe(),
-        "timed out after 30s"
+        "timed out after 30s (step timeout 30s)"
+    );
+    // The job's budget: the step got what was left of it.
+    assert_eq!(
+        StepStatus::TimedOut {
+            limit: Duration::from_secs(42),
+            by: crate::results::TimeLimit::Job(Duration::from_secs(600)),
+            exit: None,
+            host_deadline: false,
+        }
+        .describe(),
+        "timed out after 42s (job timeout 10m)"
+    );
+    // The guest never reported the timeout: the host killed the VM.
+    assert_eq!(
+        StepStatus::TimedOut {
+            limit: Duration::from_secs(2),
+            by: crate::results::TimeLimit::Step(Duration::from_secs(2)),
+            exit: None,
+            host_deadline: true,
+        }
+        .describe(),
+        "timed out after 2s (step timeout 2s; host deadline: guest did not stop the step, VM killed)"
     );
     assert_eq!(
         StepResult::skipped("x", "`a` failed").status.describe(),

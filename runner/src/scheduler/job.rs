@@ -7,12 +7,16 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_protocol::Stream;
 
 use super::RunContext;
-use crate::backend::{wait_for_agent, Vm, VmSpec, SERIAL_TAIL_LINES};
+use crate::backend::{wait_for_agent, Vm, VmSpec};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
-use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus};
-use crate::session::{AgentSession, ArtifactBudget, SessionError};
+use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus, TimeLimit};
+use crate::session::{AgentSession, ArtifactBudget, SessionError, HOST_GRACE};
+
+/// Time the artifacts always get, even when the job's own time is up:
+/// after a timeout is when they matter most.
+const ARTIFACT_TIME: Duration = Duration::from_secs(60);
 
 pub(super) fn run(job: &PlannedJob, ctx: &RunContext) -> JobResult {
     let clock = Instant::now();
@@ -38,9 +42,10 @@ fn run_in_vm(
         .out_dir
         .join("logs")
         .join(format!("{}.log", job.slug));
-    let log = JobLog::create(&log_path).map_err(|e| JobOutcome::Error {
-        message: format!("creating {}: {e}", log_path.display()),
-    })?;
+    let log =
+        JobLog::with_limit(&log_path, ctx.options.log_limit).map_err(|e| JobOutcome::Error {
+            message: format!("creating {}: {e}", log_path.display()),
+        })?;
     result.log_path = Some(log_path);
     // Collect the files before booting: a typo in `files` should not cost a boot.
     let collected = if ctx.options.allow_host_files {
@@ -64,6 +69,7 @@ fn run_in_vm(
         vcpus: job.vcpus,
         memory_mib: job.memory_mib.try_into().unwrap_or(u32::MAX),
         boot_timeout: ctx.options.boot_timeout,
+        serial_log_limit: ctx.options.log_limit,
     };
     ctx.observer.on_job_progress(job, "booting");
     log.note(&format!(
@@ -78,6 +84,11 @@ fn run_in_vm(
     let mut vm = ctx.backend.start(&spec).map_err(boot_error)?;
     let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout).map_err(boot_error)?;
     result.boot = Some(clock.elapsed());
+    // The agent enforces the job's timeout on each step; this is the
+    // host's own bound on everything else (file copies, a guest that never
+    // reports), with the same grace as a step.
+    let job_deadline = clock + job.timeout + HOST_GRACE;
+    session.set_deadline(Some(job_deadline));
 
     if !collected.is_empty() {
         ctx.observer.on_job_progress(job, "copying files");
@@ -89,7 +100,13 @@ fn run_in_vm(
                     .map_err(std::io::Error::other)
             })
             .map_err(|e| JobOutcome::Error {
-                message: format!("copying files into the guest: {e}"),
+                message: match e.is_host_deadline() {
+                    true => format!(
+                        "copying files into the guest: {e} ({})",
+                        TimeLimit::Job(job.timeout)
+                    ),
+                    false => format!("copying files into the guest: {e}"),
+                },
             })?;
     }
 
@@ -100,9 +117,25 @@ fn run_in_vm(
             continue;
         }
         let remaining = job.timeout.saturating_sub(clock.elapsed());
-        let step_result = run_step(job, step, &mut session, vm.as_ref(), remaining, ctx, &log);
+        let step_result = run_step(job, step, &mut session, vm.as_mut(), remaining, ctx, &log);
         if step_result.status != StepStatus::Passed {
             broken = Some(format!("an earlier step failed: `{}`", step.name));
+        }
+        if let StepStatus::TimedOut {
+            host_deadline: true,
+            ..
+        } = step_result.status
+        {
+            // The guest ignored its own deadline: nothing more is asked of
+            // it, not even the artifacts. Returning drops (kills) the VM.
+            result.steps.push(step_result);
+            let reason = format!("the VM was killed at the host deadline in `{}`", step.name);
+            for rest in &job.steps[step.index + 1..] {
+                result.steps.push(StepResult::skipped(&rest.name, &reason));
+            }
+            log.note(&format!("==> {reason}"));
+            log.flush();
+            return Ok(());
         }
         let session_lost = matches!(step_result.status, StepStatus::Error { .. });
         result.steps.push(step_result);
@@ -114,6 +147,7 @@ fn run_in_vm(
         }
     }
 
+    session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
     collect_artifacts(job, ctx, &mut session, &log, result);
     log.flush();
     // No clean power-off: the root is read-only, the overlay is thrown away
@@ -128,7 +162,7 @@ fn run_step(
     job: &PlannedJob,
     step: &PlannedStep,
     session: &mut AgentSession,
-    vm: &dyn Vm,
+    vm: &mut dyn Vm,
     remaining: Duration,
     ctx: &RunContext,
     log: &JobLog,
@@ -141,6 +175,11 @@ fn run_step(
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(remaining);
+    // Which configured limit the request's timeout came from, for the report.
+    let by = match step.timeout {
+        Some(own) if own <= remaining => TimeLimit::Step(own),
+        _ => TimeLimit::Job(job.timeout),
+    };
     let mut stdout = log.capture(ctx.options.output_limit);
     let mut stderr = log.capture(ctx.options.output_limit);
     let exec = session.exec(request, None, &mut |stream, bytes| {
@@ -159,15 +198,20 @@ fn run_step(
     let status = match exec {
         Ok(exit) if exit.timed_out => StepStatus::TimedOut {
             limit,
+            by,
             exit: Some(exit),
+            host_deadline: false,
         },
         Ok(exit) if exit.success() => StepStatus::Passed,
         Ok(exit) => StepStatus::Failed { exit },
+        Err(SessionError::ExecDeadline { .. } | SessionError::Deadline) => StepStatus::TimedOut {
+            limit,
+            by,
+            exit: None,
+            host_deadline: true,
+        },
         Err(e) => StepStatus::Error {
-            message: format!(
-                "{e}; last console lines:\n{}",
-                vm.serial_tail(SERIAL_TAIL_LINES).join("\n")
-            ),
+            message: format!("{e}; {}", crate::backend::vm_state_report(vm)),
         },
     };
     log.note(&format!(

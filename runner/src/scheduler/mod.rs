@@ -34,6 +34,9 @@ pub struct Options {
     pub output_limit: usize,
     /// Job logs go to `<out_dir>/logs`, artifacts to `<out_dir>/artifacts`.
     pub out_dir: PathBuf,
+    /// Most bytes each job log and each VM's serial log may take on disk
+    /// (head and tail are kept); `None` for no limit.
+    pub log_limit: Option<u64>,
     /// Caps on what each job's artifacts may hold.
     pub artifact_limits: ArtifactLimits,
     /// `files` may copy any host path, not only the workspace's.
@@ -155,3 +158,6 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
     }
     result
 }
+
+#[cfg(test)]
+mod tests;

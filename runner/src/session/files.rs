@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use agent_protocol::{write_frame, DataReader, DataWriter, Frame, Message, Stream};
 
+use super::deadline::DeadlineIo;
 use super::unpack::{unpack, ArtifactBudget, UnpackError, Unpacked};
-use super::{AgentSession, SessionError, REPLY_TIMEOUT};
+use super::{AgentSession, SessionError, REPLY_TIMEOUT, WRITE_TIMEOUT};
 
 /// One host file or directory and where it goes, relative to the target.
 #[derive(Clone, Debug)]
@@ -46,7 +47,8 @@ impl AgentSession {
 
     /// Streams a tar archive, produced by `write`, into the guest and unpacks
     /// it under `target`. Nothing is buffered whole: `write` writes straight
-    /// into data frames.
+    /// into data frames. The copy ends with an error at the session deadline,
+    /// or when the guest takes no data for [`WRITE_TIMEOUT`].
     pub fn put_tar(
         &mut self,
         target: &str,
@@ -56,11 +58,20 @@ impl AgentSession {
             target: target.to_string(),
         })?;
         {
-            let mut w = self.writer.lock().map_err(|_| SessionError::Closed)?;
-            let mut frames = DataWriter::new(&mut *w, Stream::Tar);
-            write(&mut frames)?;
-            frames.flush()?;
-            write_frame(&mut *w, &Frame::Control(Message::TarEnd))?;
+            let w = self.writer.lock().map_err(|_| SessionError::Closed)?;
+            let mut io = DeadlineIo::new(&w, self.deadline, Some(WRITE_TIMEOUT));
+            let sent = (|| {
+                let mut frames = DataWriter::new(&mut io, Stream::Tar);
+                write(&mut frames)?;
+                frames.flush()?;
+                write_frame(&mut io, &Frame::Control(Message::TarEnd))
+                    .map_err(std::io::Error::other)
+            })();
+            // The error from inside the tar writer is wrapped beyond
+            // recognition; the adapter knows whether a limit ended it.
+            if let Err(e) = sent {
+                return Err(io.expired().map(SessionError::from).unwrap_or(e.into()));
+            }
         }
         self.files_done()
     }
@@ -84,8 +95,8 @@ impl AgentSession {
             patterns: patterns.to_vec(),
         })?;
         std::fs::create_dir_all(dest)?;
-        self.reader.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        let mut stream = DataReader::new(&mut self.reader, Stream::Tar, Message::TarEnd);
+        let mut io = DeadlineIo::new(&self.reader, self.deadline, Some(REPLY_TIMEOUT));
+        let mut stream = DataReader::new(&mut io, Stream::Tar, Message::TarEnd);
         let unpacked = unpack(&mut stream, dest, budget);
         let (ended, peer_error) = (stream.ended(), stream.peer_error().map(str::to_string));
         if unpacked.hung_up() || (!ended && peer_error.is_none()) {
@@ -95,12 +106,14 @@ impl AgentSession {
             if unpacked.hung_up() {
                 return Ok(unpacked);
             }
+            if let Some(why) = io.expired() {
+                return Err(why.into());
+            }
             return Err(match unpacked.error {
                 Some(UnpackError::Stream(e)) => SessionError::from(e),
                 _ => SessionError::Closed,
             });
         }
-        self.reader.set_read_timeout(None)?;
         if let Some(message) = peer_error {
             return Err(SessionError::Agent(message));
         }

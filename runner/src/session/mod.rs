@@ -2,7 +2,14 @@
 //!
 //! Writes go through a shared handle so that a stdin pump thread and a
 //! [`Canceller`] can send frames while the caller blocks reading output.
+//!
+//! Nothing here waits on the guest without a limit: every write gives up
+//! when the guest takes no data for [`WRITE_TIMEOUT`], a command's output is
+//! read until its own timeout plus [`HOST_GRACE`] at most, and
+//! [`AgentSession::set_deadline`] bounds everything (file copies included)
+//! by the job's deadline.
 
+mod deadline;
 mod files;
 mod unpack;
 
@@ -23,10 +30,18 @@ use agent_protocol::{
     CHUNK_SIZE, PROTOCOL_VERSION,
 };
 
+use deadline::{DeadlineIo, Expiry};
+
 /// How long the agent may take to answer a control request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Slack on top of a command's own timeout before we call the agent dead.
-const EXEC_GRACE: Duration = Duration::from_secs(30);
+/// How long one write may block because the guest takes no data (stops
+/// granting vsock credit) before the session is given up.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after a command's timeout the agent has to report it before
+/// the host gives up on the guest. The agent kills the process group at the
+/// timeout and answers at once, so a few seconds are plenty; more would
+/// only let a hostile guest run longer.
+pub const HOST_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -42,6 +57,42 @@ pub enum SessionError {
     Closed,
     #[error("the agent did not answer within {0:?}")]
     Unresponsive(Duration),
+    #[error("the guest took no data for {0:?}")]
+    Stalled(Duration),
+    /// The agent neither reported the command's end nor its timeout.
+    #[error("host deadline: guest did not stop the step within {grace:?} of its {} timeout",
+        crate::pipeline::format_duration(*.timeout))]
+    ExecDeadline { timeout: Duration, grace: Duration },
+    /// The deadline set with [`AgentSession::set_deadline`] passed.
+    #[error("host deadline: the job's time ran out while waiting for the guest")]
+    Deadline,
+}
+
+impl SessionError {
+    /// Whether a host-side time limit (not the guest) ended the operation.
+    pub fn is_host_deadline(&self) -> bool {
+        matches!(
+            self,
+            SessionError::ExecDeadline { .. } | SessionError::Deadline
+        )
+    }
+}
+
+impl From<Expiry> for SessionError {
+    fn from(why: Expiry) -> Self {
+        match why {
+            Expiry::Deadline => SessionError::Deadline,
+            Expiry::Stalled(limit) => SessionError::Stalled(limit),
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl From<io::Error> for SessionError {
@@ -56,6 +107,8 @@ pub struct AgentSession {
     reader: UnixStream,
     writer: SharedWriter,
     agent: String,
+    /// Nothing on this session may go on past this (see [`Self::set_deadline`]).
+    deadline: Option<Instant>,
 }
 
 /// Sends `Cancel` for the command running on a session, from any thread.
@@ -64,8 +117,8 @@ pub struct Canceller(SharedWriter);
 
 impl Canceller {
     pub fn cancel(&self) {
-        if let Ok(mut w) = self.0.lock() {
-            let _ = write_frame(&mut *w, &Frame::Control(Message::Cancel));
+        if let Ok(w) = self.0.lock() {
+            let _ = write_locked(&w, &Frame::Control(Message::Cancel), None);
         }
     }
 }
@@ -78,6 +131,7 @@ impl AgentSession {
             reader: stream,
             writer,
             agent: String::new(),
+            deadline: None,
         };
         session.send(Message::Hello {
             version: PROTOCOL_VERSION,
@@ -110,6 +164,13 @@ impl AgentSession {
         Canceller(self.writer.clone())
     }
 
+    /// Bounds everything done on this session from now on: once `deadline`
+    /// passes, waiting for the guest (output, replies, file copies) ends
+    /// with [`SessionError::Deadline`]. `None` lifts the bound.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
     /// Runs a command, feeding `stdin` to it if given and passing every chunk
     /// of output to `on_output` as it arrives.
     pub fn exec(
@@ -119,17 +180,20 @@ impl AgentSession {
         on_output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<ExitStatus, SessionError> {
         request.stdin = stdin.is_some();
-        let patience = request
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms) + EXEC_GRACE);
+        // The agent enforces the timeout; the host only steps in when the
+        // agent has not reported it `HOST_GRACE` later. The deadline covers
+        // the whole command, not each read: a guest that keeps printing and
+        // never reports an exit must not keep us here.
+        let timeout = request.timeout_ms.map(Duration::from_millis);
+        let own = timeout.and_then(|t| Instant::now().checked_add(t + HOST_GRACE));
+        let deadline = earliest(own, self.deadline);
         self.send(Message::Exec(request))?;
         let finished = Arc::new(AtomicBool::new(false));
         if let Some(input) = stdin {
             pump_stdin(input, self.writer.clone(), finished.clone());
         }
-        self.reader.set_read_timeout(patience)?;
         let result = loop {
-            match self.next_frame(patience) {
+            match self.next_frame(deadline, None) {
                 Ok(Frame::Data(stream @ (Stream::Stdout | Stream::Stderr), bytes)) => {
                     on_output(stream, &bytes)
                 }
@@ -138,14 +202,20 @@ impl AgentSession {
                     break Err(SessionError::Agent(message))
                 }
                 Ok(other) => break Err(SessionError::Unexpected(format!("{other:?}"))),
+                Err(SessionError::Deadline) if own.is_some() && deadline == own => {
+                    break Err(SessionError::ExecDeadline {
+                        timeout: timeout.unwrap_or_default(),
+                        grace: HOST_GRACE,
+                    })
+                }
                 Err(e) => break Err(e),
             }
         };
-        // Taking the lock orders this after any frame the pump is sending, so
-        // no stdin frame can follow the command's end on the wire.
-        if let Ok(_guard) = self.writer.lock() {
-            finished.store(true, Ordering::SeqCst);
-        }
+        // No stdin frame may start after this; one the pump is sending is
+        // finished (or, if the guest takes no more, abandoned) before the
+        // lock is ours, so nothing of this command follows on the wire.
+        finished.store(true, Ordering::SeqCst);
+        drop(self.writer.lock());
         result
     }
 
@@ -176,32 +246,37 @@ impl AgentSession {
     }
 
     fn send(&self, msg: Message) -> Result<(), SessionError> {
-        let mut w = self.writer.lock().map_err(|_| SessionError::Closed)?;
-        write_frame(&mut *w, &Frame::Control(msg))?;
-        Ok(())
+        let w = self.writer.lock().map_err(|_| SessionError::Closed)?;
+        write_locked(&w, &Frame::Control(msg), self.deadline)
     }
 
-    fn next_frame(&mut self, patience: Option<Duration>) -> Result<Frame, SessionError> {
-        match read_frame(&mut self.reader) {
-            Ok(Some(frame)) => Ok(frame),
-            Ok(None) => Err(SessionError::Closed),
-            Err(ProtocolError::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(SessionError::Unresponsive(patience.unwrap_or_default()))
-            }
-            Err(e) => Err(e.into()),
+    /// Reads one frame, giving up at `deadline` or after `stall` without a
+    /// byte.
+    fn next_frame(
+        &mut self,
+        deadline: Option<Instant>,
+        stall: Option<Duration>,
+    ) -> Result<Frame, SessionError> {
+        let mut io = DeadlineIo::new(&self.reader, deadline, stall);
+        let frame = read_frame(&mut io);
+        match (frame, io.expired()) {
+            (Ok(Some(frame)), _) => Ok(frame),
+            (Ok(None), _) => Err(SessionError::Closed),
+            (Err(_), Some(why)) => Err(why.into()),
+            (Err(e), None) => Err(e.into()),
         }
     }
 
-    /// Reads one control reply within `limit`.
+    /// Reads one control reply within `limit` (and the session deadline).
     fn reply(&mut self, limit: Duration) -> Result<Message, SessionError> {
-        self.reader.set_read_timeout(Some(limit))?;
-        let frame = self.next_frame(Some(limit));
-        self.reader.set_read_timeout(None)?;
+        let own = Instant::now().checked_add(limit);
+        let deadline = earliest(own, self.deadline);
+        let frame = match self.next_frame(deadline, None) {
+            Err(SessionError::Deadline) if deadline == own => {
+                Err(SessionError::Unresponsive(limit))
+            }
+            other => other,
+        };
         match frame? {
             Frame::Control(msg) => Ok(msg),
             Frame::Data(stream, _) => Err(SessionError::Unexpected(format!(
@@ -224,12 +299,12 @@ fn pump_stdin(mut input: Box<dyn Read + Send>, writer: SharedWriter, finished: A
                     Ok(0) | Err(_) => Frame::Control(Message::StdinEof),
                     Ok(n) => Frame::Data(Stream::Stdin, buf[..n].to_vec()),
                 };
-                let Ok(mut w) = writer.lock() else { return };
+                let Ok(w) = writer.lock() else { return };
                 if finished.load(Ordering::SeqCst) {
                     return;
                 }
                 let last = matches!(frame, Frame::Control(_));
-                if write_frame(&mut *w, &frame).is_err() || last {
+                if write_stdin(&w, &frame, &finished).is_err() || last {
                     return;
                 }
             }
@@ -238,3 +313,53 @@ fn pump_stdin(mut input: Box<dyn Read + Send>, writer: SharedWriter, finished: A
         tracing::warn!("cannot start the stdin thread: {e}");
     }
 }
+
+/// How often a stdin write blocked by the guest checks whether the command
+/// has ended.
+const STDIN_RECHECK: Duration = Duration::from_secs(1);
+
+/// Writes one stdin frame on the (locked) shared socket. A command may
+/// leave its stdin unread for as long as it likes (the agent then stops
+/// taking frames), so there is no stall limit while it runs. Once it has
+/// ended, a frame the guest will not take is abandoned and the socket shut:
+/// half a frame on the wire would corrupt anything that followed.
+fn write_stdin(stream: &UnixStream, frame: &Frame, finished: &AtomicBool) -> io::Result<()> {
+    let mut wire = Vec::new();
+    write_frame(&mut wire, frame).map_err(io::Error::other)?;
+    let mut sent = 0;
+    while sent < wire.len() {
+        let mut io = DeadlineIo::new(stream, None, Some(STDIN_RECHECK));
+        match std::io::Write::write(&mut io, &wire[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if io.expired().is_some() && !finished.load(Ordering::SeqCst) => {}
+            Err(e) => {
+                if sent > 0 {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one frame on the (locked) shared socket. A guest that takes no
+/// data for [`WRITE_TIMEOUT`] fails the write rather than blocking the
+/// caller (and every other writer waiting for the lock) for ever.
+fn write_locked(
+    stream: &UnixStream,
+    frame: &Frame,
+    deadline: Option<Instant>,
+) -> Result<(), SessionError> {
+    let mut io = DeadlineIo::new(stream, deadline, Some(WRITE_TIMEOUT));
+    match (write_frame(&mut io, frame), io.expired()) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(why)) => Err(why.into()),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

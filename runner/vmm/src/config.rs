@@ -43,6 +43,9 @@ pub struct VcpuConfig {
 pub struct SerialConfig {
     /// Every byte the guest writes is appended here (created/truncated).
     pub log_path: Option<PathBuf>,
+    /// Most bytes the log may take; past it, its head and a rolling tail are
+    /// kept (see `runner_devices::bounded::CappedLog`). `None`: no limit.
+    pub log_limit: Option<u64>,
     /// Also copy guest output to the host's stdout.
     pub console: bool,
 }

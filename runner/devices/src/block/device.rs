@@ -2,6 +2,7 @@
 //! [`Disk`] behind them. Requests are served synchronously, in queue order,
 //! on whatever thread the transport calls from.
 
+use crate::bounded::RateLimiter;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ pub struct BlockDevice {
     window: Vec<u8>,
     activated: bool,
     stats: Arc<BlockStats>,
+    /// The guest decides how often requests are malformed: bound the logging.
+    warnings: RateLimiter,
 }
 
 /// What a request came to: the status byte and how many bytes of data the
@@ -71,6 +74,11 @@ impl Outcome {
 }
 
 impl BlockDevice {
+    /// Replaces the warning budget (10 a second by default).
+    pub fn set_warnings(&mut self, limiter: RateLimiter) {
+        self.warnings = limiter;
+    }
+
     /// Opens the image (and creates the overlay) as `config` says.
     pub fn new(config: BlockConfig) -> Result<BlockDevice, BlockError> {
         let serial_bytes = config.serial.as_bytes();
@@ -110,6 +118,7 @@ impl BlockDevice {
             window: Vec::new(),
             activated: false,
             stats: Arc::default(),
+            warnings: RateLimiter::default(),
         })
     }
 
@@ -182,7 +191,8 @@ impl BlockDevice {
                 (req.status, outcome)
             }
             Err(Rejected::NoStatus) => {
-                tracing::warn!(
+                crate::warn_limited!(
+                    self.warnings,
                     head,
                     "virtio-blk: dropping a request with no writable status byte"
                 );
@@ -190,7 +200,11 @@ impl BlockDevice {
                 return 0;
             }
             Err(Rejected::Malformed { status, reason }) => {
-                tracing::warn!(head, "virtio-blk: malformed request: {reason}");
+                crate::warn_limited!(
+                    self.warnings,
+                    head,
+                    "virtio-blk: malformed request: {reason}"
+                );
                 (status, Outcome::status(VIRTIO_BLK_S_IOERR))
             }
         };
@@ -199,7 +213,11 @@ impl BlockDevice {
         }
         // The status fits a byte: the VIRTIO_BLK_S_* values are 0..=6.
         if let Err(e) = mem.write_obj(outcome.status as u8, status_addr) {
-            tracing::warn!(head, "virtio-blk: cannot write the status byte: {e}");
+            crate::warn_limited!(
+                self.warnings,
+                head,
+                "virtio-blk: cannot write the status byte: {e}"
+            );
             return 0;
         }
         u32::try_from(outcome.written + 1).unwrap_or(u32::MAX)
@@ -207,7 +225,7 @@ impl BlockDevice {
 
     fn execute<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
         let wrong_shape = |what: &str| {
-            tracing::warn!(kind = ?req.kind, "virtio-blk: malformed request: {what}");
+            crate::warn_limited!(self.warnings, kind = ?req.kind, "virtio-blk: malformed request: {what}");
             Outcome::status(VIRTIO_BLK_S_IOERR)
         };
         match req.kind {
@@ -253,7 +271,7 @@ impl BlockDevice {
                         written: len as u64,
                     },
                     Err(e) => {
-                        tracing::warn!("virtio-blk: cannot write the id: {e}");
+                        crate::warn_limited!(self.warnings, "virtio-blk: cannot write the id: {e}");
                         Outcome::status(VIRTIO_BLK_S_IOERR)
                     }
                 }
@@ -283,7 +301,8 @@ impl BlockDevice {
     fn read<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
         let len = total_len(&req.writable);
         let Some(offset) = self.disk_range(req.sector, len) else {
-            tracing::warn!(
+            crate::warn_limited!(
+                self.warnings,
                 sector = req.sector,
                 len,
                 capacity = self.capacity(),
@@ -305,7 +324,10 @@ impl BlockDevice {
                 };
             }
             if let Err(e) = cursor.scatter(mem, window) {
-                tracing::warn!("virtio-blk: cannot copy read data to the guest: {e}");
+                crate::warn_limited!(
+                    self.warnings,
+                    "virtio-blk: cannot copy read data to the guest: {e}"
+                );
                 return Outcome {
                     status: VIRTIO_BLK_S_IOERR,
                     written: done,
@@ -323,7 +345,8 @@ impl BlockDevice {
     fn write<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
         let len = total_len(&req.readable);
         let Some(offset) = self.disk_range(req.sector, len) else {
-            tracing::warn!(
+            crate::warn_limited!(
+                self.warnings,
                 sector = req.sector,
                 len,
                 capacity = self.capacity(),
@@ -338,7 +361,10 @@ impl BlockDevice {
             self.grow_window(n);
             let window = &mut self.window[..n];
             if let Err(e) = cursor.gather(mem, window) {
-                tracing::warn!("virtio-blk: cannot copy write data from the guest: {e}");
+                crate::warn_limited!(
+                    self.warnings,
+                    "virtio-blk: cannot copy write data from the guest: {e}"
+                );
                 return Outcome::status(VIRTIO_BLK_S_IOERR);
             }
             if let Err(e) = self.disk.write_at(window, offset + done) {
@@ -379,6 +405,10 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
 
     // write_config: the default (read-only). The only writable field,
     // `writeback`, needs CONFIG_WCE, which is not offered.
+
+    fn warnings(&self) -> &RateLimiter {
+        &self.warnings
+    }
 
     fn activate(&mut self) -> Result<(), DeviceError> {
         self.activated = true;

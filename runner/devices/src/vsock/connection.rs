@@ -13,6 +13,9 @@
 //! Socket readiness comes from an edge-triggered epoll, so `readable` and
 //! `writable` stay set until a read or write hits `EAGAIN`.
 
+use std::sync::Arc;
+
+use crate::bounded::RateLimiter;
 use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -39,9 +42,11 @@ mod pending {
 }
 
 /// What every connection of a device shares.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ConnParams {
     pub guest_cid: u64,
+    /// The device's warning budget: the guest decides how often these fire.
+    pub warnings: Arc<RateLimiter>,
     /// Our receive buffer for guest data (the `buf_alloc` we advertise).
     pub buf_alloc: u32,
     pub timeouts: VsockTimeouts,
@@ -68,6 +73,7 @@ pub(crate) struct Connection {
     pub peer_port: u32,
     guest_cid: u64,
     timeouts: VsockTimeouts,
+    warnings: Arc<RateLimiter>,
     pub state: State,
     pending: u8,
     shutdown_flags: u32,
@@ -115,6 +121,7 @@ impl Connection {
             peer_port,
             guest_cid: params.guest_cid,
             timeouts: params.timeouts,
+            warnings: params.warnings,
             state,
             pending: 0,
             shutdown_flags: 0,
@@ -238,7 +245,8 @@ impl Connection {
                 self.flush_to_host();
             }
             (State::AwaitingResponse, _) | (_, Op::Request) | (_, Op::Response) => {
-                tracing::warn!(
+                crate::warn_limited!(
+                self.warnings,
                     port = self.local_port,
                     peer = self.peer_port,
                     ?op,
@@ -268,7 +276,8 @@ impl Connection {
         let len = pkt.payload_len();
         let unforwarded = (self.rx_cnt - self.fwd_cnt).0 as usize;
         if unforwarded + len > self.buf_alloc as usize {
-            tracing::warn!(
+            crate::warn_limited!(
+                self.warnings,
                 port = self.local_port,
                 peer = self.peer_port,
                 "vsock: guest sent beyond its credit, resetting connection"
@@ -298,7 +307,11 @@ impl Connection {
         if done < len {
             self.compact_to_host();
             if let Err(e) = pkt.copy_payload(mem, done, &mut self.to_host) {
-                tracing::warn!(port = self.local_port, "vsock: cannot read tx payload: {e}");
+                crate::warn_limited!(
+                    self.warnings,
+                    port = self.local_port,
+                    "vsock: cannot read tx payload: {e}"
+                );
                 self.kill();
                 return;
             }

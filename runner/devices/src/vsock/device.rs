@@ -1,6 +1,7 @@
 //! The vsock device: three virtqueues, an 8-byte config space holding the
 //! guest CID, and the muxer behind them.
 
+use crate::bounded::RateLimiter;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +103,10 @@ impl VsockDevice {
                 let head = chain.head_index();
                 match TxPacket::parse(mem, chain) {
                     Ok(pkt) => self.muxer.handle_guest_packet(mem, &pkt),
-                    Err(e) => tracing::warn!("vsock: dropping tx buffer: {e}"),
+                    Err(e) => crate::warn_limited!(
+                        self.muxer.warnings(),
+                        "vsock: dropping tx buffer: {e}"
+                    ),
                 }
                 queue.add_used(mem, head, 0)?;
                 used = true;
@@ -148,7 +152,10 @@ impl VsockDevice {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!("vsock: returning unusable rx buffer: {e}");
+                    crate::warn_limited!(
+                        self.muxer.warnings(),
+                        "vsock: returning unusable rx buffer: {e}"
+                    );
                     0
                 }
             };
@@ -186,6 +193,10 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.config.guest_cid.to_le_bytes();
         crate::virtio::read_config_space(&config, offset, data);
+    }
+
+    fn warnings(&self) -> &RateLimiter {
+        self.muxer.warnings()
     }
 
     fn activate(&mut self) -> Result<(), DeviceError> {

@@ -13,8 +13,11 @@
 //! do is a FIFO of connections with something to say, plus RSTs for packets
 //! that matched no connection; both are bounded.
 
+use std::sync::Arc;
+
+use crate::bounded::RateLimiter;
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,6 +32,8 @@ use super::connection::{ConnParams, Connection, State};
 use super::packet::{Op, RxBuffer, TxPacket, VsockHeader, HOST_CID, TYPE_STREAM};
 use super::socket::connect_nonblocking;
 use super::VsockConfig;
+
+mod host;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
@@ -140,6 +145,7 @@ impl Muxer {
                 guest_cid: config.guest_cid,
                 buf_alloc: config.conn_buffer_size,
                 timeouts: config.timeouts,
+                warnings: Arc::new(RateLimiter::default()),
             },
             max_connections: config.max_connections,
             conns: HashMap::new(),
@@ -213,158 +219,12 @@ impl Muxer {
         }
     }
 
-    fn accept_host_connections(&mut self) {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: the pending connection stays queued and
-                    // we will be told again when another one arrives.
-                    tracing::warn!("vsock: accept on {} failed: {e}", self.uds_path.display());
-                    return;
-                }
-            };
-            let handshakes = self.slots.len() - self.conns.len();
-            if handshakes >= MAX_HANDSHAKES || self.conns.len() >= self.max_connections {
-                tracing::warn!("vsock: too many host connections, refusing one");
-                continue;
-            }
-            if let Err(e) = stream.set_nonblocking(true) {
-                tracing::warn!("vsock: cannot make host socket non-blocking: {e}");
-                continue;
-            }
-            let token = self.new_token();
-            if let Err(e) = self.epoll.ctl(
-                ControlOperation::Add,
-                stream.as_raw_fd(),
-                EpollEvent::new(event_set(false), token),
-            ) {
-                tracing::warn!("vsock: cannot watch host socket: {e}");
-                continue;
-            }
-            let deadline = Instant::now() + self.params.timeouts.handshake;
-            self.arm_timer(deadline);
-            let handshake = Handshake {
-                stream,
-                line: Vec::new(),
-                deadline,
-            };
-            self.slots.insert(token, Slot::Handshake(handshake));
-            // The CONNECT line may already be there; edge-triggered epoll
-            // only reports data arriving after registration.
-            self.on_handshake_readable(token);
-        }
-    }
-
-    fn new_token(&mut self) -> u64 {
-        let token = self.next_token;
-        self.next_token += 1;
-        token
-    }
-
-    fn on_stream_event(&mut self, token: u64, set: EventSet) {
-        let key = match self.slots.get(&token) {
-            Some(Slot::Conn(key)) => *key,
-            Some(Slot::Handshake(_)) => return self.on_handshake_readable(token),
-            None => return,
-        };
-        if let Some((_, conn)) = self.conns.get_mut(&key) {
-            let hangup = set.intersects(EventSet::HANG_UP | EventSet::ERROR);
-            conn.on_host_event(
-                set.intersects(EventSet::IN | EventSet::READ_HANG_UP),
-                set.contains(EventSet::OUT),
-                hangup,
-            );
-            self.after_change(key);
-        }
-    }
-
-    /// Reads the `CONNECT <port>\n` line one byte at a time, so nothing the
-    /// host program sends after it is consumed here.
-    fn on_handshake_readable(&mut self, token: u64) {
-        let Some(Slot::Handshake(h)) = self.slots.get_mut(&token) else {
-            return;
-        };
-        let port = loop {
-            let mut byte = [0u8; 1];
-            match (&h.stream).read(&mut byte) {
-                Ok(0) => break Err("closed before CONNECT".to_string()),
-                Ok(_) if byte[0] == b'\n' => break parse_connect(&h.line),
-                Ok(_) if h.line.len() >= MAX_CONNECT_LINE => {
-                    break Err("CONNECT line too long".to_string())
-                }
-                Ok(_) => h.line.push(byte[0]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e.to_string()),
-            }
-        };
-        let Some(Slot::Handshake(h)) = self.slots.remove(&token) else {
-            return;
-        };
-        match port {
-            Ok(port) => self.start_host_connection(token, h.stream, port),
-            Err(why) => {
-                tracing::warn!("vsock: dropping host connection: {why}");
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    h.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
-            }
-        }
-    }
-
-    fn start_host_connection(&mut self, token: u64, stream: UnixStream, peer_port: u32) {
-        let fd = stream.as_raw_fd();
-        if self.conns.len() >= self.max_connections {
-            tracing::warn!("vsock: connection limit reached, refusing CONNECT {peer_port}");
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            return;
-        }
-        let local_port = self.alloc_local_port();
-        // Now that it carries data, also watch for room to write and hang-ups.
-        if let Err(e) = self.epoll.ctl(
-            ControlOperation::Modify,
-            fd,
-            EpollEvent::new(event_set(true), token),
-        ) {
-            tracing::warn!("vsock: cannot watch host socket: {e}");
-            return;
-        }
-        let key = ConnKey {
-            local_port,
-            peer_port,
-        };
-        let conn = Connection::host_initiated(stream, local_port, peer_port, self.params);
-        self.slots.insert(token, Slot::Conn(key));
-        self.conns.insert(key, (token, conn));
-        self.after_change(key);
-    }
-
-    fn alloc_local_port(&mut self) -> u32 {
-        loop {
-            let port = self.next_local_port;
-            self.next_local_port = self
-                .next_local_port
-                .checked_add(1)
-                .unwrap_or(FIRST_LOCAL_PORT);
-            if !self.conns.keys().any(|k| k.local_port == port) {
-                return port;
-            }
-        }
-    }
-
     /// Handles one packet from the tx queue.
     pub fn handle_guest_packet<M: GuestMemory>(&mut self, mem: &M, pkt: &TxPacket) {
         let op = match pkt.check_addressing(self.params.guest_cid) {
             Ok(op) => op,
             Err(e) => {
-                tracing::warn!("vsock: dropping tx packet: {e}");
+                crate::warn_limited!(self.params.warnings, "vsock: dropping tx packet: {e}");
                 return;
             }
         };
@@ -387,7 +247,8 @@ impl Muxer {
 
     fn accept_guest_connection(&mut self, hdr: &VsockHeader) {
         if self.conns.len() >= self.max_connections {
-            tracing::warn!(
+            crate::warn_limited!(
+                self.params.warnings,
                 "vsock: connection limit reached, refusing guest connection to port {}",
                 hdr.dst_port
             );
@@ -412,10 +273,10 @@ impl Muxer {
             stream.as_raw_fd(),
             EpollEvent::new(event_set(true), token),
         ) {
-            tracing::warn!("vsock: cannot watch host socket: {e}");
+            crate::warn_limited!(self.params.warnings, "vsock: cannot watch host socket: {e}");
             return self.reply_rst(hdr);
         }
-        let conn = Connection::guest_initiated(stream, hdr, self.params);
+        let conn = Connection::guest_initiated(stream, hdr, self.params.clone());
         let key = ConnKey {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
@@ -428,7 +289,10 @@ impl Muxer {
     /// Answers a packet that matches no connection with an RST.
     fn reply_rst(&mut self, to: &VsockHeader) {
         if self.orphan_replies.len() >= MAX_ORPHAN_REPLIES {
-            tracing::warn!("vsock: too many unanswered stray packets, dropping an RST");
+            crate::warn_limited!(
+                self.params.warnings,
+                "vsock: too many unanswered stray packets, dropping an RST"
+            );
             return;
         }
         self.orphan_replies.push_back(VsockHeader {
@@ -476,7 +340,7 @@ impl Muxer {
     pub fn fill_rx<M: GuestMemory>(&mut self, mem: &M, buf: &RxBuffer) -> Option<u32> {
         if let Some(hdr) = self.orphan_replies.pop_front() {
             return Some(buf.write_header(mem, &hdr).unwrap_or_else(|e| {
-                tracing::warn!("vsock: cannot write rx buffer: {e}");
+                crate::warn_limited!(self.params.warnings, "vsock: cannot write rx buffer: {e}");
                 0
             }));
         }
@@ -492,7 +356,10 @@ impl Muxer {
             written = match conn.fill_rx(mem, buf) {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!("vsock: cannot write rx buffer: {e}");
+                    crate::warn_limited!(
+                        self.params.warnings,
+                        "vsock: cannot write rx buffer: {e}"
+                    );
                     conn.kill();
                     Some(0)
                 }
@@ -519,7 +386,7 @@ impl Muxer {
             .max(std::time::Duration::from_millis(1));
         match self.timer.reset(delay, None) {
             Ok(()) => self.timer_at = Some(at),
-            Err(e) => tracing::warn!("vsock: cannot arm timer: {e}"),
+            Err(e) => crate::warn_limited!(self.params.warnings, "vsock: cannot arm timer: {e}"),
         }
     }
 
@@ -540,7 +407,10 @@ impl Muxer {
             .collect();
         for token in expired_handshakes {
             if let Some(Slot::Handshake(h)) = self.slots.remove(&token) {
-                tracing::warn!("vsock: host connection sent no CONNECT line in time");
+                crate::warn_limited!(
+                    self.params.warnings,
+                    "vsock: host connection sent no CONNECT line in time"
+                );
                 let _ = self.epoll.ctl(
                     ControlOperation::Delete,
                     h.stream.as_raw_fd(),
@@ -555,7 +425,8 @@ impl Muxer {
                     let was_waiting = conn.state == State::AwaitingResponse;
                     conn.on_deadline();
                     if was_waiting {
-                        tracing::warn!(
+                        crate::warn_limited!(
+                            self.params.warnings,
                             port = key.peer_port,
                             "vsock: guest did not answer a connection request in time"
                         );
@@ -579,19 +450,15 @@ impl Muxer {
     }
 }
 
-fn parse_connect(line: &[u8]) -> Result<u32, String> {
-    let text = std::str::from_utf8(line).map_err(|_| "CONNECT line is not UTF-8".to_string())?;
-    let port = text
-        .trim_end_matches('\r')
-        .strip_prefix("CONNECT ")
-        .ok_or_else(|| format!("expected `CONNECT <port>`, got {text:?}"))?;
-    port.trim()
-        .parse::<u32>()
-        .map_err(|_| format!("bad port in {text:?}"))
-}
-
 impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+impl Muxer {
+    /// The device's warning budget, shared with its connections.
+    pub(crate) fn warnings(&self) -> &RateLimiter {
+        &self.params.warnings
     }
 }

@@ -2,7 +2,7 @@
 //! console) and the i8042 controller, whose "pulse reset line" command is
 //! how Linux reboots (`reboot=k`) and so how a guest ends its VM.
 
-use std::fs::File;
+use runner_devices::bounded::CappedLog;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -26,13 +26,13 @@ impl Trigger for EventFdTrigger {
 /// Where guest console bytes go: a log file and/or stdout. Writes are
 /// unbuffered so the log is complete even if the VMM is killed.
 pub struct SerialOutput {
-    log: Option<File>,
+    log: Option<CappedLog>,
     console: bool,
     first_byte: Arc<OnceLock<Instant>>,
 }
 
 impl SerialOutput {
-    pub fn new(log: Option<File>, console: bool) -> Self {
+    pub fn new(log: Option<CappedLog>, console: bool) -> Self {
         SerialOutput {
             log,
             console,
@@ -130,7 +130,7 @@ mod tests {
     fn serial_writes_reach_the_log_and_raise_the_irq() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
-        let out = SerialOutput::new(Some(File::create(&path).unwrap()), false);
+        let out = SerialOutput::new(Some(CappedLog::create(&path, None).unwrap()), false);
         let first = out.first_byte_time();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut serial = SerialConsole::new(irq.try_clone().unwrap(), out);

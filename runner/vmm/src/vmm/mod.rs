@@ -7,6 +7,8 @@ mod virtio;
 pub use virtio::VirtioSlot;
 
 use std::fs::File;
+
+use runner_devices::bounded::CappedLog;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -218,10 +220,12 @@ impl Vmm {
 
         // Legacy devices.
         let serial_log = match &config.serial.log_path {
-            Some(path) => Some(File::create(path).map_err(|source| Error::SerialLog {
-                path: path.clone(),
-                source,
-            })?),
+            Some(path) => Some(CappedLog::create(path, config.serial.log_limit).map_err(
+                |source| Error::SerialLog {
+                    path: path.clone(),
+                    source,
+                },
+            )?),
             None => None,
         };
         let output = SerialOutput::new(serial_log, config.serial.console);

@@ -160,3 +160,27 @@ fn malformed_chains_get_ioerr_or_are_dropped() {
     assert_eq!((counts.reads, counts.read_bytes), (1, 512));
     assert_eq!(counts.writes, 0);
 }
+
+#[test]
+fn a_flood_of_malformed_requests_spends_only_the_device_warning_budget() {
+    use crate::bounded::Verdict;
+    use crate::virtio::VirtioDevice;
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    let mut other = Harness::new(&mem);
+    // An hour-long window, so that how fast this runs does not matter.
+    let budget = || crate::bounded::RateLimiter::new(10, std::time::Duration::from_secs(3600));
+    h.device.set_warnings(budget());
+    other.device.set_warnings(budget());
+    for _ in 0..100 {
+        h.header(VIRTIO_BLK_T_IN, 0);
+        assert_eq!(h.submit(&[r(HDR, 8), w(STATUS, 1)]), 1);
+        assert_eq!(h.status(), IOERR);
+    }
+    // Every warning went through this device's limiter, which is spent...
+    let warnings = VirtioDevice::<Mem>::warnings(&h.device);
+    assert_eq!(warnings.check(), Verdict::Suppress);
+    // ...while another device (another VM) still has all of its own.
+    let theirs = VirtioDevice::<Mem>::warnings(&other.device);
+    assert_eq!(theirs.check(), Verdict::Log { suppressed: 0 });
+}
