@@ -114,14 +114,28 @@ fn several_connections_are_served_at_once() {
     let vm = boot("connections");
     let mut a = vm.session();
     let mut b = vm.session();
-    let slow = std::thread::spawn(move || sh(&mut a, "sleep 2; echo slow"));
-    let start = Instant::now();
-    assert_eq!(sh(&mut b, "echo fast").stdout(), "fast\n");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "blocked behind another connection"
+    // `a` waits on a fifo that only `b`'s command writes: if the agent
+    // served one connection at a time, whichever ran first would wait until
+    // its (far-off) timeout, and `a` would not see `b`'s word. No timing is
+    // measured, so a slow machine cannot fail this.
+    let limit = Some(Duration::from_secs(300));
+    let reader = std::thread::spawn(move || {
+        run(
+            &mut a,
+            script_request("mkfifo /tmp/f; read word < /tmp/f; echo got $word", limit),
+        )
+    });
+    let writer = run(
+        &mut b,
+        script_request(
+            "until [ -p /tmp/f ]; do sleep 0.1; done; echo fast > /tmp/f; echo sent",
+            limit,
+        ),
     );
-    assert_eq!(slow.join().unwrap().stdout(), "slow\n");
+    assert_eq!(writer.stdout(), "sent\n", "{}", writer.stderr());
+    let reader = reader.join().unwrap();
+    assert!(!reader.status.timed_out, "blocked behind another connection");
+    assert_eq!(reader.stdout(), "got fast\n", "{}", reader.stderr());
     drop(vm.session);
 }
 

@@ -117,7 +117,8 @@ fn ctrl_c_tears_everything_down() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let start = Instant::now();
     let status = child.wait().unwrap();
-    assert!(start.elapsed() < Duration::from_secs(15), "slow teardown");
+    // A backstop against a hung teardown, far above what any machine needs.
+    assert!(start.elapsed() < Duration::from_secs(60), "slow teardown");
     assert_eq!(status.code(), Some(130));
     assert_no_leftovers(tmp.path());
 }

@@ -139,7 +139,11 @@ fn wait_for_agent_gives_a_session_or_a_boot_error_with_console_lines() {
     if std::env::var_os("RUNNER_NESTED").is_some() {
         assert!(native, "RUNNER_NESTED is set but ring 0 is not native here");
     }
-    let spec = spec("kvm-timeout", Duration::from_secs(20));
+    // Where ring 0 is native the agent must answer: give it all the time a
+    // loaded machine (or a nested one) may need. Where it is emulated the
+    // wait must end with a boot error: keep that wait short.
+    let boot_timeout = Duration::from_secs(if native { 120 } else { 20 });
+    let spec = spec("kvm-timeout", boot_timeout);
     let mut vm = KvmBackend::new().start_vm(&spec).expect("the VM starts");
     if !native {
         // Early on, the guest is alive but nowhere near its agent: the

@@ -29,39 +29,52 @@ if ! grep -qE 'backend auto +picks kvm' "$results/doctor.txt"; then
     echo "doctor" >>"$results/failed"
 fi
 
-passed=0 failed=0 retried=0 total=0
+# RESULTS survives a frozen L1 that run.sh restarts: `done` lists finished
+# tests (they are not run again), `current` the one L1 was running when it
+# froze, whose next run counts as its retry.
+touch "$results/done"
 run_one() { # BIN TEST LOG
     timeout --kill-after=10 "$per_test_deadline" "$1" --exact "$2" --test-threads 1 --nocapture \
         >"$3" 2>&1 </dev/null
 }
+finished() { awk -v k="$1" '$2 == k {found = 1} END {exit !found}' "$results/done"; }
 while read -r bin; do
     [ -n "$bin" ] || continue
     name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
     mapfile -t tests < <("$bin" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
     for t in "${tests[@]}"; do
-        total=$((total + 1))
+        key="$name::$t"
+        finished "$key" && continue
         log="$results/logs/$name--${t//[^A-Za-z0-9_]/_}"
-        start=$(date +%s)
-        if run_one "$bin" "$t" "$log.log"; then
-            passed=$((passed + 1))
-            say "ok      $name::$t ($(($(date +%s) - start)) s)"
-            continue
-        fi
-        say "retry   $name::$t (first attempt failed, exit $?); its output ended with:"
-        tail -n 15 "$log.log" | sed 's/^/    /'
-        retried=$((retried + 1))
-        echo "$name::$t" >>"$results/retried"
-        if run_one "$bin" "$t" "$log.retry.log"; then
-            passed=$((passed + 1))
-            say "ok      $name::$t on the retry (environment retry)"
+        if [ "$(cat "$results/current" 2>/dev/null)" = "$key" ]; then
+            say "retry   $key (L1 froze while running it)"
+            echo "$key" >>"$results/retried"
         else
-            failed=$((failed + 1))
-            echo "$name::$t" >>"$results/failed"
-            say "FAIL    $name::$t failed twice; its output:"
+            echo "$key" >"$results/current"
+            start=$(date +%s)
+            rc=0
+            run_one "$bin" "$t" "$log.log" || rc=$?
+            if [ "$rc" -eq 0 ]; then
+                echo "ok $key" >>"$results/done"
+                say "ok      $key ($(($(date +%s) - start)) s)"
+                continue
+            fi
+            say "retry   $key (first attempt failed, exit $rc); its output ended with:"
+            tail -n 15 "$log.log" | sed 's/^/    /'
+            echo "$key" >>"$results/retried"
+        fi
+        if run_one "$bin" "$t" "$log.retry.log"; then
+            echo "ok $key" >>"$results/done"
+            say "ok      $key on the retry (environment retry)"
+        else
+            echo "failed $key" >>"$results/done"
+            echo "$key" >>"$results/failed"
+            say "FAIL    $key failed twice; its output:"
             tail -n 60 "$log.retry.log" | sed 's/^/    /'
         fi
     done
 done <"$list"
+rm -f "$results/current"
 
 # CPUID/MSR hygiene: no boot may leave KVM complaining about an MSR the
 # guest touched (on hardware too that would be a log line per boot).
@@ -72,6 +85,10 @@ if grep -iE 'unhandled (wr|rd)msr|perfctr wrmsr' "$results/l1-dmesg.txt" >"$resu
     echo "msr-hygiene" >>"$results/failed"
 fi
 
+passed=$(grep -c '^ok ' "$results/done")
+failed=$(grep -c '^failed ' "$results/done")
+retried=$(cat "$results/retried" 2>/dev/null | wc -l)
+total=$((passed + failed))
 echo "$passed $failed $retried $total" >"$results/counts"
 say "$passed passed, $failed failed, $retried environment retries, of $total tests"
 if ((total == 0)); then
