@@ -87,7 +87,8 @@ fi
 
 passed=$(grep -c '^ok ' "$results/done")
 failed=$(grep -c '^failed ' "$results/done")
-retried=$(cat "$results/retried" 2>/dev/null | wc -l)
+retried=0
+[ -f "$results/retried" ] && retried=$(wc -l <"$results/retried")
 total=$((passed + failed))
 echo "$passed $failed $retried $total" >"$results/counts"
 say "$passed passed, $failed failed, $retried environment retries, of $total tests"

@@ -53,6 +53,7 @@ if [ "$status" -ne 0 ]; then
     [ -s "$out/failed" ] && sed 's/^/nested: failed: /' "$out/failed" >&2
     exit 1
 fi
-restarts=$(cat "$out/l1-restarts" 2>/dev/null | wc -l)
+restarts=0
+[ -f "$out/l1-restarts" ] && restarts=$(wc -l <"$out/l1-restarts")
 read -r passed _ retried _ <"$out/counts"
 echo "nested: passed ($passed tests, $retried environment retries, $restarts L1 restarts)" >&2
