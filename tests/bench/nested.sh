@@ -59,11 +59,11 @@ for jobs in 1 2; do
     echo "jobs\$jobs \$(( \$(ms) - start ))" >>/nested-out/medians
 done
 INNER
-tests/nested/run-l1.sh --deadline 3600 "$out" "$out/inner.sh" | tee "$out/l1.log"
+tests/nested/run-l1.sh --deadline 3600 --stall 600 "$out" "$out/inner.sh" | tee "$out/l1.log"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-read -r _ rk rq < <(grep '^ready' "$out/medians")
-read -r _ wk wq < <(grep '^wall' "$out/medians")
+read -r _ _ rk _ rq < <(grep '^ready' "$out/medians")
+read -r _ _ wk _ wq < <(grep '^wall' "$out/medians")
 j1=$(awk '/^jobs1/ {print $2}' "$out/medians")
 j2=$(awk '/^jobs2/ {print $2}' "$out/medians")
 echo
