@@ -134,7 +134,10 @@ fn several_connections_are_served_at_once() {
     );
     assert_eq!(writer.stdout(), "sent\n", "{}", writer.stderr());
     let reader = reader.join().unwrap();
-    assert!(!reader.status.timed_out, "blocked behind another connection");
+    assert!(
+        !reader.status.timed_out,
+        "blocked behind another connection"
+    );
     assert_eq!(reader.stdout(), "got fast\n", "{}", reader.stderr());
     drop(vm.session);
 }
