@@ -3,5 +3,8 @@
 //! through the interface in [`virtio`].
 
 pub mod block;
+/// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod virtio;
 pub mod vsock;

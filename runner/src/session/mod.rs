@@ -4,7 +4,8 @@
 //! [`Canceller`] can send frames while the caller blocks reading output.
 
 mod files;
-mod unpack;
+// pub(crate) for the fuzz entry point in `crate::fuzzing`.
+pub(crate) mod unpack;
 
 pub use files::FileEntry;
 pub use unpack::{
