@@ -79,6 +79,10 @@ def vsock():
     write("vsock_packet", "tx-two-regions", chain_input(0, [
         desc(DATA, 44, F_NEXT, 1), desc(REGION2, 100)],
         vsock_hdr(100).ljust(0x10000 - DATA, b"\0") + b"z" * 100))
+    # One payload descriptor across the boundary of the first two regions.
+    write("vsock_packet", "tx-across-regions", chain_input(0, [
+        desc(DATA, 44, F_NEXT, 1), desc(0x7ff0, 100)],
+        vsock_hdr(100).ljust(0x7ff0 - DATA, b"\0") + b"w" * 100))
     # An indirect table at DATA + 0x100 holding header and payload.
     indirect = desc(DATA, 44, F_NEXT, 1) + desc(DATA + 44, 5)
     write("vsock_packet", "tx-indirect", chain_input(0, [
@@ -100,6 +104,10 @@ def block():
     write("block_request", "write", chain_input(0, [
         desc(DATA, 16, F_NEXT, 1), desc(DATA + 0x100, 1024, F_NEXT, 2),
         desc(DATA + 0x800, 1, F_WRITE)], hdr(1, 0)))
+    # A read whose buffer spans the boundary of the first two regions.
+    write("block_request", "read-across-regions", chain_input(0, [
+        desc(DATA, 16, F_NEXT, 1), desc(0x7f00, 1024, F_WRITE | F_NEXT, 2),
+        desc(DATA + 0x400, 1, F_WRITE)], hdr(0, 8)))
     # FLUSH (4) with header and status in the same indirect table.
     indirect = desc(DATA, 16, F_NEXT, 1) + desc(DATA + 0x20, 1, F_WRITE)
     write("block_request", "flush-indirect", chain_input(0, [

@@ -14,8 +14,10 @@
 //! | 1..=128        | the raw descriptor table, [`QUEUE_SIZE`] × 16 bytes     |
 //! | 129..          | guest memory from [`DATA`] on, spilling into region 2  |
 //!
-//! Guest memory is two 64 KiB regions with a hole between them, so chains
-//! can straddle a region boundary or point into the hole.
+//! Guest memory is three 32 KiB regions: two adjacent ones from 0 (so one
+//! descriptor can span a region boundary, which every copy must handle), a
+//! hole, then [`REGION2`] (so a descriptor can run into the hole). The input
+//! fills the first 64 KiB from [`DATA`] on, then spills into [`REGION2`].
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -31,8 +33,8 @@ const AVAIL_RING: u64 = 0x100;
 const USED_RING: u64 = 0x200;
 /// Where the free-form part of the input lands in guest memory.
 pub const DATA: u64 = 0x1000;
-const REGION_SIZE: usize = 0x1_0000;
-/// Start of the second region; `[REGION_SIZE, REGION2)` is a hole.
+const REGION_SIZE: usize = 0x8000;
+/// Start of the last region; `[2 * REGION_SIZE, REGION2)` is a hole.
 pub const REGION2: u64 = 0x2_0000;
 const TABLE_BYTES: usize = QUEUE_SIZE as usize * 16;
 /// The guest's CID as far as the vsock checks go.
@@ -48,11 +50,12 @@ fn with_chain(
 ) -> bool {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
         (GuestAddress(0), REGION_SIZE),
+        (GuestAddress(REGION_SIZE as u64), REGION_SIZE),
         (GuestAddress(REGION2), REGION_SIZE),
     ])
     .expect("guest memory");
     let (table, data) = input.split_at(input.len().min(TABLE_BYTES));
-    let (first, second) = data.split_at(data.len().min(REGION_SIZE - DATA as usize));
+    let (first, second) = data.split_at(data.len().min(2 * REGION_SIZE - DATA as usize));
     let second = &second[..second.len().min(REGION_SIZE)];
     // The avail ring offers exactly one chain.
     let avail: [u16; 3] = [0, 1, head];
