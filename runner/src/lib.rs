@@ -6,6 +6,9 @@
 
 pub mod backend;
 pub mod cli;
+/// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod images;
 pub mod interrupt;
 pub mod pipeline;

@@ -17,6 +17,9 @@
 //! be open at once). The comment on each [`Message`] says what exchange it starts.
 
 mod codec;
+/// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod stream;
 
 pub use codec::{read_frame, write_frame, ProtocolError};

@@ -4,5 +4,8 @@
 
 pub mod block;
 pub mod bounded;
+/// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod virtio;
 pub mod vsock;

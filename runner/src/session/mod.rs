@@ -11,7 +11,8 @@
 
 mod deadline;
 mod files;
-mod unpack;
+// pub(crate) for the fuzz entry point in `crate::fuzzing`.
+pub(crate) mod unpack;
 
 pub use files::FileEntry;
 pub use unpack::{

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 mod device;
 pub mod disk;
 pub mod overlay;
-mod request;
+// pub(crate) for the fuzz entry points in `crate::fuzzing`.
+pub(crate) mod request;
 mod stats;
 #[cfg(test)]
 mod tests;

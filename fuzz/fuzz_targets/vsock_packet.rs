@@ -1,0 +1,6 @@
+//! Fuzz target `vsock_packet`: see the entry point's documentation.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = runner_devices::fuzzing::vsock_packet(data);
+});

@@ -1,0 +1,188 @@
+//! Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature):
+//! the two places where the runner reads what it must not trust, the
+//! pipeline YAML (pull requests) and the artifact tar stream (the guest).
+//!
+//! They live here, not in the fuzz crate, so that this crate's own tests can
+//! replay the inputs kept in `fuzz/regressions/` through exactly the code the
+//! fuzzer ran, and so that the unpacker need not be public.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::pipeline::Pipeline;
+use crate::plan::Plan;
+use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
+
+/// Parses `data` as a pipeline file and plans it. Bad YAML must give an
+/// error, never a panic; a pipeline that parses must plan into uniquely
+/// named jobs whose log directory names are safe. Returns whether it parsed.
+pub fn pipeline(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    // An empty directory: relative host paths resolve, and find nothing.
+    static WORKSPACE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let workspace = WORKSPACE.get_or_init(|| tempfile::tempdir().expect("temp dir"));
+    let Ok(pipeline) = Pipeline::parse(text, Path::new("fuzz.yml"), workspace.path()) else {
+        return false;
+    };
+    let plan = Plan::new(&pipeline);
+    let mut names = HashSet::new();
+    let mut slugs = HashSet::new();
+    for job in &plan.jobs {
+        assert!(names.insert(&job.name), "duplicate job name {}", job.name);
+        assert!(slugs.insert(&job.slug), "duplicate slug {}", job.slug);
+        assert!(
+            !job.slug.contains('/') && job.slug != "." && job.slug != "..",
+            "unsafe slug {:?}",
+            job.slug
+        );
+        for step in &job.steps {
+            let _ = step.exec_request(None);
+        }
+    }
+    true
+}
+
+/// The budget the fuzzer unpacks with: small, so that running out is reached.
+pub const FUZZ_LIMITS: ArtifactLimits = ArtifactLimits {
+    max_bytes: 64 * 1024,
+    max_entries: 64,
+};
+
+/// Unpacks `data` as an artifact stream from the guest into a fresh
+/// directory, twice over with one budget (a job fetches several patterns)
+/// when the first byte is odd, then checks what a hostile guest must never
+/// achieve: anything outside the directory, a setuid/setgid/sticky bit,
+/// group/other write, a symlink leading out, more bytes than the budget.
+/// Returns whether anything was unpacked.
+pub fn unpack_tar(data: &[u8]) -> bool {
+    let Some((&control, stream)) = data.split_first() else {
+        return false;
+    };
+    let sandbox = tempfile::tempdir().expect("temp dir");
+    let dest = sandbox.path().join("dest");
+    std::fs::create_dir(&dest).expect("dest dir");
+    let mut budget = ArtifactBudget::new(FUZZ_LIMITS);
+    let mut written = 0;
+    let mut created = 0;
+    // Odd: the stream is unpacked twice into the same directory, so the
+    // second pass meets what the first left (files, links, directories).
+    let passes = if control & 1 == 1 { 2 } else { 1 };
+    for _ in 0..passes {
+        let done = unpack(stream, &dest, &mut budget);
+        written += done.bytes;
+        created += done.entries;
+        if done.hung_up() {
+            break;
+        }
+    }
+    assert!(written <= FUZZ_LIMITS.max_bytes, "wrote {written} bytes");
+    let (bytes, entries) = budget.used();
+    assert!(bytes <= FUZZ_LIMITS.max_bytes && entries <= FUZZ_LIMITS.max_entries);
+
+    let outside: Vec<_> = std::fs::read_dir(sandbox.path())
+        .expect("read sandbox")
+        .map(|e| e.expect("sandbox entry").file_name())
+        .filter(|name| name != "dest")
+        .collect();
+    assert!(outside.is_empty(), "created outside dest: {outside:?}");
+    let mut on_disk = 0;
+    check_tree(&dest, &dest, &mut on_disk);
+    assert!(on_disk <= FUZZ_LIMITS.max_bytes, "{on_disk} bytes on disk");
+    created > 0
+}
+
+/// Walks `dir` (inside `root`) without following symlinks.
+fn check_tree(root: &Path, dir: &Path, bytes: &mut u64) {
+    for entry in std::fs::read_dir(dir).expect("read unpacked dir") {
+        let path = entry.expect("dir entry").path();
+        let meta = std::fs::symlink_metadata(&path).expect("stat unpacked entry");
+        let kind = meta.file_type();
+        // A symlink's own mode is always 0777 and means nothing.
+        let mode = meta.permissions().mode();
+        if !kind.is_symlink() {
+            assert_eq!(mode & 0o7022, 0, "{} has mode {mode:o}", path.display());
+        }
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&path).expect("read link");
+            let inside = lexically_inside(root, &path.parent().unwrap().join(&target));
+            assert!(inside, "{} -> {}", path.display(), target.display());
+        } else if kind.is_dir() {
+            check_tree(root, &path, bytes);
+        } else {
+            assert!(kind.is_file(), "{} is not a file", path.display());
+            // Files were created by us, one link each: a hard link in the
+            // archive is copied, never linked.
+            assert_eq!(meta.nlink(), 1, "{} is hard-linked", path.display());
+            *bytes += meta.len();
+        }
+    }
+}
+
+/// True if `path`, with `.` and `..` resolved by name, stays under `root`.
+fn lexically_inside(root: &Path, path: &Path) -> bool {
+    let mut resolved = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                if !resolved.pop() {
+                    return false;
+                }
+            }
+            Component::CurDir => {}
+            other => resolved.push(other),
+        }
+    }
+    resolved.starts_with(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays every input kept under `fuzz/regressions/<target>` (crashes
+    /// the fuzzer once found) and `fuzz/seeds/<target>`, so they stay fixed
+    /// without running a fuzzer. Seeds are valid inputs, so each must be
+    /// accepted: that keeps them in step with the input layout.
+    fn replay(target: &str, entry: fn(&[u8]) -> bool) {
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz"));
+        let mut replayed = 0;
+        for dir in ["regressions", "seeds"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
+            for file in entries {
+                let path = file.unwrap().path();
+                let accepted = entry(&std::fs::read(&path).unwrap());
+                assert!(
+                    accepted || dir != "seeds",
+                    "seed {} rejected",
+                    path.display()
+                );
+                replayed += 1;
+            }
+        }
+        assert!(replayed > 0, "no fuzz inputs for {target}");
+    }
+
+    #[test]
+    fn replay_pipeline_inputs() {
+        replay("pipeline", pipeline);
+    }
+
+    #[test]
+    fn replay_unpack_inputs() {
+        replay("unpack", unpack_tar);
+    }
+
+    #[test]
+    fn lexical_containment() {
+        let root = Path::new("/r");
+        assert!(lexically_inside(root, Path::new("/r/a/../b")));
+        assert!(!lexically_inside(root, Path::new("/r/a/../../etc")));
+        assert!(!lexically_inside(root, Path::new("/etc")));
+    }
+}
