@@ -142,31 +142,7 @@ fn lexically_inside(root: &Path, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Replays every input kept under `fuzz/regressions/<target>` (crashes
-    /// the fuzzer once found) and `fuzz/seeds/<target>`, so they stay fixed
-    /// without running a fuzzer. Seeds are valid inputs, so each must be
-    /// accepted: that keeps them in step with the input layout.
-    fn replay(target: &str, entry: fn(&[u8]) -> bool) {
-        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz"));
-        let mut replayed = 0;
-        for dir in ["regressions", "seeds"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
-                continue;
-            };
-            for file in entries {
-                let path = file.unwrap().path();
-                let accepted = entry(&std::fs::read(&path).unwrap());
-                assert!(
-                    accepted || dir != "seeds",
-                    "seed {} rejected",
-                    path.display()
-                );
-                replayed += 1;
-            }
-        }
-        assert!(replayed > 0, "no fuzz inputs for {target}");
-    }
+    use runner_devices::fuzzing::replay;
 
     #[test]
     fn replay_pipeline_inputs() {
