@@ -5,8 +5,8 @@
 #
 #   tests/nested/run-l1.sh [--deadline SECS] [--npt 0|1] [--smp N] [--cpu MODEL] [--stall SECS] OUT SCRIPT [ARGS...]
 #
-# OUT is a fresh results folder shared writable with L1 (at /nested-out
-# there); SCRIPT runs from it with ARGS. L1's console (the script's output) goes to stdout and OUT/console.log.
+# OUT is a results folder shared writable with L1 (at /nested-out there);
+# SCRIPT runs from it with ARGS. L1's console (the script's output) goes to stdout and OUT/console.log.
 # The exit code is the script's; 124 if L1 did not finish within the
 # deadline, or (with --stall) wrote nothing to OUT for that long (it is
 # killed and its console tail printed); 125 if L1 failed before running the
@@ -34,8 +34,9 @@ image="$("$here/l1-image.sh")"
 
 mkdir -p "$out"
 rm -f "$out/rc"
-# The script runs inside L1 from the results folder (L1 has its own /tmp),
-# in this directory, with its arguments quoted once more for the shell there.
+# The script runs inside L1 from the results folder (so L1 runs exactly this
+# copy of it), in this directory, with its arguments quoted once more for
+# the shell there.
 cp "$script" "$out/script"
 {
     echo "cd $(printf '%q' "$PWD")"
@@ -44,10 +45,14 @@ cp "$script" "$out/script"
     echo
 } >"$out/run"
 
+# QEMU's monitor (for l1-where.py) in a short path: a Unix socket path must
+# fit in 108 bytes, and OUT may be deep.
+monitor_dir=$(mktemp -d /tmp/runner-l1-XXXXXX)
+trap 'rm -rf "$monitor_dir"' EXIT
 # The host's root read-only (multidevs=remap keeps inode numbers unique
 # across its mounts), the results folder writable.
 qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu "$cpu" -smp "$smp" -m 6G
-    -display none -no-reboot -nodefaults -monitor "unix:$out/.monitor,server,nowait"
+    -display none -no-reboot -nodefaults -monitor "unix:$monitor_dir/monitor,server,nowait"
     -chardev "stdio,id=console,signal=off,logfile=$out/console.log" -serial chardev:console
     -kernel "$image/vmlinuz" -initrd "$image/initrd.gz"
     -append "console=ttyS0 quiet panic=-1 nokaslr nested.npt=$npt"
@@ -66,7 +71,7 @@ if [ "$stall" -gt 0 ]; then
             newest=$(find "$out" -type f ! -name console.log -printf '%T@\n' | sort -n | tail -n 1)
             if [ $(($(date +%s) - ${newest%.*})) -gt "$stall" ]; then
                 # Where the vCPUs spin, by kernel symbol, before killing L1.
-                python3 "$here/l1-where.py" "$out/.monitor" "$out/.kallsyms" \
+                python3 "$here/l1-where.py" "$monitor_dir/monitor" "$out/.kallsyms" \
                     >"$out/l1-stall.txt" 2>&1 || true
                 touch "$stalled"
                 kill "$l1" 2>/dev/null
