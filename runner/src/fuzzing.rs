@@ -8,9 +8,10 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
+use crate::pipeline::host_scope::lexically_inside;
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
 use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
@@ -108,7 +109,7 @@ fn check_tree(root: &Path, dir: &Path, bytes: &mut u64) {
         }
         if kind.is_symlink() {
             let target = std::fs::read_link(&path).expect("read link");
-            let inside = lexically_inside(root, &path.parent().unwrap().join(&target));
+            let inside = lexically_inside(&path.parent().unwrap().join(&target), root);
             assert!(inside, "{} -> {}", path.display(), target.display());
         } else if kind.is_dir() {
             check_tree(root, &path, bytes);
@@ -120,23 +121,6 @@ fn check_tree(root: &Path, dir: &Path, bytes: &mut u64) {
             *bytes += meta.len();
         }
     }
-}
-
-/// True if `path`, with `.` and `..` resolved by name, stays under `root`.
-fn lexically_inside(root: &Path, path: &Path) -> bool {
-    let mut resolved = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                if !resolved.pop() {
-                    return false;
-                }
-            }
-            Component::CurDir => {}
-            other => resolved.push(other),
-        }
-    }
-    resolved.starts_with(root)
 }
 
 #[cfg(test)]
@@ -157,8 +141,8 @@ mod tests {
     #[test]
     fn lexical_containment() {
         let root = Path::new("/r");
-        assert!(lexically_inside(root, Path::new("/r/a/../b")));
-        assert!(!lexically_inside(root, Path::new("/r/a/../../etc")));
-        assert!(!lexically_inside(root, Path::new("/etc")));
+        assert!(lexically_inside(Path::new("/r/a/../b"), root));
+        assert!(!lexically_inside(Path::new("/r/a/../../etc"), root));
+        assert!(!lexically_inside(Path::new("/etc"), root));
     }
 }

@@ -92,7 +92,7 @@ pub fn collect_within(
 
 /// True if `path`, with `.` and `..` applied (no symlinks resolved), stays
 /// under `workspace`.
-fn lexically_inside(path: &Path, workspace: &Path) -> bool {
+pub(crate) fn lexically_inside(path: &Path, workspace: &Path) -> bool {
     let mut normal = PathBuf::new();
     for component in path.components() {
         match component {
