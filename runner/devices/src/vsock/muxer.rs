@@ -104,6 +104,12 @@ fn bind_listener(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// Stops watching a host socket that is being dropped. A failure means it
+/// was not watched, which is what we want anyway.
+fn unwatch(epoll: &Epoll, fd: RawFd) {
+    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+}
+
 impl Muxer {
     pub fn new(config: &VsockConfig) -> io::Result<Muxer> {
         let epoll = Epoll::new()?;
@@ -175,19 +181,11 @@ impl Muxer {
     pub fn reset(&mut self) {
         for (_, slot) in self.slots.drain() {
             if let Slot::Handshake(h) = slot {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    h.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                unwatch(&self.epoll, h.stream.as_raw_fd());
             }
         }
         for (_, (_, conn)) in self.conns.drain() {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                conn.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            unwatch(&self.epoll, conn.stream.as_raw_fd());
         }
         self.rx_work.clear();
         self.orphan_replies.clear();
@@ -327,11 +325,7 @@ impl Muxer {
     fn remove(&mut self, key: ConnKey) {
         if let Some((token, conn)) = self.conns.remove(&key) {
             self.slots.remove(&token);
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                conn.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            unwatch(&self.epoll, conn.stream.as_raw_fd());
         }
     }
 
@@ -411,11 +405,7 @@ impl Muxer {
                     self.params.warnings,
                     "vsock: host connection sent no CONNECT line in time"
                 );
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    h.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                unwatch(&self.epoll, h.stream.as_raw_fd());
             }
         }
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();

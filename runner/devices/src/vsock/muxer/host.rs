@@ -116,11 +116,7 @@ impl Muxer {
                     self.params.warnings,
                     "vsock: dropping host connection: {why}"
                 );
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    h.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                unwatch(&self.epoll, h.stream.as_raw_fd());
             }
         }
     }
@@ -132,9 +128,7 @@ impl Muxer {
                 self.params.warnings,
                 "vsock: connection limit reached, refusing CONNECT {peer_port}"
             );
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            unwatch(&self.epoll, fd);
             return;
         }
         let local_port = self.alloc_local_port();
