@@ -18,6 +18,7 @@
 pub mod allowlists;
 pub mod child;
 pub mod exe;
+mod kernel_log;
 pub mod seccomp;
 
 use std::io::{Read, Write};
@@ -241,7 +242,12 @@ impl VmProcess {
                 let _ = pipe.read_to_string(&mut rest);
             }
             let killed = self.killed.load(Ordering::SeqCst);
-            self.outcome = Some(describe(status, &rest, killed, &self.log));
+            let mut outcome = describe(status, &rest, killed, &self.log);
+            if status.signal() == Some(libc::SIGSYS) {
+                let syscall = kernel_log::seccomp_kill_syscall(self.child.pid());
+                outcome.description = seccomp_kill_message(syscall);
+            }
+            self.outcome = Some(outcome);
         }
         self.outcome.clone()
     }
@@ -286,7 +292,7 @@ fn describe(status: ExitStatus, lines: &str, killed: bool, log: &Path) -> Outcom
         description,
     };
     match status.signal() {
-        Some(libc::SIGSYS) => failed(seccomp_kill_message()),
+        Some(libc::SIGSYS) => failed(seccomp_kill_message(None)),
         Some(libc::SIGKILL) if killed => Outcome {
             clean: true,
             description: "stopped by the host".into(),
@@ -313,11 +319,15 @@ fn describe(status: ExitStatus, lines: &str, killed: bool, log: &Path) -> Outcom
     }
 }
 
-/// What a seccomp kill is reported as.
-fn seccomp_kill_message() -> String {
+/// What a seccomp kill is reported as; `syscall` is its number, if the
+/// kernel log told.
+fn seccomp_kill_message(syscall: Option<i64>) -> String {
+    let which = match syscall {
+        Some(nr) => format!("disallowed syscall {nr}"),
+        None => "a disallowed syscall; the kernel log's `type=1326` audit line names it".into(),
+    };
     format!(
-        "the VM process was killed by seccomp (a disallowed syscall; the kernel log's \
-         `type=1326` audit line names it; {}=off turns the filters off to debug)",
+        "the VM process was killed by seccomp ({which}; {}=off or =log to debug)",
         seccomp::ENV
     )
 }
@@ -368,6 +378,8 @@ mod tests {
         assert_eq!(failed.description, "the VMM failed: x");
         let silent = describe(status_of(3 << 8), "", false, &log);
         assert!(silent.description.ends_with(": last words"), "{silent:?}");
+        let numbered = seccomp_kill_message(Some(140));
+        assert!(numbered.contains("(disallowed syscall 140;"), "{numbered}");
         for o in [sigsys, killed, failed, silent] {
             assert!(!o.description.contains('\n'));
         }
