@@ -59,7 +59,9 @@ fn run_pipeline(dir: &Path) -> Output {
 
 fn suite<'a, 'i>(doc: &'a roxmltree::Document<'i>, job: &str) -> roxmltree::Node<'a, 'i> {
     doc.descendants()
-        .find(|n| n.has_tag_name("testsuite") && n.attribute("name").is_some_and(|s| s.ends_with(job)))
+        .find(|n| {
+            n.has_tag_name("testsuite") && n.attribute("name").is_some_and(|s| s.ends_with(job))
+        })
         .unwrap_or_else(|| panic!("no testsuite for {job}"))
 }
 
@@ -67,7 +69,13 @@ fn failures(suite: roxmltree::Node) -> Vec<String> {
     suite
         .descendants()
         .filter(|n| n.has_tag_name("failure") || n.has_tag_name("error"))
-        .map(|n| format!("{} {}", n.attribute("message").unwrap_or(""), n.text().unwrap_or("")))
+        .map(|n| {
+            format!(
+                "{} {}",
+                n.attribute("message").unwrap_or(""),
+                n.text().unwrap_or("")
+            )
+        })
         .collect()
 }
 
@@ -81,21 +89,33 @@ fn a_seccomp_kill_fails_only_that_vms_job() {
     // The runner itself ended normally: exit code 1 for a failed job, not
     // a signal, and well before the victim's `sleep 100` would have.
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(90), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
 
     let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap();
     let victim = failures(suite(&doc, "victim"));
     assert!(
-        victim.iter().any(|f| f.contains("the VM process was killed by seccomp")),
+        victim
+            .iter()
+            .any(|f| f.contains("the VM process was killed by seccomp")),
         "{xml}"
     );
     eprintln!("victim: {}", victim.join(" | "));
     let bystander = suite(&doc, "bystander");
     assert_eq!(failures(bystander), Vec::<String>::new(), "{xml}");
-    assert!(xml.contains("bystander alive") && xml.contains("still here"), "{xml}");
+    assert!(
+        xml.contains("bystander alive") && xml.contains("still here"),
+        "{xml}"
+    );
     // The console summary names the cause too.
-    assert!(stdout.contains("killed by seccomp") || stderr.contains("killed by seccomp"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("killed by seccomp") || stderr.contains("killed by seccomp"),
+        "{stdout}\n{stderr}"
+    );
 
     // Nothing left behind: every VM directory is gone.
     let left: Vec<_> = std::fs::read_dir(dir.path())

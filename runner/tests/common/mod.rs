@@ -1,12 +1,12 @@
-//! Shared by the kvm backend tests: the guest images and what the VMM
-//! leaves running in this process.
+//! Shared by the kvm backend tests: the guest images and the VM processes
+//! this test process has running.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use runner::backend::kvm::VMM_THREAD_NAME;
+use runner::backend::vm_process::SUBCOMMAND;
 use runner::backend::VmSpec;
 pub use runner_vmm::testing::{image_from_env, require_kvm};
 
@@ -31,16 +31,28 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
     }
 }
 
-/// Names of this process's threads that belong to a VMM: the VMM thread
-/// itself and its vCPU threads.
-pub fn vmm_threads() -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+/// The pids of this process's children that are VM processes (`runner
+/// __vm-process`), reaped or not.
+pub fn vm_processes() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    tasks
+    procs
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|comm| comm.trim().to_string())
-        .filter(|comm| comm == VMM_THREAD_NAME || comm.starts_with("vcpu"))
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the comm may hold spaces, so look
+            // after its closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me.as_str())
+                && cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg == SUBCOMMAND.as_bytes())
+        })
         .collect()
 }
