@@ -11,7 +11,8 @@
 //!    `qemu-system-x86_64 -M microvm -accel kvm -cpu host` on the same
 //!    vmlinux. Both are measured the same way: spawn the process, poll its
 //!    serial log file until it is not empty.
-//! 3. Resident memory of that child beyond guest memory: the sum of `Rss`
+//! 3. Resident memory of the VM process (the VMM runs in one of its own)
+//!    beyond guest memory: the sum of `Rss`
 //!    over every mapping in /proc/<pid>/smaps except the guest RAM memfd
 //!    (whose resident pages are exactly the guest pages touched so far),
 //!    maximum over samples taken while the kernel boots. That counts the
@@ -30,16 +31,22 @@ use runner::backend::{VmSpec, GUEST_CMDLINE};
 use runner_vmm::testing::elf_image;
 use runner_vmm::{Vmm, VmmConfig};
 
+#[path = "common/mem.rs"]
+mod mem;
+use mem::{mem_use, MemUse};
+
 const GUEST_MIB: u32 = 256;
 /// Longest the real kernel may take to print (emulated ring 0 is slow).
 const SERIAL_BUDGET: Duration = Duration::from_secs(180);
 /// Memory is sampled until this long after the first serial byte.
 const SAMPLE_AFTER_FIRST_BYTE: Duration = Duration::from_secs(2);
 const OVERHEAD_TARGET_MIB: f64 = 3.0;
-/// The guest RAM mapping's name (runner-vmm's memfd).
-const GUEST_RAM_MAPPING: &str = "memfd:runner-guest-ram";
 
 fn main() {
+    // The VM process is the runner binary Cargo built for this bench.
+    if std::env::var_os("RUNNER_EXE").is_none() {
+        std::env::set_var("RUNNER_EXE", env!("CARGO_BIN_EXE_runner"));
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
         return child(&args[1..]);
@@ -131,8 +138,8 @@ fn first_instruction() -> (Duration, Duration) {
     (builds[2], firsts[2])
 }
 
-/// Child mode: one VM through the kvm backend; prints the VM directory,
-/// runs until stdin closes, then tears the VM down.
+/// Child mode: one VM through the kvm backend; prints the VM directory and
+/// the VM process's pid, runs until stdin closes, then tears the VM down.
 fn child(args: &[String]) {
     let [kernel, rootfs] = args else {
         fail("usage: --child KERNEL ROOTFS");
@@ -149,7 +156,7 @@ fn child(args: &[String]) {
     let vm = KvmBackend::new()
         .start_vm(&spec)
         .unwrap_or_else(|e| fail(&e.to_string()));
-    println!("{}", vm.dir().display());
+    println!("{}\t{}", vm.dir().display(), vm.pid());
     let _ = std::io::stdout().flush();
     let _ = std::io::stdin().read_line(&mut String::new());
     drop(vm);
@@ -174,8 +181,15 @@ fn kvm_backend_child(kernel: &Path, rootfs: &Path) -> ChildRun {
     if let Some(out) = child.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut line);
     }
-    let log = PathBuf::from(line.trim()).join("serial.log");
-    let pid = child.id();
+    // The VM directory and the VM process's pid: the VMM's memory is there.
+    let (dir, pid) = line
+        .trim()
+        .split_once('\t')
+        .unwrap_or_else(|| fail(&format!("child said {line:?}")));
+    let log = PathBuf::from(dir).join("serial.log");
+    let pid: u32 = pid
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("child said {line:?}")));
     let mut memory = MemUse::default();
     let mut first_byte = None;
     let mut next_sample = Instant::now();
@@ -265,61 +279,4 @@ fn qemu_first_byte(kernel: &Path) -> Duration {
     let _ = qemu.kill();
     let _ = qemu.wait();
     first
-}
-
-/// Resident memory of a process, in KiB, split by what it is.
-#[derive(Clone, Copy, Debug, Default)]
-struct MemUse {
-    guest_rss: u64,
-    other_rss: u64,
-    other_private: u64,
-    anon: u64,
-    file: u64,
-    kvm: u64,
-}
-
-impl MemUse {
-    /// The sample with the larger overhead (guest pages: the larger too).
-    fn max(self, other: MemUse) -> MemUse {
-        let mut m = if other.other_rss > self.other_rss {
-            other
-        } else {
-            self
-        };
-        m.guest_rss = self.guest_rss.max(other.guest_rss);
-        m
-    }
-}
-
-fn mem_use(pid: u32) -> Option<MemUse> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut use_ = MemUse::default();
-    let mut name = String::new();
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let Some(first) = words.next() else { continue };
-        if !first.ends_with(':') {
-            // A mapping header: range perms offset dev inode [pathname].
-            name = words.nth(4).unwrap_or("").to_string();
-            continue;
-        }
-        let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let guest = name.contains(GUEST_RAM_MAPPING);
-        match first {
-            "Rss:" if guest => use_.guest_rss += kib,
-            "Rss:" => {
-                use_.other_rss += kib;
-                if name.starts_with("anon_inode:kvm") {
-                    use_.kvm += kib;
-                } else if name.starts_with('/') {
-                    use_.file += kib;
-                } else {
-                    use_.anon += kib;
-                }
-            }
-            "Private_Clean:" | "Private_Dirty:" if !guest => use_.other_private += kib,
-            _ => {}
-        }
-    }
-    Some(use_)
 }

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use runner::backend::vm_process::SUBCOMMAND;
 use runner::backend::VmSpec;
 pub use runner_vmm::testing::{image_from_env, require_kvm};
 
@@ -31,28 +30,7 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
     }
 }
 
-/// The pids of this process's children that are VM processes (`runner
-/// __vm-process`), reaped or not.
+/// The pids of this process's children that are VM processes.
 pub fn vm_processes() -> Vec<u32> {
-    let me = std::process::id().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // pid (comm) state ppid ...: the comm may hold spaces, so look
-            // after its closing parenthesis.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            ppid == Some(me.as_str())
-                && cmdline
-                    .split(|&b| b == 0)
-                    .any(|arg| arg == SUBCOMMAND.as_bytes())
-        })
-        .collect()
+    runner::backend::vm_process::children()
 }

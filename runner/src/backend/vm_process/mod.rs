@@ -277,6 +277,32 @@ impl VmProcess {
     }
 }
 
+/// The pids of this process's children that are VM processes, for tests
+/// and benchmarks that look at them.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the comm may hold spaces, so look
+            // after its closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me.as_str())
+                && cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg == SUBCOMMAND.as_bytes())
+        })
+        .collect()
+}
+
 /// One line for how a VM process ended: its own `exit` or `error` line if
 /// it wrote one, else what its exit status says.
 fn describe(status: ExitStatus, lines: &str, killed: bool, log: &Path) -> Outcome {
