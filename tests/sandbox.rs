@@ -126,3 +126,33 @@ fn a_seccomp_kill_fails_only_that_vms_job() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn bad_sandbox_settings_are_one_line_errors() {
+    let images = images();
+    for (var, value, expected) in [
+        (
+            "RUNNER_SECCOMP",
+            "maybe",
+            "RUNNER_SECCOMP=maybe is not valid",
+        ),
+        (
+            "RUNNER_EXE",
+            "/nonexistent/runner",
+            "RUNNER_EXE=/nonexistent/runner is not a file",
+        ),
+    ] {
+        let out = std::process::Command::new(runner_bin())
+            .env("RUNNER_KERNEL", &images.kernel)
+            .env("RUNNER_ROOTFS", &images.rootfs)
+            .env("RUNNER_BACKEND", "qemu")
+            .env(var, value)
+            .args(["exec", "--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}

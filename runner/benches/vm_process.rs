@@ -45,7 +45,7 @@ fn main() {
     let (inside, outside) = compare(
         ROUNDS,
         |dir| devices_in_process(dir, &rootfs),
-        |dir| process(dir, devices_role(dir, &rootfs)),
+        |dir| process(devices_role(dir, &rootfs)),
     );
     report("QEMU device servers (disk + vsock)", inside, outside);
 
@@ -53,7 +53,7 @@ fn main() {
         let (inside, outside) = compare(
             ROUNDS / 2,
             |dir| vmm_in_process(dir, &kernel, &rootfs),
-            |dir| process(dir, vmm_role(dir, &kernel, &rootfs)),
+            |dir| process(vmm_role(dir, &kernel, &rootfs)),
         );
         report("built-in VMM (Vmm::new + disk + vsock)", inside, outside);
     } else {
@@ -209,7 +209,7 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
 }
 
 /// Starts a VM process with `role` until it is ready; kills it.
-fn process(dir: &Path, role: Role) -> Duration {
+fn process(role: Role) -> Duration {
     let config = ProcessConfig {
         protocol: vm_process::PROTOCOL,
         name: "bench".into(),
@@ -217,7 +217,7 @@ fn process(dir: &Path, role: Role) -> Duration {
         role,
     };
     let start = Instant::now();
-    let mut process = VmProcess::start(&config, dir).unwrap_or_else(|e| fail(&e.to_string()));
+    let mut process = VmProcess::start(&config).unwrap_or_else(|e| fail(&e.to_string()));
     let took = start.elapsed();
     process.kill();
     took

@@ -88,7 +88,7 @@ impl KvmBackend {
             }),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
-        let process = VmProcess::start(&config, dir.path())?;
+        let process = VmProcess::start(&config)?;
         let hook = interrupt::on_interrupt(process.killer());
         Ok(KvmVm {
             _hook: hook,

@@ -180,7 +180,7 @@ impl QemuBackend {
             seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
             role: Role::Devices(DevicesRole { disk, vsock }),
         };
-        VmProcess::start(&config, dir).map(Some)
+        VmProcess::start(&config).map(Some)
     }
 
     fn command(&self, spec: &VmSpec, paths: &VmPaths) -> Command {

@@ -12,8 +12,9 @@
 //! - `error <message>` if set-up failed (one line, shown as a boot error);
 //! - `exit <reason>` when the VMM ended (guest power-off, triple fault...).
 //!
-//! The child's stderr (its log) goes to `vm-process.log` in the VM
-//! directory. It dies with the runner (see [`crate::process`]).
+//! The child's stderr is the runner's: its warnings (a guest misusing a
+//! device, rate-limited) show up where they did when the devices ran in the
+//! runner itself. It dies with the runner (see [`crate::process`]).
 
 pub mod allowlists;
 pub mod child;
@@ -24,7 +25,7 @@ pub mod seccomp;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,8 +41,6 @@ pub const SUBCOMMAND: &str = "__vm-process";
 /// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
 /// stale `runner` binary refuses instead of misreading.
 pub const PROTOCOL: u32 = 1;
-/// The child's log file in the VM directory.
-pub const LOG_FILE: &str = "vm-process.log";
 /// How long set-up (opening images, creating the VM) may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -113,7 +112,6 @@ pub struct VsockRole {
 pub struct VmProcess {
     child: ChildGuard,
     status: Option<ChildStdout>,
-    log: PathBuf,
     /// Set when the runner killed it (stop, Ctrl-C): not a failure.
     killed: Arc<AtomicBool>,
     outcome: Option<Outcome>,
@@ -129,19 +127,14 @@ pub struct Outcome {
 
 impl VmProcess {
     /// Starts the VM process for `config` and waits until it is ready.
-    /// `dir` is the VM directory (its log goes there).
-    pub fn start(config: &ProcessConfig, dir: &Path) -> Result<VmProcess, BootError> {
+    pub fn start(config: &ProcessConfig) -> Result<VmProcess, BootError> {
         let exe = exe::runner_exe().map_err(BootError::Setup)?;
         let json = serde_json::to_vec(config)
             .map_err(|e| BootError::Setup(format!("encoding the VM process config: {e}")))?;
-        let log = dir.join(LOG_FILE);
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| BootError::Setup(format!("creating {}: {e}", log.display())))?;
         let mut cmd = Command::new(&exe);
         cmd.arg(SUBCOMMAND)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
+            .stdout(Stdio::piped());
         let mut child = spawn_guarded(&mut cmd, "VM process")
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", exe.display())))?;
         let mut stdin = child.take_stdin();
@@ -149,7 +142,6 @@ impl VmProcess {
         let mut process = VmProcess {
             child,
             status,
-            log,
             killed: Arc::new(AtomicBool::new(false)),
             outcome: None,
         };
@@ -242,7 +234,7 @@ impl VmProcess {
                 let _ = pipe.read_to_string(&mut rest);
             }
             let killed = self.killed.load(Ordering::SeqCst);
-            let mut outcome = describe(status, &rest, killed, &self.log);
+            let mut outcome = describe(status, &rest, killed);
             if status.signal() == Some(libc::SIGSYS) {
                 let syscall = kernel_log::seccomp_kill_syscall(self.child.pid());
                 outcome.description = seccomp_kill_message(syscall);
@@ -305,7 +297,7 @@ pub fn children() -> Vec<u32> {
 
 /// One line for how a VM process ended: its own `exit` or `error` line if
 /// it wrote one, else what its exit status says.
-fn describe(status: ExitStatus, lines: &str, killed: bool, log: &Path) -> Outcome {
+fn describe(status: ExitStatus, lines: &str, killed: bool) -> Outcome {
     let said = |prefix: &str| {
         lines
             .lines()
@@ -323,12 +315,7 @@ fn describe(status: ExitStatus, lines: &str, killed: bool, log: &Path) -> Outcom
             clean: true,
             description: "stopped by the host".into(),
         },
-        Some(signal) => failed(format!(
-            "the VM process was killed by signal {signal}{}",
-            last_log_line(log)
-                .map(|l| format!(" (its last log line: {l})"))
-                .unwrap_or_default()
-        )),
+        Some(signal) => failed(format!("the VM process was killed by signal {signal}")),
         None => match (said("exit "), said("error ")) {
             (Some(reason), _) if status.success() => Outcome {
                 clean: true,
@@ -336,10 +323,7 @@ fn describe(status: ExitStatus, lines: &str, killed: bool, log: &Path) -> Outcom
             },
             (_, Some(error)) => failed(error),
             _ => failed(format!(
-                "the VM process ended with {status}{}",
-                last_log_line(log)
-                    .map(|l| format!(": {l}"))
-                    .unwrap_or_default()
+                "the VM process ended with {status} (its stderr, above, says why)"
             )),
         },
     }
@@ -358,12 +342,6 @@ fn seccomp_kill_message(syscall: Option<i64>) -> String {
     )
 }
 
-fn last_log_line(log: &Path) -> Option<String> {
-    super::tail_lines(log, 1)
-        .pop()
-        .filter(|l| !l.trim().is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,36 +352,25 @@ mod tests {
 
     #[test]
     fn exits_are_described_in_one_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join(LOG_FILE);
-        std::fs::write(&log, "one\nlast words\n").unwrap();
-        let sigsys = describe(status_of(libc::SIGSYS), "ready\n", false, &log);
+        let sigsys = describe(status_of(libc::SIGSYS), "ready\n", false);
         assert!(!sigsys.clean);
         assert!(
             sigsys.description.contains("killed by seccomp")
                 && sigsys.description.contains("RUNNER_SECCOMP=off"),
             "{sigsys:?}"
         );
-        let stopped = describe(status_of(libc::SIGKILL), "ready\n", true, &log);
+        let stopped = describe(status_of(libc::SIGKILL), "ready\n", true);
         assert_eq!(stopped.description, "stopped by the host");
         assert!(stopped.clean);
-        let killed = describe(status_of(libc::SIGKILL), "ready\n", false, &log);
-        assert_eq!(
-            killed.description,
-            "the VM process was killed by signal 9 (its last log line: last words)"
-        );
-        let powered_off = describe(status_of(0), "ready\nexit guest powered off\n", false, &log);
+        let killed = describe(status_of(libc::SIGKILL), "ready\n", false);
+        assert_eq!(killed.description, "the VM process was killed by signal 9");
+        let powered_off = describe(status_of(0), "ready\nexit guest powered off\n", false);
         assert_eq!(powered_off.description, "guest powered off");
         assert!(powered_off.clean);
-        let failed = describe(
-            status_of(1 << 8),
-            "ready\nerror the VMM failed: x\n",
-            false,
-            &log,
-        );
+        let failed = describe(status_of(1 << 8), "ready\nerror the VMM failed: x\n", false);
         assert_eq!(failed.description, "the VMM failed: x");
-        let silent = describe(status_of(3 << 8), "", false, &log);
-        assert!(silent.description.ends_with(": last words"), "{silent:?}");
+        let silent = describe(status_of(3 << 8), "", false);
+        assert!(silent.description.contains("exit status: 3"), "{silent:?}");
         let numbered = seccomp_kill_message(Some(140));
         assert!(numbered.contains("(disallowed syscall 140;"), "{numbered}");
         for o in [sigsys, killed, failed, silent] {
