@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{images, runner_bin};
+use e2e_tests::{images, runner_bin, runner_test};
 use runner::backend::vm_process::child::TEST_HOOK_ENV;
 
 /// The victim is killed this long after its filters are in place: after its
@@ -38,21 +38,11 @@ jobs:
 "#;
 
 fn run_pipeline(dir: &Path) -> Output {
-    let file = dir.join("pipeline.yml");
-    std::fs::write(&file, PIPELINE).unwrap();
-    let images = images();
-    std::process::Command::new(runner_bin())
-        .env("RUNNER_KERNEL", &images.kernel)
-        .env("RUNNER_ROOTFS", &images.rootfs)
+    runner_test(dir, PIPELINE)
         .env("RUNNER_BACKEND", "qemu")
         .env_remove("RUNNER_SECCOMP")
         .env(TEST_HOOK_ENV, format!("victim:{KILL_AFTER_MS}"))
-        .env("CI", "true")
-        .env("TMPDIR", dir)
-        .current_dir(dir)
-        .arg("test")
-        .arg(&file)
-        .args(["--out", "out", "--jobs", "2"])
+        .args(["--jobs", "2"])
         .output()
         .unwrap()
 }

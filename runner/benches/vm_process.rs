@@ -10,11 +10,14 @@
 //!    each; the difference is what the process adds to every VM's start.
 //! 2. The same for the built-in VMM (`Vmm::new` with both devices against
 //!    its VM process), where /dev/kvm opens.
-//! 3. Memory of the device process of a real QEMU VM booted to its agent,
-//!    after a command ran: resident memory beyond guest memory (guest
-//!    pages mapped from QEMU's memfd are counted apart), and its private
-//!    part, which is what the process adds (its text pages are the runner
-//!    binary's, shared).
+//! 3. Memory of a device process, idle (servers started, no QEMU yet) and
+//!    serving a real QEMU VM booted to its agent after a command ran:
+//!    resident memory beyond guest memory (guest pages mapped from QEMU's
+//!    memfd are counted apart), and its private dirty part (heap, stacks,
+//!    relocated data), which is what the process adds: its clean file
+//!    pages are the `runner` binary's and libc's, which the runner that
+//!    started it maps too (here the parent is this bench, so they show as
+//!    private clean).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,7 +63,7 @@ fn main() {
         println!("built-in VMM: skipped, /dev/kvm does not open here");
     }
 
-    device_process_memory();
+    device_process_memory(&rootfs);
 }
 
 fn image(var: &str) -> PathBuf {
@@ -210,6 +213,11 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
 
 /// Starts a VM process with `role` until it is ready; kills it.
 fn process(role: Role) -> Duration {
+    process_and_memory(role).0
+}
+
+/// Like [`process`], with the ready process's memory.
+fn process_and_memory(role: Role) -> (Duration, Option<mem::MemUse>) {
     let config = ProcessConfig {
         protocol: vm_process::PROTOCOL,
         name: "bench".into(),
@@ -219,12 +227,34 @@ fn process(role: Role) -> Duration {
     let start = Instant::now();
     let mut process = VmProcess::start(&config).unwrap_or_else(|e| fail(&e.to_string()));
     let took = start.elapsed();
+    let memory = mem::mem_use(process.pid());
     process.kill();
-    took
+    (took, memory)
 }
 
-/// Boots a real QEMU VM, runs `true`, and measures its device process.
-fn device_process_memory() {
+fn print_memory(what: &str, m: &mem::MemUse) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "{what}: resident beyond guest memory {:.2} MiB, of it private dirty {:.2} MiB \
+         (what the process adds; anonymous {:.2} MiB, file-backed {:.2} MiB); guest pages it \
+         maps {:.2} MiB (QEMU's, shared)",
+        mib(m.other_rss),
+        mib(m.other_dirty),
+        mib(m.anon),
+        mib(m.file),
+        mib(m.guest_rss)
+    );
+}
+
+/// Measures a device process idle, then one serving a booted QEMU VM that
+/// ran `true`.
+fn device_process_memory(rootfs: &Path) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+    let (_, idle) = process_and_memory(devices_role(dir.path(), rootfs));
+    print_memory(
+        "idle device process",
+        &idle.unwrap_or_else(|| fail("cannot read the device process's smaps")),
+    );
     let qemu = backend::qemu_tcg_backend().unwrap_or_else(|e| fail(&e.to_string()));
     let spec = backend::VmSpec {
         name: "bench-memory".into(),
@@ -250,17 +280,7 @@ fn device_process_memory() {
         .copied()
         .unwrap_or_else(|| fail("no device process found"));
     let m = mem::mem_use(pid).unwrap_or_else(|| fail("cannot read the device process's smaps"));
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    println!(
-        "device process of a booted QEMU VM: resident beyond guest memory {:.2} MiB, of it \
-         private {:.2} MiB (anonymous {:.2} MiB, file-backed {:.2} MiB); guest pages it \
-         touched {:.2} MiB (QEMU's, shared)",
-        mib(m.other_rss),
-        mib(m.other_private),
-        mib(m.anon),
-        mib(m.file),
-        mib(m.guest_rss)
-    );
+    print_memory("device process of a booted QEMU VM", &m);
     let _ = session.shutdown();
     drop(vm);
 }

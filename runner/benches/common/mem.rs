@@ -14,6 +14,10 @@ pub struct MemUse {
     pub guest_rss: u64,
     pub other_rss: u64,
     pub other_private: u64,
+    /// Private dirty pages (heap, stacks, relocated data): what this
+    /// process costs on top of what it shares (clean file pages, such as
+    /// the binary's text, are shared with every process that maps them).
+    pub other_dirty: u64,
     pub anon: u64,
     pub file: u64,
     pub kvm: u64,
@@ -58,7 +62,11 @@ pub fn mem_use(pid: u32) -> Option<MemUse> {
                     use_.anon += kib;
                 }
             }
-            "Private_Clean:" | "Private_Dirty:" if !guest => use_.other_private += kib,
+            "Private_Clean:" if !guest => use_.other_private += kib,
+            "Private_Dirty:" if !guest => {
+                use_.other_private += kib;
+                use_.other_dirty += kib;
+            }
             _ => {}
         }
     }

@@ -78,16 +78,16 @@ pub const VCPU: &[Syscall] = syscalls![
     SYS_timerfd_settime,
 ];
 
-/// The built-in VMM's event loop, which runs the virtio devices. Seen in the
-/// trace: epoll, kicking vCPUs (getpid, tgkill, filtered to this process),
-/// the vsock muxer's host sockets (accept4, recvfrom, FIONBIO, fcntl) and
-/// timer, joining the vCPUs and tearing down (futex, munmap, unlink of the
-/// hybrid socket). Not seen here but reachable in a full boot: eventfd
-/// reads of queue notifications (read), disk reads, overlay writes and
-/// flushes (pread64, pwrite64, fdatasync, fsync), the rest of the muxer's
-/// traffic (sendto, recvmsg, sendmsg, shutdown, and socket/connect for
-/// guest-initiated connections).
-pub const EVENT_LOOP: &[Syscall] = syscalls![
+/// The device models (`runner-devices`), on whichever thread serves them.
+/// Seen in the traces: epoll (epoll_wait, epoll_ctl), eventfd reads of
+/// queue notifications (read), disk reads (pread64), the vsock muxer's host
+/// sockets (accept4, recvfrom, sendto, recvmsg, sendmsg, shutdown, FIONBIO,
+/// fcntl) and timer (timerfd_settime), removing the hybrid socket when the
+/// device is reset or dropped (unlink). Not seen but reachable: overlay
+/// writes and flushes (pwrite64, fdatasync, fsync), guest-initiated vsock
+/// connections (socket, connect), the timer's read-back, `poll` and
+/// `epoll_pwait` (which libc may use for the same waits).
+pub const DEVICES: &[Syscall] = syscalls![
     SYS_accept4,
     SYS_connect,
     SYS_epoll_ctl,
@@ -96,7 +96,6 @@ pub const EVENT_LOOP: &[Syscall] = syscalls![
     SYS_fcntl,
     SYS_fdatasync,
     SYS_fsync,
-    SYS_getpid,
     SYS_ioctl,
     SYS_poll,
     SYS_pread64,
@@ -108,46 +107,23 @@ pub const EVENT_LOOP: &[Syscall] = syscalls![
     SYS_sendto,
     SYS_shutdown,
     SYS_socket,
-    SYS_tgkill,
     SYS_timerfd_gettime,
     SYS_timerfd_settime,
     SYS_unlink,
 ];
+
+/// The built-in VMM's event loop, which runs the devices ([`DEVICES`]) and
+/// kicks the vCPUs (getpid, tgkill filtered to this process). Seen in the
+/// trace, besides: joining the vCPU threads and tearing down (futex,
+/// munmap: [`COMMON`]).
+pub const EVENT_LOOP: &[Syscall] = syscalls![SYS_getpid, SYS_tgkill];
 
 /// The vhost-user servers' threads (the server thread, vhost-user-backend's
-/// request handler and vring worker). Seen in the trace: the vhost-user
-/// socket with its passed fds (recvmsg/sendmsg, fcntl), epoll, disk reads,
-/// the vsock muxer's host sockets (accept4, recvfrom/sendto, shutdown,
-/// FIONBIO) and timer, removing the hybrid socket when QEMU resets the
-/// device. Not seen but reachable: overlay writes and flushes
-/// (pwrite64, fdatasync, fsync), guest-initiated vsock connections (socket,
-/// connect), a sleep (the main thread's, which runs on top of this list).
-pub const VHOST_USER: &[Syscall] = syscalls![
-    SYS_accept4,
-    SYS_clock_nanosleep,
-    SYS_connect,
-    SYS_epoll_ctl,
-    SYS_epoll_pwait,
-    SYS_epoll_wait,
-    SYS_fcntl,
-    SYS_fdatasync,
-    SYS_fsync,
-    SYS_ioctl,
-    SYS_nanosleep,
-    SYS_poll,
-    SYS_pread64,
-    SYS_pwrite64,
-    SYS_read,
-    SYS_recvfrom,
-    SYS_recvmsg,
-    SYS_sendmsg,
-    SYS_sendto,
-    SYS_shutdown,
-    SYS_socket,
-    SYS_timerfd_gettime,
-    SYS_timerfd_settime,
-    SYS_unlink,
-];
+/// request handler and vring worker) run the devices ([`DEVICES`]); the
+/// vhost-user socket with its passed fds (guest memory memfd, kick and call
+/// eventfds) takes recvmsg, sendmsg and fcntl, all in that list. Besides:
+/// the device process's main thread sleeps (its filter stacks on this one).
+pub const VHOST_USER: &[Syscall] = syscalls![SYS_clock_nanosleep, SYS_nanosleep];
 
 /// The main thread of a device process, once its servers run: it reports
 /// readiness and sleeps until they end.

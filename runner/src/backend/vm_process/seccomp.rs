@@ -79,8 +79,9 @@ impl ThreadKind {
     pub fn allowlist(self) -> Vec<Syscall> {
         let own: &[&[Syscall]] = match self {
             ThreadKind::Vcpu => &[allowlists::VCPU],
-            ThreadKind::EventLoop => &[allowlists::EVENT_LOOP],
+            ThreadKind::EventLoop => &[allowlists::DEVICES, allowlists::EVENT_LOOP],
             ThreadKind::VhostUser => &[
+                allowlists::DEVICES,
                 allowlists::VHOST_USER,
                 allowlists::THREAD_START,
                 allowlists::NARROWING,
