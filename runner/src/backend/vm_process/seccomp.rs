@@ -130,8 +130,8 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
 
 /// Argument filters, where they are clearly safe: vCPU threads may only
 /// make KVM ioctls; the event loop KVM ioctls and FIONBIO/FIONREAD; the
-/// vhost-user threads FIONBIO/FIONREAD;
-/// `tgkill` only reaches threads of this process (the vCPU kick); `prctl`
+/// vhost-user threads FIONBIO/FIONREAD; `tgkill` only reaches threads of
+/// this process (the vCPU kick); `prctl`
 /// only names a thread or sets no-new-privs; `seccomp` only adds a filter
 /// to the calling thread (a narrower one, for the device main thread).
 fn argument_rules(kind: ThreadKind, nr: libc::c_long) -> Vec<SeccompRule> {
@@ -143,22 +143,9 @@ fn argument_rules(kind: ThreadKind, nr: libc::c_long) -> Vec<SeccompRule> {
             KVMIO,
         )])
     };
-    let arg0 = |value: u64| {
-        rule(vec![condition(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            value,
-        )])
-    };
-    let request = |value: libc::c_ulong| {
-        rule(vec![condition(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            value as u64,
-        )])
-    };
+    let eq =
+        |index: u8, value: u64| condition(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value);
+    let request = |value: libc::c_ulong| rule(vec![eq(1, value)]);
     match (kind, nr) {
         (ThreadKind::Vcpu, libc::SYS_ioctl) => vec![kvm_ioctl()],
         (ThreadKind::EventLoop, libc::SYS_ioctl) => {
@@ -167,24 +154,14 @@ fn argument_rules(kind: ThreadKind, nr: libc::c_long) -> Vec<SeccompRule> {
         (ThreadKind::VhostUser, libc::SYS_ioctl) => {
             vec![request(libc::FIONBIO), request(libc::FIONREAD)]
         }
-        (_, libc::SYS_tgkill) => vec![rule(vec![condition(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            u64::from(std::process::id()),
-        )])],
+        (_, libc::SYS_tgkill) => vec![rule(vec![eq(0, u64::from(std::process::id()))])],
         (_, libc::SYS_prctl) => vec![
-            arg0(libc::PR_SET_NAME as u64),
-            arg0(libc::PR_SET_NO_NEW_PRIVS as u64),
+            rule(vec![eq(0, libc::PR_SET_NAME as u64)]),
+            rule(vec![eq(0, libc::PR_SET_NO_NEW_PRIVS as u64)]),
         ],
         (_, libc::SYS_seccomp) => vec![rule(vec![
-            condition(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                u64::from(libc::SECCOMP_SET_MODE_FILTER),
-            ),
-            condition(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0),
+            eq(0, u64::from(libc::SECCOMP_SET_MODE_FILTER)),
+            eq(1, 0),
         ])],
         _ => Vec::new(),
     }
