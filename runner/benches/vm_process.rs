@@ -13,11 +13,10 @@
 //! 3. Memory of a device process, idle (servers started, no QEMU yet) and
 //!    serving a real QEMU VM booted to its agent after a command ran:
 //!    resident memory beyond guest memory (guest pages mapped from QEMU's
-//!    memfd are counted apart), and its private dirty part (heap, stacks,
-//!    relocated data), which is what the process adds: its clean file
-//!    pages are the `runner` binary's and libc's, which the runner that
-//!    started it maps too (here the parent is this bench, so they show as
-//!    private clean).
+//!    memfd are counted apart), and what the process adds: its anonymous
+//!    pages (heap, stacks, relocated data) and page tables. Its file pages
+//!    are the `runner` binary's and libc's, page cache shared with the
+//!    runner that started it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -235,12 +234,13 @@ fn process_and_memory(role: Role) -> (Duration, Option<mem::MemUse>) {
 fn print_memory(what: &str, m: &mem::MemUse) {
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "{what}: resident beyond guest memory {:.2} MiB, of it private dirty {:.2} MiB \
-         (what the process adds; anonymous {:.2} MiB, file-backed {:.2} MiB); guest pages it \
+        "{what}: resident beyond guest memory {:.2} MiB; what the process adds: anonymous \
+         {:.2} MiB (heap, stacks, relocated data) and page tables {:.2} MiB; the rest is the \
+         runner binary's and libc's file pages ({:.2} MiB), shared page cache; guest pages it \
          maps {:.2} MiB (QEMU's, shared)",
         mib(m.other_rss),
-        mib(m.other_dirty),
-        mib(m.anon),
+        mib(m.other_anonymous),
+        mib(m.page_tables),
         mib(m.file),
         mib(m.guest_rss)
     );

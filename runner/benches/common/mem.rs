@@ -14,10 +14,14 @@ pub struct MemUse {
     pub guest_rss: u64,
     pub other_rss: u64,
     pub other_private: u64,
-    /// Private dirty pages (heap, stacks, relocated data): what this
-    /// process costs on top of what it shares (clean file pages, such as
-    /// the binary's text, are shared with every process that maps them).
-    pub other_dirty: u64,
+    /// Anonymous pages (heap, stacks, and the private copies of relocated
+    /// data): what this process costs on top of what it shares. File pages
+    /// (the binary's text, libc) are page cache, shared with every process
+    /// that maps the same file; smaps calls them private dirty only while
+    /// nobody else maps them and a fresh build is not yet written back.
+    pub other_anonymous: u64,
+    /// Page tables (`VmPTE`).
+    pub page_tables: u64,
     pub anon: u64,
     pub file: u64,
     pub kvm: u64,
@@ -62,13 +66,16 @@ pub fn mem_use(pid: u32) -> Option<MemUse> {
                     use_.anon += kib;
                 }
             }
-            "Private_Clean:" if !guest => use_.other_private += kib,
-            "Private_Dirty:" if !guest => {
-                use_.other_private += kib;
-                use_.other_dirty += kib;
-            }
+            "Private_Clean:" | "Private_Dirty:" if !guest => use_.other_private += kib,
+            "Anonymous:" if !guest => use_.other_anonymous += kib,
             _ => {}
         }
     }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    use_.page_tables = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPTE:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     Some(use_)
 }
