@@ -191,6 +191,13 @@ fn wait_for_agent_gives_a_session_or_a_boot_error_with_console_lines() {
             assert!(ran.0.success(), "{ran:?}");
             assert!(ran.1.starts_with("Linux 6."), "{ran:?}");
             assert!(ran.1.ends_with("42\n"), "{ran:?}");
+            // The guest timed itself with the LAPIC's TSC-deadline mode
+            // (CPUID shows it when KVM has it): without it, its APIC timer
+            // calibration failed under nested KVM and the boot fell back to
+            // the PIT at half speed.
+            let log = std::fs::read_to_string(vm.serial_log()).unwrap_or_default();
+            assert!(log.contains("TSC deadline timer available"), "{log}");
+            assert!(!log.contains("APIC timer disabled"), "{log}");
             let _ = session.shutdown();
         }
         Err(e @ (BootError::Timeout { .. } | BootError::Exited { .. })) if !native => {

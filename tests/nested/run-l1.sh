@@ -3,7 +3,8 @@
 # SVM and runs a script there, as root, on a writable overlay of this
 # machine's root file system (shared read-only over 9p).
 #
-#   tests/nested/run-l1.sh [--deadline SECS] [--npt 0|1] [--smp N] [--cpu MODEL] [--stall SECS] OUT SCRIPT [ARGS...]
+#   tests/nested/run-l1.sh [--deadline SECS] [--npt 0|1] [--smp N] [--cpu MODEL] [--thread multi|single]
+#                          [--stall SECS] [--no-anchor] OUT SCRIPT [ARGS...]
 #
 # OUT is a results folder shared writable with L1 (at /nested-out there);
 # SCRIPT runs from it with ARGS. L1's console (the script's output) goes to stdout and OUT/console.log.
@@ -15,21 +16,25 @@
 set -euo pipefail
 
 readonly here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-deadline=1200 npt=0 smp=2 cpu=max stall=0
+deadline=1200 npt=0 smp=2 cpu=max thread=multi stall=0 anchor=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --deadline) deadline="$2"; shift 2 ;;
         --npt) npt="$2"; shift 2 ;;
         --smp) smp="$2"; shift 2 ;;
         --cpu) cpu="$2"; shift 2 ;;
+        --thread) thread="$2"; shift 2 ;;
         --stall) stall="$2"; shift 2 ;;
+        --no-anchor) anchor=; shift ;;
         *) break ;;
     esac
 done
-[ $# -ge 2 ] || { echo "usage: run-l1.sh [--deadline S] [--npt 0|1] [--smp N] [--cpu MODEL] [--stall SECS] OUT SCRIPT [ARGS...]" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: run-l1.sh [--deadline S] [--npt 0|1] [--smp N] [--cpu MODEL] [--thread multi|single] [--stall SECS] [--no-anchor] OUT SCRIPT [ARGS...]" >&2; exit 2; }
 out="$1" script="$2"; shift 2
 command -v qemu-system-x86_64 >/dev/null ||
     { echo "nested: qemu-system-x86_64 is missing (apt-get install qemu-system-x86)" >&2; exit 125; }
+command -v python3 >/dev/null ||
+    { echo "nested: python3 is missing (apt-get install python3)" >&2; exit 125; }
 image="$("$here/l1-image.sh")"
 
 mkdir -p "$out"
@@ -40,6 +45,13 @@ rm -f "$out/rc"
 cp "$script" "$out/script"
 {
     echo "cd $(printf '%q' "$PWD")"
+    # An idle VM held for L1's lifetime (kvm-anchor.py says why; --no-anchor
+    # leaves it out, to compare).
+    if [ -n "$anchor" ]; then
+        echo "python3 $(printf '%q' "$here/kvm-anchor.py") >/nested-out/.anchor 2>&1 &"
+        echo 'for i in $(seq 300); do grep -q holding /nested-out/.anchor && break; sleep 0.1; done'
+        echo 'grep -q holding /nested-out/.anchor || { echo "nested: the KVM anchor did not start:"; cat /nested-out/.anchor; exit 1; }'
+    fi
     printf 'exec /bin/bash /nested-out/script'
     printf ' %q' "$@"
     echo
@@ -51,7 +63,7 @@ monitor_dir=$(mktemp -d /tmp/runner-l1-XXXXXX)
 trap 'rm -rf "$monitor_dir"' EXIT
 # The host's root read-only (multidevs=remap keeps inode numbers unique
 # across its mounts), the results folder writable.
-qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu "$cpu" -smp "$smp" -m 6G
+qemu=(qemu-system-x86_64 -accel "tcg,thread=$thread" -cpu "$cpu" -smp "$smp" -m 6G
     -display none -no-reboot -nodefaults -monitor "unix:$monitor_dir/monitor,server,nowait"
     -chardev "stdio,id=console,signal=off,logfile=$out/console.log" -serial chardev:console
     -kernel "$image/vmlinuz" -initrd "$image/initrd.gz"

@@ -11,6 +11,7 @@
 
 mod deadline;
 mod files;
+mod tar_framing;
 // pub(crate) for the fuzz entry point in `crate::fuzzing`.
 pub(crate) mod unpack;
 

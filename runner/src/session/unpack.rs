@@ -38,8 +38,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 /// Default cap on the number of artifact entries (files, directories, links).
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 /// Raw stream bytes allowed per entry on top of its content: header, padding
-/// and a GNU long name. It bounds what the tar crate reads into memory for
-/// extension headers, which we cannot see.
+/// and a GNU long name (extension headers are capped on their own, in
+/// tar_framing.rs).
 const FRAMING_PER_ENTRY: u64 = 4096;
 /// Mode bits an unpacked file or directory may keep.
 const MODE_MASK: u32 = 0o755;
@@ -193,7 +193,7 @@ fn unpack_entries<R: Read>(
     budget: &mut ArtifactBudget,
     done: &mut Unpacked,
 ) -> Result<(), UnpackError> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(super::tar_framing::ExtensionCap::new(input));
     for entry in archive.entries().map_err(UnpackError::Stream)? {
         let mut entry = entry.map_err(UnpackError::Stream)?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();

@@ -212,6 +212,27 @@ fn a_huge_sparse_file_is_refused_before_a_byte_is_written() {
     assert!(dirs.dest.join("small.txt").exists());
 }
 
+/// A GNU long name of 8 MiB: the tar crate would read it whole into memory
+/// before yielding the entry; the framing check stops it at its header.
+#[test]
+fn an_oversized_long_name_is_refused_unread() {
+    let dirs = dirs();
+    let mut tar = Forge::default();
+    tar.file("first.txt", 0o644, "first");
+    let long = vec![b'a'; 8 << 20];
+    tar.entry("././@LongLink", EntryType::GNULongName, 0o644, "", &long);
+    tar.file("after.txt", 0o644, "after");
+    let mut budget = ArtifactBudget::new(ArtifactLimits::default());
+    let unpacked = unpack(tar.finish().as_slice(), &dirs.dest, &mut budget);
+    let error = unpacked.error.as_ref().expect("refused").to_string();
+    assert!(
+        error.contains("extension header ('L') of 8388608 bytes"),
+        "{error}"
+    );
+    assert!(dirs.dest.join("first.txt").exists());
+    assert!(!dirs.dest.join("after.txt").exists());
+}
+
 #[test]
 fn too_many_entries_stop_the_transfer() {
     let dirs = dirs();

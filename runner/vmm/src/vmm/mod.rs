@@ -274,8 +274,11 @@ impl Vmm {
         let supported: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        let hide = kvm_host::is_pvm();
-        if hide {
+        let host = crate::x86::cpuid::HostQuirks {
+            hide_cx16_and_xsave: kvm_host::is_pvm(),
+            tsc_deadline_timer: kvm.check_extension(Cap::TscDeadlineTimer),
+        };
+        if host.hide_cx16_and_xsave {
             tracing::info!("PVM host: hiding CX16 and XSAVE from the guest's CPUID");
         }
         let mut vcpus = Vec::with_capacity(num_vcpus);
@@ -288,7 +291,7 @@ impl Vmm {
                 index as u8,
                 num_vcpus as u8,
                 &supported,
-                hide,
+                host,
                 &mem,
                 &kernel.entry,
             )?;

@@ -13,10 +13,23 @@ use crate::error::{Error, Result};
 pub struct CpuidParams {
     pub vcpu_id: u8,
     pub num_vcpus: u8,
+    pub host: HostQuirks,
+}
+
+/// Facts about this host's KVM that KVM_GET_SUPPORTED_CPUID does not carry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostQuirks {
     /// Hide CMPXCHG16B and XSAVE (and what depends on XSAVE). Only set on a
     /// PVM host, whose instruction emulator fails on `lock cmpxchg16b` and
     /// `xrstor` while ring 0 is emulated.
     pub hide_cx16_and_xsave: bool,
+    /// KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel LAPIC has the TSC-deadline
+    /// timer mode, which KVM never lists among the supported CPUID bits
+    /// (it belongs to the irqchip, not the CPU). Without the bit the guest
+    /// calibrates the APIC timer against other clocks at boot; under nested
+    /// KVM that calibration failed ("APIC timer disabled due to verification
+    /// failure") and the boot ran on the PIT, twice as slow as QEMU's.
+    pub tsc_deadline_timer: bool,
 }
 
 const LEAF_FEATURES: u32 = 0x1;
@@ -33,6 +46,7 @@ const LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
 
 // Leaf 0x1 bits.
 const ECX_CX16: u32 = 1 << 13;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_FMA: u32 = 1 << 12;
 const ECX_XSAVE: u32 = 1 << 26;
 const ECX_OSXSAVE: u32 = 1 << 27;
@@ -86,7 +100,10 @@ pub fn filter(cpuid: &mut CpuId, p: &CpuidParams) -> Result<()> {
                 } else {
                     e.edx &= !EDX_HTT;
                 }
-                if p.hide_cx16_and_xsave {
+                if p.host.tsc_deadline_timer {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
+                if p.host.hide_cx16_and_xsave {
                     e.ecx &= !(ECX_CX16 | ECX_XSAVE | ECX_OSXSAVE | ECX_AVX | ECX_FMA | ECX_F16C);
                 }
             }
@@ -113,7 +130,7 @@ pub fn filter(cpuid: &mut CpuId, p: &CpuidParams) -> Result<()> {
                 e.ecx = 0;
                 e.edx = 0;
             }
-            LEAF_XSAVE if p.hide_cx16_and_xsave => {
+            LEAF_XSAVE if p.host.hide_cx16_and_xsave => {
                 e.eax = 0;
                 e.ebx = 0;
                 e.ecx = 0;
@@ -240,11 +257,15 @@ mod tests {
         let p = CpuidParams {
             vcpu_id: 2,
             num_vcpus: 4,
-            hide_cx16_and_xsave: false,
+            host: HostQuirks {
+                tsc_deadline_timer: true,
+                ..Default::default()
+            },
         };
         filter(&mut c, &p).unwrap();
         let l1 = get(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 2, "initial APIC id");
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0, "the LAPIC's TSC-deadline mode shown");
         assert_eq!((l1.ebx >> 16) & 0xff, 4, "logical processors");
         assert_eq!((l1.ebx >> 8) & 0xff, 8, "CLFLUSH size");
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
@@ -275,11 +296,16 @@ mod tests {
             &CpuidParams {
                 vcpu_id: 0,
                 num_vcpus: 1,
-                hide_cx16_and_xsave: false,
+                host: HostQuirks::default(),
             },
         )
         .unwrap();
         assert_eq!(get(&c, 1, 0).edx & EDX_HTT, 0);
+        assert_eq!(
+            get(&c, 1, 0).ecx & ECX_TSC_DEADLINE,
+            0,
+            "no TSC-deadline bit unless KVM has the capability"
+        );
         assert_eq!(get(&c, 0xb, 1).eax, 0);
         assert_eq!(get(&c, 0xb, 1).ebx, 1);
     }
@@ -292,7 +318,7 @@ mod tests {
             &CpuidParams {
                 vcpu_id: 0,
                 num_vcpus: 2,
-                hide_cx16_and_xsave: false,
+                host: HostQuirks::default(),
             },
         )
         .unwrap();
@@ -325,7 +351,10 @@ mod tests {
             &CpuidParams {
                 vcpu_id: 0,
                 num_vcpus: 1,
-                hide_cx16_and_xsave: true,
+                host: HostQuirks {
+                    hide_cx16_and_xsave: true,
+                    ..Default::default()
+                },
             },
         )
         .unwrap();
@@ -342,7 +371,7 @@ mod tests {
             &CpuidParams {
                 vcpu_id: 0,
                 num_vcpus: 1,
-                hide_cx16_and_xsave: false,
+                host: HostQuirks::default(),
             },
         )
         .unwrap();
@@ -389,7 +418,7 @@ mod tests {
             &CpuidParams {
                 vcpu_id: 1,
                 num_vcpus: 2,
-                hide_cx16_and_xsave: false,
+                host: HostQuirks::default(),
             },
         )
         .unwrap();

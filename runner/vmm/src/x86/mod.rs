@@ -20,7 +20,7 @@ pub fn configure_vcpu(
     index: u8,
     num_vcpus: u8,
     supported_cpuid: &CpuId,
-    hide_cx16_and_xsave: bool,
+    host: cpuid::HostQuirks,
     mem: &GuestMemoryMmap,
     entry: &EntryPoint,
 ) -> Result<()> {
@@ -30,12 +30,12 @@ pub fn configure_vcpu(
         &cpuid::CpuidParams {
             vcpu_id: index,
             num_vcpus,
-            hide_cx16_and_xsave,
+            host,
         },
     )?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
-    if hide_cx16_and_xsave && index == 0 && xsave_still_visible(vcpu) {
+    if host.hide_cx16_and_xsave && index == 0 && xsave_still_visible(vcpu) {
         // Observed on kvm_pvm: KVM_SET_CPUID2 succeeds but the vCPU keeps
         // XSAVE (and AVX...) in leaf 1, so the guest kernel will execute
         // `xrstor`, which PVM's ring-0 emulator cannot do.
