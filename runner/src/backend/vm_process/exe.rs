@@ -1,13 +1,23 @@
 //! Which executable runs a VM process: the `runner` binary itself, started
 //! as `runner __vm-process`.
 //!
-//! In the `runner` command that is simply this executable. The backends are
-//! also called from test and bench binaries (`target/<profile>/deps/...`),
-//! which cannot act as a VM process; for them the `runner` binary that
-//! Cargo builds next to them (`target/<profile>/runner`) is used.
-//! `RUNNER_EXE` overrides both.
+//! In the `runner` command that is simply this executable, whatever its
+//! file is called (its `main` says so with [`this_is_the_runner`]). The
+//! backends are also called from test and bench binaries
+//! (`target/<profile>/deps/...`), which cannot act as a VM process; for
+//! them the `runner` binary that Cargo builds next to them
+//! (`target/<profile>/runner`) is used. `RUNNER_EXE` overrides both.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static THIS_IS_THE_RUNNER: AtomicBool = AtomicBool::new(false);
+
+/// Called by the `runner` binary's `main`: this executable can run VM
+/// processes itself.
+pub fn this_is_the_runner() {
+    THIS_IS_THE_RUNNER.store(true, Ordering::SeqCst);
+}
 
 /// Overrides the executable that runs VM processes.
 pub const ENV: &str = "RUNNER_EXE";
@@ -30,6 +40,9 @@ pub fn runner_exe() -> Result<PathBuf, String> {
     }
     let current = std::env::current_exe()
         .map_err(|e| format!("cannot tell which executable this is ({e}); set {ENV}"))?;
+    if THIS_IS_THE_RUNNER.load(Ordering::SeqCst) {
+        return Ok(current);
+    }
     find_from(&current).ok_or_else(|| {
         format!(
             "cannot find the runner binary to start VM processes with (looked at {} and beside \
