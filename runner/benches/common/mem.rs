@@ -14,6 +14,8 @@ pub struct MemUse {
     pub guest_rss: u64,
     pub other_rss: u64,
     pub other_private: u64,
+    /// This process's proportional share of its resident pages (`Pss`).
+    pub other_pss: u64,
     /// Anonymous pages (heap, stacks, and the private copies of relocated
     /// data): what this process costs on top of what it shares. File pages
     /// (the binary's text, libc) are page cache, shared with every process
@@ -67,6 +69,7 @@ pub fn mem_use(pid: u32) -> Option<MemUse> {
                 }
             }
             "Private_Clean:" | "Private_Dirty:" if !guest => use_.other_private += kib,
+            "Pss:" if !guest => use_.other_pss += kib,
             "Anonymous:" if !guest => use_.other_anonymous += kib,
             _ => {}
         }
