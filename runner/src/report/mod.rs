@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod junit;
+mod junit_imported;
 
 use std::collections::HashMap;
 
