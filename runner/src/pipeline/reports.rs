@@ -21,3 +21,7 @@ impl ReportFiles {
         self.junit.is_empty() && self.libtest.is_empty()
     }
 }
+
+#[cfg(test)]
+#[path = "reports_tests.rs"]
+mod tests;

@@ -335,7 +335,11 @@ impl ConsoleReporter {
             .collect();
         let mut lines = Vec::new();
         if !failing.is_empty() {
-            let allowed = if job.allow_failure { " (allowed to fail)" } else { "" };
+            let allowed = if job.allow_failure {
+                " (allowed to fail)"
+            } else {
+                ""
+            };
             let header = format!(
                 "==== {}: {} failing tests in test reports{allowed} ====",
                 job.name,
@@ -351,7 +355,10 @@ impl ConsoleReporter {
                     ImportedResult::Failed(p) | ImportedResult::Error(p) => one_line(&p.message),
                     _ => String::new(),
                 };
-                let at = case.location().map(|at| format!(" ({at})")).unwrap_or_default();
+                let at = case
+                    .location()
+                    .map(|at| format!(" ({at})"))
+                    .unwrap_or_default();
                 lines.push(format!("{}: {message}{at}", one_line(&name)));
             }
             if failing.len() > MAX_FAILING_TESTS_SHOWN {
@@ -361,7 +368,11 @@ impl ConsoleReporter {
         }
         if !reports.notes.is_empty() {
             let n = reports.notes.len();
-            let header = format!("==== {}: {n} test report warning{} ====", job.name, if n == 1 { "" } else { "s" });
+            let header = format!(
+                "==== {}: {n} test report warning{} ====",
+                job.name,
+                if n == 1 { "" } else { "s" }
+            );
             lines.extend([String::new(), self.paint(&header, "33")]);
             lines.extend(reports.notes.iter().map(|note| one_line(note)));
         }

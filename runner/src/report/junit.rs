@@ -173,7 +173,10 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         }
     }
     let steps = job.steps.len();
-    for case in imported.iter().filter(|c| c.step.is_none_or(|i| i >= steps)) {
+    for case in imported
+        .iter()
+        .filter(|c| c.step.is_none_or(|i| i >= steps))
+    {
         suite.add_test_case(junit_imported::testcase(job, case, &mut names, options));
     }
     if let Some(job_case) = job.job_case() {
@@ -321,3 +324,7 @@ fn timestamp(time: SystemTime) -> DateTime<FixedOffset> {
 #[cfg(test)]
 #[path = "junit_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "junit_strict_tests.rs"]
+mod strict_tests;

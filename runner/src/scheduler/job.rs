@@ -146,7 +146,14 @@ fn run_in_vm(
             // and a failing step's report is the one that matters.
             ctx.observer.on_job_progress(job, "reading test reports");
             let (files, workdir) = (&step.reports, &step.workdir);
-            reports.collect(Scope::Step(step.index), files, workdir, &mut session, &log, result);
+            reports.collect(
+                Scope::Step(step.index),
+                files,
+                workdir,
+                &mut session,
+                &log,
+                result,
+            );
         }
         if session_lost {
             // Without an agent nothing else can run or be collected.

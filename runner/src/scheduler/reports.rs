@@ -69,10 +69,21 @@ impl ReportCollector {
             let dir = self.root.join(&scope_dir).join(format.key());
             let mut found = Imported::default();
             for pattern in patterns {
-                self.fetch(pattern, workdir, &dir, session, reports.required, &mut found);
+                self.fetch(
+                    pattern,
+                    workdir,
+                    &dir,
+                    session,
+                    reports.required,
+                    &mut found,
+                );
             }
             for file in regular_files(&dir) {
-                let shown = file.strip_prefix(&dir).unwrap_or(&file).display().to_string();
+                let shown = file
+                    .strip_prefix(&dir)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
                 let imported = test_reports::import_file(format, &file, &shown, self.text_limit);
                 found.cases.extend(imported.cases);
                 found.notes.extend(imported.notes);
@@ -128,12 +139,9 @@ impl ReportCollector {
         let (base, relative) = artifact_request(workdir, pattern);
         match session.get_files(&base, &[relative], dir, &mut self.budget) {
             Ok(unpacked) => {
-                found.notes.extend(
-                    unpacked
-                        .refused
-                        .iter()
-                        .map(|r| format!("test report {r}")),
-                );
+                found
+                    .notes
+                    .extend(unpacked.refused.iter().map(|r| format!("test report {r}")));
                 if let Some(e) = &unpacked.error {
                     found.notes.push(format!("test report `{pattern}`: {e}"));
                 }
@@ -142,9 +150,9 @@ impl ReportCollector {
                 }
             }
             // The agent's answer to a pattern that matches nothing.
-            Err(SessionError::Agent(message)) if required => found
-                .cases
-                .extend(test_reports::unreadable(pattern, &format!("required, but {message}")).cases),
+            Err(SessionError::Agent(message)) if required => found.cases.extend(
+                test_reports::unreadable(pattern, &format!("required, but {message}")).cases,
+            ),
             Err(SessionError::Agent(message)) => found
                 .notes
                 .push(format!("test report `{pattern}` not found: {message}")),

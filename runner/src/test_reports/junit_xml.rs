@@ -194,7 +194,10 @@ fn all_text(node: Node) -> String {
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
 /// `0.5`, `12`, Surefire's `1,234.5`; nonsense is dropped, not guessed.

@@ -24,7 +24,7 @@ use crate::results::{ImportedCase, ImportedResult, Problem};
 pub fn parse(text: &str, file_stem: &str, texts: &TextLimit) -> Imported {
     let mut reader = Reader {
         texts,
-        binary: file_stem.to_string(),
+        binary: without_hash(file_stem).to_string(),
         out: Imported::default(),
         section: Section::default(),
         captured: None,
@@ -246,14 +246,18 @@ fn binary_name(line: &str) -> Option<String> {
         Some(open) if rest.ends_with(')') => &rest[open + 1..rest.len() - 1],
         _ => rest.trim_matches('`'),
     };
-    let file = path.rsplit('/').next()?;
-    let stem = match file.rsplit_once('-') {
+    let stem = without_hash(path.rsplit('/').next()?);
+    (!stem.is_empty()).then(|| stem.to_string())
+}
+
+/// `foo-0123456789abcdef` (a test binary as cargo names it) → `foo`.
+fn without_hash(file: &str) -> &str {
+    match file.rsplit_once('-') {
         Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
             stem
         }
         _ => file,
-    };
-    (!stem.is_empty()).then(|| stem.to_string())
+    }
 }
 
 struct Panic<'a> {

@@ -72,7 +72,10 @@ fn pytest() {
     assert_eq!(skip_message(&cases[2]), "not on this platform");
     // A failure with a teardown error: the error wins, both stories kept.
     let conn = problem(&cases[3]);
-    assert_eq!(conn.message, "failed on teardown with \"RuntimeError: closed\"");
+    assert_eq!(
+        conn.message,
+        "failed on teardown with \"RuntimeError: closed\""
+    );
     assert!(conn.body.text().contains("RuntimeError: closed"));
     assert!(conn.body.text().contains("assert False"));
 }
@@ -96,7 +99,10 @@ fn cargo_nextest() {
         breaks.message,
         "thread 'tests::breaks' panicked at src/lib.rs:20:9:"
     );
-    assert!(cases[2].system_out.text().contains("test tests::breaks ... FAILED"));
+    assert!(cases[2]
+        .system_out
+        .text()
+        .contains("test tests::breaks ... FAILED"));
     assert!(cases[2].system_err.text().starts_with("thread"));
 }
 
@@ -132,7 +138,10 @@ fn maven_surefire_with_a_lone_testsuite_root() {
     let fails = problem(&cases[1]);
     assert_eq!(fails.message, "expected: <1> but was: <2>");
     assert_eq!(fails.kind, "org.opentest4j.AssertionFailedError");
-    assert!(fails.body.text().contains("\tat com.example.AppTest.testFails"));
+    assert!(fails
+        .body
+        .text()
+        .contains("\tat com.example.AppTest.testFails"));
     assert_eq!(cases[1].system_out.text(), "hello from the test");
 }
 
@@ -295,7 +304,10 @@ fn libtest_human_output_of_cargo_test() {
     assert_eq!(skip_message(&imported.cases[1]), "needs a network");
     assert_eq!(skip_message(&imported.cases[3]), "ignored");
     assert_eq!(problem(&imported.cases[6]).message, "plain message");
-    assert_eq!(imported.cases[6].location().as_deref(), Some("tests/api.rs:4"));
+    assert_eq!(
+        imported.cases[6].location().as_deref(),
+        Some("tests/api.rs:4")
+    );
 }
 
 #[test]
@@ -333,6 +345,9 @@ fn libtest_from_a_bare_binary_with_report_time_and_a_crash() {
         imported.notes,
         ["libtest output of `unit`: 1 of 3 tests reported no result (did the test binary crash?)"]
     );
+    // A report named after the binary, as cargo names it: the hash goes.
+    let named = libtest::parse("test a ... ok\n", "mycrate-0123456789abcdef", &texts());
+    assert_eq!(named.cases[0].classname.as_deref(), Some("mycrate"));
     // Not libtest at all: nothing, and no panic.
     let nothing = libtest_file("test this ... maybe\n{\"type\":\n---- x stdout ----\n");
     assert!(nothing.cases.is_empty());

@@ -7,10 +7,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use super::super::error::located;
 use super::super::scalars::{check_env_name, parse_duration};
 use super::super::{Env, MatrixAxis, Step, StepCommand};
-use super::reports::ReportsSeed;
 use super::fields::{
     next_key, non_empty, parse_guest_dir, parse_value, EnvSeed, Parse, StringList,
 };
+use super::reports::ReportsSeed;
 
 /// Longest generated step name; longer scripts are cut with `…`.
 const MAX_GENERATED_NAME: usize = 60;
