@@ -238,10 +238,23 @@ fn junit_reports_of_real_tools_become_testcases_of_each_matrix_job() {
         assert_eq!(cases[0], (job, "writes reports"));
         assert_eq!(cases[1], (job, "crashes before its report"));
         assert_eq!(cases[2], (job, "(report) never-written.xml"));
+        let missing = suite
+            .descendants()
+            .find(|n| n.attribute("name") == Some("(report) never-written.xml"))
+            .and_then(|n| n.children().find(|c| c.has_tag_name("error")))
+            .and_then(|e| e.attribute("message"))
+            .unwrap();
+        assert!(
+            missing.starts_with("required test report `never-written.xml` not found: "),
+            "{missing}"
+        );
         assert!(cases.contains(&(class("tests.test_math").as_str(), "test_div")));
         assert!(cases.contains(&(class("example.com/calc").as_str(), "TestSub")));
         assert!(cases.contains(&(class("com.example.AppTest").as_str(), "testErrs")));
-        assert_eq!(cases.last().unwrap(), &(job, "(report) reports/zz-broken.xml"));
+        assert_eq!(
+            cases.last().unwrap(),
+            &(job, "(report) reports/zz-broken.xml")
+        );
         let notes = suite
             .children()
             .find(|n| n.has_tag_name("system-err"))

@@ -107,6 +107,8 @@ impl UniqueNames {
 
 #[cfg(test)]
 mod artifact_notes_tests;
+#[cfg(test)]
+mod test_reports_tests;
 
 #[cfg(test)]
 mod tests {

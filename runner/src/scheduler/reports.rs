@@ -150,9 +150,9 @@ impl ReportCollector {
                 }
             }
             // The agent's answer to a pattern that matches nothing.
-            Err(SessionError::Agent(message)) if required => found.cases.extend(
-                test_reports::unreadable(pattern, &format!("required, but {message}")).cases,
-            ),
+            Err(SessionError::Agent(message)) if required => {
+                found.cases.push(test_reports::missing(pattern, &message))
+            }
             Err(SessionError::Agent(message)) => found
                 .notes
                 .push(format!("test report `{pattern}` not found: {message}")),

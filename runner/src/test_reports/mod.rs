@@ -117,16 +117,31 @@ fn seconds(seconds: f64) -> Option<std::time::Duration> {
 
 /// The error testcase for a report that cannot be used.
 pub fn unreadable(shown: &str, reason: &str) -> Imported {
+    Imported {
+        cases: vec![report_error(
+            shown,
+            format!("cannot read test report {shown}: {reason}"),
+        )],
+        notes: Vec::new(),
+    }
+}
+
+/// The error testcase for a `required` report that is not there.
+pub fn missing(pattern: &str, reason: &str) -> ImportedCase {
+    report_error(
+        pattern,
+        format!("required test report `{pattern}` not found: {reason}"),
+    )
+}
+
+fn report_error(shown: &str, message: String) -> ImportedCase {
     let mut case = ImportedCase::new(format!("(report) {shown}"));
     case.result = ImportedResult::Error(Problem {
-        message: format!("cannot read test report {shown}: {reason}"),
+        message,
         kind: "report".to_string(),
         body: Output::default(),
     });
-    Imported {
-        cases: vec![case],
-        notes: Vec::new(),
-    }
+    case
 }
 
 /// Cuts texts from a report like the runner cuts step output: head and
