@@ -6,6 +6,9 @@
 //!   `agent-protocol` crate built static on the host: every test of the
 //!   crate appears as its own testcase, matched against the test binary's
 //!   own `--list`.
+//! * a crates.io crate, strsim (a dependency of the runner, so its source
+//!   is in cargo's registry), built the same way and run by a pipeline
+//!   written here: its tests, one testcase each.
 //! * JUnit files of several tools written in a matrix job, with a broken
 //!   one and a glob that matches nothing.
 
@@ -37,32 +40,32 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Builds agent-protocol's test binaries statically, as the pipeline's
-/// comment says, in a target directory of their own (the outer `cargo
-/// test` holds the workspace's). Returns the binaries.
-fn static_test_binaries() -> Vec<PathBuf> {
-    let target_dir = repo().join("target/e2e-rust-crate");
+/// Builds a crate's test binaries statically, as pipelines/rust-crate.yml
+/// says, in a target directory of their own (the outer `cargo test` holds
+/// the workspace's). `which` selects the crate (`-p …` or
+/// `--manifest-path …`); returns the binaries named `<binary>-<hash>`.
+fn static_test_binaries(which: &[&str], target: &str, binary: &str) -> Vec<PathBuf> {
+    let target_dir = repo().join("target").join(target);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = Command::new(cargo)
         .current_dir(repo())
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["test", "-p", "agent-protocol", "--no-run"])
-        .args([
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--message-format",
-            "json",
-        ])
+        .args(["test", "--no-run", "--offline"])
+        .args(which)
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .args(["--message-format", "json"])
         .output()
         .unwrap();
     assert!(built.status.success(), "{}", text(&built.stderr));
     // cargo's JSON names every test executable it built.
+    let key = "\"executable\":\"";
+    let named = format!("/{binary}-");
     let binaries: Vec<PathBuf> = text(&built.stdout)
         .lines()
-        .filter(|line| line.contains("\"executable\":\"") && line.contains("agent_protocol-"))
+        .filter(|line| line.contains(key) && line.contains(&named))
         .filter_map(|line| {
-            let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let start = line.find(key)? + key.len();
             let end = start + line[start..].find('"')?;
             Some(PathBuf::from(&line[start..end]))
         })
@@ -74,11 +77,12 @@ fn static_test_binaries() -> Vec<PathBuf> {
 /// The test pipelines/rust-crate.yml skips (it reads the host checkout).
 const SKIPPED: &str = "fuzzing::tests::replay_fuzz_regressions_and_seeds";
 
-/// `name: test` lines of `<binary> --list`: the crate's tests the pipeline
-/// runs.
-fn listed_tests(binary: &Path) -> Vec<String> {
+/// `name: test` lines of `<binary> --list` (with `extra` filters): the
+/// crate's tests that a pipeline runs.
+fn listed_tests(binary: &Path, extra: &[&str]) -> Vec<String> {
     let listed = Command::new(binary)
-        .args(["--list", "--skip", SKIPPED])
+        .arg("--list")
+        .args(extra)
         .output()
         .unwrap();
     assert!(listed.status.success());
@@ -91,9 +95,118 @@ fn listed_tests(binary: &Path) -> Vec<String> {
     names
 }
 
+/// The testcases of `classname`, sorted, and the JUnit document's root
+/// `tests` count.
+fn junit_cases(out: &Path, classname: &str) -> (Vec<String>, usize) {
+    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let mut names: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .filter(|c| c.attribute("classname") == Some(classname))
+        .map(|c| c.attribute("name").unwrap().to_string())
+        .collect();
+    names.sort();
+    let tests = doc
+        .root_element()
+        .attribute("tests")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (names, tests)
+}
+
+/// Like pipelines/rust-crate.yml, for the binaries put in `bin/`.
+const STRSIM_PIPELINE: &str = r#"
+image: minimal
+jobs:
+  strsim:
+    files:
+      - from: bin
+        to: /opt/tests
+    workdir: /opt/tests
+    steps:
+      - name: tests
+        run: for t in /opt/tests/strsim-*; do "$t" > "$t.txt" 2>&1 || exit 1; done
+        reports: { libtest: "/opt/tests/*.txt", required: true }
+"#;
+
+#[test]
+fn a_crates_io_crate_s_tests_show_up_one_by_one() {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    // The runner depends on strsim, so building it unpacked the source.
+    let source = std::fs::read_dir(home.join("registry/src"))
+        .unwrap()
+        .flat_map(|index| std::fs::read_dir(index.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("strsim-0.11")
+        })
+        .max()
+        .expect("strsim 0.11 in cargo's registry (a dependency of runner)");
+    let version = source.file_name().unwrap().to_string_lossy().into_owned();
+    // Built from a copy: the registry's sources are not ours to write a
+    // lock file into.
+    let dir = tempfile::tempdir().unwrap();
+    let krate = dir.path().join("strsim");
+    copy_tree(&source, &krate);
+    let manifest = krate.join("Cargo.toml").display().to_string();
+    let binaries = static_test_binaries(&["--manifest-path", &manifest], "e2e-strsim", "strsim");
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let mut expected = Vec::new();
+    for binary in &binaries {
+        std::fs::copy(binary, bin_dir.join(binary.file_name().unwrap())).unwrap();
+        expected.extend(listed_tests(binary, &[]));
+    }
+    expected.sort();
+    let pipeline = dir.path().join("strsim.yml");
+    std::fs::write(&pipeline, STRSIM_PIPELINE).unwrap();
+    let out = run_runner(dir.path(), &pipeline);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let (imported, tests) = junit_cases(&dir.path().join("out"), "strsim.strsim");
+    assert_eq!(imported, expected);
+    assert!(imported.len() >= 50, "{imported:?}");
+    assert_eq!(tests, imported.len() + 1);
+    println!(
+        "crates.io {version}: {} testcases from {} test binar{}",
+        imported.len(),
+        binaries.len(),
+        if binaries.len() == 1 { "y" } else { "ies" }
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_rust_crate_s_tests_show_up_one_by_one() {
-    let binaries = static_test_binaries();
+    let binaries = static_test_binaries(
+        &["-p", "agent-protocol"],
+        "e2e-rust-crate",
+        "agent_protocol",
+    );
     let dir = tempfile::tempdir().unwrap();
     // The example pipeline, unchanged, in a workspace holding the binaries
     // where its `files:` expects them.
@@ -104,7 +217,7 @@ fn a_rust_crate_s_tests_show_up_one_by_one() {
     let mut expected = Vec::new();
     for binary in &binaries {
         std::fs::copy(binary, deps.join(binary.file_name().unwrap())).unwrap();
-        expected.extend(listed_tests(binary));
+        expected.extend(listed_tests(binary, &["--skip", SKIPPED]));
     }
     expected.sort();
     let pipeline = dir.path().join("rust-crate.yml");
@@ -119,32 +232,15 @@ fn a_rust_crate_s_tests_show_up_one_by_one() {
         text(&out.stderr)
     );
 
-    let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
-    let doc = roxmltree::Document::parse(&xml).unwrap();
-    let cases: Vec<_> = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("testcase"))
-        .collect();
-    let steps: Vec<_> = cases
-        .iter()
-        .filter(|c| c.attribute("classname") == Some("agent-protocol"))
-        .map(|c| c.attribute("name").unwrap())
-        .collect();
-    // The steps are still there, the crate's tests right after theirs.
+    let out_dir = dir.path().join("out");
+    // The steps are still there…
+    let (steps, tests) = junit_cases(&out_dir, "agent-protocol");
     assert_eq!(steps, ["test binaries", "unit tests"]);
-    let mut imported: Vec<String> = cases
-        .iter()
-        .filter(|c| c.attribute("classname") == Some("agent-protocol.agent_protocol"))
-        .map(|c| c.attribute("name").unwrap().to_string())
-        .collect();
-    imported.sort();
+    // …and every test of the crate is a testcase of its own.
+    let (imported, _) = junit_cases(&out_dir, "agent-protocol.agent_protocol");
     assert_eq!(imported, expected);
     assert!(imported.len() >= 9, "{imported:?}");
-    let root = doc.root_element();
-    assert_eq!(
-        root.attribute("tests"),
-        Some((expected.len() + 2).to_string().as_str())
-    );
+    assert_eq!(tests, expected.len() + 2);
     let summary = stdout.lines().last().unwrap();
     assert!(
         summary.starts_with(&format!("{} passed, 0 failed", expected.len() + 2)),

@@ -124,7 +124,7 @@ fn end_to_end(dir: &Path) -> Duration {
         )
     };
     let images = images();
-    let mut run = |reports: bool| {
+    let run = |reports: bool| {
         let file = dir.join(format!("bench-{reports}.yml"));
         std::fs::write(&file, pipeline(reports)).unwrap();
         let start = Instant::now();

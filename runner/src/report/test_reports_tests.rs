@@ -1,8 +1,7 @@
 //! The guest's test reports in the console: failing tests by name, the
 //! warnings, and counts that agree with the JUnit file.
 
-use super::console::tests::Buffer;
-use super::console::{ConsoleMode, ConsoleOptions, ConsoleReporter};
+use super::console::tests::plain;
 use super::RunObserver;
 use crate::results::tests::{job, run, step};
 use crate::results::{ImportedCase, ImportedResult, JobOutcome, Problem, StepStatus};
@@ -42,14 +41,8 @@ fn failing_report_tests_and_warnings_are_listed_and_counted() {
     assert!(results.jobs[0].failed());
     assert_eq!(results.exit_code(), 1);
 
-    let buffer = Buffer::default();
-    let options = ConsoleOptions {
-        mode: ConsoleMode::Plain,
-        gitlab_sections: false,
-        color: false,
-        failure_tail_lines: 2,
-    };
-    ConsoleReporter::new(options, Box::new(buffer.clone())).finish(&results);
+    let (console, buffer) = plain(false, false);
+    console.finish(&results);
     let text = buffer.text();
     let expected = "\n==== unit: 1 failing tests in test reports ====\n\
         tests.test_math::test_div: ZeroDivisionError: division by zero (tests/test_math.py:7)\n\
