@@ -1,5 +1,7 @@
 //! JUnit XML for GitLab, Jenkins and friends: one `<testsuite>` per job,
-//! one `<testcase>` per step.
+//! one `<testcase>` per step, and the testcases of the guest's own test
+//! reports after the step they came from (junit_imported.rs). The root
+//! keeps to the attributes the strict schemas share ([`ROOT_ATTRIBUTES`]).
 //!
 //! Written with `quick-junit`, not `junit-report` (the workspace's first
 //! choice), because junit-report 0.9 cannot meet two requirements:

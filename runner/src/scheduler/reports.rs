@@ -67,6 +67,10 @@ impl ReportCollector {
                 continue;
             }
             let dir = self.root.join(&scope_dir).join(format.key());
+            // Only this fetch's files are read: nothing left from an
+            // earlier attempt of the same job. (std's remove_dir_all does
+            // not follow the links a guest may have left in there.)
+            let _ = std::fs::remove_dir_all(&dir);
             let mut found = Imported::default();
             for pattern in patterns {
                 self.fetch(
@@ -185,4 +189,28 @@ fn regular_files(dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::regular_files;
+
+    #[test]
+    fn reports_are_read_from_regular_files_only_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.xml"), "<testsuites/>").unwrap();
+        std::fs::create_dir_all(dir.path().join("b/deep")).unwrap();
+        std::fs::write(dir.path().join("b/deep/z.xml"), "").unwrap();
+        std::fs::write(dir.path().join("a.xml"), "").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("b/out")).unwrap();
+        let link = dir.path().join("c.xml");
+        std::os::unix::fs::symlink(outside.path().join("secret.xml"), link).unwrap();
+        let found: Vec<_> = regular_files(dir.path())
+            .iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(found, ["a.xml", "b/deep/z.xml"]);
+        assert!(regular_files(&dir.path().join("missing")).is_empty());
+    }
 }
