@@ -139,7 +139,15 @@ fn end_to_end(dir: &Path) -> Duration {
             .unwrap();
         let took = start.elapsed();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let summary = stdout.lines().last().unwrap_or_default().to_string();
+        let mut summary = stdout.lines().last().unwrap_or_default().to_string();
+        // The job log says how long copying out and parsing took.
+        let log = std::fs::read_to_string(dir.join("out/logs/01-import.log")).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("testcases from junit reports"))
+        {
+            summary = format!("{summary}; job log: {}", line.trim_start_matches("==> "));
+        }
         // 10,000 imported cases, 10% of them failing: exit 1 with them.
         let expected = if reports { Some(1) } else { Some(0) };
         assert_eq!(out.status.code(), expected, "{stdout}");

@@ -9,6 +9,7 @@
 //! they are parsed at once, before a later step can overwrite them.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::job::artifact_request;
 use super::Options;
@@ -72,6 +73,7 @@ impl ReportCollector {
             // not follow the links a guest may have left in there.)
             let _ = std::fs::remove_dir_all(&dir);
             let mut found = Imported::default();
+            let clock = Instant::now();
             for pattern in patterns {
                 self.fetch(
                     pattern,
@@ -82,6 +84,7 @@ impl ReportCollector {
                     &mut found,
                 );
             }
+            let copied = clock.elapsed();
             for file in regular_files(&dir) {
                 let shown = file
                     .strip_prefix(&dir)
@@ -107,9 +110,12 @@ impl ReportCollector {
                 found.cases.truncate(room);
             }
             log.note(&format!(
-                "==> {} testcases from {} reports ({scope_dir})",
+                "==> {} testcases from {} reports ({scope_dir}) in {:.3}s: copied out in {:.3}s, parsed in {:.3}s",
                 found.cases.len(),
-                format.key()
+                format.key(),
+                clock.elapsed().as_secs_f64(),
+                copied.as_secs_f64(),
+                (clock.elapsed() - copied).as_secs_f64(),
             ));
             for note in &found.notes {
                 log.note(&format!("==> {note}"));
