@@ -21,9 +21,11 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-fn run_runner(dir: &Path, pipeline: &Path) -> Output {
+/// `runner test <pipeline> --out out` in `dir`, which must exit with
+/// `code`; returns its stdout.
+fn run_runner(dir: &Path, pipeline: &Path, code: i32) -> String {
     let images = images();
-    Command::new(runner_bin())
+    let out: Output = Command::new(runner_bin())
         .env("RUNNER_KERNEL", &images.kernel)
         .env("RUNNER_ROOTFS", &images.rootfs)
         .env("CI", "true")
@@ -33,7 +35,24 @@ fn run_runner(dir: &Path, pipeline: &Path) -> Output {
         .arg(pipeline)
         .args(["--out", "out"])
         .output()
-        .unwrap()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+    stdout
+}
+
+/// Copies the test binaries into `dir` and returns the names of the tests
+/// they will run (sorted), `--list`ed with `filters`.
+fn stage(binaries: &[PathBuf], dir: &Path, filters: &[&str]) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut expected = Vec::new();
+    for binary in binaries {
+        std::fs::copy(binary, dir.join(binary.file_name().unwrap())).unwrap();
+        expected.extend(listed_tests(binary, filters));
+    }
+    expected.sort();
+    expected
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -157,24 +176,10 @@ fn a_crates_io_crate_s_tests_show_up_one_by_one() {
     copy_tree(&source, &krate);
     let manifest = krate.join("Cargo.toml").display().to_string();
     let binaries = static_test_binaries(&["--manifest-path", &manifest], "e2e-strsim", "strsim");
-    let bin_dir = dir.path().join("bin");
-    std::fs::create_dir(&bin_dir).unwrap();
-    let mut expected = Vec::new();
-    for binary in &binaries {
-        std::fs::copy(binary, bin_dir.join(binary.file_name().unwrap())).unwrap();
-        expected.extend(listed_tests(binary, &[]));
-    }
-    expected.sort();
+    let expected = stage(&binaries, &dir.path().join("bin"), &[]);
     let pipeline = dir.path().join("strsim.yml");
     std::fs::write(&pipeline, STRSIM_PIPELINE).unwrap();
-    let out = run_runner(dir.path(), &pipeline);
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
+    run_runner(dir.path(), &pipeline, 0);
     let (imported, tests) = junit_cases(&dir.path().join("out"), "strsim.strsim");
     assert_eq!(imported, expected);
     assert!(imported.len() >= 50, "{imported:?}");
@@ -213,24 +218,10 @@ fn a_rust_crate_s_tests_show_up_one_by_one() {
     let deps = dir
         .path()
         .join("target/x86_64-unknown-linux-gnu/debug/deps");
-    std::fs::create_dir_all(&deps).unwrap();
-    let mut expected = Vec::new();
-    for binary in &binaries {
-        std::fs::copy(binary, deps.join(binary.file_name().unwrap())).unwrap();
-        expected.extend(listed_tests(binary, &["--skip", SKIPPED]));
-    }
-    expected.sort();
+    let expected = stage(&binaries, &deps, &["--skip", SKIPPED]);
     let pipeline = dir.path().join("rust-crate.yml");
     std::fs::copy(repo().join("pipelines/rust-crate.yml"), &pipeline).unwrap();
-
-    let out = run_runner(dir.path(), &pipeline);
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
+    let stdout = run_runner(dir.path(), &pipeline, 0);
 
     let out_dir = dir.path().join("out");
     // The steps are still there…
@@ -290,14 +281,7 @@ fn junit_reports_of_real_tools_become_testcases_of_each_matrix_job() {
     }
     let pipeline = dir.path().join("pipeline.yml");
     std::fs::write(&pipeline, JUNIT_PIPELINE).unwrap();
-    let out = run_runner(dir.path(), &pipeline);
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
+    let stdout = run_runner(dir.path(), &pipeline, 1);
 
     let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap();
