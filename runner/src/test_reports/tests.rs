@@ -352,3 +352,41 @@ fn libtest_from_a_bare_binary_with_report_time_and_a_crash() {
     let nothing = libtest_file("test this ... maybe\n{\"type\":\n---- x stdout ----\n");
     assert!(nothing.cases.is_empty());
 }
+
+/// Every prefix and a byte-flipped copy of every fixture: whatever a guest
+/// cut short or garbled, the readers answer (cases or one error line) and
+/// never panic.
+#[test]
+fn cut_and_garbled_reports_never_panic() {
+    let fixtures = [
+        include_str!("fixtures/pytest.xml"),
+        include_str!("fixtures/nextest.xml"),
+        include_str!("fixtures/go-junit-report.xml"),
+        include_str!("fixtures/surefire.xml"),
+        include_str!("fixtures/jest-junit.xml"),
+        include_str!("fixtures/nested.xml"),
+        include_str!("fixtures/libtest-human.txt"),
+        include_str!("fixtures/libtest-json.txt"),
+    ];
+    for text in fixtures {
+        let cuts = (0..text.len()).step_by(3).filter(|&i| text.is_char_boundary(i));
+        for cut in cuts {
+            let part = &text[..cut];
+            if let Err(e) = junit_xml::parse(part, &texts()) {
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+            libtest_file(part);
+        }
+        let garbled: String = text
+            .chars()
+            .enumerate()
+            .map(|(i, c)| match i % 11 {
+                0 => '<',
+                5 => '"',
+                _ => c,
+            })
+            .collect();
+        let _ = junit_xml::parse(&garbled, &texts());
+        libtest_file(&garbled);
+    }
+}
