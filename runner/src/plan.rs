@@ -10,8 +10,8 @@ use std::time::Duration;
 use agent_protocol::{Command, ExecRequest};
 
 use crate::pipeline::{
-    Combination, Env, FileEntry, Files, Image, Pipeline, StepCommand, DEFAULT_JOB_TIMEOUT,
-    GUEST_WORKSPACE,
+    Combination, Env, FileEntry, Files, Image, Pipeline, ReportFiles, StepCommand,
+    DEFAULT_JOB_TIMEOUT, GUEST_WORKSPACE,
 };
 
 /// Jobs to run, in order.
@@ -49,6 +49,8 @@ pub struct PlannedJob {
     /// Guest paths or globs, relative to `workdir` unless absolute, copied
     /// out after the last step (also after a failure).
     pub artifacts: Vec<String>,
+    /// Test reports read after the last step (the job's or `defaults`').
+    pub reports: ReportFiles,
     pub allow_failure: bool,
     pub steps: Vec<PlannedStep>,
 }
@@ -66,6 +68,8 @@ pub struct PlannedStep {
     pub workdir: String,
     /// The step's own limit; the job's remaining budget applies as well.
     pub timeout: Option<Duration>,
+    /// Test reports read right after this step.
+    pub reports: ReportFiles,
 }
 
 impl PlannedStep {
@@ -149,6 +153,7 @@ impl Plan {
                             env: step_env,
                             workdir: step.workdir.clone().unwrap_or_else(|| workdir.clone()),
                             timeout: step.timeout.or(step_timeout),
+                            reports: step.reports.clone().unwrap_or_default(),
                         }
                     })
                     .collect();
@@ -172,6 +177,11 @@ impl Plan {
                         .artifacts
                         .clone()
                         .unwrap_or_else(|| defaults.artifacts.clone()),
+                    reports: job
+                        .reports
+                        .clone()
+                        .or_else(|| defaults.reports.clone())
+                        .unwrap_or_default(),
                     allow_failure: job.allow_failure,
                     steps,
                 });

@@ -1,4 +1,4 @@
-//! The `--out` directory: `logs/` and `artifacts/` of an earlier run there
+//! The `--out` directory: `logs/`, `artifacts/` and `reports/` of an earlier run there
 //! would mix with this run's, so they are cleared first. But `--out` may be
 //! any directory (`--out .`), so only what the runner provably created is
 //! ever removed: `<out>/.runner-out` lists the subdirectories the runner
@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 
 /// In the out directory: one line per subdirectory the runner created.
 pub const MARKER: &str = ".runner-out";
-const OURS: [&str; 2] = ["logs", "artifacts"];
+const OURS: [&str; 3] = ["logs", "artifacts", "reports"];
 
-/// Clears and recreates `<out>/logs` and `<out>/artifacts`, refusing (before
+/// Clears and recreates `<out>/logs`, `<out>/artifacts` and `<out>/reports`, refusing (before
 /// removing anything) if either exists but is not listed in the marker, or
 /// is not a real directory.
 pub fn prepare(out: &Path) -> anyhow::Result<()> {
@@ -91,7 +91,7 @@ mod tests {
         assert!(!out.path().join("logs/old.log").exists());
         assert_eq!(
             std::fs::read_to_string(out.path().join(MARKER)).unwrap(),
-            "logs\nartifacts\n"
+            "logs\nartifacts\nreports\n"
         );
         // Nothing of ours among the logs.
         assert_eq!(out.path().join("logs").read_dir().unwrap().count(), 0);

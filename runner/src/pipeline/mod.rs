@@ -10,6 +10,7 @@ mod de;
 mod error;
 pub mod files;
 pub mod host_scope;
+mod reports;
 mod scalars;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use error::PipelineError;
 pub use files::FileEntry;
+pub use reports::ReportFiles;
 pub use scalars::{
     format_duration, parse_duration, parse_memory, ImageKind, ImageRef, KERNEL_NAMES,
     MIN_MEMORY_MIB, ROOTFS_NAMES,
@@ -85,6 +87,7 @@ pub struct Defaults {
     pub shell: Option<String>,
     pub files: Option<Files>,
     pub artifacts: Vec<String>,
+    pub reports: Option<ReportFiles>,
 }
 
 /// What to copy into the guest before the first step.
@@ -108,6 +111,7 @@ pub struct Job {
     pub matrix: Vec<MatrixAxis>,
     pub files: Option<Files>,
     pub artifacts: Option<Vec<String>>,
+    pub reports: Option<ReportFiles>,
     pub allow_failure: bool,
     pub image: Option<Image>,
     pub vcpus: Option<u32>,
@@ -131,6 +135,8 @@ pub struct Step {
     pub workdir: Option<String>,
     pub shell: Option<String>,
     pub timeout: Option<Duration>,
+    /// Test reports this step writes, read right after it.
+    pub reports: Option<ReportFiles>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

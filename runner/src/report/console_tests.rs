@@ -29,7 +29,7 @@ impl Buffer {
     }
 }
 
-fn plain(gitlab: bool, color: bool) -> (ConsoleReporter, Buffer) {
+pub(in crate::report) fn plain(gitlab: bool, color: bool) -> (ConsoleReporter, Buffer) {
     let buffer = Buffer::default();
     let options = ConsoleOptions {
         mode: ConsoleMode::Plain,

@@ -1,5 +1,7 @@
 //! JUnit XML for GitLab, Jenkins and friends: one `<testsuite>` per job,
-//! one `<testcase>` per step.
+//! one `<testcase>` per step, and the testcases of the guest's own test
+//! reports after the step they came from (junit_imported.rs). The root
+//! keeps to the attributes the strict schemas share ([`ROOT_ATTRIBUTES`]).
 //!
 //! Written with `quick-junit`, not `junit-report` (the workspace's first
 //! choice), because junit-report 0.9 cannot meet two requirements:
@@ -21,7 +23,8 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, FixedOffset, Utc};
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::{clean_text, last_lines, UniqueNames};
+use super::junit_imported::{self, CaseNames};
+use super::{clean_text, last_lines};
 use crate::results::{
     omission_note, CaseKind, JobCase, JobResult, Output, RunResults, StepResult, StepStatus,
 };
@@ -61,16 +64,48 @@ pub enum JunitError {
     Serialize(#[from] quick_junit::SerializeError),
 }
 
+/// Attributes the root `<testsuites>` may carry: those that both the
+/// Jenkins xUnit plugin's JUnit schema and the Ant JUnit schema accept.
+/// quick-junit also writes `skipped` there, which is taken out again.
+pub const ROOT_ATTRIBUTES: [&str; 5] = ["name", "time", "tests", "failures", "errors"];
+
 /// The report as XML text.
 pub fn render(results: &RunResults, options: &JunitOptions) -> Result<String, JunitError> {
     let mut report = Report::new(xml_text(&results.pipeline_name));
-    report.set_timestamp(timestamp(results.started));
     report.set_time(results.wall);
     for job in &results.jobs {
         report.add_test_suite(suite(job, options));
     }
-    let xml = report.to_string()?;
+    let xml = strict_root(&report.to_string()?);
     Ok(xml.replace(TAB_PLACEHOLDER, "\t"))
+}
+
+/// Drops every attribute of the root element that is not in
+/// [`ROOT_ATTRIBUTES`]. quick-junit escapes `<`, `>` and quotes in
+/// attribute values, so the first `>` after `<testsuites` ends the tag and
+/// every `"` inside it delimits a value.
+fn strict_root(xml: &str) -> String {
+    let Some(start) = xml.find("<testsuites") else {
+        return xml.to_string();
+    };
+    let Some(len) = xml[start..].find('>') else {
+        return xml.to_string();
+    };
+    let tag = &xml[start + "<testsuites".len()..start + len];
+    let closing = if tag.ends_with('/') { "/>" } else { ">" };
+    let mut kept = String::from("<testsuites");
+    // ` name="v"` pieces: split on quotes, pairing names with values.
+    let pieces: Vec<&str> = tag.trim_end_matches('/').split('"').collect();
+    for pair in pieces.chunks(2) {
+        if let [name, value] = pair {
+            let name = name.trim().trim_end_matches('=');
+            if ROOT_ATTRIBUTES.contains(&name) {
+                kept.push_str(&format!(" {name}=\"{value}\""));
+            }
+        }
+    }
+    kept.push_str(closing);
+    format!("{}{kept}{}", &xml[..start], &xml[start + len + 1..])
 }
 
 /// Writes the report to `path` atomically: a temporary file in the same
@@ -117,10 +152,11 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     if let Some(log) = &job.log_path {
         suite.add_property(Property::new("log", xml_text(&log.display().to_string())));
     }
-    let mut names = UniqueNames::default();
-    for step in &job.steps {
+    let mut names = CaseNames::default();
+    let imported = &job.test_reports.cases;
+    for (index, step) in job.steps.iter().enumerate() {
         let mut case = TestCase::new(
-            xml_text(&names.unique(&step.name)),
+            xml_text(&names.unique(&job.classname, &step.name)),
             step_status(job, step, options),
         );
         case.set_classname(xml_text(&job.classname));
@@ -132,9 +168,21 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
             case.set_system_err(xml_text(&limited(&step.stderr, options.output_limit)));
         }
         suite.add_test_case(case);
+        // The step's own reports right after it: the step stays visible
+        // (a crash before the report was written shows there).
+        for case in imported.iter().filter(|case| case.step == Some(index)) {
+            suite.add_test_case(junit_imported::testcase(job, case, &mut names, options));
+        }
+    }
+    let steps = job.steps.len();
+    for case in imported
+        .iter()
+        .filter(|c| c.step.is_none_or(|i| i >= steps))
+    {
+        suite.add_test_case(junit_imported::testcase(job, case, &mut names, options));
     }
     if let Some(job_case) = job.job_case() {
-        let name = names.unique(job_case.name);
+        let name = names.unique(&job.classname, job_case.name);
         let mut case = TestCase::new(xml_text(&name), job_case_status(job, &job_case));
         case.set_classname(xml_text(&job.classname));
         case.set_time(if job.steps.is_empty() {
@@ -144,9 +192,15 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         });
         suite.add_test_case(case);
     }
-    if !job.artifact_notes.is_empty() {
+    let notes: Vec<&str> = job
+        .artifact_notes
+        .iter()
+        .chain(&job.test_reports.notes)
+        .map(String::as_str)
+        .collect();
+    if !notes.is_empty() {
         // Suite level: these belong to the job, not to any one step.
-        suite.set_system_err(xml_text(&job.artifact_notes.join("\n")));
+        suite.set_system_err(xml_text(&notes.join("\n")));
     }
     suite
 }
@@ -216,7 +270,7 @@ fn job_case_status(job: &JobResult, case: &JobCase) -> TestCaseStatus {
 }
 
 /// Failures of `allow_failure` jobs stay failures, marked as allowed.
-fn message(job: &JobResult, text: &str) -> String {
+pub(super) fn message(job: &JobResult, text: &str) -> String {
     if job.allow_failure {
         format!("allowed failure: {text}")
     } else {
@@ -226,7 +280,7 @@ fn message(job: &JobResult, text: &str) -> String {
 
 /// Output text cut to about `limit` bytes: head, a note saying how much was
 /// left out and where the full log is, tail.
-fn limited(output: &Output, limit: usize) -> String {
+pub(super) fn limited(output: &Output, limit: usize) -> String {
     let kept = output.head.len() + output.tail.len();
     if kept <= limit {
         return output.text();
@@ -251,13 +305,13 @@ fn limited(output: &Output, limit: usize) -> String {
 }
 
 /// Text content: cleaned, tabs protected from quick-junit.
-fn xml_text(text: &str) -> String {
+pub(super) fn xml_text(text: &str) -> String {
     clean_text(&text.replace(TAB_PLACEHOLDER, "")).replace('\t', &TAB_PLACEHOLDER.to_string())
 }
 
 /// Attribute values: cleaned and on one line (XML parsers turn newlines in
 /// attributes into spaces anyway).
-fn xml_attribute(text: &str) -> String {
+pub(super) fn xml_attribute(text: &str) -> String {
     clean_text(text)
         .split(['\n', '\t'])
         .filter(|part| !part.trim().is_empty())
@@ -272,3 +326,7 @@ fn timestamp(time: SystemTime) -> DateTime<FixedOffset> {
 #[cfg(test)]
 #[path = "junit_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "junit_strict_tests.rs"]
+mod strict_tests;

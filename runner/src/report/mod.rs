@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod junit;
+mod junit_imported;
 
 use std::collections::HashMap;
 
@@ -50,6 +51,14 @@ pub trait RunObserver: Send + Sync {
 /// would show of `\r`-overwritten lines, no ANSI escape sequences, no
 /// control characters but `\t` and `\n`, no U+FFFE/U+FFFF (not XML).
 pub fn clean_text(text: &str) -> String {
+    // Most text (test names, messages, traces) has nothing to clean; the
+    // full pass below costs more than the rest of the JUnit writing.
+    let needs_cleaning = |c: char| {
+        matches!(c, '\r' | '\u{fffe}' | '\u{ffff}') || (c.is_control() && !matches!(c, '\t' | '\n'))
+    };
+    if !text.chars().any(needs_cleaning) {
+        return text.to_string();
+    }
     let shown: Vec<&str> = text
         .split('\n')
         .map(|line| {
@@ -106,6 +115,8 @@ impl UniqueNames {
 
 #[cfg(test)]
 mod artifact_notes_tests;
+#[cfg(test)]
+mod test_reports_tests;
 
 #[cfg(test)]
 mod tests {

@@ -7,12 +7,14 @@
 //! JUnit file both count from it, so they always agree.
 
 mod capture;
+mod imported;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use agent_protocol::ExitStatus;
 pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
+pub use imported::{ImportedCase, ImportedResult, Problem, TestReports};
 
 use crate::pipeline::format_duration;
 use crate::plan::PlannedJob;
@@ -51,6 +53,8 @@ pub struct JobResult {
     /// Artifacts that are missing or were refused, one line each
     /// (`artifact refused: out/x: device nodes are not copied out`).
     pub artifact_notes: Vec<String>,
+    /// Testcases from the guest's test reports, and warnings about them.
+    pub test_reports: TestReports,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -252,6 +256,7 @@ impl JobResult {
             log_path: None,
             artifacts: Vec::new(),
             artifact_notes: Vec::new(),
+            test_reports: TestReports::default(),
         }
     }
 
@@ -303,9 +308,11 @@ impl JobResult {
         }
     }
 
-    /// Kinds of all cases of this job: steps first, then the job case.
+    /// Kinds of all cases of this job: steps, the testcases of the guest's
+    /// reports, then the job case.
     pub fn cases(&self) -> Vec<CaseKind> {
         let mut kinds: Vec<CaseKind> = self.steps.iter().map(|s| s.status.kind()).collect();
+        kinds.extend(self.test_reports.cases.iter().map(ImportedCase::kind));
         kinds.extend(self.job_case().map(|case| case.kind));
         kinds
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_protocol::Stream;
 
+use super::reports::{ReportCollector, Scope};
 use super::RunContext;
 use crate::backend::{wait_for_agent, Vm, VmSpec};
 use crate::pipeline::{files, host_scope};
@@ -110,6 +111,7 @@ fn run_in_vm(
             })?;
     }
 
+    let mut reports = ReportCollector::new(job, ctx.options);
     let mut broken = None;
     for step in &job.steps {
         if let Some(reason) = &broken {
@@ -139,6 +141,20 @@ fn run_in_vm(
         }
         let session_lost = matches!(step_result.status, StepStatus::Error { .. });
         result.steps.push(step_result);
+        if !session_lost && !step.reports.is_empty() {
+            // Read now, failed or not: a later step may overwrite them,
+            // and a failing step's report is the one that matters.
+            ctx.observer.on_job_progress(job, "reading test reports");
+            let (files, workdir) = (&step.reports, &step.workdir);
+            reports.collect(
+                Scope::Step(step.index),
+                files,
+                workdir,
+                &mut session,
+                &log,
+                result,
+            );
+        }
         if session_lost {
             // Without an agent nothing else can run or be collected.
             let message = format!("lost the guest agent during `{}`", step.name);
@@ -148,6 +164,11 @@ fn run_in_vm(
     }
 
     session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
+    if !job.reports.is_empty() {
+        ctx.observer.on_job_progress(job, "reading test reports");
+        let (files, workdir) = (&job.reports, &job.workdir);
+        reports.collect(Scope::Job, files, workdir, &mut session, &log, result);
+    }
     collect_artifacts(job, ctx, &mut session, &log, result);
     log.flush();
     // No clean power-off: the root is read-only, the overlay is thrown away
@@ -296,7 +317,7 @@ fn collect_artifacts(
 /// patterns relative to a base; an absolute path is taken relative to `/`,
 /// so `/var/log/app.log` lands at `<job artifacts>/var/log/app.log`, while
 /// `report.xml` (relative to the workdir) lands at `<job artifacts>/report.xml`.
-fn artifact_request(workdir: &str, pattern: &str) -> (String, String) {
+pub(super) fn artifact_request(workdir: &str, pattern: &str) -> (String, String) {
     match pattern.strip_prefix('/') {
         Some(rest) => ("/".to_string(), rest.trim_start_matches('/').to_string()),
         None => (workdir.to_string(), pattern.to_string()),

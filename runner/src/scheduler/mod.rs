@@ -4,6 +4,7 @@
 
 mod budget;
 mod job;
+mod reports;
 
 pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};
 

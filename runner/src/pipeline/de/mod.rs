@@ -6,6 +6,7 @@
 //! buffering either: buffered content loses its position.
 
 mod fields;
+mod reports;
 mod steps;
 
 use std::collections::BTreeSet;
@@ -19,10 +20,11 @@ use self::fields::{
     next_key, non_empty, parse_bool, parse_guest_dir, parse_value, parse_vcpus, EnvSeed, FilesSeed,
     ImageSeed, KeySeed, StringList, EXTENSION_KEY,
 };
+use self::reports::ReportsSeed;
 use self::steps::{MatrixSeed, StepsSeed};
 use super::error::located;
 use super::scalars::{parse_duration, parse_memory};
-use super::{Defaults, Env, Files, Image, Job, MAX_MATRIX_JOBS};
+use super::{Defaults, Env, Files, Image, Job, ReportFiles, MAX_MATRIX_JOBS};
 
 /// The top level of a pipeline, before defaults are filled in.
 pub(crate) struct Parsed {
@@ -56,9 +58,10 @@ struct Settings {
     shell: Option<String>,
     files: Option<Files>,
     artifacts: Option<Vec<String>>,
+    reports: Option<ReportFiles>,
 }
 
-const SETTINGS_KEYS: [&str; 7] = [
+const SETTINGS_KEYS: [&str; 8] = [
     "timeout",
     "step_timeout",
     "env",
@@ -66,6 +69,7 @@ const SETTINGS_KEYS: [&str; 7] = [
     "shell",
     "files",
     "artifacts",
+    "reports",
 ];
 
 /// Reads the value of `key` into `settings`; false when `key` is not a setting.
@@ -94,6 +98,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
                 allow_empty: true,
             })?)
         }
+        "reports" => settings.reports = Some(map.next_value_seed(ReportsSeed { context })?),
         _ => return Ok(false),
     }
     Ok(true)
@@ -214,6 +219,7 @@ impl<'de> Visitor<'de> for DefaultsSeed<'_> {
             shell: settings.shell,
             files: settings.files,
             artifacts: settings.artifacts.unwrap_or_default(),
+            reports: settings.reports,
         })
     }
 }
@@ -306,6 +312,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             "shell",
             "files",
             "artifacts",
+            "reports",
         ];
         let name = self.name;
         let context = format!("in job `{name}`");
@@ -338,6 +345,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             matrix,
             files: settings.files,
             artifacts: settings.artifacts,
+            reports: settings.reports,
             allow_failure,
             image: machine.image,
             vcpus: machine.vcpus,

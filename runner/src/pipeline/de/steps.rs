@@ -10,6 +10,7 @@ use super::super::{Env, MatrixAxis, Step, StepCommand};
 use super::fields::{
     next_key, non_empty, parse_guest_dir, parse_value, EnvSeed, Parse, StringList,
 };
+use super::reports::ReportsSeed;
 
 /// Longest generated step name; longer scripts are cut with `…`.
 const MAX_GENERATED_NAME: usize = 60;
@@ -67,6 +68,7 @@ impl StepSeed<'_> {
             workdir: None,
             shell: None,
             timeout: None,
+            reports: None,
         })
     }
 }
@@ -118,12 +120,14 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
         Err(located(format!("empty step {}", self.context())))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
-        const KEYS: &[&str] = &["name", "run", "argv", "env", "workdir", "shell", "timeout"];
+        const KEYS: &[&str] = &[
+            "name", "run", "argv", "env", "workdir", "shell", "timeout", "reports",
+        ];
         const EXCLUSIVE: &[(&str, &str)] = &[("run", "argv"), ("argv", "shell")];
         let context = self.context();
         let mut seen = Vec::new();
         let (mut name, mut command, mut env) = (None, None, Env::new());
-        let (mut workdir, mut shell, mut timeout) = (None, None, None);
+        let (mut workdir, mut shell, mut timeout, mut reports) = (None, None, None, None);
         while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, EXCLUSIVE)? {
             match key {
                 "name" => {
@@ -150,6 +154,9 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
                     let what = format!("`shell` {context}");
                     shell = Some(parse_value(&mut map, "a shell path", &non_empty(what))?);
                 }
+                "reports" => {
+                    reports = Some(map.next_value_seed(ReportsSeed { context: &context })?)
+                }
                 _ => timeout = Some(parse_value(&mut map, "a duration", &parse_duration)?),
             }
         }
@@ -167,6 +174,7 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
             workdir,
             shell,
             timeout,
+            reports,
         })
     }
 }
