@@ -18,3 +18,4 @@ pub mod report;
 pub mod results;
 pub mod scheduler;
 pub mod session;
+pub mod shard;

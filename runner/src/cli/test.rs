@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{out_dir, parse_duration, BackendChoice, Failure};
+use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
 use crate::images::Images;
 use crate::pipeline::{host_scope, Pipeline};
 use crate::plan::Plan;
@@ -18,6 +18,7 @@ use crate::report::ConsoleReporter;
 use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
+use crate::shard::{self, Shard, Timings};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -67,6 +68,20 @@ pub struct TestArgs {
     /// was left out.
     #[arg(long, default_value = "64M", value_parser = parse_log_limit)]
     log_limit: LogLimit,
+    /// Run only shard K of N (1-based), e.g. `2/3`; N machines with K = 1..N
+    /// together run every job once. Default: GitLab's CI_NODE_INDEX of
+    /// CI_NODE_TOTAL when both are set.
+    /// Parsed by the command, not by clap, so that a bad value is one line.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// Balance shards by each job's duration in this earlier JUnit report
+    /// (e.g. `runner-out/junit.xml`) instead of by job count.
+    #[arg(long, value_name = "JUNIT")]
+    timings: Option<PathBuf>,
+    /// Print the planned jobs and steps (after matrix, --filter and --shard)
+    /// and exit, without booting anything.
+    #[arg(long)]
+    list: bool,
 }
 
 /// A size cap, or none.
@@ -96,6 +111,11 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
         .map_err(|e| config(e.into()))?;
+    let plan = select_shard(plan, &args).map_err(config)?;
+    if args.list {
+        print!("{}", listing::render(&plan));
+        return Ok(0);
+    }
     if !args.allow_host_files {
         for job in &plan.jobs {
             host_scope::check_entries(&job.files, &plan.workspace).map_err(|e| config(e.into()))?;
@@ -131,6 +151,25 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the JUnit report")))?;
     eprintln!("runner: JUnit report in {}", junit_path.display());
     Ok(results.exit_code())
+}
+
+/// The plan's share for `--shard` (or GitLab's CI_NODE_INDEX/TOTAL);
+/// the whole plan without either.
+fn select_shard(plan: Plan, args: &TestArgs) -> anyhow::Result<Plan> {
+    let shard = match &args.shard {
+        Some(text) => Some(text.parse::<Shard>().map_err(anyhow::Error::msg)?),
+        None => Shard::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?,
+    };
+    // Read even without a shard: a wrong --timings file should not go unnoticed.
+    let timings = args
+        .timings
+        .as_deref()
+        .map(Timings::from_junit)
+        .transpose()?;
+    Ok(match shard {
+        Some(shard) => shard::select(plan, shard, timings.as_ref()),
+        None => plan,
+    })
 }
 
 /// Resolves every image the plan uses once, building named ones on first use.

@@ -29,7 +29,7 @@ use crate::results::{
 /// Stands in for `\t` while text passes through quick-junit, which would
 /// drop it. Plane-15 private use: no tool prints it, and [`xml_text`]
 /// removes it from the input first.
-const TAB_PLACEHOLDER: char = '\u{F0009}';
+pub(crate) const TAB_PLACEHOLDER: char = '\u{F0009}';
 
 #[derive(Clone, Debug)]
 pub struct JunitOptions {
@@ -77,7 +77,11 @@ pub fn render(results: &RunResults, options: &JunitOptions) -> Result<String, Ju
 /// directory, synced, then renamed over `path`. A crash leaves either the
 /// old file or the new one, never half of one.
 pub fn write(results: &RunResults, path: &Path, options: &JunitOptions) -> Result<(), JunitError> {
-    let xml = render(results, options)?;
+    write_xml(&render(results, options)?, path)
+}
+
+/// Writes `xml` to `path` atomically, as [`write`] does.
+pub fn write_xml(xml: &str, path: &Path) -> Result<(), JunitError> {
     let io_error = |source| JunitError::Io {
         path: path.to_path_buf(),
         source,

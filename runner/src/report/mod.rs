@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod junit;
+pub mod merge;
 
 use std::collections::HashMap;
 
