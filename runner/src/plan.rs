@@ -50,6 +50,8 @@ pub struct PlannedJob {
     /// out after the last step (also after a failure).
     pub artifacts: Vec<String>,
     pub allow_failure: bool,
+    /// Extra attempts after a failure, each in a fresh VM.
+    pub retry: u32,
     pub steps: Vec<PlannedStep>,
 }
 
@@ -66,6 +68,8 @@ pub struct PlannedStep {
     pub workdir: String,
     /// The step's own limit; the job's remaining budget applies as well.
     pub timeout: Option<Duration>,
+    /// Extra attempts after a failure, in the same VM.
+    pub retry: u32,
 }
 
 impl PlannedStep {
@@ -149,6 +153,7 @@ impl Plan {
                             env: step_env,
                             workdir: step.workdir.clone().unwrap_or_else(|| workdir.clone()),
                             timeout: step.timeout.or(step_timeout),
+                            retry: step.retry,
                         }
                     })
                     .collect();
@@ -173,6 +178,7 @@ impl Plan {
                         .clone()
                         .unwrap_or_else(|| defaults.artifacts.clone()),
                     allow_failure: job.allow_failure,
+                    retry: job.retry,
                     steps,
                 });
             }

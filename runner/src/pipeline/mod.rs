@@ -109,6 +109,8 @@ pub struct Job {
     pub files: Option<Files>,
     pub artifacts: Option<Vec<String>>,
     pub allow_failure: bool,
+    /// Extra attempts after a failure, each in a fresh VM.
+    pub retry: u32,
     pub image: Option<Image>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
@@ -131,6 +133,8 @@ pub struct Step {
     pub workdir: Option<String>,
     pub shell: Option<String>,
     pub timeout: Option<Duration>,
+    /// Extra attempts after a failure, in the same VM.
+    pub retry: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, FixedOffset, Utc};
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::{clean_text, last_lines, UniqueNames};
+use super::{clean_text, junit_reruns, last_lines, UniqueNames};
 use crate::results::{
     omission_note, CaseKind, JobCase, JobResult, Output, RunResults, StepResult, StepStatus,
 };
@@ -121,12 +121,14 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     if let Some(log) = &job.log_path {
         suite.add_property(Property::new("log", xml_text(&log.display().to_string())));
     }
+    if job.attempt.of > 1 {
+        suite.add_property(Property::new("attempt", job.attempt.to_string()));
+    }
     let mut names = UniqueNames::default();
-    for step in &job.steps {
-        let mut case = TestCase::new(
-            xml_text(&names.unique(&step.name)),
-            step_status(job, step, options),
-        );
+    for (index, step) in job.steps.iter().enumerate() {
+        let mut status = step_status(job, step, options);
+        junit_reruns::attach(&mut status, junit_reruns::step_reruns(job, index, options));
+        let mut case = TestCase::new(xml_text(&names.unique(&step.name)), status);
         case.set_classname(xml_text(&job.classname));
         case.set_time(step.duration);
         if !step.stdout.is_empty() {
@@ -148,14 +150,20 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         });
         suite.add_test_case(case);
     }
-    if !job.artifact_notes.is_empty() {
+    let mut notes = junit_reruns::job_attempt_notes(job);
+    notes.extend(job.artifact_notes.iter().cloned());
+    if !notes.is_empty() {
         // Suite level: these belong to the job, not to any one step.
-        suite.set_system_err(xml_text(&job.artifact_notes.join("\n")));
+        suite.set_system_err(xml_text(&notes.join("\n")));
     }
     suite
 }
 
-fn step_status(job: &JobResult, step: &StepResult, options: &JunitOptions) -> TestCaseStatus {
+pub(super) fn step_status(
+    job: &JobResult,
+    step: &StepResult,
+    options: &JunitOptions,
+) -> TestCaseStatus {
     let (kind, ty) = match &step.status {
         StepStatus::Passed => return TestCaseStatus::success(),
         StepStatus::Skipped { reason } => {
@@ -275,4 +283,4 @@ fn timestamp(time: SystemTime) -> DateTime<FixedOffset> {
 
 #[cfg(test)]
 #[path = "junit_tests.rs"]
-mod tests;
+pub(crate) mod tests;

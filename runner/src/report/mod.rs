@@ -4,7 +4,10 @@
 //! live events through [`RunObserver`] while the run is going.
 
 pub mod console;
+mod gitlab_sections;
 pub mod junit;
+mod junit_reruns;
+mod live_lines;
 pub mod merge;
 
 use std::collections::HashMap;
@@ -107,6 +110,8 @@ impl UniqueNames {
 
 #[cfg(test)]
 mod artifact_notes_tests;
+#[cfg(test)]
+mod console_attempt_tests;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use super::super::error::located;
 use super::super::scalars::{check_env_name, parse_duration};
 use super::super::{Env, MatrixAxis, Step, StepCommand};
 use super::fields::{
-    next_key, non_empty, parse_guest_dir, parse_value, EnvSeed, Parse, StringList,
+    next_key, non_empty, parse_guest_dir, parse_retry, parse_value, EnvSeed, Parse, StringList,
 };
 
 /// Longest generated step name; longer scripts are cut with `…`.
@@ -67,6 +67,7 @@ impl StepSeed<'_> {
             workdir: None,
             shell: None,
             timeout: None,
+            retry: 0,
         })
     }
 }
@@ -118,12 +119,14 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
         Err(located(format!("empty step {}", self.context())))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
-        const KEYS: &[&str] = &["name", "run", "argv", "env", "workdir", "shell", "timeout"];
+        const KEYS: &[&str] = &[
+            "name", "run", "argv", "env", "workdir", "shell", "timeout", "retry",
+        ];
         const EXCLUSIVE: &[(&str, &str)] = &[("run", "argv"), ("argv", "shell")];
         let context = self.context();
         let mut seen = Vec::new();
         let (mut name, mut command, mut env) = (None, None, Env::new());
-        let (mut workdir, mut shell, mut timeout) = (None, None, None);
+        let (mut workdir, mut shell, mut timeout, mut retry) = (None, None, None, 0);
         while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, EXCLUSIVE)? {
             match key {
                 "name" => {
@@ -150,6 +153,7 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
                     let what = format!("`shell` {context}");
                     shell = Some(parse_value(&mut map, "a shell path", &non_empty(what))?);
                 }
+                "retry" => retry = parse_value(&mut map, "a number of retries", &parse_retry)?,
                 _ => timeout = Some(parse_value(&mut map, "a duration", &parse_duration)?),
             }
         }
@@ -167,6 +171,7 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
             workdir,
             shell,
             timeout,
+            retry,
         })
     }
 }
