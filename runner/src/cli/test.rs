@@ -13,8 +13,9 @@ use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
 use crate::images::Images;
 use crate::pipeline::{host_scope, Pipeline};
 use crate::plan::Plan;
+use crate::report::events::{self, JsonEvents};
 use crate::report::junit::{self, JunitOptions};
-use crate::report::ConsoleReporter;
+use crate::report::{ConsoleReporter, RunObserver};
 use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
@@ -82,6 +83,16 @@ pub struct TestArgs {
     /// and exit, without booting anything.
     #[arg(long)]
     list: bool,
+    /// `human`: the console report. `json`: one JSON object a line on
+    /// stdout per event instead (docs/events.md); nothing else on stdout.
+    #[arg(long, value_enum, default_value = "human")]
+    message_format: MessageFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
 }
 
 /// A size cap, or none.
@@ -113,7 +124,12 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         .map_err(|e| config(e.into()))?;
     let plan = select_shard(plan, &args).map_err(config)?;
     if args.list {
-        print!("{}", listing::render(&plan));
+        match args.message_format {
+            MessageFormat::Human => print!("{}", listing::render(&plan)),
+            MessageFormat::Json => events::plan_events(&plan)
+                .iter()
+                .for_each(|line| println!("{line}")),
+        }
         return Ok(0);
     }
     if !args.allow_host_files {
@@ -139,8 +155,17 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         },
         allow_host_files: args.allow_host_files,
     };
-    let console = ConsoleReporter::stdout();
-    let results = scheduler::run(&plan, backend.as_ref(), &images, &console, &options);
+    let observer: Box<dyn RunObserver> = match args.message_format {
+        MessageFormat::Human => Box::new(ConsoleReporter::stdout()),
+        MessageFormat::Json => Box::new(JsonEvents::stdout()),
+    };
+    let results = scheduler::run(
+        &plan,
+        backend.as_ref(),
+        &images,
+        observer.as_ref(),
+        &options,
+    );
 
     let junit_path = args.junit.unwrap_or_else(|| args.out.join("junit.xml"));
     let junit_options = JunitOptions {

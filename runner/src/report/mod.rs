@@ -4,6 +4,7 @@
 //! live events through [`RunObserver`] while the run is going.
 
 pub mod console;
+pub mod events;
 mod gitlab_sections;
 pub mod junit;
 mod junit_reruns;

@@ -123,6 +123,7 @@ fn run_in_vm(
                 session: &mut session,
                 vm: vm.as_mut(),
                 log: &log,
+                job_attempt: result.attempt,
                 attempt,
             };
             run_step(job, step, &mut step_run, remaining, ctx)
@@ -172,6 +173,7 @@ struct StepRun<'a> {
     session: &'a mut AgentSession,
     vm: &'a mut dyn Vm,
     log: &'a JobLog,
+    job_attempt: Attempt,
     attempt: Attempt,
 }
 
@@ -190,7 +192,19 @@ fn run_step(
     };
     log.note(&format!("==> step {}: {}{of}", step.index + 1, step.name));
     let clock = Instant::now();
-    let request = step.exec_request(Some(remaining));
+    let mut request = step.exec_request(Some(remaining));
+    // Which attempt this is, for scripts that want to know (and for
+    // deterministic tests of retries).
+    request.env.extend([
+        (
+            "RUNNER_ATTEMPT".to_string(),
+            run.job_attempt.number.to_string(),
+        ),
+        (
+            "RUNNER_STEP_ATTEMPT".to_string(),
+            run.attempt.number.to_string(),
+        ),
+    ]);
     let limit = request
         .timeout_ms
         .map(Duration::from_millis)
