@@ -191,21 +191,21 @@ mod tests {
 
     #[test]
     fn gitlab_variables_give_a_one_based_shard() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
+        // An empty value counts as unset, as in GitLab.
+        let gitlab = |index: &'static str, total: &'static str| {
+            move |name: &str| match name {
+                "CI_NODE_INDEX" => Some(index.to_string()),
+                "CI_NODE_TOTAL" => Some(total.to_string()),
+                _ => None,
             }
         };
-        const BOTH: [(&str, &str); 2] = [("CI_NODE_INDEX", "1"), ("CI_NODE_TOTAL", "3")];
         assert_eq!(
-            Shard::from_env(env(&BOTH)),
+            Shard::from_env(gitlab("1", "3")),
             Ok(Some(Shard { index: 1, total: 3 }))
         );
-        assert_eq!(Shard::from_env(env(&[("CI_NODE_INDEX", "1")])), Ok(None));
-        assert!(Shard::from_env(env(&[("CI_NODE_INDEX", "0"), ("CI_NODE_TOTAL", "3")])).is_err());
+        assert_eq!(Shard::from_env(gitlab("1", "")), Ok(None));
+        assert!(Shard::from_env(gitlab("0", "3")).is_err());
+        assert!(Shard::from_env(gitlab("4", "3")).is_err());
     }
 
     /// Every job lands in exactly one shard, for many sizes, both ways.

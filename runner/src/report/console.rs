@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::gitlab_sections::{Opening, Sections};
-use super::live_lines::LineSplitter;
+use super::live_lines::{LineSplitter, LiveBudget};
 use super::{clean_text, last_lines, OutputStream, RunObserver};
 use crate::pipeline::{format_duration, ImageRef};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
@@ -84,6 +84,7 @@ struct JobState {
     /// Plain mode: step output not yet ended by a newline.
     stdout: LineSplitter,
     stderr: LineSplitter,
+    live_budget: LiveBudget,
 }
 
 /// Running jobs, and (GitLab) whose section is open.
@@ -171,14 +172,18 @@ impl ConsoleReporter {
             let Some(state) = jobs.states.get_mut(job) else {
                 return;
             };
+            if state.live_budget.exhausted() {
+                return;
+            }
             let splitter = match stream {
                 OutputStream::Stdout => &mut state.stdout,
                 OutputStream::Stderr => &mut state.stderr,
             };
-            match chunk {
+            let lines = match chunk {
                 Some(chunk) => splitter.push(chunk),
                 None => splitter.finish().into_iter().collect(),
-            }
+            };
+            state.live_budget.admit(lines)
         };
         let prefixed = lines.into_iter().map(|l| format!("[{job}] {l}")).collect();
         self.job_lines(job, prefixed, false);
@@ -469,6 +474,7 @@ impl RunObserver for ConsoleReporter {
             activity: "starting VM".to_string(),
             stdout: LineSplitter::default(),
             stderr: LineSplitter::default(),
+            live_budget: LiveBudget::default(),
         };
         let started = format!("[{}] started ({})", job.name, describe_machine(job));
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());

@@ -13,6 +13,43 @@ pub const MAX_LINE_BYTES: usize = 4096;
 /// Ends a line that was cut at [`MAX_LINE_BYTES`].
 pub const CUT_MARKER: &str = " [runner: line cut here, continued below]";
 
+/// Most bytes of output lines one job attempt shows live.
+pub const LIVE_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// How much of a job's output has been shown live.
+#[derive(Default)]
+pub struct LiveBudget {
+    shown: usize,
+    exhausted: bool,
+}
+
+impl LiveBudget {
+    pub fn exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// The lines that fit; past the limit, one note instead, then nothing.
+    pub fn admit(&mut self, lines: Vec<String>) -> Vec<String> {
+        let mut shown = Vec::new();
+        for line in lines {
+            if self.exhausted {
+                break;
+            }
+            if self.shown + line.len() > LIVE_OUTPUT_LIMIT {
+                self.exhausted = true;
+                shown.push(format!(
+                    "[runner: live output stops here, after {} KiB; the job log has the rest]",
+                    LIVE_OUTPUT_LIMIT >> 10
+                ));
+                break;
+            }
+            self.shown += line.len();
+            shown.push(line);
+        }
+        shown
+    }
+}
+
 #[derive(Default)]
 pub struct LineSplitter {
     partial: Vec<u8>,
@@ -95,6 +132,22 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| l.len() == MAX_LINE_BYTES + CUT_MARKER.len() && l.ends_with(CUT_MARKER)));
+    }
+
+    #[test]
+    fn live_output_stops_with_a_note_at_the_budget() {
+        let mut budget = LiveBudget::default();
+        let line = "x".repeat(1000);
+        let mut shown = Vec::new();
+        for _ in 0..2000 {
+            shown.extend(budget.admit(vec![line.clone()]));
+        }
+        assert!(budget.exhausted());
+        assert_eq!(shown.len(), LIVE_OUTPUT_LIMIT / 1000 + 1);
+        assert!(shown
+            .last()
+            .unwrap()
+            .starts_with("[runner: live output stops here"));
     }
 
     #[test]
