@@ -12,6 +12,9 @@ pub fn render(plan: &Plan) -> String {
         text.push('\n');
         for step in &job.steps {
             text.push_str(&format!("    {}. {}", step.index + 1, one_line(&step.name)));
+            if step.retry > 0 {
+                text.push_str(&format!("  (retry {})", step.retry));
+            }
             text.push('\n');
         }
     }
@@ -22,6 +25,9 @@ fn job_notes(job: &PlannedJob) -> String {
     let mut notes = Vec::new();
     if job.allow_failure {
         notes.push("allowed to fail".to_string());
+    }
+    if job.retry > 0 {
+        notes.push(format!("retry {}", job.retry));
     }
     if notes.is_empty() {
         String::new()
@@ -44,12 +50,12 @@ mod tests {
 
     #[test]
     fn lists_matrix_jobs_and_their_steps() {
-        let yaml = "jobs:\n  t:\n    matrix: { N: [1, 2] }\n    allow_failure: true\n    steps: [make, {name: check, run: 'true'}]\n";
+        let yaml = "jobs:\n  t:\n    matrix: { N: [1, 2] }\n    allow_failure: true\n    retry: 1\n    steps: [make, {name: check, run: 'true', retry: 2}]\n";
         let pipeline = Pipeline::parse(yaml, Path::new("p.yml"), Path::new("/ws")).unwrap();
         let text = render(&Plan::new(&pipeline));
         assert_eq!(
             text,
-            "t (N=1)  (allowed to fail)\n    1. make\n    2. check\nt (N=2)  (allowed to fail)\n    1. make\n    2. check\n"
+            "t (N=1)  (allowed to fail, retry 1)\n    1. make\n    2. check  (retry 2)\nt (N=2)  (allowed to fail, retry 1)\n    1. make\n    2. check  (retry 2)\n"
         );
     }
 }
