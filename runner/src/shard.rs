@@ -83,10 +83,12 @@ pub struct Timings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimingsError {
-    #[error("--timings {}: {source}", path.display())]
+    #[error("--timings {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        // Not named `source`: the message already says it, and anyhow
+        // would print it twice.
+        cause: std::io::Error,
     },
     #[error("--timings {}: not a JUnit report ({reason})", path.display())]
     NotJunit { path: PathBuf, reason: String },
@@ -96,16 +98,15 @@ impl Timings {
     /// Reads a JUnit report: each `<testsuite>` is one job (as the runner
     /// writes them), its `time` the job's duration.
     pub fn from_junit(path: &Path) -> Result<Timings, TimingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TimingsError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| TimingsError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let not_junit = |reason: String| TimingsError::NotJunit {
             path: path.to_path_buf(),
             reason: one_line(&reason),
         };
-        let report = quick_junit::Report::deserialize_from_str(&text)
-            .map_err(|e| not_junit(e.to_string()))?;
+        let report = crate::report::merge::parse_report(&text).map_err(not_junit)?;
         let mut by_job = HashMap::new();
         for suite in &report.test_suites {
             by_job.insert(

@@ -20,10 +20,12 @@ use super::junit::TAB_PLACEHOLDER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        // Not named `source`: the message already says it, and anyhow
+        // would print it twice.
+        cause: std::io::Error,
     },
     #[error("{}: not a JUnit report ({reason})", path.display())]
     NotJunit { path: PathBuf, reason: String },
@@ -42,9 +44,9 @@ pub enum MergeError {
 /// Reads and parses one report. Tabs survive the round trip through
 /// quick-junit (which drops them) as the placeholder the writer uses.
 pub fn read_report(path: &Path) -> Result<Report, MergeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MergeError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| MergeError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     parse_report(&text).map_err(|reason| MergeError::NotJunit {
         path: path.to_path_buf(),
@@ -59,12 +61,37 @@ pub fn parse_report(text: &str) -> Result<Report, String> {
         .replace("&#9;", "\t")
         .replace("&#x9;", "\t")
         .replace('\t', &TAB_PLACEHOLDER.to_string());
-    Report::deserialize_from_str(&protected).map_err(|e| {
+    let report = match Report::deserialize_from_str(&protected) {
+        Ok(report) => Ok(report),
+        // One `<testsuite>` as the root is JUnit too (Surefire writes a file
+        // per class that way): read it as a report with one suite.
+        Err(e) => match wrap_single_suite(&protected) {
+            Some(wrapped) => Report::deserialize_from_str(&wrapped),
+            None => Err(e),
+        },
+    };
+    report.map_err(|e| {
         e.to_string()
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ")
     })
+}
+
+/// `<testsuite …>…</testsuite>` as the root, wrapped in `<testsuites>`;
+/// `None` when the root is something else.
+fn wrap_single_suite(xml: &str) -> Option<String> {
+    let mut body = xml.trim_start_matches('\u{feff}').trim_start();
+    if body.starts_with("<?xml") {
+        body = body[body.find("?>")? + 2..].trim_start();
+    }
+    // Comments before the root.
+    while body.starts_with("<!--") {
+        body = body[body.find("-->")? + 3..].trim_start();
+    }
+    let after_name = body.strip_prefix("<testsuite")?;
+    let is_suite = after_name.starts_with(|c: char| c.is_whitespace() || c == '>' || c == '/');
+    is_suite.then(|| format!("<testsuites>{body}</testsuites>"))
 }
 
 /// The merged report as XML text.
@@ -155,6 +182,16 @@ mod tests {
         let b = report(dir.path(), "b.xml", &[("one", "")]);
         let err = merge(&[a, b]).unwrap_err().to_string();
         assert!(err.contains("`one` is in both"), "{err}");
+    }
+
+    #[test]
+    fn a_single_testsuite_root_is_a_report_too() {
+        let xml = "<?xml version=\"1.0\"?>\n<!-- by surefire -->\n<testsuite name=\"a\" tests=\"1\" failures=\"0\" errors=\"0\" time=\"2.5\"><testcase name=\"x\" classname=\"a\" time=\"1\"/></testsuite>\n";
+        let report = parse_report(xml).unwrap();
+        assert_eq!(report.test_suites.len(), 1);
+        assert_eq!(report.test_suites[0].name.as_str(), "a");
+        assert!(parse_report("<testsuitesX/>").is_err());
+        assert!(parse_report("<html/>").is_err());
     }
 
     #[test]
