@@ -117,7 +117,8 @@ fn run_in_vm(
             result.steps.push(StepResult::skipped(&step.name, reason));
             continue;
         }
-        let step_result = retry::run_step(step.retry, |attempt| {
+        let time_left = || clock.elapsed() < job.timeout;
+        let step_result = retry::run_step(step.retry, time_left, |attempt| {
             let remaining = job.timeout.saturating_sub(clock.elapsed());
             let mut step_run = StepRun {
                 session: &mut session,

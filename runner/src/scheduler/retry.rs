@@ -45,14 +45,19 @@ pub(super) fn run_job(planned: &PlannedJob, ctx: &RunContext) -> JobResult {
     }
 }
 
-/// Runs a step until it passes or its attempts are used up; `run_once`
-/// runs one attempt.
-pub(super) fn run_step(retry: u32, mut run_once: impl FnMut(Attempt) -> StepResult) -> StepResult {
+/// Runs a step until it passes, its attempts are used up or `time_left`
+/// says the job's budget is; `run_once` runs one attempt.
+pub(super) fn run_step(
+    retry: u32,
+    time_left: impl Fn() -> bool,
+    mut run_once: impl FnMut(Attempt) -> StepResult,
+) -> StepResult {
     let mut attempt = Attempt::first(retry);
     let mut earlier = Vec::new();
     loop {
         let mut result = run_once(attempt);
-        if !(result.may_retry() && attempt.can_retry()) || crate::interrupt::is_interrupted() {
+        let retry = result.may_retry() && attempt.can_retry() && time_left();
+        if !retry || crate::interrupt::is_interrupted() {
             result.earlier_attempts = earlier;
             return result;
         }
@@ -78,15 +83,19 @@ mod tests {
     #[test]
     fn a_step_is_retried_until_it_passes() {
         let mut calls = 0;
-        let result = run_step(3, |attempt| {
-            calls += 1;
-            let mut r = match attempt.number {
-                1 | 2 => step("s", failed(1)),
-                _ => step("s", StepStatus::Passed),
-            };
-            r.attempt = attempt;
-            r
-        });
+        let result = run_step(
+            3,
+            || true,
+            |attempt| {
+                calls += 1;
+                let mut r = match attempt.number {
+                    1 | 2 => step("s", failed(1)),
+                    _ => step("s", StepStatus::Passed),
+                };
+                r.attempt = attempt;
+                r
+            },
+        );
         assert_eq!(calls, 3);
         assert_eq!(result.status, StepStatus::Passed);
         assert_eq!(result.attempt, Attempt { number: 3, of: 4 });
@@ -96,29 +105,52 @@ mod tests {
     #[test]
     fn a_step_that_always_fails_uses_every_attempt_and_no_more() {
         let mut calls = 0;
-        let result = run_step(2, |attempt| {
-            calls += 1;
-            let mut r = step("s", failed(1));
-            r.attempt = attempt;
-            r
-        });
+        let result = run_step(
+            2,
+            || true,
+            |attempt| {
+                calls += 1;
+                let mut r = step("s", failed(1));
+                r.attempt = attempt;
+                r
+            },
+        );
         assert_eq!(calls, 3);
         assert_eq!(result.attempt.to_string(), "attempt 3/3");
         assert_eq!(result.earlier_attempts.len(), 2);
     }
 
     #[test]
+    fn no_retry_once_the_job_has_no_time_left() {
+        let mut calls = 0;
+        let result = run_step(
+            3,
+            || false,
+            |_| {
+                calls += 1;
+                step("s", failed(1))
+            },
+        );
+        assert_eq!(calls, 1);
+        assert!(result.earlier_attempts.is_empty());
+    }
+
+    #[test]
     fn errors_are_not_retried() {
         let mut calls = 0;
-        let result = run_step(5, |_| {
-            calls += 1;
-            step(
-                "s",
-                StepStatus::Error {
-                    message: "agent lost".into(),
-                },
-            )
-        });
+        let result = run_step(
+            5,
+            || true,
+            |_| {
+                calls += 1;
+                step(
+                    "s",
+                    StepStatus::Error {
+                        message: "agent lost".into(),
+                    },
+                )
+            },
+        );
         assert_eq!(calls, 1);
         assert!(result.earlier_attempts.is_empty());
     }
