@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use e2e_tests::{images, runner_bin};
+use e2e_tests::runner_test;
 
 const PIPELINE: &str = r#"
 name: e2e
@@ -46,21 +46,7 @@ jobs:
 "#;
 
 fn run_pipeline(dir: &Path, yaml: &str, extra: &[&str]) -> Output {
-    let file = dir.join("pipeline.yml");
-    std::fs::write(&file, yaml).unwrap();
-    let images = images();
-    std::process::Command::new(runner_bin())
-        .env("RUNNER_KERNEL", &images.kernel)
-        .env("RUNNER_ROOTFS", &images.rootfs)
-        .env("CI", "true")
-        .env("TMPDIR", dir)
-        .current_dir(dir)
-        .arg("test")
-        .arg(&file)
-        .args(["--out", "out"])
-        .args(extra)
-        .output()
-        .unwrap()
+    runner_test(dir, yaml).args(extra).output().unwrap()
 }
 
 fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {

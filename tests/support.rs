@@ -123,6 +123,25 @@ pub fn run(session: &mut AgentSession, request: ExecRequest) -> Ran {
     }
 }
 
+/// `runner test <dir>/pipeline.yml --out out` (with `yaml` written there),
+/// run in `dir` with the test images, as CI runs it; VM directories go to
+/// `dir` too. Add arguments and environment, then run it.
+pub fn runner_test(dir: &std::path::Path, yaml: &str) -> std::process::Command {
+    let file = dir.join("pipeline.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let images = images();
+    let mut cmd = std::process::Command::new(runner_bin());
+    cmd.env("RUNNER_KERNEL", &images.kernel)
+        .env("RUNNER_ROOTFS", &images.rootfs)
+        .env("CI", "true")
+        .env("TMPDIR", dir)
+        .current_dir(dir)
+        .arg("test")
+        .arg(&file)
+        .args(["--out", "out"]);
+    cmd
+}
+
 /// The `runner` binary built alongside these tests.
 pub fn runner_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -7,14 +7,14 @@
 //! on the console, a clear boot error instead of a hang, and a complete,
 //! prompt teardown.
 //!
-//! The tests look at this process's threads, so they run one at a time.
+//! The tests look at this process's children, so they run one at a time.
 
 mod common;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{require_kvm, spec, vmm_threads};
+use common::{require_kvm, spec, vm_processes};
 use runner::backend::kvm::{KvmBackend, KvmVm};
 use runner::backend::{wait_for_agent, Backend, BootError, Vm, GUEST_CMDLINE};
 use runner_vmm::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
@@ -80,7 +80,7 @@ fn drop_and_check_teardown(vm: KvmVm) {
     let took = start.elapsed();
     assert!(took < TEARDOWN_LIMIT, "teardown took {took:?}");
     assert!(!dir.exists(), "{} is still there", dir.display());
-    assert_eq!(vmm_threads(), Vec::<String>::new(), "VMM threads left");
+    assert_eq!(vm_processes(), Vec::<u32>::new(), "VM processes left");
     eprintln!("teardown took {:.1} ms", took.as_secs_f64() * 1e3);
 }
 
@@ -114,12 +114,27 @@ fn dropping_a_running_vm_stops_it_promptly() {
     // Still running (on any host the kernel is busy for longer than this:
     // it waits for its root disk or its agent's host).
     assert_eq!(vm.exited(), None);
-    let threads = vmm_threads();
-    assert!(
-        threads.iter().any(|t| t == "kvm-vmm") && threads.iter().any(|t| t == "vcpu0"),
-        "{threads:?}"
-    );
+    // The VMM runs in a process of its own, with a thread per vCPU.
+    assert_eq!(vm_processes(), vec![vm.pid()]);
+    let vcpu = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/comm",
+        vm.pid(),
+        vcpu_tid(vm.pid())
+    ))
+    .unwrap_or_default();
+    assert_eq!(vcpu.trim(), "vcpu0");
     drop_and_check_teardown(vm);
+}
+
+/// The thread of `pid` other than its main thread (a one-vCPU VM process
+/// has no other).
+fn vcpu_tid(pid: u32) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .find(|&tid| tid != pid)
+        .expect("a vCPU thread")
 }
 
 /// `wait_for_agent` never hangs: where ring 0 runs natively the agent
@@ -290,7 +305,7 @@ fn bad_configs_are_one_line_setup_errors() {
     assert!(msg.contains("at least one vCPU"), "{msg}");
 
     // Nothing was left behind by the failed starts.
-    assert_eq!(vmm_threads(), Vec::<String>::new());
+    assert_eq!(vm_processes(), Vec::<u32>::new());
     let left: Vec<_> = std::fs::read_dir(vm_dirs.path())
         .unwrap()
         .flatten()

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{require_kvm, spec, vmm_threads};
+use common::{require_kvm, spec, vm_processes};
 use runner::backend::kvm::KvmBackend;
 use runner::backend::{wait_for_agent, BootError, Vm};
 
@@ -46,5 +46,5 @@ fn interrupt_stops_running_and_later_vms() {
     assert_eq!(wait_for_end(&mut late), "stopped by the host");
     drop(running);
     drop(late);
-    assert_eq!(vmm_threads(), Vec::<String>::new());
+    assert_eq!(vm_processes(), Vec::<u32>::new());
 }

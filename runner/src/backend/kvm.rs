@@ -1,6 +1,6 @@
-//! The `kvm` backend: the built-in VMM (`runner-vmm`) runs each guest in
-//! this process, on its own thread, with our own device models attached
-//! over virtio-mmio:
+//! The `kvm` backend: the built-in VMM (`runner-vmm`) runs each guest in a
+//! VM process of its own (see [`super::vm_process`]), under seccomp
+//! filters, with our own device models attached over virtio-mmio:
 //!
 //! - virtio-blk over the rootfs in overlay mode: the image is opened
 //!   read-only, guest writes land in a private copy-on-write file that is
@@ -10,29 +10,19 @@
 //!   runs the guest.
 //!
 //! Each VM lives in its own temp directory (hybrid vsock socket, serial
-//! log, overlay), removed with the VM once the VMM thread has been joined.
+//! log, overlay, the VM process's log), removed with the VM once its
+//! process has been killed and reaped.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use runner_devices::block::{BlockConfig, BlockDevice, DiskMode};
-use runner_devices::vsock::{VsockConfig, VsockDevice};
-use runner_vmm::{
-    KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, VmExit, Vmm, VmmConfig, VmmHandle,
-};
-
+use super::vm_process::{self, DiskRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 
 /// What the guest reads from `/sys/block/vda/serial`.
 pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
-
-/// Name of the thread that runs a VM's VMM (its vCPUs get their own
-/// threads, `vcpu<N>`, started by the VMM).
-pub const VMM_THREAD_NAME: &str = "kvm-vmm";
 
 /// Boots guests with the built-in KVM VMM.
 #[derive(Clone, Debug, Default)]
@@ -69,66 +59,40 @@ impl KvmBackend {
                 runner_vmm::boot::mptable::MAX_VCPUS
             ))
         })?;
+        let seccomp = vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?;
         let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
-
-        let config = VmmConfig {
-            kernel: KernelConfig {
-                path: spec.kernel.clone(),
+        let config = ProcessConfig {
+            protocol: vm_process::PROTOCOL,
+            name: spec.name.clone(),
+            seccomp,
+            role: Role::Vmm(VmmRole {
+                kernel: spec.kernel.clone(),
                 cmdline: GUEST_CMDLINE.to_string(),
-            },
-            memory: MemoryConfig {
-                size_mib: spec.memory_mib,
-            },
-            vcpus: VcpuConfig { num: vcpus },
-            serial: SerialConfig {
-                log_path: Some(paths.serial.clone()),
-                log_limit: spec.serial_log_limit,
-                console: false,
-            },
-            // No VMM-side limit: the boot timeout is enforced by
-            // `wait_for_agent`, and after boot a job may run for as long as
-            // its own timeout allows; dropping the Vm stops the VMM.
-            timeout: None,
+                memory_mib: spec.memory_mib,
+                vcpus,
+                serial_log: paths.serial.clone(),
+                serial_log_limit: spec.serial_log_limit,
+                disk: DiskRole {
+                    image: spec.rootfs.clone(),
+                    overlay_dir: dir.path().to_path_buf(),
+                    serial: ROOT_DISK_SERIAL.to_string(),
+                    socket: None,
+                },
+                vsock: VsockRole {
+                    uds: paths.vsock_uds.clone(),
+                    guest_cid: GUEST_CID,
+                    socket: None,
+                },
+            }),
         };
-        let mut vmm = Vmm::new(config).map_err(setup_error)?;
-        // The root disk first: it gets the first virtio-mmio window.
-        let root = BlockDevice::new(BlockConfig {
-            image: spec.rootfs.clone(),
-            mode: DiskMode::Overlay {
-                dir: Some(dir.path().to_path_buf()),
-            },
-            serial: ROOT_DISK_SERIAL.to_string(),
-        })
-        .map_err(|e| BootError::Setup(format!("kvm backend: root disk: {e}")))?;
-        vmm.add_virtio_device(Box::new(root)).map_err(setup_error)?;
-        let vsock = VsockDevice::new(VsockConfig::new(GUEST_CID, &paths.vsock_uds))
-            .map_err(|e| BootError::Setup(format!("kvm backend: vsock device: {e}")))?;
-        vmm.add_virtio_device(Box::new(vsock))
-            .map_err(setup_error)?;
-        tracing::debug!(vm = %spec.name, cmdline = %vmm.cmdline(), "starting the built-in VMM");
-
-        let handle = vmm.handle();
-        let (done_tx, done_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(VMM_THREAD_NAME.into())
-            .spawn(move || {
-                // `run` consumes the VMM: when it returns, the vCPU threads
-                // are joined and every device (and its sockets) is dropped.
-                let _ = done_tx.send(vmm.run());
-            })
-            .map_err(|e| BootError::Setup(format!("starting the VMM thread: {e}")))?;
-        let hook = {
-            let handle = handle.clone();
-            interrupt::on_interrupt(move || handle.stop())
-        };
+        tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
+        let process = VmProcess::start(&config)?;
+        let hook = interrupt::on_interrupt(process.killer());
         Ok(KvmVm {
             _hook: hook,
-            handle,
-            thread: Some(thread),
-            done: done_rx,
-            outcome: None,
+            process,
             paths,
             dir: Some(dir),
         })
@@ -145,13 +109,6 @@ impl super::Backend for KvmBackend {
     }
 }
 
-/// VMM build errors (no /dev/kvm, not a kernel, too little memory, too
-/// many vCPUs...) already carry their fix; keep them on one line.
-fn setup_error(e: runner_vmm::Error) -> BootError {
-    let text = e.to_string().replace('\n', " ");
-    BootError::Setup(format!("kvm backend: {text}"))
-}
-
 struct VmPaths {
     vsock_uds: PathBuf,
     serial: PathBuf,
@@ -166,15 +123,11 @@ impl VmPaths {
     }
 }
 
-/// A guest running under the built-in VMM. Dropping it stops the VMM,
-/// joins its thread (and so every vCPU thread), then removes the directory.
+/// A guest running under the built-in VMM, in its own process. Dropping it
+/// kills and reaps the process, then removes the directory.
 pub struct KvmVm {
     _hook: HookGuard,
-    handle: VmmHandle,
-    thread: Option<JoinHandle<()>>,
-    done: mpsc::Receiver<runner_vmm::Result<VmExit>>,
-    /// Why the VM ended, once it has.
-    outcome: Option<String>,
+    process: VmProcess,
     paths: VmPaths,
     dir: Option<tempfile::TempDir>,
 }
@@ -190,44 +143,21 @@ impl KvmVm {
         &self.paths.serial
     }
 
-    fn record(&mut self, result: Result<runner_vmm::Result<VmExit>, ()>) {
-        self.outcome = Some(match result {
-            Ok(Ok(exit)) => {
-                tracing::debug!(reason = %exit.reason, timings = ?exit.timings, "VM ended");
-                exit.reason.to_string()
-            }
-            Ok(Err(e)) => format!("the VMM failed: {e}"),
-            Err(()) => "the VMM thread panicked".to_string(),
-        });
-    }
-
-    /// Stops the VMM (a no-op if it already ended) and joins its thread.
-    fn stop_and_join(&mut self) {
-        self.handle.stop();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the VMM thread panicked");
-            }
-        }
+    /// The VM process's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 
 impl Vm for KvmVm {
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
-        // No need to track the streams for Ctrl-C: stopping the VMM drops
-        // the vsock device, which closes its end of every connection.
+        // No need to track the streams for Ctrl-C: killing the VM process
+        // closes its end of every connection.
         super::hybrid_vsock::connect(&self.paths.vsock_uds, port)
     }
 
     fn exited(&mut self) -> Option<String> {
-        if self.outcome.is_none() {
-            match self.done.try_recv() {
-                Ok(result) => self.record(Ok(result)),
-                Err(mpsc::TryRecvError::Empty) => return None,
-                Err(mpsc::TryRecvError::Disconnected) => self.record(Err(())),
-            }
-        }
-        self.outcome.clone()
+        self.process.exited()
     }
 
     fn serial_tail(&self, n: usize) -> Vec<String> {
@@ -235,29 +165,13 @@ impl Vm for KvmVm {
     }
 
     fn wait_exit(&mut self, limit: Duration) -> bool {
-        if self.outcome.is_some() {
-            self.stop_and_join();
-            return true;
-        }
-        let by_itself = match self.done.recv_timeout(limit) {
-            Ok(result) => {
-                self.record(Ok(result));
-                true
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                self.record(Err(()));
-                true
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => false,
-        };
-        self.stop_and_join();
-        by_itself
+        self.process.wait_exit(limit)
     }
 }
 
 impl Drop for KvmVm {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.process.kill();
         // Only now that nothing writes into it any more.
         if let Some(dir) = self.dir.take() {
             if let Err(e) = dir.close() {
@@ -304,24 +218,6 @@ mod tests {
             msg.contains("nope.ext4") && msg.contains("does not exist"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn unusable_dev_kvm_is_one_line_with_the_fix() {
-        for (errno, fix) in [(libc::EACCES, "kvm` group"), (libc::ENOENT, "modprobe")] {
-            let err = runner_vmm::Error::KvmUnavailable {
-                source: std::io::Error::from_raw_os_error(errno),
-                hint: runner_vmm::kvm_host::open_hint(errno),
-            };
-            let BootError::Setup(msg) = setup_error(err) else {
-                panic!("not a setup error");
-            };
-            assert!(
-                msg.starts_with("kvm backend: cannot open /dev/kvm"),
-                "{msg}"
-            );
-            assert!(msg.contains(fix) && !msg.contains('\n'), "{msg}");
-        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod qemu;
 pub mod select;
 pub mod serial_pump;
 pub mod vm_dir;
+pub mod vm_process;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;

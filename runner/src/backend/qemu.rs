@@ -1,8 +1,13 @@
 //! The `qemu` backend: `qemu-system-x86_64 -M microvm`, the rootfs as a
 //! read-only virtio-blk disk and vsock through a vhost-user device.
 //!
-//! Each VM lives in its own temp directory (vhost-user socket, hybrid vsock
-//! socket, serial log, QEMU's own stderr), removed with the VM.
+//! Our own devices (disk and vsock) are served over vhost-user by a VM
+//! process of the VM's own, under seccomp filters (see
+//! [`super::vm_process`]); QEMU itself runs with `-sandbox on`.
+//!
+//! Each VM lives in its own temp directory (vhost-user sockets, hybrid
+//! vsock socket, serial log, QEMU's and the device process's logs),
+//! removed with the VM.
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
@@ -11,11 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::serial_pump::SerialPump;
+use super::vm_process::{self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VsockRole};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
-use runner_vhost::block::{BlockServer, BlockServerConfig, DiskMode};
-use runner_vhost::vsock::{VsockServer, VsockServerConfig};
 
 /// CPU emulation QEMU uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,26 +34,19 @@ pub enum Accel {
 /// Who serves the guest's vsock device.
 #[derive(Clone, Debug)]
 pub enum VsockProvider {
-    /// Our own device model (`runner-devices`), served over vhost-user from
-    /// a thread of this process.
+    /// Our own device model (`runner-devices`), served over vhost-user by
+    /// the VM's device process.
     Builtin,
     /// An external vhost-user-vsock daemon with vhost-device-vsock's command
     /// line; kept to compare against in benchmarks.
     External(PathBuf),
 }
 
-/// The running vsock device of one VM, held so that dropping the VM stops it.
-#[allow(dead_code)]
-enum VsockService {
-    Builtin(VsockServer),
-    External(ChildGuard),
-}
-
 /// Who serves the root disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskProvider {
-    /// Our virtio-blk model over vhost-user-blk: the image read-only, guest
-    /// writes into a throwaway overlay.
+    /// Our virtio-blk model over vhost-user-blk, served by the VM's device
+    /// process: the image read-only, guest writes into a throwaway overlay.
     Builtin,
     /// QEMU's own virtio-blk, read-only; kept to compare against.
     Qemu,
@@ -110,18 +107,10 @@ impl super::Backend for QemuBackend {
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
 
-        let vsock = start_vsock(&self.vsock, &paths)?;
-        let disk = match self.disk {
-            DiskProvider::Builtin => {
-                let mut config = BlockServerConfig::overlay(&paths.vhost_user_blk, &spec.rootfs);
-                config.mode = DiskMode::Overlay {
-                    dir: Some(dir.path().to_path_buf()),
-                };
-                let server = BlockServer::start(config)
-                    .map_err(|e| BootError::Setup(format!("starting the root disk: {e}")))?;
-                Some(server)
-            }
-            DiskProvider::Qemu => None,
+        let devices = self.start_devices(spec, dir.path(), &paths)?;
+        let external_vsock = match &self.vsock {
+            VsockProvider::External(program) => Some(start_external_vsock(program, &paths)?),
+            VsockProvider::Builtin => None,
         };
         let serial = SerialPump::start(&paths.serial_socket, &paths.serial, spec.serial_log_limit)
             .map_err(|e| BootError::Setup(format!("starting the serial console log: {e}")))?;
@@ -136,16 +125,16 @@ impl super::Backend for QemuBackend {
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", self.qemu.display())))?;
 
         let hook = {
-            let external_pid = match &vsock {
-                VsockService::External(child) => Some(child.pid()),
-                VsockService::Builtin(_) => None,
-            };
+            let external_pid = external_vsock.as_ref().map(ChildGuard::pid);
+            let kill_devices = devices.as_ref().map(VmProcess::killer);
             let qemu_pid = qemu.pid();
-            // Killing QEMU ends the vhost-user session of a builtin device,
-            // which resets it and closes every host connection, so blocked
-            // reads end; an external device is a process of its own.
+            // Killing the processes closes every host connection to the
+            // guest, so blocked reads end.
             interrupt::on_interrupt(move || {
                 kill_pid(qemu_pid);
+                if let Some(kill) = &kill_devices {
+                    kill();
+                }
                 if let Some(pid) = external_pid {
                     kill_pid(pid);
                 }
@@ -155,8 +144,8 @@ impl super::Backend for QemuBackend {
             _hook: hook,
             qemu,
             _serial: serial,
-            _vsock: vsock,
-            _disk: disk,
+            devices,
+            _external_vsock: external_vsock,
             paths,
             _dir: dir,
         }))
@@ -164,6 +153,36 @@ impl super::Backend for QemuBackend {
 }
 
 impl QemuBackend {
+    /// Starts the VM process that serves our own devices, if any is used.
+    fn start_devices(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        paths: &VmPaths,
+    ) -> Result<Option<VmProcess>, BootError> {
+        let disk = (self.disk == DiskProvider::Builtin).then(|| DiskRole {
+            image: spec.rootfs.clone(),
+            overlay_dir: dir.to_path_buf(),
+            serial: String::new(),
+            socket: Some(paths.vhost_user_blk.clone()),
+        });
+        let vsock = matches!(self.vsock, VsockProvider::Builtin).then(|| VsockRole {
+            uds: paths.vsock_uds.clone(),
+            guest_cid: GUEST_CID,
+            socket: Some(paths.vhost_user.clone()),
+        });
+        if disk.is_none() && vsock.is_none() {
+            return Ok(None);
+        }
+        let config = ProcessConfig {
+            protocol: vm_process::PROTOCOL,
+            name: spec.name.clone(),
+            seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
+            role: Role::Devices(DevicesRole { disk, vsock }),
+        };
+        VmProcess::start(&config).map(Some)
+    }
+
     fn command(&self, spec: &VmSpec, paths: &VmPaths) -> Command {
         let mem = spec.memory_mib;
         let mut cmd = Command::new(&self.qemu);
@@ -196,6 +215,12 @@ impl QemuBackend {
             ])
             .args(["-serial", "chardev:serial0"])
             .args(["-display", "none", "-nodefaults", "-no-user-config"])
+            // QEMU's own seccomp filter (obsolete syscalls, privileges,
+            // spawning, resource control all refused).
+            .args([
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ])
             // The agent's shutdown reboots through the keyboard controller
             // (reboot=k), which microvm lacks unless asked; -no-reboot turns
             // the reset into an exit. Without it a bzImage guest loops.
@@ -254,19 +279,8 @@ impl VmPaths {
     }
 }
 
-fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<VsockService, BootError> {
-    let program = match provider {
-        VsockProvider::Builtin => {
-            let server = VsockServer::start(VsockServerConfig {
-                socket_path: paths.vhost_user.clone(),
-                uds_path: paths.vsock_uds.clone(),
-                guest_cid: GUEST_CID,
-            })
-            .map_err(|e| BootError::Setup(format!("starting the vsock device: {e}")))?;
-            return Ok(VsockService::Builtin(server));
-        }
-        VsockProvider::External(program) => program,
-    };
+/// An external vhost-user-vsock daemon (benchmarks compare against one).
+fn start_external_vsock(program: &Path, paths: &VmPaths) -> Result<ChildGuard, BootError> {
     let mut cmd = Command::new(program);
     cmd.args(["--guest-cid", &GUEST_CID.to_string()])
         .arg("--socket")
@@ -293,7 +307,7 @@ fn start_vsock(provider: &VsockProvider, paths: &VmPaths) -> Result<VsockService
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(VsockService::External(child))
+    Ok(child)
 }
 
 /// Field order is drop order: unhook, stop QEMU, finish the serial log
@@ -303,8 +317,8 @@ struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
     _serial: SerialPump,
-    _vsock: VsockService,
-    _disk: Option<BlockServer>,
+    devices: Option<VmProcess>,
+    _external_vsock: Option<ChildGuard>,
     paths: VmPaths,
     _dir: tempfile::TempDir,
 }
@@ -315,6 +329,14 @@ impl Vm for QemuVm {
     }
 
     fn exited(&mut self) -> Option<String> {
+        // A device process that died (a seccomp kill, a crash) ends the VM:
+        // QEMU would only wait for a device that never answers.
+        if let Some(failure) = self.devices.as_mut().and_then(VmProcess::outcome) {
+            if !failure.clean {
+                self.qemu.kill();
+                return Some(failure.description);
+            }
+        }
         let status = self.qemu.try_wait()?;
         let log = std::fs::read_to_string(&self.paths.qemu_log).unwrap_or_default();
         let log = log.trim();

@@ -40,6 +40,10 @@ enum Command {
     /// Check what this host can run guests with (KVM, PVM, QEMU) and which
     /// backend `--backend auto` picks; exits 0 if that backend can work.
     Doctor,
+    /// Internal: runs one VM's VMM or device servers (see
+    /// `backend::vm_process`); started by the runner itself.
+    #[command(name = "__vm-process", hide = true)]
+    VmProcess,
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -58,18 +62,25 @@ impl Failure {
 }
 
 pub fn run(cli: Cli) -> Result<i32, Failure> {
+    // A VM process has no terminal of its own to watch: the runner that
+    // started it stops it.
+    let command = match cli.command {
+        Command::VmProcess => return Ok(crate::backend::vm_process::child::main()),
+        command => command,
+    };
     if let Err(e) = crate::interrupt::install() {
         return Err(Failure::new(
             1,
             anyhow::anyhow!("installing signal handlers: {e}"),
         ));
     }
-    let result = match cli.command {
+    let result = match command {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
         Command::Test(args) => test::run(args),
         Command::Report(cmd) => report::run(cmd),
         Command::Doctor => doctor::run(),
+        Command::VmProcess => Ok(crate::backend::vm_process::child::main()),
     };
     // Whatever broke after Ctrl-C broke because of it: say so, and use the
     // shell's code for death by SIGINT.

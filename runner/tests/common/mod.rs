@@ -1,12 +1,11 @@
-//! Shared by the kvm backend tests: the guest images and what the VMM
-//! leaves running in this process.
+//! Shared by the kvm backend tests: the guest images and the VM processes
+//! this test process has running.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use runner::backend::kvm::VMM_THREAD_NAME;
 use runner::backend::VmSpec;
 pub use runner_vmm::testing::{image_from_env, require_kvm};
 
@@ -31,16 +30,7 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
     }
 }
 
-/// Names of this process's threads that belong to a VMM: the VMM thread
-/// itself and its vCPU threads.
-pub fn vmm_threads() -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|comm| comm.trim().to_string())
-        .filter(|comm| comm == VMM_THREAD_NAME || comm.starts_with("vcpu"))
-        .collect()
+/// The pids of this process's children that are VM processes.
+pub fn vm_processes() -> Vec<u32> {
+    runner::backend::vm_process::children()
 }

@@ -53,6 +53,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("setting up the event loop thread: {0}")]
+    ThreadHook(String),
     #[error("{op}: {source}")]
     Io {
         op: &'static str,

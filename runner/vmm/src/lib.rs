@@ -25,4 +25,6 @@ pub mod x86;
 pub use boot::params::E820Entry;
 pub use config::{KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, VmmConfig};
 pub use error::{Error, Result};
-pub use vmm::{BootProtocol, BootTimings, ExitReason, VmExit, Vmm, VmmHandle};
+pub use vmm::{
+    BootProtocol, BootTimings, ExitReason, ThreadHook, ThreadHooks, VmExit, Vmm, VmmHandle,
+};

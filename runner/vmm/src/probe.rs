@@ -137,8 +137,31 @@ pub fn probe_host() -> HostProbe {
         access,
         module,
         is_pvm,
-        calibration: Some(calibrate(&kvm)),
+        calibration: Some(calibrate_best(&kvm)),
     }
+}
+
+/// Calibration runs before ring 0 is called emulated. One short run can
+/// land while a busy machine (or, for a nested L1, its host) gives the CPU
+/// to someone else, and come out far below native; seen in the nested tier
+/// when two L1 guests shared two cores. A native host is fast again on the
+/// next run; an emulated one never is.
+const CALIBRATION_ATTEMPTS: usize = 3;
+
+/// The fastest of up to [`CALIBRATION_ATTEMPTS`] runs, stopping at the
+/// first that looks native.
+fn calibrate_best(kvm: &Kvm) -> Result<Calibration, String> {
+    let mut best = calibrate(kvm)?;
+    for _ in 1..CALIBRATION_ATTEMPTS {
+        if best.speed == Ring0Speed::Native {
+            break;
+        }
+        let next = calibrate(kvm)?;
+        if next.instructions_per_sec > best.instructions_per_sec {
+            best = next;
+        }
+    }
+    Ok(best)
 }
 
 /// The calibration guest, 16-bit real mode at CODE_ADDR:

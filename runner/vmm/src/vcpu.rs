@@ -123,6 +123,8 @@ pub struct VcpuRunner {
     pub events_ready: Arc<EventFd>,
     /// Set by the first vCPU to come back from KVM_RUN: proof the guest ran.
     pub first_exit: Arc<OnceLock<Instant>>,
+    /// Runs first on the thread (see [`crate::ThreadHooks`]).
+    pub hook: Option<crate::ThreadHook>,
 }
 
 /// A started vCPU thread.
@@ -161,7 +163,10 @@ impl VcpuRunner {
         // The kick signal may be blocked in the thread that spawned us.
         let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
         set_kick_target(self.fd.get_kvm_run());
-        let event = self.run_loop();
+        let event = match self.hook.as_ref().map(|hook| hook()) {
+            Some(Err(e)) => VcpuEvent::Failed(format!("setting up the vCPU thread: {e}")),
+            _ => self.run_loop(),
+        };
         set_kick_target(std::ptr::null_mut());
         let _ = self.events.send((self.index, event));
         let _ = self.events_ready.write(1);

@@ -144,6 +144,22 @@ pub struct Vmm {
     cmdline: Cmdline,
     e820: Vec<E820Entry>,
     protocol: BootProtocol,
+    hooks: ThreadHooks,
+}
+
+/// Code that runs on the VM's own threads before they serve the guest (the
+/// runner installs its seccomp filters there). A hook that fails ends the
+/// VM with its message.
+pub type ThreadHook = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+/// The hooks [`Vmm::run`] calls, see [`Vmm::set_thread_hooks`].
+#[derive(Clone, Default)]
+pub struct ThreadHooks {
+    /// First thing on every vCPU thread, before its first KVM_RUN.
+    pub vcpu: Option<ThreadHook>,
+    /// On the thread that called [`Vmm::run`] once every vCPU thread has
+    /// been started, before the event loop serves the devices.
+    pub event_loop: Option<ThreadHook>,
 }
 
 impl Vmm {
@@ -307,7 +323,13 @@ impl Vmm {
             cmdline,
             e820,
             protocol,
+            hooks: ThreadHooks::default(),
         })
+    }
+
+    /// Sets the hooks [`Vmm::run`] calls on its threads.
+    pub fn set_thread_hooks(&mut self, hooks: ThreadHooks) {
+        self.hooks = hooks;
     }
 
     /// A handle that stops the VM from another thread or a signal handler.

@@ -97,6 +97,7 @@ impl Vmm {
                 events: tx.clone(),
                 events_ready: events_ready.clone(),
                 first_exit: first_exit.clone(),
+                hook: self.hooks.vcpu.clone(),
             };
             match vcpu::spawn(runner) {
                 Ok(t) => threads.push(t),
@@ -107,10 +108,13 @@ impl Vmm {
             }
         }
 
-        let reason = match spawn_error {
-            Some(e) => Err(e),
-            None => self.control_loop(&epoll, &rx, &threads, &device_events, run_start),
+        let hook = match (spawn_error, &self.hooks.event_loop) {
+            (Some(e), _) => Err(e),
+            (None, Some(hook)) => hook().map_err(Error::ThreadHook),
+            (None, None) => Ok(()),
         };
+        let reason =
+            hook.and_then(|()| self.control_loop(&epoll, &rx, &threads, &device_events, run_start));
         for t in &threads {
             t.control.request_stop();
             t.kick();

@@ -265,7 +265,11 @@ mod tests {
         filter(&mut c, &p).unwrap();
         let l1 = get(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 2, "initial APIC id");
-        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0, "the LAPIC's TSC-deadline mode shown");
+        assert_ne!(
+            l1.ecx & ECX_TSC_DEADLINE,
+            0,
+            "the LAPIC's TSC-deadline mode shown"
+        );
         assert_eq!((l1.ebx >> 16) & 0xff, 4, "logical processors");
         assert_eq!((l1.ebx >> 8) & 0xff, 8, "CLFLUSH size");
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);

@@ -1,0 +1,300 @@
+//! Inside a VM process (`runner __vm-process`): read the config, set up the
+//! VM or the device servers, install the seccomp filters, say `ready`, run.
+//!
+//! Threads and their filters:
+//!
+//! - built-in VMM: each vCPU thread installs the vCPU filter before its
+//!   first KVM_RUN; the main thread runs the event loop (the devices) and
+//!   installs the event-loop filter once the vCPU threads are started;
+//! - device process: the main thread starts the vhost-user servers, then
+//!   installs the vhost-user filter on every thread at once (TSYNC; threads
+//!   the servers start later inherit it), then its own, narrower one on top.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use runner_devices::block::{BlockConfig, BlockDevice, DiskMode};
+use runner_devices::vsock::{VsockConfig, VsockDevice};
+use runner_vhost::block::{BlockServer, BlockServerConfig};
+use runner_vhost::vsock::{VsockServer, VsockServerConfig};
+use runner_vmm::{KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, Vmm, VmmConfig};
+
+use super::seccomp::{self, Filters, Mode, ThreadKind};
+use super::{DevicesRole, ProcessConfig, Role, VmmRole, PROTOCOL};
+
+/// A test hook, read only here: `<vm name>:<milliseconds>` makes the VM of
+/// that name perform a disallowed syscall from a thread under its device
+/// filter that long after its filters are in place. The seccomp tests use
+/// it to prove that the kill stays inside that VM's process.
+pub const TEST_HOOK_ENV: &str = "RUNNER_TEST_HOOK_SECCOMP_VIOLATION";
+
+/// Runs the VM process; returns its exit code.
+pub fn main() -> i32 {
+    let mut status = std::io::stdout().lock();
+    let mut say = move |line: &str| {
+        // The runner may be gone; nothing to do about it then.
+        let _ = writeln!(status, "{line}");
+        let _ = status.flush();
+    };
+    let config = match read_config() {
+        Ok(config) => config,
+        Err(e) => {
+            say(&format!("error {e}"));
+            return 2;
+        }
+    };
+    tracing::debug!(vm = %config.name, seccomp = ?config.seccomp, "VM process starting");
+    let result = match &config.role {
+        Role::Vmm(role) => run_vmm(&config, role, &mut say),
+        Role::Devices(role) => run_devices(&config, role, &mut say),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            say(&format!("error {}", e.replace('\n', " ")));
+            1
+        }
+    }
+}
+
+fn read_config() -> Result<ProcessConfig, String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("the VM process could not read its config: {e}"))?;
+    let config: ProcessConfig = serde_json::from_str(&text).map_err(|e| {
+        format!("the VM process could not parse its config ({e}); is it an older runner binary?")
+    })?;
+    if config.protocol != PROTOCOL {
+        return Err(format!(
+            "the VM process speaks protocol {PROTOCOL}, the runner {}: they are different builds",
+            config.protocol
+        ));
+    }
+    Ok(config)
+}
+
+fn filters(config: &ProcessConfig, kinds: &[ThreadKind]) -> Result<Option<Arc<Filters>>, String> {
+    match config.seccomp {
+        Mode::On => {}
+        Mode::Off => {
+            tracing::warn!(
+                "{}=off: this VM process runs without seccomp filters",
+                seccomp::ENV
+            );
+            return Ok(None);
+        }
+        Mode::Log => tracing::warn!(
+            "{}=log: disallowed syscalls are only logged by the kernel (dmesg)",
+            seccomp::ENV
+        ),
+    }
+    Filters::compile(kinds, config.seccomp)
+        .map(|f| Some(Arc::new(f)))
+        .map_err(|e| e.to_string())
+}
+
+/// The built-in VMM: set up, then run until the guest or the runner ends it.
+fn run_vmm(
+    config: &ProcessConfig,
+    role: &VmmRole,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let vmm_config = VmmConfig {
+        kernel: KernelConfig {
+            path: role.kernel.clone(),
+            cmdline: role.cmdline.clone(),
+        },
+        memory: MemoryConfig {
+            size_mib: role.memory_mib,
+        },
+        vcpus: VcpuConfig { num: role.vcpus },
+        serial: SerialConfig {
+            log_path: Some(role.serial_log.clone()),
+            log_limit: role.serial_log_limit,
+            console: false,
+        },
+        // The runner enforces boot and job timeouts; it kills this process.
+        timeout: None,
+    };
+    let mut vmm = Vmm::new(vmm_config).map_err(vmm_error)?;
+    // The root disk first: it gets the first virtio-mmio window.
+    let disk = BlockDevice::new(BlockConfig {
+        image: role.disk.image.clone(),
+        mode: DiskMode::Overlay {
+            dir: Some(role.disk.overlay_dir.clone()),
+        },
+        serial: role.disk.serial.clone(),
+    })
+    .map_err(|e| format!("kvm backend: root disk: {e}"))?;
+    vmm.add_virtio_device(Box::new(disk)).map_err(vmm_error)?;
+    let vsock = VsockDevice::new(VsockConfig::new(role.vsock.guest_cid, &role.vsock.uds))
+        .map_err(|e| format!("kvm backend: vsock device: {e}"))?;
+    vmm.add_virtio_device(Box::new(vsock)).map_err(vmm_error)?;
+    tracing::debug!(vm = %config.name, cmdline = %vmm.cmdline(), "starting the built-in VMM");
+
+    let filters = filters(config, &[ThreadKind::Vcpu, ThreadKind::EventLoop])?;
+    let test_hook = TestHook::start(config, filters.clone().map(|f| (f, ThreadKind::EventLoop)));
+    if let Some(filters) = filters {
+        let vcpu = filters.clone();
+        vmm.set_thread_hooks(runner_vmm::ThreadHooks {
+            vcpu: Some(Arc::new(move || {
+                seccomp::apply(ThreadKind::Vcpu, vcpu.get(ThreadKind::Vcpu))
+                    .map_err(|e| e.to_string())
+            })),
+            event_loop: Some(Arc::new(move || {
+                seccomp::apply(ThreadKind::EventLoop, filters.get(ThreadKind::EventLoop))
+                    .map_err(|e| e.to_string())?;
+                test_hook.arm();
+                Ok(())
+            })),
+        });
+    }
+    say("ready");
+    let exit = vmm
+        .run()
+        .map_err(|e| format!("the VMM failed: {}", e.to_string().replace('\n', " ")))?;
+    tracing::debug!(reason = %exit.reason, timings = ?exit.timings, "VM ended");
+    say(&format!("exit {}", exit.reason));
+    Ok(())
+}
+
+/// VMM build errors (no /dev/kvm, not a kernel, too little memory, too
+/// many vCPUs...) already carry their fix; keep them on one line.
+fn vmm_error(e: runner_vmm::Error) -> String {
+    format!("kvm backend: {}", e.to_string().replace('\n', " "))
+}
+
+/// The vhost-user servers of a QEMU VM: serve until QEMU goes away.
+fn run_devices(
+    config: &ProcessConfig,
+    role: &DevicesRole,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let mut disk = None;
+    if let Some(d) = &role.disk {
+        let socket = role_socket(d.socket.as_deref(), "disk")?;
+        let mut server_config = BlockServerConfig::overlay(socket, &d.image);
+        server_config.mode = DiskMode::Overlay {
+            dir: Some(d.overlay_dir.clone()),
+        };
+        server_config.serial = d.serial.clone();
+        let server = BlockServer::start(server_config)
+            .map_err(|e| format!("starting the root disk: {e}"))?;
+        disk = Some(server);
+    }
+    let mut vsock = None;
+    if let Some(v) = &role.vsock {
+        let server = VsockServer::start(VsockServerConfig {
+            socket_path: role_socket(v.socket.as_deref(), "vsock")?.to_path_buf(),
+            uds_path: v.uds.clone(),
+            guest_cid: v.guest_cid,
+        })
+        .map_err(|e| format!("starting the vsock device: {e}"))?;
+        vsock = Some(server);
+    }
+
+    let filters = filters(config, &[ThreadKind::VhostUser, ThreadKind::DeviceMain])?;
+    // Started before the filters go on: it gets the vhost-user filter with
+    // every other thread.
+    let test_hook = TestHook::start(config, None);
+    if let Some(filters) = &filters {
+        seccomp::apply_all_threads(ThreadKind::VhostUser, filters.get(ThreadKind::VhostUser))
+            .map_err(|e| e.to_string())?;
+        seccomp::apply(ThreadKind::DeviceMain, filters.get(ThreadKind::DeviceMain))
+            .map_err(|e| e.to_string())?;
+    }
+    test_hook.arm();
+    say("ready");
+    // QEMU's end of the sockets closing is how a VM normally ends; the
+    // runner kills this process in any case.
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let finished = disk.as_ref().is_none_or(BlockServer::is_finished)
+            && vsock.as_ref().is_none_or(VsockServer::is_finished);
+        if finished {
+            say("exit the devices' frontend disconnected");
+            // Without the servers' teardown: the runner removes the VM
+            // directory, and the filters need not allow what it would do.
+            std::process::exit(0);
+        }
+    }
+}
+
+fn role_socket<'a>(socket: Option<&'a Path>, what: &str) -> Result<&'a Path, String> {
+    socket.ok_or_else(|| format!("the {what} device has no vhost-user socket in the config"))
+}
+
+/// The seccomp test hook (see [`TEST_HOOK_ENV`]): a thread that waits to be
+/// armed, then for its delay, then makes [`seccomp::TEST_FORBIDDEN_SYSCALL`].
+struct TestHook {
+    arm: Option<mpsc::Sender<()>>,
+}
+
+impl TestHook {
+    /// Starts the hook thread if the hook names this VM. `filter` is one
+    /// the thread installs on itself first (where no TSYNC gives it one).
+    fn start(config: &ProcessConfig, filter: Option<(Arc<Filters>, ThreadKind)>) -> TestHook {
+        let Some(delay) = test_hook_delay(&config.name) else {
+            return TestHook { arm: None };
+        };
+        tracing::warn!(vm = %config.name, "{TEST_HOOK_ENV}: this VM will make a disallowed syscall");
+        let (tx, rx) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("test-hook".into())
+            .spawn(move || {
+                if rx.recv().is_err() {
+                    return;
+                }
+                std::thread::sleep(delay);
+                if let Some((filters, kind)) = &filter {
+                    if seccomp::apply(*kind, filters.get(*kind)).is_err() {
+                        return;
+                    }
+                }
+                // SAFETY: a harmless syscall; under the filters it kills
+                // this process, which is the point.
+                unsafe { libc::syscall(seccomp::TEST_FORBIDDEN_SYSCALL, libc::PRIO_PROCESS, 0) };
+            });
+        TestHook {
+            arm: spawned.ok().map(|_| tx),
+        }
+    }
+
+    fn arm(&self) {
+        if let Some(tx) = &self.arm {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The hook's delay, if [`TEST_HOOK_ENV`] names `vm`.
+fn test_hook_delay(vm: &str) -> Option<Duration> {
+    let value = std::env::var(TEST_HOOK_ENV).ok()?;
+    let (name, ms) = value.rsplit_once(':')?;
+    (name == vm).then_some(())?;
+    ms.parse().ok().map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_dev_kvm_is_one_line_with_the_fix() {
+        for (errno, fix) in [(libc::EACCES, "kvm` group"), (libc::ENOENT, "modprobe")] {
+            let err = runner_vmm::Error::KvmUnavailable {
+                source: std::io::Error::from_raw_os_error(errno),
+                hint: runner_vmm::kvm_host::open_hint(errno),
+            };
+            let msg = vmm_error(err);
+            assert!(
+                msg.starts_with("kvm backend: cannot open /dev/kvm"),
+                "{msg}"
+            );
+            assert!(msg.contains(fix) && !msg.contains('\n'), "{msg}");
+        }
+    }
+}

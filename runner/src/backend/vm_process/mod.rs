@@ -1,0 +1,380 @@
+//! One process per VM, as in Firecracker: the built-in VMM with its
+//! devices (kvm backend), or the vhost-user device servers of a QEMU VM,
+//! run in a child process of their own (`runner __vm-process`), under
+//! seccomp filters. A device-model bug, or a guest that exploits one, can
+//! then take down only its own VM, never the runner or other jobs.
+//!
+//! The parent writes a [`ProcessConfig`] as JSON to the child's stdin and
+//! reads status lines from its stdout:
+//!
+//! - `ready` once the child's sockets exist (QEMU may start, hosts may
+//!   connect);
+//! - `error <message>` if set-up failed (one line, shown as a boot error);
+//! - `exit <reason>` when the VMM ended (guest power-off, triple fault...).
+//!
+//! The child's stderr is the runner's: its warnings (a guest misusing a
+//! device, rate-limited) show up where they did when the devices ran in the
+//! runner itself. It dies with the runner (see [`crate::process`]).
+
+pub mod allowlists;
+pub mod child;
+pub mod exe;
+mod kernel_log;
+pub mod seccomp;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::BootError;
+use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+
+/// The hidden subcommand that runs a VM process.
+pub const SUBCOMMAND: &str = "__vm-process";
+/// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
+/// stale `runner` binary refuses instead of misreading.
+pub const PROTOCOL: u32 = 1;
+/// How long set-up (opening images, creating the VM) may take.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a VM process needs, sent as JSON on its stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    pub protocol: u32,
+    /// The VM's name (logs, and the test hook).
+    pub name: String,
+    /// What to do with the seccomp filters (`RUNNER_SECCOMP`).
+    pub seccomp: seccomp::Mode,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Role {
+    /// The built-in VMM and its virtio-mmio devices.
+    Vmm(VmmRole),
+    /// vhost-user device servers for QEMU.
+    Devices(DevicesRole),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmRole {
+    pub kernel: PathBuf,
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub serial_log: PathBuf,
+    pub serial_log_limit: Option<u64>,
+    pub disk: DiskRole,
+    pub vsock: VsockRole,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesRole {
+    pub disk: Option<DiskRole>,
+    pub vsock: Option<VsockRole>,
+}
+
+/// The root disk: the image read-only, guest writes into an overlay in
+/// `overlay_dir`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRole {
+    pub image: PathBuf,
+    pub overlay_dir: PathBuf,
+    pub serial: String,
+    /// The vhost-user socket (device processes only).
+    pub socket: Option<PathBuf>,
+}
+
+/// The vsock device: host programs connect to `uds`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockRole {
+    pub uds: PathBuf,
+    pub guest_cid: u64,
+    /// The vhost-user socket (device processes only).
+    pub socket: Option<PathBuf>,
+}
+
+/// A running VM process, seen from the runner. Dropping it kills the
+/// process and reaps it; the VM directory is its owner's to remove.
+pub struct VmProcess {
+    child: ChildGuard,
+    status: Option<ChildStdout>,
+    /// Set when the runner killed it (stop, Ctrl-C): not a failure.
+    killed: Arc<AtomicBool>,
+    outcome: Option<Outcome>,
+}
+
+/// How a VM process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// False for a crash, a seccomp kill or a failed VMM.
+    pub clean: bool,
+    pub description: String,
+}
+
+impl VmProcess {
+    /// Starts the VM process for `config` and waits until it is ready.
+    pub fn start(config: &ProcessConfig) -> Result<VmProcess, BootError> {
+        let exe = exe::runner_exe().map_err(BootError::Setup)?;
+        let json = serde_json::to_vec(config)
+            .map_err(|e| BootError::Setup(format!("encoding the VM process config: {e}")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg(SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = spawn_guarded(&mut cmd, "VM process")
+            .map_err(|e| BootError::Setup(format!("starting {}: {e}", exe.display())))?;
+        let mut stdin = child.take_stdin();
+        let status = child.take_stdout();
+        let mut process = VmProcess {
+            child,
+            status,
+            killed: Arc::new(AtomicBool::new(false)),
+            outcome: None,
+        };
+        // Write and close: the child reads its config to EOF. A child that
+        // died at once breaks the pipe; its status says why.
+        if let Some(mut stdin) = stdin.take() {
+            let _ = stdin.write_all(&json);
+        }
+        match process.read_status_line(READY_TIMEOUT) {
+            Some(line) if line == "ready" => Ok(process),
+            Some(line) if line.starts_with("error ") => {
+                Err(BootError::Setup(line["error ".len()..].to_string()))
+            }
+            Some(other) => Err(BootError::Setup(format!(
+                "the VM process ({}) said {other:?} instead of `ready`; is it an older runner \
+                 binary? ({} names the binary)",
+                exe.display(),
+                exe::ENV
+            ))),
+            None => {
+                process.child.kill();
+                let why = process
+                    .exited()
+                    .unwrap_or_else(|| format!("no answer within {READY_TIMEOUT:?}"));
+                Err(BootError::Setup(format!(
+                    "the VM process did not start: {why}"
+                )))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// A closure that kills the process (for Ctrl-C hooks); what it kills
+    /// is reported as stopped by the host, not as a failure.
+    pub fn killer(&self) -> impl Fn() + Send + Sync + 'static {
+        let pid = self.child.pid();
+        let killed = self.killed.clone();
+        move || {
+            killed.store(true, Ordering::SeqCst);
+            kill_pid(pid);
+        }
+    }
+
+    /// Reads one status line, waiting at most `limit`; None on EOF or
+    /// timeout.
+    fn read_status_line(&mut self, limit: Duration) -> Option<String> {
+        let pipe = self.status.as_mut()?;
+        let deadline = Instant::now() + limit;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [libc::pollfd {
+                fd: pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis() as i32) };
+            if ready == 0 {
+                return None;
+            }
+            if ready < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return None;
+            }
+            match pipe.read(&mut byte) {
+                Ok(0) => return None,
+                Ok(_) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into()),
+                Ok(_) if line.len() < 4096 => line.push(byte[0]),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// How the process ended, once it has.
+    pub fn outcome(&mut self) -> Option<Outcome> {
+        if self.outcome.is_none() {
+            let status = self.child.try_wait()?;
+            // The child is gone: what is left in the pipe is all there is.
+            let mut rest = String::new();
+            if let Some(mut pipe) = self.status.take() {
+                let _ = pipe.read_to_string(&mut rest);
+            }
+            let killed = self.killed.load(Ordering::SeqCst);
+            let mut outcome = describe(status, &rest, killed);
+            if status.signal() == Some(libc::SIGSYS) {
+                let syscall = kernel_log::seccomp_kill_syscall(self.child.pid());
+                outcome.description = seccomp_kill_message(syscall);
+            }
+            self.outcome = Some(outcome);
+        }
+        self.outcome.clone()
+    }
+
+    /// `Some(description)` once the process has ended.
+    pub fn exited(&mut self) -> Option<String> {
+        self.outcome().map(|o| o.description)
+    }
+
+    /// Waits up to `limit` for the process to end by itself; kills it
+    /// otherwise. Returns whether it ended by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let by_itself = self.child.wait_timeout(limit).is_some();
+        if !by_itself {
+            self.kill();
+        }
+        by_itself
+    }
+
+    /// Kills the process (a no-op once it ended) and reaps it.
+    pub fn kill(&mut self) {
+        if self.child.try_wait().is_none() {
+            self.killed.store(true, Ordering::SeqCst);
+        }
+        self.child.kill();
+        let _ = self.outcome();
+    }
+}
+
+/// The pids of this process's children that are VM processes, for tests
+/// and benchmarks that look at them.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the comm may hold spaces, so look
+            // after its closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me.as_str())
+                && cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg == SUBCOMMAND.as_bytes())
+        })
+        .collect()
+}
+
+/// One line for how a VM process ended: its own `exit` or `error` line if
+/// it wrote one, else what its exit status says.
+fn describe(status: ExitStatus, lines: &str, killed: bool) -> Outcome {
+    let said = |prefix: &str| {
+        lines
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+    };
+    let failed = |description: String| Outcome {
+        clean: false,
+        description,
+    };
+    match status.signal() {
+        Some(libc::SIGSYS) => failed(seccomp_kill_message(None)),
+        Some(libc::SIGKILL) if killed => Outcome {
+            clean: true,
+            description: "stopped by the host".into(),
+        },
+        Some(signal) => failed(format!("the VM process was killed by signal {signal}")),
+        None => match (said("exit "), said("error ")) {
+            (Some(reason), _) if status.success() => Outcome {
+                clean: true,
+                description: reason,
+            },
+            (_, Some(error)) => failed(error),
+            _ => failed(format!(
+                "the VM process ended with {status} (its stderr, above, says why)"
+            )),
+        },
+    }
+}
+
+/// What a seccomp kill is reported as; `syscall` is its number, if the
+/// kernel log told.
+fn seccomp_kill_message(syscall: Option<i64>) -> String {
+    let which = match syscall {
+        Some(nr) => format!("disallowed syscall {nr}"),
+        None => "a disallowed syscall; the kernel log's `type=1326` audit line names it".into(),
+    };
+    format!(
+        "the VM process was killed by seccomp ({which}; {}=off or =log to debug)",
+        seccomp::ENV
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(raw: i32) -> ExitStatus {
+        ExitStatus::from_raw(raw)
+    }
+
+    #[test]
+    fn exits_are_described_in_one_line() {
+        let sigsys = describe(status_of(libc::SIGSYS), "ready\n", false);
+        assert!(!sigsys.clean);
+        assert!(
+            sigsys.description.contains("killed by seccomp")
+                && sigsys.description.contains("RUNNER_SECCOMP=off"),
+            "{sigsys:?}"
+        );
+        let stopped = describe(status_of(libc::SIGKILL), "ready\n", true);
+        assert_eq!(stopped.description, "stopped by the host");
+        assert!(stopped.clean);
+        let killed = describe(status_of(libc::SIGKILL), "ready\n", false);
+        assert_eq!(killed.description, "the VM process was killed by signal 9");
+        let powered_off = describe(status_of(0), "ready\nexit guest powered off\n", false);
+        assert_eq!(powered_off.description, "guest powered off");
+        assert!(powered_off.clean);
+        let failed = describe(status_of(1 << 8), "ready\nerror the VMM failed: x\n", false);
+        assert_eq!(failed.description, "the VMM failed: x");
+        let silent = describe(status_of(3 << 8), "", false);
+        assert!(silent.description.contains("exit status: 3"), "{silent:?}");
+        let numbered = seccomp_kill_message(Some(140));
+        assert!(numbered.contains("(disallowed syscall 140;"), "{numbered}");
+        for o in [sigsys, killed, failed, silent] {
+            assert!(!o.description.contains('\n'));
+        }
+    }
+}
