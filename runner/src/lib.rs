@@ -18,4 +18,5 @@ pub mod report;
 pub mod results;
 pub mod scheduler;
 pub mod session;
+pub mod shard;
 pub mod test_reports;

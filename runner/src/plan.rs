@@ -52,6 +52,8 @@ pub struct PlannedJob {
     /// Test reports read after the last step (the job's or `defaults`').
     pub reports: ReportFiles,
     pub allow_failure: bool,
+    /// Extra attempts after a failure, each in a fresh VM.
+    pub retry: u32,
     pub steps: Vec<PlannedStep>,
 }
 
@@ -70,6 +72,8 @@ pub struct PlannedStep {
     pub timeout: Option<Duration>,
     /// Test reports read right after this step.
     pub reports: ReportFiles,
+    /// Extra attempts after a failure, in the same VM.
+    pub retry: u32,
 }
 
 impl PlannedStep {
@@ -154,6 +158,7 @@ impl Plan {
                             workdir: step.workdir.clone().unwrap_or_else(|| workdir.clone()),
                             timeout: step.timeout.or(step_timeout),
                             reports: step.reports.clone().unwrap_or_default(),
+                            retry: step.retry,
                         }
                     })
                     .collect();
@@ -183,6 +188,7 @@ impl Plan {
                         .or_else(|| defaults.reports.clone())
                         .unwrap_or_default(),
                     allow_failure: job.allow_failure,
+                    retry: job.retry,
                     steps,
                 });
             }

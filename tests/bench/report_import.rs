@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use e2e_tests::{images, runner_bin};
 use runner::report::junit::{render, JunitOptions};
-use runner::results::{JobOutcome, JobResult, RunResults, TestReports, DEFAULT_OUTPUT_LIMIT};
+use runner::results::{
+    Attempt, JobOutcome, JobResult, RunResults, TestReports, DEFAULT_OUTPUT_LIMIT,
+};
 use runner::test_reports::{import_file, Format};
 
 const CASES: usize = 10_000;
@@ -101,6 +103,8 @@ fn results(test_reports: TestReports) -> RunResults {
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
         test_reports,
+        attempt: Attempt::first(0),
+        earlier_attempts: Vec::new(),
     };
     RunResults {
         pipeline_name: "bench".into(),

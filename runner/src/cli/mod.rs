@@ -3,7 +3,9 @@
 mod doctor;
 mod exec;
 mod image;
+mod listing;
 mod out_dir;
+mod report;
 mod test;
 
 use std::time::Duration;
@@ -32,6 +34,9 @@ enum Command {
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Work with JUnit reports.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Check what this host can run guests with (KVM, PVM, QEMU) and which
     /// backend `--backend auto` picks; exits 0 if that backend can work.
     Doctor,
@@ -73,6 +78,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
         Command::Test(args) => test::run(args),
+        Command::Report(cmd) => report::run(cmd),
         Command::Doctor => doctor::run(),
         Command::VmProcess => Ok(crate::backend::vm_process::child::main()),
     };

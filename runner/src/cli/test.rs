@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{out_dir, parse_duration, BackendChoice, Failure};
+use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
 use crate::images::Images;
 use crate::pipeline::{host_scope, Pipeline};
 use crate::plan::Plan;
+use crate::report::events::{self, JsonEvents};
 use crate::report::junit::{self, JunitOptions};
-use crate::report::ConsoleReporter;
+use crate::report::{ConsoleReporter, RunObserver};
 use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
+use crate::shard::{self, Shard, Timings};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -67,6 +69,30 @@ pub struct TestArgs {
     /// was left out.
     #[arg(long, default_value = "64M", value_parser = parse_log_limit)]
     log_limit: LogLimit,
+    /// Run only shard K of N (1-based), e.g. `2/3`; N machines with K = 1..N
+    /// together run every job once. Default: GitLab's CI_NODE_INDEX of
+    /// CI_NODE_TOTAL when both are set.
+    /// Parsed by the command, not by clap, so that a bad value is one line.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// Balance shards by each job's duration in this earlier JUnit report
+    /// (e.g. `runner-out/junit.xml`) instead of by job count.
+    #[arg(long, value_name = "JUNIT")]
+    timings: Option<PathBuf>,
+    /// Print the planned jobs and steps (after matrix, --filter and --shard)
+    /// and exit, without booting anything.
+    #[arg(long)]
+    list: bool,
+    /// `human`: the console report. `json`: one JSON object a line on
+    /// stdout per event instead (docs/events.md); nothing else on stdout.
+    #[arg(long, value_enum, default_value = "human")]
+    message_format: MessageFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
 }
 
 /// A size cap, or none.
@@ -96,6 +122,16 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
         .map_err(|e| config(e.into()))?;
+    let plan = select_shard(plan, &args).map_err(config)?;
+    if args.list {
+        match args.message_format {
+            MessageFormat::Human => print!("{}", listing::render(&plan)),
+            MessageFormat::Json => events::plan_events(&plan)
+                .iter()
+                .for_each(|line| println!("{line}")),
+        }
+        return Ok(0);
+    }
     if !args.allow_host_files {
         for job in &plan.jobs {
             host_scope::check_entries(&job.files, &plan.workspace).map_err(|e| config(e.into()))?;
@@ -119,8 +155,17 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         },
         allow_host_files: args.allow_host_files,
     };
-    let console = ConsoleReporter::stdout();
-    let results = scheduler::run(&plan, backend.as_ref(), &images, &console, &options);
+    let observer: Box<dyn RunObserver> = match args.message_format {
+        MessageFormat::Human => Box::new(ConsoleReporter::stdout()),
+        MessageFormat::Json => Box::new(JsonEvents::stdout()),
+    };
+    let results = scheduler::run(
+        &plan,
+        backend.as_ref(),
+        &images,
+        observer.as_ref(),
+        &options,
+    );
 
     let junit_path = args.junit.unwrap_or_else(|| args.out.join("junit.xml"));
     let junit_options = JunitOptions {
@@ -131,6 +176,25 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the JUnit report")))?;
     eprintln!("runner: JUnit report in {}", junit_path.display());
     Ok(results.exit_code())
+}
+
+/// The plan's share for `--shard` (or GitLab's CI_NODE_INDEX/TOTAL);
+/// the whole plan without either.
+fn select_shard(plan: Plan, args: &TestArgs) -> anyhow::Result<Plan> {
+    let shard = match &args.shard {
+        Some(text) => Some(text.parse::<Shard>().map_err(anyhow::Error::msg)?),
+        None => Shard::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?,
+    };
+    // Read even without a shard: a wrong --timings file should not go unnoticed.
+    let timings = args
+        .timings
+        .as_deref()
+        .map(Timings::from_junit)
+        .transpose()?;
+    Ok(match shard {
+        Some(shard) => shard::select(plan, shard, timings.as_ref()),
+        None => plan,
+    })
 }
 
 /// Resolves every image the plan uses once, building named ones on first use.

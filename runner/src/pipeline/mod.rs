@@ -113,6 +113,8 @@ pub struct Job {
     pub artifacts: Option<Vec<String>>,
     pub reports: Option<ReportFiles>,
     pub allow_failure: bool,
+    /// Extra attempts after a failure, each in a fresh VM.
+    pub retry: u32,
     pub image: Option<Image>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
@@ -137,6 +139,8 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// Test reports this step writes, read right after it.
     pub reports: Option<ReportFiles>,
+    /// Extra attempts after a failure, in the same VM.
+    pub retry: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

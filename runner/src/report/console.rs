@@ -3,10 +3,12 @@
 //! * **Live** (a terminal, not CI): one spinner line per running job with
 //!   its current step and last output line; finished steps scroll above.
 //! * **Plain** (a pipe, a file, `CI=true`): one line per event,
-//!   `[job] step ... ok (1.2s)`, safe to interleave across parallel jobs.
-//! * **GitLab** (`GITLAB_CI` set, plain): each job's step lines are held
-//!   back and printed when the job ends, inside a collapsible section
-//!   (collapsed when the job passed).
+//!   `[job] step ... ok (1.2s)`, and every line of step output as it
+//!   arrives, `[job] text` (see `live_lines`); each line names its job, so
+//!   parallel jobs interleave readably.
+//! * **GitLab** (`GITLAB_CI` set, plain): the same lines inside one
+//!   collapsible section per job; one job's section is live at a time, the
+//!   others' lines follow when their turn comes (see `gitlab_sections`).
 //!
 //! At the end: every failing step's output tail under a header, then the
 //! summary line `N passed, N failed …` that CI log parsers look for.
@@ -18,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::gitlab_sections::{Opening, Sections};
+use super::live_lines::{LineSplitter, LiveBudget};
 use super::{clean_text, last_lines, OutputStream, RunObserver};
 use crate::pipeline::{format_duration, ImageRef};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
@@ -75,13 +79,23 @@ impl ConsoleOptions {
 
 /// Per-job state while the job runs.
 struct JobState {
-    started: SystemTime,
     bar: Option<ProgressBar>,
     steps: usize,
-    /// GitLab mode: lines held back until the job's section is printed.
-    held: Vec<String>,
     /// Live mode: what the spinner says besides the last output line.
     activity: String,
+    /// Plain mode: step output not yet ended by a newline.
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    live_budget: LiveBudget,
+}
+
+/// Running jobs, and (GitLab) whose section is open.
+#[derive(Default)]
+struct Jobs {
+    states: HashMap<String, JobState>,
+    sections: Sections,
+    /// How often each job has started: attempts of a retried job.
+    starts: HashMap<String, u32>,
 }
 
 /// Prints progress and the final report. Shared by the scheduler's
@@ -90,7 +104,7 @@ pub struct ConsoleReporter {
     options: ConsoleOptions,
     out: Mutex<Box<dyn Write + Send>>,
     multi: Option<MultiProgress>,
-    jobs: Mutex<HashMap<String, JobState>>,
+    jobs: Mutex<Jobs>,
 }
 
 impl ConsoleReporter {
@@ -117,7 +131,7 @@ impl ConsoleReporter {
             options,
             out: Mutex::new(out),
             multi,
-            jobs: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(Jobs::default()),
         }
     }
 
@@ -137,16 +151,44 @@ impl ConsoleReporter {
         }
     }
 
-    /// Emits a job's line now, or holds it for the job's GitLab section.
-    fn job_line(&self, job: &str, line: String) {
-        if self.options.gitlab_sections {
+    /// Emits a job's lines now, or holds them for the job's GitLab
+    /// section. `verdict` lines (step results) are never dropped; output
+    /// lines may be, past the held limit.
+    fn job_lines(&self, job: &str, lines: Vec<String>, verdict: bool) {
+        if !self.options.gitlab_sections {
+            return self.emit(&lines);
+        }
+        // The lock is held while printing so that sections stay whole.
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut now = Vec::new();
+        for line in lines {
+            now.extend(jobs.sections.line(job, line, verdict));
+        }
+        self.emit(&now);
+    }
+
+    /// Plain mode: `[job] line` for each line the chunk completes.
+    fn output_lines(&self, job: &str, stream: OutputStream, chunk: Option<&[u8]>) {
+        let lines = {
             let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(state) = jobs.get_mut(job) {
-                state.held.push(line);
+            let Some(state) = jobs.states.get_mut(job) else {
+                return;
+            };
+            if state.live_budget.exhausted() {
                 return;
             }
-        }
-        self.emit(&[line]);
+            let splitter = match stream {
+                OutputStream::Stdout => &mut state.stdout,
+                OutputStream::Stderr => &mut state.stderr,
+            };
+            let lines = match chunk {
+                Some(chunk) => splitter.push(chunk),
+                None => splitter.finish().into_iter().collect(),
+            };
+            state.live_budget.admit(lines)
+        };
+        let prefixed = lines.into_iter().map(|l| format!("[{job}] {l}")).collect();
+        self.job_lines(job, prefixed, false);
     }
 
     fn paint(&self, text: &str, ansi: &str) -> String {
@@ -163,7 +205,7 @@ impl ConsoleReporter {
             bar: Some(bar),
             activity,
             ..
-        }) = jobs.get(job)
+        }) = jobs.states.get(job)
         {
             match detail {
                 Some(detail) => bar.set_message(format!("{activity}  {}", self.paint(detail, "2"))),
@@ -175,7 +217,7 @@ impl ConsoleReporter {
     fn set_activity(&self, job: &str, activity: String) {
         {
             let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(state) = jobs.get_mut(job) {
+            if let Some(state) = jobs.states.get_mut(job) {
                 state.activity = activity;
             }
         }
@@ -200,7 +242,11 @@ impl ConsoleReporter {
             StepStatus::Skipped { reason } => format!("{} ({reason})", self.paint("skipped", "33")),
             StepStatus::Error { message } => format!("{} ({message})", self.paint("ERROR", "1;31")),
         };
-        format!("[{job}] {} ... {verdict}", one_line(&result.name))
+        format!(
+            "[{job}] {} ... {verdict}{}",
+            one_line(&result.name),
+            attempt_note(result.attempt, result.status == StepStatus::Passed, "")
+        )
     }
 
     fn job_line_for(&self, result: &JobResult) -> String {
@@ -217,7 +263,21 @@ impl ConsoleReporter {
                     .boot
                     .map(|b| format!(", boot {}", format_duration(b)))
                     .unwrap_or_default();
-                format!("[{name}] {} in {took}{boot}", self.paint("passed", "32"))
+                let passed = match result.attempt.number {
+                    1 => self.paint("passed", "32"),
+                    _ => self.paint(&format!("passed on {}", result.attempt), "32"),
+                };
+                format!("[{name}] {passed} in {took}{boot}")
+            }
+            JobOutcome::Failed | JobOutcome::BootError { .. } | JobOutcome::Error { .. }
+                if result.attempt.can_retry() =>
+            {
+                format!(
+                    "[{name}] {}: {}{}",
+                    self.paint("FAILED", "1;31"),
+                    one_line(&job_problem(result)),
+                    attempt_note(result.attempt, false, " in a fresh VM")
+                )
             }
             JobOutcome::BootError { message, .. } => format!(
                 "[{name}] {}{allowed}: {}",
@@ -397,6 +457,32 @@ fn tail_block(lines: &mut Vec<String>, label: &str, output: &Output, n: usize) {
     lines.extend(tail.iter().map(|l| clean_text(l)));
 }
 
+/// `, passed on attempt 2/3` / `, will retry (attempt 1/3)`; nothing
+/// without retries or for a first-time pass.
+fn attempt_note(attempt: crate::results::Attempt, passed: bool, how: &str) -> String {
+    match (passed, attempt.can_retry()) {
+        _ if attempt.of == 1 => String::new(),
+        (true, _) if attempt.number == 1 => String::new(),
+        (true, _) => format!(", passed on {attempt}"),
+        (false, true) => format!(", will retry{how} ({attempt})"),
+        (false, false) => format!(", {attempt}"),
+    }
+}
+
+/// What went wrong with a job, in a few words.
+fn job_problem(result: &JobResult) -> String {
+    match &result.outcome {
+        JobOutcome::BootError { message, .. } => format!("VM failed to boot: {message}"),
+        JobOutcome::Error { message } => message.clone(),
+        _ => result
+            .steps
+            .iter()
+            .find(|s| matches!(s.status.kind(), CaseKind::Failed | CaseKind::Error))
+            .map(|s| format!("`{}` {}", s.name, s.status.describe()))
+            .unwrap_or_else(|| "failed".to_string()),
+    }
+}
+
 fn one_line(text: &str) -> String {
     clean_text(text).lines().collect::<Vec<_>>().join(" ")
 }
@@ -405,6 +491,14 @@ fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs()
+}
+
+/// A GitLab section id (letters, digits, `_`, `.`, `-`), one per attempt.
+fn section_id(job: &PlannedJob, attempt: u32) -> String {
+    match attempt {
+        1 => format!("runner_job_{}", job.slug),
+        n => format!("runner_job_{}_attempt_{n}", job.slug),
+    }
 }
 
 fn describe_machine(job: &PlannedJob) -> String {
@@ -438,25 +532,32 @@ impl RunObserver for ConsoleReporter {
             bar
         });
         let state = JobState {
-            started: SystemTime::now(),
             bar,
             steps: job.steps.len(),
-            held: Vec::new(),
             activity: "starting VM".to_string(),
+            stdout: LineSplitter::default(),
+            stderr: LineSplitter::default(),
+            live_budget: LiveBudget::default(),
         };
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.name.clone(), state);
-        self.update_bar(&job.name, None);
-        if self.multi.is_none() {
-            // Printed at once even in GitLab mode: it shows the run is alive.
-            self.emit(&[format!(
-                "[{}] started ({})",
-                job.name,
-                describe_machine(job)
-            )]);
+        let started = format!("[{}] started ({})", job.name, describe_machine(job));
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.states.insert(job.name.clone(), state);
+        let starts = jobs.starts.entry(job.name.clone()).or_insert(0);
+        *starts += 1;
+        let attempt = *starts;
+        if self.options.gitlab_sections {
+            let opening = Opening {
+                id: section_id(job, attempt),
+                unix_time: unix_seconds(SystemTime::now()),
+                header: started,
+            };
+            let now = jobs.sections.start(&job.name, opening);
+            self.emit(&now);
+        } else if self.multi.is_none() {
+            self.emit(&[started]);
         }
+        drop(jobs);
+        self.update_bar(&job.name, None);
     }
 
     fn on_job_progress(&self, job: &PlannedJob, activity: &str) {
@@ -468,6 +569,7 @@ impl RunObserver for ConsoleReporter {
             .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .states
             .get(&job.name)
             .map_or(job.steps.len(), |s| s.steps);
         let activity = format!("step {}/{total}: {}", step.index + 1, one_line(&step.name));
@@ -478,11 +580,11 @@ impl RunObserver for ConsoleReporter {
         &self,
         job: &PlannedJob,
         _step: &PlannedStep,
-        _s: OutputStream,
+        stream: OutputStream,
         chunk: &[u8],
     ) {
         if self.multi.is_none() {
-            return;
+            return self.output_lines(&job.name, stream, Some(chunk));
         }
         let text = String::from_utf8_lossy(chunk);
         if let Some(last) = text
@@ -497,47 +599,32 @@ impl RunObserver for ConsoleReporter {
     }
 
     fn on_step_finished(&self, job: &PlannedJob, _step: &PlannedStep, result: &StepResult) {
+        if self.multi.is_none() {
+            // Output that did not end with a newline.
+            self.output_lines(&job.name, OutputStream::Stdout, None);
+            self.output_lines(&job.name, OutputStream::Stderr, None);
+        }
         let line = self.step_line(&job.name, result);
-        self.job_line(&job.name, line);
+        self.job_lines(&job.name, vec![line], true);
     }
 
     fn on_job_finished(&self, job: &PlannedJob, result: &JobResult) {
-        let state = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job.name);
         let header = self.job_line_for(result);
-        let Some(state) = state else {
-            self.emit(&[header]);
-            return;
-        };
-        if let Some(bar) = &state.bar {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(JobState { bar: Some(bar), .. }) = jobs.states.remove(&job.name) {
             bar.finish_and_clear();
             if let Some(multi) = &self.multi {
-                multi.remove(bar);
+                multi.remove(&bar);
             }
         }
         if !self.options.gitlab_sections {
-            self.emit(&[header]);
-            return;
+            drop(jobs);
+            return self.emit(&[header]);
         }
-        // Section names allow letters, digits, `_`, `.` and `-`.
-        let id = format!("runner_job_{}", job.slug);
-        let collapsed = if result.failed() {
-            ""
-        } else {
-            "[collapsed=true]"
-        };
-        let mut lines = vec![format!(
-            "\x1b[0Ksection_start:{}:{id}{collapsed}\r\x1b[0K{header}",
-            unix_seconds(state.started)
-        )];
-        lines.extend(state.held.into_iter().map(|l| format!("  {l}")));
-        lines.push(format!(
-            "\x1b[0Ksection_end:{}:{id}\r\x1b[0K",
-            unix_seconds(SystemTime::now())
-        ));
+        let now = unix_seconds(SystemTime::now());
+        let lines = jobs
+            .sections
+            .finish(&job.name, result.failed(), now, header);
         self.emit(&lines);
     }
 

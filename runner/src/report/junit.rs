@@ -24,7 +24,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::junit_imported::{self, CaseNames};
-use super::{clean_text, last_lines};
+use super::{clean_text, junit_reruns, last_lines};
 use crate::results::{
     omission_note, CaseKind, JobCase, JobResult, Output, RunResults, StepResult, StepStatus,
 };
@@ -32,7 +32,7 @@ use crate::results::{
 /// Stands in for `\t` while text passes through quick-junit, which would
 /// drop it. Plane-15 private use: no tool prints it, and [`xml_text`]
 /// removes it from the input first.
-const TAB_PLACEHOLDER: char = '\u{F0009}';
+pub(crate) const TAB_PLACEHOLDER: char = '\u{F0009}';
 
 #[derive(Clone, Debug)]
 pub struct JunitOptions {
@@ -112,7 +112,11 @@ fn strict_root(xml: &str) -> String {
 /// directory, synced, then renamed over `path`. A crash leaves either the
 /// old file or the new one, never half of one.
 pub fn write(results: &RunResults, path: &Path, options: &JunitOptions) -> Result<(), JunitError> {
-    let xml = render(results, options)?;
+    write_xml(&render(results, options)?, path)
+}
+
+/// Writes `xml` to `path` atomically, as [`write`] does.
+pub fn write_xml(xml: &str, path: &Path) -> Result<(), JunitError> {
     let io_error = |source| JunitError::Io {
         path: path.to_path_buf(),
         source,
@@ -152,13 +156,15 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     if let Some(log) = &job.log_path {
         suite.add_property(Property::new("log", xml_text(&log.display().to_string())));
     }
+    if job.attempt.of > 1 {
+        suite.add_property(Property::new("attempt", job.attempt.to_string()));
+    }
     let mut names = CaseNames::default();
     let imported = &job.test_reports.cases;
     for (index, step) in job.steps.iter().enumerate() {
-        let mut case = TestCase::new(
-            xml_text(&names.unique(&job.classname, &step.name)),
-            step_status(job, step, options),
-        );
+        let mut status = step_status(job, step, options);
+        junit_reruns::attach(&mut status, junit_reruns::step_reruns(job, index, options));
+        let mut case = TestCase::new(xml_text(&names.unique(&job.classname, &step.name)), status);
         case.set_classname(xml_text(&job.classname));
         case.set_time(step.duration);
         if !step.stdout.is_empty() {
@@ -192,12 +198,9 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         });
         suite.add_test_case(case);
     }
-    let notes: Vec<&str> = job
-        .artifact_notes
-        .iter()
-        .chain(&job.test_reports.notes)
-        .map(String::as_str)
-        .collect();
+    let mut notes = junit_reruns::job_attempt_notes(job);
+    notes.extend(job.artifact_notes.iter().cloned());
+    notes.extend(job.test_reports.notes.iter().cloned());
     if !notes.is_empty() {
         // Suite level: these belong to the job, not to any one step.
         suite.set_system_err(xml_text(&notes.join("\n")));
@@ -205,7 +208,11 @@ fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     suite
 }
 
-fn step_status(job: &JobResult, step: &StepResult, options: &JunitOptions) -> TestCaseStatus {
+pub(super) fn step_status(
+    job: &JobResult,
+    step: &StepResult,
+    options: &JunitOptions,
+) -> TestCaseStatus {
     let (kind, ty) = match &step.status {
         StepStatus::Passed => return TestCaseStatus::success(),
         StepStatus::Skipped { reason } => {
@@ -325,7 +332,7 @@ fn timestamp(time: SystemTime) -> DateTime<FixedOffset> {
 
 #[cfg(test)]
 #[path = "junit_tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 #[path = "junit_strict_tests.rs"]

@@ -289,19 +289,25 @@ fn validates_against_the_junit_schema() {
     assert_valid(&sample());
 }
 
+/// Writes `results` as JUnit and checks it against junit.xsd.
 pub(super) fn assert_valid(results: &RunResults) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junit.xml");
+    write(results, &path, &JunitOptions::default()).unwrap();
+    assert_valid_file(&path);
+}
+
+/// Fails unless xmllint says `path` follows junit.xsd.
+pub(crate) fn assert_valid_file(path: &std::path::Path) {
     let version = std::process::Command::new("xmllint")
         .arg("--version")
         .output()
         .unwrap_or_else(|_| panic!("xmllint is missing: apt-get install libxml2-utils"));
     assert!(version.status.success());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("junit.xml");
-    write(results, &path, &JunitOptions::default()).unwrap();
     let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/src/report/junit.xsd");
     let result = std::process::Command::new("xmllint")
         .args(["--noout", "--schema", schema])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);

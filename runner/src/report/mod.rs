@@ -4,8 +4,13 @@
 //! live events through [`RunObserver`] while the run is going.
 
 pub mod console;
+pub mod events;
+mod gitlab_sections;
 pub mod junit;
 mod junit_imported;
+mod junit_reruns;
+mod live_lines;
+pub mod merge;
 
 use std::collections::HashMap;
 
@@ -115,6 +120,8 @@ impl UniqueNames {
 
 #[cfg(test)]
 mod artifact_notes_tests;
+#[cfg(test)]
+mod console_attempt_tests;
 #[cfg(test)]
 mod test_reports_tests;
 

@@ -55,6 +55,45 @@ pub struct JobResult {
     pub artifact_notes: Vec<String>,
     /// Testcases from the guest's test reports, and warnings about them.
     pub test_reports: TestReports,
+    /// Which attempt this is (`retry:` on the job; each in a fresh VM).
+    pub attempt: Attempt,
+    /// Earlier attempts that failed, oldest first; empty without retries.
+    pub earlier_attempts: Vec<JobResult>,
+}
+
+/// Attempt `number` of at most `of` (1 + `retry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub number: u32,
+    pub of: u32,
+}
+
+impl Attempt {
+    /// The first of `1 + retry` attempts.
+    pub fn first(retry: u32) -> Attempt {
+        Attempt {
+            number: 1,
+            of: retry.saturating_add(1),
+        }
+    }
+
+    pub fn next(self) -> Attempt {
+        Attempt {
+            number: self.number + 1,
+            of: self.of,
+        }
+    }
+
+    /// Whether another attempt may follow this one.
+    pub fn can_retry(self) -> bool {
+        self.number < self.of
+    }
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attempt {}/{}", self.number, self.of)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +123,10 @@ pub struct StepResult {
     pub duration: Duration,
     pub stdout: Output,
     pub stderr: Output,
+    /// Which attempt this is (`retry:` on the step; all in the same VM).
+    pub attempt: Attempt,
+    /// Earlier attempts that failed, oldest first; empty without retries.
+    pub earlier_attempts: Vec<StepResult>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -236,6 +279,19 @@ impl StepResult {
             duration: Duration::ZERO,
             stdout: Output::default(),
             stderr: Output::default(),
+            attempt: Attempt::first(0),
+            earlier_attempts: Vec::new(),
+        }
+    }
+
+    /// Whether another attempt may help: the step ran and failed or hit
+    /// its own limit. Not when the agent was lost or the host killed the
+    /// VM: nothing can run in it any more.
+    pub fn may_retry(&self) -> bool {
+        match self.status {
+            StepStatus::Failed { .. } => true,
+            StepStatus::TimedOut { host_deadline, .. } => !host_deadline,
+            _ => false,
         }
     }
 }
@@ -257,6 +313,8 @@ impl JobResult {
             artifacts: Vec::new(),
             artifact_notes: Vec::new(),
             test_reports: TestReports::default(),
+            attempt: Attempt::first(job.retry),
+            earlier_attempts: Vec::new(),
         }
     }
 

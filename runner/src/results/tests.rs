@@ -10,6 +10,8 @@ pub(crate) fn step(name: &str, status: StepStatus) -> StepResult {
         duration: Duration::from_millis(1200),
         stdout: Output::from_bytes(b"out\n"),
         stderr: Output::default(),
+        attempt: Attempt::first(0),
+        earlier_attempts: Vec::new(),
     }
 }
 
@@ -36,6 +38,8 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
         test_reports: TestReports::default(),
+        attempt: Attempt::first(0),
+        earlier_attempts: Vec::new(),
     }
 }
 

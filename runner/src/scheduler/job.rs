@@ -7,21 +7,22 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_protocol::Stream;
 
 use super::reports::{ReportCollector, Scope};
-use super::RunContext;
+use super::{retry, RunContext};
 use crate::backend::{wait_for_agent, Vm, VmSpec};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
-use crate::results::{JobLog, JobOutcome, JobResult, StepResult, StepStatus, TimeLimit};
+use crate::results::{Attempt, JobLog, JobOutcome, JobResult, StepResult, StepStatus, TimeLimit};
 use crate::session::{AgentSession, ArtifactBudget, SessionError, HOST_GRACE};
 
 /// Time the artifacts always get, even when the job's own time is up:
 /// after a timeout is when they matter most.
 const ARTIFACT_TIME: Duration = Duration::from_secs(60);
 
-pub(super) fn run(job: &PlannedJob, ctx: &RunContext) -> JobResult {
+pub(super) fn run(job: &PlannedJob, ctx: &RunContext, attempt: Attempt) -> JobResult {
     let clock = Instant::now();
     let mut result = JobResult::for_job(job, SystemTime::now());
+    result.attempt = attempt;
     ctx.observer.on_job_started(job);
     result.outcome = match run_in_vm(job, ctx, clock, &mut result) {
         Ok(()) => JobResult::outcome_from_steps(&result.steps),
@@ -42,7 +43,7 @@ fn run_in_vm(
         .options
         .out_dir
         .join("logs")
-        .join(format!("{}.log", job.slug));
+        .join(retry::log_name(&job.slug, result.attempt));
     let log =
         JobLog::with_limit(&log_path, ctx.options.log_limit).map_err(|e| JobOutcome::Error {
             message: format!("creating {}: {e}", log_path.display()),
@@ -118,8 +119,18 @@ fn run_in_vm(
             result.steps.push(StepResult::skipped(&step.name, reason));
             continue;
         }
-        let remaining = job.timeout.saturating_sub(clock.elapsed());
-        let step_result = run_step(job, step, &mut session, vm.as_mut(), remaining, ctx, &log);
+        let time_left = || clock.elapsed() < job.timeout;
+        let step_result = retry::run_step(step.retry, time_left, |attempt| {
+            let remaining = job.timeout.saturating_sub(clock.elapsed());
+            let mut step_run = StepRun {
+                session: &mut session,
+                vm: vm.as_mut(),
+                log: &log,
+                job_attempt: result.attempt,
+                attempt,
+            };
+            run_step(job, step, &mut step_run, remaining, ctx)
+        });
         if step_result.status != StepStatus::Passed {
             broken = Some(format!("an earlier step failed: `{}`", step.name));
         }
@@ -179,19 +190,43 @@ fn run_in_vm(
     Ok(())
 }
 
+/// What one attempt of a step runs with.
+struct StepRun<'a> {
+    session: &'a mut AgentSession,
+    vm: &'a mut dyn Vm,
+    log: &'a JobLog,
+    job_attempt: Attempt,
+    attempt: Attempt,
+}
+
 fn run_step(
     job: &PlannedJob,
     step: &PlannedStep,
-    session: &mut AgentSession,
-    vm: &mut dyn Vm,
+    run: &mut StepRun,
     remaining: Duration,
     ctx: &RunContext,
-    log: &JobLog,
 ) -> StepResult {
+    let (session, vm, log) = (&mut *run.session, &mut *run.vm, run.log);
     ctx.observer.on_step_started(job, step);
-    log.note(&format!("==> step {}: {}", step.index + 1, step.name));
+    let of = match run.attempt.of {
+        1 => String::new(),
+        _ => format!(" ({})", run.attempt),
+    };
+    log.note(&format!("==> step {}: {}{of}", step.index + 1, step.name));
     let clock = Instant::now();
-    let request = step.exec_request(Some(remaining));
+    let mut request = step.exec_request(Some(remaining));
+    // Which attempt this is, for scripts that want to know (and for
+    // deterministic tests of retries).
+    request.env.extend([
+        (
+            "RUNNER_ATTEMPT".to_string(),
+            run.job_attempt.number.to_string(),
+        ),
+        (
+            "RUNNER_STEP_ATTEMPT".to_string(),
+            run.attempt.number.to_string(),
+        ),
+    ]);
     let limit = request
         .timeout_ms
         .map(Duration::from_millis)
@@ -246,6 +281,8 @@ fn run_step(
         duration: clock.elapsed(),
         stdout: stdout.finish(),
         stderr: stderr.finish(),
+        attempt: run.attempt,
+        earlier_attempts: Vec::new(),
     };
     ctx.observer.on_step_finished(job, step, &result);
     result

@@ -5,6 +5,7 @@
 mod budget;
 mod job;
 mod reports;
+mod retry;
 
 pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};
 
@@ -151,7 +152,7 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
         ctx.observer.on_job_finished(job, &result);
         return result;
     };
-    let result = job::run(job, ctx);
+    let result = retry::run_job(job, ctx);
     if ctx.options.fail_fast && result.fails_run() && !ctx.stop.swap(true, Ordering::SeqCst) {
         if let Ok(mut first) = ctx.first_failure.lock() {
             *first = Some(job.name.clone());

@@ -369,7 +369,9 @@ fn cut_and_garbled_reports_never_panic() {
         include_str!("fixtures/libtest-json.txt"),
     ];
     for text in fixtures {
-        let cuts = (0..text.len()).step_by(3).filter(|&i| text.is_char_boundary(i));
+        let cuts = (0..text.len())
+            .step_by(3)
+            .filter(|&i| text.is_char_boundary(i));
         for cut in cuts {
             let part = &text[..cut];
             if let Err(e) = junit_xml::parse(part, &texts()) {

@@ -147,6 +147,20 @@ pub(crate) fn parse_vcpus(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Most `retry` a job or step may ask for: retries hide flakiness, and a
+/// pipeline from a pull request must not multiply the run's cost.
+pub(crate) const MAX_RETRY: u32 = 10;
+
+/// `retry: N`, extra attempts after a failure, 0 to [`MAX_RETRY`].
+pub(crate) fn parse_retry(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n <= MAX_RETRY => Ok(n),
+        _ => Err(format!(
+            "invalid retry `{text}`: expected a number of retries from 0 to {MAX_RETRY}"
+        )),
+    }
+}
+
 /// A guest directory: absolute, or relative to the guest workspace.
 pub(crate) fn parse_guest_dir(text: &str) -> Result<String, String> {
     let text = text.trim();

@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
 use self::fields::{
-    next_key, non_empty, parse_bool, parse_guest_dir, parse_value, parse_vcpus, EnvSeed, FilesSeed,
-    ImageSeed, KeySeed, StringList, EXTENSION_KEY,
+    next_key, non_empty, parse_bool, parse_guest_dir, parse_retry, parse_value, parse_vcpus,
+    EnvSeed, FilesSeed, ImageSeed, KeySeed, StringList, EXTENSION_KEY,
 };
 use self::reports::ReportsSeed;
 use self::steps::{MatrixSeed, StepsSeed};
@@ -313,12 +313,13 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             "files",
             "artifacts",
             "reports",
+            "retry",
         ];
         let name = self.name;
         let context = format!("in job `{name}`");
         let (mut seen, mut settings, mut machine) =
             (Vec::new(), Settings::default(), Machine::default());
-        let (mut steps, mut matrix, mut allow_failure) = (None, Vec::new(), false);
+        let (mut steps, mut matrix, mut allow_failure, mut retry) = (None, Vec::new(), false, 0);
         while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, &[])? {
             if read_setting(key, &mut map, &mut settings, self.workspace, &context)?
                 || read_machine(key, &mut map, &mut machine, self.workspace, &context)?
@@ -328,6 +329,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             match key {
                 "steps" => steps = Some(map.next_value_seed(StepsSeed { job: &name })?),
                 "matrix" => matrix = map.next_value_seed(MatrixSeed { job: &name })?,
+                "retry" => retry = parse_value(&mut map, "a number of retries", &parse_retry)?,
                 _ => allow_failure = parse_value(&mut map, "true or false", &parse_bool)?,
             }
         }
@@ -347,6 +349,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             artifacts: settings.artifacts,
             reports: settings.reports,
             allow_failure,
+            retry,
             image: machine.image,
             vcpus: machine.vcpus,
             memory_mib: machine.memory_mib,

@@ -8,7 +8,7 @@ use super::super::error::located;
 use super::super::scalars::{check_env_name, parse_duration};
 use super::super::{Env, MatrixAxis, Step, StepCommand};
 use super::fields::{
-    next_key, non_empty, parse_guest_dir, parse_value, EnvSeed, Parse, StringList,
+    next_key, non_empty, parse_guest_dir, parse_retry, parse_value, EnvSeed, Parse, StringList,
 };
 use super::reports::ReportsSeed;
 
@@ -69,6 +69,7 @@ impl StepSeed<'_> {
             shell: None,
             timeout: None,
             reports: None,
+            retry: 0,
         })
     }
 }
@@ -121,13 +122,14 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
         const KEYS: &[&str] = &[
-            "name", "run", "argv", "env", "workdir", "shell", "timeout", "reports",
+            "name", "run", "argv", "env", "workdir", "shell", "timeout", "reports", "retry",
         ];
         const EXCLUSIVE: &[(&str, &str)] = &[("run", "argv"), ("argv", "shell")];
         let context = self.context();
         let mut seen = Vec::new();
         let (mut name, mut command, mut env) = (None, None, Env::new());
-        let (mut workdir, mut shell, mut timeout, mut reports) = (None, None, None, None);
+        let (mut workdir, mut shell, mut timeout, mut reports, mut retry) =
+            (None, None, None, None, 0);
         while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, EXCLUSIVE)? {
             match key {
                 "name" => {
@@ -157,6 +159,7 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
                 "reports" => {
                     reports = Some(map.next_value_seed(ReportsSeed { context: &context })?)
                 }
+                "retry" => retry = parse_value(&mut map, "a number of retries", &parse_retry)?,
                 _ => timeout = Some(parse_value(&mut map, "a duration", &parse_duration)?),
             }
         }
@@ -175,6 +178,7 @@ impl<'de> Visitor<'de> for StepSeed<'_> {
             shell,
             timeout,
             reports,
+            retry,
         })
     }
 }
