@@ -171,7 +171,7 @@ fn boot_seconds(dir: &Path, backend: Backend) -> f64 {
         false,
         &[
             "-append",
-            "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro rootfstype=ext4 \
+            "console=ttyS0 reboot=k panic=-1 no_timer_check root=/dev/vda ro rootfstype=ext4 \
              init=/sbin/runner-init quiet",
         ],
     );
@@ -224,7 +224,9 @@ fn dd_run(dir: &Path, backend: Backend, data_mb: f64, write_mb: u64) -> DdRun {
     let self_before = cpu_seconds("self");
     let initrd = env_path("BLOCK_BENCH_INITRD");
     let data = env_path("BLOCK_BENCH_DATA");
-    let append = format!("console=ttyS0 panic=-1 rdinit=/init quiet bench_write_mb={write_mb}");
+    let append = format!(
+        "console=ttyS0 panic=-1 no_timer_check rdinit=/init quiet bench_write_mb={write_mb}"
+    );
     let mut vm = Vm::start(
         dir,
         backend,

@@ -130,7 +130,7 @@ fn boot(dir: &Path, mode: DiskMode, root_flag: &str) -> Boot {
     })
     .expect("start the block server");
     let append = format!(
-        "console=ttyS0 reboot=k panic=-1 root=/dev/vda {root_flag} rootfstype=ext4 \
+        "console=ttyS0 reboot=k panic=-1 no_timer_check root=/dev/vda {root_flag} rootfstype=ext4 \
          init=/sbin/runner-init"
     );
     let start = Instant::now();

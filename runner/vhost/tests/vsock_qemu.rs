@@ -114,7 +114,10 @@ impl Qemu {
             .arg(kernel())
             .arg("-initrd")
             .arg(initramfs)
-            .args(["-append", "console=ttyS0 panic=-1 rdinit=/init quiet"])
+            .args([
+                "-append",
+                "console=ttyS0 panic=-1 no_timer_check rdinit=/init quiet",
+            ])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
