@@ -51,7 +51,7 @@ raw_boot() {
   # device list to the end of the command line.)
   timeout 300 qemu-system-x86_64 -accel tcg -cpu max -M microvm,acpi=off -m 256M -smp 1 \
     -kernel "$kernel" \
-    -append "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro rootfstype=ext4 init=/bin/$command" \
+    -append "console=ttyS0 reboot=k panic=-1 no_timer_check root=/dev/vda ro rootfstype=ext4 init=/bin/$command" \
     -drive "id=root,file=$rootfs,format=raw,if=none,readonly=on" \
     -device virtio-blk-device,drive=root \
     -display none -nodefaults -no-user-config -serial null -no-reboot
