@@ -146,7 +146,7 @@ pub fn probe_host() -> HostProbe {
 /// to someone else, and come out far below native; seen in the nested tier
 /// when two L1 guests shared two cores. A native host is fast again on the
 /// next run; an emulated one never is.
-const CALIBRATION_ATTEMPTS: usize = 3;
+pub const CALIBRATION_ATTEMPTS: u32 = 3;
 
 /// The fastest of up to [`CALIBRATION_ATTEMPTS`] runs, stopping at the
 /// first that looks native.

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use runner_vmm::probe::{probe_host, KvmAccess, Ring0Speed, CALIBRATION_BUDGET};
+use runner_vmm::probe::{
+    probe_host, KvmAccess, Ring0Speed, CALIBRATION_ATTEMPTS, CALIBRATION_BUDGET,
+};
 
 #[test]
 fn probe_reports_access_module_and_a_bounded_calibration() {
@@ -26,7 +28,10 @@ fn probe_reports_access_module_and_a_bounded_calibration() {
         cal.elapsed <= CALIBRATION_BUDGET + Duration::from_millis(200),
         "{cal:?}"
     );
-    assert!(took < Duration::from_secs(1), "probe took {took:?}");
+    // Each run is cut off at its budget by a watchdog; the slack only
+    // catches a probe that hangs.
+    let bound = CALIBRATION_BUDGET * CALIBRATION_ATTEMPTS + Duration::from_secs(10);
+    assert!(took < bound, "probe took {took:?}");
     if probe.is_pvm {
         // PVM emulates ring 0: the countdown cannot finish in the budget.
         assert_eq!(cal.speed, Ring0Speed::Emulated, "{cal:?}");
