@@ -164,6 +164,9 @@ fn gitlab_example_under_gitlab_ci_local_runs_three_shards_holding_every_job_once
             "--no-artifacts-to-source",
             "--no-color",
         ])
+        // Not the user's ~/.gitlab-ci-local (variables, settings).
+        .arg("--home")
+        .arg(dir.path().join("home"))
         .env("PATH", &path)
         .env("RUNNER_KERNEL", &images.kernel)
         .env("RUNNER_ROOTFS", &images.rootfs)
