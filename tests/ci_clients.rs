@@ -129,16 +129,9 @@ fn gitlab_example_under_gitlab_ci_local_runs_three_shards_holding_every_job_once
     .unwrap();
     git(&project, &["init", "-q", "-b", "main"]);
     git(&project, &["add", "-A"]);
+    // No remote: gitlab-ci-local says so and falls back to made-up
+    // project data, and nothing can reach for the network.
     git(&project, &["commit", "-q", "-m", "example"]);
-    git(
-        &project,
-        &[
-            "remote",
-            "add",
-            "origin",
-            "https://gitlab.invalid/group/project.git",
-        ],
-    );
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(runner_bin(), bin.join("runner")).unwrap();
