@@ -26,6 +26,8 @@ jobs:
         run: mkdir /sys/fs/cgroup/f; echo 1 > /sys/fs/cgroup/f/cgroup.procs; echo 1 > /sys/fs/cgroup/f/cgroup.freeze; sleep 1000
         timeout: 10s
   kernel-panic:
+    # Little memory, so that filling it (slow under nested KVM) is quick.
+    memory: 128M
     steps:
       - name: panics the kernel
         run: echo 1 > /proc/sys/vm/panic_on_oom; tail /dev/zero; sleep 1000
@@ -41,6 +43,7 @@ jobs:
         run: yes
         timeout: 10s
   out-of-memory:
+    memory: 128M
     steps:
       - name: eats all memory
         run: tail /dev/zero; echo "tail ended with $?"

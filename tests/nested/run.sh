@@ -20,8 +20,9 @@ readonly deadline="${NESTED_DEADLINE:-1500}"
 readonly out=target/nested
 
 # The binaries the tier runs, by test target: the VMM on tiny guests, the
-# kvm backend on the real kernel, then everything a user does end to end.
-readonly targets=(kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline)
+# kvm backend on the real kernel, then everything a user does end to end,
+# and the fault drill (a guest that panics, powers off, freezes its agent...).
+readonly targets=(kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults)
 cargo build --quiet -p runner
 json=$(cargo test --no-run --quiet -p runner-vmm -p runner -p e2e-tests --message-format=json)
 rm -rf "$out"
