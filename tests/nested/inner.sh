@@ -14,7 +14,7 @@ set -uo pipefail
 
 results="$1" list="$2"
 export RUNNER_KERNEL="$3" RUNNER_ROOTFS="$4"
-readonly per_test_deadline="${NESTED_TEST_DEADLINE:-300}"
+readonly per_test_deadline="${NESTED_TEST_DEADLINE:-420}"
 readonly retry_limit_pct="${NESTED_RETRY_LIMIT_PCT:-10}"
 mkdir -p "$results/logs"
 export RUNNER_BACKEND=kvm RUNNER_NESTED=1 CI=true RUST_BACKTRACE=0

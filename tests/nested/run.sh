@@ -34,10 +34,10 @@ for t in "${targets[@]}"; do
     echo "$bin" >>"$out/tests.txt"
 done
 
-# A test that hangs is killed by inner.sh after 300 s; L1 writing nothing to
+# A test that hangs is killed by inner.sh after 420 s; L1 writing nothing to
 # the results for longer means L1 itself froze (an environment failure):
 # it is killed and restarted, and inner.sh resumes after the finished tests.
-readonly stall=420
+readonly stall=540
 for attempt in 1 2 3; do
     echo "nested: booting L1 (QEMU TCG, emulated AMD SVM, kvm-amd npt=0)" >&2
     set +e

@@ -25,9 +25,11 @@ use super::live_lines::{LineSplitter, LiveBudget};
 use super::{clean_text, last_lines, OutputStream, RunObserver};
 use crate::pipeline::{format_duration, ImageRef};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
-use crate::results::{
-    CaseKind, ImportedResult, JobOutcome, JobResult, Output, RunResults, StepResult, StepStatus,
-};
+use crate::results::{CaseKind, JobOutcome, JobResult, Output, RunResults, StepResult, StepStatus};
+
+// The end-of-run block for the guest's own test reports.
+#[path = "console_reports.rs"]
+mod reports_block;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleMode {
@@ -381,67 +383,6 @@ impl ConsoleReporter {
         lines
     }
 }
-
-impl ConsoleReporter {
-    /// The end-of-run block for the guest's test reports: each failing
-    /// testcase on one line (the JUnit file has the whole story), then the
-    /// warnings about reports that were missing or cut.
-    fn test_report_block(&self, job: &JobResult) -> Vec<String> {
-        let reports = &job.test_reports;
-        let failing: Vec<_> = reports
-            .cases
-            .iter()
-            .filter(|case| matches!(case.kind(), CaseKind::Failed | CaseKind::Error))
-            .collect();
-        let mut lines = Vec::new();
-        if !failing.is_empty() {
-            let allowed = if job.allow_failure {
-                " (allowed to fail)"
-            } else {
-                ""
-            };
-            let header = format!(
-                "==== {}: {} failing tests in test reports{allowed} ====",
-                job.name,
-                failing.len()
-            );
-            lines.extend([String::new(), self.paint(&header, "1;31")]);
-            for case in failing.iter().take(MAX_FAILING_TESTS_SHOWN) {
-                let name = match &case.classname {
-                    Some(class) => format!("{class}::{}", case.name),
-                    None => case.name.clone(),
-                };
-                let message = match &case.result {
-                    ImportedResult::Failed(p) | ImportedResult::Error(p) => one_line(&p.message),
-                    _ => String::new(),
-                };
-                let at = case
-                    .location()
-                    .map(|at| format!(" ({at})"))
-                    .unwrap_or_default();
-                lines.push(format!("{}: {message}{at}", one_line(&name)));
-            }
-            if failing.len() > MAX_FAILING_TESTS_SHOWN {
-                let more = failing.len() - MAX_FAILING_TESTS_SHOWN;
-                lines.push(format!("… and {more} more in the JUnit file"));
-            }
-        }
-        if !reports.notes.is_empty() {
-            let n = reports.notes.len();
-            let header = format!(
-                "==== {}: {n} test report warning{} ====",
-                job.name,
-                if n == 1 { "" } else { "s" }
-            );
-            lines.extend([String::new(), self.paint(&header, "33")]);
-            lines.extend(reports.notes.iter().map(|note| one_line(note)));
-        }
-        lines
-    }
-}
-
-/// Failing report testcases listed by name at the end of a run.
-const MAX_FAILING_TESTS_SHOWN: usize = 50;
 
 fn tail_block(lines: &mut Vec<String>, label: &str, output: &Output, n: usize) {
     let tail = output.last_lines(n);
