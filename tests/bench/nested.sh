@@ -42,7 +42,7 @@ $(printf %q "$bench")
 for backend in kvm qemu; do
     for i in \$(seq $runs); do
         start=\$(ms)
-        RUST_LOG=info timeout 300 \$runner exec --backend \$backend -- true 2>/nested-out/exec.err ||
+        RUST_LOG=info timeout 400 \$runner exec --backend \$backend --boot-timeout 300s -- true 2>/nested-out/exec.err ||
             { cat /nested-out/exec.err; exit 1; }
         echo \$(( \$(ms) - start )) >>/nested-out/wall-\$backend
         sed -n 's/.*guest agent ready \\([0-9]*\\) ms.*/\\1/p' /nested-out/exec.err >>/nested-out/ready-\$backend
@@ -54,7 +54,7 @@ for what in ready wall; do
 done
 for jobs in 1 2; do
     start=\$(ms)
-    timeout 1200 \$runner test --backend kvm --jobs \$jobs --out /tmp/out-\$jobs /nested-out/eight.yml >/nested-out/test-\$jobs.log 2>&1 ||
+    timeout 1200 \$runner test --backend kvm --boot-timeout 300s --jobs \$jobs --out /tmp/out-\$jobs /nested-out/eight.yml >/nested-out/test-\$jobs.log 2>&1 ||
         { cat /nested-out/test-\$jobs.log; exit 1; }
     echo "jobs\$jobs \$(( \$(ms) - start ))" >>/nested-out/medians
 done
