@@ -24,8 +24,11 @@ const INSTRUCTIONS_PER_ITERATION: u64 = 2;
 /// Longest the calibration guest may run.
 pub const CALIBRATION_BUDGET: Duration = Duration::from_millis(300);
 /// Below this rate ring 0 is considered emulated. Hardware runs this loop
-/// at billions of instructions per second; the emulator at a few million.
-const NATIVE_THRESHOLD_IPS: f64 = 100e6;
+/// at billions of instructions per second, PVM's emulator at about 1.5
+/// million. Nested KVM under TCG (tests/nested) measured 766 million when
+/// idle but 100-300 million on a busy machine, so the line sits well below
+/// that: a loaded host must not be taken for an emulated one.
+const NATIVE_THRESHOLD_IPS: f64 = 20e6;
 const CODE_ADDR: u64 = 0x1000;
 const GUEST_MEM_SIZE: usize = 0x10000;
 
