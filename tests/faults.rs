@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use e2e_tests::{images, runner_bin};
+use e2e_tests::{images, processes_mentioning, runner_bin, vm_dirs};
 
 const DRILL: &str = r#"
 name: drill
@@ -73,21 +73,10 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// VM directories and processes left behind in `dir`.
 fn leftovers(dir: &Path) -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("runner-vm-"))
-        .collect();
-    let needle = dir.to_string_lossy().into_owned();
-    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) {
-            if text(&cmdline).contains(&needle) {
-                found.push(format!("process {}", text(&cmdline).replace('\0', " ")));
-            }
-        }
-    }
+    let mut found = vm_dirs(dir);
+    found.extend(processes_mentioning(&dir.to_string_lossy()));
     found
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{images, runner_bin};
+use e2e_tests::{images, processes_mentioning, runner_bin, vm_dirs};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -145,32 +145,6 @@ fn hostile_artifacts_come_back_as_data_only() {
     );
     let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
     assert!(xml.contains("symlink to /etc/shadow leads out"), "{xml}");
-}
-
-/// The pids of processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) {
-            let cmdline = text(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    proc_dir.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
-}
-
-fn vm_dirs(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("runner-vm-"))
-        .collect()
 }
 
 /// Polls `done` until it holds; the limit is only a backstop against a

@@ -171,3 +171,31 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
     };
     found.unwrap_or_else(|| panic!("{name} is missing: apt-get install {package}"))
 }
+
+/// The command lines of processes that mention `needle` (a test's temp
+/// dir: every VM process names its sockets there).
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(format!(
+                    "{}: {cmdline}",
+                    proc_dir.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The `runner-vm-*` directories in `dir`.
+pub fn vm_dirs(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("runner-vm-"))
+        .collect()
+}
