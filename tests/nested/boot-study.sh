@@ -60,7 +60,7 @@ INNER
 # A generous deadline; L1 writing nothing for 5 minutes has frozen (the
 # environment's failure, reported as such with the counts so far).
 tests/nested/run-l1.sh --npt "$npt" --smp "$smp" --thread "$thread" --cpu "$cpu" $anchor --stall 300 \
-    --deadline $((boots * $(wc -w <<<"$backends") * 45 + 600)) "$out" "$out/study.sh" >"$out/l1.log" 2>&1 ||
+    --deadline $((boots * $(wc -w <<<"$backends") *150 + 600)) "$out" "$out/study.sh" >"$out/l1.log" 2>&1 ||
     echo "$config: L1 ended with status $? (124: it froze or ran out of time; see $out/l1.log)" | tee "$out/l1-status.txt"
 for f in "$out"/*-serial.txt "$out"/*-pairs.txt; do
     [ -f "$f" ] || continue

@@ -27,10 +27,12 @@ for tool in depmod cpio gzip; do
 done
 [ -x /bin/busybox ] || die "/bin/busybox is missing (apt-get install busybox-static)"
 
+# `|| true`: with pipefail, apt-cache's own failure (no package lists) would
+# otherwise end the script silently instead of with the line below.
 package=$(apt-cache depends linux-image-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
 [ -n "$package" ] || die "cannot resolve the kernel package of linux-image-amd64 (run apt-get update)"
-version=$(apt-cache show "$package" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+version=$(apt-cache show "$package" 2>/dev/null | awk '/^Version:/ {print $2; exit}' || true)
 [ -n "$version" ] || die "no Debian package $package is known (run apt-get update)"
 
 key=$( {
