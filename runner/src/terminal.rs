@@ -182,7 +182,7 @@ fn pump_input(control: &ShellControl, stop: &OwnedFd) {
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             return;
         }
-        if !fds[0].revents().is_some_and(|r| !r.is_empty()) {
+        if fds[0].revents().is_none_or(|r| r.is_empty()) {
             continue;
         }
         match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {

@@ -129,9 +129,11 @@ mod tests {
             assert_eq!(request.size, WindowSize { rows: 5, cols: 7 });
             write_frame(agent, &Frame::Data(Stream::Stdout, b"$ ".to_vec())).unwrap();
             // Echo the input and the resize back as output.
-            let typed = read_frame(agent).unwrap();
+            let Some(Frame::Data(Stream::Stdin, typed)) = read_frame(agent).unwrap() else {
+                panic!("expected keystrokes");
+            };
             let resized = read_frame(agent).unwrap();
-            let echo = format!("{typed:?} {resized:?}");
+            let echo = format!("{} {resized:?}", String::from_utf8_lossy(&typed));
             write_frame(agent, &Frame::Data(Stream::Stdout, echo.into_bytes())).unwrap();
             let exited = ExitStatus {
                 code: Some(3),
