@@ -2,7 +2,8 @@
 //! real pseudo-terminal as a person's terminal would drive them: the
 //! runner is the session leader of a pty whose master this test holds,
 //! so window changes reach it as real SIGWINCH and its raw mode is the
-//! pty's own.
+//! pty's own. The backend is RUNNER_BACKEND's (`auto` unset: QEMU on
+//! hosts without hardware virtualization).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -224,12 +225,9 @@ fn no_vm_processes(dir: &Path) {
 const PROMPT: &str = " # ";
 
 #[test]
-fn the_shell_computes_follows_the_window_and_exits_with_its_code() {
+fn the_shell_computes_follows_the_window_does_job_control_and_exits_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
-    let mut term = Terminal::start(
-        dir.path(),
-        &["shell", "--backend", "qemu", "-e", "GREETING=hi"],
-    );
+    let mut term = Terminal::start(dir.path(), &["shell", "-e", "GREETING=hi"]);
     let at = term.expect(PROMPT);
     assert!(term.is_raw(), "the runner's terminal is not in raw mode");
 
@@ -246,9 +244,9 @@ fn the_shell_computes_follows_the_window_and_exits_with_its_code() {
     let at = term.expect_after(at, "size=33 91");
 
     // Ctrl-C is a byte for the guest's terminal: it interrupts the
-    // guest's foreground job, not the runner. A Ctrl-C that comes before
-    // `sleep` runs only clears the line, so it is sent until the prompt
-    // is back.
+    // guest's foreground job, not the runner. A Ctrl-C (or Ctrl-Z) that
+    // comes before `sleep` runs goes to the shell, which ignores it, so
+    // it is sent until it has its effect.
     term.type_text("sleep 1000\r");
     let mut at = term.expect_after(at, "sleep 1000\r\n");
     let deadline = Instant::now() + PATIENCE;
@@ -264,6 +262,22 @@ fn the_shell_computes_follows_the_window_and_exits_with_its_code() {
             term.text()
         );
     }
+    // Job control: Ctrl-Z stops the foreground job and the shell says so.
+    term.type_text("sleep 1000\r");
+    let mut at = term.expect_after(at, "sleep 1000\r\n");
+    loop {
+        term.type_text("\x1a");
+        if let Some(next) = term.expect_within(at, "Stopped", Duration::from_secs(2)) {
+            at = next;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-Z did not stop sleep:\n{}",
+            term.text()
+        );
+    }
+    term.type_text("kill -9 %1\r");
     term.type_text("echo after=$((1+1))\r");
     term.expect_after(at, "after=2");
 
@@ -281,7 +295,7 @@ fn a_killed_shell_leaves_no_vm_and_a_cooked_terminal() {
 
     // SIGKILL: nothing of the runner runs; its VM processes die with it
     // (PR_SET_PDEATHSIG) and its VM directory waits for the next runner.
-    let mut term = Terminal::start(dir.path(), &["shell", "--backend", "qemu"]);
+    let mut term = Terminal::start(dir.path(), &["shell"]);
     term.expect(PROMPT);
     term.signal(Signal::SIGKILL);
     term.wait();
@@ -293,7 +307,7 @@ fn a_killed_shell_leaves_no_vm_and_a_cooked_terminal() {
     // terminal and says so. The first of them also sweeps the directory
     // the SIGKILLed one left.
     for signal in [Signal::SIGTERM, Signal::SIGHUP] {
-        let mut term = Terminal::start(dir.path(), &["shell", "--backend", "qemu"]);
+        let mut term = Terminal::start(dir.path(), &["shell"]);
         term.expect(PROMPT);
         assert!(term.is_raw());
         term.signal(signal);
@@ -327,15 +341,7 @@ fn debug_on_failure_opens_a_shell_at_the_failing_step() {
     std::fs::write(dir.path().join("pipeline.yml"), FAILING).unwrap();
     let mut term = Terminal::start(
         dir.path(),
-        &[
-            "test",
-            "pipeline.yml",
-            "--backend",
-            "qemu",
-            "--out",
-            "out",
-            "--debug-on-failure",
-        ],
+        &["test", "pipeline.yml", "--out", "out", "--debug-on-failure"],
     );
     let at = term.expect("job `broken`: step 2 `fails here` failed (exit code 4)");
     let at = term.expect_after(at, "Ctrl-D leaves it");
