@@ -21,7 +21,16 @@ use nix::unistd::Pid;
 
 /// How long any expected output or exit may take: generous, because TCG
 /// boots on a loaded 2-core machine are slow. Nothing is asserted on time.
-const PATIENCE: Duration = Duration::from_secs(180);
+const PATIENCE: Duration = Duration::from_secs(300);
+/// The runner's own boot limit, within PATIENCE.
+const BOOT_TIMEOUT: &str = "240s";
+
+/// The tests that boot VMs take turns: several TCG guests booting at once
+/// on a small machine would only make each boot slower.
+fn one_vm_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A runner on a pty.
 struct Terminal {
@@ -51,6 +60,7 @@ impl Terminal {
         let images = images();
         let mut cmd = Command::new(runner_bin());
         cmd.args(args)
+            .args(["--boot-timeout", BOOT_TIMEOUT])
             .current_dir(dir)
             .env("RUNNER_KERNEL", &images.kernel)
             .env("RUNNER_ROOTFS", &images.rootfs)
@@ -101,6 +111,17 @@ impl Terminal {
                 "no {needle:?} within {PATIENCE:?}; the terminal showed:\n{}",
                 self.text()
             );
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Take what it printed last, then give up: nothing more comes.
+                self.read_some(Duration::from_millis(500));
+                if find(&self.seen[from.min(self.seen.len())..], needle.as_bytes()).is_none() {
+                    panic!(
+                        "the runner exited ({status}) before printing {needle:?}:\n{}",
+                        self.text()
+                    );
+                }
+                continue;
+            }
             self.read_some(left);
         }
     }
@@ -226,6 +247,7 @@ const PROMPT: &str = " # ";
 
 #[test]
 fn the_shell_computes_follows_the_window_does_job_control_and_exits_with_its_code() {
+    let _turn = one_vm_test_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut term = Terminal::start(dir.path(), &["shell", "-e", "GREETING=hi"]);
     let at = term.expect(PROMPT);
@@ -291,6 +313,7 @@ fn the_shell_computes_follows_the_window_does_job_control_and_exits_with_its_cod
 
 #[test]
 fn a_killed_shell_leaves_no_vm_and_a_cooked_terminal() {
+    let _turn = one_vm_test_at_a_time();
     let dir = tempfile::tempdir().unwrap();
 
     // SIGKILL: nothing of the runner runs; its VM processes die with it
@@ -337,6 +360,7 @@ jobs:
 
 #[test]
 fn debug_on_failure_opens_a_shell_at_the_failing_step() {
+    let _turn = one_vm_test_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pipeline.yml"), FAILING).unwrap();
     let mut term = Terminal::start(
@@ -361,6 +385,47 @@ fn debug_on_failure_opens_a_shell_at_the_failing_step() {
     assert!(junit.contains("exit code 4"), "{junit}");
     no_vm_processes(dir.path());
     assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn two_failing_jobs_get_their_debug_shells_one_after_the_other() {
+    let _turn = one_vm_test_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = "name: two\ndefaults: { files: none }\njobs:\n  \
+                    left:\n    steps: [\"exit 5\"]\n  right:\n    steps: [\"exit 6\"]\n";
+    std::fs::write(dir.path().join("pipeline.yml"), pipeline).unwrap();
+    let args = [
+        "test",
+        "pipeline.yml",
+        "--out",
+        "out",
+        "--jobs",
+        "2",
+        "--debug-on-failure",
+    ];
+    let mut term = Terminal::start(dir.path(), &args);
+    let mut jobs = Vec::new();
+    let mut at = 0;
+    for _ in 0..2 {
+        at = term.expect_after(at, "Ctrl-D leaves it");
+        let banner = at;
+        at = term.expect_after(at, PROMPT);
+        // `in-$(echo job)=` is not in the echoed input, only in the answer.
+        term.type_text("echo in-$(echo job)=$RUNNER_JOB.\r");
+        let answer = term.expect_after(at, "in-job=");
+        at = term.expect_after(answer, ".");
+        jobs.push(String::from_utf8_lossy(&term.seen[answer..at - 1]).into_owned());
+        // While this shell is open, no other job's shell has started.
+        let since = String::from_utf8_lossy(&term.seen[banner..]).into_owned();
+        assert!(!since.contains("Ctrl-D leaves it"), "{}", term.text());
+        term.type_text("exit\r");
+    }
+    jobs.sort();
+    assert_eq!(jobs, ["left", "right"], "{}", term.text());
+    let status = term.wait();
+    assert_eq!(status.code(), Some(1), "{}", term.text());
+    assert!(term.text().contains("2 failed"), "{}", term.text());
+    term.assert_restored();
 }
 
 /// One line on stderr, exit 2, nothing booted.
