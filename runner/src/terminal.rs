@@ -10,7 +10,7 @@
 //! any panic message is printed. Only SIGKILL can leave the terminal raw.
 
 use std::io::{self, IsTerminal, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, Once};
 use std::thread::JoinHandle;
 
@@ -71,7 +71,8 @@ pub fn run_shell(
         request.env.push(("TERM".into(), term));
     }
     let control = session.shell_control();
-    let raw = RawMode::enter()?;
+    let stdin = io::stdin();
+    let raw = RawMode::enter(stdin.as_fd())?;
     let input = InputPump::start(control.clone())?;
     let resizes = ResizeWatch::start(control)?;
     let result = session.shell(request, &mut |bytes| {
@@ -86,8 +87,9 @@ pub fn run_shell(
     result
 }
 
-/// The terminal settings to restore; `Some` while a [`RawMode`] is active.
-static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
+/// The terminal and the settings to restore; `Some` while a [`RawMode`]
+/// is active.
+static SAVED: Mutex<Option<(RawFd, Termios)>> = Mutex::new(None);
 
 fn restore_saved() {
     // try_lock: the panic hook may run on a thread that holds the lock.
@@ -95,25 +97,28 @@ fn restore_saved() {
         Ok(mut saved) => saved.take(),
         Err(_) => None,
     };
-    if let Some(settings) = saved {
-        let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, &settings);
+    if let Some((fd, settings)) = saved {
+        // SAFETY: the descriptor outlives the `RawMode` that saved it (it
+        // is stdin, or a test's pty), and this runs before that ends.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = termios::tcsetattr(fd, SetArg::TCSANOW, &settings);
     }
 }
 
-/// Stdin in raw mode until dropped.
+/// A terminal in raw mode until dropped.
 struct RawMode {
     _on_interrupt: HookGuard,
 }
 
 impl RawMode {
-    fn enter() -> io::Result<RawMode> {
+    /// Raw mode for `terminal`, which must stay open while this lives.
+    fn enter(terminal: BorrowedFd) -> io::Result<RawMode> {
         install_panic_hook();
-        let stdin = io::stdin();
-        let saved = termios::tcgetattr(stdin.as_fd())?;
+        let saved = termios::tcgetattr(terminal)?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
-        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
-        if let Err(e) = termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw) {
+        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some((terminal.as_raw_fd(), saved));
+        if let Err(e) = termios::tcsetattr(terminal, SetArg::TCSANOW, &raw) {
             SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();
             return Err(e.into());
         }
@@ -232,5 +237,57 @@ impl ResizeWatch {
     fn stop(self) {
         self.handle.close();
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use nix::pty::openpty;
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+
+    use super::RawMode;
+
+    /// One raw terminal at a time, as in the runner: the saved settings
+    /// are process-wide.
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        TURN.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[test]
+    fn raw_mode_is_undone_by_a_panic_before_its_guard_drops() {
+        let _turn = one_at_a_time();
+        let pty = openpty(None, None).unwrap();
+        let cooked = tcgetattr(pty.slave.as_fd()).unwrap();
+        assert!(cooked.local_flags.contains(LocalFlags::ICANON));
+        let raw = RawMode::enter(pty.slave.as_fd()).unwrap();
+        let now = tcgetattr(pty.slave.as_fd()).unwrap();
+        assert!(!now
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+        // The hook runs at the panic, before any unwinding.
+        let panicked = std::panic::catch_unwind(|| panic!("on purpose"));
+        assert!(panicked.is_err());
+        let after = tcgetattr(pty.slave.as_fd()).unwrap();
+        assert_eq!(after.local_flags, cooked.local_flags);
+        assert_eq!(after.input_flags, cooked.input_flags);
+        assert_eq!(after.output_flags, cooked.output_flags);
+        drop(raw);
+        // The guard has nothing left to undo, and the terminal stays cooked.
+        let after = tcgetattr(pty.slave.as_fd()).unwrap();
+        assert_eq!(after.local_flags, cooked.local_flags);
+    }
+
+    #[test]
+    fn dropping_the_guard_restores_the_terminal() {
+        let _turn = one_at_a_time();
+        let pty = openpty(None, None).unwrap();
+        let cooked = tcgetattr(pty.slave.as_fd()).unwrap();
+        drop(RawMode::enter(pty.slave.as_fd()).unwrap());
+        let after = tcgetattr(pty.slave.as_fd()).unwrap();
+        assert_eq!(after.local_flags, cooked.local_flags);
+        assert_eq!(after.output_flags, cooked.output_flags);
     }
 }

@@ -3,6 +3,8 @@
 //! with its environment, before the run goes on (artifacts are collected
 //! and the VM destroyed as usual once the shell exits).
 //!
+//! A job with `retry` gets its shell on its last attempt only.
+//!
 //! There is one terminal, so there is one debug shell at a time. The
 //! other jobs keep running meanwhile (their console lines wait until the
 //! shell closes); a job that fails while another's shell is open waits
@@ -15,7 +17,7 @@ use agent_protocol::ShellRequest;
 
 use super::RunContext;
 use crate::plan::{PlannedJob, PlannedStep};
-use crate::results::{JobLog, StepResult, StepStatus};
+use crate::results::{Attempt, JobLog, StepResult, StepStatus};
 use crate::session::AgentSession;
 
 /// Held while a debug shell has the terminal.
@@ -35,16 +37,19 @@ fn worth_a_shell(status: &StepStatus) -> bool {
 }
 
 /// Opens the debug shell for `failed` (the result of `step`) if the run
-/// asked for it and the step failed; returns when the user leaves it.
+/// asked for it and the step failed on the job's last attempt (earlier
+/// ones are retried in a fresh VM anyway); returns when the user leaves it.
 pub(super) fn after_step(
     job: &PlannedJob,
     step: &PlannedStep,
     failed: &StepResult,
+    job_attempt: Attempt,
     session: &mut AgentSession,
     log: &JobLog,
     ctx: &RunContext,
 ) {
-    if !ctx.options.debug_on_failure || !worth_a_shell(&failed.status) {
+    let last_attempt = job_attempt.number >= job_attempt.of;
+    if !ctx.options.debug_on_failure || !last_attempt || !worth_a_shell(&failed.status) {
         return;
     }
     let _turn = TERMINAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -168,7 +168,8 @@ fn run_in_vm(
         }
         if !session_lost {
             if let Some(failed) = result.steps.last() {
-                super::debug::after_step(job, step, failed, &mut session, &log, ctx);
+                let attempt = result.attempt;
+                super::debug::after_step(job, step, failed, attempt, &mut session, &log, ctx);
             }
         }
         if session_lost {
