@@ -439,7 +439,7 @@ fn assert_refused(cmd: &mut Command, what: &str) -> String {
 }
 
 #[test]
-fn without_a_terminal_both_are_refused_in_one_line() {
+fn without_a_terminal_both_are_refused_in_one_line_as_is_a_missing_job() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pipeline.yml"), FAILING).unwrap();
     let runner = || {
@@ -452,6 +452,17 @@ fn without_a_terminal_both_are_refused_in_one_line() {
     };
     let err = assert_refused(runner().arg("shell"), "shell without a tty");
     assert!(err.contains("needs a terminal"), "{err}");
+
+    let err = assert_refused(
+        runner().args(["shell", "pipeline.yml"]),
+        "shell without a job",
+    );
+    assert!(err.contains("name the job; the jobs are: broken"), "{err}");
+    let err = assert_refused(
+        runner().args(["shell", "pipeline.yml", "nope"]),
+        "unknown job",
+    );
+    assert!(err.contains("no job `nope`; the jobs are: broken"), "{err}");
 
     let debug = ["test", "pipeline.yml", "--out", "out", "--debug-on-failure"];
     let err = assert_refused(runner().args(debug), "--debug-on-failure without a tty");

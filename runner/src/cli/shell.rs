@@ -24,7 +24,6 @@ use crate::plan::Plan;
 pub struct ShellArgs {
     /// A pipeline file: boot the VM of JOB in it, with the job's image,
     /// size, env, files and workdir, and run none of its steps.
-    #[arg(requires = "job")]
     pipeline: Option<PathBuf>,
     /// The job, by the name `runner test --list` shows.
     job: Option<String>,
@@ -79,16 +78,17 @@ struct Setup {
 
 pub fn run(args: ShellArgs) -> Result<i32, Failure> {
     let usage = |e: anyhow::Error| Failure::new(2, e);
-    if !crate::terminal::stdin_is_terminal() {
-        return Err(usage(anyhow!(
-            "runner shell needs a terminal on stdin; to run commands without one, use `runner exec`"
-        )));
-    }
     let setup = match &args.pipeline {
         Some(pipeline) => from_job(&args, pipeline),
         None => from_flags(&args),
     }
     .map_err(usage)?;
+    // Before images are resolved (perhaps built): that could take minutes.
+    if !crate::terminal::stdin_is_terminal() {
+        return Err(usage(anyhow!(
+            "runner shell needs a terminal on stdin; to run commands without one, use `runner exec`"
+        )));
+    }
     let spec = vm_spec(&args, &setup).map_err(usage)?;
     let backend = args.backend.backend().map_err(usage)?;
     crate::backend::vm_dir::sweep_stale_in_temp();
@@ -151,15 +151,24 @@ fn from_job(args: &ShellArgs, path: &Path) -> anyhow::Result<Setup> {
             "--workspace is for a shell without a pipeline; a job copies its own `files`"
         );
     }
-    let name = args.job.as_deref().unwrap_or_default();
     let pipeline = Pipeline::load(path)?;
     let plan = Plan::new(&pipeline);
-    let Some(job) = plan.job(name) else {
+    let names = || {
         let names: Vec<&str> = plan.jobs.iter().map(|j| j.name.as_str()).collect();
+        names.join(", ")
+    };
+    let Some(name) = args.job.as_deref() else {
+        anyhow::bail!(
+            "runner shell {} JOB: name the job; the jobs are: {}",
+            path.display(),
+            names()
+        );
+    };
+    let Some(job) = plan.job(name) else {
         anyhow::bail!(
             "{}: no job `{name}`; the jobs are: {}",
             path.display(),
-            names.join(", ")
+            names()
         );
     };
     let collected = if args.allow_host_files {
