@@ -95,6 +95,7 @@ fn start(req: &ExecRequest) -> Result<Running, SpawnError> {
         stdin: child_stdin,
         stdout: out_w,
         stderr: err_w,
+        controlling_terminal: false,
     };
     let child = spawn(&prepared, stdio)?;
     Ok(Running {

@@ -1,7 +1,7 @@
 //! The in-guest agent of the runner.
 //!
 //! It serves the [`agent_protocol`] on every accepted connection: runs
-//! commands with streamed output, unpacks and packs tar streams, answers
+//! commands with streamed output, gives interactive shells a pty, unpacks and packs tar streams, answers
 //! pings and powers the guest off. When it is PID 1 it also does the little
 //! an init must do (mounts, hostname, loopback, reaping orphans).
 //!
@@ -34,6 +34,7 @@ mod put_files;
 pub mod reaper;
 mod safe_path;
 mod server;
+mod shell;
 mod spawn;
 
 pub use server::{serve_connection, ConnectionEnd};

@@ -15,7 +15,7 @@ use agent_protocol::{
 
 use crate::conn::Conn;
 use crate::exec::{self, describe, ExecAbort};
-use crate::{get_files, pid1, put_files};
+use crate::{get_files, pid1, put_files, shell};
 
 /// How long `ShuttingDown` may take to reach the host before the guest
 /// powers off. Without this wait a reset can overtake the frame while it is
@@ -120,6 +120,7 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
         };
         match request {
             Message::Exec(req) => exec::run(conn, &req)?,
+            Message::Shell(req) => shell::run(conn, &req)?,
             Message::PutFiles { target } => put(conn, &target)?,
             Message::GetFiles { base, patterns } => get(conn, &base, &patterns)?,
             Message::Ping { nonce } => send(
@@ -134,8 +135,8 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                 conn.finish_sending(SHUTDOWN_LINGER);
                 return Ok(ConnectionEnd::Shutdown);
             }
-            // Late messages for a command that has already finished.
-            Message::Cancel | Message::StdinEof => {}
+            // Late messages for a command or shell that has already finished.
+            Message::Cancel | Message::StdinEof | Message::Resize(_) => {}
             other => send_error(
                 conn,
                 format!("unexpected request {}", describe(&Frame::Control(other))),

@@ -162,6 +162,10 @@ pub struct ChildStdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Make stdin (a pty slave) the child's controlling terminal, so that
+    /// its line discipline sends it SIGINT, SIGTSTP and SIGWINCH and job
+    /// control works.
+    pub controlling_terminal: bool,
 }
 
 const STAGE_SETUP: u8 = 0;
@@ -187,13 +191,14 @@ pub fn spawn(prep: &Prepared, stdio: ChildStdio) -> Result<Registration, SpawnEr
         stdio.stderr.as_raw_fd(),
     ];
     let err_fd = err_write.as_raw_fd();
+    let controlling_terminal = stdio.controlling_terminal;
     let mut registration = reaper::global()
         .spawn(|| {
             // SAFETY: the child only calls async-signal-safe functions on
             // memory prepared before the fork, then execs or _exits.
             match unsafe { libc::fork() } {
                 -1 => Err(io::Error::last_os_error()),
-                0 => unsafe { exec_child(prep, &argv, &envp, fds, err_fd) },
+                0 => unsafe { exec_child(prep, &argv, &envp, fds, controlling_terminal, err_fd) },
                 pid => Ok(pid),
             }
         })
@@ -243,6 +248,7 @@ unsafe fn exec_child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     fds: [RawFd; 3],
+    controlling_terminal: bool,
     err_fd: RawFd,
 ) -> ! {
     libc::setsid();
@@ -270,6 +276,11 @@ unsafe fn exec_child(
         if libc::dup2(*fd, target as RawFd) < 0 {
             child_fail(err_fd, STAGE_SETUP);
         }
+    }
+    // A session leader without a controlling terminal acquires one with
+    // TIOCSCTTY; setsid above made us one.
+    if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+        child_fail(err_fd, STAGE_SETUP);
     }
     if libc::chdir(prep.cwd.as_ptr()) < 0 {
         child_fail(err_fd, STAGE_CHDIR);

@@ -1,16 +1,18 @@
-//! Ctrl-C and SIGTERM: stop everything that is running, then let the normal
-//! error path unwind so that every `Drop` (VM teardown, temp directories,
-//! report files) runs.
+//! Ctrl-C, SIGTERM and SIGHUP (the terminal closed): stop everything that
+//! is running, then let the normal error path unwind so that every `Drop`
+//! (VM teardown, temp directories, report files, a terminal in raw mode)
+//! runs.
 //!
 //! Blocking calls (reading from a guest, waiting for a boot) cannot be woken
 //! by a flag alone, so running VMs register a closure that breaks them out:
 //! it kills their processes and shuts their sockets down.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 type Hook = Box<dyn Fn() + Send + Sync>;
@@ -23,9 +25,9 @@ fn hooks() -> &'static Mutex<HashMap<u64, Hook>> {
     HOOKS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Starts the thread that turns SIGINT/SIGTERM into [`trigger`].
+/// Starts the thread that turns SIGINT/SIGTERM/SIGHUP into [`trigger`].
 pub fn install() -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -34,7 +36,9 @@ pub fn install() -> std::io::Result<()> {
                     // A second Ctrl-C while tearing down: the user means it.
                     std::process::exit(128 + sig);
                 }
-                eprintln!("runner: interrupted, stopping VMs...");
+                // Not eprintln!: after SIGHUP the terminal may be gone, and
+                // a failed write must not panic this thread.
+                let _ = writeln!(std::io::stderr(), "runner: interrupted, stopping VMs...");
                 trigger();
             }
         })?;

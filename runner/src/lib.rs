@@ -19,4 +19,5 @@ pub mod results;
 pub mod scheduler;
 pub mod session;
 pub mod shard;
+pub mod terminal;
 pub mod test_reports;

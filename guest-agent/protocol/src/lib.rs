@@ -47,6 +47,7 @@ pub const CAPABILITIES: &[&str] = &[
     "get-files",
     "ping",
     "shutdown",
+    "shell",
 ];
 
 /// The byte streams that travel in data frames.
@@ -139,6 +140,41 @@ pub enum Message {
     Error {
         message: String,
     },
+    /// Host → agent: start an interactive shell on a new pseudo-terminal.
+    /// The host sends what the user types as `Stdin` data frames and
+    /// [`Message::Resize`] when its window changes; the agent streams the
+    /// terminal's output as `Stdout` data frames (a terminal has one output
+    /// stream) and ends with [`Message::Exited`]. [`Message::StdinEof`]
+    /// hangs the terminal up (the user's terminal went away).
+    Shell(ShellRequest),
+    /// Host → agent: the user's window is now this size. Sets the shell's
+    /// terminal size, so its foreground programs get SIGWINCH.
+    Resize(WindowSize),
+}
+
+/// An interactive shell, and the terminal it starts with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShellRequest {
+    /// The shell and its arguments; `/bin/sh` when empty.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// Added to (or overriding) the agent's base environment; `TERM`
+    /// should be the user's.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory; `/` when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// The terminal's initial size.
+    #[serde(default)]
+    pub size: WindowSize,
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// What to run, and how.

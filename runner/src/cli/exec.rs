@@ -11,7 +11,7 @@ use crate::backend::wait_for_agent;
 use crate::session::SessionError;
 
 /// Exit code when the VM, not the command, failed.
-const VM_FAILED: i32 = 125;
+pub(super) const VM_FAILED: i32 = 125;
 /// Exit code when the command ran out of time, as `timeout(1)` has it.
 const TIMED_OUT: i32 = 124;
 /// `--timeout` when none is given: a forgotten `sleep` or a guest that
@@ -149,7 +149,7 @@ fn request(args: &ExecArgs) -> anyhow::Result<ExecRequest> {
 
 /// The command's own code; like a shell, 128+N for death by signal N, and
 /// like `timeout(1)`, 124 when it ran out of time.
-fn exit_code(status: &agent_protocol::ExitStatus) -> i32 {
+pub(super) fn exit_code(status: &agent_protocol::ExitStatus) -> i32 {
     if status.timed_out {
         return TIMED_OUT;
     }

@@ -6,6 +6,7 @@ mod image;
 mod listing;
 mod out_dir;
 mod report;
+mod shell;
 mod test;
 
 use std::time::Duration;
@@ -31,6 +32,9 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Run a pipeline: one fresh VM per job, JUnit and a console report.
     Test(test::TestArgs),
+    /// An interactive shell in a fresh VM (or in a pipeline job's VM),
+    /// destroyed when the shell exits; exits with the shell's exit code.
+    Shell(shell::ShellArgs),
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
         Command::Test(args) => test::run(args),
+        Command::Shell(args) => shell::run(args),
         Command::Report(cmd) => report::run(cmd),
         Command::Doctor => doctor::run(),
         Command::VmProcess => Ok(crate::backend::vm_process::child::main()),

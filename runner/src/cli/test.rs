@@ -4,6 +4,7 @@
 //! a test failed, 2 for usage or configuration errors, 130 after Ctrl-C.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +88,11 @@ pub struct TestArgs {
     /// stdout per event instead (docs/events.md); nothing else on stdout.
     #[arg(long, value_enum, default_value = "human")]
     message_format: MessageFormat,
+    /// When a step fails, open a shell in its VM (at the step's workdir,
+    /// with its env) before the VM is destroyed; one at a time. Needs a
+    /// terminal; refused in CI.
+    #[arg(long)]
+    debug_on_failure: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -116,8 +122,11 @@ pub fn parse_log_limit(text: &str) -> Result<LogLimit, String> {
 }
 
 pub fn run(args: TestArgs) -> Result<i32, Failure> {
-    crate::backend::vm_dir::sweep_stale_in_temp();
     let config = |e: anyhow::Error| Failure::new(2, e);
+    if args.debug_on_failure {
+        debug_allowed(&args, |name| std::env::var(name).ok()).map_err(config)?;
+    }
+    crate::backend::vm_dir::sweep_stale_in_temp();
     let pipeline = Pipeline::load(&args.pipeline).map_err(|e| config(e.into()))?;
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
@@ -154,6 +163,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
             max_entries: args.artifacts_max_files,
         },
         allow_host_files: args.allow_host_files,
+        debug_on_failure: args.debug_on_failure,
     };
     let observer: Box<dyn RunObserver> = match args.message_format {
         MessageFormat::Human => Box::new(ConsoleReporter::stdout()),
@@ -176,6 +186,30 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the JUnit report")))?;
     eprintln!("runner: JUnit report in {}", junit_path.display());
     Ok(results.exit_code())
+}
+
+/// `--debug-on-failure` needs a person at a terminal: a terminal on stdin
+/// and stdout, not CI, and the console rather than JSON on stdout.
+fn debug_allowed(args: &TestArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let ci =
+        env("CI").is_some_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"));
+    let terminal = crate::terminal::stdin_is_terminal() && std::io::stdout().is_terminal();
+    if ci || !terminal {
+        let why = if ci {
+            "CI is set"
+        } else {
+            "stdin or stdout is not a terminal"
+        };
+        anyhow::bail!(
+            "--debug-on-failure needs a person at a terminal ({why}); leave it out in CI"
+        );
+    }
+    if args.message_format == MessageFormat::Json {
+        anyhow::bail!(
+            "--debug-on-failure needs the console; it cannot go with --message-format json"
+        );
+    }
+    Ok(())
 }
 
 /// The plan's share for `--shard` (or GitLab's CI_NODE_INDEX/TOTAL);

@@ -28,6 +28,8 @@ use crate::plan::{Plan, PlannedJob, PlannedStep};
 use crate::results::{CaseKind, JobOutcome, JobResult, Output, RunResults, StepResult, StepStatus};
 
 // The end-of-run block for the guest's own test reports.
+#[path = "console_lending.rs"]
+mod lending;
 #[path = "console_reports.rs"]
 mod reports_block;
 
@@ -107,6 +109,7 @@ pub struct ConsoleReporter {
     out: Mutex<Box<dyn Write + Send>>,
     multi: Option<MultiProgress>,
     jobs: Mutex<Jobs>,
+    lending: lending::Lending,
 }
 
 impl ConsoleReporter {
@@ -134,11 +137,15 @@ impl ConsoleReporter {
             out: Mutex::new(out),
             multi,
             jobs: Mutex::new(Jobs::default()),
+            lending: lending::Lending::default(),
         }
     }
 
     /// Writes lines above the spinners (hiding them meanwhile).
     fn emit(&self, lines: &[String]) {
+        if self.lending.hold(lines) {
+            return;
+        }
         let write = || {
             let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
             for line in lines {
@@ -567,6 +574,10 @@ impl RunObserver for ConsoleReporter {
             .sections
             .finish(&job.name, result.failed(), now, header);
         self.emit(&lines);
+    }
+
+    fn on_terminal_lent(&self, lent: bool) {
+        self.lend_terminal(lent);
     }
 
     fn finish(&self, results: &RunResults) {

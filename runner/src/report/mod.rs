@@ -48,6 +48,10 @@ pub trait RunObserver: Send + Sync {
     }
     fn on_step_finished(&self, _job: &PlannedJob, _step: &PlannedStep, _result: &StepResult) {}
     fn on_job_finished(&self, _job: &PlannedJob, _result: &JobResult) {}
+    /// A debug shell takes the terminal over (`lent`) or gives it back
+    /// (`runner test --debug-on-failure`). A console stops drawing
+    /// meanwhile; the other jobs run on.
+    fn on_terminal_lent(&self, _lent: bool) {}
     /// The run is over; print or write the final report.
     fn finish(&self, _results: &RunResults) {}
 }

@@ -166,6 +166,12 @@ fn run_in_vm(
                 result,
             );
         }
+        if !session_lost {
+            if let Some(failed) = result.steps.last() {
+                let attempt = result.attempt;
+                super::debug::after_step(job, step, failed, attempt, &mut session, &log, ctx);
+            }
+        }
         if session_lost {
             // Without an agent nothing else can run or be collected.
             let message = format!("lost the guest agent during `{}`", step.name);

@@ -3,6 +3,7 @@
 //! queue. Results come back in plan order whatever order jobs finish in.
 
 mod budget;
+mod debug;
 mod job;
 mod reports;
 mod retry;
@@ -43,6 +44,9 @@ pub struct Options {
     pub artifact_limits: ArtifactLimits,
     /// `files` may copy any host path, not only the workspace's.
     pub allow_host_files: bool,
+    /// Open a shell in the VM of a failed step (`--debug-on-failure`);
+    /// only with a terminal.
+    pub debug_on_failure: bool,
 }
 
 /// Everything a job needs from the run around it.

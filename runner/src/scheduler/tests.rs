@@ -104,6 +104,7 @@ fn run_fake(yaml: &str, backend: FakeBackend, out: &Path) -> RunResults {
         log_limit: None,
         artifact_limits: Default::default(),
         allow_host_files: false,
+        debug_on_failure: false,
     };
     run(&plan, &backend, &images, &Quiet, &options)
 }

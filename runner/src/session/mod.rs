@@ -11,11 +11,13 @@
 
 mod deadline;
 mod files;
+mod shell;
 mod tar_framing;
 // pub(crate) for the fuzz entry point in `crate::fuzzing`.
 pub(crate) mod unpack;
 
 pub use files::FileEntry;
+pub use shell::ShellControl;
 pub use unpack::{
     ArtifactBudget, ArtifactLimits, Refusal, UnpackError, Unpacked, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRIES,
@@ -109,6 +111,8 @@ pub struct AgentSession {
     reader: UnixStream,
     writer: SharedWriter,
     agent: String,
+    /// What the agent offered in its `Hello`.
+    capabilities: Vec<String>,
     /// Nothing on this session may go on past this (see [`Self::set_deadline`]).
     deadline: Option<Instant>,
 }
@@ -133,6 +137,7 @@ impl AgentSession {
             reader: stream,
             writer,
             agent: String::new(),
+            capabilities: Vec::new(),
             deadline: None,
         };
         session.send(Message::Hello {
@@ -144,8 +149,11 @@ impl AgentSession {
             Message::Hello {
                 version: PROTOCOL_VERSION,
                 who,
-                ..
-            } => session.agent = who,
+                capabilities,
+            } => {
+                session.agent = who;
+                session.capabilities = capabilities;
+            }
             Message::Hello { version, .. } => {
                 return Err(SessionError::Incompatible(format!(
                     "agent speaks version {version}, runner speaks {PROTOCOL_VERSION}; rebuild the rootfs"
@@ -171,6 +179,11 @@ impl AgentSession {
     /// with [`SessionError::Deadline`]. `None` lifts the bound.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+    }
+
+    /// The bound set with [`Self::set_deadline`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Runs a command, feeding `stdin` to it if given and passing every chunk
