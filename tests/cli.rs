@@ -94,6 +94,15 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_one_clean_line(&out);
+
+    // The OS error is said once, not once per error in anyhow's chain.
+    let out = runner(tmp.path(), &["test", "missing.yml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_clean_line(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     assert_no_leftovers(tmp.path());
 }
 

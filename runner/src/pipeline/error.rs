@@ -19,11 +19,12 @@ const MESSAGE_TAG: char = '\u{1f}';
 /// An invalid or unreadable pipeline file.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("{path}: cannot read pipeline file: {source}")]
+    #[error("{path}: cannot read pipeline file: {cause}")]
     Read {
         path: String,
-        #[source]
-        source: std::io::Error,
+        // Not `source`: the message already says it, and anyhow would print
+        // it twice.
+        cause: std::io::Error,
     },
     #[error("{file}:{line}:{column}: {message}")]
     Invalid {
@@ -47,7 +48,7 @@ impl PipelineError {
     pub fn message(&self) -> String {
         match self {
             PipelineError::Invalid { message, .. } => message.clone(),
-            PipelineError::Read { source, .. } => source.to_string(),
+            PipelineError::Read { cause, .. } => cause.to_string(),
         }
     }
 

@@ -61,11 +61,11 @@ pub enum FilesError {
     BadPattern { pattern: String, message: String },
     #[error("files: cannot read `{path}`: {message}")]
     Read { path: String, message: String },
-    #[error("files: writing the tar stream failed at `{path}`: {source}")]
+    #[error("files: writing the tar stream failed at `{path}`: {cause}")]
     Tar {
         path: String,
-        #[source]
-        source: std::io::Error,
+        // Not `source`: the message says it (anyhow would print it twice).
+        cause: std::io::Error,
     },
 }
 
@@ -246,9 +246,9 @@ pub fn write_tar<W: Write>(files: &[CollectedFile], out: W) -> Result<TarSummary
         if name.is_empty() {
             continue; // the guest's `/` itself exists already
         }
-        let tar_error = |source| FilesError::Tar {
+        let tar_error = |cause| FilesError::Tar {
             path: file.host.display().to_string(),
-            source,
+            cause,
         };
         builder
             .append_path_with_name(&file.host, name)
@@ -261,9 +261,9 @@ pub fn write_tar<W: Write>(files: &[CollectedFile], out: W) -> Result<TarSummary
     builder
         .into_inner()
         .and_then(|mut out| out.flush())
-        .map_err(|source| FilesError::Tar {
+        .map_err(|cause| FilesError::Tar {
             path: "<end of archive>".to_string(),
-            source,
+            cause,
         })?;
     Ok(summary)
 }

@@ -202,9 +202,9 @@ impl Pipeline {
     /// tree containing the file, or the file's directory.
     pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
         let shown = path.display().to_string();
-        let read_error = |source| PipelineError::Read {
+        let read_error = |cause| PipelineError::Read {
             path: shown.clone(),
-            source,
+            cause,
         };
         let source = std::fs::read_to_string(path).map_err(read_error)?;
         let absolute = path.canonicalize().map_err(read_error)?;

@@ -54,11 +54,11 @@ impl Default for JunitOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JunitError {
-    #[error("cannot write JUnit report {}: {source}", path.display())]
+    #[error("cannot write JUnit report {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not `source`: the message says it (anyhow would print it twice).
+        cause: std::io::Error,
     },
     #[error("cannot serialise JUnit report: {0}")]
     Serialize(#[from] quick_junit::SerializeError),
@@ -117,9 +117,9 @@ pub fn write(results: &RunResults, path: &Path, options: &JunitOptions) -> Resul
 
 /// Writes `xml` to `path` atomically, as [`write`] does.
 pub fn write_xml(xml: &str, path: &Path) -> Result<(), JunitError> {
-    let io_error = |source| JunitError::Io {
+    let io_error = |cause| JunitError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

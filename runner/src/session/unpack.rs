@@ -134,11 +134,11 @@ pub enum UnpackError {
     #[error("bad tar stream: {0}")]
     Stream(io::Error),
     /// The host could not write (disk full, permissions).
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}: {cause}", path.display())]
     Write {
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        // Not `source`: the message says it (anyhow would print it twice).
+        cause: io::Error,
     },
 }
 
@@ -432,10 +432,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Failure> {
         .map_err(|e| write_error(path, e).into())
 }
 
-fn write_error(path: &Path, source: io::Error) -> UnpackError {
+fn write_error(path: &Path, cause: io::Error) -> UnpackError {
     UnpackError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
