@@ -1,0 +1,96 @@
+//! Loading a page in real headless Chromium (Debian's `chromium`) and
+//! reading the DOM its scripts built, for the HTML report's tests and
+//! benchmark.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Chromium gets this long to load a page; a hung browser fails the test
+/// instead of hanging it.
+const LOAD_LIMIT: Duration = Duration::from_secs(180);
+
+/// The DOM of `page` after its scripts ran (`--dump-dom`), and how long
+/// Chromium took from start to exit.
+pub fn dump_dom(page: &Path) -> (String, Duration) {
+    let chromium = crate::require_tool("chromium", "chromium");
+    let profile = tempfile::tempdir().unwrap();
+    let page = page.canonicalize().unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args(["--disable-extensions", "--disable-background-networking"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read while it runs: a large DOM would fill the pipe and stall it.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut dom = String::new();
+        stdout.read_to_string(&mut dom).map(|_| dom)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > LOAD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium did not load {} within {LOAD_LIMIT:?}",
+                page.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let dom = reader.join().unwrap().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .ok();
+    assert!(status.success(), "chromium failed ({status}): {stderr}");
+    assert!(!dom.is_empty(), "chromium printed no DOM: {stderr}");
+    (dom, took)
+}
+
+/// Text of serialised HTML back as it reads (the entities Chromium writes
+/// in text nodes and attributes).
+pub fn unescape(html: &str) -> String {
+    html.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&nbsp;", "\u{a0}")
+        .replace("&amp;", "&")
+}
+
+/// The inner HTML of every element that starts with `open` (e.g.
+/// `<pre class="output">`) and ends at the next `</tag>`: fine for
+/// elements that hold only text.
+pub fn texts_of(dom: &str, open: &str) -> Vec<String> {
+    let tag = open[1..].split([' ', '>']).next().unwrap();
+    let close = format!("</{tag}>");
+    let mut found = Vec::new();
+    let mut rest = dom;
+    while let Some(at) = rest.find(open) {
+        rest = &rest[at + open.len()..];
+        let end = rest.find(&close).unwrap_or(rest.len());
+        found.push(unescape(&rest[..end]));
+        rest = &rest[end..];
+    }
+    found
+}
