@@ -14,6 +14,11 @@ const LOAD_LIMIT: Duration = Duration::from_secs(180);
 /// The DOM of `page` after its scripts ran (`--dump-dom`), and how long
 /// Chromium took from start to exit.
 pub fn dump_dom(page: &Path) -> (String, Duration) {
+    dump_dom_at(page, "")
+}
+
+/// As [`dump_dom`], with `fragment` (`#…`) added to the page's address.
+pub fn dump_dom_at(page: &Path, fragment: &str) -> (String, Duration) {
     let chromium = crate::require_tool("chromium", "chromium");
     let profile = tempfile::tempdir().unwrap();
     let page = page.canonicalize().unwrap();
@@ -28,7 +33,7 @@ pub fn dump_dom(page: &Path) -> (String, Duration) {
         .args(["--disable-extensions", "--disable-background-networking"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
-        .arg(format!("file://{}", page.display()))
+        .arg(format!("file://{}{fragment}", page.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use e2e_tests::chromium::{dump_dom, texts_of, unescape};
+use e2e_tests::chromium::{dump_dom, dump_dom_at, texts_of, unescape};
 use e2e_tests::runner_test;
 use runner::results::{
     Attempt, ExitStatus, JobOutcome, JobResult, Output, Phase, PhaseKind, RunResults, StepResult,
@@ -117,7 +117,7 @@ fn a_real_run_s_report_renders_in_chromium() {
     assert_eq!(dom.matches(r#"class="bar k-step s-passed""#).count(), 1);
     assert_eq!(dom.matches(r#"class="bar k-step s-failed""#).count(), 1);
     assert!(dom.contains(r#"title="compare: failed, "#), "{dom}");
-    // The status filters, with counts.
+    // The status filters, all on.
     for status in [
         "failed",
         "error",
@@ -126,8 +126,18 @@ fn a_real_run_s_report_renders_in_chromium() {
         "passed",
         "skipped",
     ] {
-        assert!(dom.contains(&format!(r#"value="{status}""#)), "{status}");
+        let checkbox = format!(r#"type="checkbox" value="{status}""#);
+        assert!(dom.contains(&checkbox), "{status}");
     }
+    assert!(dom.contains("(2 of 2)"));
+
+    // Filtered to failures through the address: the passing job is hidden.
+    let (dom, _) = dump_dom_at(&report, "#status=failed");
+    rendered(&dom);
+    let good = r#"<div class="job" data-status="passed" data-index="0" hidden="">"#;
+    assert!(dom.contains(good), "{dom}");
+    assert!(dom.contains(r#"<div class="job" data-status="failed" data-index="1">"#));
+    assert!(dom.contains("(1 of 2)"));
 }
 
 fn step(name: &str, status: StepStatus, stdout: &[u8], stderr: &[u8]) -> StepResult {
