@@ -12,27 +12,41 @@ use std::time::{Duration, Instant};
 const LOAD_LIMIT: Duration = Duration::from_secs(180);
 
 /// The DOM of `page` after its scripts ran (`--dump-dom`), and how long
-/// Chromium took from start to exit.
+/// Chromium took from start to exit (which includes printing the DOM).
 pub fn dump_dom(page: &Path) -> (String, Duration) {
     dump_dom_at(page, "")
 }
 
 /// As [`dump_dom`], with `fragment` (`#…`) added to the page's address.
 pub fn dump_dom_at(page: &Path, fragment: &str) -> (String, Duration) {
+    let (dom, took) = run(page, fragment, "--dump-dom");
+    assert!(!dom.is_empty(), "chromium printed no DOM");
+    (dom, took)
+}
+
+/// How long Chromium takes from start until it has drawn `page` into a
+/// screenshot (`--screenshot`, the window's first screenful) and exited.
+pub fn screenshot(page: &Path, png: &Path) -> Duration {
+    let _ = std::fs::remove_file(png);
+    let (_, took) = run(page, "", &format!("--screenshot={}", png.display()));
+    assert!(png.is_file(), "chromium wrote no screenshot");
+    took
+}
+
+/// Runs headless Chromium on `page` with `action`; its stdout and how long
+/// it took from start to exit.
+fn run(page: &Path, fragment: &str, action: &str) -> (String, Duration) {
     let chromium = crate::require_tool("chromium", "chromium");
     let profile = tempfile::tempdir().unwrap();
     let page = page.canonicalize().unwrap();
     let started = Instant::now();
     let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
-        .args(["--disable-extensions", "--disable-background-networking"])
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .args(["--no-first-run", "--disable-extensions"])
+        .arg("--disable-background-networking")
+        .arg("--window-size=1280,900")
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
+        .arg(action)
         .arg(format!("file://{}{fragment}", page.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -69,7 +83,6 @@ pub fn dump_dom_at(page: &Path, fragment: &str) -> (String, Duration) {
         .read_to_string(&mut stderr)
         .ok();
     assert!(status.success(), "chromium failed ({status}): {stderr}");
-    assert!(!dom.is_empty(), "chromium printed no DOM: {stderr}");
     (dom, took)
 }
 
