@@ -127,7 +127,7 @@ pub fn build(results: &RunResults) -> Report {
     }
     if budget.left_out > 0 {
         notes.push(format!(
-            "the output of {} failures is not shown: the report keeps at most {} MiB of \
+            "{} outputs of failures are not shown: the report keeps at most {} MiB of \
              output; the job logs have all of it",
             budget.left_out,
             TOTAL_BUDGET >> 20
@@ -136,7 +136,7 @@ pub fn build(results: &RunResults) -> Report {
     let started: chrono::DateTime<chrono::Utc> = results.started.into();
     Report {
         pipeline: clean_text(&results.pipeline_name),
-        path: results.pipeline_path.display().to_string(),
+        path: clean_text(&results.pipeline_path.display().to_string()),
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         wall: secs(results.wall),
         summary: results.summary_line(),
@@ -262,7 +262,10 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
         steps,
         tests,
         notes,
-        log: result.log_path.as_ref().map(|p| p.display().to_string()),
+        log: result
+            .log_path
+            .as_ref()
+            .map(|p| clean_text(&p.display().to_string())),
     }
 }
 

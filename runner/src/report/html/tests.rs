@@ -245,3 +245,32 @@ fn the_report_is_written_atomically() {
         "{err}"
     );
 }
+
+#[test]
+fn a_capture_s_head_and_tail_are_cut_again_to_the_report_s_share() {
+    // What the capture keeps of 10 MB with a 64 KiB limit.
+    let output = Output {
+        head: [b"HEAD\n".as_slice(), &[b'h'; 32 << 10]].concat(),
+        tail: [&[b't'; 32 << 10], b"\nTAIL\n".as_slice()].concat(),
+        total_bytes: 10 << 20,
+        truncated: true,
+        log_path: Some(PathBuf::from("logs/a.log")),
+    };
+    let text = excerpt::excerpt(&output, 16 << 10, output.log_path.as_deref());
+    assert!(text.len() <= 16 << 10, "{}", text.len());
+    assert!(text.starts_with("HEAD\nhhh"));
+    assert!(text.ends_with("ttt\nTAIL\n"));
+    let marker = text.lines().find(|l| l.starts_with("[... ")).unwrap();
+    let omitted: u64 = marker[5..].split(' ').next().unwrap().parse().unwrap();
+    let shown = text.len() - marker.len() - 2; // the marker's line and the line end before it
+    assert_eq!(omitted + shown as u64, 10 << 20);
+    assert!(marker.ends_with("full output in logs/a.log ...]"));
+}
+
+#[test]
+fn multi_byte_characters_are_not_split_at_a_cut() {
+    let text: String = std::iter::repeat_n("é✓", 20_000).collect();
+    let cut = excerpt::excerpt(&Output::from_bytes(text.as_bytes()), 4096, None);
+    assert!(!cut.contains('\u{fffd}'), "a character was split");
+    assert!(cut.len() <= 4096);
+}
