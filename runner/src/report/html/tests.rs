@@ -274,3 +274,44 @@ fn multi_byte_characters_are_not_split_at_a_cut() {
     assert!(!cut.contains('\u{fffd}'), "a character was split");
     assert!(cut.len() <= 4096);
 }
+
+#[test]
+fn failing_tests_of_the_guest_s_reports_are_failures_too() {
+    use crate::results::{ImportedCase, ImportedResult, Problem};
+    let mut job = job(
+        "unit",
+        JobOutcome::Passed,
+        vec![step("pytest", StepStatus::Passed)],
+    );
+    for i in 0..60 {
+        let mut case = ImportedCase::new(format!("test_{i}"));
+        case.classname = Some("tests.test_math".into());
+        case.file = Some("tests/test_math.py".into());
+        case.line = Some(12);
+        case.result = ImportedResult::Failed(Problem {
+            message: "assert 41 == 42".into(),
+            kind: "AssertionError".into(),
+            body: Output::from_bytes(b"\x1b[31mTraceback\x1b[0m (most recent call last)\n"),
+        });
+        job.test_reports.cases.push(case);
+    }
+    let data = data(&render(&run(vec![job])).unwrap());
+    assert_eq!(data["jobs"][0]["status"], "failed");
+    assert_eq!(data["jobs"][0]["tests"], serde_json::json!([0, 60, 0]));
+    let failures = data["failures"].as_array().unwrap();
+    // 50 listed one by one, then a line for the rest.
+    assert_eq!(failures.len(), 51);
+    assert_eq!(failures[0]["title"], "unit › tests.test_math::test_0");
+    assert_eq!(
+        failures[0]["message"],
+        "failed: assert 41 == 42 (tests/test_math.py:12)"
+    );
+    assert_eq!(
+        failures[0]["outputs"],
+        serde_json::json!([["trace", "Traceback (most recent call last)\n"]])
+    );
+    assert_eq!(
+        failures[50]["message"],
+        "10 more failing tests; the JUnit file lists them all"
+    );
+}
