@@ -5,6 +5,8 @@
 //! sets them); otherwise the named defaults are built on first use, exactly
 //! as `runner` itself would.
 
+pub mod chromium;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;

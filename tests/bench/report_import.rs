@@ -105,6 +105,7 @@ fn results(test_reports: TestReports) -> RunResults {
         test_reports,
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
+        timeline: Vec::new(),
     };
     RunResults {
         pipeline_name: "bench".into(),

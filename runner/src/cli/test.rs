@@ -1,4 +1,5 @@
-//! `runner test`: a pipeline file → one fresh VM per job → JUnit + console.
+//! `runner test`: a pipeline file → one fresh VM per job → JUnit, an HTML
+//! report and the console.
 //!
 //! Exit codes: 0 when everything passed (allowed failures excepted), 1 when
 //! a test failed, 2 for usage or configuration errors, 130 after Ctrl-C.
@@ -15,6 +16,7 @@ use crate::images::Images;
 use crate::pipeline::{host_scope, Pipeline};
 use crate::plan::Plan;
 use crate::report::events::{self, JsonEvents};
+use crate::report::html;
 use crate::report::junit::{self, JunitOptions};
 use crate::report::{ConsoleReporter, RunObserver};
 use crate::results::DEFAULT_OUTPUT_LIMIT;
@@ -37,12 +39,16 @@ pub struct TestArgs {
     /// Start no new job once one has failed.
     #[arg(long)]
     fail_fast: bool,
-    /// Where job logs, artifacts and (by default) the JUnit file go.
+    /// Where job logs, artifacts and (by default) the JUnit and HTML reports go.
     #[arg(long, default_value = "runner-out")]
     out: PathBuf,
     /// The JUnit XML file (default: <out>/junit.xml).
     #[arg(long)]
     junit: Option<PathBuf>,
+    /// The HTML report: a timeline of every job's VM, failures with their
+    /// output, filters by status; one file (default: <out>/report.html).
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Bytes of each step's stdout and stderr kept for the reports; the job
     /// log always has everything.
     #[arg(long, default_value_t = DEFAULT_OUTPUT_LIMIT)]
@@ -185,6 +191,10 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     junit::write(&results, &junit_path, &junit_options)
         .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the JUnit report")))?;
     eprintln!("runner: JUnit report in {}", junit_path.display());
+    let html_path = args.html.unwrap_or_else(|| args.out.join(html::FILE_NAME));
+    html::write(&results, &html_path)
+        .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the HTML report")))?;
+    eprintln!("runner: HTML report in {}", html_path.display());
     Ok(results.exit_code())
 }
 

@@ -15,8 +15,6 @@
 //! tabs travel through it as a private-use placeholder that is turned back
 //! into `\t` after serialising (see [`TAB_PLACEHOLDER`]).
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -117,27 +115,10 @@ pub fn write(results: &RunResults, path: &Path, options: &JunitOptions) -> Resul
 
 /// Writes `xml` to `path` atomically, as [`write`] does.
 pub fn write_xml(xml: &str, path: &Path) -> Result<(), JunitError> {
-    let io_error = |cause| JunitError::Io {
+    super::write_atomically(xml.as_bytes(), path, ".junit-").map_err(|cause| JunitError::Io {
         path: path.to_path_buf(),
         cause,
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(io_error)?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".junit-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_error)?;
-    file.write_all(xml.as_bytes()).map_err(io_error)?;
-    file.as_file().sync_all().map_err(io_error)?;
-    // Temporary files are private; a report is for everyone to read.
-    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644))
-        .map_err(io_error)?;
-    file.persist(path).map_err(|err| io_error(err.error))?;
-    Ok(())
+    })
 }
 
 fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {

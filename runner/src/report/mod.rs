@@ -1,4 +1,5 @@
-//! Reporters: the JUnit file for CI systems and the console for people.
+//! Reporters: the JUnit file for CI systems, the console and a one-file
+//! HTML report (html/) for people.
 //!
 //! Both read [`crate::results::RunResults`]; the console also listens to
 //! live events through [`RunObserver`] while the run is going.
@@ -6,6 +7,7 @@
 pub mod console;
 pub mod events;
 mod gitlab_sections;
+pub mod html;
 pub mod junit;
 mod junit_imported;
 mod junit_reruns;
@@ -13,6 +15,9 @@ mod live_lines;
 pub mod merge;
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 pub use console::{ConsoleMode, ConsoleOptions, ConsoleReporter};
 pub use junit::{JunitError, JunitOptions};
@@ -91,6 +96,28 @@ pub fn clean_text(text: &str) -> String {
             !matches!(c, '\u{fffe}' | '\u{ffff}') && (!c.is_control() || matches!(c, '\t' | '\n'))
         })
         .collect()
+}
+
+/// Writes `contents` to `path` atomically: a temporary file (named
+/// `<prefix>….tmp`) in the same directory, synced, then renamed over
+/// `path`. A crash leaves either the old file or the new one, never half
+/// of one.
+pub(crate) fn write_atomically(contents: &[u8], path: &Path, prefix: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    file.write_all(contents)?;
+    file.as_file().sync_all()?;
+    // Temporary files are private; a report is for everyone to read.
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644))?;
+    file.persist(path).map_err(|err| err.error)?;
+    Ok(())
 }
 
 /// `last line` or `last 12 lines`.

@@ -8,6 +8,7 @@
 
 mod capture;
 mod imported;
+mod timeline;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime};
 pub use agent_protocol::ExitStatus;
 pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
 pub use imported::{ImportedCase, ImportedResult, Problem, TestReports};
+pub use timeline::{Phase, PhaseKind};
 
 use crate::pipeline::format_duration;
 use crate::plan::PlannedJob;
@@ -59,6 +61,8 @@ pub struct JobResult {
     pub attempt: Attempt,
     /// Earlier attempts that failed, oldest first; empty without retries.
     pub earlier_attempts: Vec<JobResult>,
+    /// Where the VM's time went, in order; empty when no VM was started.
+    pub timeline: Vec<Phase>,
 }
 
 /// Attempt `number` of at most `of` (1 + `retry`).
@@ -315,6 +319,7 @@ impl JobResult {
             test_reports: TestReports::default(),
             attempt: Attempt::first(job.retry),
             earlier_attempts: Vec::new(),
+            timeline: Vec::new(),
         }
     }
 

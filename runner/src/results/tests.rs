@@ -40,6 +40,7 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         test_reports: TestReports::default(),
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
+        timeline: Vec::new(),
     }
 }
 

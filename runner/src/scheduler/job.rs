@@ -12,7 +12,9 @@ use crate::backend::{wait_for_agent, Vm, VmSpec};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
-use crate::results::{Attempt, JobLog, JobOutcome, JobResult, StepResult, StepStatus, TimeLimit};
+use crate::results::{
+    Attempt, JobLog, JobOutcome, JobResult, Phase, PhaseKind, StepResult, StepStatus, TimeLimit,
+};
 use crate::session::{AgentSession, ArtifactBudget, SessionError, HOST_GRACE};
 
 /// Time the artifacts always get, even when the job's own time is up:
@@ -83,8 +85,16 @@ fn run_in_vm(
         message: e.to_string(),
         serial_tail: e.serial_tail().to_vec(),
     };
-    let mut vm = ctx.backend.start(&spec).map_err(boot_error)?;
-    let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout).map_err(boot_error)?;
+    let booting = Instant::now();
+    let booted = ctx.backend.start(&spec).and_then(|mut vm| {
+        let session = wait_for_agent(vm.as_mut(), spec.boot_timeout)?;
+        Ok((vm, session))
+    });
+    // A failed boot is on the timeline too: it is where the time went.
+    result
+        .timeline
+        .push(Phase::until_now(PhaseKind::Boot, clock, booting));
+    let (mut vm, mut session) = booted.map_err(boot_error)?;
     result.boot = Some(clock.elapsed());
     // The agent enforces the job's timeout on each step; this is the
     // host's own bound on everything else (file copies, a guest that never
@@ -95,7 +105,8 @@ fn run_in_vm(
     if !collected.is_empty() {
         ctx.observer.on_job_progress(job, "copying files");
         log.note(&format!("==> copying {} files in", collected.len()));
-        session
+        let copying = Instant::now();
+        let copied = session
             .put_tar("/", |out| {
                 files::write_tar(&collected, out)
                     .map(|_| ())
@@ -109,7 +120,11 @@ fn run_in_vm(
                     ),
                     false => format!("copying files into the guest: {e}"),
                 },
-            })?;
+            });
+        result
+            .timeline
+            .push(Phase::until_now(PhaseKind::CopyFiles, clock, copying));
+        copied?;
     }
 
     let mut reports = ReportCollector::new(job, ctx.options);
@@ -120,17 +135,27 @@ fn run_in_vm(
             continue;
         }
         let time_left = || clock.elapsed() < job.timeout;
+        let job_attempt = result.attempt;
+        let mut phases = Vec::new();
         let step_result = retry::run_step(step.retry, time_left, |attempt| {
             let remaining = job.timeout.saturating_sub(clock.elapsed());
             let mut step_run = StepRun {
                 session: &mut session,
                 vm: vm.as_mut(),
                 log: &log,
-                job_attempt: result.attempt,
+                job_attempt,
                 attempt,
             };
-            run_step(job, step, &mut step_run, remaining, ctx)
+            let began = Instant::now();
+            let step_result = run_step(job, step, &mut step_run, remaining, ctx);
+            let kind = PhaseKind::Step {
+                index: step.index,
+                attempt: attempt.number,
+            };
+            phases.push(Phase::until_now(kind, clock, began));
+            step_result
         });
+        result.timeline.extend(phases);
         if step_result.status != StepStatus::Passed {
             broken = Some(format!("an earlier step failed: `{}`", step.name));
         }
@@ -157,6 +182,7 @@ fn run_in_vm(
             // and a failing step's report is the one that matters.
             ctx.observer.on_job_progress(job, "reading test reports");
             let (files, workdir) = (&step.reports, &step.workdir);
+            let reading = Instant::now();
             reports.collect(
                 Scope::Step(step.index),
                 files,
@@ -165,6 +191,9 @@ fn run_in_vm(
                 &log,
                 result,
             );
+            result
+                .timeline
+                .push(Phase::until_now(PhaseKind::TestReports, clock, reading));
         }
         if !session_lost {
             if let Some(failed) = result.steps.last() {
@@ -184,9 +213,19 @@ fn run_in_vm(
     if !job.reports.is_empty() {
         ctx.observer.on_job_progress(job, "reading test reports");
         let (files, workdir) = (&job.reports, &job.workdir);
+        let reading = Instant::now();
         reports.collect(Scope::Job, files, workdir, &mut session, &log, result);
+        result
+            .timeline
+            .push(Phase::until_now(PhaseKind::TestReports, clock, reading));
     }
-    collect_artifacts(job, ctx, &mut session, &log, result);
+    if !job.artifacts.is_empty() {
+        let collecting = Instant::now();
+        collect_artifacts(job, ctx, &mut session, &log, result);
+        result
+            .timeline
+            .push(Phase::until_now(PhaseKind::Artifacts, clock, collecting));
+    }
     log.flush();
     // No clean power-off: the root is read-only, the overlay is thrown away
     // and the artifacts are out, so the guest has nothing worth flushing.

@@ -14,7 +14,7 @@ use crate::backend::{Backend, BootError, Vm, VmSpec};
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
 use crate::report::RunObserver;
-use crate::results::{JobOutcome, RunResults, StepStatus, TimeLimit};
+use crate::results::{JobOutcome, PhaseKind, RunResults, StepStatus, TimeLimit};
 use crate::session::HOST_GRACE;
 
 /// What the fake agent does after the handshake.
@@ -225,4 +225,20 @@ fn a_guest_that_dies_mid_step_is_an_error_with_the_console() {
     );
     assert!(message.contains("fake console: the end"), "{message}");
     assert!(matches!(job.outcome, JobOutcome::Error { .. }));
+    // The timeline has the boot and the step that was lost, in order,
+    // within the job's time.
+    let kinds: Vec<PhaseKind> = job.timeline.iter().map(|p| p.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            PhaseKind::Boot,
+            PhaseKind::Step {
+                index: 0,
+                attempt: 1
+            }
+        ]
+    );
+    let (boot, step) = (&job.timeline[0], &job.timeline[1]);
+    assert!(boot.start + boot.duration <= step.start);
+    assert!(step.start + step.duration <= job.duration);
 }
