@@ -88,7 +88,11 @@ fn an_unknown_package_exits_2_with_apts_error_before_any_job() {
         std::fs::read_dir(cache.join("images"))
             .unwrap()
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+            // The lock file and the downloaded-.deb cache may stay.
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                !name.ends_with(".lock") && name != "debs"
+            })
             .map(|e| e.file_name())
             .collect::<Vec<_>>(),
         Vec::<std::ffi::OsString>::new(),
@@ -190,6 +194,7 @@ fn an_oci_images_files_are_visible_and_its_whiteout_hides_the_lower_file() {
 fn image_build(dir: &Path, cache: &Path) -> Command {
     let mut cmd = Command::new(runner_bin());
     cmd.env("RUNNER_CACHE", cache)
+        .env("RUNNER_KERNEL", &e2e_tests::images().kernel)
         .env("RUNNER_ROOTFS", &e2e_tests::images().rootfs)
         .current_dir(dir)
         .args(["image", "build", "pipeline.yml"]);
@@ -214,7 +219,12 @@ fn concurrent_builds_of_one_spec_build_once_and_a_corrupt_entry_is_rebuilt() {
         assert_eq!(out.status.code(), Some(0), "{all}");
     }
     assert_eq!(all.matches("): building").count(), 1, "{all}");
-    let paths: Vec<String> = outputs.iter().map(|o| stdout(o).trim().to_string()).collect();
+    // One path a line: the kernel, then the built root file system.
+    let paths: Vec<String> = outputs
+        .iter()
+        .map(|o| stdout(o).lines().last().unwrap_or_default().to_string())
+        .collect();
+    assert!(paths[0].ends_with(".ext4"), "{paths:?}");
     assert!(paths.iter().all(|p| p == &paths[0]), "{paths:?}");
 
     // Half the image gone: the size no longer matches the manifest.

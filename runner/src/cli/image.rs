@@ -16,11 +16,14 @@ use crate::pipeline::Pipeline;
 pub enum ImageCommand {
     /// Build (or find in the cache) images and print their paths: `all`
     /// (kernel and minimal rootfs), `kernel`, `minimal`, `debian`, or a
-    /// pipeline file, whose image specs are built (and checked against
-    /// their manifests' sha256).
+    /// pipeline file: every image it uses, image specs included.
     Build {
         #[arg(default_value = "all", value_name = "WHICH|PIPELINE")]
         which: String,
+        /// Also check each cached spec image's sha256 against its manifest
+        /// (runs only check its size and superblock).
+        #[arg(long)]
+        verify: bool,
     },
     /// The images built from pipeline specs: key, size, last use, spec.
     List,
@@ -56,7 +59,7 @@ const DEFAULT_PRUNE_AGE: std::time::Duration = std::time::Duration::from_secs(30
 
 pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     match cmd {
-        ImageCommand::Build { which } => build(&which),
+        ImageCommand::Build { which, verify } => build(&which, verify),
         ImageCommand::List => {
             let listed = manage::list().map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
             print!("{}", manage::render(&listed, SystemTime::now()));
@@ -66,7 +69,7 @@ pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     }
 }
 
-fn build(which: &str) -> Result<i32, Failure> {
+fn build(which: &str, verify: bool) -> Result<i32, Failure> {
     let images = Images::from_env();
     let named = |n: &str| ImageRef::Named(n.to_string());
     let built = match which {
@@ -76,7 +79,7 @@ fn build(which: &str) -> Result<i32, Failure> {
         "kernel" => images.kernel(&named("default")).map(|k| vec![k]),
         "minimal" | "debian" => images.rootfs(&named(which)).map(|r| vec![r]),
         path if Path::new(path).exists() || path.ends_with(".yml") || path.ends_with(".yaml") => {
-            return build_pipeline(&images, Path::new(path));
+            return build_pipeline(&images, Path::new(path), verify);
         }
         other => return Err(Failure::new(
             2,
@@ -92,26 +95,30 @@ fn build(which: &str) -> Result<i32, Failure> {
     Ok(0)
 }
 
-/// Every distinct spec the pipeline uses (top level and per job), built.
-fn build_pipeline(images: &Images, path: &Path) -> Result<i32, Failure> {
+/// Every image the pipeline uses (top level and per job): kernels and
+/// root file systems, named, prebuilt or built from a spec; one path a line.
+fn build_pipeline(images: &Images, path: &Path, verify: bool) -> Result<i32, Failure> {
     let pipeline = Pipeline::load(path).map_err(|e| Failure::new(2, e))?;
-    let specs = pipeline_specs(&pipeline);
-    if specs.is_empty() {
-        eprintln!(
-            "runner: {} uses no image spec (only named or prebuilt images); nothing to build",
-            path.display()
-        );
-    }
-    for spec in specs {
-        let image = image_cache::resolve(images, &spec, true).map_err(|e| {
-            let code = if matches!(e, ImageError::Spec(_)) {
-                2
-            } else {
-                1
-            };
-            Failure::new(code, e)
-        })?;
-        println!("{}", image.display());
+    let all = std::iter::once(&pipeline.image)
+        .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
+    let mut seen = HashSet::new();
+    let fail = |e: ImageError| {
+        let code = if matches!(e, ImageError::Spec(_)) { 2 } else { 1 };
+        Failure::new(code, e)
+    };
+    for image in all {
+        for (is_kernel, image_ref) in [(true, &image.kernel), (false, &image.rootfs)] {
+            if !seen.insert(image_ref.clone()) {
+                continue;
+            }
+            let built = match image_ref {
+                ImageRef::Spec(spec) => image_cache::resolve(images, spec, verify),
+                _ if is_kernel => images.kernel(image_ref),
+                _ => images.rootfs(image_ref),
+            }
+            .map_err(fail)?;
+            println!("{}", built.display());
+        }
     }
     Ok(0)
 }
