@@ -36,7 +36,11 @@ fn both(output: &Output) -> String {
 }
 
 fn write_gcc_workspace(dir: &Path) {
-    std::fs::write(dir.join("greeting.h"), "#define GREETING \"hello from gcc\"\n").unwrap();
+    std::fs::write(
+        dir.join("greeting.h"),
+        "#define GREETING \"hello from gcc\"\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("hello.c"), HELLO_C).unwrap();
 }
 
@@ -83,7 +87,10 @@ fn an_unknown_package_exits_2_with_apts_error_before_any_job() {
         text.contains("E: Unable to locate package no-such-package-runner-e2e"),
         "{text}"
     );
-    assert!(!text.contains("job-started") && !text.contains("[never]"), "{text}");
+    assert!(
+        !text.contains("job-started") && !text.contains("[never]"),
+        "{text}"
+    );
     assert_eq!(
         std::fs::read_dir(cache.join("images"))
             .unwrap()
@@ -139,7 +146,11 @@ fn an_image_larger_than_its_size_says_by_how_much() {
 fn make_oci_layout(dir: &Path) -> std::path::PathBuf {
     let umoci = require_tool("umoci", "umoci");
     let run = |args: &[&str]| {
-        let out = Command::new(&umoci).args(args).current_dir(dir).output().unwrap();
+        let out = Command::new(&umoci)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "umoci {args:?}: {}", stderr(&out));
     };
     run(&["init", "--layout", "layout"]);
@@ -152,7 +163,10 @@ fn make_oci_layout(dir: &Path) -> std::path::PathBuf {
     let busybox = require_tool("/bin/busybox", "busybox-static");
     std::fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
     let applets = Command::new(&busybox).arg("--list-full").output().unwrap();
-    for applet in stdout(&applets).lines().filter(|a| !a.is_empty() && *a != "bin/busybox") {
+    for applet in stdout(&applets)
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "bin/busybox")
+    {
         let link = rootfs.join(applet);
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         let _ = std::os::unix::fs::symlink("/bin/busybox", link);
@@ -160,7 +174,13 @@ fn make_oci_layout(dir: &Path) -> std::path::PathBuf {
     std::fs::write(rootfs.join("etc/lower.txt"), "from the lower layer\n").unwrap();
     std::fs::write(rootfs.join("etc/deleted.txt"), "must be hidden\n").unwrap();
     // --refresh-bundle: the next repack diffs against this layer.
-    run(&["repack", "--refresh-bundle", "--image", "layout:test", "bundle"]);
+    run(&[
+        "repack",
+        "--refresh-bundle",
+        "--image",
+        "layout:test",
+        "bundle",
+    ]);
     std::fs::remove_file(rootfs.join("etc/deleted.txt")).unwrap();
     std::fs::write(rootfs.join("etc/upper.txt"), "from the upper layer\n").unwrap();
     run(&["repack", "--image", "layout:test", "bundle"]);
@@ -178,7 +198,11 @@ fn an_oci_images_files_are_visible_and_its_whiteout_hides_the_lower_file() {
         .current_dir(&layout)
         .output()
         .unwrap();
-    assert!(stdout(&listing).contains("etc/.wh.deleted.txt"), "{}", stdout(&listing));
+    assert!(
+        stdout(&listing).contains("etc/.wh.deleted.txt"),
+        "{}",
+        stdout(&listing)
+    );
     let yaml = "image: { oci: layout }\ndefaults: { files: none }\njobs:\n  look:\n    steps:\n      - cat /etc/lower.txt /etc/upper.txt\n      - test ! -e /etc/deleted.txt && echo deleted-is-gone\n";
     let out = runner_test(dir.path(), yaml)
         .env("RUNNER_CACHE", dir.path().join("cache"))
@@ -211,9 +235,18 @@ fn concurrent_builds_of_one_spec_build_once_and_a_corrupt_entry_is_rebuilt() {
     )
     .unwrap();
     let children: Vec<_> = (0..3)
-        .map(|_| image_build(dir.path(), &cache).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            image_build(dir.path(), &cache)
+                .stderr(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
-    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     let all: String = outputs.iter().map(both).collect();
     for out in &outputs {
         assert_eq!(out.status.code(), Some(0), "{all}");
@@ -228,7 +261,10 @@ fn concurrent_builds_of_one_spec_build_once_and_a_corrupt_entry_is_rebuilt() {
     assert!(paths.iter().all(|p| p == &paths[0]), "{paths:?}");
 
     // Half the image gone: the size no longer matches the manifest.
-    let image = std::fs::OpenOptions::new().write(true).open(&paths[0]).unwrap();
+    let image = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&paths[0])
+        .unwrap();
     let len = image.metadata().unwrap().len();
     image.set_len(len / 2).unwrap();
     let out = image_build(dir.path(), &cache).output().unwrap();
@@ -242,7 +278,11 @@ fn concurrent_builds_of_one_spec_build_once_and_a_corrupt_entry_is_rebuilt() {
         .args(["image", "list"])
         .output()
         .unwrap();
-    assert!(stdout(&list).contains("minimal + setup"), "{}", stdout(&list));
+    assert!(
+        stdout(&list).contains("minimal + setup"),
+        "{}",
+        stdout(&list)
+    );
     let prune = Command::new(runner_bin())
         .env("RUNNER_CACHE", &cache)
         .args(["image", "prune", "--older-than", "0s"])

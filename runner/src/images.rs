@@ -97,7 +97,12 @@ impl Images {
             ImageRef::Path(path) => {
                 existing(path, "rootfs", "rootfs/build.sh minimal --agent PATH")
             }
-            ImageRef::Named(name) if name == "minimal" || name == "debian" => {
+            // Built rootless from a spec (mmdebstrap), like a pipeline's
+            // own images; rootfs/build.sh debian (debootstrap) needs root.
+            ImageRef::Named(name) if name == "debian" => {
+                crate::image_cache::resolve(self, &debian_spec(), false)
+            }
+            ImageRef::Named(name) if name == "minimal" => {
                 if let (Some(path), "minimal") = (&self.minimal_rootfs, name.as_str()) {
                     return existing(path, "rootfs", "rootfs/build.sh minimal");
                 }
@@ -211,6 +216,27 @@ impl Images {
         let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
         last.map(|l| PathBuf::from(l.trim()))
             .ok_or_else(|| build_error(what, format!("{script} printed no result path")))
+    }
+}
+
+/// The named `debian` image: bookworm minbase with what most test suites
+/// expect from a shell.
+pub fn debian_spec() -> crate::pipeline::ImageSpec {
+    crate::pipeline::ImageSpec {
+        base: crate::pipeline::SpecBase::Debian,
+        packages: [
+            "bash",
+            "coreutils",
+            "git",
+            "make",
+            "python3",
+            "ca-certificates",
+        ]
+        .map(String::from)
+        .to_vec(),
+        files: Vec::new(),
+        setup: None,
+        size_mib: None,
     }
 }
 

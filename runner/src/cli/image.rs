@@ -81,12 +81,14 @@ fn build(which: &str, verify: bool) -> Result<i32, Failure> {
         path if Path::new(path).exists() || path.ends_with(".yml") || path.ends_with(".yaml") => {
             return build_pipeline(&images, Path::new(path), verify);
         }
-        other => return Err(Failure::new(
-            2,
-            anyhow::anyhow!(
+        other => {
+            return Err(Failure::new(
+                2,
+                anyhow::anyhow!(
                 "unknown image `{other}`: expected all, kernel, minimal, debian or a pipeline file"
             ),
-        )),
+            ))
+        }
     }
     .map_err(|e| Failure::new(1, e))?;
     for path in built {
@@ -103,7 +105,11 @@ fn build_pipeline(images: &Images, path: &Path, verify: bool) -> Result<i32, Fai
         .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
     let mut seen = HashSet::new();
     let fail = |e: ImageError| {
-        let code = if matches!(e, ImageError::Spec(_)) { 2 } else { 1 };
+        let code = if matches!(e, ImageError::Spec(_)) {
+            2
+        } else {
+            1
+        };
         Failure::new(code, e)
     };
     for image in all {

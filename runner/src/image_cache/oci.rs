@@ -432,6 +432,8 @@ mod tests {
             header.set_entry_type(*kind);
             header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
             header.set_mtime(1_700_000_000);
+            header.set_uid(0);
+            header.set_gid(0);
             if *kind == tar::EntryType::Symlink || *kind == tar::EntryType::Link {
                 header.set_size(0);
                 builder.append_link(&mut header, entry_path, data).unwrap();

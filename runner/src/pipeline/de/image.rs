@@ -14,7 +14,7 @@ use super::super::image_spec::{
 };
 use super::super::scalars::{resolve_host_path, ImageKind, ImageRef};
 use super::super::Image;
-use super::fields::{next_key, non_empty, parse_value, Parse, StringList};
+use super::fields::{next_key, non_empty, parse_value, Parse};
 
 const KEYS: &[&str] = &[
     "kernel", "rootfs", "base", "oci", "packages", "files", "setup", "size",
@@ -74,18 +74,7 @@ pub(crate) fn visit_image_map<'de, A: MapAccess<'de>>(
                 let text = parse_value(&mut map, "a host path", &non_empty("`oci`".into()))?;
                 base = Some(SpecBase::Oci(resolve_host_path(text.trim(), workspace)));
             }
-            "packages" => {
-                let names = map.next_value_seed(StringList {
-                    what: "`packages`",
-                    allow_empty: true,
-                })?;
-                // Checked one by one inside the list would lose nothing but
-                // the column; the whole list's position is good enough.
-                for name in &names {
-                    parse_package(name).map_err(located::<A::Error>)?;
-                }
-                spec.packages = names;
-            }
+            "packages" => spec.packages = map.next_value_seed(PackagesSeed)?,
             "files" => spec.files = map.next_value_seed(SpecFilesSeed { workspace })?,
             "setup" => {
                 spec.setup = Some(parse_value(
@@ -128,6 +117,33 @@ fn parse_base(text: &str) -> Result<SpecBase, String> {
                 SPEC_BASES.join(", ")
             ))
         }
+    }
+}
+
+/// `packages: [gcc, make]`, each name checked where it stands.
+struct PackagesSeed;
+
+impl<'de> DeserializeSeed<'de> for PackagesSeed {
+    type Value = Vec<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PackagesSeed {
+    type Value = Vec<String>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of Debian package names")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut packages = Vec::new();
+        while let Some(name) = seq.next_element_seed(Parse {
+            what: "a package name",
+            parse: &parse_package,
+        })? {
+            packages.push(name);
+        }
+        Ok(packages)
     }
 }
 
@@ -255,11 +271,11 @@ mod tests {
             ),
             (
                 "image:\n  base: debian\n  packages: [GCC]\n",
-                "p.yml:3:13: invalid package name `GCC`",
+                "p.yml:3:14: invalid package name `GCC`",
             ),
             (
                 "image:\n  base: debian\n  files: [{ from: a, to: b }]\n",
-                "p.yml:3:27: invalid image path `b`",
+                "p.yml:3:26: invalid image path `b`",
             ),
             (
                 "image:\n  base: debian\n  files: [{ from: a }]\n",
