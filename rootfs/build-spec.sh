@@ -14,9 +14,10 @@
 #   tree     a directory already unpacked by the runner (an OCI image)
 #
 # LIST has one `from<TAB>to` line per file. Progress goes to stderr, with
-# `runner-image-phase NAME SECONDS` lines for the benchmark. Exit status 2
+# `runner-image-phase NAME SECONDS` lines for the benchmark. Exit status 65
 # means the spec is at fault (unknown package, failing setup, too big for
-# `size`) and the last stderr line says how; 1 is anything else.
+# `size`) and the last stderr line says how; anything else is a failure of
+# the build itself.
 set -euo pipefail
 
 readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +30,8 @@ export LC_ALL=C TZ=UTC SOURCE_DATE_EPOCH=$IMAGE_EPOCH
 
 log() { printf 'image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-spec_error() { printf 'error: %s\n' "$*" >&2; exit 2; }
+# 65 (EX_DATAERR), not 2: bash itself exits 2 on a syntax error.
+spec_error() { printf 'error: %s\n' "$*" >&2; exit 65; }
 
 base="" out="" agent="" key="" from_image="" tree="" packages="" files="" setup=""
 size_mib="" mirror="http://deb.debian.org/debian" debs=""
@@ -254,8 +256,15 @@ finish_tree() {
         fi
         cat "$work/setup.log" >&2
     fi
+    # Whatever this build created or changed gets the fixed epoch.
+    find "$stage" -xdev -newer "$work/start-marker" -exec touch -h -d "@$IMAGE_EPOCH" {} +
 }
 
+# Everything newer than this was made by the build (symlinks debugfs rdump
+# creates, copied files, what setup writes): it gets the fixed epoch. Files
+# of a base keep their own mtimes, restored by rdump or the OCI unpacker.
+touch "$work/start-marker"
+sleep 1 # mtimes have 1 s resolution in the image; keep "before" and "during" apart
 t0=$(now)
 case "$base" in
     debian) build_debian ;;
@@ -305,7 +314,8 @@ E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH MKE2FS_CONFIG="$MKE2FS_CONF" run "${inside[@]}"
     || die "mkfs.ext4 -d failed"
 
 # ctime cannot be set from user space and atime moves when files are read:
-# pin both on every populated inode, as build.sh does. Minimal and OCI trees
+# pin both on every populated inode from lost+found (11) on; 1-10 are
+# reserved and carry the fake time already. Minimal and OCI trees
 # built without root belong to the building user: give them to root.
 fix_owner=0
 [ "$rootless" = 1 ] && [ "$base" != debian ] && fix_owner=1
@@ -322,7 +332,7 @@ dumpe2fs "$img" 2>/dev/null | awk -v epoch="$IMAGE_EPOCH" -v owner="$fix_owner" 
             if (split(r[i], ab, "-") == 1) ab[2] = ab[1]
             for (j = ab[1] + 0; j <= ab[2] + 0; j++) free[j] = 1
         }
-        for (j = first; j <= last; j++) if (j >= 12 && !(j in free)) {
+        for (j = first; j <= last; j++) if (j >= 11 && !(j in free)) {
             if (owner) printf "sif <%d> uid 0\nsif <%d> gid 0\n", j, j
             printf "sif <%d> ctime @%s\nsif <%d> atime @%s\n", j, epoch, j, epoch
         }

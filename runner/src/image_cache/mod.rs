@@ -342,7 +342,7 @@ fn run_builder(mut cmd: Command, label: &str) -> Result<Vec<(String, f64)>, Imag
         .map_err(|e| build_error(label, format!("waiting for rootfs/build-spec.sh: {e}")))?;
     match status.code() {
         Some(0) => Ok(phases),
-        Some(2) => Err(ImageError::Spec(format!(
+        Some(65) => Err(ImageError::Spec(format!(
             "{label}: {}",
             last_error.unwrap_or_else(|| "the image spec was refused".into())
         ))),
