@@ -488,6 +488,48 @@ mod tests {
     }
 
     #[test]
+    fn docker_save_tarballs_unpack_in_layer_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tar::EntryType::Directory;
+        let file = tar::EntryType::Regular;
+        let lower = layer(
+            tmp.path(),
+            "lower.tar",
+            &[
+                ("etc/", dir, ""),
+                ("etc/a", file, "lower"),
+                ("etc/b", file, "b"),
+            ],
+        );
+        let upper = layer(
+            tmp.path(),
+            "upper.tar",
+            &[("etc/a", file, "upper"), ("etc/.wh.b", file, "")],
+        );
+        let saved = tmp.path().join("saved.tar");
+        let mut outer = tar::Builder::new(File::create(&saved).unwrap());
+        let manifest = r#"[{"Config":"c.json","RepoTags":["t:1"],"Layers":["111/layer.tar","222/layer.tar"]}]"#;
+        for (name, path) in [("111/layer.tar", &lower), ("222/layer.tar", &upper)] {
+            outer.append_path_with_name(path, name).unwrap();
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(manifest.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        outer
+            .append_data(&mut header, "manifest.json", manifest.as_bytes())
+            .unwrap();
+        outer.finish().unwrap();
+        drop(outer);
+
+        let root = tmp.path().join("root");
+        unpack(&saved, &root).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/a")).unwrap(), "upper");
+        assert!(!root.join("etc/b").exists());
+        assert!(digest(&saved).unwrap().starts_with("tarball "));
+    }
+
+    #[test]
     fn hostile_layers_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
