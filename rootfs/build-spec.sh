@@ -157,7 +157,6 @@ build_debian() {
             --setup-hook="sync-in $debs /var/cache/apt/archives/"
             --customize-hook="sync-out /var/cache/apt/archives $debs")
     fi
-    hooks+=(--setup-hook='touch "$1/.runner-start"')
     # Our init and agent, where build.sh puts them (merged /usr: /sbin is usr/sbin).
     hooks+=(--customize-hook="upload $INIT_SCRIPT /usr/sbin/runner-init"
         --customize-hook="upload $agent /usr/sbin/runner-agent"
@@ -183,14 +182,12 @@ build_debian() {
             --customize-hook="sh $work/run-setup.sh \"\$1\""
             --customize-hook='echo "runner-image-mark setup-end $(date +%s.%N)" >&2')
     fi
-    # Host-specific and time-dependent files out; ours in; everything this
-    # build created or changed gets the fixed epoch (package files keep
-    # their own mtimes, which Python's .pyc files are checked against).
+    # Host-specific and time-dependent files out, ours in. (The mtimes of
+    # what the build made are pinned after mmdebstrap's own clean-up.)
     local day=$((IMAGE_EPOCH / 86400))
     hooks+=(--customize-hook='rm -rf "$1"/etc/resolv.conf "$1"/var/log/* "$1"/var/cache/ldconfig/aux-cache "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/tmp/* "$1"/var/tmp/* "$1"/root/.bash_history "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin'
         --customize-hook=': > "$1/etc/machine-id"; echo runner > "$1/etc/hostname"; printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"'
-        --customize-hook="for f in \"\$1/etc/shadow\" \"\$1/etc/shadow-\"; do [ -f \"\$f\" ] && sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1$day:/' \"\$f\"; done; true"
-        --customize-hook="find \"\$1\" -xdev -newer \"\$1/.runner-start\" -exec touch -h -d @$IMAGE_EPOCH {} + ; rm -f \"\$1/.runner-start\"; touch -h -d @$IMAGE_EPOCH \"\$1\"")
+        --customize-hook="for f in \"\$1/etc/shadow\" \"\$1/etc/shadow-\"; do [ -f \"\$f\" ] && sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1$day:/' \"\$f\"; done; true")
     log "mmdebstrap --mode=$mode $DEBIAN_SUITE minbase + ${packages:-nothing} from $mirror"
     local t0 rc=0
     t0=$(now)
@@ -215,6 +212,10 @@ build_debian() {
         die "mmdebstrap failed (its last lines are above; is $mirror reachable?)"
     fi
     grep '^setup: ' "$work/mmdebstrap.log" >&2 || true
+    # Everything this build created or changed, mmdebstrap's own files and
+    # clean-up included, gets the fixed epoch; package files keep their
+    # mtimes from the .debs (Python's .pyc files are checked against them).
+    "${inside[@]}" find "$stage" -xdev -newer "$work/start-marker" -exec touch -h -d "@$IMAGE_EPOCH" {} +
     if [ -n "$s0" ] && [ -n "$s1" ]; then
         phase bootstrap "$t0" "$(echo "$t1 - ($s1 - $s0)" | bc)"
         phase setup "$s0" "$s1"
@@ -260,6 +261,11 @@ finish_tree() {
     find "$stage" -xdev -newer "$work/start-marker" -exec touch -h -d "@$IMAGE_EPOCH" {} +
 }
 
+# In a rootless Debian build only mmdebstrap's user namespace sees the
+# owners right; mke2fs must read the tree from inside it.
+inside=()
+[ "$rootless" = 1 ] && [ "$base" = debian ] && inside=(mmdebstrap --unshare-helper)
+
 # Everything newer than this was made by the build (symlinks debugfs rdump
 # creates, copied files, what setup writes): it gets the fixed epoch. Files
 # of a base keep their own mtimes, restored by rdump or the OCI unpacker.
@@ -284,10 +290,6 @@ esac
 
 # --- ext4 ---------------------------------------------------------------------------
 t0=$(now)
-# In a rootless Debian build only mmdebstrap's user namespace sees the
-# owners right; mke2fs must read the tree from inside it.
-inside=()
-[ "$rootless" = 1 ] && [ "$base" = debian ] && inside=(mmdebstrap --unshare-helper)
 content_kib=$("${inside[@]}" du -sk --apparent-size "$stage" | cut -f1)
 used_kib=$("${inside[@]}" du -sk "$stage" | cut -f1)
 [ "$used_kib" -gt "$content_kib" ] && content_kib=$used_kib

@@ -289,6 +289,18 @@ fn build(
             cmd.args(["--base", "tree", "--tree"]).arg(&tree);
         }
     }
+    for file in &spec.files {
+        // The list below is tab- and line-separated, and mmdebstrap's
+        // `upload` hooks split their arguments on whitespace.
+        let from = file.from.to_string_lossy();
+        let space = |text: &str| text.chars().any(char::is_whitespace);
+        if space(&from) || space(&file.to) {
+            return Err(ImageError::Spec(format!(
+                "image file `{from}` -> `{}`: paths with spaces are not supported in image `files`",
+                file.to
+            )));
+        }
+    }
     if !spec.files.is_empty() {
         let list: String = spec
             .files
