@@ -185,8 +185,7 @@ build_debian() {
     # Host-specific and time-dependent files out, ours in. (The mtimes of
     # what the build made are pinned after mmdebstrap's own clean-up.)
     local day=$((IMAGE_EPOCH / 86400))
-    hooks+=(--customize-hook='rm -rf "$1"/etc/resolv.conf "$1"/var/log/* "$1"/var/cache/ldconfig/aux-cache "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/tmp/* "$1"/var/tmp/* "$1"/root/.bash_history "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin'
-        --customize-hook=': > "$1/etc/machine-id"; echo runner > "$1/etc/hostname"; printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"'
+    hooks+=(--customize-hook=': > "$1/etc/machine-id"; echo runner > "$1/etc/hostname"; printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"'
         --customize-hook="for f in \"\$1/etc/shadow\" \"\$1/etc/shadow-\"; do [ -f \"\$f\" ] && sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1$day:/' \"\$f\"; done; true")
     log "mmdebstrap --mode=$mode $DEBIAN_SUITE minbase + ${packages:-nothing} from $mirror"
     local t0 rc=0
@@ -212,6 +211,12 @@ build_debian() {
         die "mmdebstrap failed (its last lines are above; is $mirror reachable?)"
     fi
     grep '^setup: ' "$work/mmdebstrap.log" >&2 || true
+    # Caches, logs and host files out, after mmdebstrap's own clean-up: in a
+    # hook, removing /tmp/* or the apt lists pulls files from under the
+    # `apt-get clean` it runs last.
+    "${inside[@]}" sh -c 'cd "$1" && rm -rf etc/resolv.conf var/log/* var/cache/ldconfig/aux-cache \
+        var/cache/debconf/*-old var/lib/dpkg/*-old tmp/* var/tmp/* root/.bash_history \
+        var/lib/apt/lists/* var/cache/apt/*.bin' sh "$stage"
     # Everything this build created or changed, mmdebstrap's own files and
     # clean-up included, gets the fixed epoch; package files keep their
     # mtimes from the .debs (Python's .pyc files are checked against them).
