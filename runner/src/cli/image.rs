@@ -26,7 +26,11 @@ pub enum ImageCommand {
         verify: bool,
     },
     /// The images built from pipeline specs: key, size, last use, spec.
-    List,
+    List {
+        /// Also print what each key was hashed from.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Remove cached spec images. Default: those unused for 30 days.
     Prune {
         /// Remove entries last used longer ago than this (`7d`, `12h`, `0s`
@@ -60,9 +64,9 @@ const DEFAULT_PRUNE_AGE: std::time::Duration = std::time::Duration::from_secs(30
 pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     match cmd {
         ImageCommand::Build { which, verify } => build(&which, verify),
-        ImageCommand::List => {
+        ImageCommand::List { verbose } => {
             let listed = manage::list().map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
-            print!("{}", manage::render(&listed, SystemTime::now()));
+            print!("{}", manage::render(&listed, SystemTime::now(), verbose));
             Ok(0)
         }
         ImageCommand::Prune { older_than, keep } => prune(older_than, &keep),

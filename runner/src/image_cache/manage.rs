@@ -68,7 +68,7 @@ pub fn list() -> std::io::Result<Vec<Listed>> {
 }
 
 /// The table `runner image list` prints.
-pub fn render(listed: &[Listed], now: SystemTime) -> String {
+pub fn render(listed: &[Listed], now: SystemTime, verbose: bool) -> String {
     let mut out = format!(
         "{:<16}  {:>9}  {:>9}  {:<10}  {}\n",
         "KEY", "SIZE", "ON DISK", "LAST USE", "SPEC"
@@ -90,6 +90,11 @@ pub fn render(listed: &[Listed], now: SystemTime) -> String {
             human_bytes(l.disk_bytes),
             age
         ));
+        if let (true, Some(manifest)) = (verbose, &l.manifest) {
+            for input in &manifest.inputs {
+                out.push_str(&format!("    {input}\n"));
+            }
+        }
     }
     let total: u64 = listed.iter().map(|l| l.disk_bytes).sum();
     out.push_str(&format!(

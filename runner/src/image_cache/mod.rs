@@ -44,8 +44,8 @@ pub struct Manifest {
     pub sha256: String,
     /// Seconds since the epoch.
     pub built_at: u64,
-    /// The hashed inputs, one per line, for `runner image list -v` and for
-    /// finding out why two keys differ.
+    /// The hashed inputs, one per line, shown by `runner image list -v`:
+    /// they tell why two keys differ.
     pub inputs: Vec<String>,
 }
 
@@ -284,7 +284,8 @@ fn build(
         }
         SpecBase::Oci(path) => {
             let tree = work.path().join("tree");
-            oci::unpack(path, &tree)
+            let limit = spec.size_mib.map(|mib| mib << 20);
+            oci::unpack(path, &tree, limit)
                 .map_err(|e| ImageError::Spec(format!("oci image {}: {e}", path.display())))?;
             cmd.args(["--base", "tree", "--tree"]).arg(&tree);
         }

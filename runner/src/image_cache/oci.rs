@@ -42,8 +42,10 @@ pub fn digest(path: &Path) -> Result<String> {
     Err("not found (expected an OCI image layout directory or a `docker save` tarball)".into())
 }
 
-/// Unpacks the image's layers into `dest` (created).
-pub fn unpack(path: &Path, dest: &Path) -> Result<()> {
+/// Unpacks the image's layers into `dest` (created). With a `limit`, the
+/// bytes of file contents written, over all layers, may not pass it: a
+/// layer is untrusted, and may be a small file that unpacks to terabytes.
+pub fn unpack(path: &Path, dest: &Path, limit: Option<u64>) -> Result<()> {
     fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
     let layers = if path.is_dir() {
         layout_layers(path)?
@@ -60,8 +62,10 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<()> {
         layers
     };
     let mut dirs = HashMap::new();
+    let mut budget = Budget { left: limit };
     for (index, layer) in layers.iter().enumerate() {
-        apply_layer(layer, dest, &mut dirs).map_err(|e| format!("layer {}: {e}", index + 1))?;
+        apply_layer(layer, dest, &mut dirs, &mut budget)
+            .map_err(|e| format!("layer {}: {e}", index + 1))?;
     }
     // Directory mtimes last, deepest first: adding children moved them.
     let mut dirs: Vec<_> = dirs.into_iter().collect();
@@ -265,7 +269,28 @@ impl Drop for Decompressed {
     }
 }
 
-fn apply_layer(layer: &Path, root: &Path, dirs: &mut HashMap<PathBuf, SystemTime>) -> Result<()> {
+/// Bytes of file contents still allowed; `None` for no limit.
+struct Budget {
+    left: Option<u64>,
+}
+
+impl Budget {
+    fn take(&mut self, bytes: u64) -> Result<()> {
+        if let Some(left) = &mut self.left {
+            *left = left
+                .checked_sub(bytes)
+                .ok_or("the layers unpack to more than the image's `size`")?;
+        }
+        Ok(())
+    }
+}
+
+fn apply_layer(
+    layer: &Path,
+    root: &Path,
+    dirs: &mut HashMap<PathBuf, SystemTime>,
+    budget: &mut Budget,
+) -> Result<()> {
     let as_root = nix::unistd::geteuid().is_root();
     let mut archive = tar::Archive::new(layer_reader(layer)?);
     // Paths this layer made: an opaque marker hides only the lower layers.
@@ -318,6 +343,7 @@ fn apply_layer(layer: &Path, root: &Path, dirs: &mut HashMap<PathBuf, SystemTime
                 dirs.insert(rel.clone(), mtime);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                budget.take(header.size().map_err(|e| e.to_string())?)?;
                 let mut out = File::create(&target).map_err(|e| format!("{shown}: {e}"))?;
                 io::copy(&mut entry, &mut out).map_err(|e| format!("{shown}: {e}"))?;
                 out.set_modified(mtime)
@@ -479,8 +505,8 @@ mod tests {
             ],
         );
         let mut dirs = HashMap::new();
-        apply_layer(&lower, &root, &mut dirs).unwrap();
-        apply_layer(&upper, &root, &mut dirs).unwrap();
+        apply_layer(&lower, &root, &mut dirs, &mut Budget { left: None }).unwrap();
+        apply_layer(&upper, &root, &mut dirs, &mut Budget { left: None }).unwrap();
         assert!(root.join("etc/keep").exists());
         assert!(!root.join("etc/gone").exists());
         assert!(!root.join("opt/old").exists());
@@ -523,7 +549,7 @@ mod tests {
         drop(outer);
 
         let root = tmp.path().join("root");
-        unpack(&saved, &root).unwrap();
+        unpack(&saved, &root, None).unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/a")).unwrap(), "upper");
         assert!(!root.join("etc/b").exists());
         assert!(digest(&saved).unwrap().starts_with("tarball "));
@@ -536,8 +562,11 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let file = tar::EntryType::Regular;
         let mut dirs = HashMap::new();
+        let mut budget = Budget {
+            left: Some(1 << 20),
+        };
         let escape = layer(tmp.path(), "e.tar", &[("../outside", file, "x")]);
-        let err = apply_layer(&escape, &root, &mut dirs).unwrap_err();
+        let err = apply_layer(&escape, &root, &mut dirs, &mut budget).unwrap_err();
         assert!(err.contains("leaves the image's root"), "{err}");
         assert!(!tmp.path().join("outside").exists());
 
@@ -549,7 +578,7 @@ mod tests {
                 ("evil/x", file, "x"),
             ],
         );
-        let err = apply_layer(&through, &root, &mut dirs).unwrap_err();
+        let err = apply_layer(&through, &root, &mut dirs, &mut budget).unwrap_err();
         assert!(err.contains("through a symlink"), "{err}");
 
         let hard = layer(
@@ -557,7 +586,17 @@ mod tests {
             "h.tar",
             &[("passwd", tar::EntryType::Link, "../../etc/passwd")],
         );
-        let err = apply_layer(&hard, &root, &mut dirs).unwrap_err();
+        let err = apply_layer(&hard, &root, &mut dirs, &mut budget).unwrap_err();
         assert!(err.contains("leaves the root"), "{err}");
+
+        let big = "x".repeat(4096);
+        let bomb = layer(
+            tmp.path(),
+            "b.tar",
+            &[("a", file, big.as_str()), ("b", file, big.as_str())],
+        );
+        let err =
+            apply_layer(&bomb, &root, &mut dirs, &mut Budget { left: Some(6000) }).unwrap_err();
+        assert!(err.contains("more than the image's `size`"), "{err}");
     }
 }
