@@ -66,6 +66,7 @@ work="$(mktemp -d "$(dirname "$out")/.work-${key:0:16}.XXXXXX")"
 # rootless: they must be able to read the helper scripts in here.
 chmod 0755 "$work"
 stage="$work/root"
+ns_out="$work/ns-out"
 child=""
 cleanup() {
     local rc=$?
@@ -77,7 +78,7 @@ cleanup() {
     # A rootless Debian tree is owned by subordinate ids: only the user
     # namespace mmdebstrap made can remove all of it.
     if [ "$rootless" = 1 ] && [ "$base" = debian ] && [ -d "$stage" ]; then
-        mmdebstrap --unshare-helper rm -rf --one-file-system "$stage" 2>/dev/null || true
+        mmdebstrap --unshare-helper rm -rf --one-file-system "$stage" "$ns_out" 2>/dev/null || true
     fi
     rm -rf --one-file-system "$work"
     exit "$rc"
@@ -313,12 +314,25 @@ else
 fi
 uuid="${key:16:8}-${key:24:4}-${key:28:4}-${key:32:4}-${key:36:12}"
 img="$work/image.ext4"
-truncate -s "${mib}M" "$img"
 log "mkfs.ext4: ${mib} MiB, $inodes inodes, $entries entries"
-E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH MKE2FS_CONFIG="$MKE2FS_CONF" run "${inside[@]}" mkfs.ext4 -q -F -t ext4 -T default \
-    -m 0 -N "$inodes" -L runner-root -U "$uuid" \
-    -E "root_owner=0:0,hash_seed=$uuid" -d "$stage" "$img" >&2 \
-    || die "mkfs.ext4 -d failed"
+mkfs_args=(-q -F -t ext4 -T default -m 0 -N "$inodes" -L runner-root -U "$uuid"
+    -E "root_owner=0:0,hash_seed=$uuid" -d "$stage")
+if [ ${#inside[@]} -eq 0 ]; then
+    truncate -s "${mib}M" "$img"
+    E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH MKE2FS_CONFIG="$MKE2FS_CONF" run mkfs.ext4 "${mkfs_args[@]}" "$img" >&2 \
+        || die "mkfs.ext4 -d failed"
+else
+    # Inside the namespace we are a subordinate id that may not write our
+    # files: mke2fs writes into a sticky world-writable directory, and we
+    # copy the result out (sparse) as ourselves.
+    mkdir -m 1777 "$ns_out"
+    E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH MKE2FS_CONFIG="$MKE2FS_CONF" run "${inside[@]}" \
+        sh -c 'truncate -s "$1" "$2" && shift 2 && exec mkfs.ext4 "$@"' \
+        sh "${mib}M" "$ns_out/image.ext4" "${mkfs_args[@]}" "$ns_out/image.ext4" >&2 \
+        || die "mkfs.ext4 -d failed"
+    cp --sparse=always "$ns_out/image.ext4" "$img"
+    "${inside[@]}" rm -f "$ns_out/image.ext4"
+fi
 
 # ctime cannot be set from user space and atime moves when files are read:
 # pin both on every populated inode from lost+found (11) on; 1-10 are
