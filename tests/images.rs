@@ -283,6 +283,25 @@ fn concurrent_builds_of_one_spec_build_once_and_a_corrupt_entry_is_rebuilt() {
         "{}",
         stdout(&list)
     );
+    // The rebuilt image matches its manifest's sha256 too.
+    let verified = image_build(dir.path(), &cache)
+        .arg("--verify")
+        .output()
+        .unwrap();
+    assert_eq!(verified.status.code(), Some(0), "{}", both(&verified));
+    assert!(stderr(&verified).contains("cached"), "{}", both(&verified));
+
+    // Kept: the pipeline passed to --keep uses it.
+    let kept = Command::new(runner_bin())
+        .env("RUNNER_CACHE", &cache)
+        .env("RUNNER_ROOTFS", &e2e_tests::images().rootfs)
+        .current_dir(dir.path())
+        .args(["image", "prune", "--keep", "pipeline.yml"])
+        .output()
+        .unwrap();
+    assert_eq!(kept.status.code(), Some(0), "{}", both(&kept));
+    assert!(Path::new(&paths[0]).exists(), "{}", both(&kept));
+
     let prune = Command::new(runner_bin())
         .env("RUNNER_CACHE", &cache)
         .args(["image", "prune", "--older-than", "0s"])
