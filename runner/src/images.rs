@@ -31,6 +31,10 @@ pub enum ImageError {
     NoSources(String),
     #[error("building {what} failed: {detail}")]
     Build { what: String, detail: String },
+    /// The image spec itself is at fault (unknown package, failing setup,
+    /// too big for its `size`, a missing file): one line saying what.
+    #[error("{0}")]
+    Spec(String),
 }
 
 /// Resolves image references to files.
@@ -40,6 +44,9 @@ pub struct Images {
     default_kernel: Option<PathBuf>,
     /// `RUNNER_ROOTFS`: stands in for the `minimal` rootfs.
     minimal_rootfs: Option<PathBuf>,
+    /// `RUNNER_AGENT`: a prebuilt static guest agent, instead of building
+    /// one with cargo (image specs hash it on every run).
+    agent: Option<PathBuf>,
 }
 
 impl Images {
@@ -60,6 +67,7 @@ impl Images {
             sources,
             default_kernel: std::env::var_os("RUNNER_KERNEL").map(PathBuf::from),
             minimal_rootfs: std::env::var_os("RUNNER_ROOTFS").map(PathBuf::from),
+            agent: std::env::var_os("RUNNER_AGENT").map(PathBuf::from),
         }
     }
 
@@ -73,6 +81,9 @@ impl Images {
                 let dir = self.run_script("kernel", "kernels/build.sh", &[])?;
                 existing(&dir.join("vmlinux"), "kernel", "kernels/build.sh")
             }
+            ImageRef::Spec(_) => Err(ImageError::Spec(
+                "an image spec builds a root file system, not a kernel".into(),
+            )),
             ImageRef::Named(name) => Err(ImageError::UnknownName {
                 what: "kernel",
                 name: name.clone(),
@@ -86,7 +97,12 @@ impl Images {
             ImageRef::Path(path) => {
                 existing(path, "rootfs", "rootfs/build.sh minimal --agent PATH")
             }
-            ImageRef::Named(name) if name == "minimal" || name == "debian" => {
+            // Built rootless from a spec (mmdebstrap), like a pipeline's
+            // own images; rootfs/build.sh debian (debootstrap) needs root.
+            ImageRef::Named(name) if name == "debian" => {
+                crate::image_cache::resolve(self, &debian_spec(), false)
+            }
+            ImageRef::Named(name) if name == "minimal" => {
                 if let (Some(path), "minimal") = (&self.minimal_rootfs, name.as_str()) {
                     return existing(path, "rootfs", "rootfs/build.sh minimal");
                 }
@@ -99,6 +115,7 @@ impl Images {
                 )?;
                 existing(&image, "rootfs", &format!("rootfs/build.sh {name}"))
             }
+            ImageRef::Spec(spec) => crate::image_cache::resolve(self, spec, false),
             ImageRef::Named(name) => Err(ImageError::UnknownName {
                 what: "rootfs",
                 name: name.clone(),
@@ -109,6 +126,13 @@ impl Images {
 
     /// Builds the static guest agent and returns its path.
     pub fn agent_binary(&self) -> Result<PathBuf, ImageError> {
+        if let Some(agent) = &self.agent {
+            return existing(
+                agent,
+                "guest agent",
+                "cargo build --profile agent -p guest-agent",
+            );
+        }
         let sources = self.sources("guest agent")?;
         // An explicit --target keeps RUSTFLAGS away from build scripts and
         // proc-macros, which cannot be linked statically.
@@ -135,6 +159,11 @@ impl Images {
             .map(PathBuf::from)
             .unwrap_or_else(|| sources.join("target"));
         Ok(target_dir.join(target).join("agent").join("guest-agent"))
+    }
+
+    /// The checkout holding `kernels/` and `rootfs/`.
+    pub fn source_dir(&self, what: &str) -> Result<&Path, ImageError> {
+        self.sources(what)
     }
 
     fn sources(&self, what: &str) -> Result<&Path, ImageError> {
@@ -190,6 +219,27 @@ impl Images {
     }
 }
 
+/// The named `debian` image: bookworm minbase with what most test suites
+/// expect from a shell.
+pub fn debian_spec() -> crate::pipeline::ImageSpec {
+    crate::pipeline::ImageSpec {
+        base: crate::pipeline::SpecBase::Debian,
+        packages: [
+            "bash",
+            "coreutils",
+            "git",
+            "make",
+            "python3",
+            "ca-certificates",
+        ]
+        .map(String::from)
+        .to_vec(),
+        files: Vec::new(),
+        setup: None,
+        size_mib: None,
+    }
+}
+
 fn existing(path: &Path, what: &'static str, hint: &str) -> Result<PathBuf, ImageError> {
     if path.is_file() {
         Ok(path.to_path_buf())
@@ -219,6 +269,7 @@ mod tests {
             sources: None,
             default_kernel: None,
             minimal_rootfs: None,
+            agent: None,
         };
         let err = images
             .kernel(&ImageRef::Path("/nonexistent/vmlinux".into()))

@@ -9,6 +9,7 @@ pub mod cli;
 /// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod image_cache;
 pub mod images;
 pub mod interrupt;
 pub mod pipeline;

@@ -1,44 +1,185 @@
-//! `runner image`: build guest images ahead of time and print their paths.
+//! `runner image`: build guest images ahead of time, list and prune the
+//! cache of images built from pipeline specs.
 
-use clap::{Subcommand, ValueEnum};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use super::Failure;
-use crate::images::{ImageRef, Images};
+use clap::Subcommand;
+
+use super::{parse_duration, Failure};
+use crate::image_cache::{self, manage};
+use crate::images::{ImageError, ImageRef, Images};
+use crate::pipeline::Pipeline;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Build (or find in the cache) images and print their paths.
+    /// Build (or find in the cache) images and print their paths: `all`
+    /// (kernel and minimal rootfs), `kernel`, `minimal`, `debian`, or a
+    /// pipeline file: every image it uses, image specs included.
     Build {
-        #[arg(value_enum, default_value = "all")]
-        which: Which,
+        #[arg(default_value = "all", value_name = "WHICH|PIPELINE")]
+        which: String,
+        /// Also check each cached spec image's sha256 against its manifest
+        /// (runs only check its size and superblock).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// The images built from pipeline specs: key, size, last use, spec.
+    List {
+        /// Also print what each key was hashed from.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Remove cached spec images. Default: those unused for 30 days.
+    Prune {
+        /// Remove entries last used longer ago than this (`7d`, `12h`, `0s`
+        /// for all).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Keep the images these pipelines use; without --older-than,
+        /// remove every other one.
+        #[arg(long = "keep", value_name = "PIPELINE")]
+        keep: Vec<PathBuf>,
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Which {
-    /// The kernel and the minimal rootfs.
-    All,
-    Kernel,
-    Minimal,
-    /// Debian bookworm; needs root (debootstrap).
-    Debian,
+/// Days are common for cache ages; `parse_duration` stops at hours.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" || text.trim() == "0s" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if let Some(days) = text.trim().strip_suffix('d') {
+        let days: u64 = days
+            .parse()
+            .map_err(|_| format!("invalid age `{text}`: expected like `30d`, `12h` or `0s`"))?;
+        return Ok(std::time::Duration::from_secs(days * 86400));
+    }
+    parse_duration(text)
 }
 
+/// Unused for this long, an entry goes with a plain `runner image prune`.
+const DEFAULT_PRUNE_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
 pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
-    let ImageCommand::Build { which } = cmd;
+    match cmd {
+        ImageCommand::Build { which, verify } => build(&which, verify),
+        ImageCommand::List { verbose } => {
+            let listed = manage::list().map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
+            print!("{}", manage::render(&listed, SystemTime::now(), verbose));
+            Ok(0)
+        }
+        ImageCommand::Prune { older_than, keep } => prune(older_than, &keep),
+    }
+}
+
+fn build(which: &str, verify: bool) -> Result<i32, Failure> {
     let images = Images::from_env();
     let named = |n: &str| ImageRef::Named(n.to_string());
     let built = match which {
-        Which::All => images
+        "all" => images
             .kernel(&named("default"))
             .and_then(|k| Ok(vec![k, images.rootfs(&named("minimal"))?])),
-        Which::Kernel => images.kernel(&named("default")).map(|k| vec![k]),
-        Which::Minimal => images.rootfs(&named("minimal")).map(|r| vec![r]),
-        Which::Debian => images.rootfs(&named("debian")).map(|r| vec![r]),
+        "kernel" => images.kernel(&named("default")).map(|k| vec![k]),
+        "minimal" | "debian" => images.rootfs(&named(which)).map(|r| vec![r]),
+        path if Path::new(path).exists() || path.ends_with(".yml") || path.ends_with(".yaml") => {
+            return build_pipeline(&images, Path::new(path), verify);
+        }
+        other => {
+            return Err(Failure::new(
+                2,
+                anyhow::anyhow!(
+                "unknown image `{other}`: expected all, kernel, minimal, debian or a pipeline file"
+            ),
+            ))
+        }
     }
     .map_err(|e| Failure::new(1, e))?;
     for path in built {
         println!("{}", path.display());
     }
+    Ok(0)
+}
+
+/// Every image the pipeline uses (top level and per job): kernels and
+/// root file systems, named, prebuilt or built from a spec; one path a line.
+fn build_pipeline(images: &Images, path: &Path, verify: bool) -> Result<i32, Failure> {
+    let pipeline = Pipeline::load(path).map_err(|e| Failure::new(2, e))?;
+    let all = std::iter::once(&pipeline.image)
+        .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
+    let mut seen = HashSet::new();
+    let fail = |e: ImageError| {
+        let code = if matches!(e, ImageError::Spec(_)) {
+            2
+        } else {
+            1
+        };
+        Failure::new(code, e)
+    };
+    for image in all {
+        for (is_kernel, image_ref) in [(true, &image.kernel), (false, &image.rootfs)] {
+            if !seen.insert(image_ref.clone()) {
+                continue;
+            }
+            let built = match image_ref {
+                ImageRef::Spec(spec) => image_cache::resolve(images, spec, verify),
+                _ if is_kernel => images.kernel(image_ref),
+                _ => images.rootfs(image_ref),
+            }
+            .map_err(fail)?;
+            println!("{}", built.display());
+        }
+    }
+    Ok(0)
+}
+
+fn pipeline_specs(pipeline: &Pipeline) -> Vec<std::sync::Arc<crate::pipeline::ImageSpec>> {
+    let mut specs = Vec::new();
+    let all = std::iter::once(&pipeline.image)
+        .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
+    for image in all {
+        if let ImageRef::Spec(spec) = &image.rootfs {
+            if !specs.contains(spec) {
+                specs.push(spec.clone());
+            }
+        }
+    }
+    specs
+}
+
+fn prune(older_than: Option<std::time::Duration>, keep: &[PathBuf]) -> Result<i32, Failure> {
+    let keep = if keep.is_empty() {
+        None
+    } else {
+        let images = Images::from_env();
+        let mut shorts = HashSet::new();
+        for path in keep {
+            let pipeline = Pipeline::load(path).map_err(|e| Failure::new(2, e))?;
+            for spec in pipeline_specs(&pipeline) {
+                let (key, _) =
+                    image_cache::spec_key(&images, &spec).map_err(|e| Failure::new(2, e))?;
+                shorts.insert(key[..16].to_string());
+            }
+        }
+        Some(shorts)
+    };
+    let policy = manage::PrunePolicy {
+        older_than: older_than.or(if keep.is_none() {
+            Some(DEFAULT_PRUNE_AGE)
+        } else {
+            None
+        }),
+        keep,
+    };
+    let (removed, freed) = manage::prune(&policy, SystemTime::now())
+        .map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
+    for short in &removed {
+        println!("removed {short}");
+    }
+    eprintln!(
+        "runner: pruned {} images, freed {}",
+        removed.len(),
+        manage::human_bytes(freed)
+    );
     Ok(0)
 }

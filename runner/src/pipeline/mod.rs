@@ -10,6 +10,7 @@ mod de;
 mod error;
 pub mod files;
 pub mod host_scope;
+pub mod image_spec;
 mod reports;
 mod scalars;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use error::PipelineError;
 pub use files::FileEntry;
+pub use image_spec::{ImageSpec, SpecBase, SpecFile};
 pub use reports::ReportFiles;
 pub use scalars::{
     format_duration, parse_duration, parse_memory, ImageKind, ImageRef, KERNEL_NAMES,

@@ -134,6 +134,9 @@ pub enum ImageRef {
     /// A file on the host, absolute (relative paths in the pipeline are
     /// resolved against the workspace root when parsing).
     Path(PathBuf),
+    /// A root file system built from a spec in the pipeline and cached by
+    /// its hash; jobs with equal specs share one build.
+    Spec(std::sync::Arc<super::image_spec::ImageSpec>),
 }
 
 /// What an [`ImageRef`] names.
@@ -188,6 +191,7 @@ impl std::fmt::Display for ImageRef {
         match self {
             ImageRef::Named(name) => f.write_str(name),
             ImageRef::Path(path) => write!(f, "{}", path.display()),
+            ImageRef::Spec(spec) => f.write_str(&spec.summary()),
         }
     }
 }

@@ -456,6 +456,18 @@ fn example_pipelines_are_valid() {
         .ends_with("target/x86_64-unknown-linux-gnu/debug/deps/agent_protocol-????????????????"));
     assert_eq!(job.files[0].to, "/opt/tests/");
 
+    let c = plan("c-toolchain.yml");
+    assert_eq!(c.jobs.len(), 2);
+    let ImageRef::Spec(spec) = &c.jobs[0].image.rootfs else {
+        panic!("c-toolchain.yml must use an image spec")
+    };
+    assert_eq!(spec.packages, ["gcc", "libc6-dev", "make"]);
+    assert_eq!(
+        c.jobs[0].image, c.jobs[1].image,
+        "matrix jobs share one image"
+    );
+    assert!(spec.files[0].from.is_file(), "{:?}", spec.files[0].from);
+
     let count = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(count, 4, "a new example needs a check here");
+    assert_eq!(count, 5, "a new example needs a check here");
 }

@@ -453,6 +453,7 @@ fn describe_machine(job: &PlannedJob) -> String {
     let rootfs = match &job.image.rootfs {
         ImageRef::Named(name) => name.clone(),
         ImageRef::Path(path) => path.display().to_string(),
+        ImageRef::Spec(spec) => spec.summary(),
     };
     format!("{rootfs}, {} vCPU, {}M", job.vcpus, job.memory_mib)
 }

@@ -269,8 +269,9 @@ impl<'de> Visitor<'de> for EnvSeed<'_> {
     }
 }
 
-/// `image: minimal` (a rootfs with the default kernel) or
-/// `image: { kernel: …, rootfs: … }`.
+/// `image: minimal` (a rootfs with the default kernel),
+/// `image: { kernel: …, rootfs: … }`, or an image spec
+/// (`image: { base: debian, packages: [gcc] }`, see `de/image.rs`).
 pub(crate) struct ImageSeed<'a> {
     pub workspace: &'a Path,
     pub context: &'a str,
@@ -286,7 +287,7 @@ impl<'de> DeserializeSeed<'de> for ImageSeed<'_> {
 impl<'de> Visitor<'de> for ImageSeed<'_> {
     type Value = Image;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a rootfs name or path, or a mapping with `kernel` and `rootfs`")
+        f.write_str("a rootfs name or path, or a mapping with `kernel` and `rootfs` or an image spec (`base`, `packages`, …)")
     }
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Image, E> {
         let rootfs = ImageRef::parse(ImageKind::Rootfs, text, self.workspace).map_err(located)?;
@@ -295,31 +296,8 @@ impl<'de> Visitor<'de> for ImageSeed<'_> {
             ..Image::default()
         })
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Image, A::Error> {
-        const KEYS: &[&str] = &["kernel", "rootfs"];
-        let context = if self.context.is_empty() {
-            "in `image`".to_string()
-        } else {
-            format!("in `image` {}", self.context)
-        };
-        let mut seen = Vec::new();
-        let mut image = Image::default();
-        while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, &[])? {
-            let kind = if key == "kernel" {
-                ImageKind::Kernel
-            } else {
-                ImageKind::Rootfs
-            };
-            let what = format!("a {} name or path", kind.noun());
-            let image_ref = parse_value(&mut map, &what, &|text: &str| {
-                ImageRef::parse(kind, text, self.workspace)
-            })?;
-            match kind {
-                ImageKind::Kernel => image.kernel = image_ref,
-                ImageKind::Rootfs => image.rootfs = image_ref,
-            }
-        }
-        Ok(image)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Image, A::Error> {
+        super::image::visit_image_map(map, self.workspace, self.context)
     }
 }
 

@@ -6,6 +6,7 @@
 //! buffering either: buffered content loses its position.
 
 mod fields;
+mod image;
 mod reports;
 mod steps;
 

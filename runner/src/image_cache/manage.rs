@@ -1,0 +1,211 @@
+//! `runner image list` and `runner image prune`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::{cache_dir, Entry, Lock, Manifest};
+
+/// One cache entry as listed.
+pub struct Listed {
+    pub entry: Entry,
+    /// None when the entry is corrupt (the reason is in `problem`).
+    pub manifest: Option<Manifest>,
+    pub problem: Option<String>,
+    pub apparent_bytes: u64,
+    pub disk_bytes: u64,
+    pub last_used: Option<SystemTime>,
+}
+
+/// Every entry in the cache, most recently used first.
+pub fn list() -> std::io::Result<Vec<Listed>> {
+    let dir = cache_dir();
+    let mut shorts = HashSet::new();
+    let read = match fs::read_dir(&dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    for item in read.flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if let Some(short) = name
+            .strip_suffix(".json")
+            .or_else(|| name.strip_suffix(".ext4"))
+        {
+            shorts.insert(short.to_string());
+        }
+    }
+    let mut listed: Vec<Listed> = shorts
+        .into_iter()
+        .map(|short| {
+            let entry = Entry::new(&dir, &short);
+            let (manifest, problem) = match entry.check(None) {
+                Ok(m) => (Some(m), None),
+                Err(why) => (None, Some(why)),
+            };
+            let meta = fs::metadata(&entry.image).ok();
+            let last_used = fs::metadata(&entry.used)
+                .and_then(|m| m.modified())
+                .ok()
+                .or_else(|| meta.as_ref().and_then(|m| m.modified().ok()));
+            Listed {
+                apparent_bytes: meta.as_ref().map_or(0, |m| m.len()),
+                disk_bytes: meta.as_ref().map_or(0, |m| m.blocks() * 512),
+                entry,
+                manifest,
+                problem,
+                last_used,
+            }
+        })
+        .collect();
+    listed.sort_by_key(|l| std::cmp::Reverse(l.last_used));
+    Ok(listed)
+}
+
+/// The table `runner image list` prints.
+pub fn render(listed: &[Listed], now: SystemTime, verbose: bool) -> String {
+    let mut out = format!(
+        "{:<16}  {:>9}  {:>9}  {:<10}  {}\n",
+        "KEY", "SIZE", "ON DISK", "LAST USE", "SPEC"
+    );
+    for l in listed {
+        let age = l
+            .last_used
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or("-".to_string(), |d| format!("{} ago", short_age(d)));
+        let spec = match (&l.manifest, &l.problem) {
+            (Some(m), _) => m.summary.clone(),
+            (None, Some(why)) => format!("corrupt: {why} (rebuilt on next use)"),
+            (None, None) => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<16}  {:>9}  {:>9}  {:<10}  {spec}\n",
+            l.entry.short,
+            human_bytes(l.apparent_bytes),
+            human_bytes(l.disk_bytes),
+            age
+        ));
+        if let (true, Some(manifest)) = (verbose, &l.manifest) {
+            for input in &manifest.inputs {
+                out.push_str(&format!("    {input}\n"));
+            }
+        }
+    }
+    let total: u64 = listed.iter().map(|l| l.disk_bytes).sum();
+    out.push_str(&format!(
+        "{} images, {} on disk in {}\n",
+        listed.len(),
+        human_bytes(total),
+        cache_dir().display()
+    ));
+    out
+}
+
+/// What `prune` removes: entries last used before `older_than` ago, except
+/// those in `keep` (short keys); with `keep` given and no age, every entry
+/// not in it.
+pub struct PrunePolicy {
+    pub older_than: Option<Duration>,
+    pub keep: Option<HashSet<String>>,
+}
+
+/// Removes the entries the policy selects (and leftovers of builds that
+/// were killed); an entry being built right now (locked) is skipped.
+/// Returns the removed keys and the bytes freed.
+pub fn prune(policy: &PrunePolicy, now: SystemTime) -> std::io::Result<(Vec<String>, u64)> {
+    let mut removed = Vec::new();
+    let mut freed = 0;
+    for l in list()? {
+        let kept = policy
+            .keep
+            .as_ref()
+            .is_some_and(|keep| keep.contains(&l.entry.short));
+        let old_enough = match (policy.older_than, l.last_used) {
+            (Some(age), Some(used)) => now.duration_since(used).is_ok_and(|d| d >= age),
+            (Some(_), None) => true,
+            (None, _) => policy.keep.is_some(),
+        };
+        if kept || !(old_enough || l.problem.is_some()) {
+            continue;
+        }
+        let Some(_lock) = Lock::acquire(&l.entry.lock, false)? else {
+            continue;
+        };
+        l.entry.remove();
+        let _ = fs::remove_file(&l.entry.lock);
+        freed += l.disk_bytes;
+        removed.push(l.entry.short.clone());
+    }
+    remove_stale_temp(&cache_dir(), now);
+    Ok((removed, freed))
+}
+
+/// Temp files and work dirs older than a day: a build that was killed.
+/// A live build is younger, or holds its lock (checked by its age only:
+/// no build takes a day).
+fn remove_stale_temp(dir: &Path, now: SystemTime) {
+    let Ok(read) = fs::read_dir(dir) else { return };
+    for item in read.flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(".work-") || name.starts_with(".inputs-") || name.contains(".tmp-")) {
+            continue;
+        }
+        let stale = item
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if stale {
+            let path = item.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+fn short_age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_are_short() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(3 << 20), "3.0M");
+        assert_eq!(short_age(Duration::from_secs(7200)), "2h");
+        assert_eq!(short_age(Duration::from_secs(3 * 86400)), "3d");
+    }
+}

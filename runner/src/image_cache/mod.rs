@@ -1,0 +1,381 @@
+//! Images built from a spec in the pipeline, cached by the hash of
+//! everything that goes into them.
+//!
+//! The cache lives in `${RUNNER_CACHE:-~/.cache/runner}/images/`. An entry
+//! is `<key>.ext4` (the image), `<key>.json` (its manifest: what it was built
+//! from, its size and sha256) and `<key>.used` (its mtime is the last use).
+//! Builders take an exclusive `flock` on `<key>.lock`, build under a temp
+//! name and rename into place, so concurrent runners build a spec once and
+//! nobody ever boots a half-written image. An entry whose image does not
+//! match its manifest is rebuilt.
+
+mod key;
+pub mod manage;
+pub mod oci;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::images::{ImageError, Images};
+use crate::pipeline::{ImageRef, ImageSpec, SpecBase};
+
+pub use key::{hex, sha256_file, spec_key};
+
+/// Manifest format version; a different one is treated as corrupt.
+const MANIFEST_VERSION: u32 = 1;
+
+/// What the cache knows about one built image.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub version: u32,
+    /// The full sha256 hex key; file names use its first 16 digits.
+    pub key: String,
+    pub summary: String,
+    /// Apparent size of the image file, checked on every use.
+    pub size_bytes: u64,
+    /// sha256 of the image file, checked by `runner image build`.
+    pub sha256: String,
+    /// Seconds since the epoch.
+    pub built_at: u64,
+    /// The hashed inputs, one per line, shown by `runner image list -v`:
+    /// they tell why two keys differ.
+    pub inputs: Vec<String>,
+}
+
+/// The cache directory: `${RUNNER_CACHE:-$HOME/.cache/runner}/images`.
+pub fn cache_dir() -> PathBuf {
+    let root = std::env::var_os("RUNNER_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/runner")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/runner-cache"));
+    root.join("images")
+}
+
+/// The files of one cache entry.
+pub struct Entry {
+    pub short: String,
+    pub image: PathBuf,
+    pub manifest: PathBuf,
+    pub used: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl Entry {
+    pub fn new(dir: &Path, short: &str) -> Entry {
+        Entry {
+            short: short.to_string(),
+            image: dir.join(format!("{short}.ext4")),
+            manifest: dir.join(format!("{short}.json")),
+            used: dir.join(format!("{short}.used")),
+            lock: dir.join(format!("{short}.lock")),
+        }
+    }
+
+    /// The manifest, if the entry is complete and its image matches it
+    /// (size, ext4 magic); otherwise why not.
+    pub fn check(&self, key: Option<&str>) -> Result<Manifest, String> {
+        let text = fs::read_to_string(&self.manifest).map_err(|e| format!("manifest: {e}"))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| format!("manifest: {e}"))?;
+        if manifest.version != MANIFEST_VERSION {
+            return Err(format!("manifest version {}", manifest.version));
+        }
+        if key.is_some_and(|key| key != manifest.key) {
+            return Err("manifest is for another key".to_string());
+        }
+        let file = File::open(&self.image).map_err(|e| format!("image: {e}"))?;
+        let len = file.metadata().map_err(|e| format!("image: {e}"))?.len();
+        if len != manifest.size_bytes {
+            return Err(format!(
+                "image is {len} bytes, its manifest says {}",
+                manifest.size_bytes
+            ));
+        }
+        let mut magic = [0u8; 2];
+        file.read_exact_at(&mut magic, 1080)
+            .map_err(|e| format!("image: {e}"))?;
+        if magic != [0x53, 0xef] {
+            return Err("image has no ext4 superblock".to_string());
+        }
+        Ok(manifest)
+    }
+
+    fn touch_used(&self) {
+        let stamp = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.used);
+        if let Ok(file) = stamp {
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+
+    fn remove(&self) {
+        for path in [&self.manifest, &self.image, &self.used] {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// An exclusive `flock`, released when dropped (or when the process dies).
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    pub fn acquire(path: &Path, wait: bool) -> std::io::Result<Option<Lock>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let flags = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
+                return Ok(Some(Lock { _file: file }));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) if !crate::interrupt::is_interrupted() => continue,
+                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
+                _ => return Err(err),
+            }
+        }
+    }
+}
+
+/// Resolves an image spec to a built image, building it on first use.
+/// `verify` also checks the image's sha256 against the manifest.
+pub fn resolve(images: &Images, spec: &ImageSpec, verify: bool) -> Result<PathBuf, ImageError> {
+    let (key, inputs) = spec_key(images, spec)?;
+    let dir = cache_dir();
+    let entry = Entry::new(&dir, &key[..16]);
+    let summary = spec.summary();
+    let label = format!("image {} ({summary})", entry.short);
+    let usable = |entry: &Entry| -> Result<Manifest, String> {
+        let manifest = entry.check(Some(&key))?;
+        if verify {
+            let sum = sha256_file(&entry.image).map_err(|e| format!("image: {e}"))?;
+            if sum != manifest.sha256 {
+                return Err("image's sha256 differs from its manifest".to_string());
+            }
+        }
+        Ok(manifest)
+    };
+    if usable(&entry).is_ok() {
+        entry.touch_used();
+        eprintln!("runner: {label}: cached, {}", entry.image.display());
+        return Ok(entry.image);
+    }
+    fs::create_dir_all(&dir)
+        .map_err(|e| build_error(&label, format!("creating {}: {e}", dir.display())))?;
+    let lock = match Lock::acquire(&entry.lock, false) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            eprintln!("runner: {label}: another runner is building it; waiting");
+            Lock::acquire(&entry.lock, true)
+                .map_err(|e| build_error(&label, format!("locking: {e}")))?
+                .expect("a blocking flock returns a lock")
+        }
+        Err(e) => {
+            return Err(build_error(
+                &label,
+                format!("locking {}: {e}", entry.lock.display()),
+            ))
+        }
+    };
+    match usable(&entry) {
+        Ok(_) => {
+            entry.touch_used();
+            eprintln!(
+                "runner: {label}: built by another runner, {}",
+                entry.image.display()
+            );
+            return Ok(entry.image);
+        }
+        Err(why) if entry.manifest.exists() || entry.image.exists() => {
+            eprintln!("runner: {label}: cache entry is corrupt ({why}); rebuilding");
+            entry.remove();
+        }
+        Err(_) => {}
+    }
+    eprintln!("runner: {label}: building");
+    let started = Instant::now();
+    let temp = dir.join(format!(".{}.ext4.tmp-{}", entry.short, std::process::id()));
+    let phases = build(images, spec, &key, &temp).inspect_err(|_| {
+        let _ = fs::remove_file(&temp);
+    })?;
+    let publish = || -> std::io::Result<()> {
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            key: key.clone(),
+            summary: summary.clone(),
+            size_bytes: fs::metadata(&temp)?.len(),
+            sha256: sha256_file(&temp)?,
+            built_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            inputs,
+        };
+        let manifest_temp = dir.join(format!(".{}.json.tmp-{}", entry.short, std::process::id()));
+        fs::write(&manifest_temp, serde_json::to_vec_pretty(&manifest)?)?;
+        // The image first: a manifest never points at a missing image.
+        fs::rename(&temp, &entry.image)?;
+        fs::rename(&manifest_temp, &entry.manifest)
+    };
+    publish().map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        build_error(&label, format!("writing the cache entry: {e}"))
+    })?;
+    entry.touch_used();
+    drop(lock);
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.1}s"))
+        .collect();
+    eprintln!(
+        "runner: {label}: built in {:.1}s ({}), {}",
+        started.elapsed().as_secs_f64(),
+        phases.join(", "),
+        entry.image.display()
+    );
+    Ok(entry.image)
+}
+
+/// Runs the builder; returns its phases and their durations in seconds.
+fn build(
+    images: &Images,
+    spec: &ImageSpec,
+    key: &str,
+    out: &Path,
+) -> Result<Vec<(String, f64)>, ImageError> {
+    let label = format!("image {}", &key[..16]);
+    let sources = images.source_dir(&label)?;
+    let agent = images.agent_binary()?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".inputs-{}.", &key[..16]))
+        .tempdir_in(out.parent().unwrap_or(Path::new("/tmp")))
+        .map_err(|e| build_error(&label, format!("temp dir: {e}")))?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(sources.join("rootfs/build-spec.sh"))
+        .args(["--out".as_ref(), out.as_os_str()])
+        .args(["--agent".as_ref(), agent.as_os_str()])
+        .args(["--key", key]);
+    match &spec.base {
+        SpecBase::Debian => {
+            cmd.args(["--base", "debian", "--mirror", &key::debian_mirror()]);
+            cmd.arg("--debs").arg(cache_dir().join("debs"));
+            if !spec.packages.is_empty() {
+                cmd.args(["--packages", &spec.packages.join(",")]);
+            }
+        }
+        SpecBase::Minimal => {
+            let minimal = images.rootfs(&ImageRef::Named("minimal".into()))?;
+            cmd.args(["--base", "minimal", "--from-image"]).arg(minimal);
+        }
+        SpecBase::Oci(path) => {
+            let tree = work.path().join("tree");
+            let limit = spec.size_mib.map(|mib| mib << 20);
+            oci::unpack(path, &tree, limit)
+                .map_err(|e| ImageError::Spec(format!("oci image {}: {e}", path.display())))?;
+            cmd.args(["--base", "tree", "--tree"]).arg(&tree);
+        }
+    }
+    for file in &spec.files {
+        // The list below is tab- and line-separated, and mmdebstrap's
+        // `upload` hooks split their arguments on whitespace.
+        let from = file.from.to_string_lossy();
+        let space = |text: &str| text.chars().any(char::is_whitespace);
+        if space(&from) || space(&file.to) {
+            return Err(ImageError::Spec(format!(
+                "image file `{from}` -> `{}`: paths with spaces are not supported in image `files`",
+                file.to
+            )));
+        }
+    }
+    if !spec.files.is_empty() {
+        let list: String = spec
+            .files
+            .iter()
+            .map(|f| format!("{}\t{}\n", f.from.display(), f.to))
+            .collect();
+        let path = work.path().join("files");
+        fs::write(&path, list).map_err(|e| build_error(&label, e.to_string()))?;
+        cmd.arg("--files").arg(path);
+    }
+    if let Some(setup) = &spec.setup {
+        let path = work.path().join("setup.sh");
+        fs::write(&path, setup).map_err(|e| build_error(&label, e.to_string()))?;
+        cmd.arg("--setup").arg(path);
+    }
+    if let Some(mib) = spec.size_mib {
+        cmd.args(["--size-mib", &mib.to_string()]);
+    }
+    run_builder(cmd, &label)
+}
+
+fn run_builder(mut cmd: Command, label: &str) -> Result<Vec<(String, f64)>, ImageError> {
+    // Not `spawn_guarded`: the builder stays in our process group so that a
+    // Ctrl-C reaches it too and its traps remove its temp files and stop
+    // mmdebstrap; a SIGKILL from a guard would skip all that.
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| build_error(label, format!("running rootfs/build-spec.sh: {e}")))?;
+    let mut phases = Vec::new();
+    let mut last_error = None;
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("runner-image-phase ") {
+                if let Some((name, secs)) = rest.split_once(' ') {
+                    phases.push((name.to_string(), secs.parse().unwrap_or(0.0)));
+                }
+                continue;
+            }
+            if let Some(message) = line.strip_prefix("error: ") {
+                last_error = Some(message.to_string());
+                continue;
+            }
+            eprintln!("  {line}");
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| build_error(label, format!("waiting for rootfs/build-spec.sh: {e}")))?;
+    match status.code() {
+        Some(0) => Ok(phases),
+        Some(65) => Err(ImageError::Spec(format!(
+            "{label}: {}",
+            last_error.unwrap_or_else(|| "the image spec was refused".into())
+        ))),
+        _ => Err(build_error(
+            label,
+            format!("rootfs/build-spec.sh {status} (see its messages above)"),
+        )),
+    }
+}
+
+fn build_error(what: &str, detail: String) -> ImageError {
+    ImageError::Build {
+        what: what.to_string(),
+        detail,
+    }
+}
+
+/// Reads `path` fully, for hashing small inputs.
+fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    File::open(path)?.read_to_end(&mut data)?;
+    Ok(data)
+}

@@ -1,0 +1,602 @@
+//! `image: { oci: PATH }`: an OCI image layout directory (as written by
+//! umoci or `skopeo copy … oci:DIR`) or a `docker save` tarball, unpacked
+//! without root into a directory that `rootfs/build-spec.sh` turns into ext4.
+//!
+//! Layers are applied in order with the OCI whiteout rules: `.wh.NAME`
+//! deletes NAME from the layers below, `.wh..wh..opq` empties its directory
+//! of everything the layers below put there. Layers are untrusted: a path
+//! that leaves the root (`..`, or through a symlink a lower layer made), a
+//! hard link to outside, and device nodes when not root are refused.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::key::{sha256_bytes, sha256_file};
+
+/// In the cache key: bump when unpacking changes what an image contains.
+pub const UNPACKER_VERSION: &str = "oci-unpack v1";
+
+type Result<T> = std::result::Result<T, String>;
+
+/// What identifies the image's contents: the manifest's digest for a layout
+/// (blobs are content-addressed and checked while unpacking), the whole
+/// file's sha256 for a tarball.
+pub fn digest(path: &Path) -> Result<String> {
+    if path.is_dir() {
+        let manifest = layout_manifest(path)?;
+        return Ok(format!("manifest {}", sha256_bytes(&manifest)));
+    }
+    if path.is_file() {
+        return sha256_file(path)
+            .map(|sum| format!("tarball {sum}"))
+            .map_err(|e| e.to_string());
+    }
+    Err("not found (expected an OCI image layout directory or a `docker save` tarball)".into())
+}
+
+/// Unpacks the image's layers into `dest` (created). With a `limit`, the
+/// bytes of file contents written, over all layers, may not pass it: a
+/// layer is untrusted, and may be a small file that unpacks to terabytes.
+pub fn unpack(path: &Path, dest: &Path, limit: Option<u64>) -> Result<()> {
+    fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let layers = if path.is_dir() {
+        layout_layers(path)?
+    } else {
+        let extracted = dest.with_extension("tarball");
+        extract_tarball(path, &extracted)?;
+        let layers = if extracted.join("index.json").is_file() {
+            layout_layers(&extracted)?
+        } else {
+            docker_layers(&extracted)?
+        };
+        // Layers are read from `extracted`, so it stays until unpacking ends;
+        // the caller's temp dir removes it.
+        layers
+    };
+    let mut dirs = HashMap::new();
+    let mut budget = Budget { left: limit };
+    for (index, layer) in layers.iter().enumerate() {
+        apply_layer(layer, dest, &mut dirs, &mut budget)
+            .map_err(|e| format!("layer {}: {e}", index + 1))?;
+    }
+    // Directory mtimes last, deepest first: adding children moved them.
+    let mut dirs: Vec<_> = dirs.into_iter().collect();
+    dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, mtime) in dirs {
+        if let Ok(dir) = File::open(dest.join(&path)) {
+            let _ = dir.set_modified(mtime);
+        }
+    }
+    Ok(())
+}
+
+/// The image manifest's bytes, found through index.json (a nested index is
+/// followed; with several manifests, the linux/amd64 one).
+fn layout_manifest(layout: &Path) -> Result<Vec<u8>> {
+    let index = fs::read(layout.join("index.json"))
+        .map_err(|e| format!("{}: {e}", layout.join("index.json").display()))?;
+    let mut document: Value =
+        serde_json::from_slice(&index).map_err(|e| format!("index.json: {e}"))?;
+    for _ in 0..4 {
+        let Some(manifests) = document.get("manifests").and_then(Value::as_array) else {
+            return serde_json::to_vec(&document).map_err(|e| e.to_string());
+        };
+        let chosen = match manifests.as_slice() {
+            [] => return Err("index.json lists no manifests".into()),
+            [only] => only,
+            many => many
+                .iter()
+                .find(|m| {
+                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64"
+                })
+                .ok_or("index.json lists several manifests and none for linux/amd64")?,
+        };
+        let digest = chosen["digest"]
+            .as_str()
+            .ok_or("a manifest without a digest")?;
+        let bytes = read_blob(layout, digest)?;
+        document = serde_json::from_slice(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
+        if document.get("layers").is_some() {
+            return Ok(bytes);
+        }
+    }
+    Err("image indexes nested too deep".into())
+}
+
+fn layout_layers(layout: &Path) -> Result<Vec<PathBuf>> {
+    let manifest: Value =
+        serde_json::from_slice(&layout_manifest(layout)?).map_err(|e| format!("manifest: {e}"))?;
+    let layers = manifest["layers"]
+        .as_array()
+        .ok_or("manifest has no layers")?;
+    layers
+        .iter()
+        .map(|layer| {
+            let digest = layer["digest"].as_str().ok_or("a layer without a digest")?;
+            let path = blob_path(layout, digest)?;
+            let sum = sha256_file(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+            if format!("sha256:{sum}") != digest {
+                return Err(format!("blob {digest} does not match its digest"));
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            format!("unsupported digest `{digest}` (expected sha256:<64 hex digits>)")
+        })?;
+    Ok(layout.join("blobs/sha256").join(hex))
+}
+
+fn read_blob(layout: &Path, digest: &str) -> Result<Vec<u8>> {
+    let bytes = fs::read(blob_path(layout, digest)?).map_err(|e| format!("blob {digest}: {e}"))?;
+    if format!("sha256:{}", sha256_bytes(&bytes)) != digest {
+        return Err(format!("blob {digest} does not match its digest"));
+    }
+    Ok(bytes)
+}
+
+/// `docker save`'s own format: manifest.json names the layer tarballs.
+fn docker_layers(dir: &Path) -> Result<Vec<PathBuf>> {
+    let text = fs::read(dir.join("manifest.json")).map_err(|_| {
+        "neither index.json nor manifest.json in the tarball: not an OCI or docker image"
+            .to_string()
+    })?;
+    let manifest: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("manifest.json: {e}"))?;
+    let images = manifest.as_array().ok_or("manifest.json is not a list")?;
+    let [image] = images.as_slice() else {
+        return Err(format!(
+            "the tarball holds {} images; save exactly one",
+            images.len()
+        ));
+    };
+    let layers = image["Layers"]
+        .as_array()
+        .ok_or("manifest.json has no Layers")?;
+    layers
+        .iter()
+        .map(|layer| {
+            let name = layer.as_str().ok_or("a layer that is not a path")?;
+            safe_relative(Path::new(name))
+                .map(|rel| dir.join(rel))
+                .ok_or_else(|| format!("layer path `{name}` leaves the tarball"))
+        })
+        .collect()
+}
+
+/// Extracts the regular files of the outer tarball (paths checked).
+fn extract_tarball(tarball: &Path, dest: &Path) -> Result<()> {
+    let file = File::open(tarball).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let rel = safe_relative(&path)
+            .ok_or_else(|| format!("`{}` leaves the tarball's root", path.display()))?;
+        let target = dest.join(rel);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let mut out = File::create(&target).map_err(|e| e.to_string())?;
+        io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `path` without `/`, `./` and with no `..`; None if it would leave.
+fn safe_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// A layer's tar stream, decompressed by gzip or zstd when its magic says so.
+fn layer_reader(layer: &Path) -> Result<Box<dyn Read>> {
+    let mut magic = [0u8; 4];
+    let n = File::open(layer)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| e.to_string())?;
+    let tool = match &magic[..n.min(4)] {
+        [0x1f, 0x8b, ..] => "gzip",
+        [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
+        _ => {
+            let file = File::open(layer).map_err(|e| e.to_string())?;
+            return Ok(Box::new(BufReader::new(file)));
+        }
+    };
+    let input = File::open(layer).map_err(|e| e.to_string())?;
+    let child = Command::new(tool)
+        .args(["-dc"])
+        .stdin(input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running {tool} to decompress: {e}"))?;
+    Ok(Box::new(Decompressed { child }))
+}
+
+/// A decompressor's output; a failed decompression is a read error.
+struct Decompressed {
+    child: std::process::Child,
+}
+
+impl Read for Decompressed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self
+            .child
+            .stdout
+            .as_mut()
+            .map_or(Ok(0), |out| out.read(buf))?;
+        if n == 0 && !buf.is_empty() {
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(io::Error::other(format!(
+                    "decompressing the layer: {status}"
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Decompressed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes of file contents still allowed; `None` for no limit.
+struct Budget {
+    left: Option<u64>,
+}
+
+impl Budget {
+    fn take(&mut self, bytes: u64) -> Result<()> {
+        if let Some(left) = &mut self.left {
+            *left = left
+                .checked_sub(bytes)
+                .ok_or("the layers unpack to more than the image's `size`")?;
+        }
+        Ok(())
+    }
+}
+
+fn apply_layer(
+    layer: &Path,
+    root: &Path,
+    dirs: &mut HashMap<PathBuf, SystemTime>,
+    budget: &mut Budget,
+) -> Result<()> {
+    let as_root = nix::unistd::geteuid().is_root();
+    let mut archive = tar::Archive::new(layer_reader(layer)?);
+    // Paths this layer made: an opaque marker hides only the lower layers.
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let raw = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let rel = safe_relative(&raw)
+            .ok_or_else(|| format!("`{}` leaves the image's root", raw.display()))?;
+        let Some(name) = rel.file_name().map(|n| n.as_bytes().to_vec()) else {
+            continue; // the root itself
+        };
+        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        ensure_no_symlink(root, &parent)?;
+        if name == b".wh..wh..opq" {
+            let dir = root.join(&parent);
+            if let Ok(children) = fs::read_dir(&dir) {
+                for child in children.flatten() {
+                    let child_rel = parent.join(child.file_name());
+                    if !made.contains(&child_rel) {
+                        remove_any(&child.path()).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(b".wh.") {
+            let hidden = parent.join(std::ffi::OsStr::from_bytes(hidden));
+            remove_any(&root.join(hidden)).map_err(|e| e.to_string())?;
+            continue;
+        }
+        fs::create_dir_all(root.join(&parent)).map_err(|e| e.to_string())?;
+        let target = root.join(&rel);
+        let header = entry.header().clone();
+        let mode = header.mode().map_err(|e| e.to_string())? & 0o7777;
+        let mtime = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(header.mtime().map_err(|e| e.to_string())?);
+        let kind = header.entry_type();
+        let shown = rel.display();
+        if !kind.is_dir() {
+            remove_any(&target).map_err(|e| e.to_string())?;
+        } else if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
+            remove_any(&target).map_err(|e| e.to_string())?;
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                if !target.exists() {
+                    fs::create_dir(&target).map_err(|e| format!("{shown}: {e}"))?;
+                }
+                dirs.insert(rel.clone(), mtime);
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                budget.take(header.size().map_err(|e| e.to_string())?)?;
+                let mut out = File::create(&target).map_err(|e| format!("{shown}: {e}"))?;
+                io::copy(&mut entry, &mut out).map_err(|e| format!("{shown}: {e}"))?;
+                out.set_modified(mtime)
+                    .map_err(|e| format!("{shown}: {e}"))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{shown}: symlink without a target"))?;
+                symlink(&link, &target).map_err(|e| format!("{shown}: {e}"))?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{shown}: hard link without a target"))?;
+                let source = safe_relative(&link).ok_or_else(|| {
+                    format!("{shown}: hard link to `{}` leaves the root", link.display())
+                })?;
+                ensure_no_symlink(root, source.parent().unwrap_or(Path::new("")))?;
+                let source = root.join(source);
+                if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
+                    return Err(format!(
+                        "{shown}: hard link to `{}`, which is no regular file",
+                        link.display()
+                    ));
+                }
+                fs::hard_link(&source, &target).map_err(|e| format!("{shown}: {e}"))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                if kind != tar::EntryType::Fifo && !as_root {
+                    return Err(format!("{shown}: device node refused (only root may build images with device nodes)"));
+                }
+                let node_kind = match kind {
+                    tar::EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
+                    tar::EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
+                    _ => nix::sys::stat::SFlag::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
+                let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
+                nix::sys::stat::mknod(
+                    &target,
+                    node_kind,
+                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o777),
+                    nix::sys::stat::makedev(major, minor),
+                )
+                .map_err(|e| format!("{shown}: {e}"))?;
+            }
+            // PAX/GNU metadata entries are consumed by `tar` itself.
+            _ => continue,
+        }
+        if as_root {
+            let uid = header.uid().map_err(|e| e.to_string())? as u32;
+            let gid = header.gid().map_err(|e| e.to_string())? as u32;
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
+                .map_err(|e| format!("{shown}: {e}"))?;
+        }
+        if kind != tar::EntryType::Symlink && kind != tar::EntryType::Link {
+            // Set after chown: chown clears setuid bits.
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{shown}: {e}"))?;
+        }
+        made.insert(rel);
+    }
+    Ok(())
+}
+
+/// Every existing component of `dir` below `root` must be a real directory:
+/// a lower layer's symlink must not redirect a write outside the image.
+fn ensure_no_symlink(root: &Path, dir: &Path) -> Result<()> {
+    let mut path = root.to_path_buf();
+    for component in dir.components() {
+        path.push(component);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!(
+                    "`{}` is written through a symlink; refused",
+                    dir.display()
+                ))
+            }
+            Ok(meta) if !meta.is_dir() => {
+                // A file where a directory is needed: a later entry replaces it.
+                fs::remove_file(&path).map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(dir: &Path, name: &str, entries: &[(&str, tar::EntryType, &str)]) -> PathBuf {
+        let path = dir.join(name);
+        let mut builder = tar::Builder::new(File::create(&path).unwrap());
+        for (entry_path, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+            header.set_mtime(1_700_000_000);
+            header.set_uid(0);
+            header.set_gid(0);
+            if *kind == tar::EntryType::Symlink || *kind == tar::EntryType::Link {
+                header.set_size(0);
+                builder.append_link(&mut header, entry_path, data).unwrap();
+            } else {
+                header.set_size(data.len() as u64);
+                // Raw name bytes: `append_data` would refuse `..` itself.
+                header.as_gnu_mut().unwrap().name[..entry_path.len()]
+                    .copy_from_slice(entry_path.as_bytes());
+                header.set_cksum();
+                builder.append(&header, data.as_bytes()).unwrap();
+            }
+        }
+        builder.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let dir = tar::EntryType::Directory;
+        let file = tar::EntryType::Regular;
+        let lower = layer(
+            tmp.path(),
+            "1.tar",
+            &[
+                ("etc/", dir, ""),
+                ("etc/keep", file, "k"),
+                ("etc/gone", file, "g"),
+                ("opt/", dir, ""),
+                ("opt/old", file, "o"),
+            ],
+        );
+        let upper = layer(
+            tmp.path(),
+            "2.tar",
+            &[
+                ("etc/.wh.gone", file, ""),
+                ("opt/", dir, ""),
+                ("opt/.wh..wh..opq", file, ""),
+                ("opt/new", file, "n"),
+            ],
+        );
+        let mut dirs = HashMap::new();
+        apply_layer(&lower, &root, &mut dirs, &mut Budget { left: None }).unwrap();
+        apply_layer(&upper, &root, &mut dirs, &mut Budget { left: None }).unwrap();
+        assert!(root.join("etc/keep").exists());
+        assert!(!root.join("etc/gone").exists());
+        assert!(!root.join("opt/old").exists());
+        assert_eq!(fs::read_to_string(root.join("opt/new")).unwrap(), "n");
+    }
+
+    #[test]
+    fn docker_save_tarballs_unpack_in_layer_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tar::EntryType::Directory;
+        let file = tar::EntryType::Regular;
+        let lower = layer(
+            tmp.path(),
+            "lower.tar",
+            &[
+                ("etc/", dir, ""),
+                ("etc/a", file, "lower"),
+                ("etc/b", file, "b"),
+            ],
+        );
+        let upper = layer(
+            tmp.path(),
+            "upper.tar",
+            &[("etc/a", file, "upper"), ("etc/.wh.b", file, "")],
+        );
+        let saved = tmp.path().join("saved.tar");
+        let mut outer = tar::Builder::new(File::create(&saved).unwrap());
+        let manifest = r#"[{"Config":"c.json","RepoTags":["t:1"],"Layers":["111/layer.tar","222/layer.tar"]}]"#;
+        for (name, path) in [("111/layer.tar", &lower), ("222/layer.tar", &upper)] {
+            outer.append_path_with_name(path, name).unwrap();
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(manifest.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        outer
+            .append_data(&mut header, "manifest.json", manifest.as_bytes())
+            .unwrap();
+        outer.finish().unwrap();
+        drop(outer);
+
+        let root = tmp.path().join("root");
+        unpack(&saved, &root, None).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/a")).unwrap(), "upper");
+        assert!(!root.join("etc/b").exists());
+        assert!(digest(&saved).unwrap().starts_with("tarball "));
+    }
+
+    #[test]
+    fn hostile_layers_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let file = tar::EntryType::Regular;
+        let mut dirs = HashMap::new();
+        let mut budget = Budget {
+            left: Some(1 << 20),
+        };
+        let escape = layer(tmp.path(), "e.tar", &[("../outside", file, "x")]);
+        let err = apply_layer(&escape, &root, &mut dirs, &mut budget).unwrap_err();
+        assert!(err.contains("leaves the image's root"), "{err}");
+        assert!(!tmp.path().join("outside").exists());
+
+        let through = layer(
+            tmp.path(),
+            "s.tar",
+            &[
+                ("evil", tar::EntryType::Symlink, "/tmp"),
+                ("evil/x", file, "x"),
+            ],
+        );
+        let err = apply_layer(&through, &root, &mut dirs, &mut budget).unwrap_err();
+        assert!(err.contains("through a symlink"), "{err}");
+
+        let hard = layer(
+            tmp.path(),
+            "h.tar",
+            &[("passwd", tar::EntryType::Link, "../../etc/passwd")],
+        );
+        let err = apply_layer(&hard, &root, &mut dirs, &mut budget).unwrap_err();
+        assert!(err.contains("leaves the root"), "{err}");
+
+        let big = "x".repeat(4096);
+        let bomb = layer(
+            tmp.path(),
+            "b.tar",
+            &[("a", file, big.as_str()), ("b", file, big.as_str())],
+        );
+        let err =
+            apply_layer(&bomb, &root, &mut dirs, &mut Budget { left: Some(6000) }).unwrap_err();
+        assert!(err.contains("more than the image's `size`"), "{err}");
+    }
+}
