@@ -60,6 +60,12 @@ case "$base" in debian|minimal|tree) ;; *) die "--base must be debian, minimal o
 
 rootless=1
 [ "$(id -u)" = 0 ] && rootless=0
+# A pipeline's setup and its packages' maintainer scripts are hostile code,
+# and a chroot is no boundary for root: as root, the runner runs this script
+# as its unprivileged build user (runner/src/image_cache/build_user.rs).
+if [ "$rootless" = 0 ] && { [ -n "$setup" ] || [ -n "$packages" ]; }; then
+    die "refusing to run setup or packages' scripts as the host's root; run this as an unprivileged user (the runner uses runner-build, see scripts/setup-host)"
+fi
 
 work="$(mktemp -d "$(dirname "$out")/.work-${key:0:16}.XXXXXX")"
 # mmdebstrap's hooks run as the namespace's root, which is not us when

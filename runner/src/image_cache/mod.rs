@@ -9,6 +9,7 @@
 //! nobody ever boots a half-written image. An entry whose image does not
 //! match its manifest is rebuilt.
 
+mod build_user;
 mod key;
 pub mod manage;
 pub mod oci;
@@ -259,38 +260,61 @@ fn build(
     out: &Path,
 ) -> Result<Vec<(String, f64)>, ImageError> {
     let label = format!("image {}", &key[..16]);
+    let builder = build_user::Builder::choose(spec)?;
     let sources = images.source_dir(&label)?;
     let agent = images.agent_binary()?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".inputs-{}.", &key[..16]))
-        .tempdir_in(out.parent().unwrap_or(Path::new("/tmp")))
-        .map_err(|e| build_error(&label, format!("temp dir: {e}")))?;
+    let cache = out.parent().unwrap_or(Path::new("/tmp"));
+    let work = builder
+        .staging(cache, &format!(".inputs-{}.", &key[..16]))
+        .map_err(|e| build_error(&label, e))?;
+    let staging = work.path();
+    let stage = |source: &Path, name: &str| {
+        builder
+            .stage_input(source, staging, name)
+            .map_err(|e| build_error(&label, e))
+    };
+    // The script finds runner-init and mke2fs.conf next to itself.
+    let mut script = PathBuf::new();
+    for name in ["runner-init", "mke2fs.conf", "build-spec.sh"] {
+        script = stage(&sources.join("rootfs").join(name), &format!("rootfs/{name}"))?;
+    }
+    let built = match builder {
+        build_user::Builder::BuildUser(_) => staging.join("out/image.ext4"),
+        _ => out.to_path_buf(),
+    };
     let mut cmd = Command::new("bash");
-    cmd.arg(sources.join("rootfs/build-spec.sh"))
-        .args(["--out".as_ref(), out.as_os_str()])
-        .args(["--agent".as_ref(), agent.as_os_str()])
+    cmd.arg(&script)
+        .args(["--out".as_ref(), built.as_os_str()])
+        .args(["--agent".as_ref(), stage(&agent, "runner-agent")?.as_os_str()])
         .args(["--key", key]);
     match &spec.base {
         SpecBase::Debian => {
             cmd.args(["--base", "debian", "--mirror", &key::debian_mirror()]);
-            cmd.arg("--debs").arg(cache_dir().join("debs"));
+            // The build user keeps its own .deb cache: it cannot reach ours.
+            let debs = match &builder {
+                build_user::Builder::BuildUser(user) => user.home.join("debs"),
+                _ => cache_dir().join("debs"),
+            };
+            cmd.arg("--debs").arg(debs);
             if !spec.packages.is_empty() {
                 cmd.args(["--packages", &spec.packages.join(",")]);
             }
         }
         SpecBase::Minimal => {
             let minimal = images.rootfs(&ImageRef::Named("minimal".into()))?;
-            cmd.args(["--base", "minimal", "--from-image"]).arg(minimal);
+            cmd.args(["--base", "minimal", "--from-image"])
+                .arg(stage(&minimal, "minimal.ext4")?);
         }
         SpecBase::Oci(path) => {
-            let tree = work.path().join("tree");
+            let tree = staging.join("tree");
             let limit = spec.size_mib.map(|mib| mib << 20);
             oci::unpack(path, &tree, limit)
                 .map_err(|e| ImageError::Spec(format!("oci image {}: {e}", path.display())))?;
             cmd.args(["--base", "tree", "--tree"]).arg(&tree);
         }
     }
-    for file in &spec.files {
+    let mut list = String::new();
+    for (index, file) in spec.files.iter().enumerate() {
         // The list below is tab- and line-separated, and mmdebstrap's
         // `upload` hooks split their arguments on whitespace.
         let from = file.from.to_string_lossy();
@@ -301,26 +325,34 @@ fn build(
                 file.to
             )));
         }
+        // Keeps the base name: a `to` ending in `/` uses it.
+        let base = file.from.file_name().unwrap_or_default().to_string_lossy();
+        let staged = stage(&file.from, &format!("files/{index}/{base}"))?;
+        list.push_str(&format!("{}\t{}\n", staged.display(), file.to));
     }
     if !spec.files.is_empty() {
-        let list: String = spec
-            .files
-            .iter()
-            .map(|f| format!("{}\t{}\n", f.from.display(), f.to))
-            .collect();
-        let path = work.path().join("files");
+        let path = staging.join("files.list");
         fs::write(&path, list).map_err(|e| build_error(&label, e.to_string()))?;
         cmd.arg("--files").arg(path);
     }
     if let Some(setup) = &spec.setup {
-        let path = work.path().join("setup.sh");
+        let path = staging.join("setup.sh");
         fs::write(&path, setup).map_err(|e| build_error(&label, e.to_string()))?;
         cmd.arg("--setup").arg(path);
     }
     if let Some(mib) = spec.size_mib {
         cmd.args(["--size-mib", &mib.to_string()]);
     }
-    run_builder(cmd, &label)
+    if let build_user::Builder::BuildUser(_) = builder {
+        fs::create_dir_all(staging.join("out")).map_err(|e| build_error(&label, e.to_string()))?;
+    }
+    builder.seal(staging).map_err(|e| build_error(&label, e))?;
+    builder.apply(&mut cmd, staging);
+    let phases = run_builder(cmd, &label)?;
+    builder
+        .claim(&built, out)
+        .map_err(|e| build_error(&label, e))?;
+    Ok(phases)
 }
 
 fn run_builder(mut cmd: Command, label: &str) -> Result<Vec<(String, f64)>, ImageError> {
