@@ -19,6 +19,9 @@ image:
   files: [{ from: greeting.h, to: /usr/local/include/greeting.h }]
   setup: |
     echo 'setup: building the image' > /etc/runner-setup-ran
+    id -u > /etc/setup-uid
+    cat /proc/self/uid_map > /etc/setup-uid-map
+    if echo escaped > /proc/1/root/etc/runner-escape-debian-gcc; then echo ESCAPED > /etc/setup-escaped; fi
 ";
 
 const HELLO_C: &str = "#include <stdio.h>\n#include <greeting.h>\nint main(void) { printf(\"%s %d\\n\", GREETING, 6 * 7); return 0; }\n";
@@ -46,7 +49,7 @@ fn write_gcc_workspace(dir: &Path) {
 
 fn gcc_pipeline() -> String {
     format!(
-        "{DEBIAN_GCC}defaults: {{ files: [hello.c], timeout: 10m }}\njobs:\n  compile:\n    steps:\n      - cat /etc/runner-setup-ran\n      - gcc -Wall -o /tmp/hello hello.c && /tmp/hello\n"
+        "{DEBIAN_GCC}defaults: {{ files: [hello.c], timeout: 10m }}\njobs:\n  compile:\n    steps:\n      - cat /etc/runner-setup-ran\n      - gcc -Wall -o /tmp/hello hello.c && /tmp/hello\n      - echo uid=$(cat /etc/setup-uid); echo uid_map=$(cat /etc/setup-uid-map); cat /etc/setup-escaped 2>/dev/null || true\n"
     )
 }
 
@@ -60,6 +63,7 @@ fn a_debian_image_with_gcc_compiles_and_runs_c_and_the_second_run_is_cached() {
     assert_eq!(first.status.code(), Some(0), "{text}");
     assert!(text.contains("hello from gcc 42"), "{text}");
     assert!(text.contains("setup: building the image"), "{text}");
+    assert_setup_was_not_host_root(&text, Path::new("/etc/runner-escape-debian-gcc"));
 
     let second = runner_test(dir.path(), &gcc_pipeline()).output().unwrap();
     let text = both(&second);
@@ -69,6 +73,117 @@ fn a_debian_image_with_gcc_compiles_and_runs_c_and_the_second_run_is_cached() {
         "the second run must reuse the image and say so:\n{text}"
     );
     assert!(!text.contains("): building"), "{text}");
+}
+
+/// What a job printed about its image's setup (`uid=…`, `uid_map=…`):
+/// setup ran as root *in a user namespace*, whose root is not the host's,
+/// and its write through /proc/1/root to a host path only root may write
+/// (`escape`) failed.
+fn assert_setup_was_not_host_root(text: &str, escape: &Path) {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|line| {
+                line.split_once(&format!("] {key}="))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("the job printed no {key}=:\n{text}"))
+    };
+    assert_eq!(
+        value("uid"),
+        "0",
+        "setup runs as root in the image:\n{text}"
+    );
+    // Lines of `inside outside count`: the host's uid 0 must not be mapped
+    // in (the initial namespace's map is `0 0 4294967295`).
+    let map = value("uid_map");
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert!(
+        !fields.is_empty() && fields.len() % 3 == 0,
+        "uid_map: {map}"
+    );
+    assert!(
+        fields.chunks(3).all(|m| m[1] != "0"),
+        "setup's root must not be the host's root; its uid_map is `{map}`"
+    );
+    assert!(
+        !text.contains("ESCAPED"),
+        "setup wrote a host file:\n{text}"
+    );
+    assert!(
+        !escape.exists(),
+        "setup created {} on the host",
+        escape.display()
+    );
+}
+
+#[test]
+fn setup_runs_as_root_of_a_user_namespace_and_cannot_write_host_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not in the workspace, which the job copies into the guest.
+    let cache = tempfile::tempdir().unwrap();
+    // Unique per run, in directories only the host's root may write.
+    let tag = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let escapes = [
+        format!("/etc/runner-escape-{tag}"),
+        format!("/root/runner-escape-{tag}"),
+    ];
+    let mut setup =
+        String::from("id -u > /etc/setup-uid\ncat /proc/self/uid_map > /etc/setup-uid-map\n");
+    for path in &escapes {
+        setup.push_str(&format!(
+            "if echo escaped > /proc/1/root{path}; then echo ESCAPED {path} >> /etc/setup-escaped; fi\n"
+        ));
+    }
+    let yaml = format!(
+        "image:\n  base: minimal\n  setup: |\n{}jobs:\n  probe:\n    steps:\n      - echo uid=$(cat /etc/setup-uid); echo uid_map=$(cat /etc/setup-uid-map); cat /etc/setup-escaped 2>/dev/null || true\n",
+        setup.lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    let out = runner_test(dir.path(), &yaml)
+        .env("RUNNER_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for path in &escapes {
+        assert_setup_was_not_host_root(&text, Path::new(path));
+    }
+}
+
+#[test]
+fn as_root_a_missing_build_user_fails_with_one_line_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "image:\n  base: minimal\n  setup: echo hi\njobs:\n  never: { steps: [echo job-started] }\n";
+    let out = runner_test(dir.path(), yaml)
+        .env("RUNNER_CACHE", dir.path().join("cache"))
+        .env("RUNNER_BUILD_USER", "runner-no-such-user")
+        .output()
+        .unwrap();
+    let text = both(&out);
+    if !nix::unistd::geteuid().is_root() {
+        // Without root the build runs as the caller and needs no build user.
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        return;
+    }
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("runner-no-such-user"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("does not exist: run scripts/setup-host"),
+        "{text}"
+    );
+    assert!(!text.contains("job-started"), "{text}");
+    assert!(
+        !text.contains("setup: hi"),
+        "setup must not run as root:\n{text}"
+    );
 }
 
 #[test]

@@ -163,7 +163,12 @@ impl Builder {
 
     /// Hands an input file to the build: the path itself for the caller,
     /// a copy in `staging` (which `seal` gives to the build user) otherwise.
-    pub fn stage_input(&self, source: &Path, staging: &Path, name: &str) -> Result<PathBuf, String> {
+    pub fn stage_input(
+        &self,
+        source: &Path,
+        staging: &Path,
+        name: &str,
+    ) -> Result<PathBuf, String> {
         if !matches!(self, Builder::BuildUser(_)) {
             return Ok(source.to_path_buf());
         }
@@ -181,7 +186,10 @@ impl Builder {
             .status()
             .map_err(|e| format!("cp: {e}"))?;
         if !status.success() {
-            return Err(format!("copying {} for the build: cp {status}", source.display()));
+            return Err(format!(
+                "copying {} for the build: cp {status}",
+                source.display()
+            ));
         }
         Ok(target)
     }
@@ -257,7 +265,11 @@ fn has_subordinate_range(file: &Path, user: &BuildUser) -> bool {
     let Ok(text) = fs::read_to_string(file) else {
         return false;
     };
-    let id = if file.ends_with("subgid") { user.gid } else { user.uid };
+    let id = if file.ends_with("subgid") {
+        user.gid
+    } else {
+        user.uid
+    };
     text.lines().any(|line| {
         let mut fields = line.split(':');
         let (Some(who), Some(_start), Some(count)) = (fields.next(), fields.next(), fields.next())

@@ -276,7 +276,10 @@ fn build(
     // The script finds runner-init and mke2fs.conf next to itself.
     let mut script = PathBuf::new();
     for name in ["runner-init", "mke2fs.conf", "build-spec.sh"] {
-        script = stage(&sources.join("rootfs").join(name), &format!("rootfs/{name}"))?;
+        script = stage(
+            &sources.join("rootfs").join(name),
+            &format!("rootfs/{name}"),
+        )?;
     }
     let built = match builder {
         build_user::Builder::BuildUser(_) => staging.join("out/image.ext4"),
@@ -285,7 +288,10 @@ fn build(
     let mut cmd = Command::new("bash");
     cmd.arg(&script)
         .args(["--out".as_ref(), built.as_os_str()])
-        .args(["--agent".as_ref(), stage(&agent, "runner-agent")?.as_os_str()])
+        .args([
+            "--agent".as_ref(),
+            stage(&agent, "runner-agent")?.as_os_str(),
+        ])
         .args(["--key", key]);
     match &spec.base {
         SpecBase::Debian => {
