@@ -98,7 +98,7 @@ fn assert_setup_was_not_host_root(text: &str, escape: &Path) {
     let map = value("uid_map");
     let fields: Vec<&str> = map.split_whitespace().collect();
     assert!(
-        !fields.is_empty() && fields.len() % 3 == 0,
+        !fields.is_empty() && fields.len().is_multiple_of(3),
         "uid_map: {map}"
     );
     assert!(
