@@ -74,6 +74,8 @@ chmod 0755 "$work"
 stage="$work/root"
 ns_out="$work/ns-out"
 child=""
+# The command prefix that sees the tree's owners right; see below.
+inside=()
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
@@ -81,9 +83,9 @@ cleanup() {
         kill -TERM -- "-$child" 2>/dev/null || true
         wait "$child" 2>/dev/null || true
     fi
-    # A rootless Debian tree is owned by subordinate ids: only the user
-    # namespace mmdebstrap made can remove all of it.
-    if [ "$rootless" = 1 ] && [ "$base" = debian ] && [ -d "$stage" ]; then
+    # A tree given to subordinate ids (Debian, or setup's): only a user
+    # namespace mapping them can remove all of it.
+    if [ ${#inside[@]} -gt 0 ] && [ -d "$stage" ]; then
         mmdebstrap --unshare-helper rm -rf --one-file-system "$stage" "$ns_out" 2>/dev/null || true
     fi
     rm -rf --one-file-system "$work"
@@ -255,10 +257,12 @@ finish_tree() {
         [ -x "$stage/bin/sh" ] || [ -L "$stage/bin/sh" ] || spec_error "setup needs /bin/sh, and the image has none"
         write_setup_runner
         install -m 0700 "$setup" "$stage/run/runner-setup.sh"
-        local userns=() t0 rc=0
-        [ "$rootless" = 1 ] && userns=(--map-root-user)
+        give_tree_to_subordinate_root
+        local t0 rc=0
         t0=$(now)
-        run unshare "${userns[@]}" --mount --pid --fork --kill-child sh -c \
+        # The namespace's root is a subordinate id: it owns the tree and
+        # nothing else on the host, not even our own files.
+        run "${inside[@]}" unshare --mount --pid --fork --kill-child sh -c \
             'mount -t proc proc "$1/proc" && sh "$2" "$1"; rc=$?; umount "$1/proc"; exit $rc' \
             sh "$stage" "$work/run-setup.sh" 2> "$work/setup.log" || rc=$?
         phase setup "$t0" "$(now)"
@@ -270,12 +274,30 @@ finish_tree() {
         cat "$work/setup.log" >&2
     fi
     # Whatever this build created or changed gets the fixed epoch.
-    find "$stage" -xdev -newer "$work/start-marker" -exec touch -h -d "@$IMAGE_EPOCH" {} +
+    "${inside[@]}" find "$stage" -xdev -newer "$work/start-marker" -exec touch -h -d "@$IMAGE_EPOCH" {} +
+}
+
+# Before a minimal or OCI tree's setup runs: the tree, ours so far, becomes
+# the subordinate root's (as in mmdebstrap's unshare mode), so that setup
+# runs as a root that cannot touch our files. A namespace that maps both
+# our uid and the subordinate range does the chown; setuid and setgid bits,
+# which chown clears, are put back.
+give_tree_to_subordinate_root() {
+    command -v mmdebstrap >/dev/null || die "missing build dependency: apt-get install mmdebstrap uidmap"
+    grep -q "^\($(id -un)\|$(id -u)\):" /etc/subuid 2>/dev/null \
+        || die "setup runs as the root of a user namespace, and $(id -un) has no range in /etc/subuid and /etc/subgid: run scripts/setup-host as root, or: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $(id -un)"
+    unshare --user --map-auto --map-user=65536 --map-group=65536 --setuid 0 --setgid 0 \
+        bash -c 'set -e
+            find "$1" -xdev ! -type l -perm /6000 -printf "%m\t%p\0" > "$2"
+            chown -R -h 0:0 "$1"
+            while IFS=$'"'"'\t'"'"' read -r -d "" mode path; do chmod "$mode" "$path"; done < "$2"' \
+        bash "$stage" "$work/setid.list" || die "cannot give the tree to the user namespace's root (unshare --map-auto)"
+    inside=(mmdebstrap --unshare-helper)
 }
 
 # In a rootless Debian build only mmdebstrap's user namespace sees the
-# owners right; mke2fs must read the tree from inside it.
-inside=()
+# owners right; mke2fs must read the tree from inside it. (So must a minimal
+# or OCI tree's steps after setup: give_tree_to_subordinate_root.)
 [ "$rootless" = 1 ] && [ "$base" = debian ] && inside=(mmdebstrap --unshare-helper)
 
 # Everything newer than this was made by the build (symlinks debugfs rdump
@@ -345,7 +367,7 @@ fi
 # reserved and carry the fake time already. Minimal and OCI trees
 # built without root belong to the building user: give them to root.
 fix_owner=0
-[ "$rootless" = 1 ] && [ "$base" != debian ] && fix_owner=1
+[ "$rootless" = 1 ] && [ ${#inside[@]} -eq 0 ] && fix_owner=1
 E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH debugfs -R "ls -l /" "$img" >/dev/null 2>&1 || die "debugfs cannot read the new image"
 dumpe2fs "$img" 2>/dev/null | awk -v epoch="$IMAGE_EPOCH" -v owner="$fix_owner" '
     /^Inodes per group:/ { ipg = $4 }

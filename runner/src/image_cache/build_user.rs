@@ -92,16 +92,16 @@ impl Builder {
             // Copies, debugfs and mke2fs: no namespace needed.
             return Ok(Builder::BuildUser(user));
         }
-        if debian {
-            for file in ["/etc/subuid", "/etc/subgid"] {
-                if !has_subordinate_range(Path::new(file), &user) {
-                    return Err(refused(format!(
-                        "image builds run as `{0}` in a user namespace, and {0} has no range in \
-                         {file}: run scripts/setup-host (or: usermod --add-subuids 100000-165535 \
-                         --add-subgids 100000-165535 {0})",
-                        user.name
-                    )));
-                }
+        // mmdebstrap's namespace (debian), and setup's in any tree, map
+        // the user's subordinate ids.
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            if !has_subordinate_range(Path::new(file), &user) {
+                return Err(refused(format!(
+                    "image builds run as `{0}` in a user namespace, and {0} has no range in \
+                     {file}: run scripts/setup-host (or: usermod --add-subuids 100000-165535 \
+                     --add-subgids 100000-165535 {0})",
+                    user.name
+                )));
             }
         }
         if user_namespaces_work(&user) {
