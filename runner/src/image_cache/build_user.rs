@@ -301,3 +301,43 @@ fn refused(detail: String) -> ImageError {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> BuildUser {
+        BuildUser {
+            name: "runner-build".into(),
+            uid: 999,
+            gid: 995,
+            home: PathBuf::from("/var/lib/runner-build"),
+        }
+    }
+
+    #[test]
+    fn a_subordinate_range_is_found_by_name_or_id_and_must_hold_65536_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, text).unwrap();
+            has_subordinate_range(&path, &user())
+        };
+        assert!(check(
+            "subuid",
+            "alice:100000:65536\nrunner-build:165536:65536\n"
+        ));
+        assert!(check("subuid", "999:100000:65536\n"));
+        assert!(check("subgid", "995:100000:65536\n"));
+        assert!(
+            !check("subgid", "999:100000:65536\n"),
+            "subgid goes by the gid"
+        );
+        assert!(
+            !check("subuid", "runner-build:100000:1000\n"),
+            "too few ids"
+        );
+        assert!(!check("subuid", "runner-builder:100000:65536\n"));
+        assert!(!check("subuid", ""));
+    }
+}
