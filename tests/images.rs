@@ -187,6 +187,37 @@ fn as_root_a_missing_build_user_fails_with_one_line_naming_the_fix() {
 }
 
 #[test]
+fn image_files_from_outside_the_workspace_are_refused_like_job_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), "a host secret\n").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().parent().unwrap(),
+        dir.path().join("tmp-link"),
+    )
+    .unwrap();
+    let name = outside.path().file_name().unwrap().to_string_lossy();
+    for from in [
+        outside.path().display().to_string(),
+        format!("tmp-link/{name}"),
+    ] {
+        let yaml = format!(
+            "image:\n  base: minimal\n  files: [{{ from: {from}, to: /leak }}]\njobs:\n  j: {{ steps: [cat /leak] }}\n"
+        );
+        let out = runner_test(dir.path(), &yaml)
+            .env("RUNNER_CACHE", cache.path())
+            .output()
+            .unwrap();
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains("--allow-host-files"), "{text}");
+        assert!(!text.contains("a host secret"), "{text}");
+        assert!(!text.contains("building"), "nothing is built:\n{text}");
+    }
+}
+
+#[test]
 fn an_unknown_package_exits_2_with_apts_error_before_any_job() {
     require_tool("mmdebstrap", "mmdebstrap");
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use super::{parse_duration, Failure};
 use crate::image_cache::{self, manage};
 use crate::images::{ImageError, ImageRef, Images};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{host_scope, Pipeline};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -24,6 +24,10 @@ pub enum ImageCommand {
         /// (runs only check its size and superblock).
         #[arg(long)]
         verify: bool,
+        /// Let image specs' `files` come from outside the pipeline's
+        /// workspace, as `runner test --allow-host-files` does.
+        #[arg(long)]
+        allow_host_files: bool,
     },
     /// The images built from pipeline specs: key, size, last use, spec.
     List {
@@ -63,7 +67,11 @@ const DEFAULT_PRUNE_AGE: std::time::Duration = std::time::Duration::from_secs(30
 
 pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     match cmd {
-        ImageCommand::Build { which, verify } => build(&which, verify),
+        ImageCommand::Build {
+            which,
+            verify,
+            allow_host_files,
+        } => build(&which, verify, allow_host_files),
         ImageCommand::List { verbose } => {
             let listed = manage::list().map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
             print!("{}", manage::render(&listed, SystemTime::now(), verbose));
@@ -73,7 +81,7 @@ pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     }
 }
 
-fn build(which: &str, verify: bool) -> Result<i32, Failure> {
+fn build(which: &str, verify: bool, allow_host_files: bool) -> Result<i32, Failure> {
     let images = Images::from_env();
     let named = |n: &str| ImageRef::Named(n.to_string());
     let built = match which {
@@ -83,7 +91,7 @@ fn build(which: &str, verify: bool) -> Result<i32, Failure> {
         "kernel" => images.kernel(&named("default")).map(|k| vec![k]),
         "minimal" | "debian" => images.rootfs(&named(which)).map(|r| vec![r]),
         path if Path::new(path).exists() || path.ends_with(".yml") || path.ends_with(".yaml") => {
-            return build_pipeline(&images, Path::new(path), verify);
+            return build_pipeline(&images, Path::new(path), verify, allow_host_files);
         }
         other => {
             return Err(Failure::new(
@@ -103,7 +111,12 @@ fn build(which: &str, verify: bool) -> Result<i32, Failure> {
 
 /// Every image the pipeline uses (top level and per job): kernels and
 /// root file systems, named, prebuilt or built from a spec; one path a line.
-fn build_pipeline(images: &Images, path: &Path, verify: bool) -> Result<i32, Failure> {
+fn build_pipeline(
+    images: &Images,
+    path: &Path,
+    verify: bool,
+    allow_host_files: bool,
+) -> Result<i32, Failure> {
     let pipeline = Pipeline::load(path).map_err(|e| Failure::new(2, e))?;
     let all = std::iter::once(&pipeline.image)
         .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
@@ -117,6 +130,10 @@ fn build_pipeline(images: &Images, path: &Path, verify: bool) -> Result<i32, Fai
         Failure::new(code, e)
     };
     for image in all {
+        if !allow_host_files {
+            host_scope::check_image_files(&image.rootfs, &pipeline.workspace)
+                .map_err(|e| Failure::new(2, e))?;
+        }
         for (is_kernel, image_ref) in [(true, &image.kernel), (false, &image.rootfs)] {
             if !seen.insert(image_ref.clone()) {
                 continue;

@@ -150,6 +150,8 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     if !args.allow_host_files {
         for job in &plan.jobs {
             host_scope::check_entries(&job.files, &plan.workspace).map_err(|e| config(e.into()))?;
+            host_scope::check_image_files(&job.image.rootfs, &plan.workspace)
+                .map_err(|e| config(e.into()))?;
         }
     }
     // Before images are built: a refused --out should not wait for that.

@@ -46,6 +46,28 @@ pub fn check_entries(entries: &[FileEntry], workspace: &Path) -> Result<(), Scop
     Ok(())
 }
 
+/// An image spec's `files`, held to the same rule as a job's: they end up
+/// in an image every job using it sees, and the runner (root, in CI) reads
+/// them. Other image references have no host files.
+pub fn check_image_files(
+    image: &crate::pipeline::ImageRef,
+    workspace: &Path,
+) -> Result<(), ScopeError> {
+    let crate::pipeline::ImageRef::Spec(spec) = image else {
+        return Ok(());
+    };
+    let entries: Vec<FileEntry> = spec
+        .files
+        .iter()
+        .map(|file| FileEntry {
+            from: file.from.clone(),
+            to: file.to.clone(),
+            gitignore: false,
+        })
+        .collect();
+    collect_within(&entries, workspace).map(|_| ())
+}
+
 /// [`collect`], refusing anything outside `workspace`, lexically or through
 /// a symlink.
 pub fn collect_within(
