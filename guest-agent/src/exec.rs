@@ -53,15 +53,34 @@ pub fn run<S: Read + Write + AsFd>(conn: &mut Conn<S>, req: &ExecRequest) -> Res
     let started = Instant::now();
     match start(req) {
         Ok(running) => running.supervise(conn, req, started),
-        Err(e) => {
-            let status = ExitStatus {
-                code: Some(e.code),
-                duration_ms: elapsed_ms(started, Instant::now()),
-                error: Some(e.message),
-                ..Default::default()
-            };
-            conn.send(&Frame::Control(Message::Exited(status)))?;
-            Ok(())
+        Err(e) => report_spawn_failure(conn, e, started),
+    }
+}
+
+/// Ends an exchange whose command could not be started: its `Exited`
+/// carries the reason (shared with `shell`).
+pub(crate) fn report_spawn_failure<S: Read + Write + AsFd>(
+    conn: &mut Conn<S>,
+    e: SpawnError,
+    started: Instant,
+) -> Result<(), ExecAbort> {
+    let status = ExitStatus {
+        code: Some(e.code),
+        duration_ms: elapsed_ms(started, Instant::now()),
+        error: Some(e.message),
+        ..Default::default()
+    };
+    conn.send(&Frame::Control(Message::Exited(status)))?;
+    Ok(())
+}
+
+/// `poll`, retried when a signal interrupts it (shared with `shell`).
+pub(crate) fn poll_retrying(fds: &mut [PollFd], timeout: PollTimeout) -> Result<(), ExecAbort> {
+    loop {
+        match poll(fds, timeout) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(ExecAbort::Protocol(format!("poll failed: {e}"))),
         }
     }
 }
@@ -118,7 +137,7 @@ fn null_stdin() -> io::Result<OwnedFd> {
     }
 }
 
-fn elapsed_ms(from: Instant, to: Instant) -> u64 {
+pub(crate) fn elapsed_ms(from: Instant, to: Instant) -> u64 {
     u64::try_from(to.saturating_duration_since(from).as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -295,13 +314,7 @@ impl Running {
         if pending.is_empty() {
             add(4, conn.fd(), input);
         }
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(ExecAbort::Protocol(format!("poll failed: {e}"))),
-            }
-        }
+        poll_retrying(&mut fds, timeout)?;
         let is_ready = |slot: usize| {
             slots[slot]
                 .and_then(|i| fds[i].revents())

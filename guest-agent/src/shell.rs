@@ -26,14 +26,16 @@ use agent_protocol::{
     Command, ExecRequest, ExitStatus, Frame, Message, ShellRequest, Stream, WindowSize, CHUNK_SIZE,
 };
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 use crate::conn::Conn;
-use crate::exec::{describe, ExecAbort, DRAIN_GRACE};
+use crate::exec::{
+    describe, elapsed_ms, poll_retrying, report_spawn_failure, ExecAbort, DRAIN_GRACE,
+};
 use crate::reaper::{ChildExit, Registration};
 use crate::spawn::{spawn, ChildStdio, Prepared, SpawnError, NOT_EXECUTABLE};
 
@@ -54,16 +56,7 @@ pub fn run<S: Read + Write + AsFd>(
             terminal.end_session();
             result
         }
-        Err(e) => {
-            let status = ExitStatus {
-                code: Some(e.code),
-                duration_ms: elapsed_ms(started),
-                error: Some(e.message),
-                ..Default::default()
-            };
-            conn.send(&Frame::Control(Message::Exited(status)))?;
-            Ok(())
-        }
+        Err(e) => report_spawn_failure(conn, e, started),
     }
 }
 
@@ -144,10 +137,6 @@ fn set_window_size(master: &impl AsRawFd, size: WindowSize) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn elapsed_ms(from: Instant) -> u64 {
-    u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Keystrokes received from the host but not yet taken by the terminal.
@@ -238,8 +227,7 @@ impl Terminal {
         let result = ExitStatus {
             code: status.code,
             signal: status.signal,
-            duration_ms: u64::try_from(exited_at.saturating_duration_since(started).as_millis())
-                .unwrap_or(u64::MAX),
+            duration_ms: elapsed_ms(started, exited_at),
             max_rss_kib: status.max_rss_kib,
             ..Default::default()
         };
@@ -281,13 +269,7 @@ impl Terminal {
             slots[2] = Some(fds.len());
             fds.push(PollFd::new(conn.fd(), PollFlags::POLLIN));
         }
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(ExecAbort::Protocol(format!("poll failed: {e}"))),
-            }
-        }
+        poll_retrying(&mut fds, timeout)?;
         let revents = |slot: usize| {
             slots[slot]
                 .and_then(|i| fds[i].revents())
