@@ -57,10 +57,12 @@ done
 dmesg | grep -iE 'soft lockup|rcu.*stall|unhandled' >/nested-out/dmesg-problems.txt
 true
 INNER
-# A generous deadline; L1 writing nothing for 5 minutes has frozen (the
-# environment's failure, reported as such with the counts so far).
+# A generous deadline: 150 s for each of a backend's 2 x BOOTS boots, which
+# take 15-45 s, more on a busy machine (a boot only fails at its own 300 s
+# limit). L1 writing nothing for 5 minutes has frozen: the environment's
+# failure, reported as such with the counts so far.
 tests/nested/run-l1.sh --npt "$npt" --smp "$smp" --thread "$thread" --cpu "$cpu" $anchor --stall 300 \
-    --deadline $((boots * $(wc -w <<<"$backends") *150 + 600)) "$out" "$out/study.sh" >"$out/l1.log" 2>&1 ||
+    --deadline $((boots * 2 * $(wc -w <<<"$backends") * 150 + 600)) "$out" "$out/study.sh" >"$out/l1.log" 2>&1 ||
     echo "$config: L1 ended with status $? (124: it froze or ran out of time; see $out/l1.log)" | tee "$out/l1-status.txt"
 for f in "$out"/*-serial.txt "$out"/*-pairs.txt; do
     [ -f "$f" ] || continue
