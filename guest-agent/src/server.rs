@@ -134,6 +134,10 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                 conn.finish_sending(SHUTDOWN_LINGER);
                 return Ok(ConnectionEnd::Shutdown);
             }
+            Message::ConfigureNetwork(config) => match crate::network::configure(&config) {
+                Ok(interface) => send(conn, Message::NetworkConfigured { interface })?,
+                Err(message) => send_error(conn, format!("configuring the network: {message}"))?,
+            },
             // Late messages for a command that has already finished.
             Message::Cancel | Message::StdinEof => {}
             other => send_error(

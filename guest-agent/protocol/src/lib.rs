@@ -47,6 +47,7 @@ pub const CAPABILITIES: &[&str] = &[
     "get-files",
     "ping",
     "shutdown",
+    "network",
 ];
 
 /// The byte streams that travel in data frames.
@@ -139,6 +140,30 @@ pub enum Message {
     Error {
         message: String,
     },
+    /// Host → agent, before anything else in a job whose VM has a NIC:
+    /// configure it statically and write `/etc/resolv.conf`. The agent
+    /// answers [`Message::NetworkConfigured`] or [`Message::Error`].
+    ConfigureNetwork(NetworkConfig),
+    /// Agent → host: the interface is up with the requested configuration.
+    NetworkConfigured {
+        /// The interface that was configured (`eth0`).
+        interface: String,
+    },
+}
+
+/// The guest's side of user-mode networking; the host knows these values
+/// because it gave them to its network backend (passt) too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// IPv4 address of the guest, dotted.
+    pub address: String,
+    /// Prefix length of its subnet (24 for a /24).
+    pub prefix_len: u8,
+    /// IPv4 default gateway, dotted.
+    pub gateway: String,
+    pub mtu: u32,
+    /// Name servers for `/etc/resolv.conf`, in order.
+    pub dns: Vec<String>,
 }
 
 /// What to run, and how.

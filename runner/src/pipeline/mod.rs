@@ -10,6 +10,7 @@ mod de;
 mod error;
 pub mod files;
 pub mod host_scope;
+pub mod network;
 mod reports;
 mod scalars;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use error::PipelineError;
 pub use files::FileEntry;
+pub use network::{AllowEntry, Network};
 pub use reports::ReportFiles;
 pub use scalars::{
     format_duration, parse_duration, parse_memory, ImageKind, ImageRef, KERNEL_NAMES,
@@ -88,6 +90,8 @@ pub struct Defaults {
     pub files: Option<Files>,
     pub artifacts: Vec<String>,
     pub reports: Option<ReportFiles>,
+    /// `network:`; `None` when not set (no NIC).
+    pub network: Option<Network>,
 }
 
 /// What to copy into the guest before the first step.
@@ -112,6 +116,8 @@ pub struct Job {
     pub files: Option<Files>,
     pub artifacts: Option<Vec<String>>,
     pub reports: Option<ReportFiles>,
+    /// `network:`; `None` inherits `defaults`.
+    pub network: Option<Network>,
     pub allow_failure: bool,
     /// Extra attempts after a failure, each in a fresh VM.
     pub retry: u32,
