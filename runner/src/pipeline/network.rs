@@ -96,6 +96,79 @@ fn valid_host_name(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::Pipeline;
+    use crate::plan::Plan;
+    use std::path::Path;
+
+    fn parse(source: &str) -> Result<Pipeline, String> {
+        Pipeline::parse(source, Path::new("p.yml"), Path::new("/repo")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn jobs_inherit_network_from_defaults_and_can_turn_it_off() {
+        let source = "defaults:\n  network: true\njobs:\n  a:\n    steps: [x]\n  b:\n    network: false\n    steps: [x]\n  c:\n    network:\n      allow: [\"example.com:443\", \"[::1]:80\"]\n    steps: [x]\n";
+        let plan = Plan::new(&parse(source).unwrap());
+        let networks: Vec<_> = plan.jobs.iter().map(|j| j.network.clone()).collect();
+        assert_eq!(
+            networks,
+            vec![
+                Network::Open,
+                Network::Off,
+                Network::Allow(vec![
+                    AllowEntry {
+                        host: "example.com".into(),
+                        port: 443
+                    },
+                    AllowEntry {
+                        host: "::1".into(),
+                        port: 80
+                    }
+                ])
+            ]
+        );
+        let plain = Plan::new(&parse("jobs:\n  a:\n    steps: [x]\n").unwrap());
+        assert_eq!(plain.jobs[0].network, Network::Off, "no NIC unless asked");
+    }
+
+    #[test]
+    fn network_mistakes_are_located() {
+        assert_eq!(
+            parse("jobs:\n  a:\n    network:\n      alow: [\"x:1\"]\n    steps: [x]\n")
+                .unwrap_err(),
+            "p.yml:4:7: unknown key `alow` in `network` in job `a` (did you mean `allow`?)"
+        );
+        assert_eq!(
+            parse("defaults:\n  network: yes\njobs:\n  a:\n    steps: [x]\n").unwrap_err(),
+            "p.yml:2:12: `network` in `defaults` must be `true`, `false` or `{ allow: [host:port, …] }`, not `yes`"
+        );
+        assert_eq!(
+            parse("jobs:\n  a:\n    network:\n      allow: [\"x:1\", \"x\"]\n    steps: [x]\n")
+                .unwrap_err(),
+            "p.yml:4:22: invalid `allow` entry `x`: no port (expected host:port)"
+        );
+        assert_eq!(
+            parse("jobs:\n  a:\n    network:\n      allow: [\"x:1\", \"X:1\"]\n    steps: [x]\n")
+                .unwrap_err(),
+            "p.yml:4:22: duplicate `allow` entry `x:1`"
+        );
+        for (source, message) in [
+            (
+                "jobs:\n  a:\n    network: {}\n    steps: [x]\n",
+                "missing `allow`",
+            ),
+            (
+                "jobs:\n  a:\n    network: { allow: [] }\n    steps: [x]\n",
+                "`allow` is empty",
+            ),
+            (
+                "jobs:\n  a:\n    network:\n    steps: [x]\n",
+                "`network` in job `a` is empty",
+            ),
+        ] {
+            let err = parse(source).unwrap_err();
+            assert!(err.contains(message), "{err}");
+        }
+    }
 
     #[test]
     fn allow_entries_parse_names_addresses_and_ports() {

@@ -81,7 +81,17 @@ impl Passt {
             .args(["--dns", &DNS_ADDRESS.to_string()])
             .args(["--dns-forward", &DNS_ADDRESS.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
-            .stdin(Stdio::null())
+            // passt's own MAC; by default it copies the host interface's.
+            .args(["--mac-addr", PASST_MAC]);
+        // passt takes defaults from the interface with the default route
+        // and refuses to start without one, even though every value it
+        // would take is given above. A host without a route (a sandbox, the
+        // nested test tier) can still reach its own loopback through the
+        // gateway: name lo as the template.
+        if !has_default_ipv4_route() {
+            cmd.args(["--interface", "lo"]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         tracing::debug!("starting {cmd:?}");
@@ -120,6 +130,20 @@ impl Passt {
         let status = self.child.try_wait()?;
         Some(format!("passt {status}: {}", last_log_line(&self.log)))
     }
+}
+
+/// passt's side of the guest's link.
+const PASST_MAC: &str = "52:54:00:12:34:02";
+
+/// Whether `/proc/net/route` has a default route (destination and mask 0).
+fn has_default_ipv4_route() -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000")
+    })
 }
 
 fn last_log_line(log: &Path) -> String {
