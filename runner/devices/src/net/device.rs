@@ -82,6 +82,9 @@ pub struct NetDevice {
     incoming: Incoming,
     /// What epoll watches on the socket now.
     interest: EventSet,
+    /// Whether the driver has made the RX queue usable; until then the
+    /// socket is not read (nothing could take a frame).
+    rx_usable: bool,
     warnings: RateLimiter,
 }
 
@@ -105,6 +108,7 @@ impl NetDevice {
             outgoing_sent: 0,
             incoming: Incoming::default(),
             interest,
+            rx_usable: false,
             warnings: RateLimiter::default(),
         })
     }
@@ -116,7 +120,7 @@ impl NetDevice {
             return Ok(());
         };
         let mut wanted = EventSet::empty();
-        if !self.incoming.complete() {
+        if self.rx_usable && !self.incoming.complete() {
             wanted |= EventSet::IN;
         }
         if self.outgoing_sent < self.outgoing.len() {
@@ -298,7 +302,9 @@ impl NetDevice {
     ) -> Result<(), DeviceError> {
         let mem = ctx.mem;
         let mut used = false;
-        if let Some(queue) = ctx.queues.queue_mut(RX_QUEUE) {
+        let queue = ctx.queues.queue_mut(RX_QUEUE);
+        self.rx_usable = queue.is_some();
+        if let Some(queue) = queue {
             while self.read_incoming() {
                 let Some(chain) = queue.pop_descriptor_chain(mem) else {
                     if queue.enable_notification(mem)? {
@@ -417,9 +423,13 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
 
     fn reset(&mut self) {
         self.acked_features = 0;
-        self.outgoing.clear();
-        self.outgoing_sent = 0;
-        self.incoming = Incoming::default();
+        self.rx_usable = false;
+        // Frames the guest or passt sent before the reset may be dropped,
+        // but a frame half way through the socket must be finished, or the
+        // stream's framing would be lost: only whole frames are discarded.
+        if self.incoming.complete() {
+            self.incoming = Incoming::default();
+        }
         let _ = self.update_interest();
     }
 }
