@@ -99,17 +99,20 @@ fn network_is_opt_in_and_allow_is_enforced_on_the_host() {
     let server = Server::start();
     let port = server.port;
     let url = |path: &str| format!("http://10.0.2.2:{port}/{path}");
-    // Fails unless the body arrives; `timeout` bounds a fetch that hangs.
+    // The same wget for every job, so the jobs that must fail differ from
+    // the ones that must succeed only in their network. `timeout` bounds a
+    // connection whose SYN is dropped (busybox wget's own -T crashes).
+    let wget = |path: &str| format!("timeout 30 wget -q -O - {}", url(path));
     let fetch = |path: &str| {
         format!(
-            "body=$(timeout 60 wget -q -O - {}) && test \"$body\" = '{BODY}' && echo fetched-ok",
-            url(path)
+            "body=$({}) && test \"$body\" = '{BODY}' && echo fetched-ok",
+            wget(path)
         )
     };
     let cannot_fetch = |path: &str| {
         format!(
-            "if timeout 20 wget -q -T 10 -O - {}; then exit 1; fi; echo fetch-failed-as-expected",
-            url(path)
+            "if {}; then exit 1; fi; echo fetch-failed-as-expected",
+            wget(path)
         )
     };
     // Another port on the host: allowed, but not the server's.
@@ -170,10 +173,16 @@ jobs:
     );
     let none = job_log(dir.path(), "none");
     assert!(none.contains("fetch-failed-as-expected"), "{none}");
+    assert!(none.contains("Network is unreachable"), "{none}");
     assert!(
         job_log(dir.path(), "denied").contains("fetch-failed-as-expected"),
         "{logs}"
     );
+    // The host dropped the denied job's connection, and said so.
+    let stderr = text(&out.stderr);
+    let dropped = format!("network policy of `denied`: dropped TCP to 10.0.2.2:{port}");
+    assert!(stderr.contains(&dropped), "{stderr}");
+    assert!(!stderr.contains("policy of `allowed`"), "{stderr}");
     // The host's own view: only the two jobs allowed to reach it did.
     assert_eq!(server.paths(), vec!["/allowed", "/open"], "{logs}");
 

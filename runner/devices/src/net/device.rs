@@ -28,7 +28,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::filter::{Policy, Verdict};
+use super::filter::{DropNotes, Policy, Verdict};
 use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
 use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
@@ -53,6 +53,8 @@ pub struct NetConfig {
     pub mac: [u8; 6],
     /// The `allow` policy, if the job has one.
     pub policy: Option<Policy>,
+    /// Names the VM in policy warnings.
+    pub vm: String,
 }
 
 /// A frame read from the socket, part way or whole.
@@ -75,6 +77,8 @@ pub struct NetDevice {
     epoll: Epoll,
     mac: [u8; 6],
     policy: Option<Policy>,
+    drop_notes: DropNotes,
+    vm: String,
     acked_features: u64,
     /// A frame (with its length prefix) the socket has not taken yet.
     outgoing: Vec<u8>,
@@ -103,6 +107,8 @@ impl NetDevice {
             epoll,
             mac: config.mac,
             policy: config.policy,
+            drop_notes: DropNotes::default(),
+            vm: config.vm,
             acked_features: 0,
             outgoing: Vec::new(),
             outgoing_sent: 0,
@@ -226,7 +232,7 @@ impl NetDevice {
                 let frame = &chain_bytes[NET_HDR_SIZE..];
                 if let Some(policy) = &self.policy {
                     if let Verdict::Drop(why) = policy.outbound(frame) {
-                        crate::warn_limited!(self.warnings, "network policy: dropped {why}");
+                        self.drop_notes.note(&self.vm, &why);
                         continue;
                     }
                 }

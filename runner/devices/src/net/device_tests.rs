@@ -59,6 +59,7 @@ impl<'a> Driver<'a> {
             backend: ours,
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
             policy,
+            vm: "test".into(),
         })
         .unwrap();
         let features = VirtioDevice::<Mem>::features(&device);

@@ -135,6 +135,35 @@ impl Policy {
     }
 }
 
+/// Most destinations [`DropNotes`] remembers; later ones are not reported.
+const MAX_NOTED: usize = 64;
+
+/// Decides which drops are worth a warning: the first attempt to reach
+/// each destination `allow` does not list (a job's connection retries
+/// would otherwise repeat it), bounded; everything else (the guest's own
+/// IPv6 and ICMP chatter) only at debug level.
+#[derive(Debug, Default)]
+pub struct DropNotes {
+    noted: Vec<SocketAddr>,
+}
+
+impl DropNotes {
+    /// Logs `why` once per destination, as a warning naming `vm`.
+    pub fn note(&mut self, vm: &str, why: &Dropped) {
+        match why {
+            Dropped::NotAllowed { to, .. } if !self.noted.contains(to) => {
+                if self.noted.len() < MAX_NOTED {
+                    self.noted.push(*to);
+                    tracing::warn!("network policy of `{vm}`: dropped {why}");
+                } else {
+                    tracing::debug!("network policy of `{vm}`: dropped {why}");
+                }
+            }
+            _ => tracing::debug!("network policy of `{vm}`: dropped {why}"),
+        }
+    }
+}
+
 fn drop(what: &'static str) -> Verdict {
     Verdict::Drop(Dropped::Other(what))
 }
@@ -244,6 +273,22 @@ mod tests {
             p.outbound(&ipv4(PROTO_UDP, [8, 8, 8, 8], 5000, 53, 0)),
             Verdict::Drop(Dropped::NotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn drop_notes_remember_a_bounded_number_of_destinations() {
+        let mut notes = DropNotes::default();
+        for port in 1..=200u16 {
+            let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), port);
+            let why = Dropped::NotAllowed {
+                protocol: "TCP",
+                to,
+            };
+            notes.note("vm", &why);
+            notes.note("vm", &why);
+        }
+        notes.note("vm", &Dropped::Other("ICMP"));
+        assert_eq!(notes.noted.len(), MAX_NOTED);
     }
 
     #[test]

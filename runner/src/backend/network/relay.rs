@@ -3,8 +3,8 @@
 //! QEMU's stream netdev talks to a Unix socket; with passt on the other
 //! end there is no place to look at the guest's frames. So for policy jobs
 //! QEMU connects here instead, and the relay connects to passt: frames
-//! from the guest go through [`Policy::outbound`] (dropped ones are
-//! logged, rate-limited), frames to the guest are passed on. Both
+//! from the guest go through [`Policy::outbound`] (the first drop towards
+//! each destination is logged), frames to the guest are passed on. Both
 //! directions keep one frame in memory at most ([`stream::MAX_FRAME`]);
 //! a peer that breaks the framing ends the relay, and with it the guest's
 //! network (not the VM).
@@ -22,10 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use runner_devices::bounded::RateLimiter;
-use runner_devices::net::filter::{Policy, Verdict};
+use runner_devices::net::filter::{DropNotes, Policy, Verdict};
 use runner_devices::net::stream;
-use runner_devices::warn_limited;
 
 /// How often the accept loop looks at the stop flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
@@ -124,8 +122,8 @@ fn serve(
             .name("net-relay-in".into())
             .spawn(move || pump(from, to, None))?
     };
-    let limiter = RateLimiter::default();
-    let outbound = pump(guest, host, Some((&policy, &limiter, vm)));
+    let mut notes = DropNotes::default();
+    let outbound = pump(guest, host, Some((&policy, &mut notes, vm)));
     // One direction ended: end the other too.
     if let Ok(list) = streams.lock() {
         for s in list.iter() {
@@ -140,7 +138,7 @@ fn serve(
 fn pump(
     mut from: UnixStream,
     mut to: UnixStream,
-    policy: Option<(&Policy, &RateLimiter, &str)>,
+    mut policy: Option<(&Policy, &mut DropNotes, &str)>,
 ) -> io::Result<()> {
     let mut frame = Vec::with_capacity(stream::MAX_FRAME);
     loop {
@@ -151,9 +149,9 @@ fn pump(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        if let Some((policy, limiter, vm)) = policy {
+        if let Some((policy, notes, vm)) = policy.as_mut() {
             if let Verdict::Drop(why) = policy.outbound(&frame) {
-                warn_limited!(limiter, vm = %vm, "network policy: dropped {why}");
+                notes.note(vm, &why);
                 continue;
             }
         }

@@ -137,7 +137,7 @@ fn run_vmm(
         .map_err(|e| format!("kvm backend: vsock device: {e}"))?;
     vmm.add_virtio_device(Box::new(vsock)).map_err(vmm_error)?;
     if let Some(net) = &role.network {
-        vmm.add_virtio_device(Box::new(net_device(net)?))
+        vmm.add_virtio_device(Box::new(net_device(net, &config.name)?))
             .map_err(vmm_error)?;
     }
     tracing::debug!(vm = %config.name, cmdline = %vmm.cmdline(), "starting the built-in VMM");
@@ -170,7 +170,7 @@ fn run_vmm(
 
 /// The NIC, connected to passt now: the seccomp filters that follow
 /// allow reading and writing the socket, not opening it.
-fn net_device(net: &super::NetRole) -> Result<NetDevice, String> {
+fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
     let backend = std::os::unix::net::UnixStream::connect(&net.socket).map_err(|e| {
         format!(
             "kvm backend: connecting the NIC to passt at {}: {e}",
@@ -185,6 +185,7 @@ fn net_device(net: &super::NetRole) -> Result<NetDevice, String> {
         backend,
         mac: GUEST_MAC,
         policy,
+        vm: vm.to_string(),
     })
     .map_err(|e| format!("kvm backend: network device: {e}"))
 }
