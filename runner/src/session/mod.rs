@@ -109,6 +109,8 @@ pub struct AgentSession {
     reader: UnixStream,
     writer: SharedWriter,
     agent: String,
+    /// What the agent offered in its `Hello`.
+    capabilities: Vec<String>,
     /// Nothing on this session may go on past this (see [`Self::set_deadline`]).
     deadline: Option<Instant>,
 }
@@ -133,6 +135,7 @@ impl AgentSession {
             reader: stream,
             writer,
             agent: String::new(),
+            capabilities: Vec::new(),
             deadline: None,
         };
         session.send(Message::Hello {
@@ -144,8 +147,11 @@ impl AgentSession {
             Message::Hello {
                 version: PROTOCOL_VERSION,
                 who,
-                ..
-            } => session.agent = who,
+                capabilities,
+            } => {
+                session.agent = who;
+                session.capabilities = capabilities;
+            }
             Message::Hello { version, .. } => {
                 return Err(SessionError::Incompatible(format!(
                     "agent speaks version {version}, runner speaks {PROTOCOL_VERSION}; rebuild the rootfs"
@@ -235,6 +241,12 @@ impl AgentSession {
     /// Has the agent configure the guest's NIC and resolv.conf; returns the
     /// interface's name.
     pub fn configure_network(&mut self, config: &NetworkConfig) -> Result<String, SessionError> {
+        if !self.capabilities.iter().any(|c| c == "network") {
+            return Err(SessionError::Incompatible(format!(
+                "the agent in this rootfs ({}) cannot configure a network; rebuild the rootfs",
+                self.agent
+            )));
+        }
         self.send(Message::ConfigureNetwork(config.clone()))?;
         match self.reply(REPLY_TIMEOUT)? {
             Message::NetworkConfigured { interface } => Ok(interface),

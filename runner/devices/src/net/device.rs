@@ -83,6 +83,8 @@ pub struct NetDevice {
     /// A frame (with its length prefix) the socket has not taken yet.
     outgoing: Vec<u8>,
     outgoing_sent: usize,
+    /// The TX chain being read, reused (at most [`MAX_CHAIN`] bytes).
+    chain: Vec<u8>,
     incoming: Incoming,
     /// What epoll watches on the socket now.
     interest: EventSet,
@@ -112,6 +114,7 @@ impl NetDevice {
             acked_features: 0,
             outgoing: Vec::new(),
             outgoing_sent: 0,
+            chain: Vec::with_capacity(MAX_CHAIN),
             incoming: Incoming::default(),
             interest,
             rx_usable: false,
@@ -193,7 +196,7 @@ impl NetDevice {
             return Ok(());
         };
         let mut used = false;
-        let mut chain_bytes = Vec::with_capacity(MAX_CHAIN);
+        let mut chain_bytes = std::mem::take(&mut self.chain);
         'outer: loop {
             queue.disable_notification(mem)?;
             // One frame in flight at most: the rest wait in the queue.
@@ -251,6 +254,7 @@ impl NetDevice {
                 break;
             }
         }
+        self.chain = chain_bytes;
         self.update_interest().map_err(DeviceError::Backend)?;
         if used {
             ctx.notify_used(TX_QUEUE)?;
