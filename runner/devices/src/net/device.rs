@@ -39,6 +39,9 @@ pub const QUEUE_SIZE: u16 = 256;
 /// `struct virtio_net_hdr_v1`: with VIRTIO_F_VERSION_1 it is always 12
 /// bytes, `num_buffers` included.
 pub const NET_HDR_SIZE: usize = 12;
+/// A legacy driver (no VERSION_1, no mergeable buffers) uses the 10-byte
+/// header without `num_buffers`.
+pub const LEGACY_NET_HDR_SIZE: usize = 10;
 /// Most bytes one TX chain may hold: the header and the largest frame.
 pub const MAX_CHAIN: usize = NET_HDR_SIZE + MAX_FRAME;
 
@@ -187,6 +190,15 @@ impl NetDevice {
         true
     }
 
+    /// The virtio-net header's size for the features the driver took.
+    fn header_len(&self) -> usize {
+        if self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0 {
+            NET_HDR_SIZE
+        } else {
+            LEGACY_NET_HDR_SIZE
+        }
+    }
+
     fn process_tx<M: GuestMemory>(
         &mut self,
         ctx: &mut DeviceContext<'_, M>,
@@ -225,14 +237,15 @@ impl NetDevice {
                 }
                 queue.add_used(mem, head, 0)?;
                 used = true;
-                if !fits || chain_bytes.len() < NET_HDR_SIZE + MIN_FRAME {
+                let hdr = self.header_len();
+                if !fits || chain_bytes.len() < hdr + MIN_FRAME {
                     crate::warn_limited!(
                         self.warnings,
                         "virtio-net: dropping a tx chain of the wrong size or outside memory"
                     );
                     continue;
                 }
-                let frame = &chain_bytes[NET_HDR_SIZE..];
+                let frame = &chain_bytes[hdr..];
                 if let Some(policy) = &self.policy {
                     if let Verdict::Drop(why) = policy.outbound(frame) {
                         self.drop_notes.note(&self.vm, &why);
@@ -324,10 +337,11 @@ impl NetDevice {
                 };
                 let head = chain.head_index();
                 let frame = &self.incoming.frame;
+                let hdr = self.header_len();
                 let mut header = [0u8; NET_HDR_SIZE];
-                // num_buffers = 1 (always written with VERSION_1).
+                // num_buffers = 1 (in the 12-byte header only).
                 header[10] = 1;
-                let total = NET_HDR_SIZE + frame.len();
+                let total = hdr + frame.len();
                 let mut written = 0usize;
                 let mut fault = false;
                 for desc in chain.writable() {
@@ -337,10 +351,10 @@ impl NetDevice {
                     let take = (desc.len() as usize).min(total - written);
                     let mut part = Vec::with_capacity(take);
                     for at in written..written + take {
-                        part.push(if at < NET_HDR_SIZE {
+                        part.push(if at < hdr {
                             header[at]
                         } else {
-                            frame[at - NET_HDR_SIZE]
+                            frame[at - hdr]
                         });
                     }
                     if mem.write_slice(&part, desc.addr()).is_err() {

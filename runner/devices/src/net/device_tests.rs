@@ -270,3 +270,30 @@ fn oversized_or_small_buffers_and_a_broken_peer_are_survived() {
         "the device hung up"
     );
 }
+
+/// A legacy driver (no VERSION_1) uses the 10-byte header both ways.
+#[test]
+fn a_legacy_driver_gets_the_10_byte_header() {
+    let mem = memory();
+    let (mut driver, mut passt) = Driver::new(&mem, None);
+    let mac_only = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+    VirtioDevice::<Mem>::ack_features(&mut driver.device, mac_only);
+    let frame = tcp_frame([10, 0, 2, 2], 80);
+    let mut chain = vec![0u8; super::device::LEGACY_NET_HDR_SIZE];
+    chain.extend(&frame);
+    mem.write_slice(&chain, GuestAddress(DATA)).unwrap();
+    driver.publish(TX_QUEUE, &[(DATA, chain.len() as u32, false)]);
+    driver.kick(TX_QUEUE);
+    let mut got = Vec::new();
+    assert!(stream::read_frame(&mut passt, &mut got).unwrap());
+    assert_eq!(got, frame);
+
+    stream::write_frame(&mut passt, &[0xcd; 60]).unwrap();
+    let buf = DATA + 0x1_0000;
+    driver.publish(RX_QUEUE, &[(buf, 2048, true)]);
+    driver.kick(RX_QUEUE);
+    assert_eq!(driver.next_used(RX_QUEUE), Some(70));
+    let mut body = [0u8; 60];
+    mem.read_slice(&mut body, GuestAddress(buf + 10)).unwrap();
+    assert_eq!(body, [0xcd; 60]);
+}
