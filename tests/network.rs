@@ -101,18 +101,19 @@ fn network_is_opt_in_and_allow_is_enforced_on_the_host() {
     let url = |path: &str| format!("http://10.0.2.2:{port}/{path}");
     // The same wget for every job, so the jobs that must fail differ from
     // the ones that must succeed only in their network. `timeout` bounds a
-    // connection whose SYN is dropped (busybox wget's own -T crashes).
-    let wget = |path: &str| format!("timeout 30 wget -q -O - {}", url(path));
+    // connection whose SYN is dropped (busybox wget's own -T crashes): a
+    // generous one where the fetch must work, a short one where it cannot.
+    let wget = |path: &str, secs: u32| format!("timeout {secs} wget -q -O - {}", url(path));
     let fetch = |path: &str| {
         format!(
             "body=$({}) && test \"$body\" = '{BODY}' && echo fetched-ok",
-            wget(path)
+            wget(path, 300)
         )
     };
     let cannot_fetch = |path: &str| {
         format!(
             "if {}; then exit 1; fi; echo fetch-failed-as-expected",
-            wget(path)
+            wget(path, 10)
         )
     };
     // Another port on the host: allowed, but not the server's.
