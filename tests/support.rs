@@ -50,6 +50,7 @@ pub fn spec(name: &str) -> VmSpec {
         // Generous: on a loaded 2-core CI machine TCG boots slow down.
         boot_timeout: Duration::from_secs(120),
         serial_log_limit: Some(runner::backend::DEFAULT_SERIAL_LOG_LIMIT),
+        network: Default::default(),
     }
 }
 

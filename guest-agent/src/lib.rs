@@ -29,6 +29,7 @@ mod conn;
 mod exec;
 mod get_files;
 pub mod listener;
+pub mod network;
 pub mod pid1;
 mod put_files;
 pub mod reaper;

@@ -135,6 +135,10 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                 conn.finish_sending(SHUTDOWN_LINGER);
                 return Ok(ConnectionEnd::Shutdown);
             }
+            Message::ConfigureNetwork(config) => match crate::network::configure(&config) {
+                Ok(interface) => send(conn, Message::NetworkConfigured { interface })?,
+                Err(message) => send_error(conn, format!("configuring the network: {message}"))?,
+            },
             // Late messages for a command or shell that has already finished.
             Message::Cancel | Message::StdinEof | Message::Resize(_) => {}
             other => send_error(

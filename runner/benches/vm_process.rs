@@ -205,6 +205,7 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
         vcpus: 1,
         serial_log: dir.join("serial.log"),
         serial_log_limit: None,
+        network: Default::default(),
         disk,
         vsock,
     })
@@ -264,6 +265,7 @@ fn device_process_memory(rootfs: &Path) {
         memory_mib: GUEST_MIB,
         boot_timeout: Duration::from_secs(120),
         serial_log_limit: None,
+        network: Default::default(),
     };
     let mut vm = qemu.start(&spec).unwrap_or_else(|e| fail(&e.to_string()));
     let mut session = backend::wait_for_agent(vm.as_mut(), spec.boot_timeout)

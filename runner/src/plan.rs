@@ -10,7 +10,7 @@ use std::time::Duration;
 use agent_protocol::{Command, ExecRequest};
 
 use crate::pipeline::{
-    Combination, Env, FileEntry, Files, Image, Pipeline, ReportFiles, StepCommand,
+    Combination, Env, FileEntry, Files, Image, Network, Pipeline, ReportFiles, StepCommand,
     DEFAULT_JOB_TIMEOUT, GUEST_WORKSPACE,
 };
 
@@ -51,6 +51,8 @@ pub struct PlannedJob {
     pub artifacts: Vec<String>,
     /// Test reports read after the last step (the job's or `defaults`').
     pub reports: ReportFiles,
+    /// The job's or `defaults`' `network`; [`Network::Off`] when neither says.
+    pub network: Network,
     pub allow_failure: bool,
     /// Extra attempts after a failure, each in a fresh VM.
     pub retry: u32,
@@ -186,6 +188,11 @@ impl Plan {
                         .reports
                         .clone()
                         .or_else(|| defaults.reports.clone())
+                        .unwrap_or_default(),
+                    network: job
+                        .network
+                        .clone()
+                        .or_else(|| defaults.network.clone())
                         .unwrap_or_default(),
                     allow_failure: job.allow_failure,
                     retry: job.retry,

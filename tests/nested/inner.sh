@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs inside L1 (see run-l1.sh), where /dev/kvm is real KVM (kvm_amd): the
-# built-in VMM's tests and the end-to-end tests, every one against the kvm
-# backend, each under a deadline and retried once if it fails.
+# built-in VMM's tests and the end-to-end tests (networking included, with
+# passt from the shared host root), every one against the kvm backend, each under a deadline and retried once if it fails.
 #
 #   inner.sh RESULTS TESTLIST KERNEL ROOTFS
 #

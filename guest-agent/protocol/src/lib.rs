@@ -48,6 +48,7 @@ pub const CAPABILITIES: &[&str] = &[
     "ping",
     "shutdown",
     "shell",
+    "network",
 ];
 
 /// The byte streams that travel in data frames.
@@ -150,6 +151,15 @@ pub enum Message {
     /// Host → agent: the user's window is now this size. Sets the shell's
     /// terminal size, so its foreground programs get SIGWINCH.
     Resize(WindowSize),
+    /// Host → agent, before anything else in a job whose VM has a NIC:
+    /// configure it statically and write `/etc/resolv.conf`. The agent
+    /// answers [`Message::NetworkConfigured`] or [`Message::Error`].
+    ConfigureNetwork(NetworkConfig),
+    /// Agent → host: the interface is up with the requested configuration.
+    NetworkConfigured {
+        /// The interface that was configured (`eth0`).
+        interface: String,
+    },
 }
 
 /// An interactive shell, and the terminal it starts with.
@@ -175,6 +185,21 @@ pub struct ShellRequest {
 pub struct WindowSize {
     pub rows: u16,
     pub cols: u16,
+}
+
+/// The guest's side of user-mode networking; the host knows these values
+/// because it gave them to its network backend (passt) too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// IPv4 address of the guest, dotted.
+    pub address: String,
+    /// Prefix length of its subnet (24 for a /24).
+    pub prefix_len: u8,
+    /// IPv4 default gateway, dotted.
+    pub gateway: String,
+    pub mtu: u32,
+    /// Name servers for `/etc/resolv.conf`, in order.
+    pub dns: Vec<String>,
 }
 
 /// What to run, and how.

@@ -7,5 +7,6 @@ pub mod bounded;
 /// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod net;
 pub mod virtio;
 pub mod vsock;

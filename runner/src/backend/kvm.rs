@@ -17,7 +17,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::vm_process::{self, DiskRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole};
+use super::network::{self, passt::Passt};
+use super::vm_process::{
+    self, DiskRole, NetRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
+};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 
@@ -63,6 +66,7 @@ impl KvmBackend {
         let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let paths = VmPaths::new(dir.path());
+        let (passt, network) = start_network(spec, dir.path())?;
         let config = ProcessConfig {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
@@ -85,6 +89,7 @@ impl KvmBackend {
                     guest_cid: GUEST_CID,
                     socket: None,
                 },
+                network,
             }),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
@@ -93,6 +98,7 @@ impl KvmBackend {
         Ok(KvmVm {
             _hook: hook,
             process,
+            passt,
             paths,
             dir: Some(dir),
         })
@@ -107,6 +113,24 @@ impl super::Backend for KvmBackend {
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, BootError> {
         Ok(Box::new(self.start_vm(spec)?))
     }
+}
+
+/// passt for a job with `network`, and what the VM process needs to
+/// attach our virtio-net device to it (with the `allow` policy, which the
+/// device enforces); nothing without `network`: no NIC at all.
+fn start_network(spec: &VmSpec, dir: &Path) -> Result<(Option<Passt>, Option<NetRole>), BootError> {
+    if !spec.network.is_on() {
+        return Ok((None, None));
+    }
+    let policy = network::policy(&spec.network)?;
+    let program = network::passt::locate().map_err(BootError::Setup)?;
+    let passt = Passt::start(&program, dir)?;
+    let role = NetRole {
+        socket: passt.socket().to_path_buf(),
+        allowed: policy.map(|p| p.allowed),
+        dns: network::DNS_ADDRESS,
+    };
+    Ok((Some(passt), Some(role)))
 }
 
 struct VmPaths {
@@ -128,6 +152,8 @@ impl VmPaths {
 pub struct KvmVm {
     _hook: HookGuard,
     process: VmProcess,
+    /// The NIC's network stack; killed after the VM process.
+    passt: Option<Passt>,
     paths: VmPaths,
     dir: Option<tempfile::TempDir>,
 }
@@ -172,6 +198,7 @@ impl Vm for KvmVm {
 impl Drop for KvmVm {
     fn drop(&mut self) {
         self.process.kill();
+        drop(self.passt.take());
         // Only now that nothing writes into it any more.
         if let Some(dir) = self.dir.take() {
             if let Err(e) = dir.close() {
@@ -197,6 +224,7 @@ mod tests {
             memory_mib: 64,
             boot_timeout: Duration::from_secs(1),
             serial_log_limit: None,
+            network: Default::default(),
         }
     }
 

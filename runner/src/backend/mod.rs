@@ -4,6 +4,7 @@
 
 pub mod hybrid_vsock;
 pub mod kvm;
+pub mod network;
 pub mod qemu;
 pub mod select;
 pub mod serial_pump;
@@ -14,6 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::pipeline::Network;
 use crate::session::{AgentSession, SessionError};
 
 /// Where the guest images live and how big the VM is.
@@ -31,6 +33,8 @@ pub struct VmSpec {
     /// decides how much it prints. Past it the head and a rolling tail are
     /// kept. `None` for no limit.
     pub serial_log_limit: Option<u64>,
+    /// The job's `network:`; [`Network::Off`] means no NIC at all.
+    pub network: Network,
 }
 
 /// The serial log cap used unless configured otherwise.

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::network::{self, passt::Passt, relay::Relay};
 use super::serial_pump::SerialPump;
 use super::vm_process::{self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VsockRole};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
@@ -108,6 +109,7 @@ impl super::Backend for QemuBackend {
         let paths = VmPaths::new(dir.path());
 
         let devices = self.start_devices(spec, dir.path(), &paths)?;
+        let network = QemuNetwork::start(spec, dir.path())?;
         let external_vsock = match &self.vsock {
             VsockProvider::External(program) => Some(start_external_vsock(program, &paths)?),
             VsockProvider::Builtin => None,
@@ -117,6 +119,9 @@ impl super::Backend for QemuBackend {
         let qemu_log = File::create(&paths.qemu_log)
             .map_err(|e| BootError::Setup(format!("creating {}: {e}", paths.qemu_log.display())))?;
         let mut cmd = self.command(spec, &paths);
+        if let Some(network) = &network {
+            cmd.args(nic_args(network.guest_socket()));
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(qemu_log));
@@ -128,6 +133,7 @@ impl super::Backend for QemuBackend {
             let external_pid = external_vsock.as_ref().map(ChildGuard::pid);
             let kill_devices = devices.as_ref().map(VmProcess::killer);
             let qemu_pid = qemu.pid();
+            let passt_pid = network.as_ref().map(|n| n.passt.pid());
             // Killing the processes closes every host connection to the
             // guest, so blocked reads end.
             interrupt::on_interrupt(move || {
@@ -138,11 +144,15 @@ impl super::Backend for QemuBackend {
                 if let Some(pid) = external_pid {
                     kill_pid(pid);
                 }
+                if let Some(pid) = passt_pid {
+                    kill_pid(pid);
+                }
             })
         };
         Ok(Box::new(QemuVm {
             _hook: hook,
             qemu,
+            _network: network,
             _serial: serial,
             devices,
             _external_vsock: external_vsock,
@@ -310,12 +320,68 @@ fn start_external_vsock(program: &Path, paths: &VmPaths) -> Result<ChildGuard, B
     Ok(child)
 }
 
-/// Field order is drop order: unhook, stop QEMU, finish the serial log
-/// (QEMU's end of it is closed by then), stop the devices, then remove the
-/// directory.
+/// The guest's NIC: passt, and for an `allow` policy the relay QEMU
+/// connects to instead. Field order is drop order: the relay's threads
+/// end before passt is killed.
+struct QemuNetwork {
+    relay: Option<Relay>,
+    passt: Passt,
+}
+
+impl QemuNetwork {
+    /// passt (and the relay) for a VM whose job has `network`; `None`
+    /// without it, and then QEMU gets no NIC at all.
+    fn start(spec: &VmSpec, dir: &Path) -> Result<Option<QemuNetwork>, BootError> {
+        if !spec.network.is_on() {
+            return Ok(None);
+        }
+        // Resolve before starting anything: a typo in a host name costs nothing.
+        let policy = network::policy(&spec.network)?;
+        let program = network::passt::locate().map_err(BootError::Setup)?;
+        let passt = Passt::start(&program, dir)?;
+        let relay = match policy {
+            None => None,
+            Some(policy) => Some(
+                Relay::start(
+                    &dir.join("net-relay.sock"),
+                    passt.socket(),
+                    policy,
+                    &spec.name,
+                )
+                .map_err(|e| BootError::Setup(format!("starting the network relay: {e}")))?,
+            ),
+        };
+        Ok(Some(QemuNetwork { relay, passt }))
+    }
+
+    fn guest_socket(&self) -> &Path {
+        match &self.relay {
+            Some(relay) => relay.socket(),
+            None => self.passt.socket(),
+        }
+    }
+}
+
+/// A virtio-net NIC on QEMU's stream netdev (passt's protocol).
+fn nic_args(socket: &Path) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!(
+            "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+            qemu_path(socket)
+        ),
+        "-device".into(),
+        "virtio-net-device,netdev=net0".into(),
+    ]
+}
+
+/// Field order is drop order: unhook, stop QEMU, stop its network, finish
+/// the serial log (QEMU's end of it is closed by then), stop the devices,
+/// then remove the directory.
 struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
+    _network: Option<QemuNetwork>,
     _serial: SerialPump,
     devices: Option<VmProcess>,
     _external_vsock: Option<ChildGuard>,

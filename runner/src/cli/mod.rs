@@ -166,6 +166,7 @@ impl VmArgs {
             memory_mib: self.memory,
             boot_timeout: self.boot_timeout,
             serial_log_limit: Some(crate::backend::DEFAULT_SERIAL_LOG_LIMIT),
+            network: Default::default(),
         })
     }
 

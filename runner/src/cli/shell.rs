@@ -17,7 +17,7 @@ use super::exec::{exit_code, VM_FAILED};
 use super::{parse_duration, BackendChoice, Failure};
 use crate::backend::{wait_for_agent, VmSpec, DEFAULT_SERIAL_LOG_LIMIT};
 use crate::images::{ImageKind, ImageRef, Images};
-use crate::pipeline::{files, host_scope, FileEntry, Image, Pipeline, GUEST_WORKSPACE};
+use crate::pipeline::{files, host_scope, FileEntry, Image, Network, Pipeline, GUEST_WORKSPACE};
 use crate::plan::Plan;
 
 #[derive(Args)]
@@ -74,6 +74,8 @@ struct Setup {
     files: Vec<files::CollectedFile>,
     env: Vec<(String, String)>,
     cwd: String,
+    /// The job's `network`; none for a shell without a pipeline.
+    network: Network,
 }
 
 pub fn run(args: ShellArgs) -> Result<i32, Failure> {
@@ -90,6 +92,9 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
         )));
     }
     let spec = vm_spec(&args, &setup).map_err(usage)?;
+    if spec.network.is_on() {
+        crate::backend::network::passt::locate().map_err(|e| usage(anyhow::Error::msg(e)))?;
+    }
     let backend = args.backend.backend().map_err(usage)?;
     crate::backend::vm_dir::sweep_stale_in_temp();
 
@@ -104,6 +109,11 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
             false => anyhow!("booting the VM: {e}\nlast console lines:\n{tail}"),
         })
     })?;
+    if spec.network.is_on() {
+        session
+            .configure_network(&crate::backend::network::guest_config())
+            .map_err(|e| fail(anyhow!("configuring the guest's network: {e}")))?;
+    }
     if !setup.files.is_empty() {
         session
             .put_tar("/", |out| {
@@ -191,6 +201,7 @@ fn from_job(args: &ShellArgs, path: &Path) -> anyhow::Result<Setup> {
         files: collected,
         env,
         cwd: args.cwd.clone().unwrap_or_else(|| job.workdir.clone()),
+        network: job.network.clone(),
     })
 }
 
@@ -217,6 +228,7 @@ fn from_flags(args: &ShellArgs) -> anyhow::Result<Setup> {
         files,
         env: parse_env(&args.env)?,
         cwd: args.cwd.clone().unwrap_or(default_cwd),
+        network: Network::default(),
     })
 }
 
@@ -241,6 +253,7 @@ fn vm_spec(args: &ShellArgs, setup: &Setup) -> anyhow::Result<VmSpec> {
         memory_mib: args.memory.unwrap_or(setup.memory_mib),
         boot_timeout: args.boot_timeout,
         serial_log_limit: Some(DEFAULT_SERIAL_LOG_LIMIT),
+        network: setup.network.clone(),
     })
 }
 

@@ -154,6 +154,10 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
                 .map_err(|e| config(e.into()))?;
         }
     }
+    // A job with `network` on a host without passt fails before anything boots.
+    if plan.jobs.iter().any(|job| job.network.is_on()) {
+        crate::backend::network::passt::locate().map_err(|e| config(anyhow::Error::msg(e)))?;
+    }
     // Before images are built: a refused --out should not wait for that.
     out_dir::prepare(&args.out).map_err(config)?;
     let images = resolve_images(&plan).map_err(config)?;

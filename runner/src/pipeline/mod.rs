@@ -11,6 +11,7 @@ mod error;
 pub mod files;
 pub mod host_scope;
 pub mod image_spec;
+pub mod network;
 mod reports;
 mod scalars;
 #[cfg(test)]
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use error::PipelineError;
 pub use files::FileEntry;
 pub use image_spec::{ImageSpec, SpecBase, SpecFile};
+pub use network::{AllowEntry, Network};
 pub use reports::ReportFiles;
 pub use scalars::{
     format_duration, parse_duration, parse_memory, ImageKind, ImageRef, KERNEL_NAMES,
@@ -90,6 +92,8 @@ pub struct Defaults {
     pub files: Option<Files>,
     pub artifacts: Vec<String>,
     pub reports: Option<ReportFiles>,
+    /// `network:`; `None` when not set (no NIC).
+    pub network: Option<Network>,
 }
 
 /// What to copy into the guest before the first step.
@@ -114,6 +118,8 @@ pub struct Job {
     pub files: Option<Files>,
     pub artifacts: Option<Vec<String>>,
     pub reports: Option<ReportFiles>,
+    /// `network:`; `None` inherits `defaults`.
+    pub network: Option<Network>,
     pub allow_failure: bool,
     /// Extra attempts after a failure, each in a fresh VM.
     pub retry: u32,

@@ -74,6 +74,7 @@ fn run_in_vm(
         memory_mib: job.memory_mib.try_into().unwrap_or(u32::MAX),
         boot_timeout: ctx.options.boot_timeout,
         serial_log_limit: ctx.options.log_limit,
+        network: job.network.clone(),
     };
     ctx.observer.on_job_progress(job, "booting");
     log.note(&format!(
@@ -96,6 +97,15 @@ fn run_in_vm(
         .push(Phase::until_now(PhaseKind::Boot, clock, booting));
     let (mut vm, mut session) = booted.map_err(boot_error)?;
     result.boot = Some(clock.elapsed());
+    if spec.network.is_on() {
+        // Before anything of the job's runs: its first step may need it.
+        let interface = session
+            .configure_network(&crate::backend::network::guest_config())
+            .map_err(|e| JobOutcome::Error {
+                message: format!("configuring the guest's network: {e}"),
+            })?;
+        log.note(&format!("==> network: {interface} is up"));
+    }
     // The agent enforces the job's timeout on each step; this is the
     // host's own bound on everything else (file copies, a guest that never
     // reports), with the same grace as a step.

@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_protocol::{
-    read_frame, write_frame, ExecRequest, ExitStatus, Frame, Message, ProtocolError, Stream,
-    CHUNK_SIZE, PROTOCOL_VERSION,
+    read_frame, write_frame, ExecRequest, ExitStatus, Frame, Message, NetworkConfig, ProtocolError,
+    Stream, CHUNK_SIZE, PROTOCOL_VERSION,
 };
 
 use deadline::{DeadlineIo, Expiry};
@@ -241,6 +241,23 @@ impl AgentSession {
         self.send(Message::Ping { nonce })?;
         match self.reply(REPLY_TIMEOUT)? {
             Message::Pong { nonce: n, .. } if n == nonce => Ok(start.elapsed()),
+            other => Err(SessionError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Has the agent configure the guest's NIC and resolv.conf; returns the
+    /// interface's name.
+    pub fn configure_network(&mut self, config: &NetworkConfig) -> Result<String, SessionError> {
+        if !self.capabilities.iter().any(|c| c == "network") {
+            return Err(SessionError::Incompatible(format!(
+                "the agent in this rootfs ({}) cannot configure a network; rebuild the rootfs",
+                self.agent
+            )));
+        }
+        self.send(Message::ConfigureNetwork(config.clone()))?;
+        match self.reply(REPLY_TIMEOUT)? {
+            Message::NetworkConfigured { interface } => Ok(interface),
+            Message::Error { message } => Err(SessionError::Agent(message)),
             other => Err(SessionError::Unexpected(format!("{other:?}"))),
         }
     }

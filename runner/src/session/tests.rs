@@ -217,3 +217,18 @@ fn a_guest_that_exits_without_taking_stdin_does_not_hold_the_session() {
     drop(session);
     agent.join().unwrap();
 }
+
+#[test]
+fn an_agent_without_the_network_capability_is_not_asked_to_configure_one() {
+    let (mut session, agent) = fake_agent(|mut guest| {
+        // The host must hang up without sending anything.
+        assert!(matches!(read_frame(&mut guest), Ok(None)));
+    });
+    let err = session
+        .configure_network(&agent_protocol::NetworkConfig::default())
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Incompatible(_)), "{err}");
+    assert!(err.to_string().contains("rebuild the rootfs"), "{err}");
+    drop(session);
+    agent.join().unwrap();
+}

@@ -27,6 +27,7 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
         memory_mib: 256,
         boot_timeout,
         serial_log_limit: Some(runner::backend::DEFAULT_SERIAL_LOG_LIMIT),
+        network: Default::default(),
     }
 }
 

@@ -16,6 +16,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use runner_devices::block::{BlockConfig, BlockDevice, DiskMode};
+use runner_devices::net::filter::Policy;
+use runner_devices::net::{NetConfig, NetDevice};
 use runner_devices::vsock::{VsockConfig, VsockDevice};
 use runner_vhost::block::{BlockServer, BlockServerConfig};
 use runner_vhost::vsock::{VsockServer, VsockServerConfig};
@@ -23,6 +25,7 @@ use runner_vmm::{KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, Vmm, VmmC
 
 use super::seccomp::{self, Filters, Mode, ThreadKind};
 use super::{DevicesRole, ProcessConfig, Role, VmmRole, PROTOCOL};
+use crate::backend::network::GUEST_MAC;
 
 /// A test hook, read only here: `<vm name>:<milliseconds>` makes the VM of
 /// that name perform a disallowed syscall from a thread under its device
@@ -133,6 +136,10 @@ fn run_vmm(
     let vsock = VsockDevice::new(VsockConfig::new(role.vsock.guest_cid, &role.vsock.uds))
         .map_err(|e| format!("kvm backend: vsock device: {e}"))?;
     vmm.add_virtio_device(Box::new(vsock)).map_err(vmm_error)?;
+    if let Some(net) = &role.network {
+        vmm.add_virtio_device(Box::new(net_device(net, &config.name)?))
+            .map_err(vmm_error)?;
+    }
     tracing::debug!(vm = %config.name, cmdline = %vmm.cmdline(), "starting the built-in VMM");
 
     let filters = filters(config, &[ThreadKind::Vcpu, ThreadKind::EventLoop])?;
@@ -159,6 +166,28 @@ fn run_vmm(
     tracing::debug!(reason = %exit.reason, timings = ?exit.timings, "VM ended");
     say(&format!("exit {}", exit.reason));
     Ok(())
+}
+
+/// The NIC, connected to passt now: the seccomp filters that follow
+/// allow reading and writing the socket, not opening it.
+fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
+    let backend = std::os::unix::net::UnixStream::connect(&net.socket).map_err(|e| {
+        format!(
+            "kvm backend: connecting the NIC to passt at {}: {e}",
+            net.socket.display()
+        )
+    })?;
+    let policy = net.allowed.clone().map(|allowed| Policy {
+        allowed,
+        dns: net.dns,
+    });
+    NetDevice::new(NetConfig {
+        backend,
+        mac: GUEST_MAC,
+        policy,
+        vm: vm.to_string(),
+    })
+    .map_err(|e| format!("kvm backend: network device: {e}"))
 }
 
 /// VMM build errors (no /dev/kvm, not a kernel, too little memory, too

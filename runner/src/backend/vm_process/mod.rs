@@ -40,7 +40,7 @@ use crate::process::{kill_pid, spawn_guarded, ChildGuard};
 pub const SUBCOMMAND: &str = "__vm-process";
 /// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
 /// stale `runner` binary refuses instead of misreading.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// How long set-up (opening images, creating the VM) may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,6 +76,20 @@ pub struct VmmRole {
     pub serial_log_limit: Option<u64>,
     pub disk: DiskRole,
     pub vsock: VsockRole,
+    /// A virtio-net NIC on passt's socket; `None`: no NIC at all.
+    #[serde(default)]
+    pub network: Option<NetRole>,
+}
+
+/// The guest's NIC: passt's socket, and the `allow` policy to enforce.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRole {
+    pub socket: PathBuf,
+    /// Resolved `allow` entries; `None` for an open network.
+    pub allowed: Option<Vec<std::net::SocketAddr>>,
+    /// passt's DNS forwarder, which a policy always lets through.
+    pub dns: std::net::Ipv4Addr,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 
 mod fields;
 mod image;
+mod network;
 mod reports;
 mod steps;
 
@@ -21,11 +22,12 @@ use self::fields::{
     next_key, non_empty, parse_bool, parse_guest_dir, parse_retry, parse_value, parse_vcpus,
     EnvSeed, FilesSeed, ImageSeed, KeySeed, StringList, EXTENSION_KEY,
 };
+use self::network::NetworkSeed;
 use self::reports::ReportsSeed;
 use self::steps::{MatrixSeed, StepsSeed};
 use super::error::located;
 use super::scalars::{parse_duration, parse_memory};
-use super::{Defaults, Env, Files, Image, Job, ReportFiles, MAX_MATRIX_JOBS};
+use super::{Defaults, Env, Files, Image, Job, Network, ReportFiles, MAX_MATRIX_JOBS};
 
 /// The top level of a pipeline, before defaults are filled in.
 pub(crate) struct Parsed {
@@ -60,9 +62,10 @@ struct Settings {
     files: Option<Files>,
     artifacts: Option<Vec<String>>,
     reports: Option<ReportFiles>,
+    network: Option<Network>,
 }
 
-const SETTINGS_KEYS: [&str; 8] = [
+const SETTINGS_KEYS: [&str; 9] = [
     "timeout",
     "step_timeout",
     "env",
@@ -71,6 +74,7 @@ const SETTINGS_KEYS: [&str; 8] = [
     "files",
     "artifacts",
     "reports",
+    "network",
 ];
 
 /// Reads the value of `key` into `settings`; false when `key` is not a setting.
@@ -100,6 +104,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
             })?)
         }
         "reports" => settings.reports = Some(map.next_value_seed(ReportsSeed { context })?),
+        "network" => settings.network = Some(map.next_value_seed(NetworkSeed { context })?),
         _ => return Ok(false),
     }
     Ok(true)
@@ -221,6 +226,7 @@ impl<'de> Visitor<'de> for DefaultsSeed<'_> {
             files: settings.files,
             artifacts: settings.artifacts.unwrap_or_default(),
             reports: settings.reports,
+            network: settings.network,
         })
     }
 }
@@ -315,6 +321,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             "artifacts",
             "reports",
             "retry",
+            "network",
         ];
         let name = self.name;
         let context = format!("in job `{name}`");
@@ -349,6 +356,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             files: settings.files,
             artifacts: settings.artifacts,
             reports: settings.reports,
+            network: settings.network,
             allow_failure,
             retry,
             image: machine.image,

@@ -1,0 +1,13 @@
+//! Networking for jobs that opt in (`network:` in the pipeline): the
+//! framing of passt's socket ([`stream`]), the host-side `allow` policy
+//! ([`filter`]), both shared by the QEMU backend's relay and our own
+//! virtio-net device model ([`device`]) for the built-in VMM.
+
+pub mod device;
+pub mod filter;
+pub mod stream;
+
+pub use device::{NetConfig, NetDevice, NET_HDR_SIZE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+
+#[cfg(test)]
+mod device_tests;

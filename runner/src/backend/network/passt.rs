@@ -1,0 +1,154 @@
+//! One passt per VM with a NIC: the user-mode network stack between the
+//! guest's Ethernet frames and the host's sockets.
+//!
+//! passt runs with our own uid and gid (`--runas`), in the foreground, as a
+//! guarded child (own process group, SIGKILL when the runner dies, killed
+//! and reaped with the VM). `--runas` matters beyond "no root features":
+//! passt started as root otherwise switches to `nobody`, and a credential
+//! change clears the parent-death signal, so a `kill -9` of the runner
+//! would leave it running. It listens on a Unix socket in the VM's
+//! directory, quits after its one client (`--one-off`), forwards no host
+//! ports into the guest, and logs to a size-capped file next to the socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{DNS_ADDRESS, GATEWAY, GUEST_ADDRESS, GUEST_MTU, GUEST_PREFIX_LEN};
+use crate::backend::BootError;
+use crate::process::{spawn_guarded, ChildGuard};
+
+/// Names the passt binary to use instead of the one on PATH.
+pub const ENV: &str = "RUNNER_PASST";
+/// What to install when passt is missing.
+pub const PACKAGE: &str = "passt";
+/// How long passt may take to create its socket (it is up in well under a
+/// second; the margin is for a loaded machine).
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most bytes passt's own log may take (`--log-size`).
+const LOG_LIMIT: u64 = 256 * 1024;
+
+/// The passt binary: `RUNNER_PASST`, else `passt` on PATH; the error is
+/// one line naming the package.
+pub fn locate() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "`network` needs passt, but {ENV}={} is not a file; install it with `apt-get install {PACKAGE}`",
+                path.display()
+            ))
+        };
+    }
+    crate::backend::qemu::find_on_path("passt").ok_or_else(|| {
+        format!(
+            "`network` needs passt, which is not installed; install it with `apt-get install {PACKAGE}`"
+        )
+    })
+}
+
+/// A running passt; dropping it kills and reaps it.
+pub struct Passt {
+    child: ChildGuard,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Passt {
+    /// Starts passt with its socket and log in `dir`, and waits for the
+    /// socket.
+    pub fn start(program: &Path, dir: &Path) -> Result<Passt, BootError> {
+        let socket = dir.join("passt.sock");
+        let log = dir.join("passt.log");
+        // SAFETY: plain syscalls without arguments.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mut cmd = Command::new(program);
+        cmd.args(["--foreground", "--one-off"])
+            .arg("--runas")
+            .arg(format!("{uid}:{gid}"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log-file")
+            .arg(&log)
+            .args(["--log-size", &LOG_LIMIT.to_string()])
+            .arg("--ipv4-only")
+            .args(["--address", &GUEST_ADDRESS.to_string()])
+            .args(["--netmask", &GUEST_PREFIX_LEN.to_string()])
+            .args(["--gateway", &GATEWAY.to_string()])
+            .args(["--mtu", &GUEST_MTU.to_string()])
+            .args(["--dns", &DNS_ADDRESS.to_string()])
+            .args(["--dns-forward", &DNS_ADDRESS.to_string()])
+            .args(["--tcp-ports", "none", "--udp-ports", "none"])
+            // passt's own MAC; by default it copies the host interface's.
+            .args(["--mac-addr", PASST_MAC]);
+        // passt takes defaults from the interface with the default route
+        // and refuses to start without one, even though every value it
+        // would take is given above. A host without a route (a sandbox, the
+        // nested test tier) can still reach its own loopback through the
+        // gateway: name lo as the template.
+        if !has_default_ipv4_route() {
+            cmd.args(["--interface", "lo"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        tracing::debug!("starting {cmd:?}");
+        let mut child = spawn_guarded(&mut cmd, "passt")
+            .map_err(|e| BootError::Setup(format!("starting {}: {e}", program.display())))?;
+        let deadline = Instant::now() + SOCKET_TIMEOUT;
+        while !socket.exists() {
+            if let Some(status) = child.try_wait() {
+                return Err(BootError::Setup(format!(
+                    "passt exited at start ({status}): {}",
+                    last_log_line(&log)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(BootError::Setup(format!(
+                    "passt did not create its socket within {SOCKET_TIMEOUT:?}: {}",
+                    last_log_line(&log)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Passt { child, socket, log })
+    }
+
+    /// The socket the guest's NIC (or the relay) connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// `Some(description)` once passt has exited by itself.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait()?;
+        Some(format!("passt {status}: {}", last_log_line(&self.log)))
+    }
+}
+
+/// passt's side of the guest's link.
+const PASST_MAC: &str = "52:54:00:12:34:02";
+
+/// Whether `/proc/net/route` has a default route (destination and mask 0).
+fn has_default_ipv4_route() -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000")
+    })
+}
+
+fn last_log_line(log: &Path) -> String {
+    crate::backend::tail_lines(log, 1)
+        .pop()
+        .filter(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| format!("(nothing in {})", log.display()))
+}

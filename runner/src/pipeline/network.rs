@@ -1,0 +1,205 @@
+//! `network:`: whether a job's VM gets a NIC, and where it may connect.
+//!
+//! Without it the guest has loopback only (the clean-room default). The
+//! format is `network: true | false` or `network: { allow: [host:port, …] }`;
+//! the host side is `crate::backend::network`.
+
+use std::fmt;
+
+/// A job's network, as written (`network: false` is [`Network::Off`], so a
+/// job can turn off what `defaults` turned on).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// No NIC at all.
+    #[default]
+    Off,
+    /// A NIC with user-mode networking, unrestricted.
+    Open,
+    /// A NIC whose TCP and UDP traffic may only go to these destinations
+    /// (plus the built-in DNS forwarder); everything else is dropped on
+    /// the host.
+    Allow(Vec<AllowEntry>),
+}
+
+impl Network {
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Network::Off)
+    }
+}
+
+/// One `host:port` of an `allow` list. The host is a name (resolved on
+/// the host when the VM starts), an IPv4 address, or `[IPv6]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AllowEntry {
+    /// Without brackets for IPv6.
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
+pub fn parse_allow_entry(text: &str) -> Result<AllowEntry, String> {
+    let text = text.trim();
+    let bad = |why: &str| format!("invalid `allow` entry `{text}`: {why} (expected host:port)");
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| bad("`[` without `]`"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| bad("no `:port` after the address"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address in brackets"));
+        }
+        (host, port)
+    } else {
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        if host.contains(':') {
+            return Err(bad("write an IPv6 address in brackets, as [::1]:80"));
+        }
+        if !valid_host_name(host) {
+            return Err(bad("not a host name or address"));
+        }
+        (host, port)
+    };
+    let port = match port.parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => return Err(bad("the port must be a number from 1 to 65535")),
+    };
+    Ok(AllowEntry {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// Letters, digits, `-` and `.` in labels of 1 to 63 characters (which
+/// covers dotted IPv4 addresses too).
+fn valid_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Pipeline;
+    use crate::plan::Plan;
+    use std::path::Path;
+
+    fn parse(source: &str) -> Result<Pipeline, String> {
+        Pipeline::parse(source, Path::new("p.yml"), Path::new("/repo")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn jobs_inherit_network_from_defaults_and_can_turn_it_off() {
+        let source = "defaults:\n  network: true\njobs:\n  a:\n    steps: [x]\n  b:\n    network: false\n    steps: [x]\n  c:\n    network:\n      allow: [\"example.com:443\", \"[::1]:80\"]\n    steps: [x]\n";
+        let plan = Plan::new(&parse(source).unwrap());
+        let networks: Vec<_> = plan.jobs.iter().map(|j| j.network.clone()).collect();
+        assert_eq!(
+            networks,
+            vec![
+                Network::Open,
+                Network::Off,
+                Network::Allow(vec![
+                    AllowEntry {
+                        host: "example.com".into(),
+                        port: 443
+                    },
+                    AllowEntry {
+                        host: "::1".into(),
+                        port: 80
+                    }
+                ])
+            ]
+        );
+        let plain = Plan::new(&parse("jobs:\n  a:\n    steps: [x]\n").unwrap());
+        assert_eq!(plain.jobs[0].network, Network::Off, "no NIC unless asked");
+    }
+
+    #[test]
+    fn network_mistakes_are_located() {
+        assert_eq!(
+            parse("jobs:\n  a:\n    network:\n      alow: [\"x:1\"]\n    steps: [x]\n")
+                .unwrap_err(),
+            "p.yml:4:7: unknown key `alow` in `network` in job `a` (did you mean `allow`?)"
+        );
+        assert_eq!(
+            parse("defaults:\n  network: yes\njobs:\n  a:\n    steps: [x]\n").unwrap_err(),
+            "p.yml:2:12: `network` in `defaults` must be `true`, `false` or `{ allow: [host:port, …] }`, not `yes`"
+        );
+        assert_eq!(
+            parse("jobs:\n  a:\n    network:\n      allow: [\"x:1\", \"x\"]\n    steps: [x]\n")
+                .unwrap_err(),
+            "p.yml:4:22: invalid `allow` entry `x`: no port (expected host:port)"
+        );
+        assert_eq!(
+            parse("jobs:\n  a:\n    network:\n      allow: [\"x:1\", \"X:1\"]\n    steps: [x]\n")
+                .unwrap_err(),
+            "p.yml:4:22: duplicate `allow` entry `x:1`"
+        );
+        for (source, message) in [
+            (
+                "jobs:\n  a:\n    network: {}\n    steps: [x]\n",
+                "missing `allow`",
+            ),
+            (
+                "jobs:\n  a:\n    network: { allow: [] }\n    steps: [x]\n",
+                "`allow` is empty",
+            ),
+            (
+                "jobs:\n  a:\n    network:\n    steps: [x]\n",
+                "`network` in job `a` is empty",
+            ),
+        ] {
+            let err = parse(source).unwrap_err();
+            assert!(err.contains(message), "{err}");
+        }
+    }
+
+    #[test]
+    fn allow_entries_parse_names_addresses_and_ports() {
+        let entry = |host: &str, port| AllowEntry {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            parse_allow_entry("Example.com:443"),
+            Ok(entry("example.com", 443))
+        );
+        assert_eq!(
+            parse_allow_entry("10.0.2.2:8080"),
+            Ok(entry("10.0.2.2", 8080))
+        );
+        assert_eq!(parse_allow_entry("[::1]:80"), Ok(entry("::1", 80)));
+        assert_eq!(entry("::1", 80).to_string(), "[::1]:80");
+        for bad in [
+            "example.com",
+            "example.com:0",
+            "example.com:70000",
+            "example.com:http",
+            ":80",
+            "a b:80",
+            "::1:80",
+            "[::1]80",
+            "[nope]:80",
+            "a..b:80",
+        ] {
+            let err = parse_allow_entry(bad).unwrap_err();
+            assert!(err.contains("invalid `allow` entry"), "{bad}: {err}");
+        }
+    }
+}

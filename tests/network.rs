@@ -1,0 +1,237 @@
+//! Opt-in networking (`network:` in the pipeline), end to end through
+//! `runner test`: a job with it fetches a file from an HTTP server this
+//! test runs on the host, a job without it has no NIC and cannot, and an
+//! `allow` policy lets through exactly the destinations it lists. The
+//! server itself records which requests reached it, so "cannot reach" is
+//! checked on the host, not only by the guest's word.
+//!
+//! Runs on the backend `RUNNER_BACKEND` names (the nested tier runs it with
+//! the kvm backend).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+use e2e_tests::{processes_mentioning, require_tool, runner_test, vm_dirs};
+
+const BODY: &str = "hello from the host, 7f3a9c";
+
+/// A tiny HTTP/1.0 server on the host's loopback that answers every GET
+/// with [`BODY`] and records the paths it was asked for.
+struct Server {
+    port: u16,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the test server");
+        let port = listener.local_addr().unwrap().port();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        // Lives until the test process ends; it only ever answers.
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&conn);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Read the headers up to the blank line.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                seen.lock().unwrap().push(path);
+                let mut conn = &conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+            }
+        });
+        Server { port, paths }
+    }
+
+    fn paths(&self) -> Vec<String> {
+        let mut paths = self.paths.lock().unwrap().clone();
+        paths.sort();
+        paths
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(dir: &Path, yaml: &str) -> Output {
+    runner_test(dir, yaml)
+        .args(["--jobs", "2"])
+        .output()
+        .unwrap()
+}
+
+/// The log of the job whose slug ends with `name`.
+fn job_log(dir: &Path, name: &str) -> String {
+    let logs = dir.join("out/logs");
+    let entry = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.trim_end_matches(".log").ends_with(name)
+        })
+        .unwrap_or_else(|| panic!("no log for {name} in {}", logs.display()));
+    std::fs::read_to_string(entry.path()).unwrap()
+}
+
+#[test]
+fn network_is_opt_in_and_allow_is_enforced_on_the_host() {
+    require_tool("passt", "passt");
+    let server = Server::start();
+    let port = server.port;
+    let url = |path: &str| format!("http://10.0.2.2:{port}/{path}");
+    // The same wget for every job, so the jobs that must fail differ from
+    // the ones that must succeed only in their network. `timeout` bounds a
+    // connection whose SYN is dropped (busybox wget's own -T crashes): a
+    // generous one where the fetch must work, a short one where it cannot.
+    let wget = |path: &str, secs: u32| format!("timeout {secs} wget -q -O - {}", url(path));
+    let fetch = |path: &str| {
+        format!(
+            "body=$({}) && test \"$body\" = '{BODY}' && echo fetched-ok",
+            wget(path, 300)
+        )
+    };
+    let cannot_fetch = |path: &str| {
+        format!(
+            "if {}; then exit 1; fi; echo fetch-failed-as-expected",
+            wget(path, 10)
+        )
+    };
+    // Another port on the host: allowed, but not the server's.
+    let other_port = if port == 65535 { 1 } else { port + 1 };
+    let yaml = format!(
+        r#"
+name: net
+defaults:
+  files: none
+jobs:
+  open:
+    network: true
+    steps:
+      - run: cat /etc/resolv.conf
+      - run: ip addr show eth0
+      - run: "{open}"
+  none:
+    steps:
+      - run: ls /sys/class/net
+      - run: test "$(ls /sys/class/net)" = lo
+      - run: "{none}"
+  allowed:
+    network:
+      allow: ["127.0.0.1:{port}"]
+    steps:
+      - run: "{allowed}"
+  denied:
+    network:
+      allow: ["127.0.0.1:{other_port}"]
+    steps:
+      - run: "{denied}"
+"#,
+        open = fetch("open").replace('"', "\\\""),
+        none = cannot_fetch("none").replace('"', "\\\""),
+        allowed = fetch("allowed").replace('"', "\\\""),
+        denied = cannot_fetch("denied").replace('"', "\\\""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &yaml);
+    let logs: String = ["open", "none", "allowed", "denied"]
+        .iter()
+        .map(|job| format!("--- {job}:\n{}\n", job_log(dir.path(), job)))
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}\n{logs}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let open = job_log(dir.path(), "open");
+    assert!(open.contains("nameserver 10.0.2.3"), "{open}");
+    assert!(open.contains("10.0.2.15"), "{open}");
+    assert!(open.contains("fetched-ok"), "{open}");
+    assert!(
+        job_log(dir.path(), "allowed").contains("fetched-ok"),
+        "{logs}"
+    );
+    let none = job_log(dir.path(), "none");
+    assert!(none.contains("fetch-failed-as-expected"), "{none}");
+    assert!(none.contains("Network is unreachable"), "{none}");
+    assert!(
+        job_log(dir.path(), "denied").contains("fetch-failed-as-expected"),
+        "{logs}"
+    );
+    // The host dropped the denied job's connection, and said so.
+    let stderr = text(&out.stderr);
+    let dropped = format!("network policy of `denied`: dropped TCP to 10.0.2.2:{port}");
+    assert!(stderr.contains(&dropped), "{stderr}");
+    assert!(!stderr.contains("policy of `allowed`"), "{stderr}");
+    // The host's own view: only the two jobs allowed to reach it did.
+    assert_eq!(server.paths(), vec!["/allowed", "/open"], "{logs}");
+
+    // Nothing left behind: no passt, no VM process, no VM directory.
+    let needle = dir.path().to_string_lossy().into_owned();
+    assert_eq!(processes_mentioning(&needle), Vec::<String>::new());
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn an_unknown_network_policy_key_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: t\njobs:\n  a:\n    network:\n      alow: [\"example.com:443\"]\n    steps: [\"true\"]\n";
+    let out = run(dir.path(), yaml);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("pipeline.yml:5:7"), "{stderr}");
+    assert!(stderr.contains("unknown key `alow`"), "{stderr}");
+    assert!(stderr.contains("did you mean `allow`"), "{stderr}");
+}
+
+#[test]
+fn network_without_passt_is_one_line_and_exit_2_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: t\njobs:\n  a:\n    network: true\n    steps: [\"true\"]\n";
+    let empty = dir.path().join("empty-bin");
+    std::fs::create_dir(&empty).unwrap();
+    // passt not on PATH, and not named by RUNNER_PASST.
+    let out = runner_test(dir.path(), yaml)
+        .env("PATH", &empty)
+        .env_remove("RUNNER_PASST")
+        .output()
+        .unwrap();
+    // A RUNNER_PASST that names nothing.
+    let named = runner_test(dir.path(), yaml)
+        .env("RUNNER_PASST", dir.path().join("no-passt"))
+        .output()
+        .unwrap();
+    for out in [out, named] {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("apt-get install passt"), "{stderr}");
+    }
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing may start before the check"
+    );
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
