@@ -25,9 +25,12 @@ use super::live_lines::{LineSplitter, LiveBudget};
 use super::{clean_text, last_lines, OutputStream, RunObserver};
 use crate::pipeline::{format_duration, ImageRef};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
-use crate::results::{CaseKind, JobOutcome, JobResult, Output, RunResults, StepResult, StepStatus};
+use crate::results::{CaseKind, JobOutcome, JobResult, RunResults, StepResult, StepStatus};
 
-// The end-of-run block for the guest's own test reports.
+// The end-of-run blocks (failing steps, artifacts, the guest's own test
+// reports) and lending the terminal to a debug shell.
+#[path = "console_failures.rs"]
+mod failures_block;
 #[path = "console_lending.rs"]
 mod lending;
 #[path = "console_reports.rs"]
@@ -311,98 +314,6 @@ impl ConsoleReporter {
             ),
         }
     }
-
-    /// The end-of-run block for one job: each failing step's output tail,
-    /// or the job-level problem.
-    fn failure_report(&self, job: &JobResult) -> Vec<String> {
-        let mut lines = Vec::new();
-        let allowed = if job.allow_failure {
-            " (allowed to fail)"
-        } else {
-            ""
-        };
-        let n = self.options.failure_tail_lines;
-        for step in &job.steps {
-            if !matches!(
-                step.status,
-                StepStatus::Failed { .. } | StepStatus::TimedOut { .. } | StepStatus::Error { .. }
-            ) {
-                continue;
-            }
-            lines.push(String::new());
-            lines.push(self.paint(
-                &format!(
-                    "==== {} › {}: {}{allowed} ====",
-                    job.name,
-                    one_line(&step.name),
-                    step.status.describe()
-                ),
-                "1;31",
-            ));
-            tail_block(&mut lines, "stdout", &step.stdout, n);
-            tail_block(&mut lines, "stderr", &step.stderr, n);
-            if step.stdout.is_empty() && step.stderr.is_empty() {
-                lines.push("(no output)".to_string());
-            }
-            if let Some(log) = &job.log_path {
-                lines.push(format!("full log: {}", log.display()));
-            }
-        }
-        if let Some(case) = job.job_case() {
-            if case.kind != CaseKind::Skipped {
-                lines.push(String::new());
-                lines.push(self.paint(
-                    &format!(
-                        "==== {}: {}{allowed} ====",
-                        job.name,
-                        one_line(&case.message)
-                    ),
-                    "1;31",
-                ));
-                if !case.detail.is_empty() {
-                    lines.push(format!(
-                        "--- serial console, {} ---",
-                        last_lines(case.detail.len())
-                    ));
-                    lines.extend(case.detail.iter().map(|l| clean_text(l)));
-                }
-            }
-        }
-        lines
-    }
-
-    /// The end-of-run block for a job's missing or refused artifacts, shown
-    /// whether or not the job passed.
-    fn artifact_report(&self, job: &JobResult) -> Vec<String> {
-        if job.artifact_notes.is_empty() {
-            return Vec::new();
-        }
-        let n = job.artifact_notes.len();
-        let problems = if n == 1 { "problem" } else { "problems" };
-        let mut lines = vec![
-            String::new(),
-            self.paint(
-                &format!("==== {}: {n} artifact {problems} ====", job.name),
-                "33",
-            ),
-        ];
-        lines.extend(job.artifact_notes.iter().map(|note| one_line(note)));
-        lines
-    }
-}
-
-fn tail_block(lines: &mut Vec<String>, label: &str, output: &Output, n: usize) {
-    let tail = output.last_lines(n);
-    if tail.is_empty() {
-        return;
-    }
-    let more = if output.truncated || output.text().lines().count() > tail.len() {
-        last_lines(tail.len())
-    } else {
-        "all".to_string()
-    };
-    lines.push(format!("--- {label} ({more}) ---"));
-    lines.extend(tail.iter().map(|l| clean_text(l)));
 }
 
 /// `, passed on attempt 2/3` / `, will retry (attempt 1/3)`; nothing

@@ -8,6 +8,7 @@ use indicatif::TermLike;
 use super::*;
 use crate::pipeline::Pipeline;
 use crate::results::tests::{failed, job, run, step};
+use crate::results::Output;
 
 /// A writer the test can read back (the report's other tests use it too).
 #[derive(Clone, Default)]
