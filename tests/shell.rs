@@ -299,7 +299,22 @@ fn the_shell_computes_follows_the_window_does_job_control_and_exits_with_its_cod
             term.text()
         );
     }
+    // The shell learns of the kill only when it next reaps children; an
+    // `exit` before that meets "You have stopped jobs" and is refused. So
+    // `jobs` (which reaps) is asked until it reports the job killed.
     term.type_text("kill -9 %1\r");
+    loop {
+        term.type_text("jobs\r");
+        if let Some(next) = term.expect_within(at, "Killed", Duration::from_secs(2)) {
+            at = next;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed job was never reported:\n{}",
+            term.text()
+        );
+    }
     term.type_text("echo after=$((1+1))\r");
     term.expect_after(at, "after=2");
 
