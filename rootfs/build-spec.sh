@@ -23,6 +23,11 @@ set -euo pipefail
 readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly INIT_SCRIPT="$SCRIPT_DIR/runner-init"
 readonly MKE2FS_CONF="$SCRIPT_DIR/mke2fs.conf"
+# With a `size`, the image's free space is the job's room to write: this
+# marker makes runner-init mount the root read-write (on the host's per-VM
+# copy-on-write layer) instead of a tmpfs overlay in guest RAM. A command
+# for `sh -c` and mmdebstrap hooks alike: $1 is the tree.
+readonly MARK_ROOT_ON_DISK='mkdir -p "$1/etc/runner" && echo "job writes go to this disk (see /sbin/runner-init)" > "$1/etc/runner/root-on-disk"'
 # Same epoch as build.sh: every timestamp the build creates is pinned to it.
 readonly IMAGE_EPOCH=1704067200
 readonly DEBIAN_SUITE=bookworm
@@ -170,6 +175,7 @@ build_debian() {
     hooks+=(--customize-hook="upload $INIT_SCRIPT /usr/sbin/runner-init"
         --customize-hook="upload $agent /usr/sbin/runner-agent"
         --customize-hook='chmod 0755 "$1/usr/sbin/runner-init" "$1/usr/sbin/runner-agent"')
+    [ -z "$size_mib" ] || hooks+=(--customize-hook="$MARK_ROOT_ON_DISK")
     if [ -n "$files" ]; then
         local from to target mode_bits
         while IFS=$'\t' read -r from to; do
@@ -249,6 +255,7 @@ finish_tree() {
     mkdir -p "$sbin" "$stage/run" "$stage/proc" "$stage/sys" "$stage/dev" "$stage/tmp"
     install -m 0755 "$INIT_SCRIPT" "$sbin/runner-init"
     install -m 0755 "$agent" "$sbin/runner-agent"
+    [ -z "$size_mib" ] || sh -c "$MARK_ROOT_ON_DISK" sh "$stage"
     # runner-init is a busybox script: the image needs /bin/busybox.
     if [ ! -x "$stage/bin/busybox" ]; then
         install -D -m 0755 /bin/busybox "$stage/bin/busybox"

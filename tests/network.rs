@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use e2e_tests::{processes_mentioning, require_tool, runner_test, vm_dirs};
+use e2e_tests::{job_log, processes_mentioning, require_tool, runner_test, vm_dirs};
 
 const BODY: &str = "hello from the host, 7f3a9c";
 
@@ -77,20 +77,6 @@ fn run(dir: &Path, yaml: &str) -> Output {
         .args(["--jobs", "2"])
         .output()
         .unwrap()
-}
-
-/// The log of the job whose slug ends with `name`.
-fn job_log(dir: &Path, name: &str) -> String {
-    let logs = dir.join("out/logs");
-    let entry = std::fs::read_dir(&logs)
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            file.trim_end_matches(".log").ends_with(name)
-        })
-        .unwrap_or_else(|| panic!("no log for {name} in {}", logs.display()));
-    std::fs::read_to_string(entry.path()).unwrap()
 }
 
 #[test]

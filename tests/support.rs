@@ -145,6 +145,21 @@ pub fn runner_test(dir: &std::path::Path, yaml: &str) -> std::process::Command {
     cmd
 }
 
+/// The log of the job whose slug ends with `name`, in a [`runner_test`]
+/// run's `out/logs`.
+pub fn job_log(dir: &std::path::Path, name: &str) -> String {
+    let logs = dir.join("out/logs");
+    let entry = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.trim_end_matches(".log").ends_with(name)
+        })
+        .unwrap_or_else(|| panic!("no log for {name} in {}", logs.display()));
+    std::fs::read_to_string(entry.path()).unwrap()
+}
+
 /// The `runner` binary built alongside these tests.
 pub fn runner_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

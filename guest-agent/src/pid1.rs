@@ -105,7 +105,14 @@ const MOUNTS: &[Mount] = &[
 
 /// Sets up the guest like an init would. Only call as PID 1.
 pub fn setup() {
+    let root_on_disk = root_is_a_writable_disk();
     for m in MOUNTS {
+        // A root on the disk has room for the job's writes (runner-init):
+        // /tmp stays there rather than in RAM, as on an installed Debian.
+        if m.target == "/tmp" && root_on_disk {
+            tmp_on_disk();
+            continue;
+        }
         mount_once(m);
     }
     attach_console();
@@ -114,6 +121,27 @@ pub fn setup() {
     }
     if let Err(e) = loopback_up() {
         crate::console!("cannot bring up the loopback interface: {e}");
+    }
+}
+
+/// Whether runner-init left the root file system itself writable (an image
+/// made for writes on its disk) rather than an overlay on a read-only one.
+fn root_is_a_writable_disk() -> bool {
+    use nix::sys::statfs::{statfs, OVERLAYFS_SUPER_MAGIC};
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let writable = statvfs("/").is_ok_and(|s| !s.flags().contains(FsFlags::ST_RDONLY));
+    let overlay = statfs("/").is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC);
+    writable && !overlay
+}
+
+/// /tmp as a directory of the root, world-writable and sticky whatever
+/// mode the image gave it.
+fn tmp_on_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let made = std::fs::create_dir_all("/tmp")
+        .and_then(|()| std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777)));
+    if let Err(e) = made {
+        crate::console!("cannot prepare /tmp on the root disk: {e}");
     }
 }
 

@@ -22,9 +22,10 @@ readonly out=target/nested
 # The binaries the tier runs, by test target: the VMM on tiny guests, the
 # kvm backend on the real kernel, then everything a user does end to end,
 # the fault drill (a guest that panics, powers off, freezes its agent...),
-# and opt-in networking (our virtio-net device on passt).
+# opt-in networking (our virtio-net device on passt), and the on-disk root
+# of images with a `size` (our virtio-blk copy-on-write layer, written).
 # NESTED_TARGETS="network" runs only the targets it names.
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk}"
 readonly targets
 cargo build --quiet -p runner
 json=$(cargo test --no-run --quiet -p runner-vmm -p runner -p e2e-tests --message-format=json)
