@@ -19,6 +19,8 @@
 # `size`) and the last stderr line says how; anything else is a failure of
 # the build itself.
 set -euo pipefail
+# e2fsprogs' tools live in /sbin, which a normal user's PATH lacks.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly INIT_SCRIPT="$SCRIPT_DIR/runner-init"

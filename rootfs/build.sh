@@ -8,6 +8,8 @@
 # The last line on stdout is the image path; progress goes to stderr.
 # See rootfs/README.md for the boot contract and the cache key.
 set -euo pipefail
+# e2fsprogs' tools live in /sbin, which a normal user's PATH lacks.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_PATH="$SCRIPT_DIR/$(basename "${BASH_SOURCE[0]}")"

@@ -3,7 +3,7 @@
 # built-in VMM's tests and the end-to-end tests (networking included, with
 # passt from the shared host root), every one against the kvm backend, each under a deadline and retried once if it fails.
 #
-#   inner.sh RESULTS TESTLIST KERNEL ROOTFS
+#   inner.sh RESULTS TESTLIST KERNEL ROOTFS AGENT
 #
 # TESTLIST has one test binary path a line. Per-test logs and a summary go
 # to RESULTS. Why retries: TCG's emulated SVM itself loses a few nested boots
@@ -13,11 +13,13 @@
 set -uo pipefail
 
 results="$1" list="$2"
-export RUNNER_KERNEL="$3" RUNNER_ROOTFS="$4"
+export RUNNER_KERNEL="$3" RUNNER_ROOTFS="$4" RUNNER_AGENT="$5"
 readonly per_test_deadline="${NESTED_TEST_DEADLINE:-420}"
 readonly retry_limit_pct="${NESTED_RETRY_LIMIT_PCT:-10}"
 mkdir -p "$results/logs"
 export RUNNER_BACKEND=kvm RUNNER_NESTED=1 CI=true RUST_BACKTRACE=0
+# l1-init gives the chroot only /bin; image builds run debugfs and mke2fs.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 say() { echo "nested: $*"; }
 

@@ -28,6 +28,11 @@ readonly out=target/nested
 read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk}"
 readonly targets
 cargo build --quiet -p runner
+# The static guest agent, as the runner builds it (images.rs): spec images
+# built inside L1 (tests/job_disk.rs) add it, and L1 has no cargo.
+agent_target=x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile agent -p guest-agent --target "$agent_target"
+agent="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/$agent_target/agent/guest-agent"
 json=$(cargo test --no-run --quiet -p runner-vmm -p runner -p e2e-tests --message-format=json)
 rm -rf "$out"
 mkdir -p "$out"
@@ -46,7 +51,7 @@ for attempt in 1 2 3; do
     echo "nested: booting L1 (QEMU TCG, emulated AMD SVM, kvm-amd npt=0)" >&2
     set +e
     tests/nested/run-l1.sh --deadline "$deadline" --stall "$stall" "$out" \
-        tests/nested/inner.sh /nested-out /nested-out/tests.txt "$RUNNER_KERNEL" "$RUNNER_ROOTFS"
+        tests/nested/inner.sh /nested-out /nested-out/tests.txt "$RUNNER_KERNEL" "$RUNNER_ROOTFS" "$agent"
     status=$?
     set -e
     [ "$status" -eq 124 ] && [ "$attempt" -lt 3 ] || break
