@@ -124,14 +124,17 @@ pub fn setup() {
     }
 }
 
+/// runner-init's marker of an image whose free space is for the job's
+/// writes: it mounted the root itself read-write instead of an overlay.
+const ROOT_ON_DISK_MARKER: &str = "/etc/runner/root-on-disk";
+
 /// Whether runner-init left the root file system itself writable (an image
-/// made for writes on its disk) rather than an overlay on a read-only one.
+/// made for writes on its disk) rather than an overlay in RAM. The marker,
+/// not the file system type, decides, as it did for runner-init.
 fn root_is_a_writable_disk() -> bool {
-    use nix::sys::statfs::{statfs, OVERLAYFS_SUPER_MAGIC};
     use nix::sys::statvfs::{statvfs, FsFlags};
     let writable = statvfs("/").is_ok_and(|s| !s.flags().contains(FsFlags::ST_RDONLY));
-    let overlay = statfs("/").is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC);
-    writable && !overlay
+    writable && Path::new(ROOT_ON_DISK_MARKER).exists()
 }
 
 /// /tmp as a directory of the root, world-writable and sticky whatever
