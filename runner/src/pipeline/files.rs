@@ -240,6 +240,9 @@ fn add_tree(
 pub fn write_tar<W: Write>(files: &[CollectedFile], out: W) -> Result<TarSummary, FilesError> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
+    // The agent unpacks plain entries only: a sparse file (a disk image
+    // fixture, say) goes as a regular one, holes as zeros.
+    builder.sparse(false);
     let mut summary = TarSummary::default();
     for file in files {
         let name = file.guest.trim_start_matches('/');
@@ -426,5 +429,24 @@ mod tests {
         assert!(seen.contains(&("workspace/src/main.rs".into(), "fn main() {}\n".into())));
         assert_eq!(seen.len(), 2);
         assert_eq!(summary.bytes, 13);
+    }
+
+    #[test]
+    fn a_sparse_file_goes_as_a_regular_entry() {
+        let ws = tempfile::tempdir().unwrap();
+        let path = ws.path().join("disk.img");
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"end", (1 << 20) - 3).unwrap();
+        let entries = [FileEntry::workspace_path("disk.img", ws.path()).unwrap()];
+        let mut tar = Vec::new();
+        write_tar(&collect(&entries).unwrap(), &mut tar).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.header().entry_type(), tar::EntryType::Regular);
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+        assert_eq!(body.len(), 1 << 20);
+        assert!(body.ends_with(b"end"));
     }
 }

@@ -34,6 +34,8 @@ impl AgentSession {
         self.put_tar(target, |out| {
             let mut tar = tar::Builder::new(out);
             tar.follow_symlinks(false);
+            // The agent unpacks plain entries only (see pipeline/files.rs).
+            tar.sparse(false);
             for entry in entries {
                 if entry.host.is_dir() {
                     tar.append_dir_all(&entry.guest, &entry.host)?;
