@@ -193,6 +193,7 @@ fn vmm_config(dir: &Path, kernel: &Path) -> VmmConfig {
             console: false,
         },
         timeout: None,
+        snapshot: None,
     }
 }
 

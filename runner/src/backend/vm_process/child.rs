@@ -121,6 +121,7 @@ fn run_vmm(
         },
         // The runner enforces boot and job timeouts; it kills this process.
         timeout: None,
+        snapshot: None,
     };
     let mut vmm = Vmm::new(vmm_config).map_err(vmm_error)?;
     // The root disk first: it gets the first virtio-mmio window.

@@ -42,6 +42,13 @@ impl Vmm {
     /// Runs the VM until it ends; every vCPU thread is joined before this
     /// returns, and all KVM fds are closed when it returns.
     pub fn run(mut self) -> Result<VmExit> {
+        self.restore_devices()?;
+        // Read once here, for every vCPU: only a VM that may be
+        // snapshotted needs it.
+        let msr_list = Arc::new(match self.config.snapshot {
+            Some(_) => crate::snapshot::vcpu_state::msr_list(&self._kvm)?,
+            None => Vec::new(),
+        });
         let epoll = Epoll::new().map_err(Error::io("epoll_create"))?;
         let add = |fd: RawFd, token: u64| {
             epoll
@@ -98,6 +105,7 @@ impl Vmm {
                 events_ready: events_ready.clone(),
                 first_exit: first_exit.clone(),
                 hook: self.hooks.vcpu.clone(),
+                msr_list: msr_list.clone(),
             };
             match vcpu::spawn(runner) {
                 Ok(t) => threads.push(t),
@@ -196,6 +204,9 @@ impl Vmm {
                         }
                     }
                     RESET_EVENT => return Ok(ExitReason::Reset),
+                    STOP_EVENT if self.handle.snapshot.load(Ordering::SeqCst) => {
+                        return Ok(self.take_snapshot(rx, threads));
+                    }
                     STOP_EVENT => {
                         let signal = self.handle.signal.load(Ordering::SeqCst);
                         return Ok(ExitReason::Stopped {
@@ -227,12 +238,13 @@ impl Vmm {
     }
 }
 
-fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
+pub(super) fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
     match event {
         VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
         VcpuEvent::Halted => Some(ExitReason::Halted),
         VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
         VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
-        VcpuEvent::Stopped => None,
+        // Only asked for by `take_snapshot`, which collects these itself.
+        VcpuEvent::Stopped | VcpuEvent::Saved(_) => None,
     }
 }
