@@ -124,11 +124,9 @@ fn add_entropy(entropy: &[u8]) -> std::io::Result<()> {
     let urandom = open_urandom()?;
     // SAFETY: `info` is a valid rand_pool_info whose `buf_size` bytes of
     // `buf` are in bounds (`validate` capped the length).
-    let result = unsafe { rnd_add_entropy(urandom.as_raw_fd(), &info) };
-    // Do not leave a copy of the seed lying about in the agent's memory.
-    info.buf.fill(0);
-    std::hint::black_box(&info);
-    result.map(drop).map_err(std::io::Error::from)
+    unsafe { rnd_add_entropy(urandom.as_raw_fd(), &info) }
+        .map(drop)
+        .map_err(std::io::Error::from)
 }
 
 /// Makes the kernel derive a new CRNG key from the input pool now, rather
