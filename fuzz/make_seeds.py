@@ -52,7 +52,7 @@ def vsock_hdr(length, op=5, src_cid=3, dst_cid=2, type_=1):
 
 
 def frames():
-    hello = control({"type": "hello", "version": 1,
+    hello = control({"type": "hello", "version": 2,
                      "capabilities": ["exec"], "who": "seed"})
     exited = control({"type": "exited", "code": 0, "signal": None,
                       "duration_ms": 5, "max_rss_kib": 100,
@@ -60,6 +60,11 @@ def frames():
     write("frame", "hello", b"\x00" + hello)
     write("frame", "exec-output", b"\x03" + hello + frame(1, b"out\n")
           + frame(2, b"err\n") + exited)
+    write("frame", "restore", b"\x07" + control({
+        "type": "restored", "generation": 1, "entropy": list(range(64)),
+        "unix_time_ns": 1700000000123456789,
+        "clone_id": "0123456789abcdef0123456789abcdef"})
+        + control({"type": "restore_applied", "generation": 1}))
     write("frame", "tar-stream", b"\x0f" + frame(4, b"x" * 600)
           + frame(4, b"y" * 10) + control({"type": "tar_end"}))
 
