@@ -207,6 +207,8 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
         serial_log: dir.join("serial.log"),
         serial_log_limit: None,
         network: Default::default(),
+        snapshot: None,
+        restore: None,
         disk,
         vsock,
     })

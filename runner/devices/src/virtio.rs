@@ -137,6 +137,8 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
 pub enum SnapshotError {
     #[error("virtio device type {device} cannot be snapshotted")]
     Unsupported { device: u32 },
+    #[error("{0}")]
+    Busy(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -65,7 +65,12 @@ fn log(dir: &Path, name: &str) -> Vec<u8> {
 
 /// Runs `vmm` until its serial log has `bytes` bytes, then calls `end` on
 /// its handle; returns how the run ended.
-fn run_until(vmm: Vmm, log_path: PathBuf, bytes: usize, end: fn(&runner_vmm::VmmHandle)) -> ExitReason {
+fn run_until(
+    vmm: Vmm,
+    log_path: PathBuf,
+    bytes: usize,
+    end: fn(&runner_vmm::VmmHandle),
+) -> ExitReason {
     let handle = vmm.handle();
     let runner = std::thread::spawn(move || vmm.run());
     let deadline = Instant::now() + PATIENCE;
@@ -88,7 +93,12 @@ fn next(letter: u8) -> u8 {
 /// Every byte follows the one before it in the sequence.
 fn assert_counts(bytes: &[u8]) {
     for pair in bytes.windows(2) {
-        assert_eq!(pair[1], next(pair[0]), "{:?}", String::from_utf8_lossy(bytes));
+        assert_eq!(
+            pair[1],
+            next(pair[0]),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
     }
 }
 

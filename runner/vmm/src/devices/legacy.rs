@@ -81,9 +81,14 @@ impl SerialConsole {
         out: SerialOutput,
         state: &vm_superio::serial::SerialState,
     ) -> crate::error::Result<Self> {
-        Serial::from_state(state, EventFdTrigger(irq), vm_superio::serial::NoEvents, out)
-            .map(SerialConsole)
-            .map_err(|e| crate::error::Error::Snapshot(format!("restoring the serial port: {e:?}")))
+        Serial::from_state(
+            state,
+            EventFdTrigger(irq),
+            vm_superio::serial::NoEvents,
+            out,
+        )
+        .map(SerialConsole)
+        .map_err(|e| crate::error::Error::Snapshot(format!("restoring the serial port: {e:?}")))
     }
 }
 

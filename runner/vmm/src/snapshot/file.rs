@@ -23,8 +23,9 @@
 //! kernel, rootfs, agent, vCPUs, memory and the host CPU/KVM into it): a
 //! snapshot is only loaded by a caller that expects exactly that identity.
 //! Memory is not checksummed, so that a restore does not read the whole
-//! file; a truncated file is caught by its length. Writers create the file
-//! under a temporary name and rename it into place whole.
+//! file; a truncated file is caught by its length. The header is written
+//! last. Callers create the file under a temporary name and rename it into
+//! place once it is whole.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -106,10 +107,24 @@ fn page_align(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE
 }
 
-/// Writes a snapshot to `path` atomically: `state`, then guest memory from
-/// `write_memory`, which gets the file and the offset to write at.
+/// Creates the file a snapshot will be written into, when the VM is built:
+/// the VM's threads may run under a seccomp filter that lets them write an
+/// open file but not create or rename one. The caller renames the file
+/// into place once [`write`] succeeded, and removes it otherwise.
+pub fn create(path: &Path) -> Result<File, Error> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::Snapshot(format!("creating {}: {e}", path.display())))
+}
+
+/// Writes a whole snapshot into `file` (from [`create`], still empty):
+/// header, `state`, then guest memory from `write_memory`, which gets the
+/// file and the offset to write at and may leave holes.
 pub fn write(
-    path: &Path,
+    file: &File,
     identity: &str,
     state: &[u8],
     memory_len: u64,
@@ -128,26 +143,22 @@ pub fn write(
         memory_len,
         identity: identity.to_string(),
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io_err = |what: &str, e: io::Error| {
-        Error::Snapshot(format!("{what} {}: {e}", path.display()))
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".snapshot-")
-        .tempfile_in(dir)
-        .map_err(|e| io_err("creating a temporary file next to", e))?;
-    let file = tmp.as_file();
     let written = (|| {
-        file.write_all_at(&header.encode(), 0)?;
         file.write_all_at(state, HEADER_SIZE)?;
-        file.set_len(header.memory_offset + memory_len)?;
         write_memory(file, header.memory_offset)?;
+        // The file's full length, even when memory ends in a hole (without
+        // ftruncate, which the filter does not allow).
+        let end = header.memory_offset + memory_len;
+        if memory_len > 0 {
+            let mut last = [0u8];
+            file.read_exact_at(&mut last, end - 1)
+                .or_else(|_| file.write_all_at(&[0], end - 1))?;
+        }
+        // The header last: a file cut short before this point is refused.
+        file.write_all_at(&header.encode(), 0)?;
         file.sync_all()
     })();
-    written.map_err(|e| io_err("writing", e))?;
-    tmp.persist(path)
-        .map_err(|e| io_err("renaming into place", e.error))?;
-    Ok(())
+    written.map_err(|e| Error::Snapshot(format!("writing the snapshot: {e}")))
 }
 
 /// An opened, checked snapshot file.
@@ -226,10 +237,11 @@ pub fn write_sparse(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// For tests: the same write as [`write`], without memory.
+/// For tests: [`create`] and [`write`] with `memory` as guest memory.
 #[cfg(test)]
 fn write_plain(path: &Path, identity: &str, state: &[u8], memory: &[u8]) -> Result<(), Error> {
-    write(path, identity, state, memory.len() as u64, |file, at| {
+    let file = create(path)?;
+    write(&file, identity, state, memory.len() as u64, |file, at| {
         write_sparse(file, memory, at)
     })
 }

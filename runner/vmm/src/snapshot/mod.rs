@@ -81,3 +81,41 @@ impl From<&SavedSerial> for SerialState {
         }
     }
 }
+
+/// What a snapshot depends on in the host: the CPU (vendor, family,
+/// model, stepping, feature flags) and what this KVM offers guests
+/// (supported CPUID, saveable MSRs). A snapshot made elsewhere must not be
+/// loaded: its vCPU state may use features this host lacks.
+pub fn host_fingerprint() -> crate::Result<String> {
+    use crate::error::Error;
+    let kvm = crate::kvm_host::open_kvm()?;
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut kvm_bytes = Vec::new();
+    for e in cpuid.as_slice() {
+        for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+            kvm_bytes.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    for msr in vcpu_state::msr_list(&kvm)? {
+        kvm_bytes.extend_from_slice(&msr.to_le_bytes());
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    // The first CPU's block; microcode and MHz change without the CPU doing so.
+    let cpu: String = cpuinfo
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| {
+            ["vendor_id", "cpu family", "model", "stepping", "flags"]
+                .iter()
+                .any(|k| l.split(':').next().is_some_and(|name| name.trim() == *k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(format!(
+        "cpu={:08x} kvm={:08x}",
+        crc32fast::hash(cpu.as_bytes()),
+        crc32fast::hash(&kvm_bytes)
+    ))
+}

@@ -9,8 +9,8 @@
 //! needs the LAPIC's mode), the events last.
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -61,9 +61,7 @@ fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<(u32, u64)>> {
             .collect();
         let mut msrs = Msrs::from_entries(&entries)
             .map_err(|e| Error::Snapshot(format!("MSR list: {e:?}")))?;
-        let read = fd
-            .get_msrs(&mut msrs)
-            .map_err(Error::kvm("KVM_GET_MSRS"))?;
+        let read = fd.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS"))?;
         out.extend(msrs.as_slice()[..read].iter().map(|e| (e.index, e.data)));
         // KVM stops at the first MSR it cannot read: skip that one.
         rest = &rest[(read + 1).min(rest.len())..];
@@ -85,7 +83,9 @@ impl VcpuState {
             sregs: fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?,
             xsave: fd.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?,
             xcrs: fd.get_xcrs().map_err(Error::kvm("KVM_GET_XCRS"))?,
-            debugregs: fd.get_debug_regs().map_err(Error::kvm("KVM_GET_DEBUGREGS"))?,
+            debugregs: fd
+                .get_debug_regs()
+                .map_err(Error::kvm("KVM_GET_DEBUGREGS"))?,
             lapic: fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?,
             msrs: read_msrs(fd, msr_list)?,
             events: fd
@@ -99,7 +99,8 @@ impl VcpuState {
     pub fn restore(&self, fd: &VcpuFd) -> Result<()> {
         let cpuid = CpuId::from_entries(&self.cpuid)
             .map_err(|e| Error::Snapshot(format!("CPUID of the snapshot: {e:?}")))?;
-        fd.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(Error::kvm("KVM_SET_CPUID2"))?;
         if let Some(khz) = self.tsc_khz {
             // Older KVMs cannot scale the TSC; same-host restores need not.
             if let Err(e) = fd.set_tsc_khz(khz) {
@@ -108,13 +109,15 @@ impl VcpuState {
         }
         fd.set_mp_state(self.mp_state)
             .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
-        fd.set_regs(&self.regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+        fd.set_regs(&self.regs)
+            .map_err(Error::kvm("KVM_SET_REGS"))?;
         fd.set_sregs(&self.sregs)
             .map_err(Error::kvm("KVM_SET_SREGS"))?;
         // SAFETY: the buffer is a kvm_xsave read by KVM_GET_XSAVE on a vCPU
         // with the same CPUID, so its size matches what KVM expects.
         unsafe { fd.set_xsave(&self.xsave) }.map_err(Error::kvm("KVM_SET_XSAVE"))?;
-        fd.set_xcrs(&self.xcrs).map_err(Error::kvm("KVM_SET_XCRS"))?;
+        fd.set_xcrs(&self.xcrs)
+            .map_err(Error::kvm("KVM_SET_XCRS"))?;
         fd.set_debug_regs(&self.debugregs)
             .map_err(Error::kvm("KVM_SET_DEBUGREGS"))?;
         fd.set_lapic(&self.lapic)

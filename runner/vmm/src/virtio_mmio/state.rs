@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use runner_devices::virtio::SnapshotError;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 
@@ -42,6 +43,14 @@ pub struct TransportState {
 }
 
 impl MmioTransport {
+    /// Why the device cannot be saved *now*, if it is busy (it can later).
+    pub fn busy_for_snapshot(&self) -> Option<String> {
+        match self.device.save_state() {
+            Err(e @ SnapshotError::Busy(_)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     /// The transport's state; the VM must be paused.
     pub fn save_state(&self) -> Result<TransportState> {
         let device = self
@@ -85,7 +94,8 @@ impl MmioTransport {
     /// into `state`, instead of the driver's set-up. The queues are checked
     /// against guest memory, which must already hold the restored RAM.
     pub fn restore_state(&mut self, state: &TransportState) -> Result<()> {
-        let refuse = |detail: String| Error::Snapshot(format!("restoring a virtio device: {detail}"));
+        let refuse =
+            |detail: String| Error::Snapshot(format!("restoring a virtio device: {detail}"));
         if state.device_type != self.device.device_type() {
             return Err(refuse(format!(
                 "the snapshot has device type {} where this VM has {}",
@@ -118,7 +128,9 @@ impl MmioTransport {
             })
             .map_err(|e| refuse(format!("queue {index}: {e}")))?;
             if queue.ready() && !queue.is_valid(&self.mem) {
-                return Err(refuse(format!("queue {index} is not valid in guest memory")));
+                return Err(refuse(format!(
+                    "queue {index} is not valid in guest memory"
+                )));
             }
             queues.push(queue);
         }

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_superio::serial::SerialState;
 use linux_loader::loader::{load_cmdline, Cmdline};
 use vm_memory::GuestAddress;
+use vm_superio::serial::SerialState;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::loader::{load_kernel, EntryPoint};
@@ -171,6 +171,8 @@ pub struct Vmm {
     /// A restored VM's device states, applied in `run` once the caller has
     /// attached the same devices again.
     restored_devices: Option<Vec<crate::virtio_mmio::state::TransportState>>,
+    /// Created at build time when the config asks for snapshots.
+    snapshot_file: Option<File>,
     reset_evt: EventFd,
     _serial_irq: EventFd,
     first_serial_byte: Arc<OnceLock<Instant>>,
@@ -254,6 +256,7 @@ impl Vmm {
             )?;
             vcpus.push(fd);
         }
+        let snapshot_file = create_snapshot_file(&config)?;
         tracing::debug!(?protocol, entry = ?kernel.entry, "microVM built");
         Ok(Vmm {
             config,
@@ -270,6 +273,7 @@ impl Vmm {
             entry: Some(kernel.entry),
             serial: legacy.serial,
             restored_devices: None,
+            snapshot_file,
             reset_evt: legacy.reset_evt,
             _serial_irq: legacy.serial_irq,
             first_serial_byte: legacy.first_serial_byte,
@@ -344,6 +348,15 @@ fn write_boot_data(
             params::write_boot_params(mem, &bp)
         }
     }
+}
+
+/// The file [`VmmHandle::snapshot`] will write, if the config has one.
+fn create_snapshot_file(config: &VmmConfig) -> Result<Option<File>> {
+    config
+        .snapshot
+        .as_ref()
+        .map(|s| crate::snapshot::file::create(&s.path))
+        .transpose()
 }
 
 /// The configured vCPU count, within what the MP table describes.

@@ -4,7 +4,10 @@ use std::time::Instant;
 
 use vm_superio::serial::SerialState;
 
-use super::{create_vm, open_kvm_for, vcpu_count, BootProtocol, Legacy, ThreadHooks, Vmm, VmmHandle};
+use super::{
+    create_snapshot_file, create_vm, open_kvm_for, vcpu_count, BootProtocol, Legacy, ThreadHooks,
+    Vmm, VmmHandle,
+};
 use crate::config::{SnapshotConfig, VmmConfig};
 use crate::devices::Bus;
 use crate::error::{Error, Result};
@@ -62,6 +65,7 @@ impl Vmm {
             })?;
             vcpus.push(fd);
         }
+        let snapshot_file = create_snapshot_file(&config)?;
         let e820 = crate::boot::params::e820_table(&mem);
         tracing::debug!(snapshot = %from.path.display(), "microVM restored");
         Ok(Vmm {
@@ -79,6 +83,7 @@ impl Vmm {
             entry: None,
             serial: legacy.serial,
             restored_devices: Some(state.devices),
+            snapshot_file,
             reset_evt: legacy.reset_evt,
             _serial_irq: legacy.serial_irq,
             first_serial_byte: legacy.first_serial_byte,

@@ -53,16 +53,33 @@ impl Vmm {
         }
     }
 
+    /// Why a device cannot be saved at this moment (a vsock connection
+    /// that is still closing, say); `None` when all can. Runs between
+    /// events, so no device is processing a queue.
+    pub(super) fn snapshot_blocker(&self) -> Option<String> {
+        self.virtio.iter().find_map(|slot| {
+            let transport = slot.transport.lock().unwrap_or_else(|p| p.into_inner());
+            transport.busy_for_snapshot()
+        })
+    }
+
     fn write_snapshot(&self, vcpus: Vec<VcpuState>) -> Result<()> {
-        let target = self.config.snapshot.as_ref().ok_or_else(|| {
-            Error::Snapshot("this VM was built without a snapshot path".into())
-        })?;
+        let (Some(target), Some(out)) = (&self.config.snapshot, &self.snapshot_file) else {
+            return Err(Error::Snapshot(
+                "this VM was built without a snapshot path".into(),
+            ));
+        };
         let mut devices = Vec::with_capacity(self.virtio.len());
         for slot in &self.virtio {
             let transport = slot.transport.lock().unwrap_or_else(|p| p.into_inner());
             devices.push(transport.save_state()?);
         }
-        let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner()).0.state();
+        let serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .state();
         let state = SnapshotState {
             memory_mib: self.config.memory.size_mib,
             vm: VmState::save(&self.vm)?,
@@ -73,7 +90,7 @@ impl Vmm {
         let json = serde_json::to_vec(&state)
             .map_err(|e| Error::Snapshot(format!("encoding the state: {e}")))?;
         let memory_len = u64::from(self.config.memory.size_mib) << 20;
-        file::write(&target.path, &target.identity, &json, memory_len, |file, at| {
+        file::write(out, &target.identity, &json, memory_len, |file, at| {
             memory::save_guest_memory(&self.mem, file, at)
         })?;
         tracing::debug!(path = %target.path.display(), state_bytes = json.len(), "snapshot written");
