@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::device::{VsockDevice, EVENT_QUEUE, FEATURES};
 use crate::snapshot::{SnapshotError, StateReader, StateWriter};
@@ -95,19 +95,30 @@ where
     T: Deref,
     T::Target: GuestMemory,
 {
-    let event = EVENT_TRANSPORT_RESET.to_le_bytes();
-    let mut done = 0;
+    // Where the 4 bytes go, checked before anything is written, so a
+    // buffer too small is returned untouched.
+    let mut parts = [(GuestAddress(0), 0usize); EVENT_SIZE];
+    let (mut count, mut room) = (0, 0);
     for desc in chain.writable() {
-        if done == EVENT_SIZE {
+        if room == EVENT_SIZE {
             break;
         }
-        let n = (desc.len() as usize).min(EVENT_SIZE - done);
-        mem.write_slice(&event[done..done + n], desc.addr())
+        let n = (desc.len() as usize).min(EVENT_SIZE - room);
+        if n > 0 {
+            parts[count] = (desc.addr(), n);
+            count += 1;
+            room += n;
+        }
+    }
+    if room < EVENT_SIZE {
+        return Err("the event buffer is smaller than the 4-byte event");
+    }
+    let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+    let mut done = 0;
+    for &(addr, n) in &parts[..count] {
+        mem.write_slice(&event[done..done + n], addr)
             .map_err(|_| "the event buffer is outside guest memory")?;
         done += n;
-    }
-    if done < EVENT_SIZE {
-        return Err("the event buffer is smaller than the 4-byte event");
     }
     Ok(EVENT_SIZE as u32)
 }
