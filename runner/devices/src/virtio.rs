@@ -254,6 +254,12 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// corrupt one, or one that does not match this device's configuration is
     /// refused with [`SnapshotError::Invalid`]. After an error the device
     /// may be partly restored and must be discarded.
+    ///
+    /// A device that owes the guest something after a restore (vsock's
+    /// transport reset) makes its [`VirtioDevice::backend_fd`] readable, so
+    /// the transport's first [`VirtioDevice::process_backend`] call sends it;
+    /// that call should come once the transport has restored the queues
+    /// (until then the device waits for the next call or kick).
     fn restore_state(&mut self, _state: &[u8]) -> Result<(), SnapshotError> {
         Err(SnapshotError::Unsupported {
             device: crate::snapshot::device_name(self.device_type()),
