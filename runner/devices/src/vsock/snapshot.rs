@@ -6,6 +6,11 @@
 //! fresh process cannot have. So saving is refused while any connection (or
 //! anything else for the guest) exists, and the state is only the acked
 //! features, the activation and the guest CID.
+//! Buffers the driver queued on the tx queue that the device had not
+//! processed yet are not device state: they are guest memory and queue
+//! positions, which the transport restores, and the restored device
+//! processes them like any others (a packet for a connection that no longer
+//! exists gets an RST).
 //!
 //! A restored guest still believes in whatever its driver knew, so the
 //! device first sends `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2
