@@ -140,15 +140,6 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
 /// Failures a device reports to its transport. None of them is caused by a
 /// single bad packet (those are dropped and logged); they mean the queue or the
 /// host side is unusable.
-/// Why a device's state cannot be saved or restored.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("virtio device type {device} cannot be snapshotted")]
-    Unsupported { device: u32 },
-    #[error("{0}")]
-    Busy(String),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The queue's rings could not be accessed in guest memory.
@@ -214,21 +205,6 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
 
     /// The driver finished setting the device up; queues may now be used.
     fn activate(&mut self) -> Result<(), DeviceError>;
-
-    /// The device's own state for a snapshot (the VM is paused).
-    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
-        Err(SnapshotError::Unsupported {
-            device: self.device_type(),
-        })
-    }
-
-    /// Restores [`VirtioDevice::save_state`]'s bytes into a fresh device,
-    /// in place of feature negotiation and activation.
-    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SnapshotError> {
-        Err(SnapshotError::Unsupported {
-            device: self.device_type(),
-        })
-    }
 
     /// The driver notified queue `queue_index`.
     fn process_queue(

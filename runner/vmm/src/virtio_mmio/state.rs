@@ -46,7 +46,7 @@ impl MmioTransport {
     /// Why the device cannot be saved *now*, if it is busy (it can later).
     pub fn busy_for_snapshot(&self) -> Option<String> {
         match self.device.save_state() {
-            Err(e @ SnapshotError::Busy(_)) => Some(e.to_string()),
+            Err(e @ SnapshotError::Busy { .. }) => Some(e.to_string()),
             _ => None,
         }
     }
