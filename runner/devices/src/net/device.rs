@@ -472,5 +472,6 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
 /// clones of one guest would all claim the same address and connections.
 const SNAPSHOT_UNSUPPORTED: SnapshotError = SnapshotError::Unsupported {
     device: "net",
-    reason: "the guest's connections and address belong to one passt process that a clone              cannot share; jobs with a network always cold-boot",
+    reason: "the guest's connections and address belong to one passt process that a clone \
+             cannot share; jobs with a network always cold-boot",
 };
