@@ -82,9 +82,10 @@ impl SnapshotStore {
     }
 }
 
-/// Identifies a file without reading it: path, size, modification time
-/// and inode. Kernels and images are replaced, not edited in place, and
-/// either way their mtime moves.
+/// Identifies a file without reading it: path, size and modification
+/// time (not the inode: a 9p or overlay mount may not keep it stable).
+/// Kernels and images are replaced, not edited in place, and either way
+/// their mtime moves.
 fn file_signature(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::MetadataExt;
     let canonical = path
@@ -92,12 +93,11 @@ fn file_signature(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let meta = std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(format!(
-        "{} size={} mtime={}.{} ino={}",
+        "{} size={} mtime={}.{}",
         canonical.display(),
         meta.len(),
         meta.mtime(),
         meta.mtime_nsec(),
-        meta.ino()
     ))
 }
 
@@ -117,6 +117,7 @@ pub fn identity(spec: &VmSpec) -> Result<(String, String), String> {
         spec.vcpus,
         spec.memory_mib,
     );
+    tracing::debug!(%description, "snapshot identity");
     let digest: String = Sha256::digest(description.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -136,6 +137,55 @@ mod tests {
         // A directory cannot be created under a regular file.
         assert!(SnapshotStore::open(file.join("snapshots")).is_none());
         assert!(SnapshotStore::open(dir.path().join("snapshots")).is_some());
+    }
+
+    #[test]
+    fn the_identity_is_stable_and_follows_the_vm_size() {
+        if std::fs::File::open("/dev/kvm").is_err() {
+            panic!("this test reads the host's KVM capabilities and /dev/kvm is unusable");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        let rootfs = dir.path().join("rootfs.ext4");
+        std::fs::write(&kernel, b"k").unwrap();
+        std::fs::write(&rootfs, b"r").unwrap();
+        let spec = VmSpec {
+            name: "a".into(),
+            kernel,
+            rootfs,
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout: std::time::Duration::from_secs(1),
+            serial_log_limit: None,
+            network: Default::default(),
+        };
+        let first = identity(&spec).unwrap();
+        // From every CPU: KVM answers some CPUID leaves from the CPU the
+        // caller runs on, which must not change the identity.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let others: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let spec = spec.clone();
+                std::thread::spawn(move || {
+                    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays in it.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut set);
+                        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+                    }
+                    identity(&spec).unwrap()
+                })
+            })
+            .collect();
+        for other in others {
+            assert_eq!(other.join().unwrap(), first);
+        }
+        let bigger = VmSpec {
+            memory_mib: 512,
+            ..spec.clone()
+        };
+        assert_ne!(identity(&bigger).unwrap().0, first.0);
+        assert_eq!(first.0.len(), 16);
     }
 
     #[test]

@@ -94,7 +94,18 @@ pub fn host_fingerprint() -> crate::Result<String> {
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let mut kvm_bytes = Vec::new();
     for e in cpuid.as_slice() {
-        for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+        // KVM fills some leaves from the CPU the ioctl ran on: its APIC id
+        // (leaf 1 EBX[31:24], topology leaves 0xB, 0x1F, 0x8000001E).
+        // Those differ between calls, not between hosts.
+        if matches!(e.function, 0xb | 0x1f | 0x8000_001e) {
+            continue;
+        }
+        let ebx = if e.function == 1 {
+            e.ebx & 0x00ff_ffff
+        } else {
+            e.ebx
+        };
+        for word in [e.function, e.index, e.flags, e.eax, ebx, e.ecx, e.edx] {
             kvm_bytes.extend_from_slice(&word.to_le_bytes());
         }
     }

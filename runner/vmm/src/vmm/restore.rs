@@ -88,7 +88,9 @@ impl Vmm {
             _serial_irq: legacy.serial_irq,
             first_serial_byte: legacy.first_serial_byte,
             handle: VmmHandle::new()?,
-            cmdline: linux_loader::loader::Cmdline::new(1)
+            // Attaching devices again adds their entries here; nothing
+            // writes it into the restored guest's memory.
+            cmdline: linux_loader::loader::Cmdline::new(crate::layout::CMDLINE_MAX_SIZE)
                 .map_err(|e| Error::Cmdline(e.to_string()))?,
             e820,
             protocol: BootProtocol::Snapshot,
