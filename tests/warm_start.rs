@@ -76,8 +76,9 @@ fn snapshots(cache: &Path) -> Vec<String> {
     names
 }
 
-/// Runs the pipeline and checks the clean-room properties of its jobs.
-fn run_and_check(dir: &Path, cache: &Path) -> String {
+/// Runs the pipeline and checks the clean-room properties of its jobs;
+/// `clones`: they are restored clones (each has its own machine id).
+fn run_and_check(dir: &Path, cache: &Path, clones: bool) -> String {
     let out = run(dir, cache);
     let text = both(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -100,7 +101,7 @@ fn run_and_check(dir: &Path, cache: &Path) -> String {
     }
     // Cold boots of one image share its machine id (if it has one);
     // restored clones each get their own.
-    let distinct: &[&Vec<String>] = if on_kvm() {
+    let distinct: &[&Vec<String>] = if clones {
         &[&randoms, &machines]
     } else {
         &[&randoms]
@@ -123,8 +124,8 @@ fn run_and_check(dir: &Path, cache: &Path) -> String {
 fn clones_are_clean_rooms_and_the_snapshot_is_built_once() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let first = run_and_check(dir.path(), &cache);
-    let second = run_and_check(dir.path(), &cache);
+    let first = run_and_check(dir.path(), &cache, on_kvm());
+    let second = run_and_check(dir.path(), &cache, on_kvm());
     if !on_kvm() {
         assert_eq!(snapshots(&cache), Vec::<String>::new(), "{first}");
         return;
@@ -142,7 +143,7 @@ fn clones_are_clean_rooms_and_the_snapshot_is_built_once() {
 fn a_damaged_snapshot_is_rebuilt_and_an_unwritable_cache_means_cold_boots() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    run_and_check(dir.path(), &cache);
+    run_and_check(dir.path(), &cache, on_kvm());
     if on_kvm() {
         let [snap] = snapshots(&cache).try_into().expect("one snapshot");
         let path = cache.join("snapshots").join(snap);
@@ -153,7 +154,7 @@ fn a_damaged_snapshot_is_rebuilt_and_an_unwritable_cache_means_cold_boots() {
             .unwrap()
             .set_len(len / 2)
             .unwrap();
-        let text = run_and_check(dir.path(), &cache);
+        let text = run_and_check(dir.path(), &cache, true);
         assert_eq!(text.matches("is unusable").count(), 1, "{text}");
         assert!(text.contains("truncated"), "{text}");
         assert_eq!(text.matches("): building").count(), 1, "{text}");
@@ -162,7 +163,7 @@ fn a_damaged_snapshot_is_rebuilt_and_an_unwritable_cache_means_cold_boots() {
     // A cache under a regular file cannot hold a snapshot directory.
     let blocked = dir.path().join("not-a-directory");
     std::fs::write(&blocked, b"").unwrap();
-    let text = run_and_check(dir.path(), &blocked);
+    let text = run_and_check(dir.path(), &blocked, false);
     if on_kvm() {
         let warnings = text.matches("is not writable").count();
         assert_eq!(warnings, 1, "{text}");
