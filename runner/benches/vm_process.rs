@@ -199,7 +199,7 @@ fn vmm_config(dir: &Path, kernel: &Path) -> VmmConfig {
 
 fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
     let (disk, vsock) = disk_and_vsock(dir, rootfs, false);
-    Role::Vmm(VmmRole {
+    Role::Vmm(Box::new(VmmRole {
         kernel: kernel.to_path_buf(),
         cmdline: GUEST_CMDLINE.to_string(),
         memory_mib: GUEST_MIB,
@@ -211,7 +211,7 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
         restore: None,
         disk,
         vsock,
-    })
+    }))
 }
 
 /// Starts a VM process with `role` until it is ready; kills it.

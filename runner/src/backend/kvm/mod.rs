@@ -63,10 +63,9 @@ impl KvmBackend {
     /// Restores jobs from snapshots cached in `store` (building them on
     /// first use) instead of booting them; jobs with a network still boot.
     pub fn with_snapshots(store: Option<SnapshotStore>) -> KvmBackend {
-        KvmBackend {
-            snapshots: store,
-            ..KvmBackend::new()
-        }
+        let mut backend = KvmBackend::new();
+        backend.snapshots = store;
+        backend
     }
 
     /// Like [`super::Backend::start`], with the concrete VM type (its
@@ -102,7 +101,7 @@ impl KvmBackend {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
             seccomp,
-            role: Role::Vmm(VmmRole {
+            role: Role::Vmm(Box::new(VmmRole {
                 kernel: spec.kernel.clone(),
                 cmdline: GUEST_CMDLINE.to_string(),
                 memory_mib: spec.memory_mib,
@@ -129,7 +128,7 @@ impl KvmBackend {
                     Start::Restore(role) => Some(role.clone()),
                     _ => None,
                 },
-            }),
+            })),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
         let process = VmProcess::start(&config)?;

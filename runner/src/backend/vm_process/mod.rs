@@ -60,7 +60,7 @@ pub struct ProcessConfig {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Role {
     /// The built-in VMM and its virtio-mmio devices.
-    Vmm(VmmRole),
+    Vmm(Box<VmmRole>),
     /// vhost-user device servers for QEMU.
     Devices(DevicesRole),
 }
