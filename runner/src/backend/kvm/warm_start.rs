@@ -52,11 +52,17 @@ pub(super) fn start(
                 other => return other,
             }
         }
-        if let Err(why) = build(backend, store, spec, &key, &role) {
-            warn_once(&format!(
-                "could not build the snapshot ({why}): booting cold"
-            ));
-            return backend.start_process(spec, Start::Cold);
+        match build(backend, store, spec, &key, &role) {
+            Ok(()) => {}
+            // The guest itself did not come up: a cold boot would fail the
+            // same way, only later. That boot's error is the job's.
+            Err(BuildError::Boot(e)) => return Err(e),
+            Err(BuildError::Snapshot(why)) => {
+                warn_once(&format!(
+                    "could not build the snapshot ({why}): booting cold"
+                ));
+                return backend.start_process(spec, Start::Cold);
+            }
         }
     }
     restore(backend, spec, &role)
@@ -71,6 +77,14 @@ fn restore(backend: &KvmBackend, spec: &VmSpec, role: &SnapshotRole) -> Result<K
     Ok(vm)
 }
 
+/// Why no snapshot was built.
+enum BuildError {
+    /// The guest did not boot to its agent.
+    Boot(BootError),
+    /// Saving it failed.
+    Snapshot(String),
+}
+
 /// Boots `spec` cold, waits for its agent, and snapshots it into
 /// `role.path` (renamed into place only once whole).
 fn build(
@@ -79,7 +93,7 @@ fn build(
     spec: &VmSpec,
     key: &str,
     role: &SnapshotRole,
-) -> Result<(), String> {
+) -> Result<(), BuildError> {
     eprintln!(
         "runner: snapshot {key} ({} vCPU, {} MiB): building (once per kernel, rootfs and VM size; --cold boots without)",
         spec.vcpus, spec.memory_mib
@@ -101,21 +115,22 @@ fn build(
                     identity: role.identity.clone(),
                 }),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| BuildError::Snapshot(e.to_string()))?;
         // The agent is up; its connection is closed again before the VMM
         // saves (the vsock device waits for that).
-        drop(wait_for_agent(&mut vm, spec.boot_timeout).map_err(|e| e.to_string())?);
+        drop(wait_for_agent(&mut vm, spec.boot_timeout).map_err(BuildError::Boot)?);
         vm.process.request_snapshot();
         vm.process.wait_exit(SNAPSHOT_WRITE_LIMIT);
         match vm.process.outcome() {
             Some(o) if o.clean && o.description == SNAPSHOT_WRITTEN => Ok(()),
-            Some(o) => Err(o.description),
-            None => Err("the snapshot VM did not end".into()),
+            Some(o) => Err(BuildError::Snapshot(o.description)),
+            None => Err(BuildError::Snapshot("the snapshot VM did not end".into())),
         }
     })();
     let result = result.and_then(|()| {
-        std::fs::rename(&building, &role.path)
-            .map_err(|e| format!("renaming {} into place: {e}", building.display()))
+        std::fs::rename(&building, &role.path).map_err(|e| {
+            BuildError::Snapshot(format!("renaming {} into place: {e}", building.display()))
+        })
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&building);
