@@ -52,7 +52,7 @@ def vsock_hdr(length, op=5, src_cid=3, dst_cid=2, type_=1):
 
 
 def frames():
-    hello = control({"type": "hello", "version": 1,
+    hello = control({"type": "hello", "version": 2,
                      "capabilities": ["exec"], "who": "seed"})
     exited = control({"type": "exited", "code": 0, "signal": None,
                       "duration_ms": 5, "max_rss_kib": 100,
@@ -60,6 +60,11 @@ def frames():
     write("frame", "hello", b"\x00" + hello)
     write("frame", "exec-output", b"\x03" + hello + frame(1, b"out\n")
           + frame(2, b"err\n") + exited)
+    write("frame", "restore", b"\x07" + control({
+        "type": "restored", "generation": 1, "entropy": list(range(64)),
+        "unix_time_ns": 1700000000123456789,
+        "clone_id": "0123456789abcdef0123456789abcdef"})
+        + control({"type": "restore_applied", "generation": 1}))
     write("frame", "tar-stream", b"\x0f" + frame(4, b"x" * 600)
           + frame(4, b"y" * 10) + control({"type": "tar_end"}))
 
@@ -118,6 +123,38 @@ def block():
         desc(DATA, 16, F_NEXT, 1), desc(REGION2, 21, F_WRITE)], hdr(8, 0)))
 
 
+def device_states():
+    """Saved device states (runner_devices::snapshot and the block and vsock
+    `snapshot` modules), checked against the `STATE_*` constants of
+    runner_devices::fuzzing."""
+    header = lambda device: b"RVDS" + struct.pack("<BI", 1, device)
+    features, sectors, chunk = 0x1_3000_0244, 33 * 8 + 4, 4096
+    serial = b"fuzz-serial".ljust(20, b"\0")
+    chunks = (sectors * 512 + chunk - 1) // chunk  # 34, the last one short
+    words = (chunks + 63) // 64
+
+    def block(written, activated=1):
+        bitmap = 0
+        data = b""
+        for c in written:
+            bitmap |= 1 << c
+            length = min(chunk, sectors * 512 - c * chunk)
+            data += bytes([c + 1]) * length
+        body = struct.pack("<QQBQ", features, features, activated, sectors) + serial
+        body += b"\x01" + struct.pack("<QQ", chunk, words)
+        body += b"".join(struct.pack("<Q", (bitmap >> (64 * i)) & (2**64 - 1)) for i in range(words))
+        return header(2) + body + data
+
+    write("device_state", "block-empty", b"\x00" + block([]))
+    write("device_state", "block-written", b"\x00" + block([0, 1, 5, 33]))
+    # Bit 1 of the control byte: a read-only device (checked against the
+    # same offered features; the entry point only models the mode).
+    read_only = struct.pack("<QQBQ", features, 0, 0, sectors) + serial + b"\x00"
+    write("device_state", "block-read-only", b"\x02" + header(2) + read_only)
+    vsock = header(19) + struct.pack("<QBQ", 0x1_3000_0000, 1, 3)
+    write("device_state", "vsock", b"\x01" + vsock)
+
+
 def pipelines():
     src = os.path.join(HERE, "..", "pipelines")
     for name in sorted(os.listdir(src)):
@@ -165,5 +202,6 @@ if __name__ == "__main__":
     frames()
     vsock()
     block()
+    device_states()
     pipelines()
     tars()

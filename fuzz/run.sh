@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
-all=(frame vsock_packet block_request pipeline unpack)
+all=(frame vsock_packet block_request device_state pipeline unpack)
 targets=("${@:-${all[@]}}")
 
 # cargo-fuzz needs nightly-only flags (-Zsanitizer); RUSTC_BOOTSTRAP lets the
@@ -26,11 +26,13 @@ done
 nice -n 10 cargo fuzz build -a >&2
 
 # Longest input per target: tar needs room for several 512-byte blocks, a
-# chain input is a 129-byte table plus the memory it points at.
+# chain input is a 129-byte table plus the memory it points at, a block
+# device state carries whole 4 KiB chunks.
 max_len() {
     case $1 in
         unpack) echo 16384 ;;
         pipeline) echo 8192 ;;
+        device_state) echo 32768 ;;
         *) echo 4096 ;;
     esac
 }

@@ -1,9 +1,11 @@
 //! The in-guest agent of the runner.
 //!
 //! It serves the [`agent_protocol`] on every accepted connection: runs
-//! commands with streamed output, gives interactive shells a pty, unpacks and packs tar streams, answers
-//! pings and powers the guest off. When it is PID 1 it also does the little
-//! an init must do (mounts, hostname, loopback, reaping orphans).
+//! commands with streamed output, gives interactive shells a pty, unpacks
+//! and packs tar streams, answers pings, makes a guest restored from a
+//! snapshot a new clone (fresh RNG seed, clock and machine id) and powers
+//! the guest off. When it is PID 1 it also does the little an init must do
+//! (mounts, hostname, loopback, reaping orphans).
 //!
 //! The connection handler, [`serve_connection`], works over any connected
 //! stream socket, so the tests drive the real agent code over
@@ -33,6 +35,7 @@ pub mod network;
 pub mod pid1;
 mod put_files;
 pub mod reaper;
+mod restore;
 mod safe_path;
 mod server;
 mod shell;

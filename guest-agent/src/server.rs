@@ -15,7 +15,7 @@ use agent_protocol::{
 
 use crate::conn::Conn;
 use crate::exec::{self, describe, ExecAbort};
-use crate::{get_files, pid1, put_files, shell};
+use crate::{get_files, pid1, put_files, restore, shell};
 
 /// How long `ShuttingDown` may take to reach the host before the guest
 /// powers off. Without this wait a reset can overtake the frame while it is
@@ -139,6 +139,26 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                 Ok(interface) => send(conn, Message::NetworkConfigured { interface })?,
                 Err(message) => send_error(conn, format!("configuring the network: {message}"))?,
             },
+            Message::Restored {
+                generation,
+                entropy,
+                unix_time_ns,
+                clone_id,
+            } => {
+                let announced = restore::Restore {
+                    generation,
+                    entropy: &entropy,
+                    unix_time_ns,
+                    clone_id: &clone_id,
+                };
+                match restore::apply(&announced) {
+                    Ok(()) => {
+                        crate::console!("restored as clone {clone_id} (generation {generation})");
+                        send(conn, Message::RestoreApplied { generation })?
+                    }
+                    Err(message) => send_error(conn, format!("applying the restore: {message}"))?,
+                }
+            }
             // Late messages for a command or shell that has already finished.
             Message::Cancel | Message::StdinEof | Message::Resize(_) => {}
             other => send_error(

@@ -193,12 +193,13 @@ fn vmm_config(dir: &Path, kernel: &Path) -> VmmConfig {
             console: false,
         },
         timeout: None,
+        snapshot: None,
     }
 }
 
 fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
     let (disk, vsock) = disk_and_vsock(dir, rootfs, false);
-    Role::Vmm(VmmRole {
+    Role::Vmm(Box::new(VmmRole {
         kernel: kernel.to_path_buf(),
         cmdline: GUEST_CMDLINE.to_string(),
         memory_mib: GUEST_MIB,
@@ -206,9 +207,11 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
         serial_log: dir.join("serial.log"),
         serial_log_limit: None,
         network: Default::default(),
+        snapshot: None,
+        restore: None,
         disk,
         vsock,
-    })
+    }))
 }
 
 /// Starts a VM process with `role` until it is ready; kills it.

@@ -25,7 +25,7 @@ readonly out=target/nested
 # opt-in networking (our virtio-net device on passt), and the on-disk root
 # of images with a `size` (our virtio-blk copy-on-write layer, written).
 # NESTED_TARGETS="network" runs only the targets it names.
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk snapshot warm_start}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images

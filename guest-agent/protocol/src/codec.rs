@@ -132,6 +132,13 @@ mod tests {
             timeout_ms: Some(5000),
             stdin: true,
         })));
+        round_trip(Frame::Control(Message::Restored {
+            generation: u64::MAX,
+            entropy: (0..=255).collect(),
+            unix_time_ns: 1_700_000_000_123_456_789,
+            clone_id: "0123456789abcdef0123456789abcdef".into(),
+        }));
+        round_trip(Frame::Control(Message::RestoreApplied { generation: 7 }));
         round_trip(Frame::Data(Stream::Stdout, b"hello\0\xff".to_vec()));
         round_trip(Frame::Data(Stream::Tar, Vec::new()));
     }

@@ -28,7 +28,9 @@ pub use stream::{DataReader, DataWriter};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: [`Message::Restored`] and [`Message::RestoreApplied`].
+pub const PROTOCOL_VERSION: u32 = 2;
 /// AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_PORT: u32 = 10_000;
 /// Largest payload a frame may carry. Larger frames are a protocol error.
@@ -49,7 +51,22 @@ pub const CAPABILITIES: &[&str] = &[
     "shutdown",
     "shell",
     "network",
+    "restore",
 ];
+
+/// Fewest bytes of host entropy a [`Message::Restored`] may carry: 256 bits,
+/// what the kernel needs to consider its RNG seeded.
+pub const RESTORE_ENTROPY_MIN: usize = 32;
+/// Most bytes of host entropy a [`Message::Restored`] may carry. The kernel
+/// hashes its input pool down to 256 bits, so more would add nothing but
+/// work for the guest.
+pub const RESTORE_ENTROPY_MAX: usize = 512;
+
+/// Whether `id` is a clone identity as [`Message::Restored`] carries it and
+/// `/etc/machine-id` holds it: 32 lowercase hexadecimal digits (128 bits).
+pub fn is_valid_clone_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// The byte streams that travel in data frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +176,28 @@ pub enum Message {
     NetworkConfigured {
         /// The interface that was configured (`eth0`).
         interface: String,
+    },
+    /// Host → agent, first thing after the VM was restored from a snapshot,
+    /// before any job command: this guest is a new clone. Clones of one
+    /// snapshot share the kernel's RNG state, clock and identity, so the
+    /// agent mixes `entropy` into the kernel RNG and forces a reseed, sets
+    /// the real-time clock to `unix_time_ns` and writes `clone_id` to
+    /// `/etc/machine-id`. It answers [`Message::RestoreApplied`] only once
+    /// all of that is done, or [`Message::Error`] naming the step that
+    /// failed. `generation` must be greater than that of the last restore
+    /// applied (the cold-booted guest is generation 0); `entropy` holds
+    /// [`RESTORE_ENTROPY_MIN`] to [`RESTORE_ENTROPY_MAX`] bytes and
+    /// `clone_id` passes [`is_valid_clone_id`].
+    Restored {
+        generation: u64,
+        entropy: Vec<u8>,
+        /// Host CLOCK_REALTIME, nanoseconds since the Unix epoch.
+        unix_time_ns: u64,
+        clone_id: String,
+    },
+    /// Agent → host: the restore announced with this generation is applied.
+    RestoreApplied {
+        generation: u64,
     },
 }
 
@@ -316,6 +355,22 @@ mod tests {
         };
         assert!(!killed.success());
         assert_eq!(killed.describe(), "killed by signal 9 (SIGKILL), timed out");
+    }
+
+    #[test]
+    fn clone_ids_are_32_lowercase_hex_digits() {
+        assert!(is_valid_clone_id("0123456789abcdef0123456789abcdef"));
+        for bad in [
+            "",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcdeg",
+            "0123456789abcdef0123456789abcde\n",
+            "0123456789abcdef-123456789abcdef",
+        ] {
+            assert!(!is_valid_clone_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

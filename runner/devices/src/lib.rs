@@ -8,5 +8,8 @@ pub mod bounded;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod net;
+pub mod snapshot;
 pub mod virtio;
 pub mod vsock;
+
+pub use snapshot::SnapshotError;

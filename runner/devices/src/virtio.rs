@@ -25,12 +25,20 @@
 //!    [`VirtioDevice::process_backend`];
 //! 5. on a driver reset call [`VirtioDevice::reset`], after which the device is
 //!    back at step 2.
+//!
+//! Snapshots: with the VM paused, [`VirtioDevice::save_state`] returns the
+//! device's own state; a fresh device created from the same configuration in
+//! another process takes it through [`VirtioDevice::restore_state`] in place of
+//! steps 2 and 3, and continues at step 4 once the transport restored its
+//! queues.
 
 use std::io;
 use std::os::fd::RawFd;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
+
+pub use crate::snapshot::SnapshotError;
 
 /// How a device tells the driver that something happened.
 ///
@@ -221,4 +229,41 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// The driver reset the device: drop all in-flight state, forget acked
     /// features. The device can be set up and activated again afterwards.
     fn reset(&mut self);
+
+    /// The device's own state for a snapshot, in the versioned encoding of
+    /// [`crate::snapshot`]. Called while the VM is paused, so no queue is
+    /// processed meanwhile; the transport saves the queues themselves.
+    ///
+    /// Fails with [`SnapshotError::Busy`] when the device holds something a
+    /// snapshot cannot carry right now (an open connection), saying what, and
+    /// with [`SnapshotError::Unsupported`] (the default) when it never can.
+    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+        Err(SnapshotError::Unsupported {
+            device: crate::snapshot::device_name(self.device_type()),
+            reason: "this device model cannot save its state",
+        })
+    }
+
+    /// Loads a state from [`VirtioDevice::save_state`] into this device,
+    /// which must be freshly created with the same configuration, *instead
+    /// of* feature negotiation and [`VirtioDevice::activate`]: afterwards it
+    /// behaves as the saved device did (same acked features, activated if it
+    /// was), ready for the queues the transport restores.
+    ///
+    /// `state` is untrusted: a state of another device type or version, a
+    /// corrupt one, or one that does not match this device's configuration is
+    /// refused with [`SnapshotError::Invalid`]. After an error the device
+    /// may be partly restored and must be discarded.
+    ///
+    /// A device that owes the guest something after a restore (vsock's
+    /// transport reset) makes its [`VirtioDevice::backend_fd`] readable, so
+    /// the transport's first [`VirtioDevice::process_backend`] call sends it;
+    /// that call should come once the transport has restored the queues
+    /// (until then the device waits for the next call or kick).
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SnapshotError> {
+        Err(SnapshotError::Unsupported {
+            device: crate::snapshot::device_name(self.device_type()),
+            reason: "this device model cannot restore a saved state",
+        })
+    }
 }

@@ -8,6 +8,7 @@ pub mod network;
 pub mod qemu;
 pub mod select;
 pub mod serial_pump;
+pub mod snapshots;
 pub mod vm_dir;
 pub mod vm_process;
 
@@ -107,6 +108,12 @@ pub trait Vm: Send {
     /// Waits up to `limit` for the VM to stop by itself (after the agent was
     /// asked to shut down). Returns false if it had to be killed.
     fn wait_exit(&mut self, limit: Duration) -> bool;
+    /// For a clone restored from a snapshot: its generation and identity,
+    /// which [`wait_for_agent`] announces to the agent before anything else
+    /// (so it reseeds its RNG, sets its clock, takes the identity).
+    fn clone_identity(&self) -> Option<(u64, String)> {
+        None
+    }
 }
 
 /// The backend `auto` picks on this host (see [`select`]).
@@ -182,7 +189,7 @@ pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession
         }
         match vm.connect(agent_protocol::AGENT_PORT) {
             Ok(stream) => match AgentSession::handshake(stream) {
-                Ok(session) => return Ok(session),
+                Ok(session) => return announce_clone(vm, session),
                 // A protocol mismatch will not get better by retrying.
                 Err(e @ SessionError::Incompatible(_)) => {
                     return Err(BootError::Setup(e.to_string()))
@@ -201,6 +208,19 @@ pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// Tells a restored clone's agent that it is one, before any command can
+/// see the snapshot's random state, clock or identity.
+fn announce_clone(vm: &mut dyn Vm, mut session: AgentSession) -> Result<AgentSession, BootError> {
+    if let Some((generation, id)) = vm.clone_identity() {
+        session.announce_restore(generation, &id).map_err(|e| {
+            BootError::Setup(format!(
+                "the restored guest's agent refused its new identity: {e}"
+            ))
+        })?;
+    }
+    Ok(session)
 }
 
 /// How long to wait, after the agent's connection broke, for the VM to be

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::kvm::KvmBackend;
+use crate::backend::snapshots::{self, SnapshotStore};
 use crate::backend::{default_backend, qemu_backend, Backend, VmSpec};
 use crate::images::{ImageKind, ImageRef, Images};
 pub use crate::pipeline::parse_duration;
@@ -118,13 +119,31 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    pub fn backend(self) -> anyhow::Result<Box<dyn Backend>> {
+    /// The backend; `cold` turns the kvm backend's warm start off.
+    pub fn backend(self, cold: bool) -> anyhow::Result<Box<dyn Backend>> {
+        let kvm = || {
+            let store = (!cold).then(|| SnapshotStore::open(snapshots::default_dir()));
+            Box::new(KvmBackend::with_snapshots(store.flatten())) as Box<dyn Backend>
+        };
         match self {
-            BackendChoice::Auto => Ok(default_backend()?),
+            BackendChoice::Auto => match crate::backend::select::auto_selection().pick {
+                crate::backend::select::AutoPick::Kvm => Ok(kvm()),
+                crate::backend::select::AutoPick::QemuTcg => Ok(default_backend()?),
+            },
             BackendChoice::Qemu => Ok(qemu_backend()?),
-            BackendChoice::Kvm => Ok(Box::new(KvmBackend::new())),
+            BackendChoice::Kvm => Ok(kvm()),
         }
     }
+}
+
+/// `--cold`, for the commands that boot VMs.
+#[derive(Args, Clone, Debug)]
+pub struct ColdArg {
+    /// Boot every VM from its kernel. Without it the kvm backend restores
+    /// jobs from a snapshot of a booted guest, made on first use and cached
+    /// in ~/.cache/runner/snapshots (QEMU always boots).
+    #[arg(long, env = "RUNNER_COLD", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub cold: bool,
 }
 
 /// The VM every command boots.
@@ -146,6 +165,8 @@ pub struct VmArgs {
     /// How long the guest may take to become ready (e.g. `60s`).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub boot_timeout: Duration,
+    #[command(flatten)]
+    pub cold: ColdArg,
 }
 
 impl VmArgs {
@@ -171,6 +192,6 @@ impl VmArgs {
     }
 
     pub fn backend(&self) -> anyhow::Result<Box<dyn Backend>> {
-        self.backend.backend()
+        self.backend.backend(self.cold.cold)
     }
 }

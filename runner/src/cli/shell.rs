@@ -37,6 +37,8 @@ pub struct ShellArgs {
     rootfs: Option<String>,
     #[arg(long, value_enum, default_value = "auto", env = "RUNNER_BACKEND")]
     backend: BackendChoice,
+    #[command(flatten)]
+    cold: super::ColdArg,
     /// Virtual CPUs (default: the job's, else 1).
     #[arg(long)]
     vcpus: Option<u32>,
@@ -95,7 +97,7 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
     if spec.network.is_on() {
         crate::backend::network::passt::locate().map_err(|e| usage(anyhow::Error::msg(e)))?;
     }
-    let backend = args.backend.backend().map_err(usage)?;
+    let backend = args.backend.backend(args.cold.cold).map_err(usage)?;
     crate::backend::vm_dir::sweep_stale_in_temp();
 
     let fail = |e: anyhow::Error| Failure::new(VM_FAILED, e);

@@ -55,6 +55,8 @@ pub struct TestArgs {
     output_limit: usize,
     #[arg(long, value_enum, default_value = "auto", env = "RUNNER_BACKEND")]
     backend: BackendChoice,
+    #[command(flatten)]
+    cold: super::ColdArg,
     /// How long a guest may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     boot_timeout: Duration,
@@ -161,7 +163,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     // Before images are built: a refused --out should not wait for that.
     out_dir::prepare(&args.out).map_err(config)?;
     let images = resolve_images(&plan).map_err(config)?;
-    let backend = args.backend.backend().map_err(config)?;
+    let backend = args.backend.backend(args.cold.cold).map_err(config)?;
 
     let options = Options {
         jobs: args.jobs.unwrap_or_else(default_jobs).max(1),

@@ -11,12 +11,14 @@
 
 mod deadline;
 mod files;
+mod restore;
 mod shell;
 mod tar_framing;
 // pub(crate) for the fuzz entry point in `crate::fuzzing`.
 pub(crate) mod unpack;
 
 pub use files::FileEntry;
+pub use restore::{new_clone_id, RESTORE_ENTROPY_BYTES};
 pub use shell::ShellControl;
 pub use unpack::{
     ArtifactBudget, ArtifactLimits, Refusal, UnpackError, Unpacked, DEFAULT_MAX_BYTES,
@@ -57,6 +59,9 @@ pub enum SessionError {
     Agent(String),
     #[error("unexpected message from the agent: {0}")]
     Unexpected(String),
+    /// The caller asked for something the protocol cannot carry; nothing was sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     #[error("the agent closed the connection")]
     Closed,
     #[error("the agent did not answer within {0:?}")]

@@ -13,6 +13,15 @@ use super::{AgentSession, SessionError, HOST_GRACE};
 
 /// Answers the handshake, then hands the socket to `behave`.
 fn fake_agent(behave: impl FnOnce(UnixStream) + Send + 'static) -> (AgentSession, JoinHandle<()>) {
+    fake_agent_with(&[], behave)
+}
+
+/// [`fake_agent`] offering `capabilities` in its Hello.
+pub(super) fn fake_agent_with(
+    capabilities: &[&str],
+    behave: impl FnOnce(UnixStream) + Send + 'static,
+) -> (AgentSession, JoinHandle<()>) {
+    let capabilities: Vec<String> = capabilities.iter().map(|c| c.to_string()).collect();
     let (host, mut guest) = UnixStream::pair().unwrap();
     let agent = std::thread::spawn(move || {
         let Ok(Some(Frame::Control(Message::Hello { .. }))) = read_frame(&mut guest) else {
@@ -20,7 +29,7 @@ fn fake_agent(behave: impl FnOnce(UnixStream) + Send + 'static) -> (AgentSession
         };
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
-            capabilities: Vec::new(),
+            capabilities,
             who: "fake agent".into(),
         };
         write_frame(&mut guest, &Frame::Control(hello)).unwrap();

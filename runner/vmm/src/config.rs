@@ -14,6 +14,18 @@ pub struct VmmConfig {
     pub serial: SerialConfig,
     /// Stop the VM (exit reason `Timeout`) after this long. `None`: no limit.
     pub timeout: Option<Duration>,
+    /// Where [`crate::VmmHandle::snapshot`] writes; `None`: it cannot.
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// A snapshot file and the identity it is made for: a string the caller
+/// builds from whatever the snapshot must match (kernel, rootfs, agent,
+/// vCPUs, memory, the host's CPU and KVM). A restore refuses a file made
+/// for another identity. See `crate::snapshot::file`.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    pub path: PathBuf,
+    pub identity: String,
 }
 
 /// The guest kernel: an ELF `vmlinux` (PVH entry when it has the Xen
@@ -62,6 +74,7 @@ impl VmmConfig {
             vcpus: VcpuConfig { num: 1 },
             serial: SerialConfig::default(),
             timeout: None,
+            snapshot: None,
         }
     }
 }

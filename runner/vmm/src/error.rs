@@ -62,6 +62,13 @@ pub enum Error {
     },
     #[error("vCPU {index} failed: {detail}")]
     Vcpu { index: usize, detail: String },
+    /// A snapshot file that must not be loaded: corrupt, truncated, of
+    /// another format version, or made for another kernel, image or host.
+    #[error("snapshot {}: {detail}", path.display())]
+    SnapshotRefused { path: PathBuf, detail: String },
+    /// Taking a snapshot failed (a device that cannot be saved now, I/O).
+    #[error("taking a snapshot: {0}")]
+    Snapshot(String),
 }
 
 impl Error {

@@ -16,6 +16,7 @@ pub mod kvm_host;
 pub mod layout;
 pub mod memory;
 pub mod probe;
+pub mod snapshot;
 pub mod testing;
 pub mod vcpu;
 pub mod virtio_mmio;
@@ -23,7 +24,7 @@ pub mod vmm;
 pub mod x86;
 
 pub use boot::params::E820Entry;
-pub use config::{KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, VmmConfig};
+pub use config::{KernelConfig, MemoryConfig, SerialConfig, SnapshotConfig, VcpuConfig, VmmConfig};
 pub use error::{Error, Result};
 pub use vmm::{
     BootProtocol, BootTimings, ExitReason, ThreadHook, ThreadHooks, VmExit, Vmm, VmmHandle,

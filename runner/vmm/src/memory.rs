@@ -36,20 +36,34 @@ pub fn create_guest_memory(size_mib: u32) -> Result<(GuestMemoryMmap, File)> {
     let file = memfd("runner-guest-ram")?;
     file.set_len(size)
         .map_err(Error::io("sizing guest memfd"))?;
+    let mem = map_regions(&file, 0, size, libc::MAP_SHARED)?;
+    Ok((mem, file))
+}
 
+/// Guest RAM mapped privately (copy-on-write) from a snapshot file whose
+/// memory section starts at `offset`: clones of one snapshot share its
+/// pages until they write them, and a page is only read when the guest
+/// first touches it.
+pub fn map_snapshot_memory(file: &File, offset: u64, size_mib: u32) -> Result<GuestMemoryMmap> {
+    map_regions(file, offset, u64::from(size_mib) << 20, libc::MAP_PRIVATE)
+}
+
+/// Maps `size` bytes of `file` from `offset` as the guest's RAM regions,
+/// back to back in the file.
+fn map_regions(file: &File, offset: u64, size: u64, sharing: i32) -> Result<GuestMemoryMmap> {
     let mut regions = Vec::new();
-    let mut file_offset = 0u64;
+    let mut file_offset = offset;
     for (start, len) in layout::ram_ranges(size) {
         let len_usize = usize::try_from(len)
             .map_err(|_| Error::Memory(format!("region of {len:#x} bytes too large")))?;
         let fd = file
             .try_clone()
-            .map_err(Error::io("duplicating guest memfd"))?;
+            .map_err(Error::io("duplicating guest memory fd"))?;
         let mapping = MmapRegion::build(
             Some(FileOffset::new(fd, file_offset)),
             len_usize,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_NORESERVE,
+            sharing | libc::MAP_NORESERVE,
         )
         .map_err(|e| Error::Memory(format!("mmap of {len:#x} bytes: {e}")))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(start))
@@ -57,9 +71,24 @@ pub fn create_guest_memory(size_mib: u32) -> Result<(GuestMemoryMmap, File)> {
         regions.push(region);
         file_offset += len;
     }
-    let mem = GuestMemoryMmap::from_regions(regions)
-        .map_err(|e| Error::Memory(format!("assembling regions: {e}")))?;
-    Ok((mem, file))
+    GuestMemoryMmap::from_regions(regions)
+        .map_err(|e| Error::Memory(format!("assembling regions: {e}")))
+}
+
+/// Writes guest RAM into `file` from `offset`, in the order
+/// [`map_snapshot_memory`] maps it back, leaving zero pages as holes. The
+/// guest must not run meanwhile.
+pub fn save_guest_memory(mem: &GuestMemoryMmap, file: &File, offset: u64) -> std::io::Result<()> {
+    let mut at = offset;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        // SAFETY: the region's mapping is `len` bytes and lives as long as
+        // `mem`; the vCPUs are stopped, so nothing writes it while we read.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
+        crate::snapshot::file::write_sparse(file, bytes, at)?;
+        at += region.len();
+    }
+    Ok(())
 }
 
 /// Tells KVM about every region of `mem`, one memory slot each.

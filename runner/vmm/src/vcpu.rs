@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::Bus;
+use crate::snapshot::vcpu_state::VcpuState;
 
 /// KVM_SYSTEM_EVENT types (include/uapi/linux/kvm.h).
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -28,7 +29,6 @@ const SYSTEM_EVENT_RESET: u32 = 2;
 const RFLAGS_IF: u64 = 1 << 9;
 
 /// Why a vCPU thread stopped running the guest.
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VcpuEvent {
     /// KVM_EXIT_SHUTDOWN: the vCPU triple-faulted.
     TripleFault,
@@ -41,6 +41,9 @@ pub enum VcpuEvent {
     Failed(String),
     /// The controller asked the thread to stop.
     Stopped,
+    /// The controller asked for a snapshot: the thread stopped running the
+    /// guest for good and saved its vCPU.
+    Saved(Box<VcpuState>),
 }
 
 /// What a halt probe found (see `VcpuControl::probe`).
@@ -54,6 +57,7 @@ pub const PROBE_PARKED: u8 = 2;
 #[derive(Default)]
 pub struct VcpuControl {
     stop: AtomicBool,
+    save: AtomicBool,
     probe_requested: AtomicBool,
     probe_result: AtomicU8,
 }
@@ -61,6 +65,10 @@ pub struct VcpuControl {
 impl VcpuControl {
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+    /// Asks the thread to save its vCPU at its next kick and stop.
+    pub fn request_save(&self) {
+        self.save.store(true, Ordering::SeqCst);
     }
     /// Asks the thread to report its run state at its next kick.
     pub fn request_probe(&self) {
@@ -125,6 +133,8 @@ pub struct VcpuRunner {
     pub first_exit: Arc<OnceLock<Instant>>,
     /// Runs first on the thread (see [`crate::ThreadHooks`]).
     pub hook: Option<crate::ThreadHook>,
+    /// The MSRs a snapshot saves.
+    pub msr_list: Arc<Vec<u32>>,
 }
 
 /// A started vCPU thread.
@@ -214,6 +224,15 @@ impl VcpuRunner {
                 }
                 Err(e) if e.errno() == libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);
+                    // This KVM_RUN completed any pending port/MMIO access
+                    // before returning: the vCPU is at an instruction
+                    // boundary, the only point its state may be saved.
+                    if self.control.save.load(Ordering::SeqCst) {
+                        return match VcpuState::save(&self.fd, &self.msr_list) {
+                            Ok(state) => VcpuEvent::Saved(Box::new(state)),
+                            Err(e) => VcpuEvent::Failed(format!("saving the vCPU: {e}")),
+                        };
+                    }
                     if self.control.probe_requested.swap(false, Ordering::SeqCst) {
                         let state = self.probe_state();
                         self.control.probe_result.store(state, Ordering::SeqCst);

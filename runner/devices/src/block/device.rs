@@ -20,7 +20,7 @@ use super::disk::{Disk, DiskError};
 use super::request::{self, total_len, Cursor, Rejected, Request, RequestType};
 use super::stats::BlockStats;
 use super::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
-use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
+use crate::virtio::{DeviceContext, DeviceError, SnapshotError, VirtioDevice};
 
 /// Index of the request queue (the only queue).
 pub const REQUEST_QUEUE: u16 = 0;
@@ -48,13 +48,14 @@ pub enum BlockError {
 
 /// A virtio-blk device over a [`Disk`].
 pub struct BlockDevice {
-    disk: Disk,
-    serial: [u8; SERIAL_LEN],
-    features: u64,
-    acked_features: u64,
+    // pub(super): `super::snapshot` saves and restores these.
+    pub(super) disk: Disk,
+    pub(super) serial: [u8; SERIAL_LEN],
+    pub(super) features: u64,
+    pub(super) acked_features: u64,
     config: [u8; CONFIG_SIZE],
     window: Vec<u8>,
-    activated: bool,
+    pub(super) activated: bool,
     stats: Arc<BlockStats>,
     /// The guest decides how often requests are malformed: bound the logging.
     warnings: RateLimiter,
@@ -430,5 +431,13 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
         // The disk keeps its content: a driver reset is not a new disk.
         self.acked_features = 0;
         self.activated = false;
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+        self.save()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
+        self.restore(state)
     }
 }

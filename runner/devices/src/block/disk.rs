@@ -169,6 +169,14 @@ impl Disk {
         }
     }
 
+    /// The overlay, in overlay mode, for restoring a snapshot into it.
+    pub fn overlay_mut(&mut self) -> Option<&mut Overlay> {
+        match &mut self.backing {
+            Backing::Overlay(o) => Some(o),
+            Backing::ReadOnly(_) => None,
+        }
+    }
+
     /// Fills `buf` from the disk at `offset`; fails if the range leaves the disk.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;

@@ -4,7 +4,9 @@
 //!   writes at all ([`DiskMode::ReadOnly`]) or a throwaway copy-on-write
 //!   [`overlay`] ([`DiskMode::Overlay`]);
 //! - `request`: turning a descriptor chain into a validated request;
-//! - `device`: the request queue and the [`crate::virtio::VirtioDevice`] glue.
+//! - `device`: the request queue and the [`crate::virtio::VirtioDevice`] glue;
+//! - `snapshot`: the device's state for VM snapshots (acked features and the
+//!   overlay's written chunks).
 //!
 //! Every VM gets its own device and so its own overlay: what one guest writes
 //! is invisible to every other guest and gone when the device is dropped.
@@ -16,13 +18,14 @@ pub mod disk;
 pub mod overlay;
 // pub(crate) for the fuzz entry points in `crate::fuzzing`.
 pub(crate) mod request;
+pub(crate) mod snapshot;
 mod stats;
 #[cfg(test)]
 mod tests;
 
 pub use device::{BlockDevice, BlockError, REQUEST_QUEUE};
 pub use disk::{Disk, DiskError};
-pub use overlay::Overlay;
+pub use overlay::{Overlay, SavedChunks};
 pub use stats::{BlockStats, IoCounts};
 
 /// The unit of virtio-blk addresses (`sector` fields, `capacity`), whatever

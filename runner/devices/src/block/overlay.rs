@@ -17,6 +17,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use super::disk::{check_range, BaseImage};
+use crate::snapshot::{SnapshotError, StateReader, StateWriter};
 
 /// The largest bitmap an overlay may allocate (1 bit per chunk): 64 MiB, or
 /// a 2 TiB disk at 4 KiB chunks.
@@ -191,190 +192,226 @@ impl Overlay {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-
-    use super::*;
-
-    struct Fixture {
-        _image: tempfile::NamedTempFile,
-        image_path: std::path::PathBuf,
-        dir: tempfile::TempDir,
-        data: Vec<u8>,
-    }
-
-    /// A base image of `len` bytes of a position-dependent pattern.
-    fn fixture(len: usize) -> Fixture {
-        let data: Vec<u8> = (0..len)
-            .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
-            .collect();
-        let mut image = tempfile::NamedTempFile::new().expect("image");
-        image.write_all(&data).expect("write image");
-        let image_path = image.path().to_path_buf();
-        Fixture {
-            _image: image,
-            image_path,
-            dir: tempfile::tempdir().expect("overlay dir"),
-            data,
-        }
-    }
-
-    fn overlay(f: &Fixture, chunk: u64) -> Overlay {
-        let base = BaseImage::open(&f.image_path).expect("base");
-        let size = base.len().div_ceil(512) * 512;
-        Overlay::new(base, size, f.dir.path(), chunk).expect("overlay")
-    }
-
-    fn read(o: &Overlay, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0xEE; len];
-        o.read_at(&mut buf, offset).expect("read");
-        buf
-    }
-
-    #[test]
-    fn reads_go_through_to_the_base() {
-        let f = fixture(64 * 1024);
-        let o = overlay(&f, 4096);
-        assert_eq!(read(&o, 0, 64 * 1024), f.data);
-        assert_eq!(read(&o, 1000, 5000), f.data[1000..6000]);
-        assert_eq!(o.written_chunks(), 0);
-    }
-
-    #[test]
-    fn writes_read_back_and_leave_neighbours_alone() {
-        let f = fixture(64 * 1024);
-        let mut o = overlay(&f, 4096);
-        o.write_at(&[0x5A; 8192], 8192).expect("write");
-        assert_eq!(read(&o, 8192, 8192), vec![0x5A; 8192]);
-        assert_eq!(read(&o, 0, 8192), f.data[..8192]);
-        assert_eq!(read(&o, 16384, 4096), f.data[16384..20480]);
-        // One read spanning base, overlay and base again.
-        let mut want = f.data[4096..20480].to_vec();
-        want[4096..12288].fill(0x5A);
-        assert_eq!(read(&o, 4096, 16384), want);
-        assert_eq!(o.written_chunks(), 2);
-    }
-
-    #[test]
-    fn partial_chunk_writes_copy_the_rest_up_from_the_base() {
-        let f = fixture(256 * 1024);
-        let mut o = overlay(&f, 64 * 1024);
-        let mut model = f.data.clone();
-        // Inside one chunk.
-        o.write_at(&[1; 512], 65536 + 1024).expect("write");
-        model[65536 + 1024..65536 + 1536].fill(1);
-        // Straddling two chunks, covering neither fully.
-        o.write_at(&[2; 4096], 131072 - 1024).expect("write");
-        model[131072 - 1024..131072 + 3072].fill(2);
-        // A later partial write into an already copied-up chunk keeps the
-        // earlier one.
-        o.write_at(&[3; 512], 65536).expect("write");
-        model[65536..66048].fill(3);
-        assert_eq!(read(&o, 0, model.len()), model);
-        assert_eq!(o.written_chunks(), 2);
-    }
-
-    #[test]
-    fn multi_chunk_write_with_partial_ends() {
-        let f = fixture(64 * 1024);
-        let mut o = overlay(&f, 4096);
-        let mut model = f.data.clone();
-        let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 13) as u8).collect();
-        o.write_at(&payload, 3000).expect("write");
-        model[3000..23_000].copy_from_slice(&payload);
-        assert_eq!(read(&o, 0, model.len()), model);
-        assert_eq!(o.written_chunks(), 6);
-    }
-
-    #[test]
-    fn writes_never_touch_the_base_file() {
-        let f = fixture(128 * 1024);
-        let before = std::fs::metadata(&f.image_path).expect("stat");
-        let mut o = overlay(&f, 4096);
-        o.write_at(&[0xFF; 128 * 1024], 0)
-            .expect("overwrite everything");
-        o.write_at(&[0; 512], 4096 + 512).expect("partial");
-        assert_ne!(read(&o, 0, 4096), f.data[..4096]);
-        drop(o);
-        assert_eq!(std::fs::read(&f.image_path).expect("reread base"), f.data);
-        let after = std::fs::metadata(&f.image_path).expect("stat");
-        assert_eq!(before.modified().ok(), after.modified().ok());
-    }
-
-    #[test]
-    fn the_tail_past_the_end_of_the_base_reads_as_zero_and_takes_writes() {
-        // 5000 bytes: the disk is 5120 (10 sectors), the last chunk is short.
-        let f = fixture(5000);
-        let mut o = overlay(&f, 4096);
-        assert_eq!(o.size(), 5120);
-        let tail = read(&o, 4608, 512);
-        assert_eq!(tail[..392], f.data[4608..5000]);
-        assert!(tail[392..].iter().all(|&b| b == 0));
-        o.write_at(&[7; 512], 4608).expect("write last sector");
-        let mut want = f.data[4096..4608].to_vec();
-        want.extend_from_slice(&[7; 512]);
-        assert_eq!(read(&o, 4096, 1024), want);
-        let mut buf = [0u8; 512];
-        assert!(o.read_at(&mut buf, 5120).is_err());
-        assert!(o.write_at(&buf, 4609 + 512).is_err());
-        assert!(o.write_at(&buf, u64::MAX - 100).is_err());
-    }
-
-    #[test]
-    fn the_overlay_file_has_no_name() {
-        let f = fixture(16 * 1024);
-        let mut o = overlay(&f, 4096);
-        o.write_at(&[9; 4096], 0).expect("write");
-        assert_eq!(o.link_count().expect("stat overlay"), 0);
-        let left: Vec<_> = std::fs::read_dir(f.dir.path())
-            .expect("list overlay dir")
-            .collect();
-        assert!(left.is_empty(), "overlay dir holds {left:?}");
-    }
-
-    #[test]
-    fn bad_parameters_are_refused() {
-        let f = fixture(4096);
-        for chunk in [0, 256, 3000] {
-            let base = BaseImage::open(&f.image_path).expect("base");
-            assert!(Overlay::new(base, 4096, f.dir.path(), chunk).is_err());
-        }
-        let base = BaseImage::open(&f.image_path).expect("base");
-        assert!(Overlay::new(base, u64::MAX, f.dir.path(), 512).is_err());
-    }
-
-    /// Random writes and reads against a plain in-memory copy of the disk.
-    #[test]
-    fn random_io_matches_a_flat_model() {
-        let f = fixture(300 * 1024 + 512);
-        let mut o = overlay(&f, 4096);
-        let mut model = f.data.clone();
-        model.resize(o.size() as usize, 0);
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
-        let sectors = o.size() / 512;
-        for round in 0..400u32 {
-            let start = next(sectors);
-            let count = 1 + next((sectors - start).min(40));
-            let (offset, len) = (start * 512, (count * 512) as usize);
-            if next(2) == 0 {
-                let fill = (round % 255) as u8 + 1;
-                o.write_at(&vec![fill; len], offset).expect("write");
-                model[offset as usize..offset as usize + len].fill(fill);
+/// Calls `f` with each run `start..end` of consecutive chunks set in
+/// `bitmap`, in order, looking at the first `chunks` bits only.
+fn for_each_run<E>(
+    bitmap: &[u64],
+    chunks: u64,
+    mut f: impl FnMut(u64, u64) -> Result<(), E>,
+) -> Result<(), E> {
+    let bit = |c: u64| {
+        bitmap
+            .get((c / 64) as usize)
+            .is_some_and(|w| w & (1 << (c % 64)) != 0)
+    };
+    let mut chunk = 0;
+    let mut run_start = None;
+    while chunk < chunks {
+        // Whole words that cannot end or start a run are skipped: a large,
+        // mostly untouched disk has mostly zero words.
+        if chunk % 64 == 0 {
+            let word = bitmap.get((chunk / 64) as usize).copied().unwrap_or(0);
+            let skip = if run_start.is_none() {
+                word == 0
             } else {
-                assert_eq!(
-                    read(&o, offset, len),
-                    model[offset as usize..offset as usize + len],
-                    "round {round}: {len} bytes at {offset}"
-                );
+                word == u64::MAX
+            };
+            if skip {
+                chunk = (chunk + 64).min(chunks);
+                continue;
             }
         }
-        assert_eq!(read(&o, 0, model.len()), model);
+        match (bit(chunk), run_start) {
+            (true, None) => run_start = Some(chunk),
+            (false, Some(start)) => {
+                f(start, chunk)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        chunk += 1;
+    }
+    if let Some(start) = run_start {
+        f(start, chunks)?;
+    }
+    Ok(())
+}
+
+/// The overlay part of a saved block device, decoded and checked but not
+/// yet applied (so a corrupt state changes nothing).
+///
+/// Encoding (little-endian), after the block device's own fields:
+///
+/// | bytes     | field                                                      |
+/// |-----------|------------------------------------------------------------|
+/// | 8         | chunk size in bytes                                        |
+/// | 8         | number of bitmap words, `ceil(ceil(disk size / chunk) / 64)` |
+/// | 8 × words | the bitmap: bit `c % 64` of word `c / 64` set when chunk `c` was written |
+/// | ...       | the bytes of every written chunk, in chunk order (the disk's last chunk may be short) |
+///
+/// The base image is never part of it: restoring needs the same image.
+pub struct SavedChunks<'a> {
+    chunk_size: u64,
+    bitmap: Vec<u64>,
+    count: u64,
+    data: &'a [u8],
+}
+
+impl<'a> SavedChunks<'a> {
+    /// Reads the overlay section for a disk of `size` bytes. The chunk size
+    /// comes from the state; it decides the bitmap's length, so it must be
+    /// one an [`Overlay`] could have (a power of two of at least 512 bytes).
+    pub fn decode(r: &mut StateReader<'a>, size: u64) -> Result<SavedChunks<'a>, SnapshotError> {
+        let chunk_size = r.u64("the overlay chunk size")?;
+        if !chunk_size.is_power_of_two() || chunk_size < 512 {
+            return Err(r.invalid(format!(
+                "overlay chunk size {chunk_size} is not a power of two of at least 512"
+            )));
+        }
+        let chunks = size.div_ceil(chunk_size);
+        let words = chunks.div_ceil(64);
+        let saved_words = r.u64("the overlay bitmap length")?;
+        if saved_words != words {
+            return Err(r.invalid(format!(
+                "the overlay bitmap has {saved_words} words; a {size}-byte disk in \
+                 {chunk_size}-byte chunks needs {words}"
+            )));
+        }
+        if words * 8 > MAX_BITMAP_BYTES {
+            return Err(r.invalid(format!(
+                "a {size}-byte disk needs too many {chunk_size}-byte overlay chunks"
+            )));
+        }
+        let raw = r.take((words * 8) as usize, "the overlay bitmap")?;
+        let mut bitmap = Vec::new();
+        bitmap
+            .try_reserve_exact(words as usize)
+            .map_err(|e| r.invalid(format!("cannot hold the overlay bitmap: {e}")))?;
+        bitmap.extend(raw.chunks_exact(8).map(|w| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            u64::from_le_bytes(word)
+        }));
+        // Bits past the last chunk would make two encodings of one state.
+        if chunks % 64 != 0 {
+            let tail = bitmap.last().copied().unwrap_or(0) >> (chunks % 64);
+            if tail != 0 {
+                return Err(r.invalid("the overlay bitmap marks chunks past the end of the disk"));
+            }
+        }
+        let count: u64 = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
+        let mut data_len = 0u64;
+        let _ = for_each_run(&bitmap, chunks, |start, end| -> Result<(), ()> {
+            data_len += (end * chunk_size).min(size) - start * chunk_size;
+            Ok(())
+        });
+        let data_len = usize::try_from(data_len)
+            .map_err(|_| r.invalid("the written chunks do not fit in memory"))?;
+        let data = r.take(data_len, "the written chunks")?;
+        Ok(SavedChunks {
+            chunk_size,
+            bitmap,
+            count,
+            data,
+        })
+    }
+
+    /// How many chunks the saved overlay had written.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 }
+
+/// Snapshots: the overlay's written chunks go into the state, the base
+/// image never does.
+impl Overlay {
+    /// Appends the overlay section ([`SavedChunks`] describes it) to `out`,
+    /// reading the written chunks from the overlay file.
+    pub fn save_into(&self, out: &mut StateWriter) -> Result<(), SnapshotError> {
+        let chunks = self.size.div_ceil(self.chunk_size);
+        let mut data_len = 0u64;
+        let _ = for_each_run(&self.written, chunks, |start, end| -> Result<(), ()> {
+            data_len += self.chunk_end(end - 1) - self.chunk_start(start);
+            Ok(())
+        });
+        let io_err = |what: String, source| SnapshotError::Io {
+            device: "block",
+            what,
+            source,
+        };
+        let buf = out.buffer();
+        usize::try_from(data_len)
+            .ok()
+            .and_then(|n| buf.try_reserve_exact(n + self.written.len() * 8 + 16).ok())
+            .ok_or_else(|| {
+                io_err(
+                    format!("cannot hold the {data_len} bytes the guest wrote in memory"),
+                    io::ErrorKind::OutOfMemory.into(),
+                )
+            })?;
+        buf.extend_from_slice(&self.chunk_size.to_le_bytes());
+        buf.extend_from_slice(&(self.written.len() as u64).to_le_bytes());
+        for word in &self.written {
+            buf.extend_from_slice(&word.to_le_bytes());
+        }
+        for_each_run(&self.written, chunks, |start, end| {
+            let (from, to) = (self.chunk_start(start), self.chunk_end(end - 1));
+            let at = buf.len();
+            buf.resize(at + (to - from) as usize, 0);
+            self.upper.read_exact_at(&mut buf[at..], from).map_err(|e| {
+                io_err(
+                    format!("cannot read the overlay at {from}..{to} for the snapshot"),
+                    e,
+                )
+            })
+        })
+    }
+
+    /// Writes saved chunks into this overlay, which must be fresh (nothing
+    /// written yet) and have the chunk size of the saved one.
+    pub fn restore(&mut self, saved: SavedChunks<'_>) -> Result<(), SnapshotError> {
+        let invalid = |reason: String| SnapshotError::Invalid {
+            device: "block",
+            reason,
+        };
+        if self.written_count != 0 {
+            return Err(invalid(format!(
+                "the overlay already holds {} written chunks; a restore needs a fresh device",
+                self.written_count
+            )));
+        }
+        if saved.chunk_size != self.chunk_size || saved.bitmap.len() != self.written.len() {
+            return Err(invalid(format!(
+                "the saved overlay uses {}-byte chunks, this one {}-byte chunks",
+                saved.chunk_size, self.chunk_size
+            )));
+        }
+        let chunks = self.size.div_ceil(self.chunk_size);
+        let mut offset = 0usize;
+        for_each_run(&saved.bitmap, chunks, |start, end| {
+            let (from, to) = (self.chunk_start(start), self.chunk_end(end - 1));
+            let len = (to - from) as usize;
+            // `decode` took exactly the bytes the runs need.
+            let part = saved.data.get(offset..offset + len).ok_or_else(|| {
+                invalid("the written chunks are shorter than the bitmap says".into())
+            })?;
+            self.upper
+                .write_all_at(part, from)
+                .map_err(|source| SnapshotError::Io {
+                    device: "block",
+                    what: format!(
+                        "cannot write the restored chunks at {from}..{to} to the overlay"
+                    ),
+                    source,
+                })?;
+            offset += len;
+            Ok(())
+        })?;
+        self.written = saved.bitmap;
+        self.written_count = saved.count;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

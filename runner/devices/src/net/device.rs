@@ -31,7 +31,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::filter::{DropNotes, Policy, Verdict};
 use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
-use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
+use crate::virtio::{DeviceContext, DeviceError, SnapshotError, VirtioDevice};
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -456,4 +456,22 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
         }
         let _ = self.update_interest();
     }
+
+    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+        Err(SNAPSHOT_UNSUPPORTED)
+    }
+
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SnapshotError> {
+        Err(SNAPSHOT_UNSUPPORTED)
+    }
 }
+
+/// Why a VM with a network is never snapshotted: its guest's TCP
+/// connections, ARP and DHCP state are tied to one passt process, whose own
+/// state (NAT flows, the guest's address lease) a clone could not share, and
+/// clones of one guest would all claim the same address and connections.
+const SNAPSHOT_UNSUPPORTED: SnapshotError = SnapshotError::Unsupported {
+    device: "net",
+    reason: "the guest's connections and address belong to one passt process that a clone \
+             cannot share; jobs with a network always cold-boot",
+};

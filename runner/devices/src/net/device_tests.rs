@@ -297,3 +297,22 @@ fn a_legacy_driver_gets_the_10_byte_header() {
     mem.read_slice(&mut body, GuestAddress(buf + 10)).unwrap();
     assert_eq!(body, [0xcd; 60]);
 }
+
+#[test]
+fn snapshots_are_refused_with_the_reason() {
+    let mem = memory();
+    let (mut driver, _passt) = Driver::new(&mem, None);
+    let err = VirtioDevice::<Mem>::save_state(&driver.device).expect_err("net never saves");
+    assert!(
+        matches!(err, crate::SnapshotError::Unsupported { device: "net", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "net: cannot be snapshotted: the guest's connections and address belong to one passt \
+         process that a clone cannot share; jobs with a network always cold-boot"
+    );
+    let err = VirtioDevice::<Mem>::restore_state(&mut driver.device, b"RVDS")
+        .expect_err("net never restores");
+    assert!(err.to_string().contains("always cold-boot"), "{err}");
+}

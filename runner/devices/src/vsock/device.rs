@@ -13,21 +13,22 @@ use vm_memory::GuestMemory;
 
 use super::muxer::Muxer;
 use super::packet::{RxBuffer, TxPacket};
+use super::snapshot::ResetEvent;
 use super::VsockConfig;
-use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
+use crate::virtio::{DeviceContext, DeviceError, SnapshotError, VirtioDevice};
 
 /// Index of the queue the device fills with packets for the guest.
 pub const RX_QUEUE: u16 = 0;
 /// Index of the queue the guest puts its packets on.
 pub const TX_QUEUE: u16 = 1;
-/// Index of the event queue (transport reset events; this device sends none).
+/// Index of the event queue (the transport reset after a snapshot restore).
 pub const EVENT_QUEUE: u16 = 2;
 /// Maximum size of each queue. QEMU's vhost-user-vsock-device asks for 1024.
 pub const QUEUE_SIZE: u16 = 1024;
 
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
-const FEATURES: u64 =
+pub(super) const FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
 /// Why a vsock device could not be created.
@@ -46,10 +47,13 @@ pub enum VsockError {
 /// A virtio-vsock device whose host side is Unix sockets (see the module docs
 /// of `muxer` for the protocol).
 pub struct VsockDevice {
-    config: VsockConfig,
-    muxer: Muxer,
-    acked_features: u64,
-    activated: bool,
+    // pub(super): `super::snapshot` saves and restores these.
+    pub(super) config: VsockConfig,
+    pub(super) muxer: Muxer,
+    pub(super) acked_features: u64,
+    pub(super) activated: bool,
+    /// The transport reset a restored device owes the guest.
+    pub(super) reset_event: ResetEvent,
 }
 
 impl VsockDevice {
@@ -67,6 +71,7 @@ impl VsockDevice {
             muxer,
             acked_features: 0,
             activated: false,
+            reset_event: ResetEvent::None,
         })
     }
 
@@ -127,6 +132,10 @@ impl VsockDevice {
         &mut self,
         ctx: &mut DeviceContext<'_, M>,
     ) -> Result<(), DeviceError> {
+        // After a restore nothing goes to the guest before the transport reset.
+        if !self.advance_reset_event(ctx)? {
+            return Ok(());
+        }
         let mem = ctx.mem;
         let Some(queue) = ctx.queues.queue_mut(RX_QUEUE) else {
             return Ok(());
@@ -217,8 +226,9 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
                 // new credit go out right away.
                 self.process_rx(ctx)
             }
-            // The driver keeps buffers here for events we never send.
-            EVENT_QUEUE => Ok(()),
+            // The driver keeps buffers here; the only event is the transport
+            // reset after a restore, and its refill lets the rx queue go on.
+            EVENT_QUEUE => self.process_rx(ctx),
             other => Err(DeviceError::NoSuchQueue(other)),
         }
     }
@@ -238,5 +248,14 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
         self.muxer.reset();
         self.acked_features = 0;
         self.activated = false;
+        self.reset_event = ResetEvent::None;
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+        self.save()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
+        self.restore(state)
     }
 }

@@ -3,7 +3,9 @@
 //! - [`packet`]: the wire header and moving packets in and out of guest memory;
 //! - `connection`: one stream's state machine and credit accounting;
 //! - `muxer`: the Unix sockets, the hybrid `CONNECT` protocol, the epoll set;
-//! - [`device`]: the virtqueues and the [`crate::virtio::VirtioDevice`] glue.
+//! - [`device`]: the virtqueues and the [`crate::virtio::VirtioDevice`] glue;
+//! - `snapshot`: the device's state for VM snapshots, and the transport
+//!   reset a restored device sends the guest.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +14,7 @@ mod connection;
 mod device;
 mod muxer;
 pub mod packet;
+pub(crate) mod snapshot;
 mod socket;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnParams, Connection, State};
@@ -37,7 +38,9 @@ mod host;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
-const FIRST_STREAM_TOKEN: u64 = 2;
+/// The device asks for a `process_backend` call (see [`Muxer::wake`]).
+const TOKEN_WAKE: u64 = 2;
+const FIRST_STREAM_TOKEN: u64 = 3;
 /// Longest accepted `CONNECT <port>` line.
 const MAX_CONNECT_LINE: usize = 32;
 /// Host programs that connected but have not finished their CONNECT line.
@@ -74,6 +77,7 @@ pub(crate) struct Muxer {
     timer: TimerFd,
     /// When the timer fires next, if armed.
     timer_at: Option<Instant>,
+    wake: EventFd,
     params: ConnParams,
     max_connections: usize,
     conns: HashMap<ConnKey, (u64, Connection)>,
@@ -128,6 +132,12 @@ impl Muxer {
             timer.as_raw_fd(),
             EpollEvent::new(event_set(false), TOKEN_TIMER),
         )?;
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            wake.as_raw_fd(),
+            EpollEvent::new(event_set(false), TOKEN_WAKE),
+        )?;
         // Bound last, so a failure above leaves no socket file behind.
         let listener = bind_listener(&config.uds_path)?;
         let watched = listener.set_nonblocking(true).and_then(|()| {
@@ -147,6 +157,7 @@ impl Muxer {
             uds_path: config.uds_path.clone(),
             timer,
             timer_at: None,
+            wake,
             params: ConnParams {
                 guest_cid: config.guest_cid,
                 buf_alloc: config.conn_buffer_size,
@@ -170,6 +181,51 @@ impl Muxer {
     /// Number of live guest connections (for tests and diagnostics).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Makes the backend fd readable, so that the transport calls
+    /// `process_backend` soon even if no host socket has news.
+    pub fn wake(&self) -> io::Result<()> {
+        self.wake.write(1)
+    }
+
+    /// What keeps the host side from being saved in a snapshot: open
+    /// connections, host programs still sending their `CONNECT` line, and
+    /// packets waiting for the guest. `None` when there is nothing.
+    pub fn snapshot_blocker(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.conns.is_empty() {
+            let mut keys: Vec<&ConnKey> = self.conns.keys().collect();
+            keys.sort_by_key(|k| (k.local_port, k.peer_port));
+            const SHOWN: usize = 3;
+            let listed: Vec<String> = keys
+                .iter()
+                .take(SHOWN)
+                .map(|k| format!("host port {} -> guest port {}", k.local_port, k.peer_port))
+                .collect();
+            let more = match keys.len().saturating_sub(SHOWN) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            why.push(match keys.len() {
+                1 => format!("1 connection is open ({})", listed.join(", ")),
+                n => format!("{n} connections are open ({}{more})", listed.join(", ")),
+            });
+        }
+        let handshakes = self.slots.len().saturating_sub(self.conns.len());
+        if handshakes > 0 {
+            why.push(format!(
+                "{handshakes} host program(s) connected to {} and did not finish the CONNECT line",
+                self.uds_path.display()
+            ));
+        }
+        if !self.orphan_replies.is_empty() {
+            why.push(format!(
+                "{} reset packet(s) wait for the guest",
+                self.orphan_replies.len()
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     pub fn has_pending_rx(&self) -> bool {
@@ -205,6 +261,10 @@ impl Muxer {
                 match ev.data() {
                     TOKEN_LISTENER => self.accept_host_connections(),
                     TOKEN_TIMER => self.on_timer(),
+                    // Drained only: the device does its work after this call.
+                    TOKEN_WAKE => {
+                        let _ = self.wake.read();
+                    }
                     token => self.on_stream_event(token, set),
                 }
             }

@@ -21,7 +21,9 @@ use runner_devices::net::{NetConfig, NetDevice};
 use runner_devices::vsock::{VsockConfig, VsockDevice};
 use runner_vhost::block::{BlockServer, BlockServerConfig};
 use runner_vhost::vsock::{VsockServer, VsockServerConfig};
-use runner_vmm::{KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, Vmm, VmmConfig};
+use runner_vmm::{
+    KernelConfig, MemoryConfig, SerialConfig, SnapshotConfig, VcpuConfig, Vmm, VmmConfig,
+};
 
 use super::seccomp::{self, Filters, Mode, ThreadKind};
 use super::{DevicesRole, ProcessConfig, Role, VmmRole, PROTOCOL};
@@ -121,8 +123,22 @@ fn run_vmm(
         },
         // The runner enforces boot and job timeouts; it kills this process.
         timeout: None,
+        snapshot: role.snapshot.as_ref().map(|s| SnapshotConfig {
+            path: s.path.clone(),
+            identity: s.identity.clone(),
+        }),
     };
-    let mut vmm = Vmm::new(vmm_config).map_err(vmm_error)?;
+    let mut vmm = match &role.restore {
+        Some(from) => Vmm::restore(
+            vmm_config,
+            &SnapshotConfig {
+                path: from.path.clone(),
+                identity: from.identity.clone(),
+            },
+        ),
+        None => Vmm::new(vmm_config),
+    }
+    .map_err(vmm_error)?;
     // The root disk first: it gets the first virtio-mmio window.
     let disk = BlockDevice::new(BlockConfig {
         image: role.disk.image.clone(),
@@ -158,6 +174,16 @@ fn run_vmm(
                 Ok(())
             })),
         });
+    }
+    if role.snapshot.is_some() {
+        // VmmHandle::snapshot only stores a flag and writes an eventfd:
+        // safe in a signal handler, on whichever thread takes the signal.
+        let handle = vmm.handle();
+        // SAFETY: the closure does only async-signal-safe work (above).
+        unsafe {
+            signal_hook::low_level::register(libc::SIGUSR1, move || handle.snapshot())
+                .map_err(|e| format!("kvm backend: installing the snapshot signal: {e}"))?;
+        }
     }
     say("ready");
     let exit = vmm

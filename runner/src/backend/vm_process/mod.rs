@@ -40,7 +40,7 @@ use crate::process::{kill_pid, spawn_guarded, ChildGuard};
 pub const SUBCOMMAND: &str = "__vm-process";
 /// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
 /// stale `runner` binary refuses instead of misreading.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 /// How long set-up (opening images, creating the VM) may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,7 +60,7 @@ pub struct ProcessConfig {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Role {
     /// The built-in VMM and its virtio-mmio devices.
-    Vmm(VmmRole),
+    Vmm(Box<VmmRole>),
     /// vhost-user device servers for QEMU.
     Devices(DevicesRole),
 }
@@ -79,6 +79,21 @@ pub struct VmmRole {
     /// A virtio-net NIC on passt's socket; `None`: no NIC at all.
     #[serde(default)]
     pub network: Option<NetRole>,
+    /// Where a snapshot goes when the runner sends SIGUSR1 (see
+    /// [`VmProcess::request_snapshot`]); `None`: SIGUSR1 is ignored.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotRole>,
+    /// Restore this snapshot instead of booting `kernel`.
+    #[serde(default)]
+    pub restore: Option<SnapshotRole>,
+}
+
+/// A snapshot file and the identity it is (to be) made for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRole {
+    pub path: PathBuf,
+    pub identity: String,
 }
 
 /// The guest's NIC: passt's socket, and the `allow` policy to enforce.
@@ -189,6 +204,13 @@ impl VmProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// Asks a VM process started with a snapshot role to snapshot its VM
+    /// and end; [`VmProcess::outcome`] then says whether it worked.
+    pub fn request_snapshot(&self) {
+        // SAFETY: a signal to our own child, which is reaped only by us.
+        unsafe { libc::kill(self.child.pid() as libc::pid_t, libc::SIGUSR1) };
     }
 
     /// A closure that kills the process (for Ctrl-C hooks); what it kills

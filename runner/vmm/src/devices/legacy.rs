@@ -74,6 +74,22 @@ impl SerialConsole {
     pub fn new(irq: EventFd, out: SerialOutput) -> Self {
         SerialConsole(Serial::new(EventFdTrigger(irq), out))
     }
+
+    /// A UART with restored registers (a snapshot's).
+    pub fn from_state(
+        irq: EventFd,
+        out: SerialOutput,
+        state: &vm_superio::serial::SerialState,
+    ) -> crate::error::Result<Self> {
+        Serial::from_state(
+            state,
+            EventFdTrigger(irq),
+            vm_superio::serial::NoEvents,
+            out,
+        )
+        .map(SerialConsole)
+        .map_err(|e| crate::error::Error::Snapshot(format!("restoring the serial port: {e:?}")))
+    }
 }
 
 impl BusDevice for SerialConsole {

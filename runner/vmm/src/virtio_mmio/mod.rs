@@ -7,6 +7,7 @@
 //! waits on, which then calls [`MmioTransport::process_queue`]. Interrupts
 //! go out through an irqfd, with the reason latched in `InterruptStatus`.
 
+pub mod state;
 #[cfg(test)]
 mod tests;
 

@@ -1,7 +1,9 @@
 //! `Vmm`: builds a microVM from a [`VmmConfig`], runs it until something
 //! ends it, and reports why.
 
+mod restore;
 mod run;
+mod take_snapshot;
 mod virtio;
 
 pub use virtio::VirtioSlot;
@@ -9,7 +11,7 @@ pub use virtio::VirtioSlot;
 use std::fs::File;
 
 use runner_devices::bounded::CappedLog;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::{load_cmdline, Cmdline};
 use vm_memory::GuestAddress;
+use vm_superio::serial::SerialState;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::loader::{load_kernel, EntryPoint};
@@ -51,6 +54,11 @@ pub enum ExitReason {
     Stopped { signal: Option<i32> },
     /// KVM could not run the guest (entry failure, emulation failure...).
     VcpuFailed { vcpu: usize, detail: String },
+    /// [`VmmHandle::snapshot`] was called and the snapshot was written.
+    Snapshotted,
+    /// [`VmmHandle::snapshot`] was called and saving failed; the vCPUs had
+    /// stopped, so the VM ended all the same.
+    SnapshotFailed(String),
 }
 
 impl std::fmt::Display for ExitReason {
@@ -66,6 +74,8 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Stopped { signal: Some(s) } => write!(f, "stopped by signal {s}"),
             ExitReason::Stopped { signal: None } => write!(f, "stopped by the host"),
             ExitReason::VcpuFailed { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
+            ExitReason::Snapshotted => write!(f, "snapshot written"),
+            ExitReason::SnapshotFailed(detail) => write!(f, "snapshot failed: {detail}"),
         }
     }
 }
@@ -99,6 +109,8 @@ pub enum BootProtocol {
     Linux64Elf,
     /// bzImage: 64-bit entry of the decompressor with a zero page.
     BzImage,
+    /// Not booted: restored from a snapshot ([`Vmm::restore`]).
+    Snapshot,
 }
 
 /// Stops a running VM from any thread. `stop` and `stop_for_signal` only
@@ -107,6 +119,7 @@ pub enum BootProtocol {
 pub struct VmmHandle {
     evt: Arc<EventFd>,
     signal: Arc<AtomicI32>,
+    snapshot: Arc<AtomicBool>,
 }
 
 impl VmmHandle {
@@ -120,6 +133,21 @@ impl VmmHandle {
         self.signal.store(signo, Ordering::SeqCst);
         let _ = self.evt.write(1);
     }
+
+    /// Pauses the VM, writes a snapshot where its config says, and ends
+    /// it with [`ExitReason::Snapshotted`] (or `SnapshotFailed`).
+    pub fn snapshot(&self) {
+        self.snapshot.store(true, Ordering::SeqCst);
+        let _ = self.evt.write(1);
+    }
+
+    fn new() -> Result<VmmHandle> {
+        Ok(VmmHandle {
+            evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?),
+            signal: Arc::new(AtomicI32::new(0)),
+            snapshot: Arc::new(AtomicBool::new(false)),
+        })
+    }
 }
 
 /// A built, not yet running microVM.
@@ -132,11 +160,19 @@ pub struct Vmm {
     vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
-    _memfd: File,
+    /// The memfd, or the snapshot file a restored VM's memory maps.
+    _memory_file: File,
     pio: Bus,
     mmio: Bus,
     virtio: Vec<virtio::VirtioSlotState>,
-    entry: EntryPoint,
+    /// `None` for a restored VM: its memory already holds everything.
+    entry: Option<EntryPoint>,
+    serial: Arc<Mutex<SerialConsole>>,
+    /// A restored VM's device states, applied in `run` once the caller has
+    /// attached the same devices again.
+    restored_devices: Option<Vec<crate::virtio_mmio::state::TransportState>>,
+    /// Created at build time when the config asks for snapshots.
+    snapshot_file: Option<File>,
     reset_evt: EventFd,
     _serial_irq: EventFd,
     first_serial_byte: Arc<OnceLock<Instant>>,
@@ -166,16 +202,7 @@ impl Vmm {
     /// Validates `config` and builds the VM. Nothing runs until [`Vmm::run`].
     pub fn new(config: VmmConfig) -> Result<Vmm> {
         let created = Instant::now();
-        let num_vcpus = usize::from(config.vcpus.num);
-        if num_vcpus == 0 {
-            return Err(Error::Config("at least one vCPU is needed".into()));
-        }
-        if num_vcpus > mptable::MAX_VCPUS {
-            return Err(Error::Config(format!(
-                "{num_vcpus} vCPUs requested; the MP table describes at most {}",
-                mptable::MAX_VCPUS
-            )));
-        }
+        let num_vcpus = vcpu_count(&config)?;
         let cmdline =
             Cmdline::try_from(&config.kernel.cmdline, layout::CMDLINE_MAX_SIZE).map_err(|e| {
                 Error::Cmdline(format!(
@@ -183,43 +210,10 @@ impl Vmm {
                     layout::CMDLINE_MAX_SIZE - 1
                 ))
             })?;
-
-        let kvm = kvm_host::open_kvm()?;
-        check_vcpu_limit(num_vcpus, kvm.get_max_vcpus())?;
-        for (cap, name) in [
-            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
-            (Cap::Irqfd, "KVM_CAP_IRQFD"),
-            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
-            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
-            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
-            (Cap::Pit2, "KVM_CAP_PIT2"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(Error::KvmMissingCap(name));
-            }
-        }
-
+        let kvm = open_kvm_for(num_vcpus)?;
         let (mem, memfd) = memory::create_guest_memory(config.memory.size_mib)?;
         let kernel = load_kernel(&mem, config.memory.size_mib, &config.kernel.path)?;
-
-        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
-        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        if kvm.check_extension(Cap::SetIdentityMapAddr) {
-            vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
-                .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        }
-        if !crate::x86::msrs::forward_unbacked_msrs(&kvm, &vm)? {
-            tracing::debug!("this KVM cannot forward MSR accesses; PMU probes stay with KVM");
-        }
-        vm.create_irq_chip()
-            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        let vm = create_vm(&kvm)?;
         memory::register_with_kvm(&vm, &mem)?;
 
         let e820 = params::e820_table(&mem);
@@ -233,42 +227,7 @@ impl Vmm {
         };
         write_boot_data(&mem, &kernel.entry, &cmdline, &e820)?;
         mptable::write(&mem, num_vcpus)?;
-
-        // Legacy devices.
-        let serial_log = match &config.serial.log_path {
-            Some(path) => Some(CappedLog::create(path, config.serial.log_limit).map_err(
-                |source| Error::SerialLog {
-                    path: path.clone(),
-                    source,
-                },
-            )?),
-            None => None,
-        };
-        let output = SerialOutput::new(serial_log, config.serial.console);
-        let first_serial_byte = output.first_byte_time();
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_COM1_IRQ)
-            .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
-        let serial = SerialConsole::new(
-            serial_irq.try_clone().map_err(Error::io("eventfd clone"))?,
-            output,
-        );
-        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
-        let i8042 = I8042::new(reset_evt.try_clone().map_err(Error::io("eventfd clone"))?);
-        let mut pio = Bus::new("pio");
-        pio.insert(
-            Arc::new(Mutex::new(serial)),
-            u64::from(layout::SERIAL_COM1_PORT),
-            8,
-        )
-        .map_err(|e| Error::Config(e.to_string()))?;
-        pio.insert(
-            Arc::new(Mutex::new(i8042)),
-            u64::from(layout::I8042_PORT),
-            5,
-        )
-        .map_err(|e| Error::Config(e.to_string()))?;
-        let mmio = Bus::new("mmio");
+        let legacy = Legacy::new(&vm, &config, None)?;
 
         // vCPUs.
         let supported: CpuId = kvm
@@ -297,11 +256,7 @@ impl Vmm {
             )?;
             vcpus.push(fd);
         }
-
-        let handle = VmmHandle {
-            evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?),
-            signal: Arc::new(AtomicI32::new(0)),
-        };
+        let snapshot_file = create_snapshot_file(&config)?;
         tracing::debug!(?protocol, entry = ?kernel.entry, "microVM built");
         Ok(Vmm {
             config,
@@ -311,15 +266,18 @@ impl Vmm {
             vm,
             _kvm: kvm,
             mem,
-            _memfd: memfd,
-            pio,
-            mmio,
+            _memory_file: memfd,
+            pio: legacy.pio,
+            mmio: Bus::new("mmio"),
             virtio: Vec::new(),
-            entry: kernel.entry,
-            reset_evt,
-            _serial_irq: serial_irq,
-            first_serial_byte,
-            handle,
+            entry: Some(kernel.entry),
+            serial: legacy.serial,
+            restored_devices: None,
+            snapshot_file,
+            reset_evt: legacy.reset_evt,
+            _serial_irq: legacy.serial_irq,
+            first_serial_byte: legacy.first_serial_byte,
+            handle: VmmHandle::new()?,
             cmdline,
             e820,
             protocol,
@@ -389,6 +347,126 @@ fn write_boot_data(
             let bp = params::build_boot_params(*setup_header, cmdline_len, e820)?;
             params::write_boot_params(mem, &bp)
         }
+    }
+}
+
+/// The file [`VmmHandle::snapshot`] will write, if the config has one.
+fn create_snapshot_file(config: &VmmConfig) -> Result<Option<File>> {
+    config
+        .snapshot
+        .as_ref()
+        .map(|s| crate::snapshot::file::create(&s.path))
+        .transpose()
+}
+
+/// The configured vCPU count, within what the MP table describes.
+fn vcpu_count(config: &VmmConfig) -> Result<usize> {
+    let num_vcpus = usize::from(config.vcpus.num);
+    if num_vcpus == 0 {
+        return Err(Error::Config("at least one vCPU is needed".into()));
+    }
+    if num_vcpus > mptable::MAX_VCPUS {
+        return Err(Error::Config(format!(
+            "{num_vcpus} vCPUs requested; the MP table describes at most {}",
+            mptable::MAX_VCPUS
+        )));
+    }
+    Ok(num_vcpus)
+}
+
+/// Opens /dev/kvm and checks it has what every VM of ours needs.
+fn open_kvm_for(num_vcpus: usize) -> Result<Kvm> {
+    let kvm = kvm_host::open_kvm()?;
+    check_vcpu_limit(num_vcpus, kvm.get_max_vcpus())?;
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmMissingCap(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// A VM with its TSS and identity map, MSR forwarding, in-kernel irqchip
+/// and PIT; no memory, no vCPUs yet.
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    if kvm.check_extension(Cap::SetIdentityMapAddr) {
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    }
+    if !crate::x86::msrs::forward_unbacked_msrs(kvm, &vm)? {
+        tracing::debug!("this KVM cannot forward MSR accesses; PMU probes stay with KVM");
+    }
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// COM1 and the i8042 on a fresh PIO bus, with their eventfds.
+struct Legacy {
+    pio: Bus,
+    serial: Arc<Mutex<SerialConsole>>,
+    serial_irq: EventFd,
+    reset_evt: EventFd,
+    first_serial_byte: Arc<OnceLock<Instant>>,
+}
+
+impl Legacy {
+    /// `serial_state`: a restored UART's registers; `None` for reset.
+    fn new(vm: &VmFd, config: &VmmConfig, serial_state: Option<&SerialState>) -> Result<Legacy> {
+        let serial_log = match &config.serial.log_path {
+            Some(path) => Some(CappedLog::create(path, config.serial.log_limit).map_err(
+                |source| Error::SerialLog {
+                    path: path.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let output = SerialOutput::new(serial_log, config.serial.console);
+        let first_serial_byte = output.first_byte_time();
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_COM1_IRQ)
+            .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+        let irq = serial_irq.try_clone().map_err(Error::io("eventfd clone"))?;
+        let serial = match serial_state {
+            None => SerialConsole::new(irq, output),
+            Some(state) => SerialConsole::from_state(irq, output, state)?,
+        };
+        let serial = Arc::new(Mutex::new(serial));
+        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        let i8042 = I8042::new(reset_evt.try_clone().map_err(Error::io("eventfd clone"))?);
+        let mut pio = Bus::new("pio");
+        pio.insert(serial.clone(), u64::from(layout::SERIAL_COM1_PORT), 8)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        pio.insert(
+            Arc::new(Mutex::new(i8042)),
+            u64::from(layout::I8042_PORT),
+            5,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Legacy {
+            pio,
+            serial,
+            serial_irq,
+            reset_evt,
+            first_serial_byte,
+        })
     }
 }
 

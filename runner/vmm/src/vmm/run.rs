@@ -19,6 +19,11 @@ const RESET_EVENT: u64 = 1;
 const STOP_EVENT: u64 = 2;
 /// Tokens from here on index `DeviceEvent`s.
 const FIRST_DEVICE_EVENT: u64 = 16;
+/// How long devices that cannot be saved yet get to settle before a
+/// snapshot is taken anyway (and fails, saying why).
+const SNAPSHOT_SETTLE_TIME: Duration = Duration::from_secs(10);
+/// How often a pending snapshot checks the devices again.
+const SNAPSHOT_RETRY: Duration = Duration::from_millis(10);
 /// How long kicked vCPUs get to answer a halt probe before we look.
 const PROBE_ANSWER_TIME: Duration = Duration::from_millis(5);
 
@@ -42,6 +47,13 @@ impl Vmm {
     /// Runs the VM until it ends; every vCPU thread is joined before this
     /// returns, and all KVM fds are closed when it returns.
     pub fn run(mut self) -> Result<VmExit> {
+        self.restore_devices()?;
+        // Read once here, for every vCPU: only a VM that may be
+        // snapshotted needs it.
+        let msr_list = Arc::new(match self.config.snapshot {
+            Some(_) => crate::snapshot::vcpu_state::msr_list(&self._kvm)?,
+            None => Vec::new(),
+        });
         let epoll = Epoll::new().map_err(Error::io("epoll_create"))?;
         let add = |fd: RawFd, token: u64| {
             epoll
@@ -98,6 +110,7 @@ impl Vmm {
                 events_ready: events_ready.clone(),
                 first_exit: first_exit.clone(),
                 hook: self.hooks.vcpu.clone(),
+                msr_list: msr_list.clone(),
             };
             match vcpu::spawn(runner) {
                 Ok(t) => threads.push(t),
@@ -145,9 +158,17 @@ impl Vmm {
         let deadline = self.config.timeout.map(|t| run_start + t);
         let mut next_probe = run_start + HALT_PROBE_INTERVAL;
         let mut probe_check: Option<Instant> = None;
+        // When a snapshot was asked for: devices still busy (a vsock
+        // connection closing) are given time to settle first.
+        let mut snapshot_asked: Option<Instant> = None;
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let now = Instant::now();
+            if let Some(asked) = snapshot_asked {
+                if self.snapshot_blocker().is_none() || now >= asked + SNAPSHOT_SETTLE_TIME {
+                    return Ok(self.take_snapshot(rx, threads));
+                }
+            }
             if let (Some(d), Some(t)) = (deadline, self.config.timeout) {
                 if now >= d {
                     return Ok(ExitReason::Timeout(t));
@@ -180,6 +201,9 @@ impl Vmm {
             if let Some(d) = deadline {
                 wake = wake.min(d);
             }
+            if snapshot_asked.is_some() {
+                wake = wake.min(now + SNAPSHOT_RETRY);
+            }
             let wait = wake.saturating_duration_since(now);
             let n = match epoll.wait(wait.as_millis().max(1) as i32, &mut events) {
                 Ok(n) => n,
@@ -196,6 +220,11 @@ impl Vmm {
                         }
                     }
                     RESET_EVENT => return Ok(ExitReason::Reset),
+                    STOP_EVENT if self.handle.snapshot.load(Ordering::SeqCst) => {
+                        // Level-triggered: drain it, or the loop spins.
+                        let _ = self.handle.evt.read();
+                        snapshot_asked.get_or_insert(now);
+                    }
                     STOP_EVENT => {
                         let signal = self.handle.signal.load(Ordering::SeqCst);
                         return Ok(ExitReason::Stopped {
@@ -227,12 +256,13 @@ impl Vmm {
     }
 }
 
-fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
+pub(super) fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
     match event {
         VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
         VcpuEvent::Halted => Some(ExitReason::Halted),
         VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
         VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
-        VcpuEvent::Stopped => None,
+        // Only asked for by `take_snapshot`, which collects these itself.
+        VcpuEvent::Stopped | VcpuEvent::Saved(_) => None,
     }
 }

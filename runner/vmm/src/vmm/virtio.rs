@@ -83,7 +83,11 @@ impl Vmm {
         self.mmio
             .insert(transport.clone(), slot.base, slot.size)
             .map_err(|e| Error::Config(e.to_string()))?;
-        write_boot_data(&self.mem, &self.entry, &cmdline, &self.e820)?;
+        // A restored guest found its devices at boot; its memory must not
+        // be touched.
+        if let Some(entry) = &self.entry {
+            write_boot_data(&self.mem, entry, &cmdline, &self.e820)?;
+        }
         self.cmdline = cmdline;
         self.virtio.push(VirtioSlotState {
             transport,

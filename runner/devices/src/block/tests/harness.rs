@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Write};
+use std::rc::Rc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -95,7 +96,8 @@ pub struct Harness<'a> {
     pub irq: CountingInterrupt,
     pub next_desc: u16,
     pub used_seen: u16,
-    pub image: tempfile::NamedTempFile,
+    /// Shared with the devices restored from this one's state.
+    pub image: Rc<tempfile::NamedTempFile>,
     pub image_data: Vec<u8>,
     pub overlay_dir: tempfile::TempDir,
 }
@@ -122,15 +124,27 @@ impl<'a> Harness<'a> {
             serial: "test-serial".into(),
         };
         let mut device = BlockDevice::new(config(base)).expect("device");
+        let features = VirtioDevice::<Mem>::features(&device);
+        VirtioDevice::<Mem>::ack_features(&mut device, features);
+        VirtioDevice::<Mem>::activate(&mut device).expect("activate");
+        Harness::around(mem, device, Rc::new(image), image_data, overlay_dir)
+    }
+
+    /// A driver for `device`, which is already set up (activated, or
+    /// restored from a snapshot), over `image`.
+    pub fn around(
+        mem: &'a Mem,
+        device: BlockDevice,
+        image: Rc<tempfile::NamedTempFile>,
+        image_data: Vec<u8>,
+        overlay_dir: tempfile::TempDir,
+    ) -> Harness<'a> {
         let mq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
         // MockSplitQueue's own used ring overlaps its avail ring after half
         // a lap; give it a place of its own.
         let used = UsedRing::new(mem, GuestAddress(USED_RING), QSIZE);
         let mut queue: Queue = mq.create_queue().expect("queue");
         queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
-        let features = VirtioDevice::<Mem>::features(&device);
-        VirtioDevice::<Mem>::ack_features(&mut device, features);
-        VirtioDevice::<Mem>::activate(&mut device).expect("activate");
         Harness {
             mem,
             mq,

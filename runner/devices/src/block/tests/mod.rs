@@ -3,3 +3,4 @@
 mod harness;
 mod io;
 mod malformed;
+mod snapshot;

@@ -26,6 +26,10 @@ const TX_BUFS: u64 = 0x100_0000;
 const TX_SLOT: u64 = 0x2_0000;
 /// Guest memory no queue or buffer uses, for hand-made descriptors.
 pub const FREE_AREA: u64 = 0x40_0000;
+/// Event buffers, 16 bytes apart.
+const EVENT_BUFS: u64 = 0xF0_0000;
+/// Where the event queue's used ring lives.
+pub const EVENT_USED_RING: u64 = 0x2_4000;
 pub const RX_BUF_SIZE: u32 = 4096;
 
 pub fn memory() -> GuestMemoryMmap {
@@ -97,13 +101,15 @@ pub struct Guest<'a> {
     pub mem: &'a GuestMemoryMmap,
     rxq: MockSplitQueue<'a, GuestMemoryMmap>,
     txq: MockSplitQueue<'a, GuestMemoryMmap>,
+    evq: MockSplitQueue<'a, GuestMemoryMmap>,
     rx_used: UsedRing<'a, GuestMemoryMmap>,
     tx_used: UsedRing<'a, GuestMemoryMmap>,
-    queues: Vec<Queue>,
+    ev_used: UsedRing<'a, GuestMemoryMmap>,
+    pub queues: Vec<Queue>,
     pub device: VsockDevice,
     pub irq: CountingInterrupt,
-    next_desc: [u16; 2],
-    used_seen: [u16; 2],
+    next_desc: [u16; 3],
+    used_seen: [u16; 3],
     /// Where header and data of the rx buffer at each descriptor index are.
     rx_layout: Vec<(u64, u64)>,
     _dir: tempfile::TempDir,
@@ -124,11 +130,30 @@ impl<'a> Guest<'a> {
         mem: &'a GuestMemoryMmap,
         tweak: impl FnOnce(&mut VsockConfig),
     ) -> Guest<'a> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let uds = dir.path().join("vsock");
-        let mut config = VsockConfig::new(GUEST_CID, &uds);
-        tweak(&mut config);
+        let (config, dir) = Guest::config(tweak);
         let mut device = VsockDevice::new(config).expect("device");
+        let features = VirtioDevice::<GuestMemoryMmap>::features(&device);
+        VirtioDevice::<GuestMemoryMmap>::ack_features(&mut device, features);
+        VirtioDevice::<GuestMemoryMmap>::activate(&mut device).expect("activate");
+        Guest::around(mem, device, dir)
+    }
+
+    /// The test configuration, `tweak`ed, with its socket in a new temp dir.
+    pub fn config(tweak: impl FnOnce(&mut VsockConfig)) -> (VsockConfig, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = VsockConfig::new(GUEST_CID, dir.path().join("vsock"));
+        tweak(&mut config);
+        (config, dir)
+    }
+
+    /// A driver for `device`, which is already set up (activated, or
+    /// restored from a snapshot), whose socket lives in `dir`.
+    pub fn around(
+        mem: &'a GuestMemoryMmap,
+        device: VsockDevice,
+        dir: tempfile::TempDir,
+    ) -> Guest<'a> {
+        let uds = device.uds_path().to_path_buf();
         let rxq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
         let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
         let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
@@ -137,22 +162,21 @@ impl<'a> Guest<'a> {
         // the ring has been used; each used ring gets its own place instead.
         let (rx_used, rxq_q) = relocate_used_ring(mem, &rxq, GuestAddress(0x4000));
         let (tx_used, txq_q) = relocate_used_ring(mem, &txq, GuestAddress(0x1_4000));
-        let (_, evq_q) = relocate_used_ring(mem, &evq, GuestAddress(0x2_4000));
+        let (ev_used, evq_q) = relocate_used_ring(mem, &evq, GuestAddress(EVENT_USED_RING));
         let queues = vec![rxq_q, txq_q, evq_q];
-        let features = VirtioDevice::<GuestMemoryMmap>::features(&device);
-        VirtioDevice::<GuestMemoryMmap>::ack_features(&mut device, features);
-        VirtioDevice::<GuestMemoryMmap>::activate(&mut device).expect("activate");
         Guest {
             mem,
             rxq,
             txq,
+            evq,
             rx_used,
             tx_used,
+            ev_used,
             queues,
             device,
             irq: CountingInterrupt::default(),
-            next_desc: [0; 2],
-            used_seen: [0; 2],
+            next_desc: [0; 3],
+            used_seen: [0; 3],
             rx_layout: vec![(0, 0); usize::from(QSIZE)],
             _dir: dir,
             uds,
@@ -213,6 +237,41 @@ impl<'a> Guest<'a> {
             self.rx_outstanding += 1;
             publish(&self.rxq, &descs, idx);
         }
+    }
+
+    /// Posts `n` event buffers of `len` bytes, as Linux posts its
+    /// 4-byte `virtio_vsock_event`s (without a kick; see `kick`).
+    pub fn offer_events(&mut self, n: usize, len: u32) {
+        for _ in 0..n {
+            let idx = self.alloc_desc(2, 1);
+            let addr = EVENT_BUFS + u64::from(idx) * 16;
+            self.mem
+                .write_obj(0xFFFF_FFFFu32, GuestAddress(addr))
+                .expect("poison event buffer");
+            let descs = [RawDescriptor::from(Descriptor::new(
+                addr,
+                len,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ))];
+            publish(&self.evq, &descs, idx);
+        }
+    }
+
+    /// Events the device put in the event used ring since the last call:
+    /// (used length, event id).
+    pub fn events(&mut self) -> Vec<(u32, u32)> {
+        let end = self.ev_used.idx().load();
+        let mut out = Vec::new();
+        while self.used_seen[2] != end {
+            let slot = usize::from(self.used_seen[2] % QSIZE);
+            let elem = self.ev_used.ring().ref_at(slot).expect("used elem").load();
+            self.used_seen[2] = self.used_seen[2].wrapping_add(1);
+            let addr = EVENT_BUFS + u64::from(elem.id()) * 16;
+            let id: u32 = self.mem.read_obj(GuestAddress(addr)).expect("event");
+            out.push((elem.len(), u32::from_le(id)));
+        }
+        out
     }
 
     /// Offers one rx buffer made of raw descriptors (for malformed-buffer tests).
@@ -299,7 +358,7 @@ impl<'a> Guest<'a> {
             .expect("process queue");
     }
 
-    fn backend_fd(&self) -> RawFd {
+    pub fn backend_fd(&self) -> RawFd {
         VirtioDevice::<GuestMemoryMmap>::backend_fd(&self.device).expect("vsock has a backend fd")
     }
 

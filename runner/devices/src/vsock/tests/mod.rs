@@ -6,4 +6,5 @@ mod credit;
 mod driver;
 mod forged;
 mod limits;
+mod snapshot;
 mod streams;

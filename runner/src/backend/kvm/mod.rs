@@ -18,11 +18,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::network::{self, passt::Passt};
+use super::snapshots::SnapshotStore;
 use super::vm_process::{
-    self, DiskRole, NetRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
+    self, DiskRole, NetRole, ProcessConfig, Role, SnapshotRole, VmProcess, VmmRole, VsockRole,
 };
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
+
+mod warm_start;
 
 /// What the guest reads from `/sys/block/vda/serial`.
 pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
@@ -30,7 +33,18 @@ pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
 /// Boots guests with the built-in KVM VMM.
 #[derive(Clone, Debug, Default)]
 pub struct KvmBackend {
-    _private: (),
+    /// Warm start from cached snapshots; `None`: every VM boots cold.
+    snapshots: Option<SnapshotStore>,
+}
+
+/// How a VM process starts its guest.
+enum Start {
+    /// Boot the kernel.
+    Cold,
+    /// Boot the kernel, and snapshot on [`VmProcess::request_snapshot`].
+    ForSnapshot(SnapshotRole),
+    /// Restore a snapshot.
+    Restore(SnapshotRole),
 }
 
 impl KvmBackend {
@@ -43,12 +57,28 @@ impl KvmBackend {
                  `runner doctor` explains, `--backend auto` uses QEMU instead"
             );
         }
-        KvmBackend { _private: () }
+        KvmBackend { snapshots: None }
+    }
+
+    /// Restores jobs from snapshots cached in `store` (building them on
+    /// first use) instead of booting them; jobs with a network still boot.
+    pub fn with_snapshots(store: Option<SnapshotStore>) -> KvmBackend {
+        let mut backend = KvmBackend::new();
+        backend.snapshots = store;
+        backend
     }
 
     /// Like [`super::Backend::start`], with the concrete VM type (its
     /// directory is visible, for tests and diagnostics).
     pub fn start_vm(&self, spec: &VmSpec) -> Result<KvmVm, BootError> {
+        // A NIC's state lives in passt too: such jobs always boot.
+        match (&self.snapshots, spec.network.is_on()) {
+            (Some(store), false) => warm_start::start(self, store, spec),
+            _ => self.start_process(spec, Start::Cold),
+        }
+    }
+
+    fn start_process(&self, spec: &VmSpec, start: Start) -> Result<KvmVm, BootError> {
         if !spec.rootfs.is_file() {
             return Err(BootError::Setup(format!(
                 "rootfs {} does not exist",
@@ -71,7 +101,7 @@ impl KvmBackend {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
             seccomp,
-            role: Role::Vmm(VmmRole {
+            role: Role::Vmm(Box::new(VmmRole {
                 kernel: spec.kernel.clone(),
                 cmdline: GUEST_CMDLINE.to_string(),
                 memory_mib: spec.memory_mib,
@@ -90,7 +120,15 @@ impl KvmBackend {
                     socket: None,
                 },
                 network,
-            }),
+                snapshot: match &start {
+                    Start::ForSnapshot(role) => Some(role.clone()),
+                    _ => None,
+                },
+                restore: match &start {
+                    Start::Restore(role) => Some(role.clone()),
+                    _ => None,
+                },
+            })),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
         let process = VmProcess::start(&config)?;
@@ -101,6 +139,7 @@ impl KvmBackend {
             passt,
             paths,
             dir: Some(dir),
+            clone_identity: None,
         })
     }
 }
@@ -156,6 +195,9 @@ pub struct KvmVm {
     passt: Option<Passt>,
     paths: VmPaths,
     dir: Option<tempfile::TempDir>,
+    /// A restored clone's generation and identity, which the agent is
+    /// told before anything else.
+    clone_identity: Option<(u64, String)>,
 }
 
 impl KvmVm {
@@ -192,6 +234,10 @@ impl Vm for KvmVm {
 
     fn wait_exit(&mut self, limit: Duration) -> bool {
         self.process.wait_exit(limit)
+    }
+
+    fn clone_identity(&self) -> Option<(u64, String)> {
+        self.clone_identity.clone()
     }
 }
 

@@ -1,0 +1,220 @@
+//! Warm start for the kvm backend: one snapshot per kernel, rootfs, VM
+//! size and host, taken of an agent-ready guest, cached on disk; every job
+//! then restores a copy-on-write clone of it instead of booting.
+//!
+//! - The cache is `~/.cache/runner/snapshots/` (`RUNNER_CACHE` moves it),
+//!   one `<key>.snap` per identity (see [`identity`]).
+//! - A file that does not load (corrupt, truncated, another format or
+//!   identity) is rebuilt after one warning line, never used.
+//! - A cache directory that is not writable means cold boots, after one
+//!   warning line.
+//! - Concurrent runners (and jobs) take a lock per key: one builds, the
+//!   others wait and then restore its result. A snapshot is written under a
+//!   temporary name and renamed into place whole.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use sha2::{Digest, Sha256};
+
+use super::VmSpec;
+
+/// The warm-start snapshots in one directory.
+#[derive(Clone, Debug)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+/// The directory snapshots are cached in.
+pub fn default_dir() -> PathBuf {
+    let root = std::env::var_os("RUNNER_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/runner")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/runner-cache"));
+    root.join("snapshots")
+}
+
+/// Says `message` once per process: a run of 100 jobs gets one line.
+pub fn warn_once(message: &str) {
+    static WARNED: Once = Once::new();
+    WARNED.call_once(|| eprintln!("runner: warning: {message}"));
+}
+
+impl SnapshotStore {
+    /// The store in `dir`, if snapshots can be written there; `None` (and
+    /// one warning line) if not: jobs then boot cold.
+    pub fn open(dir: PathBuf) -> Option<SnapshotStore> {
+        let writable =
+            std::fs::create_dir_all(&dir).and_then(|()| tempfile::tempfile_in(&dir).map(drop));
+        match writable {
+            Ok(()) => Some(SnapshotStore { dir }),
+            Err(e) => {
+                warn_once(&format!(
+                    "the snapshot directory {} is not writable ({e}): booting every VM cold",
+                    dir.display()
+                ));
+                None
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the snapshot of `key` lives.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.snap"))
+    }
+
+    /// A fresh name for building the snapshot of `key` (the VMM creates it).
+    pub fn building_path(&self, key: &str) -> PathBuf {
+        self.dir
+            .join(format!(".{key}.{}.building", std::process::id()))
+    }
+
+    /// Holds the build lock of `key` until dropped (waits for it).
+    pub fn lock(&self, key: &str) -> std::io::Result<nix::fcntl::Flock<File>> {
+        let file = File::create(self.dir.join(format!("{key}.lock")))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| std::io::Error::from(e))
+    }
+}
+
+/// Identifies a file without reading it: path, size and modification
+/// time (not the inode: a 9p or overlay mount may not keep it stable).
+/// Kernels and images are replaced, not edited in place, and either way
+/// their mtime moves.
+fn file_signature(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!(
+        "{} size={} mtime={}.{}",
+        canonical.display(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    ))
+}
+
+/// The identity a snapshot of `spec`'s VM is made for, and its short key.
+/// It covers everything a restored guest depends on: the kernel, the
+/// rootfs (with the agent in it), the runner itself (its VMM and device
+/// models), vCPUs, memory, and the host's CPU and KVM.
+pub fn identity(spec: &VmSpec) -> Result<(String, String), String> {
+    let exe = super::vm_process::exe::runner_exe()?;
+    let host = runner_vmm::snapshot::host_fingerprint().map_err(|e| e.to_string())?;
+    let description = format!(
+        "snapshot format {}\nrunner {}\nkernel {}\nrootfs {}\nvcpus {}\nmemory {} MiB\nhost {host}\n",
+        runner_vmm::snapshot::file::FORMAT_VERSION,
+        file_signature(&exe)?,
+        file_signature(&spec.kernel)?,
+        file_signature(&spec.rootfs)?,
+        spec.vcpus,
+        spec.memory_mib,
+    );
+    tracing::debug!(%description, "snapshot identity");
+    let digest: String = Sha256::digest(description.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((digest[..16].to_string(), digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwritable_directory_means_no_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        // A directory cannot be created under a regular file.
+        assert!(SnapshotStore::open(file.join("snapshots")).is_none());
+        assert!(SnapshotStore::open(dir.path().join("snapshots")).is_some());
+    }
+
+    #[test]
+    fn the_identity_is_stable_and_follows_the_vm_size() {
+        if std::fs::File::open("/dev/kvm").is_err() {
+            panic!("this test reads the host's KVM capabilities and /dev/kvm is unusable");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        let rootfs = dir.path().join("rootfs.ext4");
+        std::fs::write(&kernel, b"k").unwrap();
+        std::fs::write(&rootfs, b"r").unwrap();
+        let spec = VmSpec {
+            name: "a".into(),
+            kernel,
+            rootfs,
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout: std::time::Duration::from_secs(1),
+            serial_log_limit: None,
+            network: Default::default(),
+        };
+        let first = identity(&spec).unwrap();
+        // From every CPU: KVM answers some CPUID leaves from the CPU the
+        // caller runs on, which must not change the identity.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let others: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let spec = spec.clone();
+                std::thread::spawn(move || {
+                    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays in it.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut set);
+                        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+                    }
+                    identity(&spec).unwrap()
+                })
+            })
+            .collect();
+        for other in others {
+            assert_eq!(other.join().unwrap(), first);
+        }
+        let bigger = VmSpec {
+            memory_mib: 512,
+            ..spec.clone()
+        };
+        assert_ne!(identity(&bigger).unwrap().0, first.0);
+        assert_eq!(first.0.len(), 16);
+    }
+
+    #[test]
+    fn file_signatures_change_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, b"one").unwrap();
+        let first = file_signature(&path).unwrap();
+        std::fs::write(&path, b"three").unwrap();
+        assert_ne!(first, file_signature(&path).unwrap());
+        assert!(file_signature(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_across_file_descriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().to_path_buf()).unwrap();
+        let held = store.lock("k").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = store.clone();
+        let waiter = std::thread::spawn(move || {
+            let _lock = other.lock("k").unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(held);
+        rx.recv().unwrap();
+        waiter.join().unwrap();
+    }
+}

@@ -1,0 +1,184 @@
+//! Saving and restoring a transport for snapshots: its registers, its
+//! queues' positions, and (through the device model's own
+//! `save_state`/`restore_state`) the device behind it.
+
+use std::sync::atomic::Ordering;
+
+use runner_devices::virtio::SnapshotError;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
+
+use super::MmioTransport;
+use crate::error::{Error, Result};
+
+/// One queue, as `virtio_queue::QueueState` (which has no serde).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedQueue {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+/// A transport's registers and queues plus its device's own bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub status: u32,
+    pub activated: bool,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    pub queues: Vec<SavedQueue>,
+    /// `VirtioDevice::save_state`, hex encoded (compact in JSON).
+    pub device: String,
+}
+
+impl MmioTransport {
+    /// Why the device cannot be saved *now*, if it is busy (it can later).
+    pub fn busy_for_snapshot(&self) -> Option<String> {
+        match self.device.save_state() {
+            Err(e @ SnapshotError::Busy { .. }) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The transport's state; the VM must be paused.
+    pub fn save_state(&self) -> Result<TransportState> {
+        let device = self
+            .device
+            .save_state()
+            .map_err(|e| Error::Snapshot(format!("device {}: {e}", self.device.device_type())))?;
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| {
+                let s = q.state();
+                SavedQueue {
+                    max_size: s.max_size,
+                    next_avail: s.next_avail,
+                    next_used: s.next_used,
+                    event_idx_enabled: s.event_idx_enabled,
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                }
+            })
+            .collect();
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status.load(Ordering::SeqCst),
+            config_generation: self.interrupt.config_generation.load(Ordering::SeqCst),
+            queues,
+            device: hex_encode(&device),
+        })
+    }
+
+    /// Puts a freshly created transport (same device, same configuration)
+    /// into `state`, instead of the driver's set-up. The queues are checked
+    /// against guest memory, which must already hold the restored RAM.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<()> {
+        let refuse =
+            |detail: String| Error::Snapshot(format!("restoring a virtio device: {detail}"));
+        if state.device_type != self.device.device_type() {
+            return Err(refuse(format!(
+                "the snapshot has device type {} where this VM has {}",
+                state.device_type,
+                self.device.device_type()
+            )));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(refuse(format!(
+                "{} queues saved, the device has {}",
+                state.queues.len(),
+                self.queues.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (index, (saved, fresh)) in state.queues.iter().zip(&self.queues).enumerate() {
+            if saved.max_size != fresh.max_size() {
+                return Err(refuse(format!("queue {index} has another maximum size")));
+            }
+            let queue = Queue::try_from(QueueState {
+                max_size: saved.max_size,
+                next_avail: saved.next_avail,
+                next_used: saved.next_used,
+                event_idx_enabled: saved.event_idx_enabled,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+            })
+            .map_err(|e| refuse(format!("queue {index}: {e}")))?;
+            if queue.ready() && !queue.is_valid(&self.mem) {
+                return Err(refuse(format!(
+                    "queue {index} is not valid in guest memory"
+                )));
+            }
+            queues.push(queue);
+        }
+        let device = hex_decode(&state.device).ok_or_else(|| refuse("bad device bytes".into()))?;
+        self.device
+            .restore_state(&device)
+            .map_err(|e| refuse(e.to_string()))?;
+        self.queues = queues;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.activated = state.activated;
+        self.interrupt
+            .status
+            .store(state.interrupt_status, Ordering::SeqCst);
+        self.interrupt
+            .config_generation
+            .store(state.config_generation, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex_decode(&hex_encode(&bytes)).unwrap(), bytes);
+        assert!(hex_decode("abc").is_none());
+        assert!(hex_decode("zz").is_none());
+        assert!(hex_decode("é1").is_none());
+    }
+}

@@ -1,0 +1,172 @@
+//! Warm start: `runner test` on the kvm backend restores each job from a
+//! snapshot of a booted guest (built on first use, cached) instead of
+//! booting it. Every clone is still a clean room: it sees none of another
+//! clone's files, draws its own random bytes, has the host's time and an
+//! identity of its own. A damaged snapshot is rebuilt, an unwritable cache
+//! means cold boots, each with one warning line.
+//!
+//! Runs on the backend `RUNNER_BACKEND` names. The nested tier runs it with
+//! the kvm backend, where the snapshot lines are checked; on QEMU (which
+//! keeps cold boots) the same jobs must pass and no snapshot is made.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use e2e_tests::{job_log, runner_test, vm_dirs};
+
+/// Each job: refuses a file another clone left, leaves one, and prints its
+/// random bytes, its clock and its machine id.
+const JOB: &str = concat!(
+    "    steps:\n",
+    "      - test ! -e /left-by-a-clone && touch /left-by-a-clone\n",
+    "      - echo random=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n",
+    "      - echo clock=$(date +%s)\n",
+    "      - echo machine=$(cat /etc/machine-id 2>/dev/null)\n",
+);
+const JOBS: [&str; 4] = ["one", "two", "three", "four"];
+
+fn on_kvm() -> bool {
+    std::env::var("RUNNER_BACKEND").as_deref() == Ok("kvm")
+}
+
+fn pipeline() -> String {
+    let mut yaml = String::from("name: warm\ndefaults: { files: none }\njobs:\n");
+    for job in JOBS {
+        yaml.push_str(&format!("  {job}:\n{JOB}"));
+    }
+    yaml
+}
+
+fn both(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run(dir: &Path, cache: &Path) -> Output {
+    runner_test(dir, &pipeline())
+        .env("RUNNER_CACHE", cache)
+        .env("RUNNER_COLD", "0")
+        .args(["--jobs", "2"])
+        .output()
+        .unwrap()
+}
+
+/// The `name=value` a job printed.
+fn printed(log: &str, name: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in:\n{log}"))
+        .to_string()
+}
+
+fn snapshots(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache.join("snapshots"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".snap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Runs the pipeline and checks the clean-room properties of its jobs;
+/// `clones`: they are restored clones (each has its own machine id).
+fn run_and_check(dir: &Path, cache: &Path, clones: bool) -> String {
+    let out = run(dir, cache);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut randoms = Vec::new();
+    let mut machines = Vec::new();
+    for job in JOBS {
+        let log = job_log(dir, job);
+        randoms.push(printed(&log, "random"));
+        machines.push(printed(&log, "machine"));
+        let clock: u64 = printed(&log, "clock").parse().unwrap();
+        // Snapshot time would be minutes or more behind on a reused cache.
+        assert!(
+            now.abs_diff(clock) < 120,
+            "{job}'s clock says {clock}, the host {now}\n{log}"
+        );
+    }
+    // Cold boots of one image share its machine id (if it has one);
+    // restored clones each get their own.
+    let distinct: &[&Vec<String>] = if clones {
+        &[&randoms, &machines]
+    } else {
+        &[&randoms]
+    };
+    for list in distinct {
+        let mut unique = (*list).clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            list.len(),
+            "clones share state: {list:?}\n{text}"
+        );
+    }
+    assert_eq!(vm_dirs(dir), Vec::<String>::new());
+    text
+}
+
+#[test]
+fn clones_are_clean_rooms_and_the_snapshot_is_built_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let first = run_and_check(dir.path(), &cache, on_kvm());
+    let second = run_and_check(dir.path(), &cache, on_kvm());
+    if !on_kvm() {
+        assert_eq!(snapshots(&cache), Vec::<String>::new(), "{first}");
+        return;
+    }
+    assert_eq!(first.matches("): building").count(), 1, "{first}");
+    assert!(first.contains("runner: snapshot "), "{first}");
+    assert!(
+        !second.contains("building"),
+        "the second run must reuse it:\n{second}"
+    );
+    assert_eq!(snapshots(&cache).len(), 1);
+}
+
+#[test]
+fn a_damaged_snapshot_is_rebuilt_and_an_unwritable_cache_means_cold_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    run_and_check(dir.path(), &cache, on_kvm());
+    if on_kvm() {
+        let [snap] = snapshots(&cache).try_into().expect("one snapshot");
+        let path = cache.join("snapshots").join(snap);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let text = run_and_check(dir.path(), &cache, true);
+        assert_eq!(text.matches("is unusable").count(), 1, "{text}");
+        assert!(text.contains("truncated"), "{text}");
+        assert_eq!(text.matches("): building").count(), 1, "{text}");
+    }
+
+    // A cache under a regular file cannot hold a snapshot directory.
+    let blocked = dir.path().join("not-a-directory");
+    std::fs::write(&blocked, b"").unwrap();
+    let text = run_and_check(dir.path(), &blocked, false);
+    if on_kvm() {
+        let warnings = text.matches("is not writable").count();
+        assert_eq!(warnings, 1, "{text}");
+        assert!(!text.contains("building"), "{text}");
+    }
+}
