@@ -127,6 +127,20 @@ impl Terminal {
     }
 
     /// Like [`Self::expect_after`], but `None` after `limit`.
+    /// Types `keys` every 2 s until `needle` shows after `from` (within
+    /// [`PATIENCE`]); returns where it ends. For keys whose effect depends
+    /// on what the guest is doing when they arrive.
+    fn type_until(&mut self, from: usize, keys: &str, needle: &str, what: &str) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.type_text(keys);
+            if let Some(next) = self.expect_within(from, needle, Duration::from_secs(2)) {
+                return next;
+            }
+            assert!(Instant::now() < deadline, "{what}:\n{}", self.text());
+        }
+    }
+
     fn expect_within(&mut self, from: usize, needle: &str, limit: Duration) -> Option<usize> {
         let deadline = Instant::now() + limit;
         loop {
@@ -270,51 +284,17 @@ fn the_shell_computes_follows_the_window_does_job_control_and_exits_with_its_cod
     // comes before `sleep` runs goes to the shell, which ignores it, so
     // it is sent until it has its effect.
     term.type_text("sleep 1000\r");
-    let mut at = term.expect_after(at, "sleep 1000\r\n");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        term.type_text("\x03");
-        if let Some(next) = term.expect_within(at, PROMPT, Duration::from_secs(2)) {
-            at = next;
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Ctrl-C did not stop sleep:\n{}",
-            term.text()
-        );
-    }
+    let at = term.expect_after(at, "sleep 1000\r\n");
+    let at = term.type_until(at, "\x03", PROMPT, "Ctrl-C did not stop sleep");
     // Job control: Ctrl-Z stops the foreground job and the shell says so.
     term.type_text("sleep 1000\r");
-    let mut at = term.expect_after(at, "sleep 1000\r\n");
-    loop {
-        term.type_text("\x1a");
-        if let Some(next) = term.expect_within(at, "Stopped", Duration::from_secs(2)) {
-            at = next;
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Ctrl-Z did not stop sleep:\n{}",
-            term.text()
-        );
-    }
+    let at = term.expect_after(at, "sleep 1000\r\n");
+    let at = term.type_until(at, "\x1a", "Stopped", "Ctrl-Z did not stop sleep");
     // The shell learns of the kill only when it next reaps children; an
     // `exit` before that meets "You have stopped jobs" and is refused. So
     // `jobs` (which reaps) is asked until it reports the job killed.
     term.type_text("kill -9 %1\r");
-    loop {
-        term.type_text("jobs\r");
-        if let Some(next) = term.expect_within(at, "Killed", Duration::from_secs(2)) {
-            at = next;
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the killed job was never reported:\n{}",
-            term.text()
-        );
-    }
+    let at = term.type_until(at, "jobs\r", "Killed", "the killed job was never reported");
     term.type_text("echo after=$((1+1))\r");
     term.expect_after(at, "after=2");
 

@@ -28,11 +28,7 @@ pub struct SnapshotStore {
 
 /// The directory snapshots are cached in.
 pub fn default_dir() -> PathBuf {
-    let root = std::env::var_os("RUNNER_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/runner")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/runner-cache"));
-    root.join("snapshots")
+    crate::image_cache::cache_root().join("snapshots")
 }
 
 /// Says `message` once per process: a run of 100 jobs gets one line.

@@ -52,11 +52,15 @@ pub struct Manifest {
 
 /// The cache directory: `${RUNNER_CACHE:-$HOME/.cache/runner}/images`.
 pub fn cache_dir() -> PathBuf {
-    let root = std::env::var_os("RUNNER_CACHE")
+    cache_root().join("images")
+}
+
+/// The runner's cache: `RUNNER_CACHE`, else `~/.cache/runner`.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("RUNNER_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/runner")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/runner-cache"));
-    root.join("images")
+        .unwrap_or_else(|| PathBuf::from("/tmp/runner-cache"))
 }
 
 /// The files of one cache entry.

@@ -256,31 +256,50 @@ impl Vmm {
             )?;
             vcpus.push(fd);
         }
-        let snapshot_file = create_snapshot_file(&config)?;
         tracing::debug!(?protocol, entry = ?kernel.entry, "microVM built");
-        Ok(Vmm {
+        Vmm::assemble(Parts {
             config,
             created,
-            build_time: created.elapsed(),
             vcpus,
             vm,
-            _kvm: kvm,
+            kvm,
             mem,
-            _memory_file: memfd,
-            pio: legacy.pio,
-            mmio: Bus::new("mmio"),
-            virtio: Vec::new(),
+            memory_file: memfd,
+            legacy,
             entry: Some(kernel.entry),
-            serial: legacy.serial,
             restored_devices: None,
-            snapshot_file,
-            reset_evt: legacy.reset_evt,
-            _serial_irq: legacy.serial_irq,
-            first_serial_byte: legacy.first_serial_byte,
-            handle: VmmHandle::new()?,
             cmdline,
             e820,
             protocol,
+        })
+    }
+
+    /// The VM from what [`Vmm::new`] or [`Vmm::restore`] built.
+    fn assemble(parts: Parts) -> Result<Vmm> {
+        let snapshot_file = create_snapshot_file(&parts.config)?;
+        Ok(Vmm {
+            build_time: parts.created.elapsed(),
+            config: parts.config,
+            created: parts.created,
+            vcpus: parts.vcpus,
+            vm: parts.vm,
+            _kvm: parts.kvm,
+            mem: parts.mem,
+            _memory_file: parts.memory_file,
+            pio: parts.legacy.pio,
+            mmio: Bus::new("mmio"),
+            virtio: Vec::new(),
+            entry: parts.entry,
+            serial: parts.legacy.serial,
+            restored_devices: parts.restored_devices,
+            snapshot_file,
+            reset_evt: parts.legacy.reset_evt,
+            _serial_irq: parts.legacy.serial_irq,
+            first_serial_byte: parts.legacy.first_serial_byte,
+            handle: VmmHandle::new()?,
+            cmdline: parts.cmdline,
+            e820: parts.e820,
+            protocol: parts.protocol,
             hooks: ThreadHooks::default(),
         })
     }
@@ -415,6 +434,23 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     };
     vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
     Ok(vm)
+}
+
+/// What a booted or restored VM is made of, before [`Vmm::assemble`].
+struct Parts {
+    config: VmmConfig,
+    created: Instant,
+    vcpus: Vec<VcpuFd>,
+    vm: VmFd,
+    kvm: Kvm,
+    mem: GuestMemoryMmap,
+    memory_file: File,
+    legacy: Legacy,
+    entry: Option<EntryPoint>,
+    restored_devices: Option<Vec<crate::virtio_mmio::state::TransportState>>,
+    cmdline: Cmdline,
+    e820: Vec<E820Entry>,
+    protocol: BootProtocol,
 }
 
 /// COM1 and the i8042 on a fresh PIO bus, with their eventfds.

@@ -4,12 +4,8 @@ use std::time::Instant;
 
 use vm_superio::serial::SerialState;
 
-use super::{
-    create_snapshot_file, create_vm, open_kvm_for, vcpu_count, BootProtocol, Legacy, ThreadHooks,
-    Vmm, VmmHandle,
-};
+use super::{create_vm, open_kvm_for, vcpu_count, BootProtocol, Legacy, Parts, Vmm};
 use crate::config::{SnapshotConfig, VmmConfig};
-use crate::devices::Bus;
 use crate::error::{Error, Result};
 use crate::memory;
 use crate::snapshot::{file, SnapshotState};
@@ -65,36 +61,25 @@ impl Vmm {
             })?;
             vcpus.push(fd);
         }
-        let snapshot_file = create_snapshot_file(&config)?;
         let e820 = crate::boot::params::e820_table(&mem);
         tracing::debug!(snapshot = %from.path.display(), "microVM restored");
-        Ok(Vmm {
+        Vmm::assemble(Parts {
             config,
             created,
-            build_time: created.elapsed(),
             vcpus,
             vm,
-            _kvm: kvm,
+            kvm,
             mem,
-            _memory_file: opened.file,
-            pio: legacy.pio,
-            mmio: Bus::new("mmio"),
-            virtio: Vec::new(),
+            memory_file: opened.file,
+            legacy,
             entry: None,
-            serial: legacy.serial,
             restored_devices: Some(state.devices),
-            snapshot_file,
-            reset_evt: legacy.reset_evt,
-            _serial_irq: legacy.serial_irq,
-            first_serial_byte: legacy.first_serial_byte,
-            handle: VmmHandle::new()?,
             // Attaching devices again adds their entries here; nothing
             // writes it into the restored guest's memory.
             cmdline: linux_loader::loader::Cmdline::new(crate::layout::CMDLINE_MAX_SIZE)
                 .map_err(|e| Error::Cmdline(e.to_string()))?,
             e820,
             protocol: BootProtocol::Snapshot,
-            hooks: ThreadHooks::default(),
         })
     }
 
