@@ -27,7 +27,7 @@ mkdir -p "$out"
     echo "memory: 128M"
     echo "defaults: { files: none, timeout: 20m }"
     echo "jobs:"
-    for i in 1 2 3 4 5 6 7 8; do echo "  sleeper$i: { steps: [ 'touch /tmp/up; sleep 120' ] }"; done
+    for i in 1 2 3 4 5 6 7 8; do echo "  sleeper$i: { steps: [ 'sleep 300' ] }"; done
 } >"$out/sleepers.yml"
 
 cat >"$out/inner.sh" <<INNER
@@ -52,17 +52,16 @@ echo "ready cold \$(median </nested-out/ready-cold) warm \$(median </nested-out/
 
 # Memory: 8 VMs up at once, each job sleeping; sum over the VM processes.
 mem_of_8() { # NAME [--cold]
-    \$runner test --backend kvm --boot-timeout 600s --jobs 8 \${2:-} --out /tmp/out-\$1 /nested-out/sleepers.yml \
-        >/nested-out/test-\$1.log 2>&1 &
+    \$runner test --backend kvm --boot-timeout 600s --jobs 8 \${2:-} --out /tmp/out-\$1 --message-format json \
+        /nested-out/sleepers.yml >/nested-out/events-\$1.jsonl 2>/nested-out/test-\$1.log &
     local test_pid=\$! pids=
+    # A job's step has started once its VM is up and its agent answered.
     for _ in \$(seq 1200); do
-        pids=\$(pgrep -f -- '__vm-process' || true)
-        # Every VM's agent has run its step when each log shows it.
-        if [ "\$(echo \$pids | wc -w)" -ge 8 ] && [ "\$(grep -l 'touch /tmp/up' /tmp/out-\$1/logs/*.log 2>/dev/null | wc -l)" -ge 8 ]; then
-            break
-        fi
+        [ "\$(grep -c '"type":"step-started"' /nested-out/events-\$1.jsonl)" -ge 8 ] && break
+        kill -0 \$test_pid 2>/dev/null || { cat /nested-out/test-\$1.log >&2; exit 1; }
         sleep 1
     done
+    pids=\$(pgrep -f -- '__vm-process' || true)
     sleep 5
     local rss=0 pss=0
     for p in \$pids; do
@@ -87,4 +86,4 @@ echo "warm start bench (L1: QEMU TCG + kvm_amd; ratios only):"
 echo "(a) exec start -> agent ready: cold boot $cold ms, restore $warm ms: restore is $(ratio "$cold" "$warm")x faster (target >= 10x)"
 echo "(b) 8 VMs at once: clones  ($nw VM processes) RSS $((rw / 1024)) MiB, PSS $((pw / 1024)) MiB"
 echo "                   cold    ($nc VM processes) RSS $((rc / 1024)) MiB, PSS $((pc / 1024)) MiB"
-echo "    PSS clones/cold: $(ratio "$pw" "$pc")"
+echo "    PSS clones/cold: $(awk -v a="$pw" -v b="$pc" 'BEGIN {printf "%.2f", a / b}')"
