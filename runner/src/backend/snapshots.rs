@@ -70,6 +70,22 @@ impl SnapshotStore {
             .join(format!(".{key}.{}.building", std::process::id()))
     }
 
+    /// Removes what builds of `key` left behind when their runner was
+    /// killed. Call with the lock of `key` held: then no build is running.
+    pub fn remove_unfinished_builds(&self, key: &str) {
+        let prefix = format!(".{key}.");
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".building") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Holds the build lock of `key` until dropped (waits for it).
     pub fn lock(&self, key: &str) -> std::io::Result<nix::fcntl::Flock<File>> {
         let file = File::create(self.dir.join(format!("{key}.lock")))?;
@@ -193,6 +209,25 @@ mod tests {
         std::fs::write(&path, b"three").unwrap();
         assert_ne!(first, file_signature(&path).unwrap());
         assert!(file_signature(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn unfinished_builds_of_a_key_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().to_path_buf()).unwrap();
+        let keep = ["k.snap", "k.lock", ".other.12.building", "k.building"];
+        for name in keep.iter().chain(&[".k.12.building", ".k.345.building"]) {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        store.remove_unfinished_builds("k");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(left, expected);
     }
 
     #[test]

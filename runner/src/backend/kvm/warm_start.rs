@@ -99,8 +99,9 @@ fn build(
         spec.vcpus, spec.memory_mib
     );
     let started = std::time::Instant::now();
+    // A runner killed while building left its file; we hold the lock.
+    store.remove_unfinished_builds(key);
     let building = store.building_path(key);
-    let _ = std::fs::remove_file(&building);
     let result = (|| {
         let mut maker = VmSpec {
             name: format!("snapshot-{key}"),
