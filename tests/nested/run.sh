@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 : "${RUNNER_KERNEL:?set RUNNER_KERNEL (scripts/test does)}"
 : "${RUNNER_ROOTFS:?set RUNNER_ROOTFS (scripts/test does)}"
 # The whole tier's deadline: L1 is killed past it, and its console tail shown.
-readonly deadline="${NESTED_DEADLINE:-1500}"
+readonly deadline="${NESTED_DEADLINE:-2400}"
 readonly out=target/nested
 
 # The binaries the tier runs, by test target: the VMM on tiny guests, the
