@@ -244,6 +244,13 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
         })
     }
 
+    /// Why [`VirtioDevice::save_state`] would fail with
+    /// [`SnapshotError::Busy`] right now, if it would; cheap, so a VMM can
+    /// ask it repeatedly while it waits for the device to settle.
+    fn snapshot_blocker(&self) -> Option<SnapshotError> {
+        None
+    }
+
     /// Loads a state from [`VirtioDevice::save_state`] into this device,
     /// which must be freshly created with the same configuration, *instead
     /// of* feature negotiation and [`VirtioDevice::activate`]: afterwards it

@@ -255,6 +255,10 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
         self.save()
     }
 
+    fn snapshot_blocker(&self) -> Option<SnapshotError> {
+        self.blocker()
+    }
+
     fn restore_state(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
         self.restore(state)
     }

@@ -146,12 +146,19 @@ fn kick_when_refilled<M: GuestMemory>(
 }
 
 impl VsockDevice {
-    pub(super) fn save(&self) -> Result<Vec<u8>, SnapshotError> {
-        if let Some(why) = self.muxer.snapshot_blocker() {
-            return Err(SnapshotError::Busy {
+    /// What keeps the device from being saved now (see the muxer's).
+    pub(super) fn blocker(&self) -> Option<SnapshotError> {
+        self.muxer
+            .snapshot_blocker()
+            .map(|why| SnapshotError::Busy {
                 device: "vsock",
                 reason: format!("{why}; a snapshot needs none"),
-            });
+            })
+    }
+
+    pub(super) fn save(&self) -> Result<Vec<u8>, SnapshotError> {
+        if let Some(busy) = self.blocker() {
+            return Err(busy);
         }
         let mut w = StateWriter::new(VIRTIO_ID_VSOCK, STATE_VERSION);
         w.put_u64(self.acked_features);

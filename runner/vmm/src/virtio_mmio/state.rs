@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 
-use runner_devices::virtio::SnapshotError;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 
@@ -45,10 +44,7 @@ pub struct TransportState {
 impl MmioTransport {
     /// Why the device cannot be saved *now*, if it is busy (it can later).
     pub fn busy_for_snapshot(&self) -> Option<String> {
-        match self.device.save_state() {
-            Err(e @ SnapshotError::Busy { .. }) => Some(e.to_string()),
-            _ => None,
-        }
+        self.device.snapshot_blocker().map(|e| e.to_string())
     }
 
     /// The transport's state; the VM must be paused.

@@ -21,12 +21,17 @@ fn save(dev: &VsockDevice) -> Result<Vec<u8>, SnapshotError> {
     VirtioDevice::<Mem>::save_state(dev)
 }
 
+/// Why saving is refused; the cheap `snapshot_blocker` a VMM polls must
+/// say the same.
 fn busy_reason(dev: &VsockDevice) -> String {
-    match save(dev) {
+    let reason = match save(dev) {
         Err(e @ SnapshotError::Busy { .. }) => e.to_string(),
         Err(other) => panic!("refused for the wrong reason: {other}"),
         Ok(_) => panic!("saved a device that is not idle"),
-    }
+    };
+    let blocker = VirtioDevice::<Mem>::snapshot_blocker(dev).map(|e| e.to_string());
+    assert_eq!(blocker.as_deref(), Some(reason.as_str()));
+    reason
 }
 
 fn refusal(dev: &mut VsockDevice, state: &[u8]) -> String {
@@ -77,6 +82,7 @@ fn saving_is_refused_while_a_connection_is_open_and_names_it() {
     g.send(g.header(Op::Rst, 52000, 1024), &[]);
     assert_eq!(g.device.connection_count(), 0);
     save(&g.device).expect("save an idle device");
+    assert!(VirtioDevice::<Mem>::snapshot_blocker(&g.device).is_none());
 
     let (_host2, local) = g.connect_from_host(52);
     let (_listener3, _host3) = g.connect_from_guest(52001, 1025);
