@@ -37,19 +37,22 @@ pub(super) fn start(
         path: store.path(&key),
         identity,
     };
+    // The common case takes no lock: the file is renamed into place whole,
+    // and an open file outlives its removal, so clones start in parallel.
+    if let Restored::Vm(vm) = restore_if_usable(backend, spec, &role)? {
+        return Ok(*vm);
+    }
     {
-        // Build under the lock; restores need none (the file is renamed
-        // into place whole, and an open file outlives its removal).
         let _lock = store
             .lock(&key)
             .map_err(|e| BootError::Setup(format!("locking snapshot {key}: {e}")))?;
-        if role.path.exists() {
-            match restore(backend, spec, &role) {
-                Err(BootError::Setup(why)) if why.contains(&*role.path.to_string_lossy()) => {
-                    eprintln!("runner: warning: snapshot {key} is unusable ({why}): rebuilding it");
-                    let _ = std::fs::remove_file(&role.path);
-                }
-                other => return other,
+        // Another job may have built (or rebuilt) it while we waited.
+        match restore_if_usable(backend, spec, &role)? {
+            Restored::Vm(vm) => return Ok(*vm),
+            Restored::Missing => {}
+            Restored::Refused(why) => {
+                eprintln!("runner: warning: snapshot {key} is unusable ({why}): rebuilding it");
+                let _ = std::fs::remove_file(&role.path);
             }
         }
         match build(backend, store, spec, &key, &role) {
@@ -66,6 +69,33 @@ pub(super) fn start(
         }
     }
     restore(backend, spec, &role)
+}
+
+/// What restoring from a cached snapshot gave.
+enum Restored {
+    Vm(Box<KvmVm>),
+    /// No snapshot file yet.
+    Missing,
+    /// The VMM refused the file, saying why.
+    Refused(String),
+}
+
+fn restore_if_usable(
+    backend: &KvmBackend,
+    spec: &VmSpec,
+    role: &SnapshotRole,
+) -> Result<Restored, BootError> {
+    if !role.path.exists() {
+        return Ok(Restored::Missing);
+    }
+    match restore(backend, spec, role) {
+        Ok(vm) => Ok(Restored::Vm(Box::new(vm))),
+        // The VMM names the file when it refuses it (`Error::SnapshotRefused`).
+        Err(BootError::Setup(why)) if why.contains(&*role.path.to_string_lossy()) => {
+            Ok(Restored::Refused(why))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn restore(backend: &KvmBackend, spec: &VmSpec, role: &SnapshotRole) -> Result<KvmVm, BootError> {
