@@ -14,9 +14,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
-
-use sha2::{Digest, Sha256};
+use std::sync::{Once, OnceLock};
 
 use super::VmSpec;
 
@@ -119,7 +117,7 @@ fn file_signature(path: &Path) -> Result<String, String> {
 /// models), vCPUs, memory, and the host's CPU and KVM.
 pub fn identity(spec: &VmSpec) -> Result<(String, String), String> {
     let exe = super::vm_process::exe::runner_exe()?;
-    let host = runner_vmm::snapshot::host_fingerprint().map_err(|e| e.to_string())?;
+    let host = host_fingerprint()?;
     let description = format!(
         "snapshot format {}\nrunner {}\nkernel {}\nrootfs {}\nvcpus {}\nmemory {} MiB\nhost {host}\n",
         runner_vmm::snapshot::file::FORMAT_VERSION,
@@ -130,11 +128,16 @@ pub fn identity(spec: &VmSpec) -> Result<(String, String), String> {
         spec.memory_mib,
     );
     tracing::debug!(%description, "snapshot identity");
-    let digest: String = Sha256::digest(description.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = crate::image_cache::sha256_bytes(description.as_bytes());
     Ok((digest[..16].to_string(), digest))
+}
+
+/// The host's CPU and KVM fingerprint, read once per process: every job
+/// of a run asks, and the answer cannot change while the runner runs.
+fn host_fingerprint() -> Result<String, String> {
+    static HOST: OnceLock<Result<String, String>> = OnceLock::new();
+    HOST.get_or_init(|| runner_vmm::snapshot::host_fingerprint().map_err(|e| e.to_string()))
+        .clone()
 }
 
 #[cfg(test)]
@@ -185,12 +188,18 @@ mod tests {
                         libc::CPU_SET(cpu, &mut set);
                         libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
                     }
-                    identity(&spec).unwrap()
+                    (
+                        runner_vmm::snapshot::host_fingerprint().unwrap(),
+                        identity(&spec).unwrap(),
+                    )
                 })
             })
             .collect();
+        let host = runner_vmm::snapshot::host_fingerprint().unwrap();
         for other in others {
-            assert_eq!(other.join().unwrap(), first);
+            let (other_host, other_identity) = other.join().unwrap();
+            assert_eq!(other_host, host);
+            assert_eq!(other_identity, first);
         }
         let bigger = VmSpec {
             memory_mib: 512,

@@ -24,6 +24,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use key::sha256_bytes;
+
 use crate::images::{ImageError, Images};
 use crate::pipeline::{ImageRef, ImageSpec, SpecBase};
 
