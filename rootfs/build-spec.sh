@@ -25,6 +25,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly INIT_SCRIPT="$SCRIPT_DIR/runner-init"
 readonly MKE2FS_CONF="$SCRIPT_DIR/mke2fs.conf"
+# Lists the inodes mke2fs -d populated (shared by build.sh and build-spec.sh).
+readonly USED_INODES_AWK="$SCRIPT_DIR/used-inodes.awk"
 # With a `size`, the image's free space is the job's room to write: this
 # marker makes runner-init mount the root read-write (on the host's per-VM
 # copy-on-write layer) instead of a tmpfs overlay in guest RAM. A command
@@ -378,22 +380,10 @@ fi
 fix_owner=0
 [ "$rootless" = 1 ] && [ ${#inside[@]} -eq 0 ] && fix_owner=1
 E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH debugfs -R "ls -l /" "$img" >/dev/null 2>&1 || die "debugfs cannot read the new image"
-dumpe2fs "$img" 2>/dev/null | awk -v epoch="$IMAGE_EPOCH" -v owner="$fix_owner" '
-    /^Inodes per group:/ { ipg = $4 }
-    /^Group [0-9]+:/ { g = $2 + 0 }
-    /^  Free inodes:/ {
-        first = g * ipg + 1; last = (g + 1) * ipg
-        list = $0; sub(/^  Free inodes: */, "", list)
-        n = split(list, r, /, */); split("", free)
-        for (i = 1; i <= n; i++) {
-            if (r[i] == "") continue
-            if (split(r[i], ab, "-") == 1) ab[2] = ab[1]
-            for (j = ab[1] + 0; j <= ab[2] + 0; j++) free[j] = 1
-        }
-        for (j = first; j <= last; j++) if (j >= 11 && !(j in free)) {
-            if (owner) printf "sif <%d> uid 0\nsif <%d> gid 0\n", j, j
-            printf "sif <%d> ctime @%s\nsif <%d> atime @%s\n", j, epoch, j, epoch
-        }
+dumpe2fs "$img" 2>/dev/null | awk -v from=11 -f "$USED_INODES_AWK" \
+    | awk -v epoch="$IMAGE_EPOCH" -v owner="$fix_owner" '{
+        if (owner) printf "sif <%d> uid 0\nsif <%d> gid 0\n", $1, $1
+        printf "sif <%d> ctime @%s\nsif <%d> atime @%s\n", $1, epoch, $1, epoch
     }' > "$work/fixup.debugfs"
 E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH debugfs -w -f "$work/fixup.debugfs" "$img" >/dev/null 2>"$work/debugfs.err" \
     || die "debugfs could not open the new image"

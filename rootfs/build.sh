@@ -15,6 +15,8 @@ readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_PATH="$SCRIPT_DIR/$(basename "${BASH_SOURCE[0]}")"
 readonly INIT_SCRIPT="$SCRIPT_DIR/runner-init"
 readonly MKE2FS_CONF="$SCRIPT_DIR/mke2fs.conf"
+# Lists the inodes mke2fs -d populated (shared by build.sh and build-spec.sh).
+readonly USED_INODES_AWK="$SCRIPT_DIR/used-inodes.awk"
 readonly CACHE_ROOT="${RUNNER_CACHE:-$HOME/.cache/runner}"
 # Every timestamp we control in the image (mtime of files we create, ctime,
 # atime, crtime, superblock times). Fixed so that equal inputs give equal bytes.
@@ -101,6 +103,7 @@ key_inputs="kind=$kind
 agent=$(sha "$agent")
 init=$(sha "$INIT_SCRIPT")
 build.sh=$(sha "$SCRIPT_PATH")
+used-inodes.awk=$(sha "$USED_INODES_AWK")
 mke2fs.conf=$(sha "$MKE2FS_CONF")
 e2fsprogs=$(pkg_version e2fsprogs)"
 if [ "$kind" = minimal ]; then
@@ -266,20 +269,7 @@ E2FSPROGS_FAKE_TIME=$IMAGE_EPOCH MKE2FS_CONFIG="$MKE2FS_CONF" run mkfs.ext4 -q -
 # rewrite them on every inode it populated (inode 12 on; 1-11 are reserved
 # or lost+found and already carry the fake time).
 used_inodes() {
-    dumpe2fs "$1" 2>/dev/null | awk '
-        /^Inodes per group:/ { ipg = $4 }
-        /^Group [0-9]+:/ { g = $2 + 0 }
-        /^  Free inodes:/ {
-            first = g * ipg + 1; last = (g + 1) * ipg
-            list = $0; sub(/^  Free inodes: */, "", list)
-            n = split(list, r, /, */); split("", free)
-            for (i = 1; i <= n; i++) {
-                if (r[i] == "") continue
-                if (split(r[i], ab, "-") == 1) ab[2] = ab[1]
-                for (j = ab[1] + 0; j <= ab[2] + 0; j++) free[j] = 1
-            }
-            for (j = first; j <= last; j++) if (j >= 12 && !(j in free)) print j
-        }'
+    dumpe2fs "$1" 2>/dev/null | awk -v from=12 -f "$USED_INODES_AWK"
 }
 {
     while IFS= read -r ino; do

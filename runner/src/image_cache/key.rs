@@ -112,6 +112,10 @@ pub fn spec_key(images: &Images, spec: &ImageSpec) -> Result<(String, Vec<String
     )?);
     lines.push(input("runner-init", &sources.join("rootfs/runner-init"))?);
     lines.push(input("mke2fs.conf", &sources.join("rootfs/mke2fs.conf"))?);
+    lines.push(input(
+        "used-inodes.awk",
+        &sources.join("rootfs/used-inodes.awk"),
+    )?);
     lines.push(input("mke2fs", &which("mke2fs")?)?);
     lines.push(input("agent", &images.agent_binary()?)?);
     let key = sha256_bytes(lines.join("\n").as_bytes());

@@ -279,9 +279,14 @@ fn build(
             .stage_input(source, staging, name)
             .map_err(|e| build_error(&label, e))
     };
-    // The script finds runner-init and mke2fs.conf next to itself.
+    // The script finds its helpers next to itself; it is staged last.
     let mut script = PathBuf::new();
-    for name in ["runner-init", "mke2fs.conf", "build-spec.sh"] {
+    for name in [
+        "runner-init",
+        "mke2fs.conf",
+        "used-inodes.awk",
+        "build-spec.sh",
+    ] {
         script = stage(
             &sources.join("rootfs").join(name),
             &format!("rootfs/{name}"),
