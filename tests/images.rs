@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use e2e_tests::{require_tool, runner_bin, runner_test};
+use e2e_tests::{both, require_tool, runner_bin, runner_test};
 
 /// The one Debian spec of these tests: gcc, a file, a setup that uses both.
 const DEBIAN_GCC: &str = "\
@@ -32,10 +32,6 @@ fn stderr(output: &Output) -> String {
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn both(output: &Output) -> String {
-    format!("{}{}", stdout(output), stderr(output))
 }
 
 fn write_gcc_workspace(dir: &Path) {

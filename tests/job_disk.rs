@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use e2e_tests::{job_log, runner_test, vm_dirs};
+use e2e_tests::{both, job_log, runner_test, vm_dirs};
 
 const IMAGE: &str = "image: { base: minimal, size: 1G }\nmemory: 256M\ndefaults: { files: none }\n";
 
@@ -26,14 +26,6 @@ const WRITE_A_LOT: &str = concat!(
     "      - dd if=/dev/zero of=/tmp/big bs=1M count=140 && sync && echo tmp-wrote=$(($(stat -c %s /tmp/big) >> 20))M\n",
     "      - df -m / /tmp\n",
 );
-
-fn both(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn run(dir: &Path, yaml: &str) -> Output {
     runner_test(dir, yaml)

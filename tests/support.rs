@@ -160,6 +160,16 @@ pub fn job_log(dir: &std::path::Path, name: &str) -> String {
     std::fs::read_to_string(entry.path()).unwrap()
 }
 
+/// A finished command's stdout then stderr, lossily decoded, for
+/// assertions and their messages.
+pub fn both(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// The `runner` binary built alongside these tests.
 pub fn runner_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use e2e_tests::{job_log, runner_test, vm_dirs};
+use e2e_tests::{both, job_log, runner_test, vm_dirs};
 
 /// Each job: refuses a file another clone left, leaves one, and prints its
 /// random bytes, its clock and its machine id.
@@ -36,14 +36,6 @@ fn pipeline() -> String {
         yaml.push_str(&format!("  {job}:\n{JOB}"));
     }
     yaml
-}
-
-fn both(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn run(dir: &Path, cache: &Path) -> Output {
