@@ -5,10 +5,17 @@
 //! thread-directed real-time signal. The handler sets `immediate_exit` in
 //! the thread's `kvm_run` page, so a kick that lands while the thread is in
 //! user space still makes the next KVM_RUN return at once (no lost wakeups).
+//!
+//! For a snapshot the controller first *pauses* every vCPU: each leaves
+//! KVM_RUN at an instruction boundary, reports [`VcpuEvent::Paused`] and
+//! waits. Only once all of them are out does anything get saved, so no
+//! guest code runs (no IPI is sent, no queue is kicked) between the first
+//! vCPU's save and the last device's. A paused vCPU is then told to save
+//! itself, to run on, or to stop.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, Once, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Once, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -41,6 +48,9 @@ pub enum VcpuEvent {
     Failed(String),
     /// The controller asked the thread to stop.
     Stopped,
+    /// The controller asked the thread to pause: it left KVM_RUN and waits
+    /// to be told to save, run on, or stop.
+    Paused,
     /// The controller asked for a snapshot: the thread stopped running the
     /// guest for good and saved its vCPU.
     Saved(Box<VcpuState>),
@@ -53,22 +63,57 @@ pub const PROBE_RUNNING: u8 = 1;
 /// NMI/INIT could wake it, and nothing in this VM sends one.
 pub const PROBE_PARKED: u8 = 2;
 
+/// What the controller wants a vCPU thread to do (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Directive {
+    Run,
+    /// Leave KVM_RUN, report `Paused`, and wait for the next directive.
+    Pause,
+    /// Save the vCPU, report `Saved`, and end the thread.
+    Save,
+}
+
 /// Shared between a vCPU thread and the controller.
-#[derive(Default)]
 pub struct VcpuControl {
     stop: AtomicBool,
-    save: AtomicBool,
+    directive: Mutex<Directive>,
+    /// Wakes a paused thread when the directive changes or it must stop.
+    changed: Condvar,
     probe_requested: AtomicBool,
     probe_result: AtomicU8,
+}
+
+impl Default for VcpuControl {
+    fn default() -> Self {
+        VcpuControl {
+            stop: AtomicBool::new(false),
+            directive: Mutex::new(Directive::Run),
+            changed: Condvar::new(),
+            probe_requested: AtomicBool::new(false),
+            probe_result: AtomicU8::new(PROBE_PENDING),
+        }
+    }
 }
 
 impl VcpuControl {
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Under the lock, so a thread about to wait cannot miss it.
+        let _directive = self.lock();
+        self.changed.notify_all();
     }
-    /// Asks the thread to save its vCPU at its next kick and stop.
+    /// Asks the thread to pause at its next kick (see the module docs).
+    pub fn request_pause(&self) {
+        self.set(Directive::Pause);
+    }
+    /// Lets a paused thread run the guest again.
+    pub fn request_resume(&self) {
+        self.set(Directive::Run);
+    }
+    /// Asks a paused thread (or, at its next kick, a running one) to save
+    /// its vCPU and stop.
     pub fn request_save(&self) {
-        self.save.store(true, Ordering::SeqCst);
+        self.set(Directive::Save);
     }
     /// Asks the thread to report its run state at its next kick.
     pub fn request_probe(&self) {
@@ -77,6 +122,36 @@ impl VcpuControl {
     }
     pub fn probe_result(&self) -> u8 {
         self.probe_result.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Directive> {
+        self.directive.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, directive: Directive) {
+        *self.lock() = directive;
+        self.changed.notify_all();
+    }
+
+    fn directive(&self) -> Directive {
+        *self.lock()
+    }
+
+    /// Waits while the directive is `Pause`; `None` if the thread must stop.
+    fn wait_while_paused(&self) -> Option<Directive> {
+        let mut directive = self.lock();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            if *directive != Directive::Pause {
+                return Some(*directive);
+            }
+            directive = self
+                .changed
+                .wait(directive)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -178,8 +253,19 @@ impl VcpuRunner {
             _ => self.run_loop(),
         };
         set_kick_target(std::ptr::null_mut());
+        self.report(event);
+    }
+
+    fn report(&self, event: VcpuEvent) {
         let _ = self.events.send((self.index, event));
         let _ = self.events_ready.write(1);
+    }
+
+    fn save(&self) -> VcpuEvent {
+        match VcpuState::save(&self.fd, &self.msr_list) {
+            Ok(state) => VcpuEvent::Saved(Box::new(state)),
+            Err(e) => VcpuEvent::Failed(format!("saving the vCPU: {e}")),
+        }
     }
 
     fn run_loop(&mut self) -> VcpuEvent {
@@ -227,11 +313,17 @@ impl VcpuRunner {
                     // This KVM_RUN completed any pending port/MMIO access
                     // before returning: the vCPU is at an instruction
                     // boundary, the only point its state may be saved.
-                    if self.control.save.load(Ordering::SeqCst) {
-                        return match VcpuState::save(&self.fd, &self.msr_list) {
-                            Ok(state) => VcpuEvent::Saved(Box::new(state)),
-                            Err(e) => VcpuEvent::Failed(format!("saving the vCPU: {e}")),
-                        };
+                    match self.control.directive() {
+                        Directive::Run => {}
+                        Directive::Save => return self.save(),
+                        Directive::Pause => {
+                            self.report(VcpuEvent::Paused);
+                            match self.control.wait_while_paused() {
+                                None => return VcpuEvent::Stopped,
+                                Some(Directive::Save) => return self.save(),
+                                Some(_) => {}
+                            }
+                        }
                     }
                     if self.control.probe_requested.swap(false, Ordering::SeqCst) {
                         let state = self.probe_state();

@@ -6,10 +6,13 @@
 //!   (`virtio_mmio::state`), and each device model its own bytes.
 //!
 //! Taking one: [`crate::VmmHandle::snapshot`] on a VM built with a
-//! [`crate::config::SnapshotConfig`]. Every vCPU is kicked out of KVM_RUN
-//! and saves itself, then the event loop saves the VM, the devices, the
-//! serial port and guest memory, writes the file and ends the VM
-//! ([`crate::ExitReason::Snapshotted`]). Restoring: [`crate::Vmm::restore`].
+//! [`crate::config::SnapshotConfig`]. Every vCPU is paused, the devices
+//! catch up with what the guest left them, then every vCPU saves itself
+//! and the event loop saves the VM, the devices, the serial port and guest
+//! memory, writes the file and ends the VM
+//! ([`crate::ExitReason::Snapshotted`]); `vmm/take_snapshot.rs` says why in
+//! that order. Restoring: [`crate::Vmm::restore`], whose devices catch up
+//! once more before the guest runs.
 
 pub mod file;
 pub mod vcpu_state;

@@ -7,6 +7,8 @@
 //! waits on, which then calls [`MmioTransport::process_queue`]. Interrupts
 //! go out through an irqfd, with the reason latched in `InterruptStatus`.
 
+#[cfg(test)]
+mod snapshot_tests;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -225,6 +227,51 @@ impl MmioTransport {
         if let Err(e) = self.device.process_backend(&mut ctx) {
             tracing::error!("virtio device backend failed: {e}");
             self.needs_reset();
+        }
+    }
+
+    /// Processes the backend and every queue once, whether or not anything
+    /// was signalled: for moments when a notification may have been lost
+    /// or was never to come. Before a snapshot is saved (the vCPUs stopped
+    /// while the driver was notifying), and after a restore (the saved
+    /// queue may hold buffers the driver will not notify about again).
+    /// Processing a queue also re-arms its notifications (`avail_event`).
+    pub fn catch_up(&mut self) {
+        if !self.activated {
+            return;
+        }
+        if self.device.backend_fd().is_some() {
+            self.process_backend();
+        }
+        for index in 0..self.queues.len() {
+            self.process_queue(index as u16);
+        }
+    }
+
+    /// The end of [`Self::restore_state`]: catches up (see
+    /// [`Self::catch_up`]) and raises the interrupt again if the driver had
+    /// not acknowledged it. An interrupt raised just before the snapshot
+    /// may still have been on its way into the interrupt controller when
+    /// that was saved; the status register remembers it, the clone's
+    /// interrupt controller may not. A repeat is harmless: the driver reads
+    /// the status and finds the used rings as they are.
+    fn resume_after_restore(&mut self) {
+        let waiting = self.queue_positions();
+        for (queue, position) in waiting.iter().enumerate() {
+            if let Some(p) = position.filter(|p| p.unprocessed() > 0) {
+                tracing::debug!(
+                    device = self.device.device_type(),
+                    queue,
+                    position = %p,
+                    "restored queue holds buffers the device had not taken; processing them"
+                );
+            }
+        }
+        self.catch_up();
+        if self.interrupt.status.load(Ordering::SeqCst) != 0 {
+            if let Err(e) = self.interrupt.irqfd.write(1) {
+                tracing::warn!("cannot raise a restored device's pending interrupt: {e}");
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::Bytes;
 
 use super::MmioTransport;
 use crate::error::{Error, Result};
@@ -41,10 +42,75 @@ pub struct TransportState {
     pub device: String,
 }
 
+/// Where the device and the driver stand on one queue, read from the
+/// transport and from the rings in guest memory: what a snapshot's
+/// diagnostics print, and what proves a queue was left with work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuePosition {
+    /// The next avail entry the device will pop.
+    pub next_avail: u16,
+    /// The driver's avail index: entries before it are available.
+    pub avail_idx: u16,
+    /// The device's used index.
+    pub next_used: u16,
+    /// With EVENT_IDX: the avail index past which the driver must kick
+    /// again (written by the device).
+    pub avail_event: Option<u16>,
+}
+
+impl QueuePosition {
+    /// Buffers the driver made available that the device has not taken.
+    pub fn unprocessed(&self) -> u16 {
+        self.avail_idx.wrapping_sub(self.next_avail)
+    }
+}
+
+impl std::fmt::Display for QueuePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "next_avail {} avail_idx {} next_used {}",
+            self.next_avail, self.avail_idx, self.next_used
+        )?;
+        if let Some(e) = self.avail_event {
+            write!(f, " avail_event {e}")?;
+        }
+        Ok(())
+    }
+}
+
 impl MmioTransport {
     /// Why the device cannot be saved *now*, if it is busy (it can later).
     pub fn busy_for_snapshot(&self) -> Option<String> {
         self.device.snapshot_blocker().map(|e| e.to_string())
+    }
+
+    /// Each ready queue's position (`None` for a queue not in use, or whose
+    /// rings cannot be read).
+    pub fn queue_positions(&self) -> Vec<Option<QueuePosition>> {
+        self.queues
+            .iter()
+            .map(|q| {
+                if !q.ready() {
+                    return None;
+                }
+                let avail_idx = q.avail_idx(&self.mem, Ordering::Acquire).ok()?.0;
+                // The avail_event field follows the used ring's entries.
+                let avail_event = q.event_idx_enabled().then(|| {
+                    let at = q.used_ring() + 4 + 8 * u64::from(q.size());
+                    self.mem
+                        .read_obj::<u16>(vm_memory::GuestAddress(at))
+                        .ok()
+                        .map(u16::from_le)
+                });
+                Some(QueuePosition {
+                    next_avail: q.next_avail(),
+                    avail_idx,
+                    next_used: q.next_used(),
+                    avail_event: avail_event.flatten(),
+                })
+            })
+            .collect()
     }
 
     /// The transport's state; the VM must be paused.
@@ -88,7 +154,10 @@ impl MmioTransport {
 
     /// Puts a freshly created transport (same device, same configuration)
     /// into `state`, instead of the driver's set-up. The queues are checked
-    /// against guest memory, which must already hold the restored RAM.
+    /// against guest memory, which must already hold the restored RAM; then
+    /// the device catches up with them (buffers the driver made available
+    /// without a notification the device will ever see, an interrupt the
+    /// driver did not acknowledge), so call this before the vCPUs run.
     pub fn restore_state(&mut self, state: &TransportState) -> Result<()> {
         let refuse =
             |detail: String| Error::Snapshot(format!("restoring a virtio device: {detail}"));
@@ -147,6 +216,7 @@ impl MmioTransport {
         self.interrupt
             .config_generation
             .store(state.config_generation, Ordering::SeqCst);
+        self.resume_after_restore();
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::take_snapshot::Attempt;
 use super::{BootTimings, ExitReason, VmExit, Vmm, HALT_PROBE_INTERVAL};
 use crate::error::{Error, Result};
 use crate::vcpu::{self, VcpuControl, VcpuEvent, VcpuRunner, VcpuThread, PROBE_PARKED};
@@ -20,7 +21,7 @@ const STOP_EVENT: u64 = 2;
 /// Tokens from here on index `DeviceEvent`s.
 const FIRST_DEVICE_EVENT: u64 = 16;
 /// How long devices that cannot be saved yet get to settle before a
-/// snapshot is taken anyway (and fails, saying why).
+/// snapshot is attempted anyway (and fails, saying why).
 const SNAPSHOT_SETTLE_TIME: Duration = Duration::from_secs(10);
 /// How often a pending snapshot checks the devices again.
 const SNAPSHOT_RETRY: Duration = Duration::from_millis(10);
@@ -37,6 +38,15 @@ enum DeviceEvent {
     Backend {
         transport: Arc<Mutex<MmioTransport>>,
     },
+}
+
+/// What the event loop waits on.
+struct Events<'a> {
+    epoll: &'a Epoll,
+    vcpus: &'a mpsc::Receiver<(usize, VcpuEvent)>,
+    /// Written by a vCPU thread after each message on `vcpus`.
+    vcpus_ready: &'a EventFd,
+    devices: &'a [DeviceEvent],
 }
 
 fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
@@ -126,8 +136,15 @@ impl Vmm {
             (None, Some(hook)) => hook().map_err(Error::ThreadHook),
             (None, None) => Ok(()),
         };
-        let reason =
-            hook.and_then(|()| self.control_loop(&epoll, &rx, &threads, &device_events, run_start));
+        let reason = hook.and_then(|()| {
+            let events = Events {
+                epoll: &epoll,
+                vcpus: &rx,
+                vcpus_ready: &events_ready,
+                devices: &device_events,
+            };
+            self.control_loop(&events, &threads, run_start)
+        });
         for t in &threads {
             t.control.request_stop();
             t.kick();
@@ -149,12 +166,11 @@ impl Vmm {
 
     fn control_loop(
         &self,
-        epoll: &Epoll,
-        rx: &mpsc::Receiver<(usize, VcpuEvent)>,
+        sources: &Events<'_>,
         threads: &[VcpuThread],
-        device_events: &[DeviceEvent],
         run_start: Instant,
     ) -> Result<ExitReason> {
+        let (epoll, rx, device_events) = (sources.epoll, sources.vcpus, sources.devices);
         let deadline = self.config.timeout.map(|t| run_start + t);
         let mut next_probe = run_start + HALT_PROBE_INTERVAL;
         let mut probe_check: Option<Instant> = None;
@@ -165,8 +181,17 @@ impl Vmm {
         loop {
             let now = Instant::now();
             if let Some(asked) = snapshot_asked {
-                if self.snapshot_blocker().is_none() || now >= asked + SNAPSHOT_SETTLE_TIME {
-                    return Ok(self.take_snapshot(rx, threads));
+                // The cheap check first: no pausing the guest while a
+                // connection is still closing.
+                let last_chance = now >= asked + SNAPSHOT_SETTLE_TIME;
+                if last_chance || self.snapshot_blocker().is_none() {
+                    match self.try_snapshot(rx, threads, last_chance) {
+                        Attempt::Ended(reason) => return Ok(reason),
+                        Attempt::Busy(why) => tracing::debug!(
+                            %why,
+                            "snapshot: a device was busy once the vCPUs stopped; they run on"
+                        ),
+                    }
                 }
             }
             if let (Some(d), Some(t)) = (deadline, self.config.timeout) {
@@ -213,6 +238,9 @@ impl Vmm {
             for ev in &events[..n] {
                 match ev.data() {
                     VCPU_EVENT => {
+                        // Level-triggered: drain it, or the loop spins
+                        // after a vCPU paused and ran on.
+                        let _ = sources.vcpus_ready.read();
                         while let Ok((index, event)) = rx.try_recv() {
                             if let Some(reason) = vcpu_exit_reason(index, event) {
                                 return Ok(reason);
@@ -262,7 +290,7 @@ pub(super) fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReas
         VcpuEvent::Halted => Some(ExitReason::Halted),
         VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
         VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
-        // Only asked for by `take_snapshot`, which collects these itself.
-        VcpuEvent::Stopped | VcpuEvent::Saved(_) => None,
+        // Only asked for by `try_snapshot`, which collects these itself.
+        VcpuEvent::Stopped | VcpuEvent::Paused | VcpuEvent::Saved(_) => None,
     }
 }
