@@ -229,12 +229,66 @@ pub fn open(path: &Path, identity: &str, memory_len: u64) -> Result<Opened, Erro
 
 /// Writes `bytes` at `offset`, leaving all-zero pages as holes.
 pub fn write_sparse(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    static ZERO: [u8; PAGE as usize] = [0; PAGE as usize];
     for (index, page) in bytes.chunks(PAGE as usize).enumerate() {
-        if page.iter().any(|&b| b != 0) {
+        // libc's memcmp is vectorized whatever this crate's build profile:
+        // a byte loop took 18 s for 256 MiB in a debug build under nested
+        // KVM, most of a snapshot's time.
+        // SAFETY: both pointers are valid for `page.len()` bytes.
+        let zero =
+            unsafe { libc::memcmp(page.as_ptr().cast(), ZERO.as_ptr().cast(), page.len()) == 0 };
+        if !zero {
             file.write_all_at(page, offset + index as u64 * PAGE)?;
         }
     }
     Ok(())
+}
+
+/// Replaces the state of the snapshot at `path` by `edit(state)`, keeping
+/// its identity and memory; the new file is renamed over the old one. For
+/// tests that need a snapshot damaged in one precise way (what a faulty
+/// save would have written), and for diagnosing a snapshot by hand.
+pub fn rewrite_state(path: &Path, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Result<(), Error> {
+    let refused = |detail: String| Error::SnapshotRefused {
+        path: PathBuf::from(path),
+        detail,
+    };
+    let mut raw = vec![0u8; HEADER_SIZE as usize];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut raw, 0))
+        .map_err(|e| refused(e.to_string()))?;
+    let header = Header::decode(&raw).map_err(refused)?;
+    let old = open(path, &header.identity, header.memory_len)?;
+    let state = edit(old.state);
+    let new_path = path.with_extension("rewriting");
+    let _ = std::fs::remove_file(&new_path);
+    let new = create(&new_path)?;
+    let written = write(
+        &new,
+        &header.identity,
+        &state,
+        header.memory_len,
+        |out, at| {
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut done = 0;
+            while done < header.memory_len {
+                let n = chunk.len().min((header.memory_len - done) as usize);
+                old.file
+                    .read_exact_at(&mut chunk[..n], header.memory_offset + done)?;
+                write_sparse(out, &chunk[..n], at + done)?;
+                done += n as u64;
+            }
+            Ok(())
+        },
+    )
+    .and_then(|()| {
+        std::fs::rename(&new_path, path)
+            .map_err(|e| Error::Snapshot(format!("renaming {}: {e}", new_path.display())))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&new_path);
+    }
+    written
 }
 
 /// For tests: [`create`] and [`write`] with `memory` as guest memory.
@@ -283,6 +337,26 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{} was accepted", path.display()),
         }
+    }
+
+    #[test]
+    fn a_rewritten_state_keeps_identity_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        rewrite_state(&path, |state| {
+            assert_eq!(state, b"{\"x\":1}");
+            b"{\"x\":22}".to_vec()
+        })
+        .unwrap();
+        let opened = open(&path, "kernel=abc mem=1", 64 * 1024).unwrap();
+        assert_eq!(opened.state, b"{\"x\":22}");
+        let mut byte = [0u8];
+        opened
+            .file
+            .read_exact_at(&mut byte, opened.header.memory_offset + 5000)
+            .unwrap();
+        assert_eq!(byte[0], 7);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
