@@ -3,7 +3,9 @@
 //! booting it. Every clone is still a clean room: it sees none of another
 //! clone's files, draws its own random bytes, has the host's time and an
 //! identity of its own. A damaged snapshot is rebuilt, an unwritable cache
-//! means cold boots, each with one warning line.
+//! means cold boots, each with one warning line. A dead one (it loads, but
+//! its clones never answer) fails no job: it is quarantined, and the next
+//! job builds a new one.
 //!
 //! Runs on the backend `RUNNER_BACKEND` names. The nested tier runs it with
 //! the kvm backend, where the snapshot lines are checked; on QEMU (which
@@ -39,7 +41,11 @@ fn pipeline() -> String {
 }
 
 fn run(dir: &Path, cache: &Path) -> Output {
-    runner_test(dir, &pipeline())
+    run_with(dir, cache, &pipeline())
+}
+
+fn run_with(dir: &Path, cache: &Path, pipeline: &str) -> Output {
+    runner_test(dir, pipeline)
         .env("RUNNER_CACHE", cache)
         .env("RUNNER_COLD", "0")
         .args(["--jobs", "2"])
@@ -161,4 +167,58 @@ fn a_damaged_snapshot_is_rebuilt_and_an_unwritable_cache_means_cold_boots() {
         assert_eq!(warnings, 1, "{text}");
         assert!(!text.contains("building"), "{text}");
     }
+}
+
+/// The snapshot in `cache`, made dead the way a lost queue notification
+/// made snapshots dead (issue 17): it loads, but the restored vsock device
+/// never takes what the guest sends (its TX queue is saved as not ready),
+/// so no clone's agent ever answers.
+fn kill_vsock_tx(cache: &Path) {
+    let [snap] = snapshots(cache).try_into().expect("one snapshot");
+    let path = cache.join("snapshots").join(snap);
+    runner_vmm::snapshot::file::rewrite_state(&path, |state| {
+        let mut state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+        // Devices in attach order: the root disk, then vsock (RX, TX, event).
+        let tx = &mut state["devices"][1]["queues"][1];
+        assert_eq!(tx["ready"], true, "{tx}");
+        tx["ready"] = false.into();
+        serde_json::to_vec(&state).unwrap()
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_dead_snapshot_fails_no_job_and_the_next_job_builds_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    run_and_check(dir.path(), &cache, on_kvm());
+    if !on_kvm() {
+        // QEMU keeps cold boots: nothing to kill.
+        assert_eq!(snapshots(&cache), Vec::<String>::new());
+        return;
+    }
+    kill_vsock_tx(&cache);
+    // Cold boots share the image's machine id, so only the randoms are
+    // checked for clean rooms: the jobs that met the dead file boot cold.
+    let text = run_and_check(dir.path(), &cache, false);
+    // Two jobs start at once (--jobs 2), so one or both meet it; one
+    // quarantines it, and one job builds a new one.
+    let dead = text
+        .matches("is dead: a clone of it did not answer")
+        .count();
+    assert!((1..=2).contains(&dead), "{text}");
+    assert!(
+        text.contains("the guest did not answer the connection to vsock port"),
+        "{text}"
+    );
+    assert_eq!(text.matches("quarantined it as").count(), 1, "{text}");
+    assert_eq!(text.matches("): building").count(), 1, "{text}");
+    let quarantined = cache.join("snapshots").join("quarantine");
+    assert_eq!(std::fs::read_dir(&quarantined).unwrap().count(), 1);
+    assert_eq!(snapshots(&cache).len(), 1, "{text}");
+
+    // The new one is alive: the next run restores it and warns of nothing.
+    let again = run_and_check(dir.path(), &cache, true);
+    assert!(!again.contains("warning"), "{again}");
+    assert!(!again.contains("building"), "{again}");
 }

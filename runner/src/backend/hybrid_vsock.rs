@@ -9,8 +9,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// How long the device may take to answer the CONNECT line.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the guest may take to answer the CONNECT line. Shorter than
+/// the device's own wait for the guest's answer, so that the host is the
+/// one that gives up and says why (the device then only cleans up after a
+/// host program that went away).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const _: () = assert!(
+    HANDSHAKE_TIMEOUT.as_millis() < runner_devices::vsock::DEFAULT_REQUEST_TIMEOUT.as_millis()
+);
 
 pub fn connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
     let mut stream = UnixStream::connect(uds).map_err(|e| match e.kind() {
@@ -26,7 +32,19 @@ pub fn connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
     let line = stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .and_then(|_| read_line(&mut stream))
-        .map_err(refused_if_closed)?;
+        .map_err(refused_if_closed)
+        .map_err(|e| match e.kind() {
+            // The read timed out: the device took the connection and sent
+            // the guest its request, and the guest never answered.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the guest did not answer the connection to vsock port {port} within {}s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            ),
+            _ => e,
+        })?;
     if !line.starts_with("OK ") {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -86,6 +104,30 @@ mod tests {
     use super::*;
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn a_guest_that_never_answers_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A device that takes the connection and the CONNECT line, and
+        // never answers: the guest's reply is lost.
+        let device = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            io::BufReader::new(&s).read_line(&mut line).unwrap();
+            // Held open until the host gives up.
+            let mut rest = Vec::new();
+            let _ = (&s).read_to_end(&mut rest);
+        });
+        let err = connect(&path, 10_000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            err.to_string(),
+            "the guest did not answer the connection to vsock port 10000 within 5s"
+        );
+        device.join().unwrap();
+    }
 
     #[test]
     fn connect_speaks_the_handshake_and_leaves_payload_unread() {

@@ -114,6 +114,12 @@ pub trait Vm: Send {
     fn clone_identity(&self) -> Option<(u64, String)> {
         None
     }
+    /// A session with the agent that the backend already opened (and, for
+    /// a clone, announced the restore on) while it checked the VM; taken
+    /// by [`wait_for_agent`] instead of connecting again.
+    fn take_ready_session(&mut self) -> Option<AgentSession> {
+        None
+    }
 }
 
 /// The backend `auto` picks on this host (see [`select`]).
@@ -174,6 +180,9 @@ pub const SERIAL_TAIL_LINES: usize = 30;
 /// the boot timeout passes. Polling is cheap here: a refused connection is
 /// one RST from the guest.
 pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession, BootError> {
+    if let Some(session) = vm.take_ready_session() {
+        return Ok(session);
+    }
     let start = Instant::now();
     let mut last_error;
     let mut pause = Duration::from_millis(5);

@@ -10,7 +10,11 @@
 //!   warning line.
 //! - Concurrent runners (and jobs) take a lock per key: one builds, the
 //!   others wait and then restore its result. A snapshot is written under a
-//!   temporary name and renamed into place whole.
+//!   temporary name, checked by restoring a clone of it (see
+//!   `kvm/warm_start.rs`), and only then renamed into place whole.
+//! - A published snapshot whose clone does not answer is moved to
+//!   `quarantine/` (one file per key, the latest), so it fails no job after
+//!   the one that found it; the next job builds a new one.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -84,11 +88,54 @@ impl SnapshotStore {
         }
     }
 
+    /// Moves the snapshot of `key` to `quarantine/` if it is still the
+    /// file `restored` identifies (a fresh rebuild in its place is kept).
+    /// Returns where it went, or `None` when it was no longer there.
+    pub fn quarantine(&self, key: &str, restored: &FileId) -> std::io::Result<Option<PathBuf>> {
+        let _lock = self.lock(key)?;
+        let path = self.path(key);
+        match FileId::of(&path) {
+            Ok(Some(now)) if now == *restored => {}
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let dir = self.dir.join("quarantine");
+        std::fs::create_dir_all(&dir)?;
+        let to = dir.join(format!("{key}.snap"));
+        std::fs::rename(&path, &to)?;
+        Ok(Some(to))
+    }
+
     /// Holds the build lock of `key` until dropped (waits for it).
     pub fn lock(&self, key: &str) -> std::io::Result<nix::fcntl::Flock<File>> {
         let file = File::create(self.dir.join(format!("{key}.lock")))?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| std::io::Error::from(e))
+    }
+}
+
+/// Which file a path named at one moment: a snapshot judged dead is
+/// removed only if it is still that file, never a rebuild that replaced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl FileId {
+    /// `None` if there is no file at `path`.
+    pub fn of(path: &Path) -> std::io::Result<Option<FileId>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+                mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -237,6 +284,31 @@ mod tests {
         let mut expected: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
         expected.sort();
         assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn only_the_file_that_was_restored_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().to_path_buf()).unwrap();
+        std::fs::write(store.path("k"), b"dead").unwrap();
+        let dead = FileId::of(&store.path("k")).unwrap().unwrap();
+
+        // Rebuilt in the meantime (a new file renamed into place): kept.
+        let rebuilt = dir.path().join(".k.1.building");
+        std::fs::write(&rebuilt, b"fresh").unwrap();
+        std::fs::rename(&rebuilt, store.path("k")).unwrap();
+        assert_eq!(store.quarantine("k", &dead).unwrap(), None);
+        assert_eq!(std::fs::read(store.path("k")).unwrap(), b"fresh");
+
+        // Still the file that was restored: moved aside, replacing an older one.
+        let fresh = FileId::of(&store.path("k")).unwrap().unwrap();
+        let moved = store.quarantine("k", &fresh).unwrap().unwrap();
+        assert_eq!(moved, dir.path().join("quarantine").join("k.snap"));
+        assert_eq!(std::fs::read(&moved).unwrap(), b"fresh");
+        assert!(!store.path("k").exists());
+        // Gone already: nothing to do.
+        assert_eq!(store.quarantine("k", &fresh).unwrap(), None);
+        assert_eq!(FileId::of(&store.path("k")).unwrap(), None);
     }
 
     #[test]

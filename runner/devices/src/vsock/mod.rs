@@ -35,11 +35,16 @@ pub struct VsockTimeouts {
     pub close: Duration,
 }
 
+/// [`VsockTimeouts::request`] by default. Host programs that connect
+/// (the runner's `hybrid_vsock`) wait less than this for the guest's
+/// answer, so they give up first and say why.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Default for VsockTimeouts {
     fn default() -> Self {
         VsockTimeouts {
             handshake: Duration::from_secs(10),
-            request: Duration::from_secs(10),
+            request: DEFAULT_REQUEST_TIMEOUT,
             close: Duration::from_secs(10),
         }
     }

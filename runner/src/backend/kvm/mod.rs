@@ -24,6 +24,7 @@ use super::vm_process::{
 };
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
+use crate::session::AgentSession;
 
 mod warm_start;
 
@@ -140,6 +141,7 @@ impl KvmBackend {
             paths,
             dir: Some(dir),
             clone_identity: None,
+            ready_session: None,
         })
     }
 }
@@ -198,6 +200,8 @@ pub struct KvmVm {
     /// A restored clone's generation and identity, which the agent is
     /// told before anything else.
     clone_identity: Option<(u64, String)>,
+    /// The agent session warm start opened to check a clone.
+    ready_session: Option<AgentSession>,
 }
 
 impl KvmVm {
@@ -238,6 +242,10 @@ impl Vm for KvmVm {
 
     fn clone_identity(&self) -> Option<(u64, String)> {
         self.clone_identity.clone()
+    }
+
+    fn take_ready_session(&mut self) -> Option<AgentSession> {
+        self.ready_session.take()
     }
 }
 

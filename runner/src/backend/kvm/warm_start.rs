@@ -1,10 +1,24 @@
 //! Starting a job's VM from the cached snapshot of its identity, building
 //! the snapshot first when there is none (see [`super::super::snapshots`]).
+//!
+//! A snapshot is trusted only as far as a clone of it works:
+//! - **Before it is published**, a clone restored from the new file must
+//!   answer the agent handshake and the restore announcement, and run a
+//!   command that reads its disk. A file that fails is deleted and built
+//!   again, once; if that fails too, the job boots cold.
+//! - **At every use**, the clone's agent must answer within
+//!   [`CLONE_ANSWER_LIMIT`]. One that does not means the file is bad: it is
+//!   quarantined (if it is still the file that was restored) and this job
+//!   boots cold, so a bad snapshot fails no job, and the next job builds a
+//!   new one.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_protocol::{Command, ExecRequest};
 
 use super::{KvmBackend, KvmVm, Start};
-use crate::backend::snapshots::{identity, warn_once, SnapshotStore};
+use crate::backend::snapshots::{identity, warn_once, FileId, SnapshotStore};
 use crate::backend::vm_process::SnapshotRole;
 use crate::backend::{wait_for_agent, BootError, VmSpec};
 use crate::session::new_clone_id;
@@ -16,6 +30,25 @@ const SNAPSHOT_WRITE_LIMIT: Duration = Duration::from_secs(300);
 /// What the snapshot VM ends with when its snapshot was written
 /// (`runner_vmm::ExitReason::Snapshotted`).
 const SNAPSHOT_WRITTEN: &str = "snapshot written";
+
+/// How long a restored clone's agent gets to answer, restore announcement
+/// included, before its snapshot is judged dead. Healthy clones answer in
+/// 0.2-0.4 s even under nested KVM inside TCG; this is 25 times that, so
+/// only a clone that will never answer runs into it.
+const CLONE_ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the check of a new snapshot runs in its clone: a read of the root
+/// disk that no cache can answer (every image has busybox: runner-init
+/// runs under it).
+const DISK_CHECK: [&str; 7] = [
+    "/bin/busybox",
+    "dd",
+    "if=/dev/vda",
+    "of=/dev/null",
+    "bs=4096",
+    "count=1",
+    "iflag=direct",
+];
 
 /// A restored clone of `spec`'s snapshot, or a cold boot when snapshots
 /// cannot be had (one warning line says why).
@@ -33,68 +66,286 @@ pub(super) fn start(
             return backend.start_process(spec, Start::Cold);
         }
     };
-    let role = SnapshotRole {
-        path: store.path(&key),
-        identity,
+    let warm = WarmStart {
+        backend,
+        store,
+        spec,
+        role: SnapshotRole {
+            path: store.path(&key),
+            identity,
+        },
+        key,
     };
     // The common case takes no lock: the file is renamed into place whole,
     // and an open file outlives its removal, so clones start in parallel.
-    if let Restored::Vm(vm) = restore_if_usable(backend, spec, &role)? {
-        return Ok(*vm);
+    let found = match warm.clone_published()? {
+        Cloned::Missing | Cloned::Refused(_) => warm.build_if_still_needed()?,
+        found => found,
+    };
+    match found {
+        Cloned::Ready(vm) => Ok(*vm),
+        Cloned::Dead(dead) => warm.heal(dead),
+        // Built and checked a moment ago, and gone or refused now: another
+        // runner's doing, not worth a second build in this job.
+        Cloned::NotBuilt(why) => warm.cold(&why),
+        Cloned::Missing => warm.cold("the snapshot just built is gone"),
+        Cloned::Refused(why) => warm.cold(&format!("the snapshot just built is refused: {why}")),
     }
-    {
-        let _lock = store
-            .lock(&key)
-            .map_err(|e| BootError::Setup(format!("locking snapshot {key}: {e}")))?;
-        // Another job may have built (or rebuilt) it while we waited.
-        match restore_if_usable(backend, spec, &role)? {
-            Restored::Vm(vm) => return Ok(*vm),
-            Restored::Missing => {}
-            Restored::Refused(why) => {
-                eprintln!("runner: warning: snapshot {key} is unusable ({why}): rebuilding it");
-                let _ = std::fs::remove_file(&role.path);
-            }
-        }
-        match build(backend, store, spec, &key, &role) {
-            Ok(()) => {}
-            // The guest itself did not come up: a cold boot would fail the
-            // same way, only later. That boot's error is the job's.
-            Err(BuildError::Boot(e)) => return Err(e),
-            Err(BuildError::Snapshot(why)) => {
-                warn_once(&format!(
-                    "could not build the snapshot ({why}): booting cold"
-                ));
-                return backend.start_process(spec, Start::Cold);
-            }
-        }
-    }
-    restore(backend, spec, &role)
 }
 
-/// What restoring from a cached snapshot gave.
-enum Restored {
-    Vm(Box<KvmVm>),
+/// Everything warm start needs for one job.
+struct WarmStart<'a> {
+    backend: &'a KvmBackend,
+    store: &'a SnapshotStore,
+    spec: &'a VmSpec,
+    key: String,
+    /// The published snapshot.
+    role: SnapshotRole,
+}
+
+/// What restoring from the published snapshot gave.
+enum Cloned {
+    /// A clone whose agent answered; its session waits in the VM.
+    Ready(Box<KvmVm>),
     /// No snapshot file yet.
     Missing,
     /// The VMM refused the file, saying why.
     Refused(String),
+    /// The file loaded, but the clone did not answer.
+    Dead(DeadClone),
+    /// There was none, and building one failed, for this reason.
+    NotBuilt(String),
 }
 
-fn restore_if_usable(
-    backend: &KvmBackend,
-    spec: &VmSpec,
-    role: &SnapshotRole,
-) -> Result<Restored, BootError> {
-    if !role.path.exists() {
-        return Ok(Restored::Missing);
+struct DeadClone {
+    why: String,
+    /// The file that was restored; `None` if it was replaced meanwhile
+    /// (then it is not this job's to quarantine).
+    file: Option<FileId>,
+}
+
+/// Why no snapshot was built.
+enum BuildError {
+    /// The guest did not boot to its agent.
+    Boot(BootError),
+    /// Saving it failed.
+    Snapshot(String),
+    /// A clone of it did not work (see [`WarmStart::check`]).
+    Check(String),
+}
+
+impl WarmStart<'_> {
+    fn clone_published(&self) -> Result<Cloned, BootError> {
+        let identify = |path: &Path| {
+            FileId::of(path)
+                .map_err(|e| BootError::Setup(format!("reading {}: {e}", path.display())))
+        };
+        let Some(file) = identify(&self.role.path)? else {
+            return Ok(Cloned::Missing);
+        };
+        let vm = match restore(self.backend, self.spec, &self.role) {
+            Ok(vm) => vm,
+            // The VMM names the file when it refuses it (`Error::SnapshotRefused`).
+            Err(BootError::Setup(why)) if why.contains(&*self.role.path.to_string_lossy()) => {
+                return Ok(Cloned::Refused(why))
+            }
+            Err(other) => return Err(other),
+        };
+        // The VM process has mapped the file by now: if the path still
+        // names the same file, that is the one it restored.
+        let same = identify(&self.role.path)? == Some(file);
+        Ok(match answered(vm, self.spec)? {
+            Ok(vm) => Cloned::Ready(vm),
+            Err(why) => Cloned::Dead(DeadClone {
+                why,
+                file: same.then_some(file),
+            }),
+        })
     }
-    match restore(backend, spec, role) {
-        Ok(vm) => Ok(Restored::Vm(Box::new(vm))),
-        // The VMM names the file when it refuses it (`Error::SnapshotRefused`).
-        Err(BootError::Setup(why)) if why.contains(&*role.path.to_string_lossy()) => {
-            Ok(Restored::Refused(why))
+
+    /// Under the key's lock: a clone of the snapshot another job built
+    /// while this one waited for the lock, else one of a snapshot built
+    /// now. A file the VMM refuses is rebuilt.
+    fn build_if_still_needed(&self) -> Result<Cloned, BootError> {
+        {
+            let _lock = self
+                .store
+                .lock(&self.key)
+                .map_err(|e| BootError::Setup(format!("locking snapshot {}: {e}", self.key)))?;
+            match self.clone_published()? {
+                Cloned::Missing => {}
+                Cloned::Refused(why) => {
+                    eprintln!(
+                        "runner: warning: snapshot {} is unusable ({why}): rebuilding it",
+                        self.key
+                    );
+                    let _ = std::fs::remove_file(&self.role.path);
+                }
+                found => return Ok(found),
+            }
+            if let Err(why) = self.build()? {
+                return Ok(Cloned::NotBuilt(why));
+            }
         }
-        Err(other) => Err(other),
+        self.clone_published()
+    }
+
+    /// A clone of the published snapshot did not answer: quarantine the
+    /// file, say so in one line, boot this job cold.
+    fn heal(&self, dead: DeadClone) -> Result<KvmVm, BootError> {
+        let what = match dead
+            .file
+            .map(|file| self.store.quarantine(&self.key, &file))
+        {
+            Some(Ok(Some(to))) => format!(
+                "quarantined it as {} (the next job builds a new one)",
+                to.display()
+            ),
+            Some(Ok(None)) | None => "another job has replaced it already".to_string(),
+            Some(Err(e)) => format!("could not quarantine it ({e})"),
+        };
+        eprintln!(
+            "runner: warning: snapshot {} is dead: a clone of it did not answer ({}); {what}; \
+             this job boots cold",
+            self.key, dead.why
+        );
+        self.backend.start_process(self.spec, Start::Cold)
+    }
+
+    fn cold(&self, why: &str) -> Result<KvmVm, BootError> {
+        warn_once(&format!("{why}: booting cold"));
+        self.backend.start_process(self.spec, Start::Cold)
+    }
+
+    /// Boots `spec` cold, snapshots it once its agent is up, checks a clone
+    /// of the new file, and renames it into place. A file that fails its
+    /// check is built once more. Call with the key's lock held. The inner
+    /// error says why there is no snapshot (the job boots cold); the outer
+    /// one is the guest's failure to boot at all (the job's error).
+    fn build(&self) -> Result<Result<(), String>, BootError> {
+        let key = &self.key;
+        eprintln!(
+            "runner: snapshot {key} ({} vCPU, {} MiB): building (once per kernel, rootfs and VM size; --cold boots without)",
+            self.spec.vcpus, self.spec.memory_mib
+        );
+        let started = Instant::now();
+        // A runner killed while building left its file; we hold the lock.
+        self.store.remove_unfinished_builds(key);
+        let building = self.store.building_path(key);
+        let mut result;
+        let mut attempt = 1;
+        loop {
+            result = self
+                .make(&building)
+                .and_then(|()| self.check(&building).map_err(BuildError::Check))
+                .and_then(|()| {
+                    std::fs::rename(&building, &self.role.path).map_err(|e| {
+                        BuildError::Snapshot(format!(
+                            "renaming {} into place: {e}",
+                            building.display()
+                        ))
+                    })
+                });
+            if result.is_err() {
+                let _ = std::fs::remove_file(&building);
+            }
+            match &result {
+                Err(BuildError::Check(why)) if attempt == 1 => eprintln!(
+                    "runner: warning: snapshot {key} failed its check (a clone of it {why}): \
+                     deleted it, building it again"
+                ),
+                _ => break,
+            }
+            attempt += 1;
+        }
+        match result {
+            Ok(()) => {
+                eprintln!(
+                    "runner: snapshot {key}: built and checked in {:.1}s, {}",
+                    started.elapsed().as_secs_f64(),
+                    self.role.path.display()
+                );
+                Ok(Ok(()))
+            }
+            // The guest itself did not come up: a cold boot would fail the
+            // same way, only later. That boot's error is the job's.
+            Err(BuildError::Boot(e)) => Err(e),
+            // Building is best effort: the job boots cold, the next one
+            // tries again. Failing it would fail every job of a run.
+            Err(BuildError::Snapshot(why)) => {
+                Ok(Err(format!("could not build snapshot {key} ({why})")))
+            }
+            Err(BuildError::Check(why)) => Ok(Err(format!(
+                "snapshot {key} failed its check twice (a clone of it {why})"
+            ))),
+        }
+    }
+
+    /// Boots `spec` cold and snapshots it into `building` once its agent
+    /// answered.
+    fn make(&self, building: &Path) -> Result<(), BuildError> {
+        let mut maker = VmSpec {
+            name: format!("snapshot-{}", self.key),
+            ..self.spec.clone()
+        };
+        maker.network = Default::default();
+        let mut vm = self
+            .backend
+            .start_process(
+                &maker,
+                Start::ForSnapshot(SnapshotRole {
+                    path: building.to_path_buf(),
+                    identity: self.role.identity.clone(),
+                }),
+            )
+            .map_err(|e| BuildError::Snapshot(e.to_string()))?;
+        // The agent is up; its connection is closed again before the VMM
+        // saves (the vsock device waits for that).
+        drop(wait_for_agent(&mut vm, self.spec.boot_timeout).map_err(BuildError::Boot)?);
+        vm.process.request_snapshot();
+        vm.process.wait_exit(SNAPSHOT_WRITE_LIMIT);
+        match vm.process.outcome() {
+            Some(o) if o.clean && o.description == SNAPSHOT_WRITTEN => Ok(()),
+            Some(o) => Err(BuildError::Snapshot(o.description)),
+            None => Err(BuildError::Snapshot("the snapshot VM did not end".into())),
+        }
+    }
+
+    /// Restores a clone of the unpublished `building` and runs
+    /// [`DISK_CHECK`] in it; says what went wrong.
+    fn check(&self, building: &Path) -> Result<(), String> {
+        let role = SnapshotRole {
+            path: building.to_path_buf(),
+            identity: self.role.identity.clone(),
+        };
+        let vm =
+            restore(self.backend, self.spec, &role).map_err(|e| format!("did not load: {e}"))?;
+        let mut vm = answered(vm, self.spec)
+            .map_err(|e| e.to_string())?
+            .map_err(|why| format!("did not answer ({why})"))?;
+        let mut session = vm
+            .ready_session
+            .take()
+            .ok_or("did not answer (no session)")?;
+        session.set_deadline(Instant::now().checked_add(CLONE_ANSWER_LIMIT));
+        let request = ExecRequest {
+            command: Command::Argv(DISK_CHECK.iter().map(|s| s.to_string()).collect()),
+            env: Vec::new(),
+            cwd: None,
+            timeout_ms: Some(CLONE_ANSWER_LIMIT.as_millis() as u64),
+            stdin: false,
+        };
+        let status = session
+            .exec(request, None, &mut |_, _| {})
+            .map_err(|e| format!("did not run a command: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "could not read its disk (`{}`: {})",
+                DISK_CHECK.join(" "),
+                status.error.clone().unwrap_or_else(|| status.describe())
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -107,70 +358,17 @@ fn restore(backend: &KvmBackend, spec: &VmSpec, role: &SnapshotRole) -> Result<K
     Ok(vm)
 }
 
-/// Why no snapshot was built.
-enum BuildError {
-    /// The guest did not boot to its agent.
-    Boot(BootError),
-    /// Saving it failed.
-    Snapshot(String),
-}
-
-/// Boots `spec` cold, waits for its agent, and snapshots it into
-/// `role.path` (renamed into place only once whole).
-fn build(
-    backend: &KvmBackend,
-    store: &SnapshotStore,
-    spec: &VmSpec,
-    key: &str,
-    role: &SnapshotRole,
-) -> Result<(), BuildError> {
-    eprintln!(
-        "runner: snapshot {key} ({} vCPU, {} MiB): building (once per kernel, rootfs and VM size; --cold boots without)",
-        spec.vcpus, spec.memory_mib
-    );
-    let started = std::time::Instant::now();
-    // A runner killed while building left its file; we hold the lock.
-    store.remove_unfinished_builds(key);
-    let building = store.building_path(key);
-    let result = (|| {
-        let mut maker = VmSpec {
-            name: format!("snapshot-{key}"),
-            ..spec.clone()
-        };
-        maker.network = Default::default();
-        let mut vm = backend
-            .start_process(
-                &maker,
-                Start::ForSnapshot(SnapshotRole {
-                    path: building.clone(),
-                    identity: role.identity.clone(),
-                }),
-            )
-            .map_err(|e| BuildError::Snapshot(e.to_string()))?;
-        // The agent is up; its connection is closed again before the VMM
-        // saves (the vsock device waits for that).
-        drop(wait_for_agent(&mut vm, spec.boot_timeout).map_err(BuildError::Boot)?);
-        vm.process.request_snapshot();
-        vm.process.wait_exit(SNAPSHOT_WRITE_LIMIT);
-        match vm.process.outcome() {
-            Some(o) if o.clean && o.description == SNAPSHOT_WRITTEN => Ok(()),
-            Some(o) => Err(BuildError::Snapshot(o.description)),
-            None => Err(BuildError::Snapshot("the snapshot VM did not end".into())),
+/// Waits (at most [`CLONE_ANSWER_LIMIT`]) for a clone's agent to answer
+/// and take its restore announcement; keeps the session in the VM. The
+/// inner error says why a clone is dead; the outer one ends the job
+/// (Ctrl-C).
+fn answered(mut vm: KvmVm, spec: &VmSpec) -> Result<Result<Box<KvmVm>, String>, BootError> {
+    match wait_for_agent(&mut vm, CLONE_ANSWER_LIMIT.min(spec.boot_timeout)) {
+        Ok(session) => {
+            vm.ready_session = Some(session);
+            Ok(Ok(Box::new(vm)))
         }
-    })();
-    let result = result.and_then(|()| {
-        std::fs::rename(&building, &role.path).map_err(|e| {
-            BuildError::Snapshot(format!("renaming {} into place: {e}", building.display()))
-        })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&building);
-    } else {
-        eprintln!(
-            "runner: snapshot {key}: built in {:.1}s, {}",
-            started.elapsed().as_secs_f64(),
-            role.path.display()
-        );
+        Err(BootError::Interrupted) => Err(BootError::Interrupted),
+        Err(e) => Ok(Err(e.to_string())),
     }
-    result
 }
