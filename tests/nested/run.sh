@@ -25,18 +25,26 @@ readonly out=target/nested
 # opt-in networking (our virtio-net device on passt), and the on-disk root
 # of images with a `size` (our virtio-blk copy-on-write layer, written).
 # NESTED_TARGETS="network" runs only the targets it names.
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk snapshot warm_start}"
+# `snapshot_rounds` is not a test binary: it is warm start's build-and-restore
+# rounds (snapshot-rounds-inner.sh), NESTED_SNAPSHOT_ROUNDS of them (20).
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk snapshot warm_start snapshot_rounds}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images
 # built inside L1 (tests/job_disk.rs) add it, and L1 has no cargo.
 agent_target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile agent -p guest-agent --target "$agent_target"
-agent="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/$agent_target/agent/guest-agent"
+target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
+agent="$target_dir/$agent_target/agent/guest-agent"
 json=$(cargo test --no-run --quiet -p runner-vmm -p runner -p e2e-tests --message-format=json)
 rm -rf "$out"
 mkdir -p "$out"
+echo "$target_dir/debug/runner" >"$out/runner-path"
 for t in "${targets[@]}"; do
+    if [ "$t" = snapshot_rounds ]; then
+        echo "${NESTED_SNAPSHOT_ROUNDS:-20}" >"$out/snapshot-rounds"
+        continue
+    fi
     bin=$(jq -r --arg t "$t" 'select(.reason == "compiler-artifact" and .target.name == $t
         and (.target.kind | index("test")) and .executable != null) | .executable' <<<"$json")
     [ -n "$bin" ] || { echo "nested: no test binary for target $t" >&2; exit 1; }
