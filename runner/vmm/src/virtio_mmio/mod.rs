@@ -256,17 +256,11 @@ impl MmioTransport {
     /// interrupt controller may not. A repeat is harmless: the driver reads
     /// the status and finds the used rings as they are.
     fn resume_after_restore(&mut self) {
-        let waiting = self.queue_positions();
-        for (queue, position) in waiting.iter().enumerate() {
-            if let Some(p) = position.filter(|p| p.unprocessed() > 0) {
-                tracing::debug!(
-                    device = self.device.device_type(),
-                    queue,
-                    position = %p,
-                    "restored queue holds buffers the device had not taken; processing them"
-                );
-            }
-        }
+        tracing::trace!(
+            device = self.device.device_type(),
+            queues = ?self.queue_positions(),
+            "restored transport catching up"
+        );
         self.catch_up();
         if self.interrupt.status.load(Ordering::SeqCst) != 0 {
             if let Err(e) = self.interrupt.irqfd.write(1) {

@@ -82,18 +82,14 @@ impl Vmm {
             let positions = transport.queue_positions();
             for (queue, evt) in slot.queue_evts.iter().enumerate() {
                 // Non-blocking: Ok only if KVM signalled since the last read.
-                let kicked = evt.read().is_ok();
-                let position = positions.get(queue).copied().flatten();
-                let waiting = position.map_or(0, |p| p.unprocessed());
-                if kicked || waiting > 0 {
+                if evt.read().is_ok() {
+                    let position = positions.get(queue).copied().flatten();
                     tracing::debug!(
                         device = transport.device_type(),
                         queue,
-                        kicked,
-                        waiting,
                         position = %position.map(|p| p.to_string()).unwrap_or_default(),
-                        "snapshot: a queue had work the vCPUs left before they stopped; \
-                         processed before saving"
+                        "snapshot: a queue had work the vCPUs left before they stopped \
+                         (a notification not yet read); processed before saving"
                     );
                 }
             }
