@@ -8,9 +8,10 @@ use std::time::SystemTime;
 use clap::Subcommand;
 
 use super::{parse_duration, Failure};
+use crate::grants::{GrantArgs, Grants};
 use crate::image_cache::{self, manage};
 use crate::images::{ImageError, ImageRef, Images};
-use crate::pipeline::{host_scope, Pipeline};
+use crate::pipeline::Pipeline;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -24,10 +25,10 @@ pub enum ImageCommand {
         /// (runs only check its size and superblock).
         #[arg(long)]
         verify: bool,
-        /// Let image specs' `files` come from outside the pipeline's
-        /// workspace, as `runner test --allow-host-files` does.
-        #[arg(long)]
-        allow_host_files: bool,
+        /// What the pipeline's images may reach beyond its workspace, as
+        /// for `runner test` (host files, `size`, setup's network).
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// The images built from pipeline specs: key, size, last use, spec.
     List {
@@ -70,8 +71,8 @@ pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
         ImageCommand::Build {
             which,
             verify,
-            allow_host_files,
-        } => build(&which, verify, allow_host_files),
+            grants,
+        } => build(&which, verify, &grants),
         ImageCommand::List { verbose } => {
             let listed = manage::list().map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
             print!("{}", manage::render(&listed, SystemTime::now(), verbose));
@@ -81,7 +82,7 @@ pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     }
 }
 
-fn build(which: &str, verify: bool, allow_host_files: bool) -> Result<i32, Failure> {
+fn build(which: &str, verify: bool, grants: &GrantArgs) -> Result<i32, Failure> {
     let images = Images::from_env();
     let named = |n: &str| ImageRef::Named(n.to_string());
     let built = match which {
@@ -91,7 +92,10 @@ fn build(which: &str, verify: bool, allow_host_files: bool) -> Result<i32, Failu
         "kernel" => images.kernel(&named("default")).map(|k| vec![k]),
         "minimal" | "debian" => images.rootfs(&named(which)).map(|r| vec![r]),
         path if Path::new(path).exists() || path.ends_with(".yml") || path.ends_with(".yaml") => {
-            return build_pipeline(&images, Path::new(path), verify, allow_host_files);
+            let grants = grants
+                .resolve()
+                .map_err(|e| Failure::new(2, anyhow::Error::msg(e)))?;
+            return build_pipeline(&images, Path::new(path), verify, &grants);
         }
         other => {
             return Err(Failure::new(
@@ -115,7 +119,7 @@ fn build_pipeline(
     images: &Images,
     path: &Path,
     verify: bool,
-    allow_host_files: bool,
+    grants: &Grants,
 ) -> Result<i32, Failure> {
     let pipeline = Pipeline::load(path).map_err(|e| Failure::new(2, e))?;
     let all = std::iter::once(&pipeline.image)
@@ -130,10 +134,9 @@ fn build_pipeline(
         Failure::new(code, e)
     };
     for image in all {
-        if !allow_host_files {
-            host_scope::check_image_files(&image.rootfs, &pipeline.workspace)
-                .map_err(|e| Failure::new(2, e))?;
-        }
+        grants
+            .check_image(image, &pipeline.workspace)
+            .map_err(|e| Failure::new(2, anyhow::Error::msg(e)))?;
         for (is_kernel, image_ref) in [(true, &image.kernel), (false, &image.rootfs)] {
             if !seen.insert(image_ref.clone()) {
                 continue;

@@ -16,6 +16,7 @@ use clap::Args;
 use super::exec::{exit_code, VM_FAILED};
 use super::{parse_duration, BackendChoice, Failure};
 use crate::backend::{wait_for_agent, VmSpec, DEFAULT_SERIAL_LOG_LIMIT};
+use crate::grants::GrantArgs;
 use crate::images::{ImageKind, ImageRef, Images};
 use crate::pipeline::{files, host_scope, FileEntry, Image, Network, Pipeline, GUEST_WORKSPACE};
 use crate::plan::Plan;
@@ -60,10 +61,9 @@ pub struct ShellArgs {
     /// /workspace with --workspace, else /).
     #[arg(long)]
     cwd: Option<String>,
-    /// Let a job's `files` copy host paths outside its workspace, as
-    /// `runner test --allow-host-files` does.
-    #[arg(long)]
-    allow_host_files: bool,
+    /// What a job may reach beyond its clean room, as for `runner test`.
+    #[command(flatten)]
+    grants: GrantArgs,
 }
 
 /// What the shell's VM gets, from a job or from the flags.
@@ -183,7 +183,15 @@ fn from_job(args: &ShellArgs, path: &Path) -> anyhow::Result<Setup> {
             names()
         );
     };
-    let collected = if args.allow_host_files {
+    // The job's own asks, as `runner test` checks them; the flags of this
+    // command (--kernel, --rootfs) are the operator's.
+    let grants = args.grants.resolve().map_err(anyhow::Error::msg)?;
+    let single = Plan {
+        jobs: vec![job.clone()],
+        ..plan.clone()
+    };
+    grants.check_plan(&single).map_err(anyhow::Error::msg)?;
+    let collected = if grants.host_files {
         files::collect(&job.files).map_err(anyhow::Error::from)
     } else {
         host_scope::collect_within(&job.files, &plan.workspace).map_err(anyhow::Error::from)

@@ -12,8 +12,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
+use crate::grants::GrantArgs;
 use crate::images::Images;
-use crate::pipeline::{host_scope, Pipeline};
+use crate::pipeline::{parse_byte_size, Pipeline};
 use crate::plan::Plan;
 use crate::report::events::{self, JsonEvents};
 use crate::report::html;
@@ -64,11 +65,8 @@ pub struct TestArgs {
     /// A CLI flag, not a pipeline key: the pipeline is not trusted.
     #[arg(long, default_value = "1G", value_parser = parse_byte_size)]
     artifacts_max_size: u64,
-    /// Let `files` copy host paths outside the workspace (`~/...`,
-    /// `/etc/...`, or through a symlink). Off by default: a pipeline from a
-    /// pull request must not read the host.
-    #[arg(long)]
-    allow_host_files: bool,
+    #[command(flatten)]
+    grants: GrantArgs,
     /// Most artifact entries (files, directories, links) one job may copy out.
     #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     artifacts_max_files: u64,
@@ -149,13 +147,13 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         }
         return Ok(0);
     }
-    if !args.allow_host_files {
-        for job in &plan.jobs {
-            host_scope::check_entries(&job.files, &plan.workspace).map_err(|e| config(e.into()))?;
-            host_scope::check_image_files(&job.image.rootfs, &plan.workspace)
-                .map_err(|e| config(e.into()))?;
-        }
-    }
+    let grants = args
+        .grants
+        .resolve()
+        .map_err(|e| config(anyhow::Error::msg(e)))?;
+    grants
+        .check_plan(&plan)
+        .map_err(|e| config(anyhow::Error::msg(e)))?;
     // A job with `network` on a host without passt fails before anything boots.
     if plan.jobs.iter().any(|job| job.network.is_on()) {
         crate::backend::network::passt::locate().map_err(|e| config(anyhow::Error::msg(e)))?;
@@ -176,7 +174,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
             max_bytes: args.artifacts_max_size,
             max_entries: args.artifacts_max_files,
         },
-        allow_host_files: args.allow_host_files,
+        grants,
         debug_on_failure: args.debug_on_failure,
     };
     let observer: Box<dyn RunObserver> = match args.message_format {
@@ -264,25 +262,6 @@ fn resolve_images(plan: &Plan) -> anyhow::Result<ResolvedImages> {
 }
 
 /// Parses `1G`, `200M`, `64K`, `4096` (bytes) with binary units.
-fn parse_byte_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let invalid = || format!("invalid size `{text}`: expected a size like `4096`, `200M` or `1G`");
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(invalid()),
-    };
-    number.checked_mul(1 << shift).ok_or_else(invalid)
-}
-
 fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

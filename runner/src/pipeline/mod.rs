@@ -27,8 +27,8 @@ pub use image_spec::{ImageSpec, SpecBase, SpecFile};
 pub use network::{AllowEntry, Network};
 pub use reports::ReportFiles;
 pub use scalars::{
-    format_duration, parse_duration, parse_memory, ImageKind, ImageRef, KERNEL_NAMES,
-    MIN_MEMORY_MIB, ROOTFS_NAMES,
+    format_duration, parse_byte_size, parse_duration, parse_memory, ImageKind, ImageRef,
+    KERNEL_NAMES, MIN_MEMORY_MIB, ROOTFS_NAMES,
 };
 
 /// vCPUs per VM when the pipeline does not say.

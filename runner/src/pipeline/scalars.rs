@@ -84,6 +84,26 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Parses a byte count: `4096`, `200M`, `1G` (binary units; bytes without one).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let invalid = || format!("invalid size `{text}`: expected a size like `4096`, `200M` or `1G`");
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(1 << shift).ok_or_else(invalid)
+}
+
 /// Parses `512M`, `1G`, `2GiB`, `768` (MiB when there is no unit) into MiB.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();

@@ -52,7 +52,7 @@ fn run_in_vm(
         })?;
     result.log_path = Some(log_path);
     // Collect the files before booting: a typo in `files` should not cost a boot.
-    let collected = if ctx.options.allow_host_files {
+    let collected = if ctx.options.grants.host_files {
         files::collect(&job.files).map_err(|e| e.to_string())
     } else {
         host_scope::collect_within(&job.files, ctx.workspace).map_err(|e| e.to_string())

@@ -42,8 +42,9 @@ pub struct Options {
     pub log_limit: Option<u64>,
     /// Caps on what each job's artifacts may hold.
     pub artifact_limits: ArtifactLimits,
-    /// `files` may copy any host path, not only the workspace's.
-    pub allow_host_files: bool,
+    /// What the operator granted beyond the clean room (`files` from any
+    /// host path, the network); the plan was checked against it.
+    pub grants: crate::grants::Grants,
     /// Open a shell in the VM of a failed step (`--debug-on-failure`);
     /// only with a terminal.
     pub debug_on_failure: bool,
@@ -55,8 +56,8 @@ struct RunContext<'a> {
     images: &'a ResolvedImages,
     observer: &'a dyn RunObserver,
     options: &'a Options,
-    /// The pipeline's workspace: what `files` may read without
-    /// `allow_host_files`.
+    /// The pipeline's workspace: what `files` may read without the
+    /// host-files grant.
     workspace: &'a std::path::Path,
     budget: &'a MemoryBudget,
     /// Set by fail-fast: jobs that have not started yet are skipped.

@@ -103,7 +103,7 @@ fn run_fake(yaml: &str, backend: FakeBackend, out: &Path) -> RunResults {
         out_dir: out.to_path_buf(),
         log_limit: None,
         artifact_limits: Default::default(),
-        allow_host_files: false,
+        grants: Default::default(),
         debug_on_failure: false,
     };
     run(&plan, &backend, &images, &Quiet, &options)

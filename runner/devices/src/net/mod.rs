@@ -1,8 +1,10 @@
 //! Networking for jobs that opt in (`network:` in the pipeline): the
 //! framing of passt's socket ([`stream`]), the host-side `allow` policy
-//! ([`filter`]), both shared by the QEMU backend's relay and our own
+//! ([`filter`]) and which addresses it never lets through unasked
+//! ([`addresses`]), both shared by the QEMU backend's relay and our own
 //! virtio-net device model ([`device`]) for the built-in VMM.
 
+pub mod addresses;
 pub mod device;
 pub mod filter;
 pub mod stream;

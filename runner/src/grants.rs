@@ -1,0 +1,443 @@
+//! What the operator grants a pipeline beyond its clean room, and the
+//! check that a plan asks for no more (docs/security.md).
+//!
+//! A pipeline comes from a pull request. It may *ask* for host files
+//! (`files:` or an `image:` path outside its workspace), for a network
+//! (`network:`), and for big images (`size:`); only the operator *grants*
+//! them, from one of two places:
+//! - **A machine policy**, the file [`MACHINE_POLICY`], owned by root and
+//!   writable by nobody else. When it exists it is the grant, for every run
+//!   on the machine, and a command-line grant beyond it is refused: in
+//!   GitLab CI or a Jenkinsfile the pull request writes the command line
+//!   and the job's environment too, so neither may widen what the owner of
+//!   the machine decided. (So no environment variable grants anything.)
+//! - **Elsewhere, the command line**: `--allow-host-files`,
+//!   `--allow-network[=DEST,...]`, `--allow-setup-network`,
+//!   `--max-image-size`, or the same keys in a `--policy FILE`.
+//!
+//! A job that asks for more than it was granted fails before anything
+//! boots, with one line naming what would grant it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use runner_devices::net::addresses::is_public;
+
+use crate::pipeline::network::parse_allow_entry;
+use crate::pipeline::{
+    host_scope, parse_byte_size, AllowEntry, Image, ImageRef, Network, SpecBase,
+};
+use crate::plan::Plan;
+
+/// The machine's policy file (see the module docs).
+pub const MACHINE_POLICY: &str = "/etc/runner/policy.yml";
+
+/// Largest image `size` without a grant: room for a toolchain and a
+/// project's build, not a way to fill the host's disk.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 16 << 30;
+
+/// The keyword for "any public address" in a network grant.
+pub const PUBLIC: &str = "public";
+
+/// What a run may do beyond the clean room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grants {
+    /// Host files outside the workspace, in `files:` and image paths.
+    pub host_files: bool,
+    pub network: NetworkGrant,
+    /// Image `setup` scripts may use the network.
+    pub setup_network: bool,
+    /// The largest `size` an image spec may have, in bytes.
+    pub max_image_size: u64,
+    /// Where the grants came from; refusals name it.
+    pub source: Source,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            host_files: false,
+            network: NetworkGrant::default(),
+            setup_network: false,
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            source: Source::CommandLine,
+        }
+    }
+}
+
+/// Where a job's network may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkGrant {
+    /// Any public address (see `runner_devices::net::addresses`).
+    pub public: bool,
+    /// These destinations too, whatever their address: the only way to the
+    /// host's loopback (`127.0.0.1:PORT`, reached at the guest's gateway),
+    /// private ranges and link-local addresses.
+    pub destinations: Vec<AllowEntry>,
+}
+
+impl NetworkGrant {
+    /// Whether a job may have a NIC at all.
+    pub fn any(&self) -> bool {
+        self.public || !self.destinations.is_empty()
+    }
+
+    fn parse(values: &[String]) -> Result<NetworkGrant, String> {
+        let mut grant = NetworkGrant::default();
+        for value in values.iter().flat_map(|v| v.split(',')) {
+            match value.trim() {
+                "" => {}
+                PUBLIC => grant.public = true,
+                dest => {
+                    let entry = parse_allow_entry(dest).map_err(|e| {
+                        format!("{e}; a network grant is `{PUBLIC}` or host:port entries")
+                    })?;
+                    if !grant.destinations.contains(&entry) {
+                        grant.destinations.push(entry);
+                    }
+                }
+            }
+        }
+        Ok(grant)
+    }
+
+    /// Whether `entry` of a job's `allow` list is within this grant.
+    fn covers(&self, entry: &AllowEntry) -> bool {
+        self.destinations.contains(entry) || (self.public && !names_a_special_address(entry))
+    }
+
+    /// Whether `other` grants nothing this one does not.
+    fn includes(&self, other: &NetworkGrant) -> bool {
+        (self.public || !other.public) && other.destinations.iter().all(|d| self.covers(d))
+    }
+}
+
+/// A literal address that is not public, or `localhost`: names resolve
+/// when the VM starts, and the filter keeps them to public addresses then.
+fn names_a_special_address(entry: &AllowEntry) -> bool {
+    entry.host == "localhost" || entry.host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip))
+}
+
+/// Where grants came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    CommandLine,
+    Machine(PathBuf),
+}
+
+/// The grant flags of every command that runs a pipeline's jobs or builds
+/// its images.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct GrantArgs {
+    /// Let `files:` and `image:` paths reach host files outside the
+    /// workspace (`~/...`, `/etc/...`, or through a symlink). A pipeline
+    /// from a pull request must not read the host.
+    #[arg(long)]
+    pub allow_host_files: bool,
+    /// Let jobs have a network. Alone (or `=public`): any public address.
+    /// With destinations (`--allow-network=public,127.0.0.1:8080`): those
+    /// too, or only those; the only way to the host's loopback, private or
+    /// link-local addresses. A job still lists what it needs in `network:`.
+    #[arg(
+        long,
+        value_name = "DEST,...",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = PUBLIC
+    )]
+    pub allow_network: Vec<String>,
+    /// Let image `setup` scripts use the network (they run without one).
+    #[arg(long)]
+    pub allow_setup_network: bool,
+    /// The largest `size` an image spec may ask for (`16G`, `500M`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub max_image_size: Option<u64>,
+    /// Grants from a policy file (the keys of /etc/runner/policy.yml,
+    /// docs/security.md) instead of, or besides, the flags.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+impl GrantArgs {
+    /// The run's grants: the machine policy's if there is one (refusing
+    /// flags that ask beyond it), else the command line's.
+    pub fn resolve(&self) -> Result<Grants, String> {
+        self.resolve_with(Path::new(MACHINE_POLICY))
+    }
+
+    fn resolve_with(&self, machine_policy: &Path) -> Result<Grants, String> {
+        let mut asked = match &self.policy {
+            Some(path) => PolicyFile::read(path)?.grants(),
+            None => Grants::default(),
+        };
+        asked.host_files |= self.allow_host_files;
+        asked.setup_network |= self.allow_setup_network;
+        let flags = NetworkGrant::parse(&self.allow_network)
+            .map_err(|e| format!("--allow-network: {e}"))?;
+        asked.network.public |= flags.public;
+        for dest in flags.destinations {
+            if !asked.network.destinations.contains(&dest) {
+                asked.network.destinations.push(dest);
+            }
+        }
+        if let Some(size) = self.max_image_size {
+            asked.max_image_size = size;
+        }
+        let Some(machine) = PolicyFile::read_machine(machine_policy)? else {
+            return Ok(asked);
+        };
+        let mut granted = machine.grants();
+        granted.source = Source::Machine(machine_policy.to_path_buf());
+        let beyond = |what: &str| {
+            format!(
+                "{what} goes beyond this machine's policy {}; only its owner can grant more",
+                machine_policy.display()
+            )
+        };
+        if asked.host_files && !granted.host_files {
+            return Err(beyond("--allow-host-files"));
+        }
+        if asked.setup_network && !granted.setup_network {
+            return Err(beyond("--allow-setup-network"));
+        }
+        if !granted.network.includes(&asked.network) {
+            return Err(beyond("--allow-network"));
+        }
+        if self
+            .max_image_size
+            .is_some_and(|s| s > granted.max_image_size)
+        {
+            return Err(beyond("--max-image-size"));
+        }
+        Ok(granted)
+    }
+}
+
+/// A policy file: YAML with these keys, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    host_files: bool,
+    /// `false`, `true` (= `public`), `public`, or a list of `public` and
+    /// host:port entries.
+    #[serde(default)]
+    network: Option<PolicyNetwork>,
+    #[serde(default)]
+    setup_network: bool,
+    #[serde(default)]
+    max_image_size: Option<String>,
+    #[serde(skip)]
+    parsed: Option<(NetworkGrant, u64)>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum PolicyNetwork {
+    Switch(bool),
+    One(String),
+    List(Vec<String>),
+}
+
+impl PolicyFile {
+    fn read(path: &Path) -> Result<PolicyFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the policy {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("the policy {}: {e}", path.display()))
+    }
+
+    fn parse(text: &str) -> Result<PolicyFile, String> {
+        let mut file: PolicyFile = if text.trim().is_empty() {
+            PolicyFile::default()
+        } else {
+            serde_norway::from_str(text).map_err(|e| e.to_string())?
+        };
+        let values = match &file.network {
+            None | Some(PolicyNetwork::Switch(false)) => vec![],
+            Some(PolicyNetwork::Switch(true)) => vec![PUBLIC.to_string()],
+            Some(PolicyNetwork::One(one)) => vec![one.clone()],
+            Some(PolicyNetwork::List(list)) => list.clone(),
+        };
+        let network = NetworkGrant::parse(&values).map_err(|e| format!("network: {e}"))?;
+        let size = match &file.max_image_size {
+            Some(text) => parse_byte_size(text).map_err(|e| format!("max_image_size: {e}"))?,
+            None => DEFAULT_MAX_IMAGE_SIZE,
+        };
+        file.parsed = Some((network, size));
+        Ok(file)
+    }
+
+    /// The machine policy at `path`, if there is one; it must be root's and
+    /// writable by nobody else, or nothing runs.
+    fn read_machine(path: &Path) -> Result<Option<PolicyFile>, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading the policy {}: {e}", path.display())),
+        };
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "the policy {} must be owned by root and writable by nobody else (it is uid {}, mode {:o})",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+        Self::read(path).map(Some)
+    }
+
+    fn grants(&self) -> Grants {
+        let (network, max_image_size) = self.parsed.clone().unwrap_or_default();
+        Grants {
+            host_files: self.host_files,
+            network,
+            setup_network: self.setup_network,
+            max_image_size,
+            source: Source::CommandLine,
+        }
+    }
+}
+
+impl Grants {
+    /// What would grant `flag`'s permission, for a refusal.
+    fn how_to_grant(&self, flag: &str) -> String {
+        match &self.source {
+            Source::CommandLine => format!("pass {flag} to grant it"),
+            Source::Machine(path) => {
+                format!("this machine's policy {} does not grant it", path.display())
+            }
+        }
+    }
+
+    /// Refuses a plan with a job that asks for more than these grants.
+    pub fn check_plan(&self, plan: &Plan) -> Result<(), String> {
+        for job in &plan.jobs {
+            let in_job = |e: String| format!("job `{}`: {e}", job.name);
+            if !self.host_files {
+                host_scope::check_entries(&job.files, &plan.workspace)
+                    .map_err(|e| in_job(format!("{e}")))?;
+            }
+            self.check_image(&job.image, &plan.workspace)
+                .map_err(in_job)?;
+            self.check_network(&job.network).map_err(in_job)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an image whose paths leave `workspace` without a grant, or
+    /// whose spec asks for more than the grants allow.
+    pub fn check_image(&self, image: &Image, workspace: &Path) -> Result<(), String> {
+        if !self.host_files {
+            let flag = self.how_to_grant(host_scope::ALLOW_FLAG);
+            for (what, path) in image_paths(image) {
+                check_inside(what, path, workspace).map_err(|e| format!("{e}; {flag}"))?;
+            }
+            host_scope::check_image_files(&image.rootfs, workspace).map_err(|e| e.to_string())?;
+        }
+        if let ImageRef::Spec(spec) = &image.rootfs {
+            if let Some(mib) = spec.size_mib {
+                if mib << 20 > self.max_image_size {
+                    return Err(format!(
+                        "image `size: {}M` is more than the {}M allowed; {}",
+                        mib,
+                        self.max_image_size >> 20,
+                        self.how_to_grant("--max-image-size")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a `network:` the grants do not cover.
+    pub fn check_network(&self, network: &Network) -> Result<(), String> {
+        match network {
+            Network::Off => Ok(()),
+            Network::Open if self.network.public => Ok(()),
+            Network::Open if self.network.any() => Err(format!(
+                "`network: true` asks for every address, and only {} {} granted; list what the job needs in `network: {{ allow: [...] }}`",
+                self.granted_destinations(),
+                if self.network.destinations.len() == 1 { "is" } else { "are" }
+            )),
+            Network::Open => Err(format!(
+                "`network: true` needs the network; {}",
+                self.how_to_grant("--allow-network")
+            )),
+            Network::Allow(entries) => {
+                for entry in entries {
+                    if self.network.covers(entry) {
+                        continue;
+                    }
+                    let flag = format!("--allow-network={entry}");
+                    return Err(if names_a_special_address(entry) {
+                        format!(
+                            "`allow: {entry}` is the host's loopback or a private address, which only a grant naming it opens; {}",
+                            self.how_to_grant(&flag)
+                        )
+                    } else {
+                        format!("`allow: {entry}` is not granted; {}", self.how_to_grant(&flag))
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn granted_destinations(&self) -> String {
+        let listed: Vec<String> = self
+            .network
+            .destinations
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        listed.join(", ")
+    }
+}
+
+/// The host paths an image names: a kernel or rootfs file, an OCI base.
+fn image_paths(image: &Image) -> Vec<(&'static str, &Path)> {
+    let mut paths = Vec::new();
+    if let ImageRef::Path(path) = &image.kernel {
+        paths.push(("kernel", path.as_path()));
+    }
+    match &image.rootfs {
+        ImageRef::Path(path) => paths.push(("rootfs", path.as_path())),
+        ImageRef::Spec(spec) => {
+            if let SpecBase::Oci(path) = &spec.base {
+                paths.push(("oci", path.as_path()));
+            }
+        }
+        ImageRef::Named(_) => {}
+    }
+    paths
+}
+
+/// `path` is inside `workspace`, lexically and once symlinks are resolved.
+fn check_inside(what: &str, path: &Path, workspace: &Path) -> Result<(), String> {
+    let outside = || {
+        format!(
+            "image `{what}: {}` is outside the workspace {}",
+            path.display(),
+            workspace.display()
+        )
+    };
+    if !host_scope::lexically_inside(path, workspace) {
+        return Err(outside());
+    }
+    // A missing file is reported when the image is looked for.
+    let (Ok(real), Ok(real_workspace)) = (path.canonicalize(), workspace.canonicalize()) else {
+        return Ok(());
+    };
+    if !real.starts_with(&real_workspace) {
+        return Err(format!(
+            "image `{what}: {}` leads out of the workspace {} through a symlink",
+            path.display(),
+            workspace.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

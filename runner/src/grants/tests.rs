@@ -1,0 +1,260 @@
+use super::*;
+use crate::pipeline::Pipeline;
+
+fn args(flags: &[&str]) -> GrantArgs {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        grants: GrantArgs,
+    }
+    let argv = std::iter::once("runner").chain(flags.iter().copied());
+    Cli::try_parse_from(argv).unwrap().grants
+}
+
+fn no_machine_policy() -> PathBuf {
+    PathBuf::from("/nonexistent/runner/policy.yml")
+}
+
+fn grants(flags: &[&str]) -> Grants {
+    args(flags).resolve_with(&no_machine_policy()).unwrap()
+}
+
+fn plan(dir: &Path, yaml: &str) -> Plan {
+    let path = dir.join("ci.yml");
+    std::fs::write(&path, yaml).unwrap();
+    Plan::new(&Pipeline::load(&path).unwrap())
+}
+
+fn refusal(grants: &Grants, dir: &Path, yaml: &str) -> String {
+    grants.check_plan(&plan(dir, yaml)).unwrap_err()
+}
+
+#[test]
+fn the_network_flag_grants_public_addresses_and_named_destinations() {
+    assert_eq!(grants(&[]).network, NetworkGrant::default());
+    let public = grants(&["--allow-network"]).network;
+    assert!(public.public && public.destinations.is_empty());
+    let both = grants(&[
+        "--allow-network=public,127.0.0.1:8080",
+        "--allow-network=db:5432",
+    ]);
+    assert!(both.network.public);
+    assert_eq!(
+        both.network
+            .destinations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["127.0.0.1:8080", "db:5432"]
+    );
+    let err = args(&["--allow-network=nope"])
+        .resolve_with(&no_machine_policy())
+        .unwrap_err();
+    assert!(
+        err.starts_with("--allow-network: invalid `allow` entry `nope`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_job_asking_for_a_network_it_was_not_granted_is_refused_with_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = "name: n\njobs:\n  a: { network: true, steps: [true] }\n";
+    let err = refusal(&grants(&[]), dir.path(), open);
+    assert_eq!(
+        err,
+        "job `a`: `network: true` needs the network; pass --allow-network to grant it"
+    );
+    assert!(grants(&["--allow-network"])
+        .check_plan(&plan(dir.path(), open))
+        .is_ok());
+
+    // Only some destinations granted: `true` asks for too much.
+    let err = refusal(
+        &grants(&["--allow-network=crates.io:443"]),
+        dir.path(),
+        open,
+    );
+    assert!(err.contains("only crates.io:443 is granted"), "{err}");
+
+    let allow = "name: n\njobs:\n  a:\n    network: { allow: [crates.io:443, 127.0.0.1:8080] }\n    steps: [true]\n";
+    // A public grant covers names, never the host's loopback.
+    let err = refusal(&grants(&["--allow-network"]), dir.path(), allow);
+    assert_eq!(
+        err,
+        "job `a`: `allow: 127.0.0.1:8080` is the host's loopback or a private address, which only a grant naming it opens; pass --allow-network=127.0.0.1:8080 to grant it"
+    );
+    let ok = grants(&["--allow-network=public,127.0.0.1:8080"]);
+    assert!(ok.check_plan(&plan(dir.path(), allow)).is_ok());
+    // Only destinations: everything listed must be among them.
+    let err = refusal(
+        &grants(&["--allow-network=127.0.0.1:8080"]),
+        dir.path(),
+        allow,
+    );
+    assert!(
+        err.contains("`allow: crates.io:443` is not granted"),
+        "{err}"
+    );
+    for special in [
+        "10.1.2.3:5432",
+        "169.254.169.254:80",
+        "localhost:22",
+        "[::1]:80",
+    ] {
+        let yaml = format!(
+            "name: n\njobs:\n  a:\n    network: {{ allow: ['{special}'] }}\n    steps: [true]\n"
+        );
+        let err = refusal(&grants(&["--allow-network"]), dir.path(), &yaml);
+        assert!(
+            err.contains("only a grant naming it opens"),
+            "{special}: {err}"
+        );
+    }
+}
+
+#[test]
+fn image_paths_outside_the_workspace_need_the_host_files_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("images");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::write(inside.join("vmlinux"), b"k").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", inside.join("disk.ext4")).unwrap();
+    for (image, shown) in [
+        (
+            "{ rootfs: /etc/shadow }",
+            "image `rootfs: /etc/shadow` is outside the workspace",
+        ),
+        ("{ kernel: ../../boot/vmlinuz }", "is outside the workspace"),
+        (
+            "{ oci: /var/lib/images/x }",
+            "image `oci: /var/lib/images/x` is outside",
+        ),
+        ("{ rootfs: images/disk.ext4 }", "leads out of the workspace"),
+    ] {
+        let yaml = format!("name: n\nimage: {image}\njobs:\n  a: {{ steps: [true] }}\n");
+        let err = refusal(&grants(&[]), dir.path(), &yaml);
+        assert!(err.contains(shown), "{image}: {err}");
+        assert!(
+            err.ends_with("pass --allow-host-files to grant it"),
+            "{err}"
+        );
+        assert!(grants(&["--allow-host-files"])
+            .check_plan(&plan(dir.path(), &yaml))
+            .is_ok());
+    }
+    let yaml = "name: n\nimage: { kernel: images/vmlinux }\njobs:\n  a: { steps: [true] }\n";
+    assert!(grants(&[]).check_plan(&plan(dir.path(), yaml)).is_ok());
+}
+
+#[test]
+fn an_image_size_beyond_the_cap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: n\nimage: { base: minimal, size: 512G }\njobs:\n  a: { steps: [true] }\n";
+    let err = refusal(&grants(&[]), dir.path(), yaml);
+    assert_eq!(
+        err,
+        "job `a`: image `size: 524288M` is more than the 16384M allowed; pass --max-image-size to grant it"
+    );
+    assert!(grants(&["--max-image-size", "2T"])
+        .check_plan(&plan(dir.path(), yaml))
+        .is_ok());
+}
+
+#[test]
+fn a_policy_file_grants_like_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yml");
+    std::fs::write(
+        &path,
+        "host_files: true\nnetwork: [public, '127.0.0.1:9000']\nsetup_network: true\nmax_image_size: 40G\n",
+    )
+    .unwrap();
+    let g = grants(&["--policy", path.to_str().unwrap()]);
+    assert!(g.host_files && g.setup_network && g.network.public);
+    assert_eq!(g.network.destinations.len(), 1);
+    assert_eq!(g.max_image_size, 40 << 30);
+    std::fs::write(&path, "network: everything\n").unwrap();
+    let err = args(&["--policy", path.to_str().unwrap()])
+        .resolve_with(&no_machine_policy())
+        .unwrap_err();
+    assert!(
+        err.contains("network: invalid `allow` entry `everything`"),
+        "{err}"
+    );
+    std::fs::write(&path, "netwrok: true\n").unwrap();
+    let err = args(&["--policy", path.to_str().unwrap()])
+        .resolve_with(&no_machine_policy())
+        .unwrap_err();
+    assert!(err.contains("unknown field `netwrok`"), "{err}");
+}
+
+#[test]
+fn a_machine_policy_is_the_grant_and_flags_cannot_widen_it() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test writes a root-owned policy file: run it as root (CI does)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("policy.yml");
+    std::fs::write(&machine, "network: ['crates.io:443']\n").unwrap();
+    std::fs::set_permissions(
+        &machine,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+
+    // Nothing on the command line: the machine's grant holds.
+    let g = args(&[]).resolve_with(&machine).unwrap();
+    assert_eq!(g.network.destinations.len(), 1);
+    assert_eq!(g.source, Source::Machine(machine.clone()));
+    // Within it: fine. Beyond it: one line naming the file.
+    assert!(args(&["--allow-network=crates.io:443"])
+        .resolve_with(&machine)
+        .is_ok());
+    for flag in [
+        "--allow-network",
+        "--allow-host-files",
+        "--allow-setup-network",
+    ] {
+        let err = args(&[flag]).resolve_with(&machine).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "{flag} goes beyond this machine's policy {}; only its owner can grant more",
+                machine.display()
+            )
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let err = refusal(
+        &g,
+        d.path(),
+        "name: n\njobs:\n  a: { network: true, steps: [true] }\n",
+    );
+    assert!(err.contains("only crates.io:443 is granted"), "{err}");
+    let err = refusal(
+        &g,
+        d.path(),
+        "name: n\nimage: { rootfs: /etc/shadow }\njobs:\n  a: { steps: [true] }\n",
+    );
+    assert!(
+        err.ends_with(&format!(
+            "this machine's policy {} does not grant it",
+            machine.display()
+        )),
+        "{err}"
+    );
+
+    // Anybody but root could change it: nothing runs.
+    std::fs::set_permissions(
+        &machine,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let err = args(&[]).resolve_with(&machine).unwrap_err();
+    assert!(
+        err.contains("must be owned by root and writable by nobody else"),
+        "{err}"
+    );
+}
