@@ -177,9 +177,13 @@ impl Images {
     /// takes minutes.
     fn run_script(&self, what: &str, script: &str, args: &[&str]) -> Result<PathBuf, ImageError> {
         let sources = self.sources(what)?;
+        // The scripts cache what they build in the runner's cache, checked
+        // as the runner checks it (`crate::trusted_cache`).
+        let cache = crate::trusted_cache::TrustedCache::open().map_err(|e| build_error(what, e))?;
         let mut child = Command::new("bash")
             .arg(sources.join(script))
             .args(args)
+            .env("RUNNER_CACHE", cache.root())
             .current_dir(sources)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

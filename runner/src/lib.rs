@@ -9,6 +9,7 @@ pub mod cli;
 /// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod grants;
 pub mod image_cache;
 pub mod images;
 pub mod interrupt;
@@ -22,3 +23,4 @@ pub mod session;
 pub mod shard;
 pub mod terminal;
 pub mod test_reports;
+pub mod trusted_cache;

@@ -2,8 +2,10 @@
 //! size and host, taken of an agent-ready guest, cached on disk; every job
 //! then restores a copy-on-write clone of it instead of booting.
 //!
-//! - The cache is `~/.cache/runner/snapshots/` (`RUNNER_CACHE` moves it),
-//!   one `<key>.snap` per identity (see [`identity`]).
+//! - The cache is `~/.cache/runner/snapshots/` (`RUNNER_CACHE` moves it;
+//!   see `crate::trusted_cache` for why it must be this user's alone), one
+//!   `<key>.snap` per identity (see [`identity`]), sealed when it was built
+//!   (`<key>.seal`): a file that does not match its seal is not restored.
 //! - A file that does not load (corrupt, truncated, another format or
 //!   identity) is rebuilt after one warning line, never used.
 //! - A cache directory that is not writable means cold boots, after one
@@ -21,16 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Once, OnceLock};
 
 use super::VmSpec;
+use crate::trusted_cache::{open_no_follow, TrustedCache};
 
 /// The warm-start snapshots in one directory.
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
+    cache: TrustedCache,
     dir: PathBuf,
-}
-
-/// The directory snapshots are cached in.
-pub fn default_dir() -> PathBuf {
-    crate::image_cache::cache_root().join("snapshots")
 }
 
 /// Says `message` once per process: a run of 100 jobs gets one line.
@@ -40,18 +39,24 @@ pub fn warn_once(message: &str) {
 }
 
 impl SnapshotStore {
-    /// The store in `dir`, if snapshots can be written there; `None` (and
-    /// one warning line) if not: jobs then boot cold.
-    pub fn open(dir: PathBuf) -> Option<SnapshotStore> {
-        let writable =
-            std::fs::create_dir_all(&dir).and_then(|()| tempfile::tempfile_in(&dir).map(drop));
-        match writable {
-            Ok(()) => Some(SnapshotStore { dir }),
-            Err(e) => {
-                warn_once(&format!(
-                    "the snapshot directory {} is not writable ({e}): booting every VM cold",
-                    dir.display()
-                ));
+    /// The store in the runner's cache, if it can be trusted and written;
+    /// `None` (and one warning line) if not: jobs then boot cold.
+    pub fn open() -> Option<SnapshotStore> {
+        SnapshotStore::open_in(TrustedCache::open())
+    }
+
+    /// The store in `cache` (see [`SnapshotStore::open`]).
+    pub fn open_in(cache: Result<TrustedCache, String>) -> Option<SnapshotStore> {
+        let usable = cache.and_then(|cache| {
+            let dir = cache.subdir("snapshots")?;
+            tempfile::tempfile_in(&dir)
+                .map_err(|e| format!("{} is not writable ({e})", dir.display()))?;
+            Ok(SnapshotStore { cache, dir })
+        });
+        match usable {
+            Ok(store) => Some(store),
+            Err(why) => {
+                warn_once(&format!("no snapshots: {why}; booting every VM cold"));
                 None
             }
         }
@@ -64,6 +69,54 @@ impl SnapshotStore {
     /// Where the snapshot of `key` lives.
     pub fn path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.snap"))
+    }
+
+    fn seal_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.seal"))
+    }
+
+    /// Seals the snapshot of `key` that was just built (see the module
+    /// docs); `identity` is what it was made for.
+    pub fn seal(&self, key: &str, identity: &str) -> Result<(), String> {
+        let path = self.path(key);
+        let digest = crate::image_cache::sha256_file(&path)
+            .map_err(|e| format!("hashing {}: {e}", path.display()))?;
+        self.cache.seal(
+            &path,
+            &self.seal_path(key),
+            &seal_purpose(identity),
+            &digest,
+        )
+    }
+
+    /// Whether the snapshot of `key` is the file that was built and sealed
+    /// for `identity`; if not, why.
+    pub fn check_seal(&self, key: &str, identity: &str) -> Result<(), String> {
+        self.cache
+            .check_seal(
+                &self.path(key),
+                &self.seal_path(key),
+                &seal_purpose(identity),
+            )
+            .map(drop)
+    }
+
+    /// The identity a snapshot of `spec`'s VM is made for, and its key
+    /// (see [`identity`]).
+    pub fn identity(&self, spec: &VmSpec) -> Result<(String, String), String> {
+        identity(&self.cache, spec)
+    }
+
+    /// Seals the snapshot of `key` again after a deliberate change (see
+    /// `TrustedCache::reseal`).
+    pub fn reseal(&self, key: &str) -> Result<(), String> {
+        self.cache.reseal(&self.path(key), &self.seal_path(key))
+    }
+
+    /// Removes the snapshot of `key` and its seal.
+    pub fn remove(&self, key: &str) {
+        let _ = std::fs::remove_file(self.path(key));
+        let _ = std::fs::remove_file(self.seal_path(key));
     }
 
     /// A fresh name for building the snapshot of `key` (the VMM creates it).
@@ -103,12 +156,13 @@ impl SnapshotStore {
         std::fs::create_dir_all(&dir)?;
         let to = dir.join(format!("{key}.snap"));
         std::fs::rename(&path, &to)?;
+        let _ = std::fs::remove_file(self.seal_path(key));
         Ok(Some(to))
     }
 
     /// Holds the build lock of `key` until dropped (waits for it).
     pub fn lock(&self, key: &str) -> std::io::Result<nix::fcntl::Flock<File>> {
-        let file = File::create(self.dir.join(format!("{key}.lock")))?;
+        let file = open_no_follow(&self.dir.join(format!("{key}.lock")))?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| std::io::Error::from(e))
     }
@@ -139,38 +193,28 @@ impl FileId {
     }
 }
 
-/// Identifies a file without reading it: path, size and modification
-/// time (not the inode: a 9p or overlay mount may not keep it stable).
-/// Kernels and images are replaced, not edited in place, and either way
-/// their mtime moves.
-fn file_signature(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    let canonical = path
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(format!(
-        "{} size={} mtime={}.{}",
-        canonical.display(),
-        meta.len(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-    ))
+/// What a seal of a snapshot made for `identity` says it is for.
+fn seal_purpose(identity: &str) -> String {
+    format!(
+        "snapshot {}",
+        crate::image_cache::sha256_bytes(identity.as_bytes())
+    )
 }
 
 /// The identity a snapshot of `spec`'s VM is made for, and its short key.
-/// It covers everything a restored guest depends on: the kernel, the
-/// rootfs (with the agent in it), the runner itself (its VMM and device
-/// models), vCPUs, memory, and the host's CPU and KVM.
-pub fn identity(spec: &VmSpec) -> Result<(String, String), String> {
+/// It covers everything a restored guest depends on: the content of the
+/// kernel and the rootfs (with the agent in it) and of the runner itself
+/// (its VMM and device models), vCPUs, memory, and the host's CPU and KVM.
+/// Contents are hashed once per version of each file (`trusted_cache`).
+pub fn identity(cache: &TrustedCache, spec: &VmSpec) -> Result<(String, String), String> {
     let exe = super::vm_process::exe::runner_exe()?;
     let host = host_fingerprint()?;
     let description = format!(
         "snapshot format {}\nrunner {}\nkernel {}\nrootfs {}\nvcpus {}\nmemory {} MiB\nhost {host}\n",
         runner_vmm::snapshot::file::FORMAT_VERSION,
-        file_signature(&exe)?,
-        file_signature(&spec.kernel)?,
-        file_signature(&spec.rootfs)?,
+        cache.content_digest(&exe)?,
+        cache.content_digest(&spec.kernel)?,
+        cache.content_digest(&spec.rootfs)?,
         spec.vcpus,
         spec.memory_mib,
     );
@@ -191,14 +235,41 @@ fn host_fingerprint() -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// A store in a fresh cache under `dir`; its snapshots in `dir/cache/snapshots`.
+    fn store_in(dir: &Path) -> SnapshotStore {
+        SnapshotStore::open_in(TrustedCache::at(dir.join("cache"))).unwrap()
+    }
+
     #[test]
-    fn an_unwritable_directory_means_no_store() {
+    fn an_unusable_cache_means_no_store() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
         // A directory cannot be created under a regular file.
-        assert!(SnapshotStore::open(file.join("snapshots")).is_none());
-        assert!(SnapshotStore::open(dir.path().join("snapshots")).is_some());
+        assert!(SnapshotStore::open_in(TrustedCache::at(file.join("cache"))).is_none());
+        assert!(SnapshotStore::open_in(Err("planted".into())).is_none());
+        store_in(dir.path());
+    }
+
+    #[test]
+    fn a_snapshot_is_used_only_while_it_matches_its_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path());
+        std::fs::write(store.path("k"), b"memory").unwrap();
+        assert!(store.check_seal("k", "id").unwrap_err().contains("no seal"));
+        store.seal("k", "id").unwrap();
+        store.check_seal("k", "id").unwrap();
+        assert!(store.check_seal("k", "another id").is_err());
+        // Planted in its place (a local user, a copy from elsewhere).
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, b"memory").unwrap();
+        std::fs::rename(&planted, store.path("k")).unwrap();
+        assert_eq!(
+            store.check_seal("k", "id").unwrap_err(),
+            "it changed after it was sealed"
+        );
+        store.remove("k");
+        assert!(!store.path("k").exists() && !store.seal_path("k").exists());
     }
 
     #[test]
@@ -211,9 +282,10 @@ mod tests {
         let rootfs = dir.path().join("rootfs.ext4");
         std::fs::write(&kernel, b"k").unwrap();
         std::fs::write(&rootfs, b"r").unwrap();
+        let cache = TrustedCache::at(dir.path().join("cache")).unwrap();
         let spec = VmSpec {
             name: "a".into(),
-            kernel,
+            kernel: kernel.clone(),
             rootfs,
             vcpus: 1,
             memory_mib: 256,
@@ -221,13 +293,13 @@ mod tests {
             serial_log_limit: None,
             network: Default::default(),
         };
-        let first = identity(&spec).unwrap();
+        let first = identity(&cache, &spec).unwrap();
         // From every CPU: KVM answers some CPUID leaves from the CPU the
         // caller runs on, which must not change the identity.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let others: Vec<_> = (0..cpus)
             .map(|cpu| {
-                let spec = spec.clone();
+                let (spec, cache) = (spec.clone(), cache.clone());
                 std::thread::spawn(move || {
                     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays in it.
                     unsafe {
@@ -237,7 +309,7 @@ mod tests {
                     }
                     (
                         runner_vmm::snapshot::host_fingerprint().unwrap(),
-                        identity(&spec).unwrap(),
+                        identity(&cache, &spec).unwrap(),
                     )
                 })
             })
@@ -252,31 +324,33 @@ mod tests {
             memory_mib: 512,
             ..spec.clone()
         };
-        assert_ne!(identity(&bigger).unwrap().0, first.0);
+        assert_ne!(identity(&cache, &bigger).unwrap().0, first.0);
         assert_eq!(first.0.len(), 16);
-    }
-
-    #[test]
-    fn file_signatures_change_with_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vmlinux");
-        std::fs::write(&path, b"one").unwrap();
-        let first = file_signature(&path).unwrap();
-        std::fs::write(&path, b"three").unwrap();
-        assert_ne!(first, file_signature(&path).unwrap());
-        assert!(file_signature(&dir.path().join("missing")).is_err());
+        // The kernel's content, not its name, size or time.
+        std::fs::write(&kernel, b"K").unwrap();
+        assert_ne!(identity(&cache, &spec).unwrap().0, first.0);
+        std::fs::write(&kernel, b"k").unwrap();
+        assert_eq!(identity(&cache, &spec).unwrap().0, first.0);
+        assert!(identity(
+            &cache,
+            &VmSpec {
+                kernel: dir.path().join("missing"),
+                ..spec.clone()
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn unfinished_builds_of_a_key_are_removed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path().to_path_buf()).unwrap();
+        let store = store_in(dir.path());
         let keep = ["k.snap", "k.lock", ".other.12.building", "k.building"];
         for name in keep.iter().chain(&[".k.12.building", ".k.345.building"]) {
-            std::fs::write(dir.path().join(name), b"").unwrap();
+            std::fs::write(store.dir().join(name), b"").unwrap();
         }
         store.remove_unfinished_builds("k");
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        let mut left: Vec<String> = std::fs::read_dir(store.dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -289,12 +363,12 @@ mod tests {
     #[test]
     fn only_the_file_that_was_restored_is_quarantined() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path().to_path_buf()).unwrap();
+        let store = store_in(dir.path());
         std::fs::write(store.path("k"), b"dead").unwrap();
         let dead = FileId::of(&store.path("k")).unwrap().unwrap();
 
         // Rebuilt in the meantime (a new file renamed into place): kept.
-        let rebuilt = dir.path().join(".k.1.building");
+        let rebuilt = store.dir().join(".k.1.building");
         std::fs::write(&rebuilt, b"fresh").unwrap();
         std::fs::rename(&rebuilt, store.path("k")).unwrap();
         assert_eq!(store.quarantine("k", &dead).unwrap(), None);
@@ -303,7 +377,7 @@ mod tests {
         // Still the file that was restored: moved aside, replacing an older one.
         let fresh = FileId::of(&store.path("k")).unwrap().unwrap();
         let moved = store.quarantine("k", &fresh).unwrap().unwrap();
-        assert_eq!(moved, dir.path().join("quarantine").join("k.snap"));
+        assert_eq!(moved, store.dir().join("quarantine").join("k.snap"));
         assert_eq!(std::fs::read(&moved).unwrap(), b"fresh");
         assert!(!store.path("k").exists());
         // Gone already: nothing to do.
@@ -314,7 +388,7 @@ mod tests {
     #[test]
     fn the_lock_is_exclusive_across_file_descriptions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path().to_path_buf()).unwrap();
+        let store = store_in(dir.path());
         let held = store.lock("k").unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let other = store.clone();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::kvm::KvmBackend;
-use crate::backend::snapshots::{self, SnapshotStore};
+use crate::backend::snapshots::SnapshotStore;
 use crate::backend::{default_backend, qemu_backend, Backend, VmSpec};
 use crate::images::{ImageKind, ImageRef, Images};
 pub use crate::pipeline::parse_duration;
@@ -122,7 +122,7 @@ impl BackendChoice {
     /// The backend; `cold` turns the kvm backend's warm start off.
     pub fn backend(self, cold: bool) -> anyhow::Result<Box<dyn Backend>> {
         let kvm = || {
-            let store = (!cold).then(|| SnapshotStore::open(snapshots::default_dir()));
+            let store = (!cold).then(SnapshotStore::open);
             Box::new(KvmBackend::with_snapshots(store.flatten())) as Box<dyn Backend>
         };
         match self {

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::{cache_dir, Entry, Lock, Manifest};
+use super::{cache, Entry, Lock, Manifest};
 
 /// One cache entry as listed.
 pub struct Listed {
@@ -21,7 +21,7 @@ pub struct Listed {
 
 /// Every entry in the cache, most recently used first.
 pub fn list() -> std::io::Result<Vec<Listed>> {
-    let dir = cache_dir();
+    let (cache, dir) = cache().map_err(std::io::Error::other)?;
     let mut shorts = HashSet::new();
     let read = match fs::read_dir(&dir) {
         Ok(read) => read,
@@ -44,7 +44,10 @@ pub fn list() -> std::io::Result<Vec<Listed>> {
         .into_iter()
         .map(|short| {
             let entry = Entry::new(&dir, &short);
-            let (manifest, problem) = match entry.check(None) {
+            let checked = entry
+                .check(None)
+                .and_then(|m| entry.check_seal(&cache, &m.key).map(|()| m));
+            let (manifest, problem) = match checked {
                 Ok(m) => (Some(m), None),
                 Err(why) => (None, Some(why)),
             };
@@ -101,7 +104,7 @@ pub fn render(listed: &[Listed], now: SystemTime, verbose: bool) -> String {
         "{} images, {} on disk in {}\n",
         listed.len(),
         human_bytes(total),
-        cache_dir().display()
+        cache().map_or_else(|e| e, |(_, dir)| dir.display().to_string())
     ));
     out
 }
@@ -141,7 +144,9 @@ pub fn prune(policy: &PrunePolicy, now: SystemTime) -> std::io::Result<(Vec<Stri
         freed += l.disk_bytes;
         removed.push(l.entry.short.clone());
     }
-    remove_stale_temp(&cache_dir(), now);
+    if let Ok((_, dir)) = cache() {
+        remove_stale_temp(&dir, now);
+    }
     Ok((removed, freed))
 }
 

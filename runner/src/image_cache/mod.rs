@@ -1,9 +1,11 @@
 //! Images built from a spec in the pipeline, cached by the hash of
 //! everything that goes into them.
 //!
-//! The cache lives in `${RUNNER_CACHE:-~/.cache/runner}/images/`. An entry
+//! The cache lives in `${RUNNER_CACHE:-~/.cache/runner}/images/` (see
+//! `crate::trusted_cache` for why it must be this user's alone). An entry
 //! is `<key>.ext4` (the image), `<key>.json` (its manifest: what it was built
-//! from, its size and sha256) and `<key>.used` (its mtime is the last use).
+//! from, its size and sha256), `<key>.seal` (the image is the one that was
+//! built: `crate::trusted_cache`) and `<key>.used` (its mtime is the last use).
 //! Builders take an exclusive `flock` on `<key>.lock`, build under a temp
 //! name and rename into place, so concurrent runners build a spec once and
 //! nobody ever boots a half-written image. An entry whose image does not
@@ -14,7 +16,7 @@ mod key;
 pub mod manage;
 pub mod oci;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -28,6 +30,7 @@ pub(crate) use key::sha256_bytes;
 
 use crate::images::{ImageError, Images};
 use crate::pipeline::{ImageRef, ImageSpec, SpecBase};
+use crate::trusted_cache::{open_no_follow, TrustedCache};
 
 pub use key::{hex, sha256_file, spec_key};
 
@@ -52,17 +55,11 @@ pub struct Manifest {
     pub inputs: Vec<String>,
 }
 
-/// The cache directory: `${RUNNER_CACHE:-$HOME/.cache/runner}/images`.
-pub fn cache_dir() -> PathBuf {
-    cache_root().join("images")
-}
-
-/// The runner's cache: `RUNNER_CACHE`, else `~/.cache/runner`.
-pub fn cache_root() -> PathBuf {
-    std::env::var_os("RUNNER_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/runner")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/runner-cache"))
+/// The image cache in the runner's cache, checked (`crate::trusted_cache`).
+pub fn cache() -> Result<(TrustedCache, PathBuf), String> {
+    let cache = TrustedCache::open()?;
+    let dir = cache.subdir("images")?;
+    Ok((cache, dir))
 }
 
 /// The files of one cache entry.
@@ -72,6 +69,7 @@ pub struct Entry {
     pub manifest: PathBuf,
     pub used: PathBuf,
     pub lock: PathBuf,
+    pub seal: PathBuf,
 }
 
 impl Entry {
@@ -82,6 +80,7 @@ impl Entry {
             manifest: dir.join(format!("{short}.json")),
             used: dir.join(format!("{short}.used")),
             lock: dir.join(format!("{short}.lock")),
+            seal: dir.join(format!("{short}.seal")),
         }
     }
 
@@ -114,19 +113,22 @@ impl Entry {
         Ok(manifest)
     }
 
+    /// Whether the image is the file this runner built for `key`.
+    pub fn check_seal(&self, cache: &TrustedCache, key: &str) -> Result<(), String> {
+        cache
+            .check_seal(&self.image, &self.seal, &format!("image {key}"))
+            .map(drop)
+    }
+
     fn touch_used(&self) {
-        let stamp = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.used);
+        let stamp = open_no_follow(&self.used);
         if let Ok(file) = stamp {
             let _ = file.set_modified(SystemTime::now());
         }
     }
 
     fn remove(&self) {
-        for path in [&self.manifest, &self.image, &self.used] {
+        for path in [&self.manifest, &self.image, &self.used, &self.seal] {
             let _ = fs::remove_file(path);
         }
     }
@@ -139,11 +141,7 @@ pub struct Lock {
 
 impl Lock {
     pub fn acquire(path: &Path, wait: bool) -> std::io::Result<Option<Lock>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
+        let file = open_no_follow(path)?;
         let flags = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
         loop {
             // SAFETY: flock on a file descriptor we own.
@@ -164,12 +162,13 @@ impl Lock {
 /// `verify` also checks the image's sha256 against the manifest.
 pub fn resolve(images: &Images, spec: &ImageSpec, verify: bool) -> Result<PathBuf, ImageError> {
     let (key, inputs) = spec_key(images, spec)?;
-    let dir = cache_dir();
+    let (cache, dir) = cache().map_err(ImageError::Spec)?;
     let entry = Entry::new(&dir, &key[..16]);
     let summary = spec.summary();
     let label = format!("image {} ({summary})", entry.short);
     let usable = |entry: &Entry| -> Result<Manifest, String> {
         let manifest = entry.check(Some(&key))?;
+        entry.check_seal(&cache, &key)?;
         if verify {
             let sum = sha256_file(&entry.image).map_err(|e| format!("image: {e}"))?;
             if sum != manifest.sha256 {
@@ -183,8 +182,6 @@ pub fn resolve(images: &Images, spec: &ImageSpec, verify: bool) -> Result<PathBu
         eprintln!("runner: {label}: cached, {}", entry.image.display());
         return Ok(entry.image);
     }
-    fs::create_dir_all(&dir)
-        .map_err(|e| build_error(&label, format!("creating {}: {e}", dir.display())))?;
     let lock = match Lock::acquire(&entry.lock, false) {
         Ok(Some(lock)) => lock,
         Ok(None) => {
@@ -237,7 +234,15 @@ pub fn resolve(images: &Images, spec: &ImageSpec, verify: bool) -> Result<PathBu
         fs::write(&manifest_temp, serde_json::to_vec_pretty(&manifest)?)?;
         // The image first: a manifest never points at a missing image.
         fs::rename(&temp, &entry.image)?;
-        fs::rename(&manifest_temp, &entry.manifest)
+        fs::rename(&manifest_temp, &entry.manifest)?;
+        cache
+            .seal(
+                &entry.image,
+                &entry.seal,
+                &format!("image {key}"),
+                &manifest.sha256,
+            )
+            .map_err(std::io::Error::other)
     };
     publish().map_err(|e| {
         let _ = fs::remove_file(&temp);
@@ -310,7 +315,7 @@ fn build(
             // The build user keeps its own .deb cache: it cannot reach ours.
             let debs = match &builder {
                 build_user::Builder::BuildUser(user) => user.home.join("debs"),
-                _ => cache_dir().join("debs"),
+                _ => cache.join("debs"),
             };
             cmd.arg("--debs").arg(debs);
             if !spec.packages.is_empty() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use agent_protocol::{Command, ExecRequest};
 
 use super::{KvmBackend, KvmVm, Start};
-use crate::backend::snapshots::{identity, warn_once, FileId, SnapshotStore};
+use crate::backend::snapshots::{warn_once, FileId, SnapshotStore};
 use crate::backend::vm_process::SnapshotRole;
 use crate::backend::{wait_for_agent, BootError, VmSpec};
 use crate::session::new_clone_id;
@@ -57,7 +57,7 @@ pub(super) fn start(
     store: &SnapshotStore,
     spec: &VmSpec,
 ) -> Result<KvmVm, BootError> {
-    let (key, identity) = match identity(spec) {
+    let (key, identity) = match store.identity(spec) {
         Ok(found) => found,
         Err(e) => {
             warn_once(&format!(
@@ -143,6 +143,13 @@ impl WarmStart<'_> {
         let Some(file) = identify(&self.role.path)? else {
             return Ok(Cloned::Missing);
         };
+        // Nothing restores a file this runner did not build and seal.
+        if let Err(why) = self.store.check_seal(&self.key, &self.role.identity) {
+            return Ok(Cloned::Refused(format!(
+                "{}: {why}",
+                self.role.path.display()
+            )));
+        }
         let vm = match restore(self.backend, self.spec, &self.role) {
             Ok(vm) => vm,
             // The VMM names the file when it refuses it (`Error::SnapshotRefused`).
@@ -179,7 +186,7 @@ impl WarmStart<'_> {
                         "runner: warning: snapshot {} is unusable ({why}): rebuilding it",
                         self.key
                     );
-                    let _ = std::fs::remove_file(&self.role.path);
+                    self.store.remove(&self.key);
                 }
                 found => return Ok(found),
             }
@@ -245,6 +252,12 @@ impl WarmStart<'_> {
                             building.display()
                         ))
                     })
+                })
+                .and_then(|()| {
+                    self.store
+                        .seal(key, &self.role.identity)
+                        .map_err(BuildError::Snapshot)
+                        .inspect_err(|_| self.store.remove(key))
                 });
             if result.is_err() {
                 let _ = std::fs::remove_file(&building);
