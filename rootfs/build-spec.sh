@@ -43,8 +43,11 @@ die() { log "error: $*"; exit 1; }
 spec_error() { printf 'error: %s\n' "$*" >&2; exit 65; }
 
 base="" out="" agent="" key="" from_image="" tree="" packages="" files="" setup=""
-size_mib="" mirror="http://deb.debian.org/debian" debs=""
+size_mib="" mirror="http://deb.debian.org/debian" debs="" owners="" setup_timeout=1800 setup_network=0
 while [ $# -gt 0 ]; do
+    # The one flag without a value: setup may use the network (the
+    # operator's grant, runner --allow-setup-network).
+    if [ "$1" = --setup-network ]; then setup_network=1; shift; continue; fi
     [ $# -ge 2 ] || die "$1 needs a value"
     case "$1" in
         --base) base="$2" ;;
@@ -59,6 +62,8 @@ while [ $# -gt 0 ]; do
         --size-mib) size_mib="$2" ;;
         --mirror) mirror="$2" ;;
         --debs) debs="$2" ;;
+        --owners) owners="$2" ;;
+        --setup-timeout) setup_timeout="$2" ;;
         *) die "unknown argument: $1" ;;
     esac
     shift 2
@@ -119,16 +124,26 @@ phase() { printf 'runner-image-phase %s %.2f\n' "$1" "$(echo "$3 - $2" | bc)" >&
 
 # The setup script, run as root inside the image, with its output kept so a
 # failure can show it. Used as an mmdebstrap hook (debian) and for the other
-# bases under unshare(1).
+# bases under unshare(1). It is the pipeline's code: it gets a time limit,
+# a PID namespace (nothing it starts outlives it) and, unless the operator
+# granted the network to setup, a network namespace with only loopback.
 write_setup_runner() {
-    cat > "$work/run-setup.sh" <<'EOF'
-root="$1"
+    local net=--net
+    [ "$setup_network" = 1 ] && net=
+    cat > "$work/run-setup.sh" <<EOF
+root="\$1"
 rc=0
-chroot "$root" /bin/sh -e /run/runner-setup.sh > "$root/run/runner-setup.log" 2>&1 || rc=$?
-sed 's/^/setup: /' "$root/run/runner-setup.log" >&2
-rm -f "$root/run/runner-setup.sh" "$root/run/runner-setup.log"
-if [ "$rc" != 0 ]; then
-    echo "runner-setup-failed: exit status $rc" >&2
+timeout --kill-after=10 $setup_timeout unshare --pid --fork --kill-child $net sh -c \
+    'ip link set lo up 2>/dev/null; exec chroot "\$1" /bin/sh -e /run/runner-setup.sh' sh "\$root" \
+    > "\$root/run/runner-setup.log" 2>&1 || rc=\$?
+sed 's/^/setup: /' "\$root/run/runner-setup.log" >&2
+rm -f "\$root/run/runner-setup.sh" "\$root/run/runner-setup.log"
+if [ "\$rc" = 124 ] || [ "\$rc" = 137 ]; then
+    echo "runner-setup-failed: it did not finish within ${setup_timeout}s, the limit for image setup" >&2
+    exit 1
+fi
+if [ "\$rc" != 0 ]; then
+    echo "runner-setup-failed: exit status \$rc" >&2
     exit 1
 fi
 EOF
@@ -268,7 +283,11 @@ finish_tree() {
         [ -x "$stage/bin/sh" ] || [ -L "$stage/bin/sh" ] || spec_error "setup needs /bin/sh, and the image has none"
         write_setup_runner
         install -m 0700 "$setup" "$stage/run/runner-setup.sh"
+    fi
+    if [ -n "$setup" ] || [ -n "$owners" ]; then
         give_tree_to_subordinate_root
+    fi
+    if [ -n "$setup" ]; then
         local t0 rc=0
         t0=$(now)
         # The namespace's root is a subordinate id: it owns the tree and
@@ -297,12 +316,23 @@ give_tree_to_subordinate_root() {
     command -v mmdebstrap >/dev/null || die "missing build dependency: apt-get install mmdebstrap uidmap"
     grep -q "^\($(id -un)\|$(id -u)\):" /etc/subuid 2>/dev/null \
         || die "setup runs as the root of a user namespace, and $(id -un) has no range in /etc/subuid and /etc/subgid: run scripts/setup-host as root, or: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $(id -un)"
+    # An OCI tree's owners and modes, as its layers gave them (recorded by
+    # the unpacker, runner/src/image_cache/oci): ids of this namespace,
+    # which own nothing on the host.
     unshare --user --map-auto --map-user=65536 --map-group=65536 --setuid 0 --setgid 0 \
         bash -c 'set -e
             find "$1" -xdev ! -type l -perm /6000 -printf "%m\t%p\0" > "$2"
             chown -R -h 0:0 "$1"
-            while IFS=$'"'"'\t'"'"' read -r -d "" mode path; do chmod "$mode" "$path"; done < "$2"' \
-        bash "$stage" "$work/setid.list" || die "cannot give the tree to the user namespace's root (unshare --map-auto)"
+            while IFS=$'"'"'\t'"'"' read -r -d "" mode path; do chmod "$mode" "$path"; done < "$2"
+            [ -n "$3" ] || exit 0
+            while IFS= read -r -d "" record; do
+                uid=${record%%:*}; rest=${record#*:}
+                gid=${rest%%:*}; rest=${rest#*:}
+                mode=${rest%%:*}; path=$1/${rest#*:}
+                chown -h "$uid:$gid" "$path"
+                [ -L "$path" ] || chmod "$mode" "$path"
+            done < "$3"' \
+        bash "$stage" "$work/setid.list" "$owners" || die "cannot give the tree to the user namespace's root (unshare --map-auto)"
     inside=(mmdebstrap --unshare-helper)
 }
 

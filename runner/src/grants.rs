@@ -36,6 +36,10 @@ pub const MACHINE_POLICY: &str = "/etc/runner/policy.yml";
 /// project's build, not a way to fill the host's disk.
 pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 16 << 30;
 
+/// How long an image's `setup` may run: it runs once per image, and a
+/// script that never ends must not hold the machine.
+pub const DEFAULT_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// The keyword for "any public address" in a network grant.
 pub const PUBLIC: &str = "public";
 
@@ -300,6 +304,15 @@ impl PolicyFile {
 }
 
 impl Grants {
+    /// What image builds may do under these grants.
+    pub fn build_limits(&self) -> crate::images::BuildLimits {
+        crate::images::BuildLimits {
+            max_bytes: self.max_image_size,
+            setup_network: self.setup_network,
+            setup_timeout: DEFAULT_SETUP_TIMEOUT,
+        }
+    }
+
     /// What would grant `flag`'s permission, for a refusal.
     fn how_to_grant(&self, flag: &str) -> String {
         match &self.source {

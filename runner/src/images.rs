@@ -37,6 +37,37 @@ pub enum ImageError {
     Spec(String),
 }
 
+impl ImageError {
+    /// A spec error said of `what` (`oci image PATH`); others unchanged.
+    pub fn in_image(self, what: &str) -> ImageError {
+        match self {
+            ImageError::Spec(detail) => ImageError::Spec(format!("{what}: {detail}")),
+            other => other,
+        }
+    }
+}
+
+/// What an image build may do: the operator's grants (`crate::grants`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Most bytes a spec without `size` may unpack or hold.
+    pub max_bytes: u64,
+    /// Whether `setup` gets the network.
+    pub setup_network: bool,
+    /// How long `setup` may run.
+    pub setup_timeout: std::time::Duration,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        BuildLimits {
+            max_bytes: crate::grants::DEFAULT_MAX_IMAGE_SIZE,
+            setup_network: false,
+            setup_timeout: crate::grants::DEFAULT_SETUP_TIMEOUT,
+        }
+    }
+}
+
 /// Resolves image references to files.
 pub struct Images {
     sources: Option<PathBuf>,
@@ -47,6 +78,7 @@ pub struct Images {
     /// `RUNNER_AGENT`: a prebuilt static guest agent, instead of building
     /// one with cargo (image specs hash it on every run).
     agent: Option<PathBuf>,
+    limits: BuildLimits,
 }
 
 impl Images {
@@ -68,7 +100,18 @@ impl Images {
             default_kernel: std::env::var_os("RUNNER_KERNEL").map(PathBuf::from),
             minimal_rootfs: std::env::var_os("RUNNER_ROOTFS").map(PathBuf::from),
             agent: std::env::var_os("RUNNER_AGENT").map(PathBuf::from),
+            limits: BuildLimits::default(),
         }
+    }
+
+    /// These images, built within `limits`.
+    pub fn with_limits(mut self, limits: BuildLimits) -> Images {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &BuildLimits {
+        &self.limits
     }
 
     pub fn kernel(&self, image: &ImageRef) -> Result<PathBuf, ImageError> {
@@ -274,6 +317,7 @@ mod tests {
             default_kernel: None,
             minimal_rootfs: None,
             agent: None,
+            limits: BuildLimits::default(),
         };
         let err = images
             .kernel(&ImageRef::Path("/nonexistent/vmlinux".into()))

@@ -95,6 +95,7 @@ fn build(which: &str, verify: bool, grants: &GrantArgs) -> Result<i32, Failure> 
             let grants = grants
                 .resolve()
                 .map_err(|e| Failure::new(2, anyhow::Error::msg(e)))?;
+            let images = images.with_limits(grants.build_limits());
             return build_pipeline(&images, Path::new(path), verify, &grants);
         }
         other => {

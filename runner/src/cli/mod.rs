@@ -49,6 +49,28 @@ enum Command {
     /// `backend::vm_process`); started by the runner itself.
     #[command(name = "__vm-process", hide = true)]
     VmProcess,
+    /// Internal: unpacks an OCI image's layers as the image build's
+    /// unprivileged user (see `image_cache::oci`).
+    #[command(name = "__unpack-oci", hide = true)]
+    UnpackOci {
+        source: std::path::PathBuf,
+        dest: std::path::PathBuf,
+        owners: std::path::PathBuf,
+        limit: u64,
+    },
+    /// Internal: runs a program and ends every process it starts (see
+    /// `process::keeper_main`).
+    #[command(name = "__keeper", hide = true)]
+    Keeper {
+        #[arg(long)]
+        limit: u64,
+        #[arg(long, requires = "gid")]
+        uid: Option<u32>,
+        #[arg(long, requires = "uid")]
+        gid: Option<u32>,
+        #[arg(last = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -71,6 +93,26 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     // started it stops it.
     let command = match cli.command {
         Command::VmProcess => return Ok(crate::backend::vm_process::child::main()),
+        Command::UnpackOci {
+            source,
+            dest,
+            owners,
+            limit,
+        } => {
+            return Ok(crate::image_cache::oci::unpack_main(
+                &source, &dest, &owners, limit,
+            ))
+        }
+        Command::Keeper {
+            limit,
+            uid,
+            gid,
+            argv,
+        } => {
+            let run_as = uid.zip(gid);
+            let limit = std::time::Duration::from_secs(limit);
+            return Ok(crate::process::keeper_main(limit, run_as, &argv));
+        }
         command => command,
     };
     if let Err(e) = crate::interrupt::install() {
@@ -86,7 +128,9 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Shell(args) => shell::run(args),
         Command::Report(cmd) => report::run(cmd),
         Command::Doctor => doctor::run(),
-        Command::VmProcess => Ok(crate::backend::vm_process::child::main()),
+        Command::VmProcess | Command::UnpackOci { .. } | Command::Keeper { .. } => {
+            unreachable!("handled before the signal handlers")
+        }
     };
     // Whatever broke after Ctrl-C broke because of it: say so, and use the
     // shell's code for death by SIGINT.

@@ -16,7 +16,7 @@ use clap::Args;
 use super::exec::{exit_code, VM_FAILED};
 use super::{parse_duration, BackendChoice, Failure};
 use crate::backend::{wait_for_agent, VmSpec, DEFAULT_SERIAL_LOG_LIMIT};
-use crate::grants::GrantArgs;
+use crate::grants::{GrantArgs, Grants};
 use crate::images::{ImageKind, ImageRef, Images};
 use crate::pipeline::{files, host_scope, FileEntry, Image, Network, Pipeline, GUEST_WORKSPACE};
 use crate::plan::Plan;
@@ -82,8 +82,9 @@ struct Setup {
 
 pub fn run(args: ShellArgs) -> Result<i32, Failure> {
     let usage = |e: anyhow::Error| Failure::new(2, e);
+    let grants = args.grants.resolve().map_err(|e| usage(anyhow!(e)))?;
     let setup = match &args.pipeline {
-        Some(pipeline) => from_job(&args, pipeline),
+        Some(pipeline) => from_job(&args, pipeline, &grants),
         None => from_flags(&args),
     }
     .map_err(usage)?;
@@ -93,7 +94,7 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
             "runner shell needs a terminal on stdin; to run commands without one, use `runner exec`"
         )));
     }
-    let spec = vm_spec(&args, &setup).map_err(usage)?;
+    let spec = vm_spec(&args, &setup, &grants).map_err(usage)?;
     if spec.network.is_on() {
         crate::backend::network::passt::locate().map_err(|e| usage(anyhow::Error::msg(e)))?;
     }
@@ -157,7 +158,7 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
 }
 
 /// `runner shell PIPELINE JOB`: the job's VM and environment.
-fn from_job(args: &ShellArgs, path: &Path) -> anyhow::Result<Setup> {
+fn from_job(args: &ShellArgs, path: &Path, grants: &Grants) -> anyhow::Result<Setup> {
     if args.workspace.is_some() {
         anyhow::bail!(
             "--workspace is for a shell without a pipeline; a job copies its own `files`"
@@ -185,7 +186,6 @@ fn from_job(args: &ShellArgs, path: &Path) -> anyhow::Result<Setup> {
     };
     // The job's own asks, as `runner test` checks them; the flags of this
     // command (--kernel, --rootfs) are the operator's.
-    let grants = args.grants.resolve().map_err(anyhow::Error::msg)?;
     let single = Plan {
         jobs: vec![job.clone()],
         ..plan.clone()
@@ -243,7 +243,7 @@ fn from_flags(args: &ShellArgs) -> anyhow::Result<Setup> {
 }
 
 /// The VM spec: the setup's image and size, overridden by the flags.
-fn vm_spec(args: &ShellArgs, setup: &Setup) -> anyhow::Result<VmSpec> {
+fn vm_spec(args: &ShellArgs, setup: &Setup, grants: &Grants) -> anyhow::Result<VmSpec> {
     let cwd = std::env::current_dir()?;
     let parse = |kind, text: &str| ImageRef::parse(kind, text, &cwd).map_err(anyhow::Error::msg);
     let kernel = match &args.kernel {
@@ -254,7 +254,7 @@ fn vm_spec(args: &ShellArgs, setup: &Setup) -> anyhow::Result<VmSpec> {
         Some(text) => parse(ImageKind::Rootfs, text)?,
         None => setup.image.rootfs.clone(),
     };
-    let images = Images::from_env();
+    let images = Images::from_env().with_limits(grants.build_limits());
     Ok(VmSpec {
         name: "shell".into(),
         kernel: images.kernel(&kernel)?,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
-use crate::grants::GrantArgs;
+use crate::grants::{GrantArgs, Grants};
 use crate::images::Images;
 use crate::pipeline::{parse_byte_size, Pipeline};
 use crate::plan::Plan;
@@ -160,7 +160,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     }
     // Before images are built: a refused --out should not wait for that.
     out_dir::prepare(&args.out).map_err(config)?;
-    let images = resolve_images(&plan).map_err(config)?;
+    let images = resolve_images(&plan, &grants).map_err(config)?;
     let backend = args.backend.backend(args.cold.cold).map_err(config)?;
 
     let options = Options {
@@ -248,8 +248,8 @@ fn select_shard(plan: Plan, args: &TestArgs) -> anyhow::Result<Plan> {
 }
 
 /// Resolves every image the plan uses once, building named ones on first use.
-fn resolve_images(plan: &Plan) -> anyhow::Result<ResolvedImages> {
-    let images = Images::from_env();
+fn resolve_images(plan: &Plan, grants: &Grants) -> anyhow::Result<ResolvedImages> {
+    let images = Images::from_env().with_limits(grants.build_limits());
     let mut resolved = HashMap::new();
     for job in &plan.jobs {
         if !resolved.contains_key(&job.image) {

@@ -85,10 +85,12 @@ impl Builder {
             gid: user.gid.as_raw(),
             home: user.dir,
         };
-        // Only runs a pipeline's code when it has setup or packages.
+        // Only runs a pipeline's code when it has setup or packages; an OCI
+        // image's owners are given in the build's user namespace.
         let runs_pipeline_code = spec.setup.is_some() || !spec.packages.is_empty();
+        let oci = matches!(spec.base, SpecBase::Oci(_));
         let debian = spec.base == SpecBase::Debian;
-        if !runs_pipeline_code && !debian {
+        if !runs_pipeline_code && !debian && !oci {
             // Copies, debugfs and mke2fs: no namespace needed.
             return Ok(Builder::BuildUser(user));
         }
@@ -107,7 +109,7 @@ impl Builder {
         if user_namespaces_work(&user) {
             return Ok(Builder::BuildUser(user));
         }
-        if runs_pipeline_code {
+        if runs_pipeline_code || oci {
             return Err(refused(format!(
                 "this image spec runs `setup` or packages' scripts, which never run as the host's \
                  root, and user namespaces are unavailable to `{}`: enable them (sysctl -w \
@@ -123,13 +125,19 @@ impl Builder {
         Ok(Builder::RootWithoutNamespaces)
     }
 
-    /// Makes `cmd` run as the build user, if that is who builds.
+    /// The uid and gid a build runs as, when it is not the caller's.
+    pub fn run_as(&self) -> Option<(u32, u32)> {
+        match self {
+            Builder::BuildUser(user) => Some((user.uid, user.gid)),
+            _ => None,
+        }
+    }
+
+    /// Gives `cmd` the build user's environment and directory, if that is
+    /// who builds; [`Builder::run_as`] says as whom it runs.
     pub fn apply(&self, cmd: &mut Command, staging: &Path) {
         if let Builder::BuildUser(user) = self {
-            // std drops the supplementary groups when root sets a uid.
-            cmd.uid(user.uid)
-                .gid(user.gid)
-                .current_dir(staging)
+            cmd.current_dir(staging)
                 .env("HOME", &user.home)
                 .env("USER", &user.name)
                 .env("LOGNAME", &user.name)

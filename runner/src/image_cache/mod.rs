@@ -20,6 +20,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
@@ -329,10 +330,31 @@ fn build(
         }
         SpecBase::Oci(path) => {
             let tree = staging.join("tree");
-            let limit = spec.size_mib.map(|mib| mib << 20);
-            oci::unpack(path, &tree, limit)
-                .map_err(|e| ImageError::Spec(format!("oci image {}: {e}", path.display())))?;
-            cmd.args(["--base", "tree", "--tree"]).arg(&tree);
+            let owners = staging.join("owners.list");
+            let limit = spec
+                .size_mib
+                .map_or(images.limits().max_bytes, |mib| mib << 20);
+            let runner = crate::backend::vm_process::exe::runner_exe()
+                .map_err(|e| build_error(&label, e))?;
+            let mut unpack = Command::new(stage(&runner, "runner")?);
+            unpack
+                .arg("__unpack-oci")
+                .arg(stage(path, "oci")?)
+                .arg(&tree)
+                .arg(&owners)
+                .arg(limit.to_string());
+            builder.seal(staging).map_err(|e| build_error(&label, e))?;
+            builder.apply(&mut unpack, staging);
+            if let Some((uid, gid)) = builder.run_as() {
+                // std drops the supplementary groups when root sets a uid.
+                unpack.uid(uid).gid(gid);
+            }
+            run_unpacker(unpack, &label)
+                .map_err(|e| e.in_image(&format!("oci image {}", path.display())))?;
+            cmd.args(["--base", "tree", "--tree"])
+                .arg(&tree)
+                .arg("--owners")
+                .arg(&owners);
         }
     }
     let mut list = String::new();
@@ -368,24 +390,41 @@ fn build(
     if let build_user::Builder::BuildUser(_) = builder {
         fs::create_dir_all(staging.join("out")).map_err(|e| build_error(&label, e.to_string()))?;
     }
+    let limits = images.limits();
+    cmd.args([
+        "--setup-timeout",
+        &limits.setup_timeout.as_secs().to_string(),
+    ]);
+    if limits.setup_network {
+        cmd.arg("--setup-network");
+    }
     builder.seal(staging).map_err(|e| build_error(&label, e))?;
     builder.apply(&mut cmd, staging);
-    let phases = run_builder(cmd, &label)?;
+    // The whole build, downloads included, under a keeper: nothing of it
+    // (a setup's background process neither) outlives it or the runner.
+    let limit = limits.setup_timeout + BUILD_TIME_BEYOND_SETUP;
+    let keeper = crate::process::keep_tree(&cmd, limit, builder.run_as())
+        .map_err(|e| build_error(&label, format!("preparing the build: {e}")))?;
+    let phases = run_builder(keeper, &label)?;
     builder
         .claim(&built, out)
         .map_err(|e| build_error(&label, e))?;
     Ok(phases)
 }
 
-fn run_builder(mut cmd: Command, label: &str) -> Result<Vec<(String, f64)>, ImageError> {
-    // Not `spawn_guarded`: the builder stays in our process group so that a
-    // Ctrl-C reaches it too and its traps remove its temp files and stop
-    // mmdebstrap; a SIGKILL from a guard would skip all that.
-    let mut child = cmd
+/// How long an image build may take beyond its `setup`: the base, the
+/// packages' downloads and installs, the file system.
+const BUILD_TIME_BEYOND_SETUP: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+fn run_builder(mut keeper: Command, label: &str) -> Result<Vec<(String, f64)>, ImageError> {
+    // A keeper, not `spawn_guarded`: the builder stays in our process group
+    // so that a Ctrl-C reaches it too and its traps remove its temp files
+    // and stop mmdebstrap; the keeper ends whatever is left.
+    keeper
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    let mut child = crate::process::spawn_kept(&mut keeper)
         .map_err(|e| build_error(label, format!("running rootfs/build-spec.sh: {e}")))?;
     let mut phases = Vec::new();
     let mut last_error = None;
@@ -409,13 +448,32 @@ fn run_builder(mut cmd: Command, label: &str) -> Result<Vec<(String, f64)>, Imag
         .map_err(|e| build_error(label, format!("waiting for rootfs/build-spec.sh: {e}")))?;
     match status.code() {
         Some(0) => Ok(phases),
-        Some(65) => Err(ImageError::Spec(format!(
+        Some(65 | crate::process::KEEPER_TIMED_OUT) => Err(ImageError::Spec(format!(
             "{label}: {}",
             last_error.unwrap_or_else(|| "the image spec was refused".into())
         ))),
         _ => Err(build_error(
             label,
             format!("rootfs/build-spec.sh {status} (see its messages above)"),
+        )),
+    }
+}
+
+/// Runs `runner __unpack-oci` (see `oci::unpack_main`): as the build
+/// user, never as the host's root.
+fn run_unpacker(mut cmd: Command, label: &str) -> Result<(), ImageError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| build_error(label, format!("unpacking the layers: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("").trim().to_string();
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(oci::REFUSED) => Err(ImageError::Spec(last)),
+        _ => Err(build_error(
+            label,
+            format!("unpacking the layers: {} {last}", out.status),
         )),
     }
 }

@@ -1,6 +1,12 @@
 //! Applying one untrusted layer: its tar stream (decompressed by gzip or
 //! zstd), the OCI whiteouts, and the checks that keep it inside the root
-//! and within the image's `size`.
+//! and within its budget of bytes and entries.
+//!
+//! Nothing here runs as the host's root (`super::unpack` refuses to), and
+//! nothing takes a layer's owners or device numbers at their word: device
+//! nodes are refused (a VM's `/dev` is the kernel's devtmpfs), and owners
+//! are only recorded ([`Owners`]), to be given inside the image build's
+//! user namespace, where they map to ids that own nothing on the host.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -68,34 +74,58 @@ impl Drop for Decompressed {
     }
 }
 
-/// Bytes of file contents still allowed; `None` for no limit.
+/// Bytes of file contents and entries still allowed: a layer is small on
+/// disk and may unpack to terabytes, or to millions of empty files.
 pub(super) struct Budget {
-    pub(super) left: Option<u64>,
+    pub(super) bytes: u64,
+    pub(super) entries: u64,
 }
 
 impl Budget {
     fn take(&mut self, bytes: u64) -> Result<()> {
-        if let Some(left) = &mut self.left {
-            *left = left
-                .checked_sub(bytes)
-                .ok_or("the layers unpack to more than the image's `size`")?;
-        }
+        self.bytes = self.bytes.checked_sub(bytes).ok_or(
+            "the layers unpack to more bytes than the image may hold (its `size`, or the operator's --max-image-size)",
+        )?;
+        Ok(())
+    }
+
+    fn take_entry(&mut self) -> Result<()> {
+        self.entries = self
+            .entries
+            .checked_sub(1)
+            .ok_or("the layers hold more entries than an image may")?;
         Ok(())
     }
 }
+
+/// Owner and mode of one unpacked path, as its layer said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+}
+
+/// The owners to give the unpacked tree, by path below its root.
+pub type Owners = HashMap<PathBuf, Owner>;
+
+/// The ids a build's user namespace maps (see rootfs/build-spec.sh).
+pub const NAMESPACE_IDS: u32 = 65536;
 
 pub(super) fn apply_layer(
     layer: &Path,
     root: &Path,
     dirs: &mut HashMap<PathBuf, SystemTime>,
     budget: &mut Budget,
+    owners: &mut Owners,
 ) -> Result<()> {
-    let as_root = nix::unistd::geteuid().is_root();
     let mut archive = tar::Archive::new(layer_reader(layer)?);
     // Paths this layer made: an opaque marker hides only the lower layers.
     let mut made: HashSet<PathBuf> = HashSet::new();
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
+        budget.take_entry()?;
         let raw = entry.path().map_err(|e| e.to_string())?.into_owned();
         let rel = safe_relative(&raw)
             .ok_or_else(|| format!("`{}` leaves the image's root", raw.display()))?;
@@ -111,6 +141,7 @@ pub(super) fn apply_layer(
                     let child_rel = parent.join(child.file_name());
                     if !made.contains(&child_rel) {
                         remove_any(&child.path()).map_err(|e| e.to_string())?;
+                        forget(owners, &child_rel);
                     }
                 }
             }
@@ -118,7 +149,8 @@ pub(super) fn apply_layer(
         }
         if let Some(hidden) = name.strip_prefix(b".wh.") {
             let hidden = parent.join(std::ffi::OsStr::from_bytes(hidden));
-            remove_any(&root.join(hidden)).map_err(|e| e.to_string())?;
+            remove_any(&root.join(&hidden)).map_err(|e| e.to_string())?;
+            forget(owners, &hidden);
             continue;
         }
         fs::create_dir_all(root.join(&parent)).map_err(|e| e.to_string())?;
@@ -131,6 +163,7 @@ pub(super) fn apply_layer(
         let shown = rel.display();
         if !kind.is_dir() {
             remove_any(&target).map_err(|e| e.to_string())?;
+            forget(owners, &rel);
         } else if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
             remove_any(&target).map_err(|e| e.to_string())?;
         }
@@ -173,38 +206,38 @@ pub(super) fn apply_layer(
                 }
                 fs::hard_link(&source, &target).map_err(|e| format!("{shown}: {e}"))?;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                if kind != tar::EntryType::Fifo && !as_root {
-                    return Err(format!("{shown}: device node refused (only root may build images with device nodes)"));
-                }
-                let node_kind = match kind {
-                    tar::EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
-                    tar::EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
-                    _ => nix::sys::stat::SFlag::S_IFIFO,
-                };
-                let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
-                let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
-                nix::sys::stat::mknod(
-                    &target,
-                    node_kind,
-                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o777),
-                    nix::sys::stat::makedev(major, minor),
-                )
-                .map_err(|e| format!("{shown}: {e}"))?;
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(format!(
+                    "{shown}: device node refused (a VM gets its /dev from the kernel; a node in an image could name a host device)"
+                ));
+            }
+            tar::EntryType::Fifo => {
+                nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(|e| format!("{shown}: {e}"))?;
             }
             // PAX/GNU metadata entries are consumed by `tar` itself.
             _ => continue,
         }
-        if as_root {
-            let uid = header.uid().map_err(|e| e.to_string())? as u32;
-            let gid = header.gid().map_err(|e| e.to_string())? as u32;
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
+        let id = |raw: io::Result<u64>, what: &str| -> Result<u32> {
+            let id = raw.map_err(|e| e.to_string())?;
+            u32::try_from(id)
+                .ok()
+                .filter(|id| *id < NAMESPACE_IDS)
+                .ok_or_else(|| format!("{shown}: {what} {id} is beyond the {NAMESPACE_IDS} ids an image build maps"))
+        };
+        let owner = Owner {
+            uid: id(header.uid(), "owner")?,
+            gid: id(header.gid(), "group")?,
+            mode,
+        };
+        if kind != tar::EntryType::Symlink && kind != tar::EntryType::Link {
+            // Ours while unpacking; the owners come later (module docs).
+            let ours = if kind.is_dir() { 0o700 } else { 0o600 };
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o777 | ours))
                 .map_err(|e| format!("{shown}: {e}"))?;
         }
-        if kind != tar::EntryType::Symlink && kind != tar::EntryType::Link {
-            // Set after chown: chown clears setuid bits.
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("{shown}: {e}"))?;
+        if kind != tar::EntryType::Link {
+            owners.insert(rel.clone(), owner);
         }
         made.insert(rel);
     }
@@ -234,6 +267,11 @@ fn ensure_no_symlink(root: &Path, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Forgets the owners of `rel` and of everything below it.
+fn forget(owners: &mut Owners, rel: &Path) {
+    owners.retain(|path, _| !path.starts_with(rel));
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {

@@ -6,7 +6,11 @@
 //! deletes NAME from the layers below, `.wh..wh..opq` empties its directory
 //! of everything the layers below put there. Layers are untrusted: a path
 //! that leaves the root (`..`, or through a symlink a lower layer made), a
-//! hard link to outside, and device nodes when not root are refused.
+//! hard link to outside, and device nodes are refused; bytes and entries
+//! have a budget. The unpacking runs as the image build's unprivileged user
+//! (`runner __unpack-oci`, never as the host's root), and the owners the
+//! layers name are written to a list that rootfs/build-spec.sh applies in
+//! the build's user namespace.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -38,10 +42,20 @@ pub fn digest(path: &Path) -> Result<String> {
     Err("not found (expected an OCI image layout directory or a `docker save` tarball)".into())
 }
 
-/// Unpacks the image's layers into `dest` (created). With a `limit`, the
-/// bytes of file contents written, over all layers, may not pass it: a
-/// layer is untrusted, and may be a small file that unpacks to terabytes.
-pub fn unpack(path: &Path, dest: &Path, limit: Option<u64>) -> Result<()> {
+/// Most entries (files, directories, links) an image's layers may hold.
+pub const MAX_ENTRIES: u64 = 2_000_000;
+
+/// Unpacks the image's layers into `dest` (created); the bytes of file
+/// contents written, over all layers, may not pass `limit`. Returns the
+/// owners the layers gave each path. Refuses to run as the host's root.
+pub fn unpack(path: &Path, dest: &Path, limit: u64) -> Result<Owners> {
+    if nix::unistd::geteuid().is_root() && in_initial_user_namespace() {
+        return Err("OCI layers are never unpacked as the host's root".into());
+    }
+    unpack_layers(path, dest, limit)
+}
+
+fn unpack_layers(path: &Path, dest: &Path, limit: u64) -> Result<Owners> {
     fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
     let layers = if path.is_dir() {
         layout_layers(path)?
@@ -58,9 +72,13 @@ pub fn unpack(path: &Path, dest: &Path, limit: Option<u64>) -> Result<()> {
         layers
     };
     let mut dirs = HashMap::new();
-    let mut budget = Budget { left: limit };
+    let mut budget = Budget {
+        bytes: limit,
+        entries: MAX_ENTRIES,
+    };
+    let mut owners = Owners::new();
     for (index, layer) in layers.iter().enumerate() {
-        apply_layer(layer, dest, &mut dirs, &mut budget)
+        apply_layer(layer, dest, &mut dirs, &mut budget, &mut owners)
             .map_err(|e| format!("layer {}: {e}", index + 1))?;
     }
     // Directory mtimes last, deepest first: adding children moved them.
@@ -71,7 +89,45 @@ pub fn unpack(path: &Path, dest: &Path, limit: Option<u64>) -> Result<()> {
             let _ = dir.set_modified(mtime);
         }
     }
-    Ok(())
+    Ok(owners)
+}
+
+/// Exit code of `runner __unpack-oci` when the image is at fault.
+pub const REFUSED: i32 = 65;
+
+/// `runner __unpack-oci SOURCE DEST OWNERS LIMIT`: [`unpack`], then
+/// [`write_owners`]; one line on stderr and [`REFUSED`] if the image is
+/// refused.
+pub fn unpack_main(source: &Path, dest: &Path, owners: &Path, limit: u64) -> i32 {
+    match unpack(source, dest, limit).and_then(|found| write_owners(&found, owners)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            REFUSED
+        }
+    }
+}
+
+/// Whether this process is in the host's user namespace (not in a build's).
+fn in_initial_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .map(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(true)
+}
+
+/// Writes `owners` for rootfs/build-spec.sh: one NUL-terminated record
+/// `UID:GID:MODE(octal):PATH` per path (paths may hold any byte but NUL).
+pub fn write_owners(owners: &Owners, file: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut sorted: Vec<_> = owners.iter().collect();
+    sorted.sort_by_key(|(path, _)| *path);
+    let mut out = Vec::new();
+    for (path, owner) in sorted {
+        out.extend_from_slice(format!("{}:{}:{:o}:", owner.uid, owner.gid, owner.mode).as_bytes());
+        out.extend_from_slice(path.as_os_str().as_bytes());
+        out.push(0);
+    }
+    fs::write(file, out).map_err(|e| format!("writing {}: {e}", file.display()))
 }
 
 /// The image manifest's bytes, found through index.json (a nested index is
@@ -211,6 +267,7 @@ fn safe_relative(path: &Path) -> Option<PathBuf> {
 
 mod layer;
 use layer::{apply_layer, Budget};
+pub use layer::{Owner, Owners, NAMESPACE_IDS};
 
 #[cfg(test)]
 mod tests {
@@ -271,12 +328,98 @@ mod tests {
             ],
         );
         let mut dirs = HashMap::new();
-        apply_layer(&lower, &root, &mut dirs, &mut Budget { left: None }).unwrap();
-        apply_layer(&upper, &root, &mut dirs, &mut Budget { left: None }).unwrap();
+        let mut owners = Owners::new();
+        apply_layer(&lower, &root, &mut dirs, &mut roomy(), &mut owners).unwrap();
+        apply_layer(&upper, &root, &mut dirs, &mut roomy(), &mut owners).unwrap();
         assert!(root.join("etc/keep").exists());
         assert!(!root.join("etc/gone").exists());
         assert!(!root.join("opt/old").exists());
         assert_eq!(fs::read_to_string(root.join("opt/new")).unwrap(), "n");
+        // What went away has no owner to give.
+        let mut listed: Vec<_> = owners.keys().map(|p| p.display().to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, ["etc", "etc/keep", "opt", "opt/new"]);
+    }
+
+    fn roomy() -> Budget {
+        Budget {
+            bytes: 1 << 30,
+            entries: 1000,
+        }
+    }
+
+    #[test]
+    fn owners_and_setid_modes_are_recorded_for_the_namespace_not_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let path = tmp.path().join("o.tar");
+        let mut builder = tar::Builder::new(File::create(&path).unwrap());
+        for (name, uid, mode) in [
+            ("sudo", 0, 0o4755),
+            ("home", 1000, 0o700),
+            ("far", 70000, 0o644),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(mode);
+            header.set_uid(uid);
+            header.set_gid(uid);
+            header.set_size(1);
+            header.set_cksum();
+            builder.append_data(&mut header, name, &b"x"[..]).unwrap();
+            if name == "home" {
+                builder.finish().unwrap();
+                break;
+            }
+        }
+        drop(builder);
+        let mut owners = Owners::new();
+        apply_layer(&path, &root, &mut HashMap::new(), &mut roomy(), &mut owners).unwrap();
+        let owner = |p: &str| owners[Path::new(p)];
+        assert_eq!(
+            owner("sudo"),
+            Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o4755
+            }
+        );
+        assert_eq!(
+            owner("home"),
+            Owner {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o700
+            }
+        );
+        // On disk: ours, no setuid bit; the namespace gives the rest.
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(root.join("sudo")).unwrap();
+        assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+        assert_eq!(meta.mode() & 0o7777, 0o755);
+        let list = tmp.path().join("owners");
+        write_owners(&owners, &list).unwrap();
+        assert_eq!(
+            fs::read(&list).unwrap(),
+            b"1000:1000:700:home\x000:0:4755:sudo\x00"
+        );
+
+        // An owner beyond the namespace's ids.
+        let far = tmp.path().join("far.tar");
+        let mut builder = tar::Builder::new(File::create(&far).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_uid(70000);
+        header.set_size(0);
+        header.set_cksum();
+        builder.append_data(&mut header, "far", &b""[..]).unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        let err =
+            apply_layer(&far, &root, &mut HashMap::new(), &mut roomy(), &mut owners).unwrap_err();
+        assert!(err.contains("owner 70000 is beyond the 65536 ids"), "{err}");
     }
 
     #[test]
@@ -315,7 +458,7 @@ mod tests {
         drop(outer);
 
         let root = tmp.path().join("root");
-        unpack(&saved, &root, None).unwrap();
+        unpack_layers(&saved, &root, 1 << 20).unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/a")).unwrap(), "upper");
         assert!(!root.join("etc/b").exists());
         assert!(digest(&saved).unwrap().starts_with("tarball "));
@@ -328,11 +471,10 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let file = tar::EntryType::Regular;
         let mut dirs = HashMap::new();
-        let mut budget = Budget {
-            left: Some(1 << 20),
-        };
+        let mut budget = roomy();
+        let mut owners = Owners::new();
         let escape = layer(tmp.path(), "e.tar", &[("../outside", file, "x")]);
-        let err = apply_layer(&escape, &root, &mut dirs, &mut budget).unwrap_err();
+        let err = apply_layer(&escape, &root, &mut dirs, &mut budget, &mut owners).unwrap_err();
         assert!(err.contains("leaves the image's root"), "{err}");
         assert!(!tmp.path().join("outside").exists());
 
@@ -344,7 +486,7 @@ mod tests {
                 ("evil/x", file, "x"),
             ],
         );
-        let err = apply_layer(&through, &root, &mut dirs, &mut budget).unwrap_err();
+        let err = apply_layer(&through, &root, &mut dirs, &mut budget, &mut owners).unwrap_err();
         assert!(err.contains("through a symlink"), "{err}");
 
         let hard = layer(
@@ -352,7 +494,7 @@ mod tests {
             "h.tar",
             &[("passwd", tar::EntryType::Link, "../../etc/passwd")],
         );
-        let err = apply_layer(&hard, &root, &mut dirs, &mut budget).unwrap_err();
+        let err = apply_layer(&hard, &root, &mut dirs, &mut budget, &mut owners).unwrap_err();
         assert!(err.contains("leaves the root"), "{err}");
 
         let big = "x".repeat(4096);
@@ -361,8 +503,52 @@ mod tests {
             "b.tar",
             &[("a", file, big.as_str()), ("b", file, big.as_str())],
         );
-        let err =
-            apply_layer(&bomb, &root, &mut dirs, &mut Budget { left: Some(6000) }).unwrap_err();
-        assert!(err.contains("more than the image's `size`"), "{err}");
+        let mut small = Budget {
+            bytes: 6000,
+            entries: 1000,
+        };
+        let err = apply_layer(&bomb, &root, &mut dirs, &mut small, &mut owners).unwrap_err();
+        assert!(err.contains("more bytes than the image may hold"), "{err}");
+
+        // Many empty files: the entry budget.
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let many: Vec<(&str, tar::EntryType, &str)> =
+            names.iter().map(|n| (n.as_str(), file, "")).collect();
+        let swarm = layer(tmp.path(), "m.tar", &many);
+        let mut few = Budget {
+            bytes: 1 << 20,
+            entries: 10,
+        };
+        let err = apply_layer(&swarm, &root, &mut dirs, &mut few, &mut owners).unwrap_err();
+        assert!(err.contains("more entries than an image may"), "{err}");
+
+        // A block device: the host's disk, if it were ever created.
+        for kind in [tar::EntryType::Block, tar::EntryType::Char] {
+            let node = tmp.path().join("dev.tar");
+            let mut builder = tar::Builder::new(File::create(&node).unwrap());
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(0o660);
+            header.set_device_major(8).unwrap();
+            header.set_device_minor(0).unwrap();
+            header.set_size(0);
+            header.set_cksum();
+            builder.append_data(&mut header, "sda", &b""[..]).unwrap();
+            builder.finish().unwrap();
+            drop(builder);
+            let err = apply_layer(&node, &root, &mut dirs, &mut roomy(), &mut owners).unwrap_err();
+            assert!(err.contains("sda: device node refused"), "{err}");
+            assert!(!root.join("sda").exists());
+        }
+    }
+
+    #[test]
+    fn the_host_s_root_never_unpacks() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test checks a refusal only root meets: run it as root (CI does)");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack(tmp.path(), &tmp.path().join("root"), 1 << 20).unwrap_err();
+        assert_eq!(err, "OCI layers are never unpacked as the host's root");
     }
 }
