@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::network::{self, passt::Passt, relay::Relay};
 use super::serial_pump::SerialPump;
+use super::vm_process::confinement::VmIds;
 use super::vm_process::{self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VsockRole};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
@@ -106,10 +107,14 @@ impl super::Backend for QemuBackend {
         }
         let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
+        let ids = VmIds::allocate().map_err(BootError::Setup)?;
+        if let Some(ids) = &ids {
+            vm_process::give_to(ids, dir.path(), &[]).map_err(BootError::Setup)?;
+        }
         let paths = VmPaths::new(dir.path());
 
-        let devices = self.start_devices(spec, dir.path(), &paths)?;
-        let network = QemuNetwork::start(spec, dir.path())?;
+        let devices = self.start_devices(spec, dir.path(), &paths, ids.as_ref())?;
+        let network = QemuNetwork::start(spec, dir.path(), ids.as_ref())?;
         let external_vsock = match &self.vsock {
             VsockProvider::External(program) => Some(start_external_vsock(program, &paths)?),
             VsockProvider::Builtin => None,
@@ -158,6 +163,7 @@ impl super::Backend for QemuBackend {
             _external_vsock: external_vsock,
             paths,
             _dir: dir,
+            _ids: ids,
         }))
     }
 }
@@ -169,6 +175,7 @@ impl QemuBackend {
         spec: &VmSpec,
         dir: &Path,
         paths: &VmPaths,
+        ids: Option<&VmIds>,
     ) -> Result<Option<VmProcess>, BootError> {
         let disk = (self.disk == DiskProvider::Builtin).then(|| DiskRole {
             image: spec.rootfs.clone(),
@@ -188,9 +195,14 @@ impl QemuBackend {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
             seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
+            // The device servers read the rootfs; guest memory comes from
+            // QEMU as a passed fd.
+            jail: vm_process::jail_for(dir, vec![spec.rootfs.clone()], Vec::new())
+                .map_err(BootError::Setup)?,
             role: Role::Devices(DevicesRole { disk, vsock }),
         };
-        VmProcess::start(&config).map(Some)
+        // Guest memory is QEMU's (it touches it first), not this process's.
+        VmProcess::start(&config, ids, 0, 1).map(Some)
     }
 
     fn command(&self, spec: &VmSpec, paths: &VmPaths) -> Command {
@@ -331,14 +343,18 @@ struct QemuNetwork {
 impl QemuNetwork {
     /// passt (and the relay) for a VM whose job has `network`; `None`
     /// without it, and then QEMU gets no NIC at all.
-    fn start(spec: &VmSpec, dir: &Path) -> Result<Option<QemuNetwork>, BootError> {
+    fn start(
+        spec: &VmSpec,
+        dir: &Path,
+        ids: Option<&VmIds>,
+    ) -> Result<Option<QemuNetwork>, BootError> {
         if !spec.network.is_on() {
             return Ok(None);
         }
         // Resolve before starting anything: a typo in a host name costs nothing.
         let policy = network::policy(&spec.network)?;
         let program = network::passt::locate().map_err(BootError::Setup)?;
-        let passt = Passt::start(&program, dir)?;
+        let passt = Passt::start(&program, dir, ids)?;
         let relay = match policy {
             None => None,
             Some(policy) => Some(
@@ -387,6 +403,8 @@ struct QemuVm {
     _external_vsock: Option<ChildGuard>,
     paths: VmPaths,
     _dir: tempfile::TempDir,
+    /// The ids its processes run as; free again once they are gone.
+    _ids: Option<VmIds>,
 }
 
 impl Vm for QemuVm {

@@ -39,7 +39,8 @@ fn alive(pid: libc::pid_t) -> bool {
 
 /// Removes the VM directories in `temp` whose owning runner is gone. Only
 /// real directories (not symlinks) that match our naming scheme and belong
-/// to the current user are touched. Returns what was removed.
+/// to the current user (or, for root, to a VM's own ids, which a jailed VM
+/// process has its directory under) are touched. Returns what was removed.
 pub fn sweep_stale(temp: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(temp) else {
         return Vec::new();
@@ -57,7 +58,9 @@ pub fn sweep_stale(temp: &Path) -> Vec<PathBuf> {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if !meta.is_dir() || meta.uid() != uid || pid == me || alive(pid) {
+        let ours = meta.uid() == uid
+            || (uid == 0 && super::vm_process::confinement::is_vm_uid(meta.uid()));
+        if !meta.is_dir() || !ours || pid == me || alive(pid) {
             continue;
         }
         match std::fs::remove_dir_all(&path) {

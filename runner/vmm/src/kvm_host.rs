@@ -22,6 +22,9 @@ pub fn open_hint(errno: i32) -> &'static str {
     }
 }
 
+/// The KVM device every VM opens.
+pub const KVM_DEVICE: &str = "/dev/kvm";
+
 /// Opens /dev/kvm and checks the API version.
 pub fn open_kvm() -> Result<Kvm> {
     let kvm = Kvm::new().map_err(|e| Error::KvmUnavailable {

@@ -13,12 +13,14 @@
 //! log, overlay, the VM process's log), removed with the VM once its
 //! process has been killed and reaped.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::network::{self, passt::Passt};
 use super::snapshots::SnapshotStore;
+use super::vm_process::confinement::VmIds;
 use super::vm_process::{
     self, DiskRole, NetRole, ProcessConfig, Role, SnapshotRole, VmProcess, VmmRole, VsockRole,
 };
@@ -96,12 +98,19 @@ impl KvmBackend {
         let seccomp = vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?;
         let dir = super::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
+        let ids = VmIds::allocate().map_err(BootError::Setup)?;
+        if let Some(ids) = &ids {
+            vm_process::give_to(ids, dir.path(), &[]).map_err(BootError::Setup)?;
+        }
         let paths = VmPaths::new(dir.path());
-        let (passt, network) = start_network(spec, dir.path())?;
+        let (passt, network) = start_network(spec, dir.path(), ids.as_ref())?;
+        let jail = vm_process::jail_for(dir.path(), jail_reads(spec, &start), jail_writes(&start)?)
+            .map_err(BootError::Setup)?;
         let config = ProcessConfig {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
             seccomp,
+            jail,
             role: Role::Vmm(Box::new(VmmRole {
                 kernel: spec.kernel.clone(),
                 cmdline: GUEST_CMDLINE.to_string(),
@@ -132,7 +141,12 @@ impl KvmBackend {
             })),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
-        let process = VmProcess::start(&config)?;
+        let process = VmProcess::start(
+            &config,
+            ids.as_ref(),
+            u64::from(spec.memory_mib),
+            u64::from(vcpus),
+        )?;
         let hook = interrupt::on_interrupt(process.killer());
         Ok(KvmVm {
             _hook: hook,
@@ -142,8 +156,36 @@ impl KvmBackend {
             dir: Some(dir),
             clone_identity: None,
             ready_session: None,
+            _ids: ids,
         })
     }
+}
+
+/// What the VM process reads outside its directory: the kernel, the
+/// rootfs, and a snapshot to restore.
+fn jail_reads(spec: &VmSpec, start: &Start) -> Vec<PathBuf> {
+    let mut reads = vec![spec.kernel.clone(), spec.rootfs.clone()];
+    if let Start::Restore(role) = start {
+        reads.push(role.path.clone());
+    }
+    reads
+}
+
+/// What it writes outside it: `/dev/kvm`, and the file of a snapshot it is
+/// to take, made here (empty) because a jailed process creates no file
+/// outside its directory.
+fn jail_writes(start: &Start) -> Result<Vec<PathBuf>, BootError> {
+    let mut writes = vec![PathBuf::from(runner_vmm::kvm_host::KVM_DEVICE)];
+    if let Start::ForSnapshot(role) = start {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&role.path)
+            .map_err(|e| BootError::Setup(format!("creating {}: {e}", role.path.display())))?;
+        writes.push(role.path.clone());
+    }
+    Ok(writes)
 }
 
 impl super::Backend for KvmBackend {
@@ -159,13 +201,17 @@ impl super::Backend for KvmBackend {
 /// passt for a job with `network`, and what the VM process needs to
 /// attach our virtio-net device to it (with the `allow` policy, which the
 /// device enforces); nothing without `network`: no NIC at all.
-fn start_network(spec: &VmSpec, dir: &Path) -> Result<(Option<Passt>, Option<NetRole>), BootError> {
+fn start_network(
+    spec: &VmSpec,
+    dir: &Path,
+    ids: Option<&VmIds>,
+) -> Result<(Option<Passt>, Option<NetRole>), BootError> {
     if !spec.network.is_on() {
         return Ok((None, None));
     }
     let policy = network::policy(&spec.network)?;
     let program = network::passt::locate().map_err(BootError::Setup)?;
-    let passt = Passt::start(&program, dir)?;
+    let passt = Passt::start(&program, dir, ids)?;
     let role = NetRole {
         socket: passt.socket().to_path_buf(),
         allowed: policy.map(|p| p.allowed),
@@ -202,6 +248,8 @@ pub struct KvmVm {
     clone_identity: Option<(u64, String)>,
     /// The agent session warm start opened to check a clone.
     ready_session: Option<AgentSession>,
+    /// The ids its processes run as; free again once they are gone.
+    _ids: Option<VmIds>,
 }
 
 impl KvmVm {

@@ -1,20 +1,24 @@
 //! One passt per VM with a NIC: the user-mode network stack between the
 //! guest's Ethernet frames and the host's sockets.
 //!
-//! passt runs with our own uid and gid (`--runas`), in the foreground, as a
+//! passt never runs as root: a runner that is root starts it as the VM's
+//! own unprivileged ids (`vm_process::confinement`), and `--runas` names
+//! those same ids, so passt changes nothing itself. That matters beyond
+//! "no root features": passt started as root switches to `nobody` on its
+//! own, and a change of ids clears the parent-death signal, so a `kill -9`
+//! of the runner would leave it running. It runs in the foreground, as a
 //! guarded child (own process group, SIGKILL when the runner dies, killed
-//! and reaped with the VM). `--runas` matters beyond "no root features":
-//! passt started as root otherwise switches to `nobody`, and a credential
-//! change clears the parent-death signal, so a `kill -9` of the runner
-//! would leave it running. It listens on a Unix socket in the VM's
+//! and reaped with the VM). It listens on a Unix socket in the VM's
 //! directory, quits after its one client (`--one-off`), forwards no host
 //! ports into the guest, and logs to a size-capped file next to the socket.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{DNS_ADDRESS, GATEWAY, GUEST_ADDRESS, GUEST_MTU, GUEST_PREFIX_LEN};
+use crate::backend::vm_process::confinement::VmIds;
 use crate::backend::BootError;
 use crate::process::{spawn_guarded, ChildGuard};
 
@@ -59,12 +63,19 @@ pub struct Passt {
 impl Passt {
     /// Starts passt with its socket and log in `dir`, and waits for the
     /// socket.
-    pub fn start(program: &Path, dir: &Path) -> Result<Passt, BootError> {
+    pub fn start(program: &Path, dir: &Path, ids: Option<&VmIds>) -> Result<Passt, BootError> {
         let socket = dir.join("passt.sock");
         let log = dir.join("passt.log");
-        // SAFETY: plain syscalls without arguments.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let mut cmd = Command::new(program);
+        let (uid, gid) = match ids {
+            Some(ids) => {
+                // std drops the supplementary groups when root sets a uid.
+                cmd.uid(ids.uid).gid(ids.gid);
+                (ids.uid, ids.gid)
+            }
+            // SAFETY: plain syscalls without arguments.
+            None => unsafe { (libc::geteuid(), libc::getegid()) },
+        };
         cmd.args(["--foreground", "--one-off"])
             .arg("--runas")
             .arg(format!("{uid}:{gid}"))

@@ -35,6 +35,12 @@ use crate::backend::network::GUEST_MAC;
 /// it to prove that the kill stays inside that VM's process.
 pub const TEST_HOOK_ENV: &str = "RUNNER_TEST_HOOK_SECCOMP_VIOLATION";
 
+/// A test hook: the VM of the name this names probes its jail right after
+/// entering it (it opens /etc/passwd and connects to an internet address,
+/// logging what happened: both must fail), then, once its filters are in
+/// place, makes an internet socket, which kills it. The jail tests use it.
+pub const TEST_HOOK_JAIL_ENV: &str = "RUNNER_TEST_HOOK_JAIL_PROBE";
+
 /// Runs the VM process; returns its exit code.
 pub fn main() -> i32 {
     let mut status = std::io::stdout().lock();
@@ -50,6 +56,16 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    // First of all, while this process has one thread (see `jail`).
+    if let Some(jail) = &config.jail {
+        if let Err(e) = super::jail::enter(jail) {
+            say(&format!("error {e}"));
+            return 1;
+        }
+        if jail_probe_named(&config.name) {
+            probe_jail();
+        }
+    }
     tracing::debug!(vm = %config.name, seccomp = ?config.seccomp, "VM process starting");
     let result = match &config.role {
         Role::Vmm(role) => run_vmm(&config, role, &mut say),
@@ -256,6 +272,8 @@ fn run_devices(
     // every other thread.
     let test_hook = TestHook::start(config, None);
     if let Some(filters) = &filters {
+        let clone3 = seccomp::compile_clone3_refusal().map_err(|e| e.to_string())?;
+        seccomp::apply_all_threads(ThreadKind::VhostUser, &clone3).map_err(|e| e.to_string())?;
         seccomp::apply_all_threads(ThreadKind::VhostUser, filters.get(ThreadKind::VhostUser))
             .map_err(|e| e.to_string())?;
         seccomp::apply(ThreadKind::DeviceMain, filters.get(ThreadKind::DeviceMain))
@@ -282,8 +300,28 @@ fn role_socket<'a>(socket: Option<&'a Path>, what: &str) -> Result<&'a Path, Str
     socket.ok_or_else(|| format!("the {what} device has no vhost-user socket in the config"))
 }
 
+fn jail_probe_named(vm: &str) -> bool {
+    std::env::var(TEST_HOOK_JAIL_ENV).is_ok_and(|name| name == vm)
+}
+
+/// The first half of the jail probe (see [`TEST_HOOK_JAIL_ENV`]).
+fn probe_jail() {
+    let open = match std::fs::File::open("/etc/passwd") {
+        Ok(_) => "it opened".to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!("jail probe: open /etc/passwd: {open}");
+    let address = std::net::SocketAddr::from(([1, 1, 1, 1], 53));
+    let connect = match std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+        Ok(_) => "it connected".to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!("jail probe: connect to {address}: {connect}");
+}
+
 /// The seccomp test hook (see [`TEST_HOOK_ENV`]): a thread that waits to be
-/// armed, then for its delay, then makes [`seccomp::TEST_FORBIDDEN_SYSCALL`].
+/// armed, then for its delay, then makes [`seccomp::TEST_FORBIDDEN_SYSCALL`]
+/// (or, for the jail probe, an internet socket).
 struct TestHook {
     arm: Option<mpsc::Sender<()>>,
 }
@@ -292,7 +330,9 @@ impl TestHook {
     /// Starts the hook thread if the hook names this VM. `filter` is one
     /// the thread installs on itself first (where no TSYNC gives it one).
     fn start(config: &ProcessConfig, filter: Option<(Arc<Filters>, ThreadKind)>) -> TestHook {
-        let Some(delay) = test_hook_delay(&config.name) else {
+        let jail_probe = jail_probe_named(&config.name);
+        let Some(delay) = test_hook_delay(&config.name).or(jail_probe.then_some(Duration::ZERO))
+        else {
             return TestHook { arm: None };
         };
         tracing::warn!(vm = %config.name, "{TEST_HOOK_ENV}: this VM will make a disallowed syscall");
@@ -309,9 +349,15 @@ impl TestHook {
                         return;
                     }
                 }
-                // SAFETY: a harmless syscall; under the filters it kills
+                // SAFETY: harmless syscalls; under the filters they kill
                 // this process, which is the point.
-                unsafe { libc::syscall(seccomp::TEST_FORBIDDEN_SYSCALL, libc::PRIO_PROCESS, 0) };
+                unsafe {
+                    if jail_probe {
+                        libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0);
+                    } else {
+                        libc::syscall(seccomp::TEST_FORBIDDEN_SYSCALL, libc::PRIO_PROCESS, 0);
+                    }
+                }
             });
         TestHook {
             arm: spawned.ok().map(|_| tx),

@@ -18,14 +18,16 @@
 
 pub mod allowlists;
 pub mod child;
+pub mod confinement;
 pub mod exe;
+pub mod jail;
 mod kernel_log;
 pub mod seccomp;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +42,13 @@ use crate::process::{kill_pid, spawn_guarded, ChildGuard};
 pub const SUBCOMMAND: &str = "__vm-process";
 /// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
 /// stale `runner` binary refuses instead of misreading.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
+/// Turns the jail off (`off`), for debugging and for measuring what it
+/// costs; refused on a machine with a policy file.
+pub const JAIL_ENV: &str = "RUNNER_JAIL";
+/// Open files a VM process may hold: its devices' host connections (at
+/// most 256 vsock streams) and its own fds, with room to spare.
+const MAX_OPEN_FILES: u64 = 1024;
 /// How long set-up (opening images, creating the VM) may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -53,7 +61,54 @@ pub struct ProcessConfig {
     pub name: String,
     /// What to do with the seccomp filters (`RUNNER_SECCOMP`).
     pub seccomp: seccomp::Mode,
+    /// Where the process is confined; `None` with `RUNNER_JAIL=off`.
+    pub jail: Option<jail::JailConfig>,
     pub role: Role,
+}
+
+/// The knobs that weaken a VM process (`RUNNER_SECCOMP`, `RUNNER_JAIL`)
+/// come from the environment, which a pull request's CI file may set: on
+/// a machine whose owner wrote a policy file they are refused.
+pub(crate) fn refuse_weakening_on_a_policed_machine(knob: &str) -> Result<(), String> {
+    let policy = Path::new(crate::grants::MACHINE_POLICY);
+    if policy.exists() {
+        return Err(format!(
+            "{knob} may not weaken VM processes on a machine with a policy ({})",
+            policy.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The jail the VM's process gets: `dir` writable, `read_only` files
+/// readable, `read_write` files writable (see [`jail`]); `None` when
+/// `RUNNER_JAIL=off`.
+pub fn jail_for(
+    dir: &Path,
+    read_only: Vec<PathBuf>,
+    read_write: Vec<PathBuf>,
+) -> Result<Option<jail::JailConfig>, String> {
+    match std::env::var(JAIL_ENV).as_deref() {
+        Ok("off") => {
+            refuse_weakening_on_a_policed_machine(JAIL_ENV)?;
+            tracing::warn!("{JAIL_ENV}=off: VM processes run without their jail");
+            return Ok(None);
+        }
+        Ok("on") | Ok("") | Err(_) => {}
+        Ok(other) => {
+            return Err(format!(
+                "{JAIL_ENV}={other} is not valid (expected on or off)"
+            ))
+        }
+    }
+    Ok(Some(jail::JailConfig {
+        dir: dir.to_path_buf(),
+        read_only,
+        read_write,
+        user: None,
+        cgroups: Vec::new(),
+        max_open_files: MAX_OPEN_FILES,
+    }))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,6 +191,24 @@ pub struct VsockRole {
     pub socket: Option<PathBuf>,
 }
 
+/// Gives the VM's directory, and the files it writes, to its own ids.
+pub fn give_to(ids: &confinement::VmIds, dir: &Path, files: &[PathBuf]) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let chown = |path: &Path| {
+        std::os::unix::fs::lchown(path, Some(ids.uid), Some(ids.gid))
+            .map_err(|e| format!("giving {} to the VM's ids: {e}", path.display()))
+    };
+    chown(dir)?;
+    for file in files {
+        // A device (/dev/kvm) stays as it is: it is opened, never owned.
+        let device = std::fs::metadata(file).is_ok_and(|m| m.file_type().is_char_device());
+        if !device {
+            chown(file)?;
+        }
+    }
+    Ok(())
+}
+
 /// A running VM process, seen from the runner. Dropping it kills the
 /// process and reaps it; the VM directory is its owner's to remove.
 pub struct VmProcess {
@@ -144,6 +217,11 @@ pub struct VmProcess {
     /// Set when the runner killed it (stop, Ctrl-C): not a failure.
     killed: Arc<AtomicBool>,
     outcome: Option<Outcome>,
+    /// The jailed process's pid, when the jail's supervisor said it: the
+    /// kernel records a seccomp kill under it.
+    jailed_pid: Option<u32>,
+    /// Removed after the process (dropped above) was reaped.
+    _cgroup: Option<confinement::VmCgroup>,
 }
 
 /// How a VM process ended.
@@ -155,10 +233,29 @@ pub struct Outcome {
 }
 
 impl VmProcess {
-    /// Starts the VM process for `config` and waits until it is ready.
-    pub fn start(config: &ProcessConfig) -> Result<VmProcess, BootError> {
+    /// Starts the VM process for `config` and waits until it is ready. A
+    /// jailed one runs as `ids` (the runner's own when `None`), in a
+    /// cgroup sized for `memory_mib` and `vcpus`.
+    pub fn start(
+        config: &ProcessConfig,
+        ids: Option<&confinement::VmIds>,
+        memory_mib: u64,
+        vcpus: u64,
+    ) -> Result<VmProcess, BootError> {
         let exe = exe::runner_exe().map_err(BootError::Setup)?;
-        let json = serde_json::to_vec(config)
+        let mut config = config.clone();
+        let mut cgroup = None;
+        if let Some(jail) = &mut config.jail {
+            if let Some(ids) = ids {
+                jail.user = Some((ids.uid, ids.gid));
+                give_to(ids, &jail.dir, &jail.read_write).map_err(BootError::Setup)?;
+            }
+            cgroup = confinement::VmCgroup::create(memory_mib, vcpus);
+            if let Some(cgroup) = &cgroup {
+                jail.cgroups = cgroup.dirs().to_vec();
+            }
+        }
+        let json = serde_json::to_vec(&config)
             .map_err(|e| BootError::Setup(format!("encoding the VM process config: {e}")))?;
         let mut cmd = Command::new(&exe);
         cmd.arg(SUBCOMMAND)
@@ -173,13 +270,20 @@ impl VmProcess {
             status,
             killed: Arc::new(AtomicBool::new(false)),
             outcome: None,
+            jailed_pid: None,
+            _cgroup: cgroup,
         };
         // Write and close: the child reads its config to EOF. A child that
         // died at once breaks the pipe; its status says why.
         if let Some(mut stdin) = stdin.take() {
             let _ = stdin.write_all(&json);
         }
-        match process.read_status_line(READY_TIMEOUT) {
+        let mut line = process.read_status_line(READY_TIMEOUT);
+        if let Some(pid) = line.as_deref().and_then(|l| l.strip_prefix("jailed ")) {
+            process.jailed_pid = pid.parse().ok();
+            line = process.read_status_line(READY_TIMEOUT);
+        }
+        match line {
             Some(line) if line == "ready" => Ok(process),
             Some(line) if line.starts_with("error ") => {
                 Err(BootError::Setup(line["error ".len()..].to_string()))
@@ -272,7 +376,8 @@ impl VmProcess {
             let killed = self.killed.load(Ordering::SeqCst);
             let mut outcome = describe(status, &rest, killed);
             if status.signal() == Some(libc::SIGSYS) {
-                let syscall = kernel_log::seccomp_kill_syscall(self.child.pid());
+                let pid = self.jailed_pid.unwrap_or(self.child.pid());
+                let syscall = kernel_log::seccomp_kill_syscall(pid);
                 outcome.description = seccomp_kill_message(syscall);
             }
             self.outcome = Some(outcome);

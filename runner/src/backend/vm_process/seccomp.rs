@@ -39,7 +39,11 @@ pub enum Mode {
 
 /// `RUNNER_SECCOMP`, or one line saying what is wrong with it.
 pub fn mode_from_env() -> Result<Mode, String> {
-    parse_mode(std::env::var(ENV).ok().as_deref())
+    let mode = parse_mode(std::env::var(ENV).ok().as_deref())?;
+    if mode != Mode::On {
+        super::refuse_weakening_on_a_policed_machine(ENV)?;
+    }
+    Ok(mode)
 }
 
 fn parse_mode(value: Option<&str>) -> Result<Mode, String> {
@@ -128,12 +132,26 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
     SeccompRule::new(conditions).expect("a non-empty seccomp rule")
 }
 
+/// The flags `clone` may not have: a new process's namespaces.
+const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
 /// Argument filters, where they are clearly safe: vCPU threads may only
 /// make KVM ioctls; the event loop KVM ioctls and FIONBIO/FIONREAD; the
 /// vhost-user threads FIONBIO/FIONREAD; `tgkill` only reaches threads of
 /// this process (the vCPU kick); `prctl`
 /// only names a thread or sets no-new-privs; `seccomp` only adds a filter
-/// to the calling thread (a narrower one, for the device main thread).
+/// to the calling thread (a narrower one, for the device main thread);
+/// `socket` makes only Unix sockets (the vsock device's host side: the VM
+/// process has no network of its own anyway); `clone` only starts threads
+/// of this process, without new namespaces (`clone3`, whose flags sit in
+/// memory a filter cannot read, fails with ENOSYS instead, see
+/// [`compile_clone3_refusal`], and the C library falls back to `clone`).
 fn argument_rules(kind: ThreadKind, nr: libc::c_long) -> Vec<SeccompRule> {
     let kvm_ioctl = || {
         rule(vec![condition(
@@ -163,8 +181,39 @@ fn argument_rules(kind: ThreadKind, nr: libc::c_long) -> Vec<SeccompRule> {
             eq(0, u64::from(libc::SECCOMP_SET_MODE_FILTER)),
             eq(1, 0),
         ])],
+        (_, libc::SYS_socket) => vec![rule(vec![eq(0, libc::AF_UNIX as u64)])],
+        (_, libc::SYS_clone) => vec![rule(vec![condition(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64 | CLONE_NAMESPACES),
+            libc::CLONE_THREAD as u64,
+        )])],
         _ => Vec::new(),
     }
+}
+
+/// A filter that makes `clone3` fail with ENOSYS and lets everything else
+/// through, stacked on a thread kind's own (which allows `clone3`: of two
+/// filters the stricter verdict wins, and an error beats "allow").
+pub fn compile_clone3_refusal() -> Result<BpfProgram, SeccompError> {
+    let build = |source| SeccompError::Build {
+        kind: ThreadKind::VhostUser,
+        source,
+    };
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| build(seccompiler::Error::Backend(e)))?;
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, Vec::new())].into();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(|e| build(seccompiler::Error::Backend(e)))?;
+    filter
+        .try_into()
+        .map_err(|e| build(seccompiler::Error::Backend(e)))
 }
 
 /// Compiles the filter of `kind` to BPF, killing the process on anything
@@ -294,6 +343,51 @@ mod tests {
             });
             assert_eq!(killed.signal(), Some(libc::SIGSYS), "{kind:?}: {killed:?}");
         }
+    }
+
+    #[test]
+    fn only_unix_sockets_and_plain_threads_may_be_made() {
+        use std::os::unix::process::ExitStatusExt;
+        let unix = in_filtered_child(ThreadKind::VhostUser, || {
+            // SAFETY: a raw socket call; the fd is left to _exit.
+            let fd =
+                unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                7
+            } else {
+                1
+            }
+        });
+        assert_eq!(unix.code(), Some(7), "{unix:?}");
+        let inet = in_filtered_child(ThreadKind::EventLoop, || {
+            // SAFETY: as above; refused.
+            unsafe { libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) };
+            0
+        });
+        assert_eq!(inet.signal(), Some(libc::SIGSYS), "{inet:?}");
+        // A new process (fork's flags: no CLONE_THREAD).
+        let fork = in_filtered_child(ThreadKind::VhostUser, || {
+            // SAFETY: raw clone with fork's flags; refused before it runs.
+            unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+            0
+        });
+        assert_eq!(fork.signal(), Some(libc::SIGSYS), "{fork:?}");
+        // clone3 says ENOSYS under the stacked refusal.
+        let refusal = compile_clone3_refusal().unwrap();
+        let clone3 = in_filtered_child(ThreadKind::VhostUser, || {
+            if seccompiler::apply_filter(&refusal).is_err() {
+                return 98;
+            }
+            // SAFETY: clone3 with no arguments; refused with ENOSYS.
+            let r = unsafe { libc::syscall(libc::SYS_clone3, 0, 0) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if r == -1 && errno == Some(libc::ENOSYS) {
+                7
+            } else {
+                1
+            }
+        });
+        assert_eq!(clone3.code(), Some(7), "{clone3:?}");
     }
 
     #[test]

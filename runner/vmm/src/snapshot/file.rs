@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -107,17 +107,28 @@ fn page_align(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE
 }
 
-/// Creates the file a snapshot will be written into, when the VM is built:
+/// Opens the file a snapshot will be written into, when the VM is built:
 /// the VM's threads may run under a seccomp filter that lets them write an
-/// open file but not create or rename one. The caller renames the file
+/// open file but not create or rename one. It is created, or it is the
+/// empty file the caller made for a VM that may not create files there (a
+/// jailed one); never one with anything in it. The caller renames the file
 /// into place once [`write`] succeeded, and removes it otherwise.
 pub fn create(path: &Path) -> Result<File, Error> {
-    std::fs::OpenOptions::new()
+    let fail =
+        |e: &dyn std::fmt::Display| Error::Snapshot(format!("creating {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| Error::Snapshot(format!("creating {}: {e}", path.display())))
+        .map_err(|e| fail(&e))?;
+    let meta = file.metadata().map_err(|e| fail(&e))?;
+    if !meta.is_file() || meta.len() != 0 {
+        return Err(fail(&"it exists and is not an empty file"));
+    }
+    Ok(file)
 }
 
 /// Writes a whole snapshot into `file` (from [`create`], still empty):
