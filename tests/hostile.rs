@@ -185,3 +185,213 @@ fn a_killed_runner_leaves_no_vm_behind_and_its_dir_is_swept() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
 }
+
+// --- What a pull request may not reach (issue 18): each of these was open
+// on main before the operator's grants, the trusted cache, the safe out
+// directory, the OCI unpacker and the jail. ---
+
+#[test]
+fn an_image_path_or_a_network_the_operator_did_not_grant_is_refused_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (image, flag) in [
+        ("{ rootfs: /etc/shadow }", "--allow-host-files"),
+        ("{ kernel: /boot/vmlinuz }", "--allow-host-files"),
+        ("{ oci: /var/lib/containers }", "--allow-host-files"),
+    ] {
+        let yaml = format!("name: t\nimage: {image}\njobs:\n  a:\n    steps: [\"true\"]\n");
+        let stderr = one_line_error(&runner_test(dir.path(), &yaml, &[], false).output().unwrap());
+        assert!(
+            stderr.contains("is outside the workspace") && stderr.contains(flag),
+            "{stderr}"
+        );
+    }
+    let open = "name: t\njobs:\n  a:\n    network: true\n    steps: [\"true\"]\n";
+    let stderr = one_line_error(&runner_test(dir.path(), open, &[], false).output().unwrap());
+    assert!(
+        stderr.contains("pass --allow-network to grant it"),
+        "{stderr}"
+    );
+    let host =
+        "name: t\njobs:\n  a:\n    network: { allow: ['127.0.0.1:2375'] }\n    steps: [\"true\"]\n";
+    let stderr = one_line_error(
+        &runner_test(dir.path(), host, &["--allow-network"], false)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        stderr.contains("--allow-network=127.0.0.1:2375"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("runner-out").exists(), "nothing may start");
+}
+
+#[test]
+fn a_committed_out_marker_symlink_never_lets_the_runner_write_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("passwd");
+    std::fs::write(&victim, "root:x:0:0::/root:/bin/sh\n").unwrap();
+    let out_dir = dir.path().join("runner-out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::symlink(&victim, out_dir.join(".runner-out")).unwrap();
+    let stderr = one_line_error(
+        &runner_test(dir.path(), TRIVIAL, &[], false)
+            .output()
+            .unwrap(),
+    );
+    assert!(stderr.contains("is a symlink"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "root:x:0:0::/root:/bin/sh\n"
+    );
+    // A symlinked out directory: every report would go there.
+    std::fs::remove_file(out_dir.join(".runner-out")).unwrap();
+    std::fs::remove_dir(&out_dir).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), &out_dir).unwrap();
+    let stderr = one_line_error(
+        &runner_test(dir.path(), TRIVIAL, &[], false)
+            .output()
+            .unwrap(),
+    );
+    assert!(stderr.contains("is a symlink"), "{stderr}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_cache_another_user_could_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let yaml = "name: t\nimage: { base: minimal }\njobs:\n  a:\n    steps: [\"true\"]\n";
+    let out = runner_test(dir.path(), yaml, &[], true)
+        .env("RUNNER_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("is writable by everyone") && stderr.contains("another user could plant"),
+        "{stderr}"
+    );
+    assert!(!cache.join("images").exists(), "nothing was built there");
+}
+
+/// An OCI image layout whose one layer holds `entry` (a tar member made by
+/// Python's tarfile, so no device file is needed to describe one).
+fn oci_layout_with(dir: &Path, kind: &str) -> std::path::PathBuf {
+    let layout = dir.join("layout");
+    let script = r#"
+import hashlib, io, json, os, sys, tarfile
+layout, kind = sys.argv[1], sys.argv[2]
+os.makedirs(f"{layout}/blobs/sha256")
+def blob(data):
+    digest = hashlib.sha256(data).hexdigest()
+    open(f"{layout}/blobs/sha256/{digest}", "wb").write(data)
+    return {"digest": "sha256:" + digest, "size": len(data)}
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w") as tar:
+    sh = tarfile.TarInfo("bin/busybox"); sh.size = 0; sh.mode = 0o755
+    tar.addfile(sh, io.BytesIO(b""))
+    node = tarfile.TarInfo("dev/sda")
+    node.type = tarfile.BLKTYPE if kind == "block" else tarfile.CHRTYPE
+    node.devmajor, node.devminor, node.mode = 8, 0, 0o666
+    tar.addfile(node)
+layer_desc = blob(layer.getvalue())
+layer_desc["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+config = blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+config["mediaType"] = "application/vnd.oci.image.config.v1+json"
+manifest = blob(json.dumps({"schemaVersion": 2, "config": config, "layers": [layer_desc]}).encode())
+manifest["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
+json.dump({"imageLayoutVersion": "1.0.0"}, open(f"{layout}/oci-layout", "w"))
+json.dump({"schemaVersion": 2, "manifests": [manifest]}, open(f"{layout}/index.json", "w"))
+"#;
+    let status = Command::new(e2e_tests::require_tool("python3", "python3"))
+        .args(["-c", script])
+        .arg(&layout)
+        .arg(kind)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    layout
+}
+
+#[test]
+fn an_oci_layer_with_a_device_node_is_refused_and_nothing_is_unpacked_as_root() {
+    for kind in ["block", "char"] {
+        let dir = tempfile::tempdir().unwrap();
+        oci_layout_with(dir.path(), kind);
+        let yaml = "name: t\nimage: { oci: layout }\njobs:\n  a:\n    steps: [\"true\"]\n";
+        let out = runner_test(dir.path(), yaml, &[], true)
+            .env("RUNNER_CACHE", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{kind}: {stderr}");
+        assert!(
+            stderr.contains("dev/sda: device node refused"),
+            "{kind}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_image_setup_dies_with_a_killed_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    // A unique sleep, to find it among the machine's processes.
+    let marker = format!("{}", 86_000 + std::process::id() % 400);
+    let yaml = format!(
+        "name: t\nimage:\n  base: minimal\n  setup: |\n    sleep {marker} &\n    sleep {marker}\njobs:\n  a:\n    steps: [\"true\"]\n"
+    );
+    std::fs::write(dir.path().join("pipeline.yml"), &yaml).unwrap();
+    let images = images();
+    let mut runner = Command::new(runner_bin())
+        .env("RUNNER_KERNEL", &images.kernel)
+        .env("RUNNER_ROOTFS", &images.rootfs)
+        .env("RUNNER_CACHE", dir.path().join("cache"))
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .args(["image", "build", "pipeline.yml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeping = || processes_mentioning(&format!("sleep {marker}"));
+    eventually("setup's sleep to start", || !sleeping().is_empty());
+    runner.kill().unwrap(); // SIGKILL: no cleanup runs in the runner
+    runner.wait().unwrap();
+    eventually("setup's processes to die with the runner", || {
+        sleeping().is_empty()
+    });
+}
+
+#[test]
+fn a_jailed_vm_process_sees_no_host_file_and_no_network() {
+    use runner::backend::vm_process::child::TEST_HOOK_JAIL_ENV;
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner_test(dir.path(), TRIVIAL, &["--out", "out"], true)
+        .env(TEST_HOOK_JAIL_ENV, "a")
+        .env_remove("RUNNER_SECCOMP")
+        .env_remove("RUNNER_JAIL")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    // The jail: no host file, no network.
+    assert!(
+        stderr.contains("jail probe: open /etc/passwd: No such file or directory"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("jail probe: connect to 1.1.1.1:53: Network is unreachable"),
+        "{stderr}"
+    );
+    // Seccomp on top: an internet socket kills the process, and its job.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
+    assert!(
+        xml.contains("the VM process was killed by seccomp"),
+        "{xml}"
+    );
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
