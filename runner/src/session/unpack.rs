@@ -260,6 +260,12 @@ fn place<R: Read>(
         }
         EntryType::Symlink => {
             let target = link_target(entry)?;
+            if !target.components().any(|c| matches!(c, Component::Normal(_))) {
+                return refuse(format!(
+                    "symlink to {} is its own directory: a loop",
+                    target.display()
+                ));
+            }
             if !points_downward(&target) {
                 return refuse(format!(
                     "symlink to {} leads out of its directory (only relative targets without `..` are kept)",
@@ -316,13 +322,17 @@ fn link_target<R: Read>(entry: &tar::Entry<R>) -> Result<PathBuf, Failure> {
     }
 }
 
-/// True for a relative target made only of normal components: whatever
-/// symlinks it passes through, all such links only ever descend.
+/// True for a relative target made only of normal components, at least
+/// one: whatever symlinks it passes through, all such links only ever
+/// descend. (`.` alone would be the link's own directory: a cycle that
+/// loops a CI server's archive step.)
 fn points_downward(target: &Path) -> bool {
-    !target.as_os_str().is_empty()
+    target
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && target
             .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            .any(|c| matches!(c, Component::Normal(_)))
 }
 
 /// Walks `parts` below `dest`, creating missing directories. Every existing

@@ -71,6 +71,7 @@ fn hostile_archive(outside: &Path) -> Vec<u8> {
     tar.file("sgid-sticky", 0o3775, "x");
     tar.entry("shadow", EntryType::Symlink, 0o777, "/etc/shadow", b"");
     tar.entry("up", EntryType::Symlink, 0o777, "../outside", b"");
+    tar.entry("loop", EntryType::Symlink, 0o777, ".", b"");
     tar.entry("sub", EntryType::Directory, 0o7777, "", b"");
     tar.entry("inner", EntryType::Symlink, 0o777, "sub", b"");
     tar.file("inner/through.txt", 0o644, "via link");
@@ -148,6 +149,7 @@ fn check_hostile_result(dirs: &Dirs, unpacked: &Unpacked) {
         format!("refused: {outside}/absolute.txt: absolute names are not allowed"),
         "refused: shadow: symlink to /etc/shadow leads out of its directory (only relative targets without `..` are kept)".to_string(),
         "refused: up: symlink to ../outside leads out of its directory (only relative targets without `..` are kept)".to_string(),
+        "refused: loop: symlink to . is its own directory: a loop".to_string(),
         "refused: inner/through.txt: inner is a symlink, and nothing is written through one".to_string(),
         "refused: hard-out: hard link target: the name contains `..`".to_string(),
         "refused: hard-abs: hard link target: absolute names are not allowed".to_string(),
@@ -174,7 +176,7 @@ fn check_hostile_result(dirs: &Dirs, unpacked: &Unpacked) {
     // The old symlink `pre` was replaced by a file; its target is untouched.
     let pre = fs::symlink_metadata(dest.join("pre")).unwrap();
     assert!(pre.is_file());
-    for name in ["shadow", "null", "disk", "pipe", "hard-out", "hard-abs"] {
+    for name in ["shadow", "loop", "null", "disk", "pipe", "hard-out", "hard-abs"] {
         assert!(fs::symlink_metadata(dest.join(name)).is_err(), "{name}");
     }
     assert_outside_untouched(dirs);
