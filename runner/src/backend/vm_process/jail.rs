@@ -199,7 +199,14 @@ fn build_root(jail: &JailConfig) -> Result<(), String> {
         expose(path, &new_root, Access::Read)?;
     }
     for path in &jail.read_write {
-        expose(path, &new_root, Access::Write)?;
+        let device = fs::metadata(path).map_err(|e| fail(&format!("{}", path.display()), &e))?;
+        match (device_number(&device), jail.user) {
+            // A process that drops to ids of its own could not open the
+            // host's node (it is root's, or a group's): it gets a node of
+            // its own, as Firecracker's jailer makes one.
+            (Some(rdev), Some(owner)) => make_device(path, &new_root, rdev, owner)?,
+            _ => expose(path, &new_root, Access::Write)?,
+        }
     }
     let proc = new_root.join("proc");
     fs::create_dir_all(&proc).map_err(|e| fail("creating /proc", &e))?;
@@ -281,6 +288,40 @@ fn expose(path: &Path, new_root: &Path, access: Access) -> Result<(), String> {
         }
     }
     mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(|e| fail(&e))
+}
+
+/// The device number of a character device (`/dev/kvm`).
+fn device_number(meta: &fs::Metadata) -> Option<u64> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device().then(|| meta.rdev())
+}
+
+/// A node for the character device `rdev` at `path` under `new_root`,
+/// readable and writable by `owner` only, on a small tmpfs of its own (the
+/// new root itself is `nodev`).
+fn make_device(path: &Path, new_root: &Path, rdev: u64, owner: (u32, u32)) -> Result<(), String> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let fail = |e: &dyn std::fmt::Display| format!("jail: making {}: {e}", path.display());
+    let relative = path.strip_prefix("/").map_err(|_| fail(&"not an absolute path"))?;
+    let target = new_root.join(relative);
+    let dir = target.parent().ok_or_else(|| fail(&"no directory"))?;
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| fail(&e))?;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("size=16k,mode=0755"),
+        )
+        .map_err(|e| fail(&e))?;
+    }
+    mknod(&target, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), rdev).map_err(|e| fail(&e))?;
+    std::os::unix::fs::chown(&target, Some(owner.0), Some(owner.1)).map_err(|e| fail(&e))
 }
 
 /// The unprivileged ids, the parent-death signal (cleared by any change
