@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature):
-//! the two places where the runner reads what it must not trust, the
-//! pipeline YAML (pull requests) and the artifact tar stream (the guest).
+//! the places where the runner reads what it must not trust, the pipeline
+//! YAML (pull requests), and from the guest the artifact tar stream and
+//! the test reports (JUnit XML, libtest output).
 //!
 //! They live here, not in the fuzz crate, so that this crate's own tests can
 //! replay the inputs kept in `fuzz/regressions/` through exactly the code the
@@ -14,7 +15,9 @@ use std::sync::OnceLock;
 use crate::pipeline::host_scope::lexically_inside;
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
+use crate::results::{ImportedCase, ImportedResult, Output};
 use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
+use crate::test_reports::{junit_xml, libtest, TextLimit};
 
 /// Parses `data` as a pipeline file and plans it. Bad YAML must give an
 /// error, never a panic; a pipeline that parses must plan into uniquely
@@ -123,6 +126,130 @@ fn check_tree(root: &Path, dir: &Path, bytes: &mut u64) {
     }
 }
 
+/// Text limits a report is read with (the runner's `--output-limit`,
+/// which may be anything), picked by bits 0-1 of the input's first byte:
+/// small ones, so that cutting is reached, and the default.
+pub const REPORT_TEXT_LIMITS: [usize; 4] = [0, 7, 100, 64 * 1024];
+
+/// The text limit and the report text of a report input: as
+/// `test_reports::import_file` reads a file, invalid UTF-8 becomes U+FFFD.
+fn report_input(data: &[u8]) -> Option<(usize, String)> {
+    let (&control, bytes) = data.split_first()?;
+    let limit = REPORT_TEXT_LIMITS[usize::from(control & 3)];
+    Some((limit, String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Where the fuzzed report pretends to be on the host.
+const REPORT_SOURCE: &str = "out/reports/fuzz/report";
+
+/// Parses the input (after the control byte) as a guest's JUnit XML
+/// report. Whatever it holds, every testcase must be bounded (see
+/// [`check_case`]), and there are no more testcases than the text names.
+/// Returns whether the report parsed.
+pub fn junit(data: &[u8]) -> bool {
+    let Some((limit, text)) = report_input(data) else {
+        return false;
+    };
+    let texts = TextLimit {
+        limit,
+        source: Path::new(REPORT_SOURCE),
+    };
+    let Ok(cases) = junit_xml::parse(&text, &texts) else {
+        return false;
+    };
+    // Every testcase is an element, so its name is in the text.
+    let named = text.matches("testcase").count();
+    assert!(cases.len() <= named, "{} cases, {named} named", cases.len());
+    for case in &cases {
+        check_case(case, limit);
+    }
+    true
+}
+
+/// Parses the input (after the control byte) as a guest's libtest output.
+/// Every testcase must be bounded (see [`check_case`]), at most one per
+/// line, and every note bounded too. Returns whether it held a testcase.
+pub fn libtest(data: &[u8]) -> bool {
+    let Some((limit, text)) = report_input(data) else {
+        return false;
+    };
+    let texts = TextLimit {
+        limit,
+        source: Path::new(REPORT_SOURCE),
+    };
+    let imported = libtest::parse(&text, "fuzz-0123456789abcdef", &texts);
+    let lines = text.lines().count();
+    let cases = imported.cases.len();
+    assert!(cases <= lines, "{cases} cases from {lines} lines");
+    // One note per section at most, and a section ends at a line or at
+    // the end of the text.
+    assert!(imported.notes.len() <= lines + 1);
+    for note in &imported.notes {
+        // The fixed wording and two counts around one cut text.
+        assert!(note.len() <= limit + 200, "a note of {} bytes", note.len());
+    }
+    for case in &imported.cases {
+        check_case(case, limit);
+    }
+    cases > 0
+}
+
+/// Longest wording the readers put in a testcase themselves, whatever the
+/// limit (libtest's "test failed" before the failure's output is read).
+const OWN_WORDING: usize = 16;
+
+/// Asserts that everything `case` keeps from the report is cut to `limit`
+/// (a one-line text may gain an ellipsis) and that its time is sane.
+fn check_case(case: &ImportedCase, limit: usize) {
+    let text_bound = limit.max(OWN_WORDING) + '…'.len_utf8();
+    let mut texts = vec![("name", &case.name)];
+    texts.extend(case.classname.iter().map(|c| ("classname", c)));
+    texts.extend(case.file.iter().map(|f| ("file", f)));
+    let mut outputs = vec![
+        ("system-out", &case.system_out),
+        ("system-err", &case.system_err),
+    ];
+    match &case.result {
+        ImportedResult::Passed => {}
+        ImportedResult::Failed(problem) | ImportedResult::Error(problem) => {
+            texts.push(("message", &problem.message));
+            texts.push(("type", &problem.kind));
+            outputs.push(("body", &problem.body));
+        }
+        ImportedResult::Skipped { message } => texts.push(("skip message", message)),
+    }
+    for (what, text) in texts {
+        assert!(
+            text.len() <= text_bound,
+            "{what} of {} bytes kept, the limit is {limit}",
+            text.len()
+        );
+    }
+    for (what, output) in outputs {
+        check_output(what, output, limit);
+    }
+    if let Some(time) = case.time {
+        assert!(time.as_secs() <= 366 * 24 * 3600, "a time of {time:?}");
+    }
+}
+
+fn check_output(what: &str, output: &Output, limit: usize) {
+    let kept = output.head.len() + output.tail.len();
+    assert!(
+        kept <= limit,
+        "{what}: {kept} bytes kept, the limit is {limit}"
+    );
+    assert!(
+        kept as u64 <= output.total_bytes,
+        "{what}: more kept than seen"
+    );
+    assert_eq!(
+        output.truncated,
+        kept as u64 != output.total_bytes,
+        "{what}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +263,16 @@ mod tests {
     #[test]
     fn replay_unpack_inputs() {
         replay("unpack", unpack_tar);
+    }
+
+    #[test]
+    fn replay_junit_inputs() {
+        replay("junit", junit);
+    }
+
+    #[test]
+    fn replay_libtest_inputs() {
+        replay("libtest", libtest);
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn wait_for_console(vm: &mut KvmVm) -> String {
 /// Drops `vm` and checks that everything it made is gone, in bounded time.
 fn drop_and_check_teardown(vm: KvmVm) {
     let dir = vm.dir().to_path_buf();
+    let vmm = vm.vmm_pid();
     assert!(dir.is_dir());
     let start = Instant::now();
     drop(vm);
@@ -81,6 +82,23 @@ fn drop_and_check_teardown(vm: KvmVm) {
     assert!(took < TEARDOWN_LIMIT, "teardown took {took:?}");
     assert!(!dir.exists(), "{} is still there", dir.display());
     assert_eq!(vm_processes(), Vec::<u32>::new(), "VM processes left");
+    // The jailed VMM dies with its supervisor (parent-death signal), a
+    // moment later; an upper bound far above that moment.
+    let gone = Instant::now() + Duration::from_secs(60);
+    let alive = || {
+        // A zombie is gone too: whoever adopted it reaps it when it likes.
+        std::fs::read_to_string(format!("/proc/{vmm}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
+        assert!(
+            Instant::now() < gone,
+            "the jailed VMM {vmm} outlived its VM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     eprintln!("teardown took {:.1} ms", took.as_secs_f64() * 1e3);
 }
 
@@ -116,12 +134,9 @@ fn dropping_a_running_vm_stops_it_promptly() {
     assert_eq!(vm.exited(), None);
     // The VMM runs in a process of its own, with a thread per vCPU.
     assert_eq!(vm_processes(), vec![vm.pid()]);
-    let vcpu = std::fs::read_to_string(format!(
-        "/proc/{}/task/{}/comm",
-        vm.pid(),
-        vcpu_tid(vm.pid())
-    ))
-    .unwrap_or_default();
+    let vmm = vm.vmm_pid();
+    let vcpu = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", vmm, vcpu_tid(vmm)))
+        .unwrap_or_default();
     assert_eq!(vcpu.trim(), "vcpu0");
     drop_and_check_teardown(vm);
 }

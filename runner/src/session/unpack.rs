@@ -260,7 +260,10 @@ fn place<R: Read>(
         }
         EntryType::Symlink => {
             let target = link_target(entry)?;
-            if !target.components().any(|c| matches!(c, Component::Normal(_))) {
+            if !target
+                .components()
+                .any(|c| matches!(c, Component::Normal(_)))
+            {
                 return refuse(format!(
                     "symlink to {} is its own directory: a loop",
                     target.display()

@@ -176,7 +176,9 @@ fn check_hostile_result(dirs: &Dirs, unpacked: &Unpacked) {
     // The old symlink `pre` was replaced by a file; its target is untouched.
     let pre = fs::symlink_metadata(dest.join("pre")).unwrap();
     assert!(pre.is_file());
-    for name in ["shadow", "loop", "null", "disk", "pipe", "hard-out", "hard-abs"] {
+    for name in [
+        "shadow", "loop", "null", "disk", "pipe", "hard-out", "hard-abs",
+    ] {
         assert!(fs::symlink_metadata(dest.join(name)).is_err(), "{name}");
     }
     assert_outside_untouched(dirs);

@@ -24,7 +24,7 @@ use crate::results::{ImportedCase, ImportedResult, Problem};
 pub fn parse(text: &str, file_stem: &str, texts: &TextLimit) -> Imported {
     let mut reader = Reader {
         texts,
-        binary: without_hash(file_stem).to_string(),
+        binary: texts.message(without_hash(file_stem)),
         out: Imported::default(),
         section: Section::default(),
         captured: None,
@@ -96,7 +96,8 @@ impl Reader<'_> {
             self.section.expected = Some(count);
         } else if let Some(binary) = binary_name(trimmed) {
             self.end_section();
-            self.binary = binary;
+            // Every test after it is named after it: cut like any text.
+            self.binary = self.texts.message(&binary);
         } else if let Some(rest) = line.strip_prefix("test ") {
             self.human_result(rest);
         }

@@ -353,6 +353,32 @@ fn libtest_from_a_bare_binary_with_report_time_and_a_crash() {
     assert!(nothing.cases.is_empty());
 }
 
+/// Found by the `libtest` fuzz target: the binary named by a `Running`
+/// or `Doc-tests` line became every following test's classname (and went
+/// into the notes) uncut.
+#[test]
+fn a_long_binary_name_is_cut_like_any_text() {
+    let texts = TextLimit {
+        limit: 7,
+        source: Path::new("report.txt"),
+    };
+    let long = "b".repeat(1000);
+    for line in [
+        format!("Running unittests src/lib.rs (target/debug/deps/{long}-0123456789abcdef)"),
+        format!("Doc-tests {long}"),
+    ] {
+        let output = format!("{line}\nrunning 2 tests\ntest a ... ok\n");
+        let imported = libtest::parse(&output, &long, &texts);
+        let classname = imported.cases[0].classname.as_deref().unwrap_or_default();
+        assert_eq!(classname, "bbbbbbb…");
+        assert_eq!(imported.notes.len(), 1);
+        assert!(imported.notes[0].len() < 100, "{}", imported.notes[0]);
+    }
+    // Without such a line, the report's own file name is cut too.
+    let imported = libtest::parse("test a ... ok\n", &long, &texts);
+    assert_eq!(imported.cases[0].classname.as_deref(), Some("bbbbbbb…"));
+}
+
 /// Every prefix and a byte-flipped copy of every fixture: whatever a guest
 /// cut short or garbled, the readers answer (cases or one error line) and
 /// never panic.

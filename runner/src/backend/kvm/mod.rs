@@ -263,9 +263,17 @@ impl KvmVm {
         &self.paths.serial
     }
 
-    /// The VM process's pid.
+    /// The VM process's pid (its jail's supervisor, when it is jailed).
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The pid of the process that runs the VMM: the jailed one, or the
+    /// VM process itself when it is not jailed.
+    pub fn vmm_pid(&self) -> u32 {
+        self.process
+            .jailed_pid()
+            .unwrap_or_else(|| self.process.pid())
     }
 }
 

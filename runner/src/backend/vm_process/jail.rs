@@ -196,7 +196,10 @@ fn build_root(jail: &JailConfig) -> Result<(), String> {
     .map_err(|e| fail("mounting the new root", &e))?;
     expose(&jail.dir, &new_root, Access::Write)?;
     for path in &jail.read_only {
-        expose(path, &new_root, Access::Read)?;
+        // A missing image is the VMM's to report, in its own words.
+        if path.exists() {
+            expose(path, &new_root, Access::Read)?;
+        }
     }
     for path in &jail.read_write {
         let device = fs::metadata(path).map_err(|e| fail(&format!("{}", path.display()), &e))?;
@@ -302,7 +305,9 @@ fn device_number(meta: &fs::Metadata) -> Option<u64> {
 fn make_device(path: &Path, new_root: &Path, rdev: u64, owner: (u32, u32)) -> Result<(), String> {
     use nix::sys::stat::{mknod, Mode, SFlag};
     let fail = |e: &dyn std::fmt::Display| format!("jail: making {}: {e}", path.display());
-    let relative = path.strip_prefix("/").map_err(|_| fail(&"not an absolute path"))?;
+    let relative = path
+        .strip_prefix("/")
+        .map_err(|_| fail(&"not an absolute path"))?;
     let target = new_root.join(relative);
     let dir = target.parent().ok_or_else(|| fail(&"no directory"))?;
     if !dir.exists() {
@@ -320,7 +325,13 @@ fn make_device(path: &Path, new_root: &Path, rdev: u64, owner: (u32, u32)) -> Re
         )
         .map_err(|e| fail(&e))?;
     }
-    mknod(&target, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), rdev).map_err(|e| fail(&e))?;
+    mknod(
+        &target,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o600),
+        rdev,
+    )
+    .map_err(|e| fail(&e))?;
     std::os::unix::fs::chown(&target, Some(owner.0), Some(owner.1)).map_err(|e| fail(&e))
 }
 

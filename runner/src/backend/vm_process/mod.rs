@@ -310,6 +310,12 @@ impl VmProcess {
         self.child.pid()
     }
 
+    /// The jailed process's pid (its vCPU threads and devices), when it is
+    /// jailed; [`VmProcess::pid`] is then its supervisor's.
+    pub fn jailed_pid(&self) -> Option<u32> {
+        self.jailed_pid
+    }
+
     /// Asks a VM process started with a snapshot role to snapshot its VM
     /// and end; [`VmProcess::outcome`] then says whether it worked.
     pub fn request_snapshot(&self) {
