@@ -1,9 +1,12 @@
 //! Opt-in networking (`network:` in the pipeline), end to end through
 //! `runner test`: a job with it fetches a file from an HTTP server this
-//! test runs on the host, a job without it has no NIC and cannot, and an
-//! `allow` policy lets through exactly the destinations it lists. The
-//! server itself records which requests reached it, so "cannot reach" is
-//! checked on the host, not only by the guest's word.
+//! test runs on the host's loopback (granted by name, as the operator
+//! must), a job without it has no NIC and cannot, and an `allow` policy
+//! lets through exactly the destinations it lists. Without the operator
+//! naming it, the host's loopback is out of reach even of an open network,
+//! and passt never runs as root. The server itself records which requests
+//! reached it, so "cannot reach" is checked on the host, not only by the
+//! guest's word.
 //!
 //! Runs on the backend `RUNNER_BACKEND` names (the nested tier runs it with
 //! the kvm backend).
@@ -72,9 +75,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn run(dir: &Path, yaml: &str) -> Output {
+fn run(dir: &Path, yaml: &str, grant: &str) -> Output {
     runner_test(dir, yaml)
-        .args(["--jobs", "2"])
+        .args(["--jobs", "2", grant])
         .output()
         .unwrap()
 }
@@ -138,7 +141,9 @@ jobs:
         denied = cannot_fetch("denied").replace('"', "\\\""),
     );
     let dir = tempfile::tempdir().unwrap();
-    let out = run(dir.path(), &yaml);
+    // The operator names both host ports: the `allow` lists decide.
+    let grant = format!("--allow-network=public,127.0.0.1:{port},127.0.0.1:{other_port}");
+    let out = run(dir.path(), &yaml, &grant);
     let logs: String = ["open", "none", "allowed", "denied"]
         .iter()
         .map(|job| format!("--- {job}:\n{}\n", job_log(dir.path(), job)))
@@ -180,10 +185,65 @@ jobs:
 }
 
 #[test]
+fn an_open_network_never_reaches_the_host_unless_named_and_passt_is_not_root() {
+    require_tool("passt", "passt");
+    let server = Server::start();
+    let port = server.port;
+    let yaml = format!(
+        "name: net\ndefaults: {{ files: none }}\njobs:\n  open:\n    network: true\n    steps:\n      - run: \"if timeout 10 wget -q -O - http://10.0.2.2:{port}/host; then exit 1; fi; echo no-host-as-expected; sleep 5\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = runner_test(dir.path(), &yaml)
+        .arg("--allow-network")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // passt's ids while the job runs (its socket is in the VM directory).
+    let needle = dir.path().to_string_lossy().into_owned();
+    let mut passt_uids = Vec::new();
+    while runner.try_wait().unwrap().is_none() {
+        for line in processes_mentioning(&needle) {
+            let pid = line.split(':').next().unwrap_or("");
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains("passt") {
+                continue;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(uid) = status.lines().find_map(|l| l.strip_prefix("Uid:")) {
+                passt_uids.push(uid.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = runner.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{stderr}",
+        text(&out.stdout)
+    );
+    assert!(job_log(dir.path(), "open").contains("no-host-as-expected"));
+    assert_eq!(
+        server.paths(),
+        Vec::<String>::new(),
+        "the host's server was reached"
+    );
+    assert!(!passt_uids.is_empty(), "passt was never seen running");
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            passt_uids.iter().all(|uid| uid != "0"),
+            "passt ran as root: {passt_uids:?}"
+        );
+    }
+}
+
+#[test]
 fn an_unknown_network_policy_key_is_located() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = "name: t\njobs:\n  a:\n    network:\n      alow: [\"example.com:443\"]\n    steps: [\"true\"]\n";
-    let out = run(dir.path(), yaml);
+    let out = run(dir.path(), yaml, "--allow-network");
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -200,12 +260,14 @@ fn network_without_passt_is_one_line_and_exit_2_before_booting() {
     std::fs::create_dir(&empty).unwrap();
     // passt not on PATH, and not named by RUNNER_PASST.
     let out = runner_test(dir.path(), yaml)
+        .arg("--allow-network")
         .env("PATH", &empty)
         .env_remove("RUNNER_PASST")
         .output()
         .unwrap();
     // A RUNNER_PASST that names nothing.
     let named = runner_test(dir.path(), yaml)
+        .arg("--allow-network")
         .env("RUNNER_PASST", dir.path().join("no-passt"))
         .output()
         .unwrap();

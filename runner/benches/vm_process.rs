@@ -17,10 +17,17 @@
 //!    pages (heap, stacks, relocated data) and page tables. Its file pages
 //!    are the `runner` binary's and libc's, page cache shared with the
 //!    runner that started it.
+//! 4. What the jail costs (`backend/vm_process/jail.rs`): each VM process
+//!    started jailed against the same one with `jail: None` (as
+//!    `RUNNER_JAIL=off` has it), start-up (median of 10 each) and memory
+//!    (the jailed process plus its supervisor, PSS and page tables), as
+//!    ratios. Run it in the nested tier for the kvm backend's figures:
+//!    there /dev/kvm is real KVM.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use runner::backend::vm_process::confinement::VmIds;
 use runner::backend::vm_process::{
     self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
 };
@@ -47,22 +54,88 @@ fn main() {
     let (inside, outside) = compare(
         ROUNDS,
         |dir| devices_in_process(dir, &rootfs),
-        |dir| process(devices_role(dir, &rootfs)),
+        |dir| process(devices_role(dir, &rootfs), jail(dir, &rootfs, None)),
     );
     report("QEMU device servers (disk + vsock)", inside, outside);
+    jail_cost(
+        "QEMU device process",
+        |dir| devices_role(dir, &rootfs),
+        |dir| jail(dir, &rootfs, None),
+    );
 
     if std::fs::File::open("/dev/kvm").is_ok() {
         let (inside, outside) = compare(
             ROUNDS / 2,
             |dir| vmm_in_process(dir, &kernel, &rootfs),
-            |dir| process(vmm_role(dir, &kernel, &rootfs)),
+            |dir| {
+                process(
+                    vmm_role(dir, &kernel, &rootfs),
+                    jail(dir, &rootfs, Some(&kernel)),
+                )
+            },
         );
         report("built-in VMM (Vmm::new + disk + vsock)", inside, outside);
+        jail_cost(
+            "kvm backend's VM process",
+            |dir| vmm_role(dir, &kernel, &rootfs),
+            |dir| jail(dir, &rootfs, Some(&kernel)),
+        );
     } else {
         println!("built-in VMM: skipped, /dev/kvm does not open here");
     }
 
     device_process_memory(&rootfs);
+}
+
+/// The jail a VM process in `dir` gets; with a `kernel`, the built-in
+/// VMM's (it reads the kernel and opens /dev/kvm).
+fn jail(dir: &Path, rootfs: &Path, kernel: Option<&Path>) -> Option<vm_process::jail::JailConfig> {
+    let mut reads = vec![rootfs.to_path_buf()];
+    let mut writes = Vec::new();
+    if let Some(kernel) = kernel {
+        reads.push(kernel.to_path_buf());
+        writes.push(PathBuf::from(runner_vmm::kvm_host::KVM_DEVICE));
+    }
+    vm_process::jail_for(dir, reads, writes).unwrap_or_else(|e| fail(&e))
+}
+
+/// Start-up and memory of the VM process with its jail against without.
+fn jail_cost(
+    what: &str,
+    role: impl Fn(&Path) -> Role,
+    jail: impl Fn(&Path) -> Option<vm_process::jail::JailConfig>,
+) {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with_mem, mut without_mem) = (None, None);
+    for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+        let (took, memory) = process_and_memory(role(dir.path()), jail(dir.path()));
+        with.push(took);
+        with_mem = memory.or(with_mem);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+        let (took, memory) = process_and_memory(role(dir.path()), None);
+        without.push(took);
+        without_mem = memory.or(without_mem);
+    }
+    with.sort();
+    without.sort();
+    let (with, without) = (with[with.len() / 2], without[without.len() / 2]);
+    println!(
+        "{what}: start-up jailed {:.2} ms, not jailed {:.2} ms: ratio {:.2} (median of {ROUNDS} each)",
+        ms(with),
+        ms(without),
+        with.as_secs_f64() / without.as_secs_f64()
+    );
+    if let (Some(with), Some(without)) = (with_mem, without_mem) {
+        let cost = |m: &mem::MemUse| (m.other_pss + m.page_tables) as f64 / 1024.0;
+        println!(
+            "{what}: memory beyond guest RAM (PSS + page tables, supervisor included) jailed \
+             {:.2} MiB, not jailed {:.2} MiB: ratio {:.2}",
+            cost(&with),
+            cost(&without),
+            cost(&with) / cost(&without)
+        );
+    }
 }
 
 fn image(var: &str) -> PathBuf {
@@ -214,23 +287,39 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
     }))
 }
 
-/// Starts a VM process with `role` until it is ready; kills it.
-fn process(role: Role) -> Duration {
-    process_and_memory(role).0
+/// Starts a VM process with `role` (jailed in `jail`) until it is ready;
+/// kills it.
+fn process(role: Role, jail: Option<vm_process::jail::JailConfig>) -> Duration {
+    process_and_memory(role, jail).0
 }
 
-/// Like [`process`], with the ready process's memory.
-fn process_and_memory(role: Role) -> (Duration, Option<mem::MemUse>) {
+/// Like [`process`], with the ready process's memory: the jailed process
+/// and its supervisor together.
+fn process_and_memory(
+    role: Role,
+    jail: Option<vm_process::jail::JailConfig>,
+) -> (Duration, Option<mem::MemUse>) {
+    let ids = VmIds::allocate().unwrap_or_else(|e| fail(&e));
+    if let (Some(ids), Some(jail)) = (&ids, &jail) {
+        vm_process::give_to(ids, &jail.dir, &[]).unwrap_or_else(|e| fail(&e));
+    }
     let config = ProcessConfig {
         protocol: vm_process::PROTOCOL,
         name: "bench".into(),
         seccomp: vm_process::seccomp::mode_from_env().unwrap_or_else(|e| fail(&e)),
+        jail,
         role,
     };
     let start = Instant::now();
-    let mut process = VmProcess::start(&config).unwrap_or_else(|e| fail(&e.to_string()));
+    let mut process = VmProcess::start(&config, ids.as_ref(), u64::from(GUEST_MIB), 1)
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let took = start.elapsed();
-    let memory = mem::mem_use(process.pid());
+    let memory = match process.jailed_pid() {
+        Some(jailed) => mem::mem_use(jailed)
+            .zip(mem::mem_use(process.pid()))
+            .map(|(a, b)| a.plus(&b)),
+        None => mem::mem_use(process.pid()),
+    };
     process.kill();
     (took, memory)
 }
@@ -254,7 +343,10 @@ fn print_memory(what: &str, m: &mem::MemUse) {
 /// ran `true`.
 fn device_process_memory(rootfs: &Path) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
-    let (_, idle) = process_and_memory(devices_role(dir.path(), rootfs));
+    let (_, idle) = process_and_memory(
+        devices_role(dir.path(), rootfs),
+        jail(dir.path(), rootfs, None),
+    );
     print_memory(
         "idle device process",
         &idle.unwrap_or_else(|| fail("cannot read the device process's smaps")),
@@ -280,10 +372,14 @@ fn device_process_memory(rootfs: &Path) {
     session
         .exec(request, None, &mut |_, _| {})
         .unwrap_or_else(|e| fail(&e.to_string()));
-    let pid = vm_process::children()
+    let supervisor = vm_process::children()
         .first()
         .copied()
         .unwrap_or_else(|| fail("no device process found"));
+    // The devices run in the jailed process, the supervisor's only child.
+    let pid = runner::process::children_of(supervisor as i32)
+        .first()
+        .map_or(supervisor, |&jailed| jailed as u32);
     let m = mem::mem_use(pid).unwrap_or_else(|| fail("cannot read the device process's smaps"));
     print_memory("device process of a booted QEMU VM", &m);
     let _ = session.shutdown();

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use runner_devices::net::addresses::is_public;
 
+use crate::backend::network::{Destination, Nic, Reach};
 use crate::pipeline::network::parse_allow_entry;
 use crate::pipeline::{
     host_scope, parse_byte_size, AllowEntry, Image, ImageRef, Network, SpecBase,
@@ -361,6 +362,37 @@ impl Grants {
             }
         }
         Ok(())
+    }
+
+    /// The NIC a job with `network` gets under these grants (which
+    /// [`Grants::check_network`] found it within): an open network reaches
+    /// public addresses and what the operator named; an `allow` list its
+    /// entries, named ones (the operator's) wherever they are.
+    pub fn nic(&self, network: &Network) -> Nic {
+        let dest = |entry: &AllowEntry, named_by_operator: bool| Destination {
+            host: entry.host.clone(),
+            port: entry.port,
+            named_by_operator,
+        };
+        match network {
+            Network::Off => Nic::None,
+            Network::Open => Nic::User(Reach {
+                public: true,
+                destinations: self
+                    .network
+                    .destinations
+                    .iter()
+                    .map(|e| dest(e, true))
+                    .collect(),
+            }),
+            Network::Allow(entries) => Nic::User(Reach {
+                public: false,
+                destinations: entries
+                    .iter()
+                    .map(|e| dest(e, self.network.destinations.contains(e)))
+                    .collect(),
+            }),
+        }
     }
 
     /// Refuses a `network:` the grants do not cover.

@@ -316,7 +316,7 @@ fn kill_descendants(main: libc::pid_t, main_status: &mut Option<libc::c_int>) {
 }
 
 /// The processes whose parent is `parent` (from /proc/PID/stat).
-fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
+pub fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

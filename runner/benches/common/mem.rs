@@ -30,6 +30,22 @@ pub struct MemUse {
 }
 
 impl MemUse {
+    /// Two processes' use together (a jailed VM process and its
+    /// supervisor).
+    pub fn plus(&self, other: &MemUse) -> MemUse {
+        MemUse {
+            guest_rss: self.guest_rss + other.guest_rss,
+            other_rss: self.other_rss + other.other_rss,
+            other_private: self.other_private + other.other_private,
+            other_pss: self.other_pss + other.other_pss,
+            other_anonymous: self.other_anonymous + other.other_anonymous,
+            page_tables: self.page_tables + other.page_tables,
+            anon: self.anon + other.anon,
+            file: self.file + other.file,
+            kvm: self.kvm + other.kvm,
+        }
+    }
+
     /// The sample with the larger overhead (guest pages: the larger too).
     pub fn max(self, other: MemUse) -> MemUse {
         let mut m = if other.other_rss > self.other_rss {

@@ -1,7 +1,9 @@
 //! Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature):
 //! a descriptor chain and the guest memory around it, both taken from the
-//! fuzzer's bytes, fed to the vsock packet and virtio-blk request parsers;
-//! and a saved device state from a snapshot file ([`device_state`]).
+//! fuzzer's bytes, fed to the vsock packet and virtio-blk request parsers
+//! and to the virtio-net transmit path with its egress filter
+//! ([`net_filter`]); and a saved device state from a snapshot file
+//! ([`device_state`]).
 //!
 //! They live here, not in the fuzz crate, so that this crate's own tests can
 //! replay the inputs kept in `fuzz/regressions/` through exactly the code the
@@ -11,7 +13,7 @@
 //!
 //! | bytes          | meaning                                                |
 //! |----------------|--------------------------------------------------------|
-//! | 0              | bits 0-2: head descriptor; bit 7: vsock rx (else tx)   |
+//! | 0              | bits 0-2: head descriptor; the rest per entry point    |
 //! | 1..=128        | the raw descriptor table, [`QUEUE_SIZE`] × 16 bytes     |
 //! | 129..          | guest memory from [`DATA`] on, spilling into region 2  |
 //!
@@ -20,9 +22,16 @@
 //! hole, then [`REGION2`] (so a descriptor can run into the hole). The input
 //! fills the first 64 KiB from [`DATA`] on, then spills into [`REGION2`].
 
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::net::UnixStream;
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::block::request::{self, total_len, Cursor, Rejected};
+use crate::net::filter::{Policy, Verdict};
+use crate::net::{stream, NetConfig, NetDevice, TX_QUEUE};
+use crate::virtio::{DeviceContext, Interrupt, VirtioDevice};
 use crate::vsock::packet::{RxBuffer, TxPacket, VsockHeader, MAX_PAYLOAD};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 
@@ -49,6 +58,17 @@ fn with_chain(
     input: &[u8],
     f: impl FnOnce(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> bool,
 ) -> bool {
+    let (mem, mut queue) = guest(head, input);
+    match queue.pop_descriptor_chain(&mem) {
+        Some(chain) => f(&mem, chain),
+        None => false,
+    }
+}
+
+/// Guest memory laid out from `input` (everything after the control
+/// byte), and a ready queue whose avail ring offers the chain headed by
+/// `head`.
+fn guest(head: u16, input: &[u8]) -> (GuestMemoryMmap, Queue) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
         (GuestAddress(0), REGION_SIZE),
         (GuestAddress(REGION_SIZE as u64), REGION_SIZE),
@@ -74,15 +94,13 @@ fn with_chain(
     queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
     queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
     queue.set_ready(true);
-    match queue.pop_descriptor_chain(&mem) {
-        Some(chain) => f(&mem, chain),
-        None => false,
-    }
+    (mem, queue)
 }
 
 /// The vsock device's view of one chain: a tx packet (parsed, checked, its
-/// payload copied out both ways) or an rx buffer (filled both ways).
-/// Returns whether the chain was accepted.
+/// payload copied out both ways) or an rx buffer (filled both ways). Bit 7
+/// of the control byte: rx (else tx). Returns whether the chain was
+/// accepted.
 pub fn vsock_packet(data: &[u8]) -> bool {
     let Some((&control, rest)) = data.split_first() else {
         return false;
@@ -186,6 +204,167 @@ pub fn block_request(data: &[u8]) -> bool {
     })
 }
 
+/// Control byte bit of [`net_filter`]: the driver took no VERSION_1, so
+/// its frames follow the 10-byte legacy header.
+pub const NET_LEGACY: u8 = 1 << 3;
+/// Control byte bit of [`net_filter`]: the rest of the input is one frame,
+/// given straight to the filter (no chain, no device).
+pub const NET_BARE_FRAME: u8 = 1 << 6;
+/// The DNS forwarder of [`net_policy`].
+pub const NET_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+
+/// The `allow` policy [`net_filter`] runs the frames through: one IPv4 and
+/// one IPv6 destination, and passt's DNS forwarder.
+pub fn net_policy() -> Policy {
+    Policy {
+        public: false,
+        allowed: vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 8080),
+            SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+                443,
+            ),
+        ],
+        dns: NET_DNS,
+    }
+}
+
+/// Interrupts nobody listens for.
+struct NoInterrupt;
+
+impl Interrupt for NoInterrupt {
+    fn signal_used_queue(&self, _queue: u16) -> io::Result<()> {
+        Ok(())
+    }
+    fn signal_config_change(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the guest sends on the network under [`net_policy`]: the chain is
+/// the virtio-net device's TX queue (bits 0-2 of the control byte: head
+/// descriptor; [`NET_LEGACY`]: a legacy driver), and whatever reaches the
+/// socket passt would read is checked again here, independently of the
+/// filter, to be ARP, DHCP, DNS to the forwarder or TCP/UDP to an allowed
+/// destination. With [`NET_BARE_FRAME`] the rest of the input is a frame
+/// for the filter alone. Returns whether a frame passed.
+pub fn net_filter(data: &[u8]) -> bool {
+    let Some((&control, rest)) = data.split_first() else {
+        return false;
+    };
+    let policy = net_policy();
+    if control & NET_BARE_FRAME != 0 {
+        let passed = policy.outbound(rest) == Verdict::Pass;
+        if passed {
+            assert_really_allowed(&policy, rest);
+        }
+        return passed;
+    }
+    let (ours, mut passt) = UnixStream::pair().expect("socket pair");
+    let mut device = NetDevice::new(NetConfig {
+        backend: ours,
+        mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        policy: Some(policy.clone()),
+        vm: "fuzz".into(),
+    })
+    .expect("net device");
+    let features = if control & NET_LEGACY != 0 {
+        1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC
+    } else {
+        VirtioDevice::<GuestMemoryMmap>::features(&device)
+    };
+    VirtioDevice::<GuestMemoryMmap>::ack_features(&mut device, features);
+    VirtioDevice::<GuestMemoryMmap>::activate(&mut device).expect("activate");
+    let (mem, tx) = guest(u16::from(control & 7), rest);
+    // The RX queue stays unready: only what the guest sends is under test.
+    let rx = Queue::new(QUEUE_SIZE).expect("queue size is a power of two");
+    let mut queues = vec![rx, tx];
+    let mut ctx = DeviceContext::new(&mem, &mut queues, &NoInterrupt);
+    // The rings themselves are valid: nothing a chain holds may make the
+    // queue unusable.
+    device
+        .process_queue(TX_QUEUE, &mut ctx)
+        .expect("the tx path handles any chain");
+    drop(device);
+
+    let mut wire = Vec::new();
+    passt.read_to_end(&mut wire).expect("read what passt got");
+    let mut reader = &wire[..];
+    let mut frames = 0;
+    let mut frame = Vec::new();
+    while stream::read_frame(&mut reader, &mut frame).expect("well-framed") {
+        assert_really_allowed(&policy, &frame);
+        frames += 1;
+    }
+    assert!(frames <= 1, "{frames} frames out of one chain");
+    frames == 1
+}
+
+/// Panics unless `frame`, read with nothing but its headers, is ARP, DHCP
+/// (IPv4 UDP from port 68 to 67), DNS to the forwarder, or TCP/UDP to a
+/// destination `policy` allows, in an IP datagram whose lengths hold its
+/// whole transport header: what passt will make of the frame.
+fn assert_really_allowed(policy: &Policy, frame: &[u8]) {
+    let be16 = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let ethertype = be16(frame, 12).expect("a frame that passed has an Ethernet header");
+    let ip = &frame[14..];
+    let (protocol, dst, segment) = match ethertype {
+        0x0806 => return,
+        0x0800 => {
+            assert!(ip.len() >= 20 && ip[0] >> 4 == 4, "not IPv4: {frame:02x?}");
+            let header = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(be16(ip, 2).unwrap_or(0));
+            assert!(
+                20 <= header && header <= total && total <= ip.len(),
+                "IPv4 header of {header} bytes, total length {total}, {} bytes sent",
+                ip.len()
+            );
+            assert_eq!(be16(ip, 6).unwrap_or(0) & 0x3fff, 0, "an IPv4 fragment");
+            let dst: [u8; 4] = ip[16..20].try_into().unwrap_or_default();
+            (ip[9], IpAddr::from(dst), &ip[header..total])
+        }
+        0x86dd => {
+            assert!(ip.len() >= 40 && ip[0] >> 4 == 6, "not IPv6: {frame:02x?}");
+            let payload = usize::from(be16(ip, 4).unwrap_or(0));
+            assert!(
+                40 + payload <= ip.len(),
+                "IPv6 payload length {payload}, {} bytes sent",
+                ip.len() - 40
+            );
+            let dst: [u8; 16] = ip[24..40].try_into().unwrap_or_default();
+            (ip[6], IpAddr::from(dst), &ip[40..40 + payload])
+        }
+        other => panic!("ethertype {other:#06x} passed"),
+    };
+    let min_header = match protocol {
+        6 => 20,
+        17 => 8,
+        other => panic!("IP protocol {other} passed"),
+    };
+    assert!(
+        segment.len() >= min_header,
+        "a transport header cut to {} bytes passed",
+        segment.len()
+    );
+    let src_port = be16(segment, 0).unwrap_or(0);
+    let dst_port = be16(segment, 2).unwrap_or(0);
+    let dhcp = protocol == 17
+        && dst == IpAddr::V4(Ipv4Addr::BROADCAST)
+        && src_port == 68
+        && dst_port == 67;
+    let dns = dst == IpAddr::V4(policy.dns) && dst_port == 53;
+    let allowed = policy.allowed.contains(&SocketAddr::new(dst, dst_port))
+        || (policy.public && crate::net::addresses::is_public(dst));
+    assert!(
+        dhcp || dns || allowed,
+        "protocol {protocol} from port {src_port} to {dst} port {dst_port} passed"
+    );
+}
+
 /// Features the block device state is checked against (what a
 /// `BlockDevice` offers for a writable disk).
 pub const STATE_BLOCK_FEATURES: u64 = 0x1_3000_0244;
@@ -271,6 +450,11 @@ mod tests {
     #[test]
     fn replay_block_request_inputs() {
         replay("block_request", block_request);
+    }
+
+    #[test]
+    fn replay_net_filter_inputs() {
+        replay("net_filter", net_filter);
     }
 
     #[test]

@@ -16,7 +16,6 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::pipeline::Network;
 use crate::session::{AgentSession, SessionError};
 
 /// Where the guest images live and how big the VM is.
@@ -34,8 +33,8 @@ pub struct VmSpec {
     /// decides how much it prints. Past it the head and a rolling tail are
     /// kept. `None` for no limit.
     pub serial_log_limit: Option<u64>,
-    /// The job's `network:`; [`Network::Off`] means no NIC at all.
-    pub network: Network,
+    /// The VM's NIC, if any ([`network::Nic`]).
+    pub network: network::Nic,
 }
 
 /// The serial log cap used unless configured otherwise.

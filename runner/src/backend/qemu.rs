@@ -336,7 +336,7 @@ fn start_external_vsock(program: &Path, paths: &VmPaths) -> Result<ChildGuard, B
 /// connects to instead. Field order is drop order: the relay's threads
 /// end before passt is killed.
 struct QemuNetwork {
-    relay: Option<Relay>,
+    relay: Relay,
     passt: Passt,
 }
 
@@ -348,33 +348,27 @@ impl QemuNetwork {
         dir: &Path,
         ids: Option<&VmIds>,
     ) -> Result<Option<QemuNetwork>, BootError> {
-        if !spec.network.is_on() {
+        let network::Nic::User(reach) = &spec.network else {
             return Ok(None);
-        }
-        // Resolve before starting anything: a typo in a host name costs nothing.
-        let policy = network::policy(&spec.network)?;
-        let program = network::passt::locate().map_err(BootError::Setup)?;
-        let passt = Passt::start(&program, dir, ids)?;
-        let relay = match policy {
-            None => None,
-            Some(policy) => Some(
-                Relay::start(
-                    &dir.join("net-relay.sock"),
-                    passt.socket(),
-                    policy,
-                    &spec.name,
-                )
-                .map_err(|e| BootError::Setup(format!("starting the network relay: {e}")))?,
-            ),
         };
+        // Resolve before starting anything: a typo in a host name costs nothing.
+        let policy = network::policy(reach)?;
+        let program = network::passt::locate().map_err(BootError::Setup)?;
+        let passt = Passt::start(&program, dir, ids, network::maps_host(&policy))?;
+        // Every NIC's frames pass our filter: QEMU talks to passt only
+        // through the relay.
+        let relay = Relay::start(
+            &dir.join("net-relay.sock"),
+            passt.socket(),
+            policy,
+            &spec.name,
+        )
+        .map_err(|e| BootError::Setup(format!("starting the network relay: {e}")))?;
         Ok(Some(QemuNetwork { relay, passt }))
     }
 
     fn guest_socket(&self) -> &Path {
-        match &self.relay {
-            Some(relay) => relay.socket(),
-            None => self.passt.socket(),
-        }
+        self.relay.socket()
     }
 }
 

@@ -263,7 +263,7 @@ fn vm_spec(args: &ShellArgs, setup: &Setup, grants: &Grants) -> anyhow::Result<V
         memory_mib: args.memory.unwrap_or(setup.memory_mib),
         boot_timeout: args.boot_timeout,
         serial_log_limit: Some(DEFAULT_SERIAL_LOG_LIMIT),
-        network: setup.network.clone(),
+        network: grants.nic(&setup.network),
     })
 }
 

@@ -74,7 +74,7 @@ fn run_in_vm(
         memory_mib: job.memory_mib.try_into().unwrap_or(u32::MAX),
         boot_timeout: ctx.options.boot_timeout,
         serial_log_limit: ctx.options.log_limit,
-        network: job.network.clone(),
+        network: ctx.options.grants.nic(&job.network),
     };
     ctx.observer.on_job_progress(job, "booting");
     log.note(&format!(

@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::network::{self, passt::Passt};
+use super::network::{self, passt::Passt, Nic};
 use super::snapshots::SnapshotStore;
 use super::vm_process::confinement::VmIds;
 use super::vm_process::{
@@ -198,24 +198,25 @@ impl super::Backend for KvmBackend {
     }
 }
 
-/// passt for a job with `network`, and what the VM process needs to
-/// attach our virtio-net device to it (with the `allow` policy, which the
-/// device enforces); nothing without `network`: no NIC at all.
+/// passt for a VM with a NIC, and what the VM process needs to attach our
+/// virtio-net device to it (with the policy, which the device enforces);
+/// nothing without one: no NIC at all.
 fn start_network(
     spec: &VmSpec,
     dir: &Path,
     ids: Option<&VmIds>,
 ) -> Result<(Option<Passt>, Option<NetRole>), BootError> {
-    if !spec.network.is_on() {
+    let Nic::User(reach) = &spec.network else {
         return Ok((None, None));
-    }
-    let policy = network::policy(&spec.network)?;
+    };
+    let policy = network::policy(reach)?;
     let program = network::passt::locate().map_err(BootError::Setup)?;
-    let passt = Passt::start(&program, dir, ids)?;
+    let passt = Passt::start(&program, dir, ids, network::maps_host(&policy))?;
     let role = NetRole {
         socket: passt.socket().to_path_buf(),
-        allowed: policy.map(|p| p.allowed),
-        dns: network::DNS_ADDRESS,
+        public: policy.public,
+        allowed: policy.allowed,
+        dns: policy.dns,
     };
     Ok((Some(passt), Some(role)))
 }

@@ -1,13 +1,14 @@
 //! Host side of opt-in networking (`network:` in the pipeline).
 //!
-//! A VM with a NIC gets its own passt ([`passt`]), and the guest's network
-//! is the same on both backends: address [`GUEST_ADDRESS`]/[`GUEST_PREFIX_LEN`],
-//! gateway [`GATEWAY`] (which passt maps to the host's loopback, so a
-//! server the host runs on 127.0.0.1 is reachable at the gateway), DNS
-//! through passt's forwarder at [`DNS_ADDRESS`]. The agent configures the
-//! guest statically with these values ([`guest_config`]).
+//! A VM with a NIC ([`Nic`]) gets its own passt ([`passt`]), and the
+//! guest's network is the same on both backends: address
+//! [`GUEST_ADDRESS`]/[`GUEST_PREFIX_LEN`], gateway [`GATEWAY`], DNS through
+//! passt's forwarder at [`DNS_ADDRESS`]. The agent configures the guest
+//! statically with these values ([`guest_config`]). passt maps the gateway
+//! to the host's loopback only when the operator named a port there
+//! (`--allow-network=127.0.0.1:PORT`); otherwise it is no address at all.
 //!
-//! An `allow` policy is enforced on the host, on the guest's frames (see
+//! Every NIC's policy is enforced on the host, on the guest's frames (see
 //! `runner_devices::net::filter`): by the [`relay`] between QEMU and passt,
 //! and inside our virtio-net device for the built-in VMM.
 
@@ -19,8 +20,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use agent_protocol::NetworkConfig;
 use runner_devices::net::filter::Policy;
 
+use runner_devices::net::addresses::is_public;
+
 use crate::backend::BootError;
-use crate::pipeline::Network;
 
 /// The guest's address (the one passt hands out and NATs).
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
@@ -47,72 +49,134 @@ pub fn guest_config() -> NetworkConfig {
     }
 }
 
-/// The filter for a job's network: `None` when it is open (or off).
-/// Host names are resolved here, once, when the VM starts; an address
-/// on the host's loopback (`localhost`, `127.0.0.1`) stands for the host,
-/// which the guest reaches at [`GATEWAY`].
-pub fn policy(network: &Network) -> Result<Option<Policy>, BootError> {
-    let Network::Allow(entries) = network else {
-        return Ok(None);
-    };
+/// A VM's NIC, as its job asked and the operator granted
+/// (`crate::grants`): none at all (the clean room's default), or one that
+/// reaches what [`Reach`] says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Nic {
+    #[default]
+    None,
+    User(Reach),
+}
+
+impl Nic {
+    pub fn is_on(&self) -> bool {
+        matches!(self, Nic::User(_))
+    }
+}
+
+/// Where a NIC's traffic may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Any public address (`runner_devices::net::addresses`).
+    pub public: bool,
+    /// These destinations too.
+    pub destinations: Vec<Destination>,
+}
+
+/// One `host:port` a NIC may reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub port: u16,
+    /// The operator named it: it may be the host's loopback (reached at
+    /// [`GATEWAY`]), or a private or link-local address. Any other
+    /// destination reaches only the public addresses its name resolves to.
+    pub named_by_operator: bool,
+}
+
+/// The filter for a NIC. Host names are resolved here, once, when the VM
+/// starts; an address on the host's loopback stands for the host, which the
+/// guest reaches at [`GATEWAY`].
+pub fn policy(reach: &Reach) -> Result<Policy, BootError> {
     let mut allowed = Vec::new();
-    for entry in entries {
-        let host = entry.host.as_str();
-        let addrs = (host, entry.port)
+    for dest in &reach.destinations {
+        let shown = format!("{}:{}", dest.host, dest.port);
+        let addrs = (dest.host.as_str(), dest.port)
             .to_socket_addrs()
-            .map_err(|e| BootError::Setup(format!("resolving `allow` entry `{entry}`: {e}")))?;
+            .map_err(|e| BootError::Setup(format!("resolving `allow` entry `{shown}`: {e}")))?;
         for addr in addrs {
             let addr = match addr.ip() {
                 ip if ip.is_loopback() => SocketAddr::new(IpAddr::V4(GATEWAY), addr.port()),
                 _ => addr,
             };
+            if !dest.named_by_operator && !is_public(addr.ip()) {
+                // A name that resolves to the host or a private network
+                // (DNS rebinding, a split horizon) gets no further.
+                tracing::warn!(
+                    "`allow` entry `{shown}` resolves to {addr}, a host, private or link-local \
+                     address the operator did not name: left out"
+                );
+                continue;
+            }
             if !allowed.contains(&addr) {
                 allowed.push(addr);
             }
         }
     }
-    Ok(Some(Policy {
+    Ok(Policy {
+        public: reach.public,
         allowed,
         dns: DNS_ADDRESS,
-    }))
+    })
+}
+
+/// Whether `policy` reaches the host at the gateway: only then does passt
+/// map the gateway to the host's loopback.
+pub fn maps_host(policy: &Policy) -> bool {
+    policy.allowed.iter().any(|a| a.ip() == IpAddr::V4(GATEWAY))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::AllowEntry;
+
+    fn dest(host: &str, port: u16, named_by_operator: bool) -> Destination {
+        Destination {
+            host: host.into(),
+            port,
+            named_by_operator,
+        }
+    }
 
     #[test]
-    fn loopback_entries_mean_the_host_at_the_gateway() {
-        let network = Network::Allow(vec![
-            AllowEntry {
-                host: "127.0.0.1".into(),
-                port: 8080,
-            },
-            AllowEntry {
-                host: "192.0.2.7".into(),
-                port: 443,
-            },
-        ]);
-        let policy = policy(&network).unwrap().unwrap();
+    fn the_host_and_private_addresses_are_reached_only_where_the_operator_named_them() {
+        let reach = Reach {
+            public: false,
+            destinations: vec![
+                dest("127.0.0.1", 8080, true),
+                dest("1.1.1.1", 443, false),
+                // Resolves to the host, and nobody named it: left out.
+                dest("localhost", 22, false),
+                dest("10.1.2.3", 5432, false),
+            ],
+        };
+        let policy = policy(&reach).unwrap();
         assert_eq!(
             policy.allowed,
             vec![
                 "10.0.2.2:8080".parse::<SocketAddr>().unwrap(),
-                "192.0.2.7:443".parse().unwrap()
+                "1.1.1.1:443".parse().unwrap()
             ]
         );
+        assert!(!policy.public);
         assert_eq!(policy.dns, DNS_ADDRESS);
-        assert!(super::policy(&Network::Open).unwrap().is_none());
+        assert!(maps_host(&policy));
+        let open = super::policy(&Reach {
+            public: true,
+            destinations: vec![],
+        })
+        .unwrap();
+        assert!(open.public && open.allowed.is_empty() && !maps_host(&open));
     }
 
     #[test]
     fn an_unresolvable_name_is_a_setup_error() {
-        let network = Network::Allow(vec![AllowEntry {
-            host: "no-such-host.invalid".into(),
-            port: 80,
-        }]);
-        match policy(&network) {
+        let reach = Reach {
+            public: false,
+            destinations: vec![dest("no-such-host.invalid", 80, false)],
+        };
+        match policy(&reach) {
             Err(BootError::Setup(msg)) => {
                 assert!(msg.contains("no-such-host.invalid:80"), "{msg}")
             }

@@ -63,7 +63,14 @@ pub struct Passt {
 impl Passt {
     /// Starts passt with its socket and log in `dir`, and waits for the
     /// socket.
-    pub fn start(program: &Path, dir: &Path, ids: Option<&VmIds>) -> Result<Passt, BootError> {
+    /// passt maps the guest's gateway to the host's loopback only with
+    /// `map_host` (the operator named a port there).
+    pub fn start(
+        program: &Path,
+        dir: &Path,
+        ids: Option<&VmIds>,
+        map_host: bool,
+    ) -> Result<Passt, BootError> {
         let socket = dir.join("passt.sock");
         let log = dir.join("passt.log");
         let mut cmd = Command::new(program);
@@ -92,6 +99,7 @@ impl Passt {
             .args(["--dns", &DNS_ADDRESS.to_string()])
             .args(["--dns-forward", &DNS_ADDRESS.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
+            .args((!map_host).then_some("--no-map-gw"))
             // passt's own MAC; by default it copies the host interface's.
             .args(["--mac-addr", PASST_MAC]);
         // passt takes defaults from the interface with the default route

@@ -198,6 +198,7 @@ mod tests {
         let passt_path = dir.path().join("passt.sock");
         let passt = UnixListener::bind(&passt_path).unwrap();
         let policy = Policy {
+            public: false,
             allowed: vec!["10.0.2.2:8080".parse().unwrap()],
             dns: Ipv4Addr::new(10, 0, 2, 3),
         };
@@ -234,6 +235,7 @@ mod tests {
             &dir.path().join("relay.sock"),
             &dir.path().join("nothing.sock"),
             Policy {
+                public: false,
                 allowed: Vec::new(),
                 dns: Ipv4Addr::new(10, 0, 2, 3),
             },

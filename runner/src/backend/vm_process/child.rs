@@ -219,8 +219,9 @@ fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
             net.socket.display()
         )
     })?;
-    let policy = net.allowed.clone().map(|allowed| Policy {
-        allowed,
+    let policy = Some(Policy {
+        public: net.public,
+        allowed: net.allowed.clone(),
         dns: net.dns,
     });
     NetDevice::new(NetConfig {

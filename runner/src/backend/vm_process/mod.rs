@@ -156,8 +156,10 @@ pub struct SnapshotRole {
 #[serde(deny_unknown_fields)]
 pub struct NetRole {
     pub socket: PathBuf,
-    /// Resolved `allow` entries; `None` for an open network.
-    pub allowed: Option<Vec<std::net::SocketAddr>>,
+    /// Any public address may be reached.
+    pub public: bool,
+    /// Resolved `allow` entries, and destinations the operator named.
+    pub allowed: Vec<std::net::SocketAddr>,
     /// passt's DNS forwarder, which a policy always lets through.
     pub dns: std::net::Ipv4Addr,
 }
