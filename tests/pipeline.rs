@@ -66,17 +66,43 @@ fn interval(suite: roxmltree::Node) -> (f64, f64) {
     (start, start + time)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fff][Z|+00:00]` → seconds; only the time of day
-/// matters since both suites ran within the same minute or so.
+/// `YYYY-MM-DDTHH:MM:SS[.fff][Z|+00:00]` (UTC) → seconds since the epoch,
+/// date included: two suites may straddle midnight.
 fn chrono_like_seconds(stamp: &str) -> f64 {
-    let time = stamp.split('T').nth(1).unwrap();
+    let (date, time) = stamp.split_once('T').unwrap();
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>().unwrap());
+    let (y, m, d) = (
+        ymd.next().unwrap(),
+        ymd.next().unwrap(),
+        ymd.next().unwrap(),
+    );
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
     let time = time.trim_end_matches('Z');
     let time = time.split('+').next().unwrap();
     let mut parts = time.split(':');
     let h: f64 = parts.next().unwrap().parse().unwrap();
     let m: f64 = parts.next().unwrap().parse().unwrap();
     let s: f64 = parts.next().unwrap().parse().unwrap();
-    h * 3600.0 + m * 60.0 + s
+    days as f64 * 86_400.0 + h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn timestamps_count_from_the_epoch_across_midnight() {
+    assert_eq!(chrono_like_seconds("1970-01-01T00:00:00Z"), 0.0);
+    assert_eq!(
+        chrono_like_seconds("2026-12-07T23:59:59Z") + 2.0,
+        chrono_like_seconds("2026-12-08T00:00:01Z")
+    );
+    assert_eq!(
+        chrono_like_seconds("2000-03-01T00:00:00+00:00"),
+        951_868_800.0
+    );
 }
 
 #[test]

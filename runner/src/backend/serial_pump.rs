@@ -116,12 +116,12 @@ mod tests {
     #[test]
     fn dropping_a_pump_nobody_connected_to_does_not_hang() {
         let dir = tempfile::tempdir().unwrap();
-        let pump = SerialPump::start(
-            &dir.path().join("serial.sock"),
-            &dir.path().join("serial.log"),
-            None,
-        )
-        .unwrap();
+        let socket = dir.path().join("serial.sock");
+        let pump = SerialPump::start(&socket, &dir.path().join("serial.log"), None).unwrap();
         drop(pump);
+        // Its thread is gone, and with it the listener: nobody accepts.
+        let err = UnixStream::connect(&socket).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert_eq!(std::fs::read(dir.path().join("serial.log")).unwrap(), b"");
     }
 }

@@ -139,8 +139,10 @@ mod tests {
     fn the_expected_answer_completes_the_announcement() {
         let (mut session, agent) =
             agent_answering(|generation| Message::RestoreApplied { generation });
-        session.announce_restore(3, ID).unwrap();
-        agent.join().unwrap();
+        let announced = session.announce_restore(3, ID);
+        assert!(announced.is_ok(), "{announced:?}");
+        // The agent saw generation 3, the entropy, the time and the id.
+        assert!(agent.join().is_ok());
     }
 
     #[test]

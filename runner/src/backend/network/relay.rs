@@ -242,6 +242,10 @@ mod tests {
             "t",
         )
         .unwrap();
+        let socket = relay.socket().to_path_buf();
         drop(relay);
+        // Its accept thread is gone, and with it the listener.
+        let err = UnixStream::connect(&socket).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     }
 }
