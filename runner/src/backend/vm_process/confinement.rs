@@ -8,8 +8,9 @@
 //!   processes cannot signal or trace another's. A slot of the range is
 //!   taken with an `flock` on a file in [`SLOTS_DIR`] and held for the
 //!   VM's life. A runner that is not root keeps its own ids.
-//! - **Cgroup.** Memory (the guest's RAM plus [`MEMORY_OVERHEAD`]) and
-//!   processes are capped, on cgroup v2 (`/sys/fs/cgroup/runner/`) or on
+//! - **Cgroup.** Memory (the guest's RAM plus [`MEMORY_OVERHEAD`], plus as
+//!   much as its disk's copy-on-write layer can grow: see [`memory_limit`])
+//!   and processes are capped, on cgroup v2 (`/sys/fs/cgroup/runner/`) or on
 //!   the v1 memory and pids hierarchies (below the runner's own cgroup).
 //!   A host that offers neither (a container without delegation, a runner
 //!   that is not root) runs VMs without one, after one warning line.
@@ -91,6 +92,17 @@ fn subordinate_range(file: &Path) -> Option<(u32, u32)> {
     })
 }
 
+/// The memory a VM process may use: the guest's RAM, [`MEMORY_OVERHEAD`],
+/// and its disk's copy-on-write layer at its largest, the size of `disk`.
+/// The layer's pages are charged to the process that writes them: page
+/// cache that can be reclaimed where the VM's directory is on a disk, but
+/// memory for good where it is on a tmpfs (a tmpfs /tmp, or an overlay on
+/// one, which no cheap check tells apart).
+pub fn memory_limit(guest_mib: u64, disk: Option<&Path>) -> u64 {
+    let layer = disk.and_then(|d| fs::metadata(d).ok()).map_or(0, |m| m.len());
+    (guest_mib << 20) + MEMORY_OVERHEAD + layer
+}
+
 /// A VM process's cgroup(s); removed when dropped (after the process
 /// was reaped).
 pub struct VmCgroup {
@@ -100,14 +112,13 @@ pub struct VmCgroup {
 impl VmCgroup {
     /// A cgroup limited for a VM of `memory_mib` MiB and `vcpus` vCPUs;
     /// `None` (one warning line per run) where the host offers none.
-    pub fn create(memory_mib: u64, vcpus: u64) -> Option<VmCgroup> {
+    pub fn create(memory: u64, vcpus: u64) -> Option<VmCgroup> {
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "vm-{}-{}",
             std::process::id(),
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
-        let memory = (memory_mib << 20) + MEMORY_OVERHEAD;
         let pids = vcpus + EXTRA_PIDS;
         let made = if nix::unistd::geteuid().is_root() {
             create_v2(&name, memory, pids)
@@ -243,6 +254,16 @@ fn create_v1(name: &str, memory: u64, pids: u64) -> Result<Vec<PathBuf>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_layer_counts_toward_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.ext4");
+        fs::File::create(&disk).unwrap().set_len(100 << 20).unwrap();
+        let base = (256 << 20) + MEMORY_OVERHEAD;
+        assert_eq!(memory_limit(256, Some(&disk)), base + (100 << 20));
+        assert_eq!(memory_limit(256, None), base);
+    }
 
     #[test]
     fn a_subordinate_range_is_found_by_user_name() {

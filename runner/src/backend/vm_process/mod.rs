@@ -252,7 +252,12 @@ impl VmProcess {
                 jail.user = Some((ids.uid, ids.gid));
                 give_to(ids, &jail.dir, &jail.read_write).map_err(BootError::Setup)?;
             }
-            cgroup = confinement::VmCgroup::create(memory_mib, vcpus);
+            let disk = match &config.role {
+                Role::Vmm(role) => Some(role.disk.image.clone()),
+                Role::Devices(role) => role.disk.as_ref().map(|d| d.image.clone()),
+            };
+            let memory = confinement::memory_limit(memory_mib, disk.as_deref());
+            cgroup = confinement::VmCgroup::create(memory, vcpus);
             if let Some(cgroup) = &cgroup {
                 jail.cgroups = cgroup.dirs().to_vec();
             }
