@@ -113,6 +113,17 @@ impl SnapshotStore {
         self.cache.reseal(&self.path(key), &self.seal_path(key))
     }
 
+    /// Takes a snapshot file its VM wrote (as that VM's own ids) back from
+    /// it: ours, and readable by the VMs that restore it (each as ids of
+    /// its own; the directory keeps everybody else out), written by nobody.
+    pub fn claim(&self, file: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        std::os::unix::fs::lchown(file, Some(uid.as_raw()), Some(gid.as_raw()))
+            .and_then(|()| std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)))
+            .map_err(|e| format!("taking {} back from its VM: {e}", file.display()))
+    }
+
     /// Removes the snapshot of `key` and its seal.
     pub fn remove(&self, key: &str) {
         let _ = std::fs::remove_file(self.path(key));

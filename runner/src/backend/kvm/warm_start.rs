@@ -318,10 +318,12 @@ impl WarmStart<'_> {
         vm.process.request_snapshot();
         vm.process.wait_exit(SNAPSHOT_WRITE_LIMIT);
         match vm.process.outcome() {
-            Some(o) if o.clean && o.description == SNAPSHOT_WRITTEN => Ok(()),
-            Some(o) => Err(BuildError::Snapshot(o.description)),
-            None => Err(BuildError::Snapshot("the snapshot VM did not end".into())),
+            Some(o) if o.clean && o.description == SNAPSHOT_WRITTEN => {}
+            Some(o) => return Err(BuildError::Snapshot(o.description)),
+            None => return Err(BuildError::Snapshot("the snapshot VM did not end".into())),
         }
+        drop(vm);
+        self.store.claim(building).map_err(BuildError::Snapshot)
     }
 
     /// Restores a clone of the unpublished `building` and runs
