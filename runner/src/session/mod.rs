@@ -1,7 +1,7 @@
 //! A connection to the guest agent: handshake, then one request at a time.
 //!
-//! Writes go through a shared handle so that a stdin pump thread and a
-//! [`Canceller`] can send frames while the caller blocks reading output.
+//! Writes go through a shared handle so that a stdin pump thread can send
+//! frames while the caller blocks reading output.
 //!
 //! Nothing here waits on the guest without a limit: every write gives up
 //! when the guest takes no data for [`WRITE_TIMEOUT`], a command's output is
@@ -122,18 +122,6 @@ pub struct AgentSession {
     deadline: Option<Instant>,
 }
 
-/// Sends `Cancel` for the command running on a session, from any thread.
-#[derive(Clone)]
-pub struct Canceller(SharedWriter);
-
-impl Canceller {
-    pub fn cancel(&self) {
-        if let Ok(w) = self.0.lock() {
-            let _ = write_locked(&w, &Frame::Control(Message::Cancel), None);
-        }
-    }
-}
-
 impl AgentSession {
     /// Exchanges `Hello` on a fresh connection.
     pub fn handshake(stream: UnixStream) -> Result<AgentSession, SessionError> {
@@ -173,10 +161,6 @@ impl AgentSession {
     /// What the agent said about itself in its `Hello`.
     pub fn agent(&self) -> &str {
         &self.agent
-    }
-
-    pub fn canceller(&self) -> Canceller {
-        Canceller(self.writer.clone())
     }
 
     /// Bounds everything done on this session from now on: once `deadline`
@@ -273,8 +257,8 @@ impl AgentSession {
         let reply = self.reply(REPLY_TIMEOUT)?;
         // The agent powers off as soon as it sees us hang up (it waits a
         // little for that, so that its reply is not lost). Other handles to
-        // this socket may live on (a `Canceller` someone kept), so dropping
-        // ours is not enough: shut the socket itself.
+        // this socket may live on (a stdin pump's writer), so dropping ours
+        // is not enough: shut the socket itself.
         let _ = self.reader.shutdown(std::net::Shutdown::Both);
         match reply {
             Message::ShuttingDown => Ok(()),

@@ -335,11 +335,6 @@ impl Vmm {
     pub fn guest_memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }
-
-    /// The KVM VM, for device models that register irqfds/ioeventfds.
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
-    }
 }
 
 /// Writes the command line and the boot protocol's structures (zero page

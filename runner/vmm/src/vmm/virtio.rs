@@ -30,7 +30,6 @@ pub(super) struct VirtioSlotState {
     pub transport: Arc<Mutex<MmioTransport>>,
     /// One per queue, signalled by KVM on a `QueueNotify` write.
     pub queue_evts: Vec<EventFd>,
-    pub slot: VirtioSlot,
     /// Kept open for as long as the irqfd registration.
     pub _irqfd: EventFd,
 }
@@ -92,15 +91,9 @@ impl Vmm {
         self.virtio.push(VirtioSlotState {
             transport,
             queue_evts,
-            slot,
             _irqfd: irqfd,
         });
         tracing::debug!(?slot, "virtio-mmio device attached");
         Ok(slot)
-    }
-
-    /// The virtio devices attached so far, in attach order.
-    pub fn virtio_slots(&self) -> Vec<VirtioSlot> {
-        self.virtio.iter().map(|v| v.slot).collect()
     }
 }
