@@ -183,9 +183,16 @@ wget_timeout_crashes() {
 fix_busybox_wget_timeout() {
     local bb="$1"
     wget_timeout_crashes "$bb" || return 0
-    perl -0777 -pi -e '$n += s/\^cqSO:o:P:Y:U:T:\+t:n::\0/^cqSO:o:P:Y:U:T:t:n:::\0/g;
-        END { exit($n == 1 ? 0 : 3) }' "$bb" \
-        || die "busybox's wget crashes on -T and its option string is not the known one; cannot fix it"
+    # Another build of busybox is left as it is (one line says so): the
+    # image still works, only wget -T does not.
+    if ! perl -0777 -pe '$n += s/\^cqSO:o:P:Y:U:T:\+t:n::\0/^cqSO:o:P:Y:U:T:t:n:::\0/g;
+        END { exit($n == 1 ? 0 : 3) }' "$bb" >"$bb.fixed"; then
+        rm -f "$bb.fixed"
+        log "warning: this busybox's wget crashes on -T, and its option string is not the one this script knows how to fix; left as it is"
+        return 0
+    fi
+    chmod 0755 "$bb.fixed"
+    mv -f "$bb.fixed" "$bb"
     ! wget_timeout_crashes "$bb" || die "busybox's wget still crashes on -T after the fix"
     [ "$("$bb" wget --help 2>&1)" = "$(/bin/busybox wget --help 2>&1)" ] \
         || die "fixing busybox's wget -T changed its usage text"
