@@ -35,7 +35,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 
 pub use crate::snapshot::SnapshotError;
@@ -122,6 +122,22 @@ impl<'a, M: GuestMemory> DeviceContext<'a, M> {
         }
         Ok(())
     }
+}
+
+/// The next chain the driver made available on `queue`, if any.
+///
+/// Devices pop with this, not `QueueT::pop_descriptor_chain`: that answers
+/// `None` for an avail ring the device cannot use as well (the driver's
+/// index more than the queue's size ahead, or the ring at address 0), while
+/// `enable_notification` goes on reporting entries there, so the loop
+/// "pop until `None`, re-enable notifications, go on if more came" would
+/// spin for ever on such a queue. Here that ring is an error, and the
+/// transport asks the driver for a reset.
+pub fn pop_chain<'m, M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, DeviceError> {
+    Ok(queue.iter(mem)?.next())
 }
 
 /// Copies `data.len()` bytes of a device's configuration space, starting at

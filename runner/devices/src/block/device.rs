@@ -20,7 +20,7 @@ use super::disk::{Disk, DiskError};
 use super::request::{self, total_len, Cursor, Rejected, Request, RequestType};
 use super::stats::BlockStats;
 use super::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
-use crate::virtio::{DeviceContext, DeviceError, SnapshotError, VirtioDevice};
+use crate::virtio::{pop_chain, DeviceContext, DeviceError, SnapshotError, VirtioDevice};
 
 /// Index of the request queue (the only queue).
 pub const REQUEST_QUEUE: u16 = 0;
@@ -159,7 +159,7 @@ impl BlockDevice {
         let mut used = false;
         loop {
             queue.disable_notification(mem)?;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = pop_chain(queue, mem)? {
                 let head = chain.head_index();
                 let len = self.handle_chain(mem, chain);
                 queue.add_used(mem, head, len)?;

@@ -31,7 +31,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::filter::{DropNotes, Policy, Verdict};
 use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
-use crate::virtio::{DeviceContext, DeviceError, SnapshotError, VirtioDevice};
+use crate::virtio::{pop_chain, DeviceContext, DeviceError, SnapshotError, VirtioDevice};
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -213,7 +213,7 @@ impl NetDevice {
             queue.disable_notification(mem)?;
             // One frame in flight at most: the rest wait in the queue.
             while self.flush() {
-                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                let Some(chain) = pop_chain(queue, mem)? else {
                     break;
                 };
                 let head = chain.head_index();
@@ -329,7 +329,7 @@ impl NetDevice {
         self.rx_usable = queue.is_some();
         if let Some(queue) = queue {
             while self.read_incoming() {
-                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                let Some(chain) = pop_chain(queue, mem)? else {
                     if queue.enable_notification(mem)? {
                         continue;
                     }

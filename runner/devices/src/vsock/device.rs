@@ -15,7 +15,7 @@ use super::muxer::Muxer;
 use super::packet::{RxBuffer, TxPacket};
 use super::snapshot::ResetEvent;
 use super::VsockConfig;
-use crate::virtio::{DeviceContext, DeviceError, SnapshotError, VirtioDevice};
+use crate::virtio::{pop_chain, DeviceContext, DeviceError, SnapshotError, VirtioDevice};
 
 /// Index of the queue the device fills with packets for the guest.
 pub const RX_QUEUE: u16 = 0;
@@ -104,7 +104,7 @@ impl VsockDevice {
         let mut used = false;
         loop {
             queue.disable_notification(mem)?;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = pop_chain(queue, mem)? {
                 let head = chain.head_index();
                 match TxPacket::parse(mem, chain) {
                     Ok(pkt) => self.muxer.handle_guest_packet(mem, &pkt),
@@ -142,7 +142,7 @@ impl VsockDevice {
         };
         let mut used = false;
         while self.muxer.has_pending_rx() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_chain(queue, mem)? else {
                 // Out of buffers: ask for a kick when the driver adds some,
                 // unless it already did in the meantime.
                 if queue.enable_notification(mem)? {

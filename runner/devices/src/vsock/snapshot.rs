@@ -40,7 +40,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::device::{VsockDevice, EVENT_QUEUE, FEATURES};
 use crate::snapshot::{SnapshotError, StateReader, StateWriter};
-use crate::virtio::{DeviceContext, DeviceError};
+use crate::virtio::{pop_chain, DeviceContext, DeviceError};
 
 /// Version of the body format above.
 pub const STATE_VERSION: u8 = 1;
@@ -239,7 +239,7 @@ impl VsockDevice {
         };
         let mut used = false;
         loop {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_chain(queue, mem)? else {
                 // None yet: the driver's next event buffer brings a kick.
                 if queue.enable_notification(mem)? {
                     continue;
