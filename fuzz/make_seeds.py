@@ -10,6 +10,7 @@ import os
 import shutil
 import struct
 import tarfile
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = os.path.join(HERE, "seeds")
@@ -155,6 +156,228 @@ def device_states():
     write("device_state", "vsock", b"\x01" + vsock)
 
 
+def eth(ethertype, payload):
+    return b"\xff" * 6 + bytes([0x52, 0x54, 0, 0x12, 0x34, 0x56]) \
+        + struct.pack(">H", ethertype) + payload
+
+
+def ipv4(protocol, dst, segment):
+    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 1, 0x4000,
+                         64, protocol, 0, bytes([10, 0, 2, 15]), bytes(dst))
+    return eth(0x0800, header + segment)
+
+
+def ipv6(next_header, dst, segment):
+    header = struct.pack(">IHBB16s16s", 0x6000_0000, len(segment), next_header, 64,
+                         bytes(16), bytes(dst))
+    return eth(0x86dd, header + segment)
+
+
+def tcp_syn(src_port, dst_port):
+    return struct.pack(">HHIIBBHHH", src_port, dst_port, 1, 0, 0x50, 0x02, 65535, 0, 0)
+
+
+def udp(src_port, dst_port, payload):
+    return struct.pack(">HHHH", src_port, dst_port, 8 + len(payload), 0) + payload
+
+
+def net():
+    """Frames runner_devices::fuzzing::net_policy lets through, bare and in
+    TX chains (`NET_BARE_FRAME` = 0x40, `NET_LEGACY` = 0x08)."""
+    allowed_v6 = bytes.fromhex("20010db8000000000000000000000001")
+    frames = {
+        "arp": eth(0x0806, struct.pack(">HHBBH", 1, 0x0800, 6, 4, 1) + bytes(20)),
+        "dhcp": ipv4(17, [255] * 4, udp(68, 67, bytes(240))),
+        "dns-udp": ipv4(17, [10, 0, 2, 3], udp(40000, 53, b"\x12\x34" + bytes(10))),
+        "dns-tcp": ipv4(6, [10, 0, 2, 3], tcp_syn(40001, 53)),
+        "tcp-allowed": ipv4(6, [10, 0, 2, 2], tcp_syn(40002, 8080)),
+        "udp6-allowed": ipv6(17, allowed_v6, udp(40003, 443, b"quic")),
+        "tcp6-allowed": ipv6(6, allowed_v6, tcp_syn(40004, 443)),
+    }
+    for name, frame in frames.items():
+        write("net_filter", "bare-" + name, b"\x40" + frame)
+    hdr = bytes(12)
+    syn = frames["tcp-allowed"]
+    # Linux: the virtio-net header and the frame in one descriptor.
+    write("net_filter", "tx-single", chain_input(0, [
+        desc(DATA, len(hdr + syn))], hdr + syn))
+    # Header and frame apart, the frame across the boundary of two regions.
+    write("net_filter", "tx-across-regions", chain_input(0, [
+        desc(DATA, 12, F_NEXT, 1), desc(0x8000 - 20, len(syn))],
+        hdr.ljust(0x8000 - 20 - DATA, b"\0") + syn))
+    # A writable descriptor in a TX chain is not part of the frame.
+    dns = frames["dns-udp"]
+    write("net_filter", "tx-indirect", chain_input(0, [
+        desc(DATA + 0x200, 48, F_INDIRECT)],
+        (hdr + dns).ljust(0x200, b"\0") + desc(DATA, 12, F_NEXT, 1)
+        + desc(DATA + 12, len(dns), F_NEXT, 2) + desc(DATA + 0x400, 64, F_WRITE)))
+    # A legacy driver: a 10-byte header.
+    v6 = frames["udp6-allowed"]
+    write("net_filter", "tx-legacy", chain_input(0x08, [
+        desc(DATA, 10 + len(v6))], bytes(10) + v6))
+
+
+def reports():
+    """Guest test reports, from the report readers' own fixtures. The
+    first byte picks the text limit (runner::fuzzing::REPORT_TEXT_LIMITS:
+    0, 7, 100 or 64 KiB)."""
+    fixtures = os.path.join(HERE, "..", "runner", "src", "test_reports", "fixtures")
+    for name in sorted(os.listdir(fixtures)):
+        with open(os.path.join(fixtures, name), "rb") as f:
+            text = f.read()
+        target = "junit" if name.endswith(".xml") else "libtest"
+        stem = os.path.splitext(name)[0]
+        write(target, stem, b"\x03" + text)
+        write(target, stem + "-cut", b"\x01" + text)
+
+
+# runner_vmm::fuzzing and virtio-mmio (virtio 1.2, 4.2.2).
+REG = dict(MAGIC=0x00, VERSION=0x04, DEVICE_ID=0x08, DEVICE_FEATURES=0x10,
+           DEVICE_FEATURES_SEL=0x14, DRIVER_FEATURES=0x20, DRIVER_FEATURES_SEL=0x24,
+           QUEUE_SEL=0x30, QUEUE_NUM_MAX=0x34, QUEUE_NUM=0x38, QUEUE_READY=0x44,
+           QUEUE_NOTIFY=0x50, INTERRUPT_STATUS=0x60, INTERRUPT_ACK=0x64, STATUS=0x70,
+           QUEUE_DESC_LOW=0x80, QUEUE_DESC_HIGH=0x84, QUEUE_DRIVER_LOW=0x90,
+           QUEUE_DRIVER_HIGH=0x94, QUEUE_DEVICE_LOW=0xa0, QUEUE_DEVICE_HIGH=0xa4,
+           CONFIG=0x100)
+ACK, DRIVER, DRIVER_OK, FEATURES_OK = 1, 2, 4, 8
+OP_WRITE, OP_READ, OP_NOTIFY, OP_END, OP_BACKEND = 0, 1, 2, 3, 4
+VSOCK_FEATURES = (1 << 32) | (1 << 29) | (1 << 28)  # VERSION_1, EVENT_IDX, INDIRECT_DESC
+BLOCK_FEATURES = VSOCK_FEATURES | 0x244  # and SEG_MAX, BLK_SIZE, FLUSH
+MMIO_QUEUE_LEN = 8
+# Queue i: descriptors at i * 0x200, avail ring at + 0x80, used ring at + 0xa0.
+RINGS = [0x000, 0x200, 0x400]
+
+
+def op(kind, register, value=0):
+    return struct.pack("<BBI", kind, register // 4, value)
+
+
+def bring_up(features, queues):
+    ops = [op(OP_READ, REG["MAGIC"]), op(OP_READ, REG["VERSION"]),
+           op(OP_READ, REG["DEVICE_ID"]), op(OP_WRITE, REG["STATUS"], 0),
+           op(OP_WRITE, REG["STATUS"], ACK), op(OP_WRITE, REG["STATUS"], ACK | DRIVER)]
+    for sel in (0, 1):
+        ops += [op(OP_WRITE, REG["DEVICE_FEATURES_SEL"], sel),
+                op(OP_READ, REG["DEVICE_FEATURES"]),
+                op(OP_WRITE, REG["DRIVER_FEATURES_SEL"], sel),
+                op(OP_WRITE, REG["DRIVER_FEATURES"], (features >> (32 * sel)) & 0xffff_ffff)]
+    ops += [op(OP_WRITE, REG["STATUS"], ACK | DRIVER | FEATURES_OK),
+            op(OP_READ, REG["STATUS"])]
+    for index in range(queues):
+        base = RINGS[index]
+        ops += [op(OP_WRITE, REG["QUEUE_SEL"], index), op(OP_READ, REG["QUEUE_NUM_MAX"]),
+                op(OP_WRITE, REG["QUEUE_NUM"], MMIO_QUEUE_LEN),
+                op(OP_WRITE, REG["QUEUE_DESC_LOW"], base),
+                op(OP_WRITE, REG["QUEUE_DESC_HIGH"], 0),
+                op(OP_WRITE, REG["QUEUE_DRIVER_LOW"], base + 0x80),
+                op(OP_WRITE, REG["QUEUE_DRIVER_HIGH"], 0),
+                op(OP_WRITE, REG["QUEUE_DEVICE_LOW"], base + 0xa0),
+                op(OP_WRITE, REG["QUEUE_DEVICE_HIGH"], 0),
+                op(OP_WRITE, REG["QUEUE_READY"], 1)]
+    ops.append(op(OP_WRITE, REG["STATUS"], ACK | DRIVER | FEATURES_OK | DRIVER_OK))
+    return ops
+
+
+def guest_memory(chains, data):
+    """`chains[i]`: the descriptors of the one chain queue i offers; `data`:
+    (address, bytes) pairs."""
+    mem = bytearray(0x600)
+    for index, descs in enumerate(chains):
+        base = RINGS[index]
+        for i, d in enumerate(descs):
+            mem[base + 16 * i: base + 16 * i + 16] = d
+        if descs:
+            mem[base + 0x80: base + 0x86] = struct.pack("<HHH", 0, 1, 0)
+    for at, value in data:
+        mem.extend(bytes(max(0, at + len(value) - len(mem))))
+        mem[at: at + len(value)] = value
+    return bytes(mem)
+
+
+def mmio():
+    # vsock: a connection request to a host port nobody listens on (the
+    # device answers RST into the rx buffer), an event buffer, then the
+    # driver resets the device and brings it up again.
+    packet = vsock_hdr(0, op=1)
+    memory = guest_memory(
+        [[desc(0x800, 0x100, F_WRITE)], [desc(0x600, len(packet))], [desc(0x700, 4, F_WRITE)]],
+        [(0x600, packet)])
+    ops = bring_up(VSOCK_FEATURES, 3)
+    ops += [op(OP_READ, REG["CONFIG"]), op(OP_READ, REG["CONFIG"] + 4),
+            op(OP_NOTIFY, 0, 1), op(OP_NOTIFY | OP_BACKEND, 0),
+            op(OP_READ, REG["INTERRUPT_STATUS"]), op(OP_WRITE, REG["INTERRUPT_ACK"], 1),
+            op(OP_WRITE, REG["QUEUE_NOTIFY"], 0)]
+    write("mmio_transport", "vsock", b"\x00" + b"".join(ops) + op(OP_END, 0) + memory)
+    again = ops + [op(OP_WRITE, REG["STATUS"], 0)] + bring_up(VSOCK_FEATURES, 3)
+    write("mmio_transport", "vsock-reset", b"\x00" + b"".join(again) + op(OP_END, 0) + memory)
+    # block: a read of sector 1 and a flush in one indirect table.
+    header = lambda kind, sector: struct.pack("<IIQ", kind, 0, sector)
+    table = (desc(0x600, 16, F_NEXT, 1) + desc(0x800, 512, F_WRITE | F_NEXT, 2)
+             + desc(0x620, 1, F_WRITE))
+    memory = guest_memory([[desc(0x640, len(table), F_INDIRECT)]],
+                          [(0x600, header(0, 1)), (0x640, table)])
+    ops = bring_up(BLOCK_FEATURES, 1)
+    ops += [op(OP_READ, REG["CONFIG"]), op(OP_NOTIFY, 0, 0)]
+    write("mmio_transport", "block", b"\x01" + b"".join(ops) + op(OP_END, 0) + memory)
+
+
+def snapshots():
+    """Snapshot files in runner_vmm::fuzzing::snapshot's layout: 124 header
+    bytes, the header CRC, the state; the entry point fills in the CRCs and
+    the state length unless told otherwise (control bits 0 and 1)."""
+    identity = b"fuzz-identity"
+    memory_mib = 1
+
+    def saved_queue(index, max_size):
+        base = 0x1_0000 * (index + 1)
+        return {"max_size": max_size, "next_avail": 0, "next_used": 0,
+                "event_idx_enabled": True, "size": 16, "ready": True,
+                "desc_table": base, "avail_ring": base + 0x1000, "used_ring": base + 0x2000}
+
+    def transport(device_type, features, queues, device_state):
+        return {"device_type": device_type, "device_features_sel": 1,
+                "driver_features_sel": 1, "driver_features": features, "queue_sel": 0,
+                "status": ACK | DRIVER | FEATURES_OK | DRIVER_OK, "activated": True,
+                "interrupt_status": 0, "config_generation": 0,
+                "queues": [saved_queue(i, 1024) for i in range(queues)],
+                "device": device_state.hex()}
+
+    rvds = lambda device: b"RVDS" + struct.pack("<BI", 1, device)
+    vsock = transport(19, VSOCK_FEATURES, 3,
+                      rvds(19) + struct.pack("<QBQ", VSOCK_FEATURES, 1, 3))
+    sectors = 64 * 1024 // 512
+    block_body = (struct.pack("<QQBQ", BLOCK_FEATURES, BLOCK_FEATURES, 1, sectors)
+                  + b"fuzz-serial".ljust(20, b"\0")
+                  + b"\x01" + struct.pack("<QQ", 4096, 1) + struct.pack("<Q", 1 << 3)
+                  + b"\x33" * 4096)
+    block = transport(2, BLOCK_FEATURES, 1, rvds(2) + block_body)
+    serial = {"baud_divisor_low": 12, "baud_divisor_high": 0, "interrupt_enable": 0,
+              "interrupt_identification": 1, "line_control": 3, "line_status": 0x60,
+              "modem_control": 8, "modem_status": 0xb0, "scratch": 0, "in_buffer": [65, 66]}
+
+    def state(devices):
+        # kvm-bindings reads a short byte array as zero-padded: the VM state
+        # stays small.
+        vm = {k: [] for k in ("pic_master", "pic_slave", "ioapic", "pit", "clock")}
+        return json.dumps({"memory_mib": memory_mib, "vm": vm, "vcpus": [],
+                           "serial": serial, "devices": devices},
+                          separators=(",", ":")).encode()
+
+    def snapshot_file(control, state_bytes):
+        memory_offset = (4096 + len(state_bytes) + 4095) // 4096 * 4096
+        fields = (b"RUNRSNAP" + struct.pack("<IIQIIQQH", 1, 0, len(state_bytes),
+                                            zlib.crc32(state_bytes), 0, memory_offset,
+                                            memory_mib << 20, len(identity)) + identity)
+        fields = fields.ljust(124, b"\0")
+        crc = zlib.crc32(fields + bytes(4092 - 124))
+        return bytes([control]) + fields + struct.pack("<I", crc) + state_bytes
+
+    write("snapshot", "vsock", snapshot_file(0, state([vsock])))
+    write("snapshot", "block-and-vsock", snapshot_file(0, state([block, vsock])))
+    # Checksums and the state's length as written, not filled in.
+    write("snapshot", "no-devices-as-given", snapshot_file(3, state([])))
+
+
 def pipelines():
     src = os.path.join(HERE, "..", "pipelines")
     for name in sorted(os.listdir(src)):
@@ -203,5 +426,9 @@ if __name__ == "__main__":
     vsock()
     block()
     device_states()
+    net()
     pipelines()
     tars()
+    reports()
+    mmio()
+    snapshots()

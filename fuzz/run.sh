@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
-all=(frame vsock_packet block_request device_state pipeline unpack)
+all=(frame vsock_packet block_request device_state net_filter pipeline unpack junit libtest
+    mmio_transport snapshot)
 targets=("${@:-${all[@]}}")
 
 # cargo-fuzz needs nightly-only flags (-Zsanitizer); RUSTC_BOOTSTRAP lets the
@@ -27,11 +28,13 @@ nice -n 10 cargo fuzz build -a >&2
 
 # Longest input per target: tar needs room for several 512-byte blocks, a
 # chain input is a 129-byte table plus the memory it points at, a block
-# device state carries whole 4 KiB chunks.
+# device state carries whole 4 KiB chunks (hex encoded in a snapshot's
+# JSON), a report needs room for a few testcases, register operations
+# for a whole driver set-up and the rings after them.
 max_len() {
     case $1 in
-        unpack) echo 16384 ;;
-        pipeline) echo 8192 ;;
+        unpack|snapshot) echo 16384 ;;
+        pipeline|junit|libtest) echo 8192 ;;
         device_state) echo 32768 ;;
         *) echo 4096 ;;
     esac

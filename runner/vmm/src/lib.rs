@@ -12,6 +12,9 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod error;
+/// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod kvm_host;
 pub mod layout;
 pub mod memory;

@@ -199,6 +199,81 @@ impl MmioTransport {
         self.has(FEATURES_OK) && self.status & (DRIVER_OK | FAILED) == 0
     }
 
+    /// What the register machine guarantees whatever a driver writes (see
+    /// [`Self::check_registers`]), checked on the transport as it is.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.check_registers(
+            self.status,
+            self.activated,
+            self.driver_features,
+            &self.queues,
+        )
+    }
+
+    /// Whether these registers and queues, with the device as it is now,
+    /// are a state the register machine can reach: the status bits set in
+    /// the order of virtio 1.2, 3.1.1 (no DRIVER_OK without FEATURES_OK,
+    /// ...) and none other; FEATURES_OK only for offered features including
+    /// VERSION_1, which the device holds as acked (and nothing before);
+    /// activated only under DRIVER_OK, with every ready queue inside guest
+    /// memory and EVENT_IDX on every queue as acked. The error says which
+    /// one is broken. A restore refuses a state that breaks them.
+    fn check_registers(
+        &self,
+        status: u32,
+        activated: bool,
+        driver_features: u64,
+        queues: &[Queue],
+    ) -> Result<(), String> {
+        const STEPS: [u32; 5] = [
+            0,
+            ACK,
+            ACK | DRIVER,
+            ACK | DRIVER | FEATURES_OK,
+            ACK | DRIVER | FEATURES_OK | DRIVER_OK,
+        ];
+        if status & !(STEPS[4] | FAILED | NEEDS_RESET) != 0 {
+            return Err(format!(
+                "status {status:#x} has bits the spec does not define"
+            ));
+        }
+        if !STEPS.contains(&(status & STEPS[4])) {
+            return Err(format!("status {status:#x} skipped a step"));
+        }
+        let offered = self.offered_features();
+        let acked = self.device.acked_features();
+        if status & FEATURES_OK != 0 {
+            if driver_features & !offered != 0 || driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+                return Err(format!(
+                    "FEATURES_OK for driver features {driver_features:#x}, {offered:#x} offered"
+                ));
+            }
+            if acked != driver_features & self.device.features() {
+                return Err(format!(
+                    "the device acked {acked:#x}, the driver took {driver_features:#x}"
+                ));
+            }
+        } else if acked != 0 {
+            return Err(format!("the device acked {acked:#x} before FEATURES_OK"));
+        }
+        if activated {
+            if status & DRIVER_OK == 0 {
+                return Err(format!("activated with status {status:#x}"));
+            }
+            let event_idx = acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+            for (i, q) in queues.iter().enumerate() {
+                if q.ready() && !q.is_valid(&self.mem) {
+                    return Err(format!("activated with queue {i} ready outside memory"));
+                }
+                if q.event_idx_enabled() != event_idx {
+                    return Err(format!("queue {i} disagrees with the acked EVENT_IDX"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Handles the driver's notification of queue `index`.
     pub fn process_queue(&mut self, index: u16) {
         if !self.activated {

@@ -153,3 +153,52 @@ fn a_restored_interrupt_the_driver_had_not_acknowledged_is_raised_again() {
     clone.read(reg::INTERRUPT_STATUS, &mut status);
     assert_eq!(u32::from_le_bytes(status), INT_USED_RING);
 }
+
+/// Found by the `snapshot` fuzz target (FEATURES_OK with features never
+/// offered): a saved state no driver could have brought the transport into
+/// was restored as it was. The same went for DRIVER_OK without
+/// FEATURES_OK, activated without DRIVER_OK, features the device does not
+/// hold as acked, and queues without the negotiated EVENT_IDX.
+#[test]
+fn a_state_no_driver_could_reach_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let (mut original, _irq) = vsock(&mem, dir.path());
+    let _queues = bring_up(&mut original, &mem);
+    let saved = original.save_state().unwrap();
+    drop(original);
+
+    // What each damage breaks (in the refusal), and the damage.
+    type Damage = fn(&mut state::TransportState);
+    let damaged: [(&str, Damage); 6] = [
+        ("FEATURES_OK for driver features", |s| {
+            s.driver_features |= 1 << 40
+        }),
+        ("skipped a step", |s| s.status = ACK | DRIVER | DRIVER_OK),
+        ("bits the spec does not define", |s| s.status |= 0x10),
+        ("activated with status", |s| {
+            s.status = ACK | DRIVER | FEATURES_OK
+        }),
+        ("the device acked", |s| {
+            s.driver_features &= !(1 << VIRTIO_RING_F_EVENT_IDX)
+        }),
+        ("EVENT_IDX", |s| s.queues[1].event_idx_enabled = false),
+    ];
+    for (why, damage) in damaged {
+        let mut state = saved.clone();
+        damage(&mut state);
+        let clone_dir = tempfile::tempdir().unwrap();
+        let (mut clone, _irq) = vsock(&mem, clone_dir.path());
+        let err = clone.restore_state(&state).expect_err(why).to_string();
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(
+            !clone.is_activated(),
+            "{why}: the refused state was applied"
+        );
+    }
+    // The state as saved is taken.
+    let clone_dir = tempfile::tempdir().unwrap();
+    let (mut clone, _irq) = vsock(&mem, clone_dir.path());
+    clone.restore_state(&saved).unwrap();
+    clone.check_invariants().unwrap();
+}

@@ -203,6 +203,16 @@ impl MmioTransport {
         self.device
             .restore_state(&device)
             .map_err(|e| refuse(e.to_string()))?;
+        // A state no driver could have brought the transport into (a
+        // damaged or forged file) would leave it where its own checks
+        // never let a driver go.
+        self.check_registers(
+            state.status,
+            state.activated,
+            state.driver_features,
+            &queues,
+        )
+        .map_err(refuse)?;
         self.queues = queues;
         self.device_features_sel = state.device_features_sel;
         self.driver_features_sel = state.driver_features_sel;

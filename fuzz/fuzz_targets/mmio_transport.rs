@@ -1,0 +1,6 @@
+//! Fuzz target `mmio_transport`: see the entry point's documentation.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = runner_vmm::fuzzing::mmio_transport(data);
+});
