@@ -368,7 +368,7 @@ fn an_image_setup_dies_with_a_killed_runner() {
 
 #[test]
 fn a_jailed_vm_process_sees_no_host_file_and_no_network() {
-    use runner::backend::vm_process::child::TEST_HOOK_JAIL_ENV;
+    use runner_machine::vm_process::child::TEST_HOOK_JAIL_ENV;
     let dir = tempfile::tempdir().unwrap();
     let out = runner_test(dir.path(), TRIVIAL, &["--out", "out"], true)
         .env(TEST_HOOK_JAIL_ENV, "a")

@@ -5,16 +5,17 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{images, runner_bin, sh, spec};
-use runner::backend;
+use runner::session::wait_for_agent;
+use runner_machine::select;
 
 #[test]
 fn a_console_flood_leaves_a_capped_serial_log() {
     let limit = 16 * 1024;
-    let backend = backend::from_env().expect("a backend");
+    let backend = select::from_env().expect("a backend");
     let mut spec = spec("serial-cap");
     spec.serial_log_limit = Some(limit);
     let mut vm = backend.start(&spec).expect("VM starts");
-    let mut session = backend::wait_for_agent(vm.as_mut(), spec.boot_timeout).expect("ready");
+    let mut session = wait_for_agent(vm.as_mut(), spec.boot_timeout).expect("ready");
     let flood = sh(
         &mut session,
         "head -c 200000 /dev/zero | tr '\\0' x | fold -w 100 > /dev/console; echo flood done > /dev/console",

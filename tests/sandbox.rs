@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{images, runner_bin, runner_test};
-use runner::backend::vm_process::child::TEST_HOOK_ENV;
+use runner_machine::vm_process::child::TEST_HOOK_ENV;
 
 /// The victim is killed this long after its filters are in place: after its
 /// boot on an idle machine (about 2 s under TCG), while its second step

@@ -12,9 +12,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use agent_protocol::{Command, ExecRequest, ExitStatus, Stream};
-use runner::backend::{self, Vm, VmSpec};
-use runner::images::{ImageRef, Images};
+use runner::session::wait_for_agent;
 use runner::session::AgentSession;
+use runner_machine::images::{ImageRef, Images};
+use runner_machine::{select, Vm, VmSpec};
 
 pub struct GuestImages {
     pub kernel: PathBuf,
@@ -49,7 +50,7 @@ pub fn spec(name: &str) -> VmSpec {
         memory_mib: 256,
         // Generous: on a loaded 2-core CI machine TCG boots slow down.
         boot_timeout: Duration::from_secs(120),
-        serial_log_limit: Some(runner::backend::DEFAULT_SERIAL_LOG_LIMIT),
+        serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
     }
 }
@@ -61,10 +62,10 @@ pub struct TestVm {
 }
 
 pub fn boot(name: &str) -> TestVm {
-    let backend = backend::from_env().expect("a backend");
+    let backend = select::from_env().expect("a backend");
     let spec = spec(name);
     let mut vm = backend.start(&spec).expect("VM starts");
-    let session = backend::wait_for_agent(vm.as_mut(), spec.boot_timeout)
+    let session = wait_for_agent(vm.as_mut(), spec.boot_timeout)
         .unwrap_or_else(|e| panic!("{name}: guest did not become ready: {e}"));
     TestVm { vm, session }
 }

@@ -194,8 +194,8 @@ fn kill_vsock_tx(cache: &Path) {
     // Sealed again, as the runner sealed it: the damage is now one only a
     // clone can find (a file changed behind the runner's back is refused
     // before any restore; the test above).
-    let trusted = runner::trusted_cache::TrustedCache::at(cache.to_path_buf());
-    let store = runner::backend::snapshots::SnapshotStore::open_in(trusted).unwrap();
+    let trusted = runner_machine::trusted_cache::TrustedCache::at(cache.to_path_buf());
+    let store = runner_machine::snapshots::SnapshotStore::open_in(trusted).unwrap();
     store.reseal(snap.trim_end_matches(".snap")).unwrap();
 }
 

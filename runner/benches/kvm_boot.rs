@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runner::backend::GUEST_CMDLINE;
+use runner_machine::GUEST_CMDLINE;
 use runner_vmm::testing::elf_image;
 use runner_vmm::{Vmm, VmmConfig};
 

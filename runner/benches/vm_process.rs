@@ -27,13 +27,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use runner::backend::vm_process::confinement::VmIds;
-use runner::backend::vm_process::{
-    self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
-};
-use runner::backend::{self, GUEST_CID, GUEST_CMDLINE};
+use runner::session::wait_for_agent;
 use runner_devices::block::{BlockConfig, BlockDevice, DiskMode};
 use runner_devices::vsock::{VsockConfig, VsockDevice};
+use runner_machine::vm_process::confinement::VmIds;
+use runner_machine::vm_process::{
+    self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
+};
+use runner_machine::{select, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use runner_vhost::block::{BlockServer, BlockServerConfig};
 use runner_vhost::vsock::{VsockServer, VsockServerConfig};
 use runner_vmm::{KernelConfig, MemoryConfig, SerialConfig, VcpuConfig, Vmm, VmmConfig};
@@ -351,8 +352,8 @@ fn device_process_memory(rootfs: &Path) {
         "idle device process",
         &idle.unwrap_or_else(|| fail("cannot read the device process's smaps")),
     );
-    let qemu = backend::qemu_tcg_backend().unwrap_or_else(|e| fail(&e.to_string()));
-    let spec = backend::VmSpec {
+    let qemu = select::qemu_tcg_backend().unwrap_or_else(|e| fail(&e.to_string()));
+    let spec = VmSpec {
         name: "bench-memory".into(),
         kernel: image("RUNNER_KERNEL"),
         rootfs: image("RUNNER_ROOTFS"),
@@ -363,8 +364,8 @@ fn device_process_memory(rootfs: &Path) {
         network: Default::default(),
     };
     let mut vm = qemu.start(&spec).unwrap_or_else(|e| fail(&e.to_string()));
-    let mut session = backend::wait_for_agent(vm.as_mut(), spec.boot_timeout)
-        .unwrap_or_else(|e| fail(&e.to_string()));
+    let mut session =
+        wait_for_agent(vm.as_mut(), spec.boot_timeout).unwrap_or_else(|e| fail(&e.to_string()));
     let request = agent_protocol::ExecRequest {
         command: agent_protocol::Command::Argv(vec!["true".into()]),
         ..Default::default()
@@ -377,7 +378,7 @@ fn device_process_memory(rootfs: &Path) {
         .copied()
         .unwrap_or_else(|| fail("no device process found"));
     // The devices run in the jailed process, the supervisor's only child.
-    let pid = runner::process::children_of(supervisor as i32)
+    let pid = runner_machine::process::children_of(supervisor as i32)
         .first()
         .map_or(supervisor, |&jailed| jailed as u32);
     let m = mem::mem_use(pid).unwrap_or_else(|| fail("cannot read the device process's smaps"));

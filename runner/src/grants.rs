@@ -23,23 +23,15 @@ use std::path::{Path, PathBuf};
 
 use runner_devices::net::addresses::is_public;
 
-use crate::backend::network::{Destination, Nic, Reach};
 use crate::pipeline::network::parse_allow_entry;
 use crate::pipeline::{
     host_scope, parse_byte_size, AllowEntry, Image, ImageRef, Network, SpecBase,
 };
 use crate::plan::Plan;
+use runner_machine::network::{Destination, Nic, Reach};
 
-/// The machine's policy file (see the module docs).
-pub const MACHINE_POLICY: &str = "/etc/runner/policy.yml";
-
-/// Largest image `size` without a grant: room for a toolchain and a
-/// project's build, not a way to fill the host's disk.
-pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 16 << 30;
-
-/// How long an image's `setup` may run: it runs once per image, and a
-/// script that never ends must not hold the machine.
-pub const DEFAULT_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+pub use runner_machine::images::{DEFAULT_MAX_IMAGE_SIZE, DEFAULT_SETUP_TIMEOUT};
+pub use runner_machine::MACHINE_POLICY;
 
 /// The keyword for "any public address" in a network grant.
 pub const PUBLIC: &str = "public";
@@ -306,8 +298,8 @@ impl PolicyFile {
 
 impl Grants {
     /// What image builds may do under these grants.
-    pub fn build_limits(&self) -> crate::images::BuildLimits {
-        crate::images::BuildLimits {
+    pub fn build_limits(&self) -> runner_machine::images::BuildLimits {
+        runner_machine::images::BuildLimits {
             max_bytes: self.max_image_size,
             setup_network: self.setup_network,
             setup_timeout: DEFAULT_SETUP_TIMEOUT,

@@ -20,8 +20,8 @@ use nix::sys::termios::{self, SetArg, Termios};
 use signal_hook::consts::SIGWINCH;
 use signal_hook::iterator::{Handle, Signals};
 
-use crate::interrupt::{self, HookGuard};
 use crate::session::{AgentSession, SessionError, ShellControl};
+use runner_machine::interrupt::{self, HookGuard};
 
 /// The size a shell starts with when the terminal does not say.
 const FALLBACK_SIZE: WindowSize = WindowSize { rows: 24, cols: 80 };

@@ -15,8 +15,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{require_kvm, spec, vm_processes};
-use runner::backend::kvm::{KvmBackend, KvmVm};
-use runner::backend::{wait_for_agent, Backend, BootError, Vm, GUEST_CMDLINE};
+use runner::session::wait_for_agent;
+use runner_machine::kvm::{KvmBackend, KvmVm};
+use runner_machine::{Backend, BootError, Vm, GUEST_CMDLINE};
 use runner_vmm::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 
 /// How long the early console may take (emulated ring 0 on a loaded
@@ -259,7 +260,7 @@ fn run_in_guest(
     (status, String::from_utf8_lossy(&stdout).into_owned())
 }
 
-fn setup_error(spec: &runner::backend::VmSpec) -> String {
+fn setup_error(spec: &runner_machine::VmSpec) -> String {
     match KvmBackend::new().start(spec).map(|_| ()) {
         Err(BootError::Setup(msg)) => {
             assert!(!msg.contains('\n'), "one line: {msg}");

@@ -7,8 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{require_kvm, spec, vm_processes};
-use runner::backend::kvm::KvmBackend;
-use runner::backend::{wait_for_agent, BootError, Vm};
+use runner::session::wait_for_agent;
+use runner_machine::kvm::KvmBackend;
+use runner_machine::{BootError, Vm};
 
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -35,7 +36,7 @@ fn interrupt_stops_running_and_later_vms() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(running.exited(), None);
 
-    runner::interrupt::trigger();
+    runner_machine::interrupt::trigger();
     assert_eq!(wait_for_end(&mut running), "stopped by the host");
     assert!(matches!(
         wait_for_agent(&mut running, spec.boot_timeout),

@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{run, spec};
-use runner::backend::{self, wait_for_agent};
+use runner::session::wait_for_agent;
+use runner_machine::select;
 
 const BOOTS: usize = 5;
 const EXECS: usize = 20;
@@ -18,7 +19,7 @@ const BOOT_TARGET: Duration = Duration::from_millis(2500);
 const EXEC_TARGET: Duration = Duration::from_millis(100);
 
 fn main() {
-    let backend = backend::default_backend().unwrap_or_else(|e| fail(&e.to_string()));
+    let backend = select::default_backend().unwrap_or_else(|e| fail(&e.to_string()));
     let spec = spec("bench");
     let mut boots = Vec::new();
     let mut execs = Vec::new();

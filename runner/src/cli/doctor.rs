@@ -8,8 +8,8 @@ use std::process::Command;
 use runner_vmm::probe::{self, HostProbe, KvmAccess, Ring0Speed};
 
 use super::Failure;
-use crate::backend::qemu::find_on_path;
-use crate::backend::select::{select, AutoPick, Selection};
+use runner_machine::qemu::find_on_path;
+use runner_machine::select::{select, AutoPick, Selection};
 
 /// Everything the report is made of; gathered by [`HostReport::gather`],
 /// rendered by [`HostReport::render`] (kept apart so the wording is tested

@@ -7,7 +7,7 @@ use agent_protocol::{Command, ExecRequest, Stream};
 use clap::Args;
 
 use super::{parse_duration, Failure, VmArgs};
-use crate::backend::wait_for_agent;
+use crate::session::wait_for_agent;
 use crate::session::SessionError;
 
 /// Exit code when the VM, not the command, failed.
@@ -59,7 +59,7 @@ pub struct ExecArgs {
 
 pub fn run(args: ExecArgs) -> Result<i32, Failure> {
     let request = request(&args).map_err(|e| Failure::new(2, e))?;
-    crate::backend::vm_dir::sweep_stale_in_temp();
+    runner_machine::vm_dir::sweep_stale_in_temp();
     let fail = |e: anyhow::Error| Failure::new(VM_FAILED, e);
     let started = std::time::Instant::now();
     let spec = args.vm.spec("exec").map_err(fail)?;
@@ -97,7 +97,7 @@ pub fn run(args: ExecArgs) -> Result<i32, Failure> {
             return Ok(TIMED_OUT);
         }
         Err(e) => {
-            let report = crate::backend::vm_state_report(vm.as_mut());
+            let report = runner_machine::vm_state_report(vm.as_mut());
             return Err(fail(anyhow::anyhow!("running the command: {e}; {report}")));
         }
         Ok(status) => status,

@@ -9,9 +9,9 @@ use clap::Subcommand;
 
 use super::{parse_duration, Failure};
 use crate::grants::{GrantArgs, Grants};
-use crate::image_cache::{self, manage};
-use crate::images::{ImageError, ImageRef, Images};
 use crate::pipeline::Pipeline;
+use runner_machine::images::{self as image_cache, manage};
+use runner_machine::images::{ImageError, ImageRef, Images};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -143,7 +143,7 @@ fn build_pipeline(
                 continue;
             }
             let built = match image_ref {
-                ImageRef::Spec(spec) => image_cache::resolve(images, spec, verify),
+                ImageRef::Spec(spec) => image_cache::resolve_spec(images, spec, verify),
                 _ if is_kernel => images.kernel(image_ref),
                 _ => images.rootfs(image_ref),
             }

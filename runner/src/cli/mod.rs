@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::backend::kvm::KvmBackend;
-use crate::backend::snapshots::SnapshotStore;
-use crate::backend::{default_backend, qemu_backend, Backend, VmSpec};
-use crate::images::{ImageKind, ImageRef, Images};
 pub use crate::pipeline::parse_duration;
+use runner_machine::images::{ImageKind, Images};
+use runner_machine::kvm::KvmBackend;
+use runner_machine::select::{auto_selection, default_backend, qemu_backend, AutoPick};
+use runner_machine::snapshots::SnapshotStore;
+use runner_machine::{Backend, VmSpec};
 
 #[derive(Parser)]
 #[command(name = "runner", version, about = "Run CI jobs in disposable microVMs")]
@@ -92,14 +93,14 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     // A VM process has no terminal of its own to watch: the runner that
     // started it stops it.
     let command = match cli.command {
-        Command::VmProcess => return Ok(crate::backend::vm_process::child::main()),
+        Command::VmProcess => return Ok(runner_machine::vm_process::child::main()),
         Command::UnpackOci {
             source,
             dest,
             owners,
             limit,
         } => {
-            return Ok(crate::image_cache::oci::unpack_main(
+            return Ok(runner_machine::images::oci::unpack_main(
                 &source, &dest, &owners, limit,
             ))
         }
@@ -111,11 +112,11 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
         } => {
             let run_as = uid.zip(gid);
             let limit = std::time::Duration::from_secs(limit);
-            return Ok(crate::process::keeper_main(limit, run_as, &argv));
+            return Ok(runner_machine::process::keeper_main(limit, run_as, &argv));
         }
         command => command,
     };
-    if let Err(e) = crate::interrupt::install() {
+    if let Err(e) = runner_machine::interrupt::install() {
         return Err(Failure::new(
             1,
             anyhow::anyhow!("installing signal handlers: {e}"),
@@ -134,7 +135,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     };
     // Whatever broke after Ctrl-C broke because of it: say so, and use the
     // shell's code for death by SIGINT.
-    if crate::interrupt::is_interrupted() {
+    if runner_machine::interrupt::is_interrupted() {
         return Err(Failure::new(130, anyhow::anyhow!("interrupted")));
     }
     result
@@ -167,12 +168,13 @@ impl BackendChoice {
     pub fn backend(self, cold: bool) -> anyhow::Result<Box<dyn Backend>> {
         let kvm = || {
             let store = (!cold).then(SnapshotStore::open);
-            Box::new(KvmBackend::with_snapshots(store.flatten())) as Box<dyn Backend>
+            let probe = std::sync::Arc::new(crate::session::SessionProbe);
+            Box::new(KvmBackend::with_snapshots(store.flatten(), probe)) as Box<dyn Backend>
         };
         match self {
-            BackendChoice::Auto => match crate::backend::select::auto_selection().pick {
-                crate::backend::select::AutoPick::Kvm => Ok(kvm()),
-                crate::backend::select::AutoPick::QemuTcg => Ok(default_backend()?),
+            BackendChoice::Auto => match auto_selection().pick {
+                AutoPick::Kvm => Ok(kvm()),
+                AutoPick::QemuTcg => Ok(default_backend()?),
             },
             BackendChoice::Qemu => Ok(qemu_backend()?),
             BackendChoice::Kvm => Ok(kvm()),
@@ -217,10 +219,10 @@ impl VmArgs {
     pub fn spec(&self, name: &str) -> anyhow::Result<VmSpec> {
         let images = Images::from_env();
         let cwd = std::env::current_dir()?;
-        let kernel =
-            ImageRef::parse(ImageKind::Kernel, &self.kernel, &cwd).map_err(anyhow::Error::msg)?;
-        let rootfs =
-            ImageRef::parse(ImageKind::Rootfs, &self.rootfs, &cwd).map_err(anyhow::Error::msg)?;
+        let kernel = crate::pipeline::parse_image_ref(ImageKind::Kernel, &self.kernel, &cwd)
+            .map_err(anyhow::Error::msg)?;
+        let rootfs = crate::pipeline::parse_image_ref(ImageKind::Rootfs, &self.rootfs, &cwd)
+            .map_err(anyhow::Error::msg)?;
         let kernel = images.kernel(&kernel)?;
         let rootfs = images.rootfs(&rootfs)?;
         Ok(VmSpec {
@@ -230,7 +232,7 @@ impl VmArgs {
             vcpus: self.vcpus,
             memory_mib: self.memory,
             boot_timeout: self.boot_timeout,
-            serial_log_limit: Some(crate::backend::DEFAULT_SERIAL_LOG_LIMIT),
+            serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
             network: Default::default(),
         })
     }

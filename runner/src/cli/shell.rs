@@ -15,11 +15,12 @@ use clap::Args;
 
 use super::exec::{exit_code, VM_FAILED};
 use super::{parse_duration, BackendChoice, Failure};
-use crate::backend::{wait_for_agent, VmSpec, DEFAULT_SERIAL_LOG_LIMIT};
 use crate::grants::{GrantArgs, Grants};
-use crate::images::{ImageKind, ImageRef, Images};
 use crate::pipeline::{files, host_scope, FileEntry, Image, Network, Pipeline, GUEST_WORKSPACE};
 use crate::plan::Plan;
+use crate::session::wait_for_agent;
+use runner_machine::images::{ImageKind, Images};
+use runner_machine::{VmSpec, DEFAULT_SERIAL_LOG_LIMIT};
 
 #[derive(Args)]
 pub struct ShellArgs {
@@ -96,10 +97,10 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
     }
     let spec = vm_spec(&args, &setup, &grants).map_err(usage)?;
     if spec.network.is_on() {
-        crate::backend::network::passt::locate().map_err(|e| usage(anyhow::Error::msg(e)))?;
+        runner_machine::network::passt::locate().map_err(|e| usage(anyhow::Error::msg(e)))?;
     }
     let backend = args.backend.backend(args.cold.cold).map_err(usage)?;
-    crate::backend::vm_dir::sweep_stale_in_temp();
+    runner_machine::vm_dir::sweep_stale_in_temp();
 
     let fail = |e: anyhow::Error| Failure::new(VM_FAILED, e);
     // Dropping `vm` destroys it, on every way out of this function; its
@@ -114,7 +115,7 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
     })?;
     if spec.network.is_on() {
         session
-            .configure_network(&crate::backend::network::guest_config())
+            .configure_network(&runner_machine::network::guest_config())
             .map_err(|e| fail(anyhow!("configuring the guest's network: {e}")))?;
     }
     if !setup.files.is_empty() {
@@ -140,7 +141,7 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
         ..Default::default()
     };
     let result = crate::terminal::run_shell(&mut session, request);
-    if crate::interrupt::is_interrupted() {
+    if runner_machine::interrupt::is_interrupted() {
         return Err(Failure::new(130, anyhow!("interrupted")));
     }
     match result {
@@ -151,7 +152,7 @@ pub fn run(args: ShellArgs) -> Result<i32, Failure> {
             Ok(exit_code(&status))
         }
         Err(e) => {
-            let report = crate::backend::vm_state_report(vm.as_mut());
+            let report = runner_machine::vm_state_report(vm.as_mut());
             Err(fail(anyhow!("the shell's connection broke: {e}; {report}")))
         }
     }
@@ -245,7 +246,9 @@ fn from_flags(args: &ShellArgs) -> anyhow::Result<Setup> {
 /// The VM spec: the setup's image and size, overridden by the flags.
 fn vm_spec(args: &ShellArgs, setup: &Setup, grants: &Grants) -> anyhow::Result<VmSpec> {
     let cwd = std::env::current_dir()?;
-    let parse = |kind, text: &str| ImageRef::parse(kind, text, &cwd).map_err(anyhow::Error::msg);
+    let parse = |kind, text: &str| {
+        crate::pipeline::parse_image_ref(kind, text, &cwd).map_err(anyhow::Error::msg)
+    };
     let kernel = match &args.kernel {
         Some(text) => parse(ImageKind::Kernel, text)?,
         None => setup.image.kernel.clone(),

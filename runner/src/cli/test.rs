@@ -13,7 +13,6 @@ use clap::Args;
 
 use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
 use crate::grants::{GrantArgs, Grants};
-use crate::images::Images;
 use crate::pipeline::{parse_byte_size, Pipeline};
 use crate::plan::Plan;
 use crate::report::events::{self, JsonEvents};
@@ -24,6 +23,7 @@ use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
 use crate::shard::{self, Shard, Timings};
+use runner_machine::images::Images;
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -132,7 +132,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     if args.debug_on_failure {
         debug_allowed(&args, |name| std::env::var(name).ok()).map_err(config)?;
     }
-    crate::backend::vm_dir::sweep_stale_in_temp();
+    runner_machine::vm_dir::sweep_stale_in_temp();
     let pipeline = Pipeline::load(&args.pipeline).map_err(|e| config(e.into()))?;
     let plan = Plan::new(&pipeline)
         .filter(&args.filter)
@@ -156,7 +156,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         .map_err(|e| config(anyhow::Error::msg(e)))?;
     // A job with `network` on a host without passt fails before anything boots.
     if plan.jobs.iter().any(|job| job.network.is_on()) {
-        crate::backend::network::passt::locate().map_err(|e| config(anyhow::Error::msg(e)))?;
+        runner_machine::network::passt::locate().map_err(|e| config(anyhow::Error::msg(e)))?;
     }
     // Before images are built: a refused --out should not wait for that.
     out_dir::prepare(&args.out).map_err(config)?;

@@ -1,80 +1,11 @@
 //! An image described in the pipeline (`image: { base: debian, packages: … }`
-//! or `image: { oci: … }`), built by the runner and cached by the hash of
-//! its contents (see `crate::image_cache`).
+//! or `image: { oci: … }`): the checks on its fields. The spec itself is the
+//! machine's (`runner_machine::images`), which builds and caches it.
 
-use std::path::PathBuf;
-
-/// What an image spec starts from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum SpecBase {
-    /// busybox, like the named `minimal` image; no package manager.
-    Minimal,
-    /// Debian bookworm `minbase`, built rootless with mmdebstrap.
-    Debian,
-    /// An OCI image layout directory or a `docker save` tarball on the host.
-    Oci(PathBuf),
-}
-
-/// A host file copied into the image before `setup` runs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SpecFile {
-    /// Absolute host path (relative ones are resolved against the workspace).
-    pub from: PathBuf,
-    /// Absolute guest path; a trailing `/` means "into this directory".
-    pub to: String,
-}
-
-/// A root file system to build from a base, packages, files and a script.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ImageSpec {
-    pub base: SpecBase,
-    /// Debian package names, in file order (only with `base: debian`).
-    pub packages: Vec<String>,
-    pub files: Vec<SpecFile>,
-    /// Shell script run once as root inside the image at build time.
-    pub setup: Option<String>,
-    /// Largest the image may be, in MiB; the file system gets this size.
-    pub size_mib: Option<u64>,
-}
+pub use runner_machine::images::{ImageSpec, SpecBase, SpecFile};
 
 /// Base names accepted by `base:`.
 pub const SPEC_BASES: &[&str] = &["minimal", "debian"];
-
-impl ImageSpec {
-    /// One short line for the console and `runner image list`:
-    /// `debian + gcc, make, 1 file, setup, 2G`.
-    pub fn summary(&self) -> String {
-        let mut parts = Vec::new();
-        if !self.packages.is_empty() {
-            parts.push(self.packages.join(" "));
-        }
-        match self.files.len() {
-            0 => {}
-            1 => parts.push("1 file".to_string()),
-            n => parts.push(format!("{n} files")),
-        }
-        if self.setup.is_some() {
-            parts.push("setup".to_string());
-        }
-        if let Some(mib) = self.size_mib {
-            parts.push(if mib % 1024 == 0 {
-                format!("{}G", mib / 1024)
-            } else {
-                format!("{mib}M")
-            });
-        }
-        let base = match &self.base {
-            SpecBase::Minimal => "minimal".to_string(),
-            SpecBase::Debian => "debian".to_string(),
-            SpecBase::Oci(path) => format!("oci {}", path.display()),
-        };
-        if parts.is_empty() {
-            base
-        } else {
-            format!("{base} + {}", parts.join(", "))
-        }
-    }
-}
 
 /// A Debian package name (policy 5.6.1: lower case letters, digits, `+ - .`,
 /// at least two characters, starting alphanumeric), optionally with an
@@ -153,20 +84,5 @@ mod tests {
         for bad in ["usr/x", "/", "/a/../etc/passwd", ""] {
             assert!(parse_image_target(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn summary_is_short() {
-        let spec = ImageSpec {
-            base: SpecBase::Debian,
-            packages: vec!["gcc".into(), "make".into()],
-            files: vec![SpecFile {
-                from: "/a".into(),
-                to: "/b".into(),
-            }],
-            setup: Some("true".into()),
-            size_mib: Some(2048),
-        };
-        assert_eq!(spec.summary(), "debian + gcc make, 1 file, setup, 2G");
     }
 }

@@ -26,9 +26,10 @@ pub use files::FileEntry;
 pub use image_spec::{ImageSpec, SpecBase, SpecFile};
 pub use network::{AllowEntry, Network};
 pub use reports::ReportFiles;
+pub use runner_machine::images::{KERNEL_NAMES, ROOTFS_NAMES};
 pub use scalars::{
-    format_duration, parse_byte_size, parse_duration, parse_memory, ImageKind, ImageRef,
-    KERNEL_NAMES, MIN_MEMORY_MIB, ROOTFS_NAMES,
+    format_duration, parse_byte_size, parse_duration, parse_image_ref, parse_memory, ImageKind,
+    ImageRef, MIN_MEMORY_MIB,
 };
 
 /// vCPUs per VM when the pipeline does not say.

@@ -2,7 +2,7 @@
 //!
 //! Without it the guest has loopback only (the clean-room default). The
 //! format is `network: true | false` or `network: { allow: [host:port, …] }`;
-//! the host side is `crate::backend::network`.
+//! the host side is `runner_machine::network`.
 
 use std::fmt;
 

@@ -6,11 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::suggest;
-
-/// Kernel names the runner knows how to build or fetch from its cache.
-pub const KERNEL_NAMES: &[&str] = &["default"];
-/// Root file system names the runner knows how to build.
-pub const ROOTFS_NAMES: &[&str] = &["minimal", "debian"];
+pub use runner_machine::images::{ImageKind, ImageRef};
 
 /// Longest accepted timeout; longer ones are almost certainly a unit mix-up.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -145,75 +141,26 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A kernel or root file system: a name the runner knows, or a file.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ImageRef {
-    /// One of [`KERNEL_NAMES`] / [`ROOTFS_NAMES`]; the backend resolves it
-    /// to a file in its cache.
-    Named(String),
-    /// A file on the host, absolute (relative paths in the pipeline are
-    /// resolved against the workspace root when parsing).
-    Path(PathBuf),
-    /// A root file system built from a spec in the pipeline and cached by
-    /// its hash; jobs with equal specs share one build.
-    Spec(std::sync::Arc<super::image_spec::ImageSpec>),
-}
-
-/// What an [`ImageRef`] names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageKind {
-    Kernel,
-    Rootfs,
-}
-
-impl ImageKind {
-    pub fn noun(self) -> &'static str {
-        match self {
-            ImageKind::Kernel => "kernel",
-            ImageKind::Rootfs => "rootfs",
-        }
+/// A kernel or rootfs reference: a value with a `/` or starting with `.` or
+/// `~` is a path; anything else must be a known name.
+pub fn parse_image_ref(kind: ImageKind, text: &str, workspace: &Path) -> Result<ImageRef, String> {
+    let text = text.trim();
+    if text.contains('/') || text.starts_with('.') || text.starts_with('~') {
+        return Ok(ImageRef::Path(resolve_host_path(text, workspace)));
     }
-
-    pub fn known_names(self) -> &'static [&'static str] {
-        match self {
-            ImageKind::Kernel => KERNEL_NAMES,
-            ImageKind::Rootfs => ROOTFS_NAMES,
-        }
+    let known = kind.known_names();
+    if known.contains(&text) {
+        return Ok(ImageRef::Named(text.to_string()));
     }
-}
-
-impl ImageRef {
-    /// A value with a `/` or starting with `.` or `~` is a path; anything
-    /// else must be a known name.
-    pub fn parse(kind: ImageKind, text: &str, workspace: &Path) -> Result<ImageRef, String> {
-        let text = text.trim();
-        if text.contains('/') || text.starts_with('.') || text.starts_with('~') {
-            return Ok(ImageRef::Path(resolve_host_path(text, workspace)));
-        }
-        let known = kind.known_names();
-        if known.contains(&text) {
-            return Ok(ImageRef::Named(text.to_string()));
-        }
-        let noun = kind.noun();
-        let hint = match suggest(text, known) {
-            Some(name) => format!(" (did you mean `{name}`?)"),
-            None => String::new(),
-        };
-        Err(format!(
+    let noun = kind.noun();
+    let hint = match suggest(text, known) {
+        Some(name) => format!(" (did you mean `{name}`?)"),
+        None => String::new(),
+    };
+    Err(format!(
             "unknown {noun} image `{text}`{hint}: known {noun} images are {}; a file is given by path, like `./images/{noun}.img`",
             known.join(", ")
         ))
-    }
-}
-
-impl std::fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImageRef::Named(name) => f.write_str(name),
-            ImageRef::Path(path) => write!(f, "{}", path.display()),
-            ImageRef::Spec(spec) => f.write_str(&spec.summary()),
-        }
-    }
 }
 
 /// Host paths in a pipeline are relative to the workspace root; `~/` is the
@@ -288,18 +235,18 @@ mod tests {
     fn image_refs() {
         let ws = Path::new("/repo");
         assert_eq!(
-            ImageRef::parse(ImageKind::Rootfs, "debian", ws),
+            parse_image_ref(ImageKind::Rootfs, "debian", ws),
             Ok(ImageRef::Named("debian".into()))
         );
         assert_eq!(
-            ImageRef::parse(ImageKind::Kernel, "./k/vmlinux", ws),
+            parse_image_ref(ImageKind::Kernel, "./k/vmlinux", ws),
             Ok(ImageRef::Path("/repo/./k/vmlinux".into()))
         );
         assert_eq!(
-            ImageRef::parse(ImageKind::Rootfs, "/img/r.ext4", ws),
+            parse_image_ref(ImageKind::Rootfs, "/img/r.ext4", ws),
             Ok(ImageRef::Path("/img/r.ext4".into()))
         );
-        let err = ImageRef::parse(ImageKind::Rootfs, "debain", ws).unwrap_err();
+        let err = parse_image_ref(ImageKind::Rootfs, "debain", ws).unwrap_err();
         assert!(err.starts_with("unknown rootfs image `debain` (did you mean `debian`?)"));
         assert!(err.contains("known rootfs images are minimal, debian"));
     }

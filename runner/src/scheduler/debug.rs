@@ -53,7 +53,7 @@ pub(super) fn after_step(
         return;
     }
     let _turn = TERMINAL.lock().unwrap_or_else(|p| p.into_inner());
-    if crate::interrupt::is_interrupted() {
+    if runner_machine::interrupt::is_interrupted() {
         return;
     }
     ctx.observer.on_terminal_lent(true);

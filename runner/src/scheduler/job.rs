@@ -8,14 +8,15 @@ use agent_protocol::Stream;
 
 use super::reports::{ReportCollector, Scope};
 use super::{retry, RunContext};
-use crate::backend::{wait_for_agent, Vm, VmSpec};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::OutputStream;
 use crate::results::{
     Attempt, JobLog, JobOutcome, JobResult, Phase, PhaseKind, StepResult, StepStatus, TimeLimit,
 };
+use crate::session::wait_for_agent;
 use crate::session::{AgentSession, ArtifactBudget, SessionError, HOST_GRACE};
+use runner_machine::{Vm, VmSpec};
 
 /// Time the artifacts always get, even when the job's own time is up:
 /// after a timeout is when they matter most.
@@ -82,7 +83,7 @@ fn run_in_vm(
         job.name,
         ctx.backend.name()
     ));
-    let boot_error = |e: crate::backend::BootError| JobOutcome::BootError {
+    let boot_error = |e: runner_machine::BootError| JobOutcome::BootError {
         message: e.to_string(),
         serial_tail: e.serial_tail().to_vec(),
     };
@@ -100,7 +101,7 @@ fn run_in_vm(
     if spec.network.is_on() {
         // Before anything of the job's runs: its first step may need it.
         let interface = session
-            .configure_network(&crate::backend::network::guest_config())
+            .configure_network(&runner_machine::network::guest_config())
             .map_err(|e| JobOutcome::Error {
                 message: format!("configuring the guest's network: {e}"),
             })?;
@@ -322,7 +323,7 @@ fn run_step(
             host_deadline: true,
         },
         Err(e) => StepStatus::Error {
-            message: format!("{e}; {}", crate::backend::vm_state_report(vm)),
+            message: format!("{e}; {}", runner_machine::vm_state_report(vm)),
         },
     };
     log.note(&format!(

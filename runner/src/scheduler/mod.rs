@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::Backend;
 use crate::pipeline::Image;
 use crate::plan::Plan;
 use crate::report::RunObserver;
 use crate::results::{JobOutcome, JobResult, RunResults};
 use crate::session::ArtifactLimits;
+use runner_machine::Backend;
 
 /// Kernel and rootfs files for each image the plan uses, resolved (and
 /// built, on first use) before the run starts.
@@ -135,7 +135,7 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
         ctx.observer.on_job_finished(job, &result);
         result
     };
-    if crate::interrupt::is_interrupted() {
+    if runner_machine::interrupt::is_interrupted() {
         return cancelled("interrupted".into());
     }
     if ctx.stop.load(Ordering::SeqCst) {

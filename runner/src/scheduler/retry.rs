@@ -28,7 +28,7 @@ pub(super) fn run_job(planned: &PlannedJob, ctx: &RunContext) -> JobResult {
         let retry = result.failed()
             && attempt.can_retry()
             && !matches!(result.outcome, JobOutcome::Cancelled { .. })
-            && !crate::interrupt::is_interrupted();
+            && !runner_machine::interrupt::is_interrupted();
         if !retry {
             result.earlier_attempts = earlier;
             return result;
@@ -57,7 +57,7 @@ pub(super) fn run_step(
     loop {
         let mut result = run_once(attempt);
         let retry = result.may_retry() && attempt.can_retry() && time_left();
-        if !retry || crate::interrupt::is_interrupted() {
+        if !retry || runner_machine::interrupt::is_interrupted() {
             result.earlier_attempts = earlier;
             return result;
         }

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use agent_protocol::{read_frame, write_frame, Frame, Message, Stream, PROTOCOL_VERSION};
 
 use super::{run, Options, ResolvedImages};
-use crate::backend::{Backend, BootError, Vm, VmSpec};
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
 use crate::report::RunObserver;
 use crate::results::{JobOutcome, PhaseKind, RunResults, StepStatus, TimeLimit};
 use crate::session::HOST_GRACE;
+use runner_machine::{Backend, BootError, Vm, VmSpec};
 
 /// What the fake agent does after the handshake.
 type Behaviour = fn(UnixStream);

@@ -9,6 +9,7 @@
 //! [`AgentSession::set_deadline`] bounds everything (file copies included)
 //! by the job's deadline.
 
+mod boot;
 mod deadline;
 mod files;
 mod restore;
@@ -17,6 +18,7 @@ mod tar_framing;
 // pub(crate) for the fuzz entry point in `crate::fuzzing`.
 pub(crate) mod unpack;
 
+pub use boot::{wait_for_agent, SessionProbe};
 pub use files::FileEntry;
 pub use restore::{new_clone_id, RESTORE_ENTROPY_BYTES};
 pub use shell::ShellControl;

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use runner::backend::VmSpec;
+use runner_machine::VmSpec;
 pub use runner_vmm::testing::{image_from_env, require_kvm};
 
 /// The project kernel and rootfs from RUNNER_KERNEL / RUNNER_ROOTFS.
@@ -26,12 +26,12 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
         vcpus: 1,
         memory_mib: 256,
         boot_timeout,
-        serial_log_limit: Some(runner::backend::DEFAULT_SERIAL_LOG_LIMIT),
+        serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
     }
 }
 
 /// The pids of this process's children that are VM processes.
 pub fn vm_processes() -> Vec<u32> {
-    runner::backend::vm_process::children()
+    runner_machine::vm_process::children()
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::super::error::{located, unknown_key};
-use super::super::scalars::{check_env_name, resolve_host_path, ImageKind, ImageRef};
+use super::super::scalars::{check_env_name, parse_image_ref, resolve_host_path, ImageKind};
 use super::super::{Env, FileEntry, Files, Image, GUEST_WORKSPACE};
 
 /// A mapping key, checked against the keys valid at this place. Duplicates
@@ -290,7 +290,7 @@ impl<'de> Visitor<'de> for ImageSeed<'_> {
         f.write_str("a rootfs name or path, or a mapping with `kernel` and `rootfs` or an image spec (`base`, `packages`, …)")
     }
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Image, E> {
-        let rootfs = ImageRef::parse(ImageKind::Rootfs, text, self.workspace).map_err(located)?;
+        let rootfs = parse_image_ref(ImageKind::Rootfs, text, self.workspace).map_err(located)?;
         Ok(Image {
             rootfs,
             ..Image::default()

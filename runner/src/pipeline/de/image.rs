@@ -12,7 +12,7 @@ use super::super::error::{located, suggest};
 use super::super::image_spec::{
     parse_image_size, parse_image_target, parse_package, ImageSpec, SpecBase, SpecFile, SPEC_BASES,
 };
-use super::super::scalars::{resolve_host_path, ImageKind, ImageRef};
+use super::super::scalars::{parse_image_ref, resolve_host_path, ImageKind, ImageRef};
 use super::super::Image;
 use super::fields::{next_key, non_empty, parse_value, Parse};
 
@@ -62,7 +62,7 @@ pub(crate) fn visit_image_map<'de, A: MapAccess<'de>>(
                 };
                 let what = format!("a {} name or path", kind.noun());
                 let image_ref = parse_value(&mut map, &what, &|text: &str| {
-                    ImageRef::parse(kind, text, workspace)
+                    parse_image_ref(kind, text, workspace)
                 })?;
                 match kind {
                     ImageKind::Kernel => image.kernel = image_ref,

@@ -99,7 +99,9 @@ fn subordinate_range(file: &Path) -> Option<(u32, u32)> {
 /// memory for good where it is on a tmpfs (a tmpfs /tmp, or an overlay on
 /// one, which no cheap check tells apart).
 pub fn memory_limit(guest_mib: u64, disk: Option<&Path>) -> u64 {
-    let layer = disk.and_then(|d| fs::metadata(d).ok()).map_or(0, |m| m.len());
+    let layer = disk
+        .and_then(|d| fs::metadata(d).ok())
+        .map_or(0, |m| m.len());
     (guest_mib << 20) + MEMORY_OVERHEAD + layer
 }
 

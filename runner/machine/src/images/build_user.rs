@@ -23,8 +23,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::images::ImageError;
-use crate::pipeline::{ImageSpec, SpecBase};
+use super::error::ImageError;
+use super::spec::{ImageSpec, SpecBase};
 
 /// The build user `scripts/setup-host` creates.
 pub const DEFAULT_BUILD_USER: &str = "runner-build";

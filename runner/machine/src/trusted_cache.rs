@@ -330,7 +330,7 @@ impl TrustedCache {
         // A seal without a content hash (a snapshot's) stays without one.
         let is_hash = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
         let digest = if is_hash {
-            crate::image_cache::sha256_file(file)
+            crate::images::sha256_file(file)
                 .map_err(|e| format!("hashing {}: {e}", file.display()))?
         } else {
             digest.to_string()
@@ -344,7 +344,7 @@ impl TrustedCache {
         let canonical = path
             .canonicalize()
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let name = crate::image_cache::sha256_bytes(canonical.as_os_str().as_encoded_bytes());
+        let name = crate::images::sha256_bytes(canonical.as_os_str().as_encoded_bytes());
         let seal_path = self.subdir("digests")?.join(&name[..32]);
         let purpose = format!("content of {}", canonical.display());
         if let Ok(digest) = self.check_seal(&canonical, &seal_path, &purpose) {
@@ -352,7 +352,7 @@ impl TrustedCache {
         }
         let before =
             std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", path.display()))?;
-        let digest = crate::image_cache::sha256_file(&canonical)
+        let digest = crate::images::sha256_file(&canonical)
             .map_err(|e| format!("hashing {}: {e}", path.display()))?;
         // Sealed only if nothing wrote the file while it was hashed.
         let after =

@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{DNS_ADDRESS, GATEWAY, GUEST_ADDRESS, GUEST_MTU, GUEST_PREFIX_LEN};
-use crate::backend::vm_process::confinement::VmIds;
-use crate::backend::BootError;
 use crate::process::{spawn_guarded, ChildGuard};
+use crate::vm_process::confinement::VmIds;
+use crate::BootError;
 
 /// Names the passt binary to use instead of the one on PATH.
 pub const ENV: &str = "RUNNER_PASST";
@@ -46,7 +46,7 @@ pub fn locate() -> Result<PathBuf, String> {
             ))
         };
     }
-    crate::backend::qemu::find_on_path("passt").ok_or_else(|| {
+    crate::qemu::find_on_path("passt").ok_or_else(|| {
         format!(
             "`network` needs passt, which is not installed; install it with `apt-get install {PACKAGE}`"
         )
@@ -166,7 +166,7 @@ fn has_default_ipv4_route() -> bool {
 }
 
 fn last_log_line(log: &Path) -> String {
-    crate::backend::tail_lines(log, 1)
+    crate::tail_lines(log, 1)
         .pop()
         .filter(|l| !l.trim().is_empty())
         .unwrap_or_else(|| format!("(nothing in {})", log.display()))

@@ -1,4 +1,4 @@
-//! Which backend `--backend auto` picks, and why.
+//! Which backend `--backend auto` picks, and why; the backend constructors.
 //!
 //! The built-in KVM VMM is the fast path wherever KVM runs guest ring 0
 //! natively (VT-x/AMD-V). Where it does not (no KVM, or a KVM that emulates
@@ -7,6 +7,8 @@
 //! without the host it describes; the probe itself runs once per process.
 
 use std::sync::OnceLock;
+
+use crate::{kvm, qemu, Backend, BootError};
 
 use runner_vmm::kvm_host;
 use runner_vmm::probe::{self, HostProbe, KvmAccess, Ring0Speed};
@@ -123,6 +125,57 @@ fn quick_probe() -> HostProbe {
         module,
         is_pvm: true,
         calibration: None,
+    }
+}
+
+/// The backend `auto` picks on this host.
+pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
+    match auto_selection().pick {
+        AutoPick::Kvm => Ok(Box::new(kvm::KvmBackend::new())),
+        AutoPick::QemuTcg => qemu_tcg_backend(),
+    }
+}
+
+/// QEMU with software emulation (TCG) and our own vsock and disk devices.
+pub fn qemu_tcg_backend() -> Result<Box<dyn Backend>, BootError> {
+    qemu_with(qemu::Accel::Tcg)
+}
+
+/// `--backend qemu`: QEMU with KVM acceleration where KVM runs guest ring 0
+/// natively (VT-x/AMD-V), with TCG elsewhere (no KVM, or PVM, which would
+/// emulate the guest kernel far slower than TCG translates it).
+pub fn qemu_backend() -> Result<Box<dyn Backend>, BootError> {
+    qemu_with(qemu_accel())
+}
+
+/// The accelerator `--backend qemu` uses on this host.
+pub fn qemu_accel() -> qemu::Accel {
+    match auto_selection().pick {
+        AutoPick::Kvm => qemu::Accel::Kvm,
+        AutoPick::QemuTcg => qemu::Accel::Tcg,
+    }
+}
+
+fn qemu_with(accel: qemu::Accel) -> Result<Box<dyn Backend>, BootError> {
+    let qemu = qemu::QemuBackend::locate(
+        accel,
+        qemu::VsockProvider::Builtin,
+        qemu::DiskProvider::Builtin,
+    )?;
+    Ok(Box::new(qemu))
+}
+
+/// The backend named by `RUNNER_BACKEND` (`auto`, `qemu` or `kvm`, as
+/// `--backend` takes them; unset means `auto`). Tests boot through this, so
+/// one suite runs against either backend.
+pub fn from_env() -> Result<Box<dyn Backend>, BootError> {
+    match std::env::var("RUNNER_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => default_backend(),
+        Ok("qemu") => qemu_backend(),
+        Ok("kvm") => Ok(Box::new(kvm::KvmBackend::new())),
+        Ok(other) => Err(BootError::Setup(format!(
+            "RUNNER_BACKEND={other} is not a backend (expected auto, qemu or kvm)"
+        ))),
     }
 }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::{cache, Entry, Lock, Manifest};
+use super::cache::{cache, Entry, Lock, Manifest};
 
 /// One cache entry as listed.
 pub struct Listed {

@@ -1,22 +1,11 @@
-//! Backends boot a VM from a [`VmSpec`] and hand back a [`Vm`] whose agent can
-//! be reached over vsock. Everything above this module (sessions, the
-//! scheduler) is the same whichever backend runs the guest.
+//! The machine's face: a [`Backend`] boots a VM from a [`VmSpec`] and hands
+//! back a [`Vm`] whose agent can be reached over vsock. Everything above
+//! (sessions, the scheduler) is the same whichever backend runs the guest.
 
-pub mod hybrid_vsock;
-pub mod kvm;
-pub mod network;
-pub mod qemu;
-pub mod select;
-pub mod serial_pump;
-pub mod snapshots;
-pub mod vm_dir;
-pub mod vm_process;
-
+use std::any::Any;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-use crate::session::{AgentSession, SessionError};
 
 /// Where the guest images live and how big the VM is.
 #[derive(Clone, Debug)]
@@ -33,8 +22,8 @@ pub struct VmSpec {
     /// decides how much it prints. Past it the head and a rolling tail are
     /// kept. `None` for no limit.
     pub serial_log_limit: Option<u64>,
-    /// The VM's NIC, if any ([`network::Nic`]).
-    pub network: network::Nic,
+    /// The VM's NIC, if any ([`crate::network::Nic`]).
+    pub network: crate::network::Nic,
 }
 
 /// The serial log cap used unless configured otherwise.
@@ -91,8 +80,8 @@ impl BootError {
 /// A backend knows how to start VMs.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Starts the VM. It returns as soon as the VM runs; use
-    /// [`wait_for_agent`] to wait for the guest.
+    /// Starts the VM. It returns as soon as the VM runs; the layer that
+    /// speaks the agent's protocol waits for the guest.
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, BootError>;
 }
 
@@ -107,129 +96,38 @@ pub trait Vm: Send {
     /// Waits up to `limit` for the VM to stop by itself (after the agent was
     /// asked to shut down). Returns false if it had to be killed.
     fn wait_exit(&mut self, limit: Duration) -> bool;
-    /// For a clone restored from a snapshot: its generation and identity,
-    /// which [`wait_for_agent`] announces to the agent before anything else
-    /// (so it reseeds its RNG, sets its clock, takes the identity).
-    fn clone_identity(&self) -> Option<(u64, String)> {
+    /// For a clone restored from a snapshot: its restore generation, which
+    /// must be announced to the agent, with a new identity, before anything
+    /// else (so it reseeds its RNG, sets its clock, takes the identity).
+    fn restore_generation(&self) -> Option<u64> {
         None
     }
-    /// A session with the agent that the backend already opened (and, for
-    /// a clone, announced the restore on) while it checked the VM; taken
-    /// by [`wait_for_agent`] instead of connecting again.
-    fn take_ready_session(&mut self) -> Option<AgentSession> {
+    /// The agent connection an [`AgentProbe`] opened (and, for a clone,
+    /// announced the restore on) while the backend checked the VM; to be
+    /// used instead of connecting again.
+    fn take_answered_agent(&mut self) -> Option<AnsweredAgent> {
         None
     }
 }
 
-/// The backend `auto` picks on this host (see [`select`]).
-pub fn default_backend() -> Result<Box<dyn Backend>, BootError> {
-    match select::auto_selection().pick {
-        select::AutoPick::Kvm => Ok(Box::new(kvm::KvmBackend::new())),
-        select::AutoPick::QemuTcg => qemu_tcg_backend(),
-    }
-}
+/// An agent connection opened by an [`AgentProbe`]: the machine keeps it
+/// for the job without reading it.
+pub type AnsweredAgent = Box<dyn Any + Send>;
 
-/// QEMU with software emulation (TCG) and our own vsock and disk devices.
-pub fn qemu_tcg_backend() -> Result<Box<dyn Backend>, BootError> {
-    qemu_with(qemu::Accel::Tcg)
-}
-
-/// `--backend qemu`: QEMU with KVM acceleration where KVM runs guest ring 0
-/// natively (VT-x/AMD-V), with TCG elsewhere (no KVM, or PVM, which would
-/// emulate the guest kernel far slower than TCG translates it).
-pub fn qemu_backend() -> Result<Box<dyn Backend>, BootError> {
-    qemu_with(qemu_accel())
-}
-
-/// The accelerator `--backend qemu` uses on this host.
-pub fn qemu_accel() -> qemu::Accel {
-    match select::auto_selection().pick {
-        select::AutoPick::Kvm => qemu::Accel::Kvm,
-        select::AutoPick::QemuTcg => qemu::Accel::Tcg,
-    }
-}
-
-fn qemu_with(accel: qemu::Accel) -> Result<Box<dyn Backend>, BootError> {
-    let qemu = qemu::QemuBackend::locate(
-        accel,
-        qemu::VsockProvider::Builtin,
-        qemu::DiskProvider::Builtin,
-    )?;
-    Ok(Box::new(qemu))
-}
-
-/// The backend named by `RUNNER_BACKEND` (`auto`, `qemu` or `kvm`, as
-/// `--backend` takes them; unset means `auto`). Tests boot through this, so
-/// one suite runs against either backend.
-pub fn from_env() -> Result<Box<dyn Backend>, BootError> {
-    match std::env::var("RUNNER_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("auto") => default_backend(),
-        Ok("qemu") => qemu_backend(),
-        Ok("kvm") => Ok(Box::new(kvm::KvmBackend::new())),
-        Ok(other) => Err(BootError::Setup(format!(
-            "RUNNER_BACKEND={other} is not a backend (expected auto, qemu or kvm)"
-        ))),
-    }
+/// What the machine asks of the layer that speaks the guest agent's
+/// protocol, which it does not: warm start must tell a live clone from a
+/// dead one before it trusts a snapshot.
+pub trait AgentProbe: Send + Sync + std::fmt::Debug {
+    /// Waits up to `limit` for `vm`'s agent to answer (a clone's after it
+    /// took the restore announcement).
+    fn answer(&self, vm: &mut dyn Vm, limit: Duration) -> Result<AnsweredAgent, BootError>;
+    /// Runs `argv` in the guest through `agent`, within `limit`; `Err`
+    /// says why it did not succeed.
+    fn run(&self, agent: &mut AnsweredAgent, argv: &[&str], limit: Duration) -> Result<(), String>;
 }
 
 /// How many console lines a boot error carries.
 pub const SERIAL_TAIL_LINES: usize = 30;
-
-/// Polls the guest until the agent completes the handshake, the VM dies, or
-/// the boot timeout passes. Polling is cheap here: a refused connection is
-/// one RST from the guest.
-pub fn wait_for_agent(vm: &mut dyn Vm, timeout: Duration) -> Result<AgentSession, BootError> {
-    if let Some(session) = vm.take_ready_session() {
-        return Ok(session);
-    }
-    let start = Instant::now();
-    let mut last_error;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if crate::interrupt::is_interrupted() {
-            return Err(BootError::Interrupted);
-        }
-        if let Some(status) = vm.exited() {
-            return Err(BootError::Exited {
-                status,
-                serial_tail: vm.serial_tail(SERIAL_TAIL_LINES),
-            });
-        }
-        match vm.connect(agent_protocol::AGENT_PORT) {
-            Ok(stream) => match AgentSession::handshake(stream) {
-                Ok(session) => return announce_clone(vm, session),
-                // A protocol mismatch will not get better by retrying.
-                Err(e @ SessionError::Incompatible(_)) => {
-                    return Err(BootError::Setup(e.to_string()))
-                }
-                Err(e) => last_error = Some(e.to_string()),
-            },
-            Err(e) => last_error = Some(e.to_string()),
-        }
-        if start.elapsed() >= timeout {
-            return Err(BootError::Timeout {
-                timeout,
-                last_error,
-                serial_tail: vm.serial_tail(SERIAL_TAIL_LINES),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// Tells a restored clone's agent that it is one, before any command can
-/// see the snapshot's random state, clock or identity.
-fn announce_clone(vm: &mut dyn Vm, mut session: AgentSession) -> Result<AgentSession, BootError> {
-    if let Some((generation, id)) = vm.clone_identity() {
-        session.announce_restore(generation, &id).map_err(|e| {
-            BootError::Setup(format!(
-                "the restored guest's agent refused its new identity: {e}"
-            ))
-        })?;
-    }
-    Ok(session)
-}
 
 /// How long to wait, after the agent's connection broke, for the VM to be
 /// seen stopping, so that the report can say it did.

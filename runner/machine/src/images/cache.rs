@@ -11,13 +11,8 @@
 //! nobody ever boots a half-written image. An entry whose image does not
 //! match its manifest is rebuilt.
 
-mod build_user;
-mod key;
-pub mod manage;
-pub mod oci;
-
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -27,13 +22,13 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use key::sha256_bytes;
-
-use crate::images::{ImageError, Images};
-use crate::pipeline::{ImageRef, ImageSpec, SpecBase};
+use super::build_inputs::BuildInputs;
+use super::build_user;
+use super::error::{build_error, ImageError};
+use super::key::{self, sha256_file, spec_key};
+use super::oci;
+use super::spec::{ImageSpec, SpecBase};
 use crate::trusted_cache::{open_no_follow, TrustedCache};
-
-pub use key::{hex, sha256_file, spec_key};
 
 /// Manifest format version; a different one is treated as corrupt.
 const MANIFEST_VERSION: u32 = 1;
@@ -128,7 +123,7 @@ impl Entry {
         }
     }
 
-    fn remove(&self) {
+    pub(super) fn remove(&self) {
         for path in [&self.manifest, &self.image, &self.used, &self.seal] {
             let _ = fs::remove_file(path);
         }
@@ -161,7 +156,11 @@ impl Lock {
 
 /// Resolves an image spec to a built image, building it on first use.
 /// `verify` also checks the image's sha256 against the manifest.
-pub fn resolve(images: &Images, spec: &ImageSpec, verify: bool) -> Result<PathBuf, ImageError> {
+pub fn resolve(
+    images: &dyn BuildInputs,
+    spec: &ImageSpec,
+    verify: bool,
+) -> Result<PathBuf, ImageError> {
     let (key, inputs) = spec_key(images, spec)?;
     let (cache, dir) = cache().map_err(ImageError::Spec)?;
     let entry = Entry::new(&dir, &key[..16]);
@@ -266,7 +265,7 @@ pub fn resolve(images: &Images, spec: &ImageSpec, verify: bool) -> Result<PathBu
 
 /// Runs the builder; returns its phases and their durations in seconds.
 fn build(
-    images: &Images,
+    images: &dyn BuildInputs,
     spec: &ImageSpec,
     key: &str,
     out: &Path,
@@ -324,7 +323,7 @@ fn build(
             }
         }
         SpecBase::Minimal => {
-            let minimal = images.rootfs(&ImageRef::Named("minimal".into()))?;
+            let minimal = images.minimal_rootfs()?;
             cmd.args(["--base", "minimal", "--from-image"])
                 .arg(stage(&minimal, "minimal.ext4")?);
         }
@@ -334,8 +333,8 @@ fn build(
             let limit = spec
                 .size_mib
                 .map_or(images.limits().max_bytes, |mib| mib << 20);
-            let runner = crate::backend::vm_process::exe::runner_exe()
-                .map_err(|e| build_error(&label, e))?;
+            let runner =
+                crate::vm_process::exe::runner_exe().map_err(|e| build_error(&label, e))?;
             let mut unpack = Command::new(stage(&runner, "runner")?);
             unpack
                 .arg("__unpack-oci")
@@ -476,18 +475,4 @@ fn run_unpacker(mut cmd: Command, label: &str) -> Result<(), ImageError> {
             format!("unpacking the layers: {} {last}", out.status),
         )),
     }
-}
-
-fn build_error(what: &str, detail: String) -> ImageError {
-    ImageError::Build {
-        what: what.to_string(),
-        detail,
-    }
-}
-
-/// Reads `path` fully, for hashing small inputs.
-fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
-    Ok(data)
 }

@@ -7,66 +7,25 @@
 //! scripts cache their results under `~/.cache/runner`, keyed
 //! by their inputs, so resolving a name that was built before costs a hash.
 
+mod build_inputs;
+mod build_user;
+mod cache;
+mod error;
+mod key;
+pub mod manage;
+pub mod oci;
+mod spec;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub use crate::pipeline::{ImageKind, ImageRef, KERNEL_NAMES, ROOTFS_NAMES};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error("{what} {path} not found; build one with `{hint}`")]
-    Missing {
-        what: &'static str,
-        path: PathBuf,
-        hint: String,
-    },
-    #[error("unknown {what} image `{name}` (known: {})", known.join(", "))]
-    UnknownName {
-        what: &'static str,
-        name: String,
-        known: &'static [&'static str],
-    },
-    #[error("image `{0}` must be built, but the runner sources (kernels/, rootfs/) were not found; set RUNNER_SOURCE_DIR to a checkout or pass an image path")]
-    NoSources(String),
-    #[error("building {what} failed: {detail}")]
-    Build { what: String, detail: String },
-    /// The image spec itself is at fault (unknown package, failing setup,
-    /// too big for its `size`, a missing file): one line saying what.
-    #[error("{0}")]
-    Spec(String),
-}
-
-impl ImageError {
-    /// A spec error said of `what` (`oci image PATH`); others unchanged.
-    pub fn in_image(self, what: &str) -> ImageError {
-        match self {
-            ImageError::Spec(detail) => ImageError::Spec(format!("{what}: {detail}")),
-            other => other,
-        }
-    }
-}
-
-/// What an image build may do: the operator's grants (`crate::grants`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuildLimits {
-    /// Most bytes a spec without `size` may unpack or hold.
-    pub max_bytes: u64,
-    /// Whether `setup` gets the network.
-    pub setup_network: bool,
-    /// How long `setup` may run.
-    pub setup_timeout: std::time::Duration,
-}
-
-impl Default for BuildLimits {
-    fn default() -> Self {
-        BuildLimits {
-            max_bytes: crate::grants::DEFAULT_MAX_IMAGE_SIZE,
-            setup_network: false,
-            setup_timeout: crate::grants::DEFAULT_SETUP_TIMEOUT,
-        }
-    }
-}
+pub use build_inputs::{BuildInputs, BuildLimits, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_SETUP_TIMEOUT};
+pub use cache::{cache, resolve as resolve_spec, Manifest};
+use error::build_error;
+pub use error::ImageError;
+pub use key::{hex, sha256_bytes, sha256_file, spec_key};
+pub use spec::{ImageKind, ImageRef, ImageSpec, SpecBase, SpecFile, KERNEL_NAMES, ROOTFS_NAMES};
 
 /// Resolves image references to files.
 pub struct Images {
@@ -87,8 +46,10 @@ impl Images {
     pub fn from_env() -> Images {
         let candidates = [
             std::env::var_os("RUNNER_SOURCE_DIR").map(PathBuf::from),
+            // This crate is `runner/machine` in the checkout.
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
+                .ancestors()
+                .nth(2)
                 .map(Path::to_path_buf),
         ];
         let sources = candidates
@@ -143,7 +104,7 @@ impl Images {
             // Built rootless from a spec (mmdebstrap), like a pipeline's
             // own images; rootfs/build.sh debian (debootstrap) needs root.
             ImageRef::Named(name) if name == "debian" => {
-                crate::image_cache::resolve(self, &debian_spec(), false)
+                cache::resolve(self, &debian_spec(), false)
             }
             ImageRef::Named(name) if name == "minimal" => {
                 if let (Some(path), "minimal") = (&self.minimal_rootfs, name.as_str()) {
@@ -158,7 +119,7 @@ impl Images {
                 )?;
                 existing(&image, "rootfs", &format!("rootfs/build.sh {name}"))
             }
-            ImageRef::Spec(spec) => crate::image_cache::resolve(self, spec, false),
+            ImageRef::Spec(spec) => cache::resolve(self, spec, false),
             ImageRef::Named(name) => Err(ImageError::UnknownName {
                 what: "rootfs",
                 name: name.clone(),
@@ -266,11 +227,29 @@ impl Images {
     }
 }
 
+impl BuildInputs for Images {
+    fn source_dir(&self, what: &str) -> Result<&Path, ImageError> {
+        self.sources(what)
+    }
+
+    fn agent_binary(&self) -> Result<PathBuf, ImageError> {
+        Images::agent_binary(self)
+    }
+
+    fn minimal_rootfs(&self) -> Result<PathBuf, ImageError> {
+        self.rootfs(&ImageRef::Named("minimal".into()))
+    }
+
+    fn limits(&self) -> &BuildLimits {
+        &self.limits
+    }
+}
+
 /// The named `debian` image: bookworm minbase with what most test suites
 /// expect from a shell.
-pub fn debian_spec() -> crate::pipeline::ImageSpec {
-    crate::pipeline::ImageSpec {
-        base: crate::pipeline::SpecBase::Debian,
+pub fn debian_spec() -> ImageSpec {
+    ImageSpec {
+        base: SpecBase::Debian,
         packages: [
             "bash",
             "coreutils",
@@ -296,13 +275,6 @@ fn existing(path: &Path, what: &'static str, hint: &str) -> Result<PathBuf, Imag
             path: path.to_path_buf(),
             hint: hint.to_string(),
         })
-    }
-}
-
-fn build_error(what: &str, detail: String) -> ImageError {
-    ImageError::Build {
-        what: what.to_string(),
-        detail,
     }
 }
 

@@ -27,7 +27,7 @@ use runner_vmm::{
 
 use super::seccomp::{self, Filters, Mode, ThreadKind};
 use super::{DevicesRole, ProcessConfig, Role, VmmRole, PROTOCOL};
-use crate::backend::network::GUEST_MAC;
+use crate::network::GUEST_MAC;
 
 /// A test hook, read only here: `<vm name>:<milliseconds>` makes the VM of
 /// that name perform a disallowed syscall from a thread under its device

@@ -22,7 +22,7 @@ use runner_devices::net::filter::Policy;
 
 use runner_devices::net::addresses::is_public;
 
-use crate::backend::BootError;
+use crate::BootError;
 
 /// The guest's address (the one passt hands out and NATs).
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
@@ -49,9 +49,8 @@ pub fn guest_config() -> NetworkConfig {
     }
 }
 
-/// A VM's NIC, as its job asked and the operator granted
-/// (`crate::grants`): none at all (the clean room's default), or one that
-/// reaches what [`Reach`] says.
+/// A VM's NIC, as its job asked and the operator granted: none at all (the
+/// clean room's default), or one that reaches what [`Reach`] says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Nic {
     #[default]

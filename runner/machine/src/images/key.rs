@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{oci, read_all};
-use crate::images::{ImageError, Images};
-use crate::pipeline::{ImageRef, ImageSpec, SpecBase};
+use super::build_inputs::BuildInputs;
+use super::error::ImageError;
+use super::oci;
+use super::spec::{ImageSpec, SpecBase};
 
 /// Bump when the key's layout or the build's meaning changes.
 const KEY_VERSION: &str = "runner image spec v1";
@@ -61,7 +62,10 @@ pub fn debian_mirror() -> String {
 }
 
 /// The full hex key and the lines it was hashed from.
-pub fn spec_key(images: &Images, spec: &ImageSpec) -> Result<(String, Vec<String>), ImageError> {
+pub fn spec_key(
+    images: &dyn BuildInputs,
+    spec: &ImageSpec,
+) -> Result<(String, Vec<String>), ImageError> {
     let spec_error = |message: String| ImageError::Spec(message);
     let sources = images.source_dir("an image spec")?;
     let input = |what: &str, path: &Path| -> Result<String, ImageError> {
@@ -82,7 +86,7 @@ pub fn spec_key(images: &Images, spec: &ImageSpec) -> Result<(String, Vec<String
             lines.extend(packages.iter().map(|p| format!("package {p}")));
         }
         SpecBase::Minimal => {
-            let minimal = images.rootfs(&ImageRef::Named("minimal".into()))?;
+            let minimal = images.minimal_rootfs()?;
             lines.push(input("base minimal", &minimal)?);
         }
         SpecBase::Oci(path) => {
@@ -141,7 +145,7 @@ fn hash_tree(path: &Path) -> std::io::Result<String> {
     }
     if meta.is_file() {
         return Ok(sha256_bytes(
-            format!("file {mode:o} {}", sha256_bytes(&read_all(path)?)).as_bytes(),
+            format!("file {mode:o} {}", sha256_bytes(&fs::read(path)?)).as_bytes(),
         ));
     }
     if !meta.is_dir() {

@@ -144,14 +144,13 @@ fn supervise(child: Pid, signals: &SigSet) -> ! {
                 Err(_) => std::process::exit(1),
             }
         }
-        match fd.read_signal() {
-            Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+        if let Ok(Some(info)) = fd.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) | Err(_) => {}
                 Ok(signal) => {
                     let _ = nix::sys::signal::kill(child, signal);
                 }
-            },
-            Ok(None) | Err(_) => {}
+            }
         }
     }
 }

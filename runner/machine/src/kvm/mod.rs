@@ -1,5 +1,5 @@
 //! The `kvm` backend: the built-in VMM (`runner-vmm`) runs each guest in a
-//! VM process of its own (see [`super::vm_process`]), under seccomp
+//! VM process of its own (see [`crate::vm_process`]), under seccomp
 //! filters, with our own device models attached over virtio-mmio:
 //!
 //! - virtio-blk over the rootfs in overlay mode: the image is opened
@@ -16,17 +16,19 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::network::{self, passt::Passt, Nic};
-use super::snapshots::SnapshotStore;
-use super::vm_process::confinement::VmIds;
-use super::vm_process::{
+use crate::interrupt::{self, HookGuard};
+use crate::network::{self, passt::Passt, Nic};
+use crate::snapshots::SnapshotStore;
+use crate::vm_process::confinement::VmIds;
+use crate::vm_process::{
     self, DiskRole, NetRole, ProcessConfig, Role, SnapshotRole, VmProcess, VmmRole, VsockRole,
 };
-use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
-use crate::interrupt::{self, HookGuard};
-use crate::session::AgentSession;
+use crate::{
+    tail_lines, AgentProbe, AnsweredAgent, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE,
+};
 
 mod warm_start;
 
@@ -37,7 +39,15 @@ pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
 #[derive(Clone, Debug, Default)]
 pub struct KvmBackend {
     /// Warm start from cached snapshots; `None`: every VM boots cold.
-    snapshots: Option<SnapshotStore>,
+    warm: Option<WarmStarts>,
+}
+
+/// Where warm start keeps its snapshots, and how it tells whether a clone
+/// of one answers.
+#[derive(Clone, Debug)]
+struct WarmStarts {
+    store: SnapshotStore,
+    probe: Arc<dyn AgentProbe>,
 }
 
 /// How a VM process starts its guest.
@@ -60,23 +70,24 @@ impl KvmBackend {
                  `runner doctor` explains, `--backend auto` uses QEMU instead"
             );
         }
-        KvmBackend { snapshots: None }
+        KvmBackend { warm: None }
     }
 
     /// Restores jobs from snapshots cached in `store` (building them on
     /// first use) instead of booting them; jobs with a network still boot.
-    pub fn with_snapshots(store: Option<SnapshotStore>) -> KvmBackend {
+    /// `probe` tells whether a clone's agent answers.
+    pub fn with_snapshots(store: Option<SnapshotStore>, probe: Arc<dyn AgentProbe>) -> KvmBackend {
         let mut backend = KvmBackend::new();
-        backend.snapshots = store;
+        backend.warm = store.map(|store| WarmStarts { store, probe });
         backend
     }
 
-    /// Like [`super::Backend::start`], with the concrete VM type (its
+    /// Like [`crate::Backend::start`], with the concrete VM type (its
     /// directory is visible, for tests and diagnostics).
     pub fn start_vm(&self, spec: &VmSpec) -> Result<KvmVm, BootError> {
         // A NIC's state lives in passt too: such jobs always boot.
-        match (&self.snapshots, spec.network.is_on()) {
-            (Some(store), false) => warm_start::start(self, store, spec),
+        match (&self.warm, spec.network.is_on()) {
+            (Some(warm), false) => warm_start::start(self, &warm.store, warm.probe.as_ref(), spec),
             _ => self.start_process(spec, Start::Cold),
         }
     }
@@ -96,7 +107,7 @@ impl KvmBackend {
             ))
         })?;
         let seccomp = vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?;
-        let dir = super::vm_dir::create()
+        let dir = crate::vm_dir::create()
             .map_err(|e| BootError::Setup(format!("creating the VM directory: {e}")))?;
         let ids = VmIds::allocate().map_err(BootError::Setup)?;
         if let Some(ids) = &ids {
@@ -154,8 +165,8 @@ impl KvmBackend {
             passt,
             paths,
             dir: Some(dir),
-            clone_identity: None,
-            ready_session: None,
+            restore_generation: None,
+            answered_agent: None,
             _ids: ids,
         })
     }
@@ -188,7 +199,7 @@ fn jail_writes(start: &Start) -> Result<Vec<PathBuf>, BootError> {
     Ok(writes)
 }
 
-impl super::Backend for KvmBackend {
+impl crate::Backend for KvmBackend {
     fn name(&self) -> &'static str {
         "kvm"
     }
@@ -244,11 +255,11 @@ pub struct KvmVm {
     passt: Option<Passt>,
     paths: VmPaths,
     dir: Option<tempfile::TempDir>,
-    /// A restored clone's generation and identity, which the agent is
-    /// told before anything else.
-    clone_identity: Option<(u64, String)>,
-    /// The agent session warm start opened to check a clone.
-    ready_session: Option<AgentSession>,
+    /// A restored clone's generation, which the agent is told (with a new
+    /// identity) before anything else.
+    restore_generation: Option<u64>,
+    /// The agent connection warm start opened to check a clone.
+    answered_agent: Option<AnsweredAgent>,
     /// The ids its processes run as; free again once they are gone.
     _ids: Option<VmIds>,
 }
@@ -282,7 +293,7 @@ impl Vm for KvmVm {
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
         // No need to track the streams for Ctrl-C: killing the VM process
         // closes its end of every connection.
-        super::hybrid_vsock::connect(&self.paths.vsock_uds, port)
+        crate::hybrid_vsock::connect(&self.paths.vsock_uds, port)
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -297,12 +308,12 @@ impl Vm for KvmVm {
         self.process.wait_exit(limit)
     }
 
-    fn clone_identity(&self) -> Option<(u64, String)> {
-        self.clone_identity.clone()
+    fn restore_generation(&self) -> Option<u64> {
+        self.restore_generation
     }
 
-    fn take_ready_session(&mut self) -> Option<AgentSession> {
-        self.ready_session.take()
+    fn take_answered_agent(&mut self) -> Option<AnsweredAgent> {
+        self.answered_agent.take()
     }
 }
 
@@ -322,7 +333,7 @@ impl Drop for KvmVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
+    use crate::Backend;
 
     fn spec(dir: &Path) -> VmSpec {
         let rootfs = dir.join("rootfs.ext4");

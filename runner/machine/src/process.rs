@@ -167,7 +167,7 @@ pub fn keep_tree(
     limit: Duration,
     run_as: Option<(u32, u32)>,
 ) -> io::Result<Command> {
-    let exe = crate::backend::vm_process::exe::runner_exe().map_err(io::Error::other)?;
+    let exe = crate::vm_process::exe::runner_exe().map_err(io::Error::other)?;
     let mut keeper = Command::new(exe);
     keeper
         .arg("__keeper")

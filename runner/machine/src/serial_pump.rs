@@ -107,10 +107,7 @@ mod tests {
         assert!(text.starts_with("console line 0\n"));
         assert!(text.ends_with("console line 9999\n"));
         assert!(text.contains(" bytes omitted here]"));
-        assert_eq!(
-            crate::backend::tail_lines(&log, 1),
-            vec!["console line 9999"]
-        );
+        assert_eq!(crate::tail_lines(&log, 1), vec!["console line 9999"]);
     }
 
     #[test]

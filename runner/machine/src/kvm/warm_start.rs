@@ -1,10 +1,11 @@
 //! Starting a job's VM from the cached snapshot of its identity, building
-//! the snapshot first when there is none (see [`super::super::snapshots`]).
+//! the snapshot first when there is none (see [`crate::snapshots`]).
 //!
 //! A snapshot is trusted only as far as a clone of it works:
 //! - **Before it is published**, a clone restored from the new file must
 //!   answer the agent handshake and the restore announcement, and run a
-//!   command that reads its disk. A file that fails is deleted and built
+//!   command that reads its disk (the [`AgentProbe`] the backend was given
+//!   speaks to the agent). A file that fails is deleted and built
 //!   again, once; if that fails too, the job boots cold.
 //! - **At every use**, the clone's agent must answer within
 //!   [`CLONE_ANSWER_LIMIT`]. One that does not means the file is bad: it is
@@ -15,13 +16,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_protocol::{Command, ExecRequest};
-
 use super::{KvmBackend, KvmVm, Start};
-use crate::backend::snapshots::{warn_once, FileId, SnapshotStore};
-use crate::backend::vm_process::SnapshotRole;
-use crate::backend::{wait_for_agent, BootError, VmSpec};
-use crate::session::new_clone_id;
+use crate::snapshots::{warn_once, FileId, SnapshotStore};
+use crate::vm_process::SnapshotRole;
+use crate::{AgentProbe, BootError, VmSpec};
 
 /// How long the snapshot VM gets to write its snapshot and end once asked:
 /// guest memory goes to disk, at disk speed.
@@ -55,6 +53,7 @@ const DISK_CHECK: [&str; 7] = [
 pub(super) fn start(
     backend: &KvmBackend,
     store: &SnapshotStore,
+    probe: &dyn AgentProbe,
     spec: &VmSpec,
 ) -> Result<KvmVm, BootError> {
     let (key, identity) = match store.identity(spec) {
@@ -69,6 +68,7 @@ pub(super) fn start(
     let warm = WarmStart {
         backend,
         store,
+        probe,
         spec,
         role: SnapshotRole {
             path: store.path(&key),
@@ -97,6 +97,7 @@ pub(super) fn start(
 struct WarmStart<'a> {
     backend: &'a KvmBackend,
     store: &'a SnapshotStore,
+    probe: &'a dyn AgentProbe,
     spec: &'a VmSpec,
     key: String,
     /// The published snapshot.
@@ -105,7 +106,7 @@ struct WarmStart<'a> {
 
 /// What restoring from the published snapshot gave.
 enum Cloned {
-    /// A clone whose agent answered; its session waits in the VM.
+    /// A clone whose agent answered; its connection waits in the VM.
     Ready(Box<KvmVm>),
     /// No snapshot file yet.
     Missing,
@@ -161,7 +162,7 @@ impl WarmStart<'_> {
         // The VM process has mapped the file by now: if the path still
         // names the same file, that is the one it restored.
         let same = identify(&self.role.path)? == Some(file);
-        Ok(match answered(vm, self.spec)? {
+        Ok(match self.answered(vm)? {
             Ok(vm) => Cloned::Ready(vm),
             Err(why) => Cloned::Dead(DeadClone {
                 why,
@@ -314,7 +315,11 @@ impl WarmStart<'_> {
             .map_err(|e| BuildError::Snapshot(e.to_string()))?;
         // The agent is up; its connection is closed again before the VMM
         // saves (the vsock device waits for that).
-        drop(wait_for_agent(&mut vm, self.spec.boot_timeout).map_err(BuildError::Boot)?);
+        drop(
+            self.probe
+                .answer(&mut vm, self.spec.boot_timeout)
+                .map_err(BuildError::Boot)?,
+        );
         vm.process.request_snapshot();
         vm.process.wait_exit(SNAPSHOT_WRITE_LIMIT);
         match vm.process.outcome() {
@@ -335,55 +340,45 @@ impl WarmStart<'_> {
         };
         let vm =
             restore(self.backend, self.spec, &role).map_err(|e| format!("did not load: {e}"))?;
-        let mut vm = answered(vm, self.spec)
+        let mut vm = self
+            .answered(vm)
             .map_err(|e| e.to_string())?
             .map_err(|why| format!("did not answer ({why})"))?;
-        let mut session = vm
-            .ready_session
+        let mut agent = vm
+            .answered_agent
             .take()
-            .ok_or("did not answer (no session)")?;
-        session.set_deadline(Instant::now().checked_add(CLONE_ANSWER_LIMIT));
-        let request = ExecRequest {
-            command: Command::Argv(DISK_CHECK.iter().map(|s| s.to_string()).collect()),
-            env: Vec::new(),
-            cwd: None,
-            timeout_ms: Some(CLONE_ANSWER_LIMIT.as_millis() as u64),
-            stdin: false,
-        };
-        let status = session
-            .exec(request, None, &mut |_, _| {})
-            .map_err(|e| format!("did not run a command: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "could not read its disk (`{}`: {})",
-                DISK_CHECK.join(" "),
-                status.error.clone().unwrap_or_else(|| status.describe())
-            ));
+            .ok_or("did not answer (no connection)")?;
+        self.probe
+            .run(&mut agent, &DISK_CHECK, CLONE_ANSWER_LIMIT)
+            .map_err(|why| {
+                format!(
+                    "could not read its disk (`{}`: {why})",
+                    DISK_CHECK.join(" ")
+                )
+            })
+    }
+
+    /// Waits (at most [`CLONE_ANSWER_LIMIT`]) for a clone's agent to
+    /// answer and take its restore announcement; keeps the connection in
+    /// the VM. The inner error says why a clone is dead; the outer one
+    /// ends the job (Ctrl-C).
+    fn answered(&self, mut vm: KvmVm) -> Result<Result<Box<KvmVm>, String>, BootError> {
+        let limit = CLONE_ANSWER_LIMIT.min(self.spec.boot_timeout);
+        match self.probe.answer(&mut vm, limit) {
+            Ok(agent) => {
+                vm.answered_agent = Some(agent);
+                Ok(Ok(Box::new(vm)))
+            }
+            Err(BootError::Interrupted) => Err(BootError::Interrupted),
+            Err(e) => Ok(Err(e.to_string())),
         }
-        Ok(())
     }
 }
 
 fn restore(backend: &KvmBackend, spec: &VmSpec, role: &SnapshotRole) -> Result<KvmVm, BootError> {
     let mut vm = backend.start_process(spec, Start::Restore(role.clone()))?;
-    let id = new_clone_id().map_err(|e| BootError::Setup(format!("a clone identity: {e}")))?;
     // Every clone starts from the snapshot's agent, which has applied no
     // generation yet.
-    vm.clone_identity = Some((1, id));
+    vm.restore_generation = Some(1);
     Ok(vm)
-}
-
-/// Waits (at most [`CLONE_ANSWER_LIMIT`]) for a clone's agent to answer
-/// and take its restore announcement; keeps the session in the VM. The
-/// inner error says why a clone is dead; the outer one ends the job
-/// (Ctrl-C).
-fn answered(mut vm: KvmVm, spec: &VmSpec) -> Result<Result<Box<KvmVm>, String>, BootError> {
-    match wait_for_agent(&mut vm, CLONE_ANSWER_LIMIT.min(spec.boot_timeout)) {
-        Ok(session) => {
-            vm.ready_session = Some(session);
-            Ok(Ok(Box::new(vm)))
-        }
-        Err(BootError::Interrupted) => Err(BootError::Interrupted),
-        Err(e) => Ok(Err(e.to_string())),
-    }
 }
