@@ -106,7 +106,7 @@ impl Timings {
             path: path.to_path_buf(),
             reason: one_line(&reason),
         };
-        let report = crate::report::merge::parse_report(&text).map_err(not_junit)?;
+        let report = crate::report::junit::merge::parse_report(&text).map_err(not_junit)?;
         let mut by_job = HashMap::new();
         for suite in &report.test_suites {
             by_job.insert(

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::Failure;
 use crate::report::junit;
-use crate::report::merge::{self, MergeError};
+use crate::report::junit::merge::{self, MergeError};
 
 #[derive(Subcommand)]
 pub enum ReportCommand {

@@ -72,7 +72,7 @@ fn junit_with_notes_validates_against_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junit.xml");
     std::fs::write(&path, render(&results(), &JunitOptions::default()).unwrap()).unwrap();
-    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/src/report/junit.xsd");
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/src/report/junit/junit.xsd");
     let out = std::process::Command::new("xmllint")
         .args(["--noout", "--schema", schema])
         .arg(&path)

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::report::clean_text;
+use crate::report::text::clean_text;
 use crate::results::Output;
 
 /// Bytes of embedded text (output, serial lines, messages) in one report.

@@ -61,10 +61,12 @@ pub fn render(results: &RunResults) -> Result<String, HtmlError> {
 /// Writes the page to `path` atomically (temporary file, then rename).
 pub fn write(results: &RunResults, path: &Path) -> Result<(), HtmlError> {
     let page = render(results)?;
-    super::write_atomically(page.as_bytes(), path, ".report-").map_err(|source| HtmlError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::report::atomic_file::write_atomically(page.as_bytes(), path, ".report-").map_err(
+        |source| HtmlError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 /// JSON text that is safe inside a `<script>` element: `<` appears only

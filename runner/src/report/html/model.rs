@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::excerpt::{Budget, TOTAL_BUDGET};
-use crate::report::clean_text;
+use crate::report::text::clean_text;
 use crate::results::{
     CaseKind, ImportedCase, ImportedResult, JobOutcome, JobResult, PhaseKind, RunResults,
     StepResult, StepStatus,

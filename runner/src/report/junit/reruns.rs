@@ -13,7 +13,8 @@
 
 use quick_junit::{TestCaseStatus, TestRerun};
 
-use super::junit::{step_status, JunitOptions};
+use super::status::step_status;
+use super::text::JunitOptions;
 use crate::results::{CaseKind, JobResult, StepResult};
 
 /// Every earlier failed attempt of step `index` of `job`, oldest first.
@@ -102,7 +103,7 @@ pub(super) fn job_attempt_notes(job: &JobResult) -> Vec<String> {
 mod tests {
     use roxmltree::Document;
 
-    use super::super::junit::{render, tests::assert_valid_file, write};
+    use super::super::{render, tests::assert_valid_file, write};
     use super::*;
     use crate::results::tests::{failed, job, run, step};
     use crate::results::{Attempt, JobOutcome, StepStatus};

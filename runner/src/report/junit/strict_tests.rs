@@ -22,7 +22,7 @@ use roxmltree::Node;
 
 use super::tests::{assert_valid, parse, sample};
 use super::*;
-use crate::results::{ImportedCase, ImportedResult, Problem, TestReports};
+use crate::results::{ImportedCase, ImportedResult, Output, Problem, TestReports};
 
 /// (element, attributes, child elements) as the xUnit plugin's junit-10.xsd
 /// declares them. Its rerun/flaky elements and `group` are left out: the

@@ -6,7 +6,7 @@
 //! cut there and marked with [`CUT_MARKER`]; the rest follows as its own
 //! line. What is left when the step ends is flushed by [`LineSplitter::finish`].
 
-use super::clean_text;
+use crate::report::text::clean_text;
 
 /// Longest line shown in one piece.
 pub const MAX_LINE_BYTES: usize = 4096;

@@ -20,21 +20,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::gitlab_sections::{Opening, Sections};
-use super::live_lines::{LineSplitter, LiveBudget};
-use super::{clean_text, last_lines, OutputStream, RunObserver};
 use crate::pipeline::{format_duration, ImageRef};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
+use crate::report::stream::{OutputStream, RunObserver};
+use crate::report::text::clean_text;
 use crate::results::{CaseKind, JobOutcome, JobResult, RunResults, StepResult, StepStatus};
+use gitlab_sections::{Opening, Sections};
+use live_lines::{LineSplitter, LiveBudget};
 
 // The end-of-run blocks (failing steps, artifacts, the guest's own test
 // reports) and lending the terminal to a debug shell.
-#[path = "console_failures.rs"]
-mod failures_block;
-#[path = "console_lending.rs"]
+mod failures;
+mod gitlab_sections;
+mod imported;
 mod lending;
-#[path = "console_reports.rs"]
-mod reports_block;
+mod live_lines;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleMode {
@@ -510,5 +510,6 @@ impl RunObserver for ConsoleReporter {
 }
 
 #[cfg(test)]
-#[path = "console_tests.rs"]
+mod attempt_tests;
+#[cfg(test)]
 pub(super) mod tests;

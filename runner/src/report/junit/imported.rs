@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus};
 
-use super::junit::{limited, message, xml_attribute, xml_text, JunitOptions};
-use super::UniqueNames;
+use super::text::{limited, message, xml_attribute, xml_text, JunitOptions};
+use crate::report::text::UniqueNames;
 use crate::results::{ImportedCase, ImportedResult, JobResult};
 
 /// Unique testcase names within each classname of a suite.

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use super::{OutputStream, RunObserver};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
+use crate::report::stream::{OutputStream, RunObserver};
 use crate::results::{Attempt, JobOutcome, JobResult, RunResults, StepResult, StepStatus};
 
 pub const EVENTS_VERSION: u32 = 1;

@@ -9,7 +9,7 @@ use roxmltree::{Document, Node};
 
 use super::*;
 use crate::results::tests::{failed, job, run, step};
-use crate::results::{ExitStatus, JobOutcome, OutputCapture};
+use crate::results::{ExitStatus, JobOutcome, Output, OutputCapture, StepResult, StepStatus};
 
 pub(super) fn sample() -> RunResults {
     let mut build = job(
@@ -304,7 +304,7 @@ pub(crate) fn assert_valid_file(path: &std::path::Path) {
         .output()
         .unwrap_or_else(|_| panic!("xmllint is missing: apt-get install libxml2-utils"));
     assert!(version.status.success());
-    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/src/report/junit.xsd");
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/src/report/junit/junit.xsd");
     let result = std::process::Command::new("xmllint")
         .args(["--noout", "--schema", schema])
         .arg(path)

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use quick_junit::Report;
 
-use super::junit::TAB_PLACEHOLDER;
+use super::text::TAB_PLACEHOLDER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {

@@ -1,7 +1,8 @@
 //! The console's end-of-run blocks for failing steps and for artifacts (a
 //! child of console.rs, which it extends).
 
-use super::{clean_text, last_lines, one_line, ConsoleReporter};
+use super::{one_line, ConsoleReporter};
+use crate::report::text::{clean_text, last_lines};
 use crate::results::{CaseKind, JobResult, Output, StepStatus};
 
 impl ConsoleReporter {
