@@ -15,10 +15,11 @@ use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
 use crate::grants::{GrantArgs, Grants};
 use crate::pipeline::{parse_byte_size, Pipeline};
 use crate::plan::Plan;
-use crate::report::events::{self, JsonEvents};
+use crate::report::events;
 use crate::report::html;
-use crate::report::junit::{self, JunitOptions};
-use crate::report::{ConsoleReporter, RunObserver};
+use crate::report::{
+    ConsoleReporter, HtmlReporter, JsonEvents, JunitOptions, JunitReporter, Reporters,
+};
 use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
@@ -177,30 +178,27 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         grants,
         debug_on_failure: args.debug_on_failure,
     };
-    let observer: Box<dyn RunObserver> = match args.message_format {
-        MessageFormat::Human => Box::new(ConsoleReporter::stdout()),
-        MessageFormat::Json => Box::new(JsonEvents::stdout()),
-    };
-    let results = scheduler::run(
-        &plan,
-        backend.as_ref(),
-        &images,
-        observer.as_ref(),
-        &options,
-    );
-
-    let junit_path = args.junit.unwrap_or_else(|| args.out.join("junit.xml"));
     let junit_options = JunitOptions {
         output_limit: args.output_limit,
         ..JunitOptions::default()
     };
-    junit::write(&results, &junit_path, &junit_options)
-        .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the JUnit report")))?;
-    eprintln!("runner: JUnit report in {}", junit_path.display());
+    let junit_path = args.junit.unwrap_or_else(|| args.out.join("junit.xml"));
     let html_path = args.html.unwrap_or_else(|| args.out.join(html::FILE_NAME));
-    html::write(&results, &html_path)
-        .map_err(|e| Failure::new(1, anyhow::Error::new(e).context("writing the HTML report")))?;
-    eprintln!("runner: HTML report in {}", html_path.display());
+    let mut reporters = Reporters::new();
+    match args.message_format {
+        MessageFormat::Human => reporters.add(ConsoleReporter::stdout()),
+        MessageFormat::Json => reporters.add(JsonEvents::stdout()),
+    };
+    reporters
+        .add(JunitReporter::new(junit_path, junit_options))
+        .add(HtmlReporter::new(html_path));
+    let results = scheduler::run(&plan, backend.as_ref(), &images, &reporters, &options);
+    let written = reporters
+        .written()
+        .map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;
+    for file in written {
+        eprintln!("runner: {} in {}", file.what, file.path.display());
+    }
     Ok(results.exit_code())
 }
 

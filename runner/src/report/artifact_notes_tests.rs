@@ -3,7 +3,7 @@
 use super::console::tests::Buffer;
 use super::console::{ConsoleMode, ConsoleOptions, ConsoleReporter};
 use super::junit::{render, JunitOptions};
-use super::RunObserver;
+use super::stream::Feed;
 use crate::results::tests::{job, run, step};
 use crate::results::{JobOutcome, StepStatus};
 

@@ -1,8 +1,7 @@
-//! Reporters: the JUnit file for CI systems, the console and a one-file
-//! HTML report (html/) for people.
-//!
-//! Both read [`crate::results::RunResults`]; the console also listens to
-//! live events through [`RunObserver`] while the run is going.
+//! Reporters, each fed the run's one event stream ([`stream`]): the
+//! console for people at a terminal or reading a CI log, JSON lines for
+//! tools (`events`), the JUnit file for CI systems and a one-file HTML
+//! page (`html`) for people after the run.
 
 pub mod console;
 pub mod events;
@@ -14,8 +13,10 @@ pub mod stream;
 pub mod text;
 
 pub use console::{ConsoleMode, ConsoleOptions, ConsoleReporter};
-pub use junit::{JunitError, JunitOptions};
-pub use stream::{OutputStream, RunObserver};
+pub use events::JsonEvents;
+pub use html::HtmlReporter;
+pub use junit::{JunitError, JunitOptions, JunitReporter};
+pub use stream::{OutputStream, ReportError, Reporter, Reporters, RunEvent, Written};
 pub use text::clean_text;
 
 #[cfg(test)]

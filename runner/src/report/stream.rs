@@ -1,5 +1,15 @@
-//! The run's events, as the scheduler sends them to the reporters.
+//! The run as one stream of events, which every reporter is fed, as
+//! nextest's are: the console and the JSON lines draw as it goes, the JUnit
+//! file and the HTML page are written when it ends.
+//!
+//! The scheduler sends each event to one [`Reporter`] (a [`Reporters`] for
+//! the run's whole set) from its worker threads: in order within a job,
+//! interleaved across jobs.
 
+use std::path::PathBuf;
+
+use super::html::HtmlError;
+use super::junit::JunitError;
 use crate::plan::{Plan, PlannedJob, PlannedStep};
 use crate::results::{JobResult, RunResults, StepResult};
 
@@ -10,31 +20,180 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// Live events of a run. The scheduler calls these from its worker
-/// threads, in order per job, concurrently across jobs. Every method has
-/// an empty default so an observer implements only what it needs.
-pub trait RunObserver: Send + Sync {
-    fn on_run_started(&self, _plan: &Plan) {}
-    /// The job's VM is being started.
-    fn on_job_started(&self, _job: &PlannedJob) {}
+/// One thing that happened in a run.
+#[derive(Clone, Copy, Debug)]
+pub enum RunEvent<'a> {
+    RunStarted {
+        plan: &'a Plan,
+    },
+    /// An attempt of the job starts: its VM is being started.
+    JobStarted {
+        job: &'a PlannedJob,
+    },
     /// A phase of the job outside any step: `booting`, `copying files`,
-    /// `collecting artifacts`. Shown on the live line only.
-    fn on_job_progress(&self, _job: &PlannedJob, _activity: &str) {}
-    fn on_step_started(&self, _job: &PlannedJob, _step: &PlannedStep) {}
+    /// `collecting artifacts`.
+    JobProgress {
+        job: &'a PlannedJob,
+        activity: &'a str,
+    },
+    StepStarted {
+        job: &'a PlannedJob,
+        step: &'a PlannedStep,
+    },
+    StepOutput {
+        job: &'a PlannedJob,
+        step: &'a PlannedStep,
+        stream: OutputStream,
+        chunk: &'a [u8],
+    },
+    /// An attempt of the step ended.
+    StepFinished {
+        job: &'a PlannedJob,
+        step: &'a PlannedStep,
+        result: &'a StepResult,
+    },
+    /// An attempt of the job ended, or the job was skipped or cancelled
+    /// before it started.
+    JobFinished {
+        job: &'a PlannedJob,
+        result: &'a JobResult,
+    },
+    /// A debug shell takes the terminal over (`lent`) or gives it back
+    /// (`runner test --debug-on-failure`): a console stops drawing
+    /// meanwhile, the other jobs run on.
+    TerminalLent {
+        lent: bool,
+    },
+    /// The run is over; every job's final result.
+    RunFinished {
+        results: &'a RunResults,
+    },
+}
+
+/// Something that turns a run's events into a report.
+pub trait Reporter: Send + Sync {
+    fn report(&self, event: &RunEvent<'_>);
+
+    /// After [`RunEvent::RunFinished`]: the file this reporter wrote, if it
+    /// writes one, or why it could not.
+    fn written(&self) -> Result<Option<Written>, ReportError> {
+        Ok(None)
+    }
+}
+
+/// A report file a reporter wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// `JUnit report`, `HTML report`.
+    pub what: &'static str,
+    pub path: PathBuf,
+}
+
+// No `#[from]`: that would make the inner error the source too, and the
+// CLI's error chain would print it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("writing the JUnit report: {0}")]
+    Junit(JunitError),
+    #[error("writing the HTML report: {0}")]
+    Html(HtmlError),
+    #[error("the {0} was not written: the run did not finish")]
+    NotWritten(&'static str),
+}
+
+/// The run's reporters, fed the same events in the order they were added.
+#[derive(Default)]
+pub struct Reporters {
+    all: Vec<Box<dyn Reporter>>,
+}
+
+impl Reporters {
+    pub fn new() -> Reporters {
+        Reporters::default()
+    }
+
+    pub fn add(&mut self, reporter: impl Reporter + 'static) -> &mut Reporters {
+        self.all.push(Box::new(reporter));
+        self
+    }
+
+    /// Every file written, in the order of the reporters; the first error
+    /// if any could not be.
+    pub fn written(&self) -> Result<Vec<Written>, ReportError> {
+        let mut files = Vec::new();
+        for reporter in &self.all {
+            files.extend(reporter.written()?);
+        }
+        Ok(files)
+    }
+}
+
+impl Reporter for Reporters {
+    fn report(&self, event: &RunEvent<'_>) {
+        for reporter in &self.all {
+            reporter.report(event);
+        }
+    }
+}
+
+/// Tests feed a reporter one event per call.
+#[cfg(test)]
+pub(crate) trait Feed {
+    fn on_run_started(&self, plan: &Plan);
+    fn on_job_started(&self, job: &PlannedJob);
+    fn on_job_progress(&self, job: &PlannedJob, activity: &str);
+    fn on_step_started(&self, job: &PlannedJob, step: &PlannedStep);
     fn on_step_output(
         &self,
-        _job: &PlannedJob,
-        _step: &PlannedStep,
-        _stream: OutputStream,
-        _chunk: &[u8],
-    ) {
+        job: &PlannedJob,
+        step: &PlannedStep,
+        stream: OutputStream,
+        chunk: &[u8],
+    );
+    fn on_step_finished(&self, job: &PlannedJob, step: &PlannedStep, result: &StepResult);
+    fn on_job_finished(&self, job: &PlannedJob, result: &JobResult);
+    fn on_terminal_lent(&self, lent: bool);
+    fn finish(&self, results: &RunResults);
+}
+
+#[cfg(test)]
+impl<R: Reporter + ?Sized> Feed for R {
+    fn on_run_started(&self, plan: &Plan) {
+        self.report(&RunEvent::RunStarted { plan });
     }
-    fn on_step_finished(&self, _job: &PlannedJob, _step: &PlannedStep, _result: &StepResult) {}
-    fn on_job_finished(&self, _job: &PlannedJob, _result: &JobResult) {}
-    /// A debug shell takes the terminal over (`lent`) or gives it back
-    /// (`runner test --debug-on-failure`). A console stops drawing
-    /// meanwhile; the other jobs run on.
-    fn on_terminal_lent(&self, _lent: bool) {}
-    /// The run is over; print or write the final report.
-    fn finish(&self, _results: &RunResults) {}
+    fn on_job_started(&self, job: &PlannedJob) {
+        self.report(&RunEvent::JobStarted { job });
+    }
+    fn on_job_progress(&self, job: &PlannedJob, activity: &str) {
+        self.report(&RunEvent::JobProgress { job, activity });
+    }
+    fn on_step_started(&self, job: &PlannedJob, step: &PlannedStep) {
+        self.report(&RunEvent::StepStarted { job, step });
+    }
+    fn on_step_output(
+        &self,
+        job: &PlannedJob,
+        step: &PlannedStep,
+        stream: OutputStream,
+        chunk: &[u8],
+    ) {
+        self.report(&RunEvent::StepOutput {
+            job,
+            step,
+            stream,
+            chunk,
+        });
+    }
+    fn on_step_finished(&self, job: &PlannedJob, step: &PlannedStep, result: &StepResult) {
+        self.report(&RunEvent::StepFinished { job, step, result });
+    }
+    fn on_job_finished(&self, job: &PlannedJob, result: &JobResult) {
+        self.report(&RunEvent::JobFinished { job, result });
+    }
+    fn on_terminal_lent(&self, lent: bool) {
+        self.report(&RunEvent::TerminalLent { lent });
+    }
+    fn finish(&self, results: &RunResults) {
+        self.report(&RunEvent::RunFinished { results });
+    }
 }

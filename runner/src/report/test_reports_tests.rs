@@ -2,7 +2,7 @@
 //! warnings, and counts that agree with the JUnit file.
 
 use super::console::tests::plain;
-use super::RunObserver;
+use super::stream::Feed;
 use crate::results::tests::{job, run, step};
 use crate::results::{ImportedCase, ImportedResult, JobOutcome, Problem, StepStatus};
 

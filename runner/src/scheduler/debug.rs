@@ -17,6 +17,7 @@ use agent_protocol::ShellRequest;
 
 use super::RunContext;
 use crate::plan::{PlannedJob, PlannedStep};
+use crate::report::RunEvent;
 use crate::results::{Attempt, JobLog, StepResult, StepStatus};
 use crate::session::AgentSession;
 
@@ -56,7 +57,7 @@ pub(super) fn after_step(
     if runner_machine::interrupt::is_interrupted() {
         return;
     }
-    ctx.observer.on_terminal_lent(true);
+    ctx.reporter.report(&RunEvent::TerminalLent { lent: true });
     let mut err = std::io::stderr();
     let _ = writeln!(
         err,
@@ -94,5 +95,5 @@ pub(super) fn after_step(
         "runner: job `{}`: {outcome}; the run goes on.",
         job.name
     );
-    ctx.observer.on_terminal_lent(false);
+    ctx.reporter.report(&RunEvent::TerminalLent { lent: false });
 }

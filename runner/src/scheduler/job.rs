@@ -10,7 +10,7 @@ use super::reports::{ReportCollector, Scope};
 use super::{retry, RunContext};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
-use crate::report::OutputStream;
+use crate::report::{OutputStream, RunEvent};
 use crate::results::{
     Attempt, JobLog, JobOutcome, JobResult, Phase, PhaseKind, StepResult, StepStatus, TimeLimit,
 };
@@ -26,13 +26,16 @@ pub(super) fn run(job: &PlannedJob, ctx: &RunContext, attempt: Attempt) -> JobRe
     let clock = Instant::now();
     let mut result = JobResult::for_job(job, SystemTime::now());
     result.attempt = attempt;
-    ctx.observer.on_job_started(job);
+    ctx.reporter.report(&RunEvent::JobStarted { job });
     result.outcome = match run_in_vm(job, ctx, clock, &mut result) {
         Ok(()) => JobResult::outcome_from_steps(&result.steps),
         Err(outcome) => outcome,
     };
     result.duration = clock.elapsed();
-    ctx.observer.on_job_finished(job, &result);
+    ctx.reporter.report(&RunEvent::JobFinished {
+        job,
+        result: &result,
+    });
     result
 }
 
@@ -77,7 +80,10 @@ fn run_in_vm(
         serial_log_limit: ctx.options.log_limit,
         network: ctx.options.grants.nic(&job.network),
     };
-    ctx.observer.on_job_progress(job, "booting");
+    ctx.reporter.report(&RunEvent::JobProgress {
+        job,
+        activity: "booting",
+    });
     log.note(&format!(
         "==> booting {} ({})",
         job.name,
@@ -114,7 +120,10 @@ fn run_in_vm(
     session.set_deadline(Some(job_deadline));
 
     if !collected.is_empty() {
-        ctx.observer.on_job_progress(job, "copying files");
+        ctx.reporter.report(&RunEvent::JobProgress {
+            job,
+            activity: "copying files",
+        });
         log.note(&format!("==> copying {} files in", collected.len()));
         let copying = Instant::now();
         let copied = session
@@ -191,7 +200,10 @@ fn run_in_vm(
         if !session_lost && !step.reports.is_empty() {
             // Read now, failed or not: a later step may overwrite them,
             // and a failing step's report is the one that matters.
-            ctx.observer.on_job_progress(job, "reading test reports");
+            ctx.reporter.report(&RunEvent::JobProgress {
+                job,
+                activity: "reading test reports",
+            });
             let (files, workdir) = (&step.reports, &step.workdir);
             let reading = Instant::now();
             reports.collect(
@@ -222,7 +234,10 @@ fn run_in_vm(
 
     session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
     if !job.reports.is_empty() {
-        ctx.observer.on_job_progress(job, "reading test reports");
+        ctx.reporter.report(&RunEvent::JobProgress {
+            job,
+            activity: "reading test reports",
+        });
         let (files, workdir) = (&job.reports, &job.workdir);
         let reading = Instant::now();
         reports.collect(Scope::Job, files, workdir, &mut session, &log, result);
@@ -263,7 +278,7 @@ fn run_step(
     ctx: &RunContext,
 ) -> StepResult {
     let (session, vm, log) = (&mut *run.session, &mut *run.vm, run.log);
-    ctx.observer.on_step_started(job, step);
+    ctx.reporter.report(&RunEvent::StepStarted { job, step });
     let of = match run.attempt.of {
         1 => String::new(),
         _ => format!(" ({})", run.attempt),
@@ -305,7 +320,12 @@ fn run_step(
                 OutputStream::Stdout
             }
         };
-        ctx.observer.on_step_output(job, step, which, bytes);
+        ctx.reporter.report(&RunEvent::StepOutput {
+            job,
+            step,
+            stream: which,
+            chunk: bytes,
+        });
     });
     let status = match exec {
         Ok(exit) if exit.timed_out => StepStatus::TimedOut {
@@ -340,7 +360,11 @@ fn run_step(
         attempt: run.attempt,
         earlier_attempts: Vec::new(),
     };
-    ctx.observer.on_step_finished(job, step, &result);
+    ctx.reporter.report(&RunEvent::StepFinished {
+        job,
+        step,
+        result: &result,
+    });
     result
 }
 
@@ -360,7 +384,10 @@ fn collect_artifacts(
     if job.artifacts.is_empty() {
         return;
     }
-    ctx.observer.on_job_progress(job, "collecting artifacts");
+    ctx.reporter.report(&RunEvent::JobProgress {
+        job,
+        activity: "collecting artifacts",
+    });
     let dest = ctx.options.out_dir.join("artifacts").join(&job.slug);
     let mut budget = ArtifactBudget::new(ctx.options.artifact_limits);
     let mut notes = Vec::new();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::pipeline::Image;
 use crate::plan::Plan;
-use crate::report::RunObserver;
+use crate::report::{Reporter, RunEvent};
 use crate::results::{JobOutcome, JobResult, RunResults};
 use crate::session::ArtifactLimits;
 use runner_machine::Backend;
@@ -54,7 +54,7 @@ pub struct Options {
 struct RunContext<'a> {
     backend: &'a dyn Backend,
     images: &'a ResolvedImages,
-    observer: &'a dyn RunObserver,
+    reporter: &'a dyn Reporter,
     options: &'a Options,
     /// The pipeline's workspace: what `files` may read without the
     /// host-files grant.
@@ -70,17 +70,17 @@ pub fn run(
     plan: &Plan,
     backend: &dyn Backend,
     images: &ResolvedImages,
-    observer: &dyn RunObserver,
+    reporter: &dyn Reporter,
     options: &Options,
 ) -> RunResults {
     let started = SystemTime::now();
     let clock = Instant::now();
-    observer.on_run_started(plan);
+    reporter.report(&RunEvent::RunStarted { plan });
     let budget = MemoryBudget::from_host();
     let ctx = RunContext {
         backend,
         images,
-        observer,
+        reporter,
         options,
         workspace: &plan.workspace,
         budget: &budget,
@@ -124,7 +124,7 @@ pub fn run(
         wall: clock.elapsed(),
         jobs,
     };
-    observer.finish(&results);
+    reporter.report(&RunEvent::RunFinished { results: &results });
     results
 }
 
@@ -132,7 +132,10 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
     let cancelled = |reason: String| {
         let mut result = JobResult::for_job(job, SystemTime::now());
         result.outcome = JobOutcome::Cancelled { reason };
-        ctx.observer.on_job_finished(job, &result);
+        ctx.reporter.report(&RunEvent::JobFinished {
+            job,
+            result: &result,
+        });
         result
     };
     if runner_machine::interrupt::is_interrupted() {
@@ -154,7 +157,10 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
                 ctx.budget.total_mib()
             ),
         };
-        ctx.observer.on_job_finished(job, &result);
+        ctx.reporter.report(&RunEvent::JobFinished {
+            job,
+            result: &result,
+        });
         return result;
     };
     let result = retry::run_job(job, ctx);

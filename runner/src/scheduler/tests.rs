@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agent_protocol::{read_frame, write_frame, Frame, Message, Stream, PROTOCOL_VERSION};
@@ -12,7 +13,7 @@ use agent_protocol::{read_frame, write_frame, Frame, Message, Stream, PROTOCOL_V
 use super::{run, Options, ResolvedImages};
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
-use crate::report::RunObserver;
+use crate::report::{Reporter, RunEvent};
 use crate::results::{JobOutcome, PhaseKind, RunResults, StepStatus, TimeLimit};
 use crate::session::HOST_GRACE;
 use runner_machine::{Backend, BootError, Vm, VmSpec};
@@ -82,10 +83,41 @@ impl Vm for FakeVm {
     }
 }
 
-struct Quiet;
-impl RunObserver for Quiet {}
+/// Writes down the events it is sent, one line each.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<String>>,
+}
+
+impl Reporter for Recorder {
+    fn report(&self, event: &RunEvent<'_>) {
+        let line = match event {
+            RunEvent::RunStarted { plan } => format!("run started: {} jobs", plan.jobs.len()),
+            RunEvent::JobStarted { job } => format!("{}: started", job.name),
+            RunEvent::JobProgress { job, activity } => format!("{}: {activity}", job.name),
+            RunEvent::StepStarted { job, step } => format!("{}: {} started", job.name, step.name),
+            RunEvent::StepOutput { job, step, .. } => format!("{}: {} output", job.name, step.name),
+            RunEvent::StepFinished { job, step, result } => {
+                format!("{}: {} {}", job.name, step.name, result.status.describe())
+            }
+            RunEvent::JobFinished { job, result } => {
+                format!("{}: finished, {:?}", job.name, result.outcome)
+            }
+            RunEvent::TerminalLent { lent } => format!("terminal lent: {lent}"),
+            RunEvent::RunFinished { results } => {
+                format!("run finished: {}", results.summary_line())
+            }
+        };
+        self.events.lock().unwrap().push(line);
+    }
+}
 
 fn run_fake(yaml: &str, backend: FakeBackend, out: &Path) -> RunResults {
+    run_recorded(yaml, backend, out).0
+}
+
+/// The run's results, and the events its reporter was sent.
+fn run_recorded(yaml: &str, backend: FakeBackend, out: &Path) -> (RunResults, Vec<String>) {
     let pipeline = Pipeline::parse(yaml, Path::new("fake.yml"), out).unwrap();
     let plan = Plan::new(&pipeline);
     let mut images: ResolvedImages = HashMap::new();
@@ -106,7 +138,9 @@ fn run_fake(yaml: &str, backend: FakeBackend, out: &Path) -> RunResults {
         grants: Default::default(),
         debug_on_failure: false,
     };
-    run(&plan, &backend, &images, &Quiet, &options)
+    let recorder = Recorder::default();
+    let results = run(&plan, &backend, &images, &recorder, &options);
+    (results, recorder.events.into_inner().unwrap())
 }
 
 /// Prints for ever and never reports the command's end or its timeout.
@@ -213,8 +247,28 @@ fn a_guest_that_dies_mid_step_is_an_error_with_the_console() {
         behaviour: dies_mid_step,
         exit: Some("qemu exit status: 0"),
     };
-    let results = run_fake(STEP_TIMEOUT_PIPELINE, backend, dir.path());
+    let (results, events) = run_recorded(STEP_TIMEOUT_PIPELINE, backend, dir.path());
     let job = &results.jobs[0];
+    // The reporters heard the whole story, in order, the lost step's
+    // output and the job's end included.
+    let events: Vec<&str> = events
+        .iter()
+        .map(|e| e.split([',', ';']).next().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "run started: 1 jobs",
+            "spam: started",
+            "spam: booting",
+            "spam: prints for ever started",
+            "spam: prints for ever output",
+            "spam: prints for ever error: the agent closed the connection",
+            "spam: finished",
+            "run finished: 0 passed",
+        ],
+        "{events:#?}"
+    );
     let StepStatus::Error { message } = &job.steps[0].status else {
         panic!("{:?}", job.steps[0].status);
     };

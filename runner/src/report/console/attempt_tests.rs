@@ -1,7 +1,7 @@
 //! The console with retries and with live output in CI (plain) mode.
 
 use super::tests::{plain, plan};
-use crate::report::stream::{OutputStream, RunObserver};
+use crate::report::stream::{Feed, OutputStream};
 use crate::results::tests::{failed, job, step};
 use crate::results::{Attempt, JobOutcome, StepStatus};
 

@@ -81,7 +81,7 @@ impl ConsoleReporter {
 mod tests {
     use super::super::tests::plain;
     use super::MAX_HELD_LINES;
-    use crate::report::RunObserver;
+    use crate::report::stream::Feed;
 
     #[test]
     fn lines_wait_while_the_terminal_is_lent_and_are_bounded() {

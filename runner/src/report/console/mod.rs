@@ -22,7 +22,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::pipeline::{format_duration, ImageRef};
 use crate::plan::{Plan, PlannedJob, PlannedStep};
-use crate::report::stream::{OutputStream, RunObserver};
+use crate::report::stream::{OutputStream, Reporter, RunEvent};
 use crate::report::text::clean_text;
 use crate::results::{CaseKind, JobOutcome, JobResult, RunResults, StepResult, StepStatus};
 use gitlab_sections::{Opening, Sections};
@@ -369,8 +369,8 @@ fn describe_machine(job: &PlannedJob) -> String {
     format!("{rootfs}, {} vCPU, {}M", job.vcpus, job.memory_mib)
 }
 
-impl RunObserver for ConsoleReporter {
-    fn on_run_started(&self, plan: &Plan) {
+impl ConsoleReporter {
+    fn run_started(&self, plan: &Plan) {
         let n = plan.jobs.len();
         let jobs = if n == 1 { "job" } else { "jobs" };
         self.emit(&[format!(
@@ -380,7 +380,7 @@ impl RunObserver for ConsoleReporter {
         )]);
     }
 
-    fn on_job_started(&self, job: &PlannedJob) {
+    fn job_started(&self, job: &PlannedJob) {
         let bar = self.multi.as_ref().map(|multi| {
             let bar = multi.add(ProgressBar::new_spinner());
             let style =
@@ -420,11 +420,11 @@ impl RunObserver for ConsoleReporter {
         self.update_bar(&job.name, None);
     }
 
-    fn on_job_progress(&self, job: &PlannedJob, activity: &str) {
+    fn job_progress(&self, job: &PlannedJob, activity: &str) {
         self.set_activity(&job.name, activity.to_string());
     }
 
-    fn on_step_started(&self, job: &PlannedJob, step: &PlannedStep) {
+    fn step_started(&self, job: &PlannedJob, step: &PlannedStep) {
         let total = self
             .jobs
             .lock()
@@ -436,7 +436,7 @@ impl RunObserver for ConsoleReporter {
         self.set_activity(&job.name, activity);
     }
 
-    fn on_step_output(
+    fn step_output(
         &self,
         job: &PlannedJob,
         _step: &PlannedStep,
@@ -458,7 +458,7 @@ impl RunObserver for ConsoleReporter {
         }
     }
 
-    fn on_step_finished(&self, job: &PlannedJob, _step: &PlannedStep, result: &StepResult) {
+    fn step_finished(&self, job: &PlannedJob, _step: &PlannedStep, result: &StepResult) {
         if self.multi.is_none() {
             // Output that did not end with a newline.
             self.output_lines(&job.name, OutputStream::Stdout, None);
@@ -468,7 +468,7 @@ impl RunObserver for ConsoleReporter {
         self.job_lines(&job.name, vec![line], true);
     }
 
-    fn on_job_finished(&self, job: &PlannedJob, result: &JobResult) {
+    fn job_finished(&self, job: &PlannedJob, result: &JobResult) {
         let header = self.job_line_for(result);
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(JobState { bar: Some(bar), .. }) = jobs.states.remove(&job.name) {
@@ -488,11 +488,11 @@ impl RunObserver for ConsoleReporter {
         self.emit(&lines);
     }
 
-    fn on_terminal_lent(&self, lent: bool) {
+    fn terminal_lent(&self, lent: bool) {
         self.lend_terminal(lent);
     }
 
-    fn finish(&self, results: &RunResults) {
+    fn run_finished(&self, results: &RunResults) {
         if let Some(multi) = &self.multi {
             let _ = multi.clear();
         }
@@ -506,6 +506,27 @@ impl RunObserver for ConsoleReporter {
         // No colour: CI parsers match this line as plain text.
         lines.push(results.summary_line());
         self.emit(&lines);
+    }
+}
+
+impl Reporter for ConsoleReporter {
+    fn report(&self, event: &RunEvent<'_>) {
+        match event {
+            RunEvent::RunStarted { plan } => self.run_started(plan),
+            RunEvent::JobStarted { job } => self.job_started(job),
+            RunEvent::JobProgress { job, activity } => self.job_progress(job, activity),
+            RunEvent::StepStarted { job, step } => self.step_started(job, step),
+            RunEvent::StepOutput {
+                job,
+                step,
+                stream,
+                chunk,
+            } => self.step_output(job, step, *stream, chunk),
+            RunEvent::StepFinished { job, step, result } => self.step_finished(job, step, result),
+            RunEvent::JobFinished { job, result } => self.job_finished(job, result),
+            RunEvent::TerminalLent { lent } => self.terminal_lent(*lent),
+            RunEvent::RunFinished { results } => self.run_finished(results),
+        }
     }
 }
 

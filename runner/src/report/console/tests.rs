@@ -7,6 +7,7 @@ use indicatif::TermLike;
 
 use super::*;
 use crate::pipeline::Pipeline;
+use crate::report::stream::Feed;
 use crate::results::tests::{failed, job, run, step};
 use crate::results::Output;
 

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use crate::plan::{Plan, PlannedJob, PlannedStep};
-use crate::report::stream::{OutputStream, RunObserver};
+use crate::report::stream::{OutputStream, Reporter, RunEvent};
 use crate::results::{Attempt, JobOutcome, JobResult, RunResults, StepResult, StepStatus};
 
 pub const EVENTS_VERSION: u32 = 1;
@@ -98,8 +98,8 @@ fn job_outcome(result: &JobResult) -> (&'static str, Option<String>) {
     }
 }
 
-impl RunObserver for JsonEvents {
-    fn on_run_started(&self, plan: &Plan) {
+impl JsonEvents {
+    fn run_started(&self, plan: &Plan) {
         let jobs: Vec<&str> = plan.jobs.iter().map(|job| job.name.as_str()).collect();
         self.emit(
             "run-started",
@@ -111,7 +111,7 @@ impl RunObserver for JsonEvents {
         );
     }
 
-    fn on_job_started(&self, job: &PlannedJob) {
+    fn job_started(&self, job: &PlannedJob) {
         let number = {
             let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
             let n = starts.entry(job.name.clone()).or_insert(0);
@@ -125,14 +125,14 @@ impl RunObserver for JsonEvents {
         );
     }
 
-    fn on_step_started(&self, job: &PlannedJob, step: &PlannedStep) {
+    fn step_started(&self, job: &PlannedJob, step: &PlannedStep) {
         self.emit(
             "step-started",
             json!({ "job": job.name, "step": step.name, "index": step.index }),
         );
     }
 
-    fn on_step_output(
+    fn step_output(
         &self,
         job: &PlannedJob,
         step: &PlannedStep,
@@ -155,7 +155,7 @@ impl RunObserver for JsonEvents {
         );
     }
 
-    fn on_step_finished(&self, job: &PlannedJob, step: &PlannedStep, result: &StepResult) {
+    fn step_finished(&self, job: &PlannedJob, step: &PlannedStep, result: &StepResult) {
         let exit = match &result.status {
             StepStatus::Failed { exit } => Some(exit),
             StepStatus::TimedOut { exit, .. } => exit.as_ref(),
@@ -178,7 +178,7 @@ impl RunObserver for JsonEvents {
         );
     }
 
-    fn on_job_finished(&self, job: &PlannedJob, result: &JobResult) {
+    fn job_finished(&self, job: &PlannedJob, result: &JobResult) {
         let (outcome, message) = job_outcome(result);
         self.emit(
             "job-finished",
@@ -195,7 +195,7 @@ impl RunObserver for JsonEvents {
         );
     }
 
-    fn finish(&self, results: &RunResults) {
+    fn run_finished(&self, results: &RunResults) {
         let counts = results.counts();
         self.emit(
             "summary",
@@ -212,10 +212,32 @@ impl RunObserver for JsonEvents {
     }
 }
 
+impl Reporter for JsonEvents {
+    fn report(&self, event: &RunEvent<'_>) {
+        match event {
+            RunEvent::RunStarted { plan } => self.run_started(plan),
+            RunEvent::JobStarted { job } => self.job_started(job),
+            RunEvent::StepStarted { job, step } => self.step_started(job, step),
+            RunEvent::StepOutput {
+                job,
+                step,
+                stream,
+                chunk,
+            } => self.step_output(job, step, *stream, chunk),
+            RunEvent::StepFinished { job, step, result } => self.step_finished(job, step, result),
+            RunEvent::JobFinished { job, result } => self.job_finished(job, result),
+            RunEvent::RunFinished { results } => self.run_finished(results),
+            // Where the job is and who has the terminal are for people.
+            RunEvent::JobProgress { .. } | RunEvent::TerminalLent { .. } => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::console::tests::{plan, Buffer};
     use super::*;
+    use crate::report::stream::Feed;
     use crate::results::tests::{failed, job, run, step};
 
     #[test]

@@ -19,7 +19,9 @@ mod excerpt;
 mod model;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use crate::report::stream::{ReportError, Reporter, RunEvent, Written};
 use crate::results::RunResults;
 
 pub use excerpt::TOTAL_BUDGET;
@@ -67,6 +69,47 @@ pub fn write(results: &RunResults, path: &Path) -> Result<(), HtmlError> {
             source,
         },
     )
+}
+
+/// Writes the page when the run finishes.
+pub struct HtmlReporter {
+    path: PathBuf,
+    /// `None` until the run finished.
+    outcome: Mutex<Option<Result<(), HtmlError>>>,
+}
+
+impl HtmlReporter {
+    pub fn new(path: PathBuf) -> HtmlReporter {
+        HtmlReporter {
+            path,
+            outcome: Mutex::new(None),
+        }
+    }
+}
+
+impl Reporter for HtmlReporter {
+    fn report(&self, event: &RunEvent<'_>) {
+        if let RunEvent::RunFinished { results } = event {
+            let outcome = write(results, &self.path);
+            *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        }
+    }
+
+    fn written(&self) -> Result<Option<Written>, ReportError> {
+        match self
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(Ok(())) => Ok(Some(Written {
+                what: "HTML report",
+                path: self.path.clone(),
+            })),
+            Some(Err(e)) => Err(ReportError::Html(e)),
+            None => Err(ReportError::NotWritten("HTML report")),
+        }
+    }
 }
 
 /// JSON text that is safe inside a `<script>` element: `<` appears only
