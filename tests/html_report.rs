@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use e2e_tests::chromium::{dump_dom, dump_dom_at, texts_of, unescape};
 use e2e_tests::runner_test;
 use runner::results::{
-    Attempt, ExitStatus, JobOutcome, JobResult, Output, Phase, PhaseKind, RunResults, StepResult,
-    StepStatus, TestReports,
+    Attempt, ExitStatus, ImportedTests, JobOutcome, JobResult, Output, Phase, PhaseKind,
+    RunResults, StepResult, StepStatus,
 };
 
 /// Each job's row of the rendered page: its `data-status` and its name.
@@ -176,7 +176,7 @@ fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>, started: SystemT
         log_path: Some(PathBuf::from(format!("runner-out/logs/{name}.log"))),
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
-        test_reports: TestReports::default(),
+        imported: ImportedTests::default(),
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline,

@@ -12,12 +12,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::OnceLock;
 
+use crate::imported::{junit_xml, libtest, TextLimit};
 use crate::pipeline::host_scope::lexically_inside;
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
 use crate::results::{ImportedCase, ImportedResult, Output};
 use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
-use crate::test_reports::{junit_xml, libtest, TextLimit};
 
 /// Parses `data` as a pipeline file and plans it. Bad YAML must give an
 /// error, never a panic; a pipeline that parses must plan into uniquely
@@ -132,7 +132,7 @@ fn check_tree(root: &Path, dir: &Path, bytes: &mut u64) {
 pub const REPORT_TEXT_LIMITS: [usize; 4] = [0, 7, 100, 64 * 1024];
 
 /// The text limit and the report text of a report input: as
-/// `test_reports::import_file` reads a file, invalid UTF-8 becomes U+FFFD.
+/// `imported::import_file` reads a file, invalid UTF-8 becomes U+FFFD.
 fn report_input(data: &[u8]) -> Option<(usize, String)> {
     let (&control, bytes) = data.split_first()?;
     let limit = REPORT_TEXT_LIMITS[usize::from(control & 3)];

@@ -10,6 +10,7 @@ pub mod cli;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod grants;
+pub mod imported;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
@@ -18,4 +19,3 @@ pub mod scheduler;
 pub mod session;
 pub mod shard;
 pub mod terminal;
-pub mod test_reports;

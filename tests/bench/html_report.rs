@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime};
 use e2e_tests::chromium::{dump_dom, screenshot};
 use runner::report::html;
 use runner::results::{
-    Attempt, ExitStatus, JobOutcome, JobResult, Output, Phase, PhaseKind, RunResults, StepResult,
-    StepStatus, TestReports, DEFAULT_OUTPUT_LIMIT,
+    Attempt, ExitStatus, ImportedTests, JobOutcome, JobResult, Output, Phase, PhaseKind,
+    RunResults, StepResult, StepStatus, DEFAULT_OUTPUT_LIMIT,
 };
 
 const JOBS: usize = 1000;
@@ -240,7 +240,7 @@ fn attempt(name: &str, started: SystemTime, fail: Option<usize>) -> JobResult {
         log_path: Some(PathBuf::from(format!("runner-out/logs/{name}.log"))),
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
-        test_reports: TestReports::default(),
+        imported: ImportedTests::default(),
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline,

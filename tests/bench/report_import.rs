@@ -21,11 +21,11 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use e2e_tests::{images, runner_bin};
+use runner::imported::{import_file, Format};
 use runner::report::junit::{render, JunitOptions};
 use runner::results::{
-    Attempt, JobOutcome, JobResult, RunResults, TestReports, DEFAULT_OUTPUT_LIMIT,
+    Attempt, ImportedTests, JobOutcome, JobResult, RunResults, DEFAULT_OUTPUT_LIMIT,
 };
-use runner::test_reports::{import_file, Format};
 
 const CASES: usize = 10_000;
 const RUNS: usize = 5;
@@ -64,8 +64,8 @@ fn in_process(report: &Path) -> Duration {
         let imported = import_file(Format::Junit, report, "report.xml", DEFAULT_OUTPUT_LIMIT);
         let parsed = start.elapsed();
         assert_eq!(imported.cases.len(), CASES);
-        let without = results(TestReports::default());
-        let with = results(TestReports {
+        let without = results(ImportedTests::default());
+        let with = results(ImportedTests {
             cases: imported.cases,
             notes: Vec::new(),
         });
@@ -89,7 +89,7 @@ fn in_process(report: &Path) -> Duration {
     median(&mut totals)
 }
 
-fn results(test_reports: TestReports) -> RunResults {
+fn results(imported: ImportedTests) -> RunResults {
     let job = JobResult {
         name: "bench".into(),
         classname: "bench".into(),
@@ -102,7 +102,7 @@ fn results(test_reports: TestReports) -> RunResults {
         log_path: None,
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
-        test_reports,
+        imported,
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline: Vec::new(),

@@ -11,8 +11,8 @@ mod error;
 pub mod files;
 pub mod host_scope;
 pub mod image_spec;
+mod imported;
 pub mod network;
-mod reports;
 mod scalars;
 #[cfg(test)]
 mod tests;
@@ -24,8 +24,8 @@ use std::time::Duration;
 pub use error::PipelineError;
 pub use files::FileEntry;
 pub use image_spec::{ImageSpec, SpecBase, SpecFile};
+pub use imported::ReportFiles;
 pub use network::{AllowEntry, Network};
-pub use reports::ReportFiles;
 pub use runner_machine::images::{KERNEL_NAMES, ROOTFS_NAMES};
 pub use scalars::{
     format_duration, parse_byte_size, parse_duration, parse_image_ref, parse_memory, ImageKind,

@@ -22,4 +22,4 @@ pub use text::clean_text;
 #[cfg(test)]
 mod artifact_notes_tests;
 #[cfg(test)]
-mod test_reports_tests;
+mod imported_tests;

@@ -1,5 +1,5 @@
 //! Testcases read from the guest's own test reports (JUnit XML, libtest
-//! output), see `crate::test_reports`. They sit in the job's testsuite
+//! output), see `crate::imported`. They sit in the job's testsuite
 //! beside the step that wrote them and count like any other case.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use super::{CaseKind, Output};
 
 /// What a job's `reports` produced.
 #[derive(Clone, Debug, Default)]
-pub struct TestReports {
+pub struct ImportedTests {
     /// In the order they were read.
     pub cases: Vec<ImportedCase>,
     /// Warnings (a pattern that matched nothing, cases left out at a

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 pub use agent_protocol::ExitStatus;
 pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
-pub use imported::{ImportedCase, ImportedResult, Problem, TestReports};
+pub use imported::{ImportedCase, ImportedResult, ImportedTests, Problem};
 pub use timeline::{Phase, PhaseKind};
 
 use crate::pipeline::format_duration;
@@ -56,7 +56,7 @@ pub struct JobResult {
     /// (`artifact refused: out/x: device nodes are not copied out`).
     pub artifact_notes: Vec<String>,
     /// Testcases from the guest's test reports, and warnings about them.
-    pub test_reports: TestReports,
+    pub imported: ImportedTests,
     /// Which attempt this is (`retry:` on the job; each in a fresh VM).
     pub attempt: Attempt,
     /// Earlier attempts that failed, oldest first; empty without retries.
@@ -316,7 +316,7 @@ impl JobResult {
             log_path: None,
             artifacts: Vec::new(),
             artifact_notes: Vec::new(),
-            test_reports: TestReports::default(),
+            imported: ImportedTests::default(),
             attempt: Attempt::first(job.retry),
             earlier_attempts: Vec::new(),
             timeline: Vec::new(),
@@ -375,7 +375,7 @@ impl JobResult {
     /// reports, then the job case.
     pub fn cases(&self) -> Vec<CaseKind> {
         let mut kinds: Vec<CaseKind> = self.steps.iter().map(|s| s.status.kind()).collect();
-        kinds.extend(self.test_reports.cases.iter().map(ImportedCase::kind));
+        kinds.extend(self.imported.cases.iter().map(ImportedCase::kind));
         kinds.extend(self.job_case().map(|case| case.kind));
         kinds
     }

@@ -22,7 +22,7 @@ pub enum PhaseKind {
     /// One attempt of step `index` (of [`super::JobResult::steps`]).
     Step { index: usize, attempt: u32 },
     /// Reading the guest's test reports back.
-    TestReports,
+    ImportedTests,
     /// Copying the artifacts out.
     Artifacts,
 }
@@ -34,7 +34,7 @@ impl PhaseKind {
             PhaseKind::Boot => "boot",
             PhaseKind::CopyFiles => "files",
             PhaseKind::Step { .. } => "step",
-            PhaseKind::TestReports => "reports",
+            PhaseKind::ImportedTests => "reports",
             PhaseKind::Artifacts => "artifacts",
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_protocol::Stream;
 
-use super::reports::{ReportCollector, Scope};
+use super::imported::{Importer, Scope};
 use super::{retry, RunContext};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
@@ -147,7 +147,7 @@ fn run_in_vm(
         copied?;
     }
 
-    let mut reports = ReportCollector::new(job, ctx.options);
+    let mut reports = Importer::new(job, ctx.options);
     let mut broken = None;
     for step in &job.steps {
         if let Some(reason) = &broken {
@@ -216,7 +216,7 @@ fn run_in_vm(
             );
             result
                 .timeline
-                .push(Phase::until_now(PhaseKind::TestReports, clock, reading));
+                .push(Phase::until_now(PhaseKind::ImportedTests, clock, reading));
         }
         if !session_lost {
             if let Some(failed) = result.steps.last() {
@@ -243,7 +243,7 @@ fn run_in_vm(
         reports.collect(Scope::Job, files, workdir, &mut session, &log, result);
         result
             .timeline
-            .push(Phase::until_now(PhaseKind::TestReports, clock, reading));
+            .push(Phase::until_now(PhaseKind::ImportedTests, clock, reading));
     }
     if !job.artifacts.is_empty() {
         let collecting = Instant::now();

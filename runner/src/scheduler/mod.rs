@@ -4,8 +4,8 @@
 
 mod budget;
 mod debug;
+mod imported;
 mod job;
-mod reports;
 mod retry;
 
 pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};

@@ -9,7 +9,7 @@ impl ConsoleReporter {
     /// testcase on one line (the JUnit file has the whole story), then the
     /// warnings about reports that were missing or cut.
     pub(super) fn test_report_block(&self, job: &JobResult) -> Vec<String> {
-        let reports = &job.test_reports;
+        let reports = &job.imported;
         let failing: Vec<_> = reports
             .cases
             .iter()

@@ -162,7 +162,7 @@ fn count_texts(results: &RunResults) -> usize {
             .filter(|s| is_bad(s.status.kind()))
             .count();
         let cases = job
-            .test_reports
+            .imported
             .cases
             .iter()
             .filter(|c| is_bad(c.kind()))
@@ -237,7 +237,7 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
         })
         .collect();
     let mut tests = [0; 3];
-    for case in &result.test_reports.cases {
+    for case in &result.imported.cases {
         match case.kind() {
             CaseKind::Passed => tests[0] += 1,
             CaseKind::Failed | CaseKind::Error => tests[1] += 1,
@@ -247,7 +247,7 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
     let mut notes: Vec<String> = result
         .artifact_notes
         .iter()
-        .chain(&result.test_reports.notes)
+        .chain(&result.imported.notes)
         .map(|note| clean_text(note))
         .collect();
     if let Some(dir) = result.artifacts.first() {
@@ -278,7 +278,7 @@ fn job_summary(job: &JobResult) -> String {
         return clean_text(&format!("`{}`: {}", step.name, step.status.describe()));
     }
     let failing = job
-        .test_reports
+        .imported
         .cases
         .iter()
         .filter(|c| is_bad(c.kind()))
@@ -385,7 +385,7 @@ fn attempt_failures(
         });
     }
     let failing: Vec<&ImportedCase> = job
-        .test_reports
+        .imported
         .cases
         .iter()
         .filter(|c| is_bad(c.kind()))

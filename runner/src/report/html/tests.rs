@@ -293,7 +293,7 @@ fn failing_tests_of_the_guest_s_reports_are_failures_too() {
             kind: "AssertionError".into(),
             body: Output::from_bytes(b"\x1b[31mTraceback\x1b[0m (most recent call last)\n"),
         });
-        job.test_reports.cases.push(case);
+        job.imported.cases.push(case);
     }
     let data = data(&render(&run(vec![job])).unwrap());
     assert_eq!(data["jobs"][0]["status"], "failed");

@@ -22,7 +22,7 @@ use roxmltree::Node;
 
 use super::tests::{assert_valid, parse, sample};
 use super::*;
-use crate::results::{ImportedCase, ImportedResult, Output, Problem, TestReports};
+use crate::results::{ImportedCase, ImportedResult, ImportedTests, Output, Problem};
 
 /// (element, attributes, child elements) as the xUnit plugin's junit-10.xsd
 /// declares them. Its rerun/flaky elements and `group` are left out: the
@@ -166,7 +166,7 @@ fn everything() -> RunResults {
         message: "needs a network".into(),
     };
     skipped.file = Some("src/lib.rs".into());
-    job.test_reports = TestReports {
+    job.imported = ImportedTests {
         cases: vec![passed, failed, errored, skipped],
         notes: vec!["test report `missing/*.xml` not found: matched nothing".into()],
     };

@@ -33,7 +33,7 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         suite.add_property(Property::new("attempt", job.attempt.to_string()));
     }
     let mut names = CaseNames::default();
-    let imported = &job.test_reports.cases;
+    let imported = &job.imported.cases;
     for (index, step) in job.steps.iter().enumerate() {
         let mut status = step_status(job, step, options);
         reruns::attach(&mut status, reruns::step_reruns(job, index, options));
@@ -73,7 +73,7 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     }
     let mut notes = reruns::job_attempt_notes(job);
     notes.extend(job.artifact_notes.iter().cloned());
-    notes.extend(job.test_reports.notes.iter().cloned());
+    notes.extend(job.imported.notes.iter().cloned());
     if !notes.is_empty() {
         // Suite level: these belong to the job, not to any one step.
         suite.set_system_err(xml_text(&notes.join("\n")));

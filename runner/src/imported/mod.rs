@@ -1,5 +1,8 @@
-//! Guest test reports turned into testcases: JUnit XML as real tools write
-//! it ([`junit_xml`]) and the output of Rust test binaries ([`libtest`]).
+//! Imported tests: the guest's own test reports (a job's `reports:`)
+//! turned into testcases. "Reports" elsewhere in the runner are the ones
+//! it writes itself (`crate::report`); these are the guest's, read in: JUnit
+//! XML as real tools write it ([`junit_xml`]) and the output of Rust test
+//! binaries ([`libtest`]).
 //!
 //! Everything here comes from the guest and is hostile. A file is read
 //! only up to [`MAX_FILE_BYTES`]; XML is parsed without DTDs (so without

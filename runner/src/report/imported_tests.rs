@@ -25,7 +25,7 @@ fn failing_report_tests_and_warnings_are_listed_and_counted() {
         JobOutcome::Passed,
         vec![step("pytest", StepStatus::Passed)],
     );
-    unit.test_reports.cases = vec![
+    unit.imported.cases = vec![
         ImportedCase::new("test_add"),
         failing("test_div", "ZeroDivisionError:\ndivision by zero"),
         ImportedCase {
@@ -35,7 +35,7 @@ fn failing_report_tests_and_warnings_are_listed_and_counted() {
             ..ImportedCase::new("test_skip")
         },
     ];
-    unit.test_reports.notes = vec!["test report `out/*.xml` not found: matched nothing".into()];
+    unit.imported.notes = vec!["test report `out/*.xml` not found: matched nothing".into()];
     let results = run(vec![unit]);
     // The step passed, but a test in its report failed: the job failed.
     assert!(results.jobs[0].failed());

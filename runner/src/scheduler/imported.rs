@@ -1,5 +1,5 @@
 //! Reading the test reports a job's steps leave in the guest (`reports:`)
-//! into testcases of the job (see `crate::test_reports`).
+//! into testcases of the job (see `crate::imported`).
 //!
 //! The files come out like artifacts, through the same hostile-input
 //! unpacker and with a per-job budget of the same size as the artifacts'
@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use super::job::artifact_request;
 use super::Options;
+use crate::imported::{self, Format, Imported, MAX_CASES_PER_JOB};
 use crate::pipeline::ReportFiles;
 use crate::plan::PlannedJob;
 use crate::results::{JobLog, JobResult};
 use crate::session::{AgentSession, ArtifactBudget, SessionError};
-use crate::test_reports::{self, Format, Imported, MAX_CASES_PER_JOB};
 
 /// Whose reports are read: a step's (by index) or the job's.
 #[derive(Clone, Copy, Debug)]
@@ -26,7 +26,7 @@ pub(super) enum Scope {
     Job,
 }
 
-pub(super) struct ReportCollector {
+pub(super) struct Importer {
     /// `<out>/reports/<job slug>`.
     root: PathBuf,
     budget: ArtifactBudget,
@@ -35,9 +35,9 @@ pub(super) struct ReportCollector {
     broken: Option<String>,
 }
 
-impl ReportCollector {
-    pub fn new(job: &PlannedJob, options: &Options) -> ReportCollector {
-        ReportCollector {
+impl Importer {
+    pub fn new(job: &PlannedJob, options: &Options) -> Importer {
+        Importer {
             root: options.out_dir.join("reports").join(&job.slug),
             budget: ArtifactBudget::new(options.artifact_limits),
             text_limit: options.output_limit,
@@ -91,7 +91,7 @@ impl ReportCollector {
                     .unwrap_or(&file)
                     .display()
                     .to_string();
-                let imported = test_reports::import_file(format, &file, &shown, self.text_limit);
+                let imported = imported::import_file(format, &file, &shown, self.text_limit);
                 found.cases.extend(imported.cases);
                 found.notes.extend(imported.notes);
             }
@@ -99,7 +99,7 @@ impl ReportCollector {
                 Scope::Step(index) => Some(index),
                 Scope::Job => None,
             };
-            let reports = &mut result.test_reports;
+            let reports = &mut result.imported;
             let room = MAX_CASES_PER_JOB.saturating_sub(reports.cases.len());
             if found.cases.len() > room {
                 found.notes.push(format!(
@@ -161,7 +161,7 @@ impl ReportCollector {
             }
             // The agent's answer to a pattern that matches nothing.
             Err(SessionError::Agent(message)) if required => {
-                found.cases.push(test_reports::missing(pattern, &message))
+                found.cases.push(imported::missing(pattern, &message))
             }
             Err(SessionError::Agent(message)) => found
                 .notes
