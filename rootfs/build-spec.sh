@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the root file system of an image spec from a pipeline (`image: { base:
 # debian, packages: [...], files: [...], setup: ..., size: ... }`). Called by
-# the runner (runner/src/image_cache), which owns the cache key, the lock, the
+# the runner (runner/machine/src/images), which owns the cache key, the lock, the
 # temp name and the manifest; see rootfs/README.md, "Image specs".
 #
 #   build-spec.sh --base debian|minimal|tree --out FILE --agent PATH --key HEX
@@ -76,7 +76,7 @@ rootless=1
 [ "$(id -u)" = 0 ] && rootless=0
 # A pipeline's setup and its packages' maintainer scripts are hostile code,
 # and a chroot is no boundary for root: as root, the runner runs this script
-# as its unprivileged build user (runner/src/image_cache/build_user.rs).
+# as its unprivileged build user (runner/machine/src/images/build_user.rs).
 if [ "$rootless" = 0 ] && { [ -n "$setup" ] || [ -n "$packages" ]; }; then
     die "refusing to run setup or packages' scripts as the host's root; run this as an unprivileged user (the runner uses runner-build, see scripts/setup-host)"
 fi
@@ -317,7 +317,7 @@ give_tree_to_subordinate_root() {
     grep -q "^\($(id -un)\|$(id -u)\):" /etc/subuid 2>/dev/null \
         || die "setup runs as the root of a user namespace, and $(id -un) has no range in /etc/subuid and /etc/subgid: run scripts/setup-host as root, or: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $(id -un)"
     # An OCI tree's owners and modes, as its layers gave them (recorded by
-    # the unpacker, runner/src/image_cache/oci): ids of this namespace,
+    # the unpacker, runner/machine/src/images/oci): ids of this namespace,
     # which own nothing on the host.
     unshare --user --map-auto --map-user=65536 --map-group=65536 --setuid 0 --setgid 0 \
         bash -c 'set -e

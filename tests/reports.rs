@@ -275,7 +275,7 @@ fn junit_reports_of_real_tools_become_testcases_of_each_matrix_job() {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = dir.path().join("fixtures");
     std::fs::create_dir(&fixtures).unwrap();
-    let source = repo().join("runner/src/test_reports/fixtures");
+    let source = repo().join("runner/src/imported/fixtures");
     for name in ["pytest.xml", "surefire.xml", "go-junit-report.xml"] {
         std::fs::copy(source.join(name), fixtures.join(name)).unwrap();
     }

@@ -17,7 +17,7 @@
 //!    pages (heap, stacks, relocated data) and page tables. Its file pages
 //!    are the `runner` binary's and libc's, page cache shared with the
 //!    runner that started it.
-//! 4. What the jail costs (`backend/vm_process/jail.rs`): each VM process
+//! 4. What the jail costs (`vm_process/jail.rs`): each VM process
 //!    started jailed against the same one with `jail: None` (as
 //!    `RUNNER_JAIL=off` has it), start-up (median of 10 each) and memory
 //!    (the jailed process plus its supervisor, PSS and page tables), as

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks of images built from pipeline specs (runner/src/image_cache):
+# Benchmarks of images built from pipeline specs (runner/machine/src/images):
 #  (a) what a cache hit adds to a run (target: under 50 ms): `runner image
 #      build PIPELINE` resolves every image a pipeline uses, as `runner test`
 #      does before booting anything. Timed for a pipeline whose image is a

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the VM process's jail costs (runner/src/backend/vm_process/jail.rs),
+# What the VM process's jail costs (runner/machine/src/vm_process/jail.rs),
 # under real KVM in the nested tier's L1: the vm_process bench there, whose
 # last part starts each VM process jailed and not jailed (median of 10
 # each) and prints start-up and memory as ratios, for the QEMU backend's
