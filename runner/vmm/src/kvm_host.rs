@@ -2,6 +2,7 @@
 //! which KVM implementation is behind it.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use kvm_ioctls::Kvm;
 
@@ -60,8 +61,13 @@ fn kvm_module_in(sys_module: &Path, proc_modules: &Path) -> Option<String> {
 
 /// True when /dev/kvm is PVM (Pagetable-based Virtual Machine): guest ring
 /// 0 is emulated there, which changes what guests can do in useful time.
+///
+/// The answer is learnt once per process and kept: a jailed VM process has
+/// no /sys to look at, so it asks before entering its jail (where a fresh
+/// look would wrongly say "not PVM" and show the guest CX16).
 pub fn is_pvm() -> bool {
-    kvm_module().as_deref() == Some("kvm_pvm")
+    static IS_PVM: OnceLock<bool> = OnceLock::new();
+    *IS_PVM.get_or_init(|| kvm_module().as_deref() == Some("kvm_pvm"))
 }
 
 #[cfg(test)]

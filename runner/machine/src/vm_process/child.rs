@@ -58,6 +58,8 @@ pub fn main() -> i32 {
     };
     // First of all, while this process has one thread (see `jail`).
     if let Some(jail) = &config.jail {
+        // The jail has no /sys: learn the host's KVM kind while it is in view.
+        runner_vmm::kvm_host::is_pvm();
         if let Err(e) = super::jail::enter(jail) {
             say(&format!("error {e}"));
             return 1;
