@@ -31,7 +31,7 @@ cp "$runner" "$out/runner"
 cat >"$out/study.sh" <<INNER
 export RUNNER_KERNEL=$(printf %q "$RUNNER_KERNEL") RUNNER_ROOTFS=$(printf %q "$RUNNER_ROOTFS")
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export ROUNDS_BOOT_TIMEOUT=${ROUNDS_BOOT_TIMEOUT:-60s} ${RUST_LOG:+RUST_LOG=$(printf %q "$RUST_LOG")}
+export ROUNDS_BOOT_TIMEOUT=${ROUNDS_BOOT_TIMEOUT:-60s} ROUNDS_MEMORY=${ROUNDS_MEMORY:-128} ${RUST_LOG:+RUST_LOG=$(printf %q "$RUST_LOG")}
 exec $(printf %q "$PWD/tests/nested/snapshot-rounds-inner.sh") /nested-out/runner $rounds /nested-out
 INNER
 start=$(date +%s)
