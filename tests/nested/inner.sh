@@ -43,10 +43,11 @@ run_one() { # BIN TEST LOG
         >"$3" 2>&1 </dev/null
 }
 finished() { awk -v k="$1" '$2 == k {found = 1} END {exit !found}' "$results/done"; }
-while read -r bin; do
+while read -r bin filter; do
     [ -n "$bin" ] || continue
     name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
-    mapfile -t tests < <("$bin" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+    mapfile -t tests < <("$bin" --list --format terse ${filter:+"$filter"} 2>/dev/null | sed -n 's/: test$//p')
+    [ "${#tests[@]}" -gt 0 ] || { say "FAIL    $name: no test matches '${filter}'"; echo "$name" >>"$results/failed"; }
     for t in "${tests[@]}"; do
         key="$name::$t"
         finished "$key" && continue

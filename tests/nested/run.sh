@@ -24,10 +24,11 @@ readonly out=target/nested
 # the fault drill (a guest that panics, powers off, freezes its agent...),
 # opt-in networking (our virtio-net device on passt), and the on-disk root
 # of images with a `size` (our virtio-blk copy-on-write layer, written).
-# NESTED_TARGETS="network" runs only the targets it names.
+# NESTED_TARGETS="network" runs only the targets it names; `TARGET:FILTER`
+# runs only that target's tests whose names contain FILTER.
 # `snapshot_rounds` is not a test binary: it is warm start's build-and-restore
 # rounds (snapshot-rounds-inner.sh), NESTED_SNAPSHOT_ROUNDS of them (20).
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk snapshot warm_start snapshot_rounds}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk snapshot warm_start hostile:jailed snapshot_rounds}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images
@@ -45,10 +46,12 @@ for t in "${targets[@]}"; do
         echo "${NESTED_SNAPSHOT_ROUNDS:-20}" >"$out/snapshot-rounds"
         continue
     fi
-    bin=$(jq -r --arg t "$t" 'select(.reason == "compiler-artifact" and .target.name == $t
+    name=${t%%:*} filter=
+    [ "$name" = "$t" ] || filter=${t#*:}
+    bin=$(jq -r --arg t "$name" 'select(.reason == "compiler-artifact" and .target.name == $t
         and (.target.kind | index("test")) and .executable != null) | .executable' <<<"$json")
-    [ -n "$bin" ] || { echo "nested: no test binary for target $t" >&2; exit 1; }
-    echo "$bin" >>"$out/tests.txt"
+    [ -n "$bin" ] || { echo "nested: no test binary for target $name" >&2; exit 1; }
+    echo "$bin $filter" >>"$out/tests.txt"
 done
 
 # A test that hangs is killed by inner.sh after 420 s; L1 writing nothing to
