@@ -188,17 +188,12 @@ pub fn runner_bin() -> PathBuf {
 /// test with one line naming it and its Debian package: a test that cannot
 /// run must never pass silently.
 pub fn require_tool(name: &str, package: &str) -> PathBuf {
-    let found = if name.contains('/') {
-        Some(PathBuf::from(name)).filter(|p| p.is_file())
-    } else {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .chain(["/sbin".into(), "/usr/sbin".into()])
-                .map(|dir| dir.join(name))
-                .find(|p| p.is_file())
-        })
-    };
-    found.unwrap_or_else(|| panic!("{name} is missing: apt-get install {package}"))
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/sbin".into(), "/usr/sbin".into()]);
+    std::env::join_paths(dirs)
+        .ok()
+        .and_then(|dirs| which::which_in_global(name, Some(dirs)).ok()?.next())
+        .unwrap_or_else(|| panic!("{name} is missing: apt-get install {package}"))
 }
 
 /// The command lines of processes that mention `needle` (a test's temp

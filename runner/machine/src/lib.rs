@@ -14,6 +14,7 @@
 //! - [`trusted_cache`]: the cache directory images and snapshots live in;
 //! - [`process`] and [`interrupt`]: guarded children and Ctrl-C.
 
+mod digest;
 pub mod hybrid_vsock;
 pub mod images;
 pub mod interrupt;

@@ -69,7 +69,7 @@ impl QemuBackend {
         vsock: VsockProvider,
         disk: DiskProvider,
     ) -> Result<QemuBackend, BootError> {
-        let qemu = find_on_path("qemu-system-x86_64").ok_or_else(|| {
+        let qemu = which::which_global("qemu-system-x86_64").map_err(|_| {
             BootError::Setup(
                 "qemu-system-x86_64 not found; install it with `apt-get install qemu-system-x86`"
                     .into(),
@@ -82,13 +82,6 @@ impl QemuBackend {
             disk,
         })
     }
-}
-
-pub fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }
 
 impl super::Backend for QemuBackend {
@@ -230,10 +223,14 @@ impl QemuBackend {
                 &format!("socket,id=vsock,path={}", qemu_path(&paths.vhost_user)),
             ])
             .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
-            // Through our capped log, not `file:` (see serial_pump.rs).
+            // Through our capped log, not `file:` (see serial_pump.rs):
+            // QEMU connects to the pump's socket as a client.
             .args([
                 "-chardev",
-                &SerialPump::chardev("serial0", &paths.serial_socket),
+                &format!(
+                    "socket,id=serial0,path={},server=off",
+                    qemu_path(&paths.serial_socket)
+                ),
             ])
             .args(["-serial", "chardev:serial0"])
             .args(["-display", "none", "-nodefaults", "-no-user-config"])
@@ -275,7 +272,7 @@ impl QemuBackend {
 }
 
 /// QEMU option values use `,` as a separator; a literal comma is doubled.
-pub(super) fn qemu_path(path: &Path) -> String {
+fn qemu_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 

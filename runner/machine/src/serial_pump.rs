@@ -58,14 +58,6 @@ impl SerialPump {
             thread: Some(thread),
         })
     }
-
-    /// The `-chardev` value QEMU needs to connect to this pump.
-    pub fn chardev(id: &str, socket: &Path) -> String {
-        format!(
-            "socket,id={id},path={},server=off",
-            super::qemu::qemu_path(socket)
-        )
-    }
 }
 
 impl Drop for SerialPump {

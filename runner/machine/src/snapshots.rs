@@ -211,7 +211,7 @@ const UNHASHED: &str = "not hashed";
 fn seal_purpose(identity: &str) -> String {
     format!(
         "snapshot {}",
-        crate::images::sha256_bytes(identity.as_bytes())
+        crate::digest::sha256_bytes(identity.as_bytes())
     )
 }
 
@@ -233,7 +233,7 @@ pub fn identity(cache: &TrustedCache, spec: &VmSpec) -> Result<(String, String),
         spec.memory_mib,
     );
     tracing::debug!(%description, "snapshot identity");
-    let digest = crate::images::sha256_bytes(description.as_bytes());
+    let digest = crate::digest::sha256_bytes(description.as_bytes());
     Ok((digest[..16].to_string(), digest))
 }
 

@@ -239,11 +239,7 @@ fn host_key(root: &Path) -> Result<Vec<u8>, String> {
 fn mac(key: &[u8], text: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(text.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 impl TrustedCache {
@@ -330,7 +326,7 @@ impl TrustedCache {
         // A seal without a content hash (a snapshot's) stays without one.
         let is_hash = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
         let digest = if is_hash {
-            crate::images::sha256_file(file)
+            crate::digest::sha256_file(file)
                 .map_err(|e| format!("hashing {}: {e}", file.display()))?
         } else {
             digest.to_string()
@@ -344,7 +340,7 @@ impl TrustedCache {
         let canonical = path
             .canonicalize()
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let name = crate::images::sha256_bytes(canonical.as_os_str().as_encoded_bytes());
+        let name = crate::digest::sha256_bytes(canonical.as_os_str().as_encoded_bytes());
         let seal_path = self.subdir("digests")?.join(&name[..32]);
         let purpose = format!("content of {}", canonical.display());
         if let Ok(digest) = self.check_seal(&canonical, &seal_path, &purpose) {
@@ -352,7 +348,7 @@ impl TrustedCache {
         }
         let before =
             std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", path.display()))?;
-        let digest = crate::images::sha256_file(&canonical)
+        let digest = crate::digest::sha256_file(&canonical)
             .map_err(|e| format!("hashing {}: {e}", path.display()))?;
         // Sealed only if nothing wrote the file while it was hashed.
         let after =

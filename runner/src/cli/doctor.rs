@@ -8,7 +8,6 @@ use std::process::Command;
 use runner_vmm::probe::{self, HostProbe, KvmAccess, Ring0Speed};
 
 use super::Failure;
-use runner_machine::qemu::find_on_path;
 use runner_machine::select::{select, AutoPick, Selection};
 
 /// Everything the report is made of; gathered by [`HostReport::gather`],
@@ -26,7 +25,7 @@ impl HostReport {
     pub fn gather() -> HostReport {
         let probe = probe::probe_host();
         let selection = select(&probe);
-        let qemu = find_on_path("qemu-system-x86_64").map(|path| {
+        let qemu = which::which_global("qemu-system-x86_64").ok().map(|path| {
             let version = qemu_version(&path);
             (path, version)
         });

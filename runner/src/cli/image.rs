@@ -7,8 +7,9 @@ use std::time::SystemTime;
 
 use clap::Subcommand;
 
-use super::{parse_duration, Failure};
+use super::Failure;
 use crate::grants::{GrantArgs, Grants};
+use crate::pipeline::parse_unbounded_duration;
 use crate::pipeline::Pipeline;
 use runner_machine::images::{self as image_cache, manage};
 use runner_machine::images::{ImageError, ImageRef, Images};
@@ -49,18 +50,11 @@ pub enum ImageCommand {
     },
 }
 
-/// Days are common for cache ages; `parse_duration` stops at hours.
+/// A cache age: `30d`, `12h`, `0s` for all. Unlike a timeout it may be zero
+/// and longer than 7 days.
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {
-    if text.trim() == "0" || text.trim() == "0s" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    if let Some(days) = text.trim().strip_suffix('d') {
-        let days: u64 = days
-            .parse()
-            .map_err(|_| format!("invalid age `{text}`: expected like `30d`, `12h` or `0s`"))?;
-        return Ok(std::time::Duration::from_secs(days * 86400));
-    }
-    parse_duration(text)
+    parse_unbounded_duration(text)
+        .map_err(|_| format!("invalid age `{text}`: expected like `30d`, `12h` or `0s`"))
 }
 
 /// Unused for this long, an entry goes with a plain `runner image prune`.
@@ -203,4 +197,25 @@ fn prune(older_than: Option<std::time::Duration>, keep: &[PathBuf]) -> Result<i3
         manage::human_bytes(freed)
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_run_from_zero_to_weeks() {
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_age("200h"), Ok(Duration::from_secs(200 * 3600)));
+        // Once a debug-build panic (`days * 86400` overflowed).
+        assert!(parse_age("999999999999999999d").is_err());
+        assert_eq!(
+            parse_age("soon").unwrap_err(),
+            "invalid age `soon`: expected like `30d`, `12h` or `0s`"
+        );
+    }
 }

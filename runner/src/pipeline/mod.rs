@@ -28,8 +28,8 @@ pub use imported::ReportFiles;
 pub use network::{AllowEntry, Network};
 pub use runner_machine::images::{KERNEL_NAMES, ROOTFS_NAMES};
 pub use scalars::{
-    format_duration, parse_byte_size, parse_duration, parse_image_ref, parse_memory, ImageKind,
-    ImageRef, MIN_MEMORY_MIB,
+    format_duration, parse_byte_size, parse_duration, parse_image_ref, parse_memory,
+    parse_unbounded_duration, ImageKind, ImageRef, MIN_MEMORY_MIB,
 };
 
 /// vCPUs per VM when the pipeline does not say.

@@ -15,53 +15,56 @@ pub const MIN_MEMORY_MIB: u64 = 16;
 /// 1 TiB: above that the value is a typo, not a plan.
 const MAX_MEMORY_MIB: u64 = 1 << 20;
 
-/// Parses `30s`, `5m`, `1h30m`, `500ms`, `1.5s`; a bare number is seconds.
+/// Parses a timeout: `30s`, `5m`, `1h30m`, `500ms`, `1.5s` (humantime's
+/// units, so `2d` and `1w` too); a bare number is seconds. More than zero
+/// and at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!("invalid duration `{text}`: expected a number with a unit, like `30s`, `5m`, `1h30m` or `500ms`")
-    };
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(invalid());
-    }
-    if trimmed.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        let seconds = trimmed.parse::<f64>().map_err(|_| invalid())?;
-        return checked_duration(text, seconds);
-    }
-    let mut total = 0.0_f64;
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match rest[..unit_len].trim() {
-            "ms" => 0.001,
-            "s" | "sec" | "secs" => 1.0,
-            "m" | "min" | "mins" => 60.0,
-            "h" | "hr" | "hrs" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        total += number * scale;
-        rest = rest[unit_len..].trim_start();
-    }
-    checked_duration(text, total)
-}
-
-fn checked_duration(text: &str, seconds: f64) -> Result<Duration, String> {
-    if !seconds.is_finite() || seconds <= 0.0 {
+    let duration = parse_unbounded_duration(text).map_err(|e| match e {
+        // humantime adds fractions up in whole nanoseconds (whole seconds
+        // for hours and longer units) and overflows on what does not divide.
+        humantime::DurationError::NumberOverflow if text.contains('.') => format!(
+            "invalid duration `{text}`: longer than 7 days, or a fraction finer than its unit allows (hours to the second, smaller units to the nanosecond)"
+        ),
+        humantime::DurationError::NumberOverflow => {
+            format!("invalid duration `{text}`: longer than 7 days")
+        }
+        _ => format!("invalid duration `{text}`: expected a number with a unit, like `30s`, `5m`, `1h30m` or `500ms`"),
+    })?;
+    if duration.is_zero() {
         return Err(format!(
             "invalid duration `{text}`: must be greater than zero"
         ));
     }
-    if seconds > MAX_DURATION.as_secs_f64() {
+    if duration > MAX_DURATION {
         return Err(format!("invalid duration `{text}`: longer than 7 days"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
+}
+
+/// Any duration, zero and past [`MAX_DURATION`] too: humantime's reading,
+/// except that a bare number is seconds and a space between two numbers is
+/// an error (humantime reads `1 30s` as 130 seconds; here it is a mistake,
+/// like `1m 30s` missing its `m`).
+pub fn parse_unbounded_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    let trimmed = text.trim();
+    let numeric = |c: char| c.is_ascii_digit() || c == '.';
+    let mut previous = None;
+    let mut spaced = false;
+    for (at, c) in trimmed.char_indices() {
+        if c.is_whitespace() {
+            spaced = true;
+            continue;
+        }
+        if spaced && numeric(c) && previous.is_some_and(numeric) {
+            return Err(humantime::DurationError::InvalidCharacter(at));
+        }
+        previous = Some(c);
+        spaced = false;
+    }
+    if !trimmed.is_empty() && trimmed.chars().all(numeric) {
+        return humantime::parse_duration(&format!("{trimmed}s"));
+    }
+    humantime::parse_duration(trimmed)
 }
 
 /// Short human form: `850ms`, `4.2s`, `2m05s`, `1h02m`.
@@ -184,20 +187,111 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for bad in [
-            "", "5x", "s", "m5", "1..2s", "-3s", "0s", "0", "8d", "9999h", "inf", "1.2.3",
+    fn durations_written_as_before_the_switch_to_humantime_read_the_same() {
+        let secs = Duration::from_secs;
+        let ms = Duration::from_millis;
+        for (text, expected) in [
+            ("30s", secs(30)),
+            ("5m", secs(300)),
+            ("1h", secs(3600)),
+            ("1h30m", secs(5400)),
+            ("1m 30s", secs(90)),
+            ("1h 30 m", secs(5400)),
+            ("500ms", ms(500)),
+            ("1.5s", ms(1500)),
+            ("0.25m", secs(15)),
+            ("1.5h", secs(5400)),
+            ("2hrs", secs(7200)),
+            ("1 hr", secs(3600)),
+            ("5mins", secs(300)),
+            ("10 secs", secs(10)),
+            ("3sec", secs(3)),
+            ("45", secs(45)),
+            ("1.5", ms(1500)),
+            (" 30s ", secs(30)),
+            ("168h", secs(7 * 24 * 3600)),
         ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn what_was_refused_is_refused() {
+        for bad in [
+            "",
+            " ",
+            "5x",
+            "s",
+            "m5",
+            "1..2s",
+            "-3s",
+            "+3s",
+            "0s",
+            "0",
+            "8d",
+            "9999h",
+            "169h",
+            "inf",
+            "NaN",
+            "1.2.3",
+            "1e3s",
+            "1m30",
+            "99999999999999999999s",
+            // humantime would read these as 10s and 130s.
+            "1 0s",
+            "1 30s",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("invalid duration `{bad}`: ")),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
         }
         assert!(parse_duration("5x").unwrap_err().contains("like `30s`"));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .ends_with("must be greater than zero"));
+        assert!(parse_duration("8d")
+            .unwrap_err()
+            .ends_with("longer than 7 days"));
+        assert!(parse_duration("99999999999999999999s")
+            .unwrap_err()
+            .ends_with("longer than 7 days"));
+    }
+
+    #[test]
+    fn humantime_adds_units_and_needs_digits_around_a_point() {
+        // Accepted since humantime (docs/pipeline-format.md, Durations).
+        let secs = Duration::from_secs;
+        assert_eq!(parse_duration("2d"), Ok(secs(2 * 86400)));
+        assert_eq!(parse_duration("1w"), Ok(secs(7 * 86400)));
+        assert_eq!(parse_duration("90 seconds"), Ok(secs(90)));
+        assert_eq!(parse_duration("2 minutes"), Ok(secs(120)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        // Refused since: a point without a digit on both sides, and a
+        // fraction humantime cannot add up exactly.
+        for bad in [".5s", "5.s", ".5"] {
+            assert!(
+                parse_duration(bad).unwrap_err().contains("like `30s`"),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_duration("1.333h")
+            .unwrap_err()
+            .contains("a fraction finer than its unit allows"));
+    }
+
+    #[test]
+    fn unbounded_durations_take_zero_and_long_ages() {
+        assert_eq!(parse_unbounded_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_unbounded_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_unbounded_duration("30d"),
+            Ok(Duration::from_secs(30 * 86400))
+        );
+        assert!(parse_unbounded_duration("1 30s").is_err());
+        assert!(parse_unbounded_duration("99999999999999999999d").is_err());
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl AgentSession {
 pub fn new_clone_id() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     host_random(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// Fills `buf` from the host kernel's RNG (getrandom(2), which blocks only

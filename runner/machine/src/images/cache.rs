@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use super::build_inputs::BuildInputs;
 use super::build_user;
 use super::error::{build_error, ImageError};
-use super::key::{self, sha256_file, spec_key};
+use super::key::{self, spec_key};
 use super::oci;
 use super::spec::{ImageSpec, SpecBase};
+use crate::digest::sha256_file;
 use crate::trusted_cache::{open_no_follow, TrustedCache};
 
 /// Manifest format version; a different one is treated as corrupt.

@@ -7,43 +7,19 @@
 //! `RUNNER_DEBIAN_SNAPSHOT` (a snapshot.debian.org timestamp), which is.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::build_inputs::BuildInputs;
 use super::error::ImageError;
 use super::oci;
 use super::spec::{ImageSpec, SpecBase};
+use crate::digest::{sha256_bytes, sha256_file};
 
 /// Bump when the key's layout or the build's meaning changes.
 const KEY_VERSION: &str = "runner image spec v1";
 /// Debian suite of `base: debian` (as rootfs/build-spec.sh).
 const DEBIAN_SUITE: &str = "bookworm";
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_bytes(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
 
 /// The mirror `base: debian` is built from: `RUNNER_DEBIAN_SNAPSHOT`
 /// (e.g. `20261130T000000Z`) pins a snapshot.debian.org archive; else
@@ -167,10 +143,11 @@ fn hash_tree(path: &Path) -> std::io::Result<String> {
 /// may lack).
 fn which(program: &str) -> Result<PathBuf, ImageError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+    let dirs =
+        std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    std::env::join_paths(dirs)
+        .ok()
+        .and_then(|dirs| which::which_in_global(program, Some(dirs)).ok()?.next())
         .ok_or_else(|| ImageError::Build {
             what: "an image spec".into(),
             detail: format!(

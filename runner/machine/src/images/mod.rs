@@ -24,7 +24,7 @@ pub use build_inputs::{BuildInputs, BuildLimits, DEFAULT_MAX_IMAGE_SIZE, DEFAULT
 pub use cache::{cache, resolve as resolve_spec, Manifest};
 use error::build_error;
 pub use error::ImageError;
-pub use key::{hex, sha256_bytes, sha256_file, spec_key};
+pub use key::spec_key;
 pub use spec::{ImageKind, ImageRef, ImageSpec, SpecBase, SpecFile, KERNEL_NAMES, ROOTFS_NAMES};
 
 /// Resolves image references to files.

@@ -46,7 +46,7 @@ pub fn locate() -> Result<PathBuf, String> {
             ))
         };
     }
-    crate::qemu::find_on_path("passt").ok_or_else(|| {
+    which::which_global("passt").map_err(|_| {
         format!(
             "`network` needs passt, which is not installed; install it with `apt-get install {PACKAGE}`"
         )

@@ -80,7 +80,7 @@ fn content_digests_are_hashed_once_per_version_of_a_file() {
     let file = dir.path().join("vmlinux");
     std::fs::write(&file, b"kernel one").unwrap();
     let one = cache.content_digest(&file).unwrap();
-    assert_eq!(one, crate::images::sha256_bytes(b"kernel one"));
+    assert_eq!(one, crate::digest::sha256_bytes(b"kernel one"));
     assert_eq!(
         std::fs::read_dir(cache.root().join("digests"))
             .unwrap()
@@ -93,7 +93,7 @@ fn content_digests_are_hashed_once_per_version_of_a_file() {
     std::fs::write(&file, b"kernel two").unwrap();
     assert_eq!(
         cache.content_digest(&file).unwrap(),
-        crate::images::sha256_bytes(b"kernel two")
+        crate::digest::sha256_bytes(b"kernel two")
     );
 }
 

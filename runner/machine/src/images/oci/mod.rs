@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-use super::key::{sha256_bytes, sha256_file};
+use crate::digest::{sha256_bytes, sha256_file};
 
 /// In the cache key: bump when unpacking changes what an image contains.
 pub const UNPACKER_VERSION: &str = "oci-unpack v1";
