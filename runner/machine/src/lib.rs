@@ -15,6 +15,7 @@
 //! - [`process`] and [`interrupt`]: guarded children and Ctrl-C.
 
 mod digest;
+mod error;
 pub mod hybrid_vsock;
 pub mod images;
 pub mod interrupt;
@@ -30,6 +31,7 @@ mod vm;
 pub mod vm_dir;
 pub mod vm_process;
 
+pub use error::BootError;
 pub use vm::*;
 
 /// The operator's machine policy file: `runner`'s grants read it, and while

@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::BootError;
+
 /// Where the guest images live and how big the VM is.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -44,38 +46,6 @@ rootfstype=ext4 init=/sbin/runner-init";
 /// The CID the guest sees, whichever backend runs it: every VM has its own
 /// vsock device, so all can use the same one.
 pub const GUEST_CID: u64 = 3;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BootError {
-    #[error("{0}")]
-    Setup(String),
-    #[error("the VM exited during boot ({status})")]
-    Exited {
-        status: String,
-        serial_tail: Vec<String>,
-    },
-    #[error("the guest agent did not answer within {timeout:?}{}",
-        .last_error.as_ref().map(|e| format!(" (last attempt: {e})")).unwrap_or_default())]
-    Timeout {
-        timeout: Duration,
-        last_error: Option<String>,
-        serial_tail: Vec<String>,
-    },
-    #[error("interrupted")]
-    Interrupted,
-}
-
-impl BootError {
-    /// The last console lines, for reports.
-    pub fn serial_tail(&self) -> &[String] {
-        match self {
-            BootError::Exited { serial_tail, .. } | BootError::Timeout { serial_tail, .. } => {
-                serial_tail
-            }
-            _ => &[],
-        }
-    }
-}
 
 /// A backend knows how to start VMs.
 pub trait Backend: Send + Sync {

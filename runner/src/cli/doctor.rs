@@ -7,7 +7,7 @@ use std::process::Command;
 
 use runner_vmm::probe::{self, HostProbe, KvmAccess, Ring0Speed};
 
-use super::Failure;
+use super::failure::Failure;
 use runner_machine::select::{select, AutoPick, Selection};
 
 /// Everything the report is made of; gathered by [`HostReport::gather`],

@@ -6,7 +6,9 @@ use std::time::Duration;
 use agent_protocol::{Command, ExecRequest, Stream};
 use clap::Args;
 
-use super::{parse_duration, Failure, VmArgs};
+use super::failure::Failure;
+use super::vm_args::VmArgs;
+use crate::pipeline::parse_duration;
 use crate::session::wait_for_agent;
 use crate::session::SessionError;
 

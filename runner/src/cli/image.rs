@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use clap::Subcommand;
 
-use super::Failure;
+use super::failure::Failure;
 use crate::grants::{GrantArgs, Grants};
 use crate::pipeline::parse_unbounded_duration;
 use crate::pipeline::Pipeline;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::Failure;
+use super::failure::Failure;
 use crate::report::junit;
 use crate::report::junit::merge::{self, MergeError};
 

@@ -14,8 +14,10 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 
 use super::exec::{exit_code, VM_FAILED};
-use super::{parse_duration, BackendChoice, Failure};
+use super::failure::Failure;
+use super::vm_args::{BackendChoice, ColdArg};
 use crate::grants::{GrantArgs, Grants};
+use crate::pipeline::parse_duration;
 use crate::pipeline::{files, host_scope, FileEntry, Image, Network, Pipeline, GUEST_WORKSPACE};
 use crate::plan::Plan;
 use crate::session::wait_for_agent;
@@ -40,7 +42,7 @@ pub struct ShellArgs {
     #[arg(long, value_enum, default_value = "auto", env = "RUNNER_BACKEND")]
     backend: BackendChoice,
     #[command(flatten)]
-    cold: super::ColdArg,
+    cold: ColdArg,
     /// Virtual CPUs (default: the job's, else 1).
     #[arg(long)]
     vcpus: Option<u32>,

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{listing, out_dir, parse_duration, BackendChoice, Failure};
+use super::failure::Failure;
+use super::vm_args::{BackendChoice, ColdArg};
+use super::{listing, out_dir};
 use crate::grants::{GrantArgs, Grants};
+use crate::pipeline::parse_duration;
 use crate::pipeline::{parse_byte_size, Pipeline};
 use crate::plan::Plan;
 use crate::report::events;
@@ -58,7 +61,7 @@ pub struct TestArgs {
     #[arg(long, value_enum, default_value = "auto", env = "RUNNER_BACKEND")]
     backend: BackendChoice,
     #[command(flatten)]
-    cold: super::ColdArg,
+    cold: ColdArg,
     /// How long a guest may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     boot_timeout: Duration,

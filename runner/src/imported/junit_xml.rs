@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use roxmltree::{Document, Node, ParsingOptions};
 
-use super::{seconds, TextLimit, MAX_DEPTH};
+use super::limits::{seconds, TextLimit, MAX_DEPTH};
 use crate::results::{ImportedCase, ImportedResult, Output, Problem};
 
 /// Nodes one document may have. A 16 MiB file holds at most a few million;

@@ -18,7 +18,8 @@
 
 use std::collections::HashMap;
 
-use super::{seconds, Imported, TextLimit};
+use super::file::Imported;
+use super::limits::{seconds, TextLimit};
 use crate::results::{ImportedCase, ImportedResult, Problem};
 
 pub fn parse(text: &str, file_stem: &str, texts: &TextLimit) -> Imported {

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use super::GUEST_WORKSPACE;
+/// Where the workspace is copied to in the guest, and where steps run by default.
+pub const GUEST_WORKSPACE: &str = "/workspace";
 
 /// One `files` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,23 +14,23 @@
 //! process has been killed and reaped.
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::interrupt::{self, HookGuard};
+use crate::interrupt;
 use crate::network::{self, passt::Passt, Nic};
 use crate::snapshots::SnapshotStore;
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::{
-    self, DiskRole, NetRole, ProcessConfig, Role, SnapshotRole, VmProcess, VmmRole, VsockRole,
+    self, DiskRole, NetRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
 };
-use crate::{
-    tail_lines, AgentProbe, AnsweredAgent, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE,
-};
+use crate::{AgentProbe, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 
+mod vm;
 mod warm_start;
+
+pub use vm::KvmVm;
+use vm::{Start, VmPaths};
 
 /// What the guest reads from `/sys/block/vda/serial`.
 pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
@@ -48,16 +48,6 @@ pub struct KvmBackend {
 struct WarmStarts {
     store: SnapshotStore,
     probe: Arc<dyn AgentProbe>,
-}
-
-/// How a VM process starts its guest.
-enum Start {
-    /// Boot the kernel.
-    Cold,
-    /// Boot the kernel, and snapshot on [`VmProcess::request_snapshot`].
-    ForSnapshot(SnapshotRole),
-    /// Restore a snapshot.
-    Restore(SnapshotRole),
 }
 
 impl KvmBackend {
@@ -87,7 +77,12 @@ impl KvmBackend {
     pub fn start_vm(&self, spec: &VmSpec) -> Result<KvmVm, BootError> {
         // A NIC's state lives in passt too: such jobs always boot.
         match (&self.warm, spec.network.is_on()) {
-            (Some(warm), false) => warm_start::start(self, &warm.store, warm.probe.as_ref(), spec),
+            (Some(warm), false) => warm_start::start(
+                &|spec, start| self.start_process(spec, start),
+                &warm.store,
+                warm.probe.as_ref(),
+                spec,
+            ),
             _ => self.start_process(spec, Start::Cold),
         }
     }
@@ -232,108 +227,11 @@ fn start_network(
     Ok((Some(passt), Some(role)))
 }
 
-struct VmPaths {
-    vsock_uds: PathBuf,
-    serial: PathBuf,
-}
-
-impl VmPaths {
-    fn new(dir: &Path) -> VmPaths {
-        VmPaths {
-            vsock_uds: dir.join("vsock.sock"),
-            serial: dir.join("serial.log"),
-        }
-    }
-}
-
-/// A guest running under the built-in VMM, in its own process. Dropping it
-/// kills and reaps the process, then removes the directory.
-pub struct KvmVm {
-    _hook: HookGuard,
-    process: VmProcess,
-    /// The NIC's network stack; killed after the VM process.
-    passt: Option<Passt>,
-    paths: VmPaths,
-    dir: Option<tempfile::TempDir>,
-    /// A restored clone's generation, which the agent is told (with a new
-    /// identity) before anything else.
-    restore_generation: Option<u64>,
-    /// The agent connection warm start opened to check a clone.
-    answered_agent: Option<AnsweredAgent>,
-    /// The ids its processes run as; free again once they are gone.
-    _ids: Option<VmIds>,
-}
-
-impl KvmVm {
-    /// The VM's own directory (sockets, serial log); gone after drop.
-    pub fn dir(&self) -> &Path {
-        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))
-    }
-
-    /// The serial console log.
-    pub fn serial_log(&self) -> &Path {
-        &self.paths.serial
-    }
-
-    /// The VM process's pid (its jail's supervisor, when it is jailed).
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// The pid of the process that runs the VMM: the jailed one, or the
-    /// VM process itself when it is not jailed.
-    pub fn vmm_pid(&self) -> u32 {
-        self.process
-            .jailed_pid()
-            .unwrap_or_else(|| self.process.pid())
-    }
-}
-
-impl Vm for KvmVm {
-    fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
-        // No need to track the streams for Ctrl-C: killing the VM process
-        // closes its end of every connection.
-        crate::hybrid_vsock::connect(&self.paths.vsock_uds, port)
-    }
-
-    fn exited(&mut self) -> Option<String> {
-        self.process.exited()
-    }
-
-    fn serial_tail(&self, n: usize) -> Vec<String> {
-        tail_lines(&self.paths.serial, n)
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> bool {
-        self.process.wait_exit(limit)
-    }
-
-    fn restore_generation(&self) -> Option<u64> {
-        self.restore_generation
-    }
-
-    fn take_answered_agent(&mut self) -> Option<AnsweredAgent> {
-        self.answered_agent.take()
-    }
-}
-
-impl Drop for KvmVm {
-    fn drop(&mut self) {
-        self.process.kill();
-        drop(self.passt.take());
-        // Only now that nothing writes into it any more.
-        if let Some(dir) = self.dir.take() {
-            if let Err(e) = dir.close() {
-                tracing::warn!("removing the VM directory: {e}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Backend;
+    use std::time::Duration;
 
     fn spec(dir: &Path) -> VmSpec {
         let rootfs = dir.join("rootfs.ext4");

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{KvmBackend, KvmVm, Start};
+use super::vm::{KvmVm, Start};
 use crate::snapshots::{warn_once, FileId, SnapshotStore};
 use crate::vm_process::SnapshotRole;
 use crate::{AgentProbe, BootError, VmSpec};
@@ -51,7 +51,7 @@ const DISK_CHECK: [&str; 7] = [
 /// A restored clone of `spec`'s snapshot, or a cold boot when snapshots
 /// cannot be had (one warning line says why).
 pub(super) fn start(
-    backend: &KvmBackend,
+    start_process: StartProcess,
     store: &SnapshotStore,
     probe: &dyn AgentProbe,
     spec: &VmSpec,
@@ -62,11 +62,11 @@ pub(super) fn start(
             warn_once(&format!(
                 "cannot identify the snapshot to use ({e}): booting cold"
             ));
-            return backend.start_process(spec, Start::Cold);
+            return start_process(spec, Start::Cold);
         }
     };
     let warm = WarmStart {
-        backend,
+        start_process,
         store,
         probe,
         spec,
@@ -93,9 +93,12 @@ pub(super) fn start(
     }
 }
 
+/// The backend's way to start a VM process (`KvmBackend::start_process`).
+type StartProcess<'a> = &'a dyn Fn(&VmSpec, Start) -> Result<KvmVm, BootError>;
+
 /// Everything warm start needs for one job.
 struct WarmStart<'a> {
-    backend: &'a KvmBackend,
+    start_process: StartProcess<'a>,
     store: &'a SnapshotStore,
     probe: &'a dyn AgentProbe,
     spec: &'a VmSpec,
@@ -151,7 +154,7 @@ impl WarmStart<'_> {
                 self.role.path.display()
             )));
         }
-        let vm = match restore(self.backend, self.spec, &self.role) {
+        let vm = match restore(self.start_process, self.spec, &self.role) {
             Ok(vm) => vm,
             // The VMM names the file when it refuses it (`Error::SnapshotRefused`).
             Err(BootError::Setup(why)) if why.contains(&*self.role.path.to_string_lossy()) => {
@@ -217,12 +220,12 @@ impl WarmStart<'_> {
              this job boots cold",
             self.key, dead.why
         );
-        self.backend.start_process(self.spec, Start::Cold)
+        (self.start_process)(self.spec, Start::Cold)
     }
 
     fn cold(&self, why: &str) -> Result<KvmVm, BootError> {
         warn_once(&format!("{why}: booting cold"));
-        self.backend.start_process(self.spec, Start::Cold)
+        (self.start_process)(self.spec, Start::Cold)
     }
 
     /// Boots `spec` cold, snapshots it once its agent is up, checks a clone
@@ -303,16 +306,14 @@ impl WarmStart<'_> {
             ..self.spec.clone()
         };
         maker.network = Default::default();
-        let mut vm = self
-            .backend
-            .start_process(
-                &maker,
-                Start::ForSnapshot(SnapshotRole {
-                    path: building.to_path_buf(),
-                    identity: self.role.identity.clone(),
-                }),
-            )
-            .map_err(|e| BuildError::Snapshot(e.to_string()))?;
+        let mut vm = (self.start_process)(
+            &maker,
+            Start::ForSnapshot(SnapshotRole {
+                path: building.to_path_buf(),
+                identity: self.role.identity.clone(),
+            }),
+        )
+        .map_err(|e| BuildError::Snapshot(e.to_string()))?;
         // The agent is up; its connection is closed again before the VMM
         // saves (the vsock device waits for that).
         drop(
@@ -338,8 +339,8 @@ impl WarmStart<'_> {
             path: building.to_path_buf(),
             identity: self.role.identity.clone(),
         };
-        let vm =
-            restore(self.backend, self.spec, &role).map_err(|e| format!("did not load: {e}"))?;
+        let vm = restore(self.start_process, self.spec, &role)
+            .map_err(|e| format!("did not load: {e}"))?;
         let mut vm = self
             .answered(vm)
             .map_err(|e| e.to_string())?
@@ -375,8 +376,12 @@ impl WarmStart<'_> {
     }
 }
 
-fn restore(backend: &KvmBackend, spec: &VmSpec, role: &SnapshotRole) -> Result<KvmVm, BootError> {
-    let mut vm = backend.start_process(spec, Start::Restore(role.clone()))?;
+fn restore(
+    start_process: StartProcess,
+    spec: &VmSpec,
+    role: &SnapshotRole,
+) -> Result<KvmVm, BootError> {
+    let mut vm = start_process(spec, Start::Restore(role.clone()))?;
     // Every clone starts from the snapshot's agent, which has applied no
     // generation yet.
     vm.restore_generation = Some(1);

@@ -22,6 +22,7 @@ pub mod confinement;
 pub mod exe;
 pub mod jail;
 mod kernel_log;
+mod policy;
 pub mod seccomp;
 
 use std::io::{Read, Write};
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::BootError;
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+use policy::refuse_weakening_on_a_policed_machine;
 
 /// The hidden subcommand that runs a VM process.
 pub const SUBCOMMAND: &str = "__vm-process";
@@ -64,20 +66,6 @@ pub struct ProcessConfig {
     /// Where the process is confined; `None` with `RUNNER_JAIL=off`.
     pub jail: Option<jail::JailConfig>,
     pub role: Role,
-}
-
-/// The knobs that weaken a VM process (`RUNNER_SECCOMP`, `RUNNER_JAIL`)
-/// come from the environment, which a pull request's CI file may set: on
-/// a machine whose owner wrote a policy file they are refused.
-pub(crate) fn refuse_weakening_on_a_policed_machine(knob: &str) -> Result<(), String> {
-    let policy = Path::new(crate::MACHINE_POLICY);
-    if policy.exists() {
-        return Err(format!(
-            "{knob} may not weaken VM processes on a machine with a policy ({})",
-            policy.display()
-        ));
-    }
-    Ok(())
 }
 
 /// The jail the VM's process gets: `dir` writable, `read_only` files

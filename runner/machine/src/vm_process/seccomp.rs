@@ -41,7 +41,7 @@ pub enum Mode {
 pub fn mode_from_env() -> Result<Mode, String> {
     let mode = parse_mode(std::env::var(ENV).ok().as_deref())?;
     if mode != Mode::On {
-        super::refuse_weakening_on_a_policed_machine(ENV)?;
+        super::policy::refuse_weakening_on_a_policed_machine(ENV)?;
     }
     Ok(mode)
 }

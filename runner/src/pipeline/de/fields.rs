@@ -1,5 +1,5 @@
 //! Seeds for the small values of a pipeline file: checked keys, parsed
-//! scalars, string lists, environment maps, images and file lists.
+//! scalars, string lists, environment maps and file lists.
 //!
 //! Every check raises its error from inside `visit_*`, so serde_norway tags it
 //! with the position of the offending key or value (see `error.rs`).
@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::super::error::{located, unknown_key};
-use super::super::scalars::{check_env_name, parse_image_ref, resolve_host_path, ImageKind};
-use super::super::{Env, FileEntry, Files, Image, GUEST_WORKSPACE};
+use super::super::scalars::{check_env_name, resolve_host_path};
+use super::super::{Env, FileEntry, Files, GUEST_WORKSPACE};
 
 /// A mapping key, checked against the keys valid at this place. Duplicates
 /// and mutually exclusive pairs are reported at the key itself.
@@ -266,38 +266,6 @@ impl<'de> Visitor<'de> for EnvSeed<'_> {
             env.insert(name, value);
         }
         Ok(env)
-    }
-}
-
-/// `image: minimal` (a rootfs with the default kernel),
-/// `image: { kernel: …, rootfs: … }`, or an image spec
-/// (`image: { base: debian, packages: [gcc] }`, see `de/image.rs`).
-pub(crate) struct ImageSeed<'a> {
-    pub workspace: &'a Path,
-    pub context: &'a str,
-}
-
-impl<'de> DeserializeSeed<'de> for ImageSeed<'_> {
-    type Value = Image;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Image, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ImageSeed<'_> {
-    type Value = Image;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a rootfs name or path, or a mapping with `kernel` and `rootfs` or an image spec (`base`, `packages`, …)")
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Image, E> {
-        let rootfs = parse_image_ref(ImageKind::Rootfs, text, self.workspace).map_err(located)?;
-        Ok(Image {
-            rootfs,
-            ..Image::default()
-        })
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Image, A::Error> {
-        super::image::visit_image_map(map, self.workspace, self.context)
     }
 }
 

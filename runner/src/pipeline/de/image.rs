@@ -1,12 +1,12 @@
-//! The mapping form of `image:`: `{ kernel, rootfs }` for prebuilt images,
-//! or an image spec `{ base | oci, packages, files, setup, size }` that the
+//! `image:`: a rootfs name or path, the mapping `{ kernel, rootfs }` for
+//! prebuilt images, or an image spec `{ base | oci, packages, files, setup, size }` that the
 //! runner builds (see `pipeline/image_spec.rs`).
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::super::error::{located, suggest};
 use super::super::image_spec::{
@@ -15,6 +15,38 @@ use super::super::image_spec::{
 use super::super::scalars::{parse_image_ref, resolve_host_path, ImageKind, ImageRef};
 use super::super::Image;
 use super::fields::{next_key, non_empty, parse_value, Parse};
+
+/// `image: minimal` (a rootfs with the default kernel),
+/// `image: { kernel: …, rootfs: … }`, or an image spec
+/// (`image: { base: debian, packages: [gcc] }`, below).
+pub(crate) struct ImageSeed<'a> {
+    pub workspace: &'a Path,
+    pub context: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for ImageSeed<'_> {
+    type Value = Image;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Image, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ImageSeed<'_> {
+    type Value = Image;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a rootfs name or path, or a mapping with `kernel` and `rootfs` or an image spec (`base`, `packages`, …)")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Image, E> {
+        let rootfs = parse_image_ref(ImageKind::Rootfs, text, self.workspace).map_err(located)?;
+        Ok(Image {
+            rootfs,
+            ..Image::default()
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Image, A::Error> {
+        visit_image_map(map, self.workspace, self.context)
+    }
+}
 
 const KEYS: &[&str] = &[
     "kernel", "rootfs", "base", "oci", "packages", "files", "setup", "size",
@@ -32,7 +64,7 @@ const EXCLUSIVE: &[(&str, &str)] = &[
     ("oci", "packages"),
 ];
 
-pub(crate) fn visit_image_map<'de, A: MapAccess<'de>>(
+fn visit_image_map<'de, A: MapAccess<'de>>(
     mut map: A,
     workspace: &Path,
     context: &str,

@@ -20,8 +20,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
 use self::fields::{
     next_key, non_empty, parse_bool, parse_guest_dir, parse_retry, parse_value, parse_vcpus,
-    EnvSeed, FilesSeed, ImageSeed, KeySeed, StringList, EXTENSION_KEY,
+    EnvSeed, FilesSeed, KeySeed, StringList, EXTENSION_KEY,
 };
+use self::image::ImageSeed;
 use self::network::NetworkSeed;
 use self::reports::ReportsSeed;
 use self::steps::{MatrixSeed, StepsSeed};
