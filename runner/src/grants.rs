@@ -21,7 +21,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use runner_devices::net::addresses::is_public;
+use runner_machine::network::is_public;
 
 use crate::pipeline::network::parse_allow_entry;
 use crate::pipeline::{
@@ -65,7 +65,7 @@ impl Default for Grants {
 /// Where a job's network may go.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetworkGrant {
-    /// Any public address (see `runner_devices::net::addresses`).
+    /// Any public address (see `runner_machine::network::is_public`).
     pub public: bool,
     /// These destinations too, whatever their address: the only way to the
     /// host's loopback (`127.0.0.1:PORT`, reached at the guest's gateway),

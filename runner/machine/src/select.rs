@@ -11,7 +11,10 @@ use std::sync::OnceLock;
 use crate::{kvm, qemu, Backend, BootError};
 
 use runner_vmm::kvm_host;
-use runner_vmm::probe::{self, HostProbe, KvmAccess, Ring0Speed};
+use runner_vmm::probe;
+/// What the host can run, as `runner doctor` shows it: the same probe
+/// `auto` decides on.
+pub use runner_vmm::probe::{probe_host, Calibration, HostProbe, KvmAccess, Ring0Speed};
 
 /// What `auto` boots guests with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

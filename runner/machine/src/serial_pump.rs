@@ -12,7 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use runner_devices::bounded::CappedLog;
+use capped_log::CappedLog;
 
 /// The thread behind one VM's serial socket; dropping it (after QEMU has
 /// ended) waits for the last bytes to be written.

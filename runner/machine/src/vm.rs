@@ -29,7 +29,7 @@ pub struct VmSpec {
 }
 
 /// The serial log cap used unless configured otherwise.
-pub const DEFAULT_SERIAL_LOG_LIMIT: u64 = runner_devices::bounded::DEFAULT_LOG_LIMIT;
+pub const DEFAULT_SERIAL_LOG_LIMIT: u64 = capped_log::DEFAULT_LOG_LIMIT;
 
 /// The kernel command line every backend passes; it is the boot contract with
 /// `rootfs/` (read-only root on the first virtio-blk disk, our init builds the

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use runner_vmm::probe::{self, HostProbe, KvmAccess, Ring0Speed};
-
 use super::failure::Failure;
-use runner_machine::select::{select, AutoPick, Selection};
+use runner_machine::select::{
+    probe_host, select, AutoPick, HostProbe, KvmAccess, Ring0Speed, Selection,
+};
 
 /// Everything the report is made of; gathered by [`HostReport::gather`],
 /// rendered by [`HostReport::render`] (kept apart so the wording is tested
@@ -23,7 +23,7 @@ pub struct HostReport {
 
 impl HostReport {
     pub fn gather() -> HostReport {
-        let probe = probe::probe_host();
+        let probe = probe_host();
         let selection = select(&probe);
         let qemu = which::which_global("qemu-system-x86_64").ok().map(|path| {
             let version = qemu_version(&path);
@@ -204,7 +204,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use runner_vmm::probe::Calibration;
+    use runner_machine::select::Calibration;
 
     fn report(module: &str, speed: Ring0Speed, ips: f64, qemu: bool) -> HostReport {
         let probe = HostProbe {

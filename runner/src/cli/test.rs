@@ -122,7 +122,7 @@ pub fn parse_log_limit(text: &str) -> Result<LogLimit, String> {
         return Ok(LogLimit(None));
     }
     let bytes = parse_byte_size(text)?;
-    let min = runner_devices::bounded::MIN_LOG_LIMIT;
+    let min = capped_log::MIN_LOG_LIMIT;
     if bytes < min {
         return Err(format!(
             "log limit `{text}` is too small: the least is {min} bytes"

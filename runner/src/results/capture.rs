@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use runner_devices::bounded::CappedLog;
+use capped_log::CappedLog;
 
 /// Bytes of each stream of each step kept in memory, by default.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;

@@ -56,7 +56,7 @@ pub struct SerialConfig {
     /// Every byte the guest writes is appended here (created/truncated).
     pub log_path: Option<PathBuf>,
     /// Most bytes the log may take; past it, its head and a rolling tail are
-    /// kept (see `runner_devices::bounded::CappedLog`). `None`: no limit.
+    /// kept (see `capped_log::CappedLog`). `None`: no limit.
     pub log_limit: Option<u64>,
     /// Also copy guest output to the host's stdout.
     pub console: bool,

@@ -20,7 +20,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use agent_protocol::NetworkConfig;
 use runner_devices::net::filter::Policy;
 
-use runner_devices::net::addresses::is_public;
+/// Whether an address is on the public internet (not loopback, private,
+/// link-local, …): `runner`'s grants check `allow` entries with it too.
+pub use runner_devices::net::addresses::is_public;
 
 use crate::BootError;
 

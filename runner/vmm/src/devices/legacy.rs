@@ -2,7 +2,7 @@
 //! console) and the i8042 controller, whose "pulse reset line" command is
 //! how Linux reboots (`reboot=k`) and so how a guest ends its VM.
 
-use runner_devices::bounded::CappedLog;
+use capped_log::CappedLog;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;

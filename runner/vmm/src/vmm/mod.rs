@@ -10,7 +10,7 @@ pub use virtio::VirtioSlot;
 
 use std::fs::File;
 
-use runner_devices::bounded::CappedLog;
+use capped_log::CappedLog;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

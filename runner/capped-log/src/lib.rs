@@ -1,5 +1,9 @@
 //! A log file with a size cap that keeps its head and a rolling tail.
 //!
+//! A guest controls how much it prints to its console and a job how much
+//! its steps print, so every log the runner writes for them is one of
+//! these: the VMM's serial console, QEMU's serial pump, and job logs.
+//!
 //! Past the cap, the file holds the first half of the limit as written,
 //! then a marker line `[runner: N bytes omitted here]`, then the most recent
 //! output. The file is a plain, readable log at every moment (so its last
