@@ -20,6 +20,8 @@ pub mod layout;
 pub mod memory;
 pub mod probe;
 pub mod snapshot;
+/// Helpers for tests and benchmarks; built with the `testing` feature only.
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod vcpu;
 pub mod virtio_mmio;
