@@ -20,8 +20,9 @@ pub mod layout;
 pub mod memory;
 pub mod probe;
 pub mod snapshot;
-/// Helpers for tests and benchmarks; built with the `testing` feature only.
-#[cfg(feature = "testing")]
+/// Helpers for tests and benchmarks; built for this crate's tests and with
+/// the `testing` feature only.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vcpu;
 pub mod virtio_mmio;

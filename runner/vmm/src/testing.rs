@@ -1,5 +1,9 @@
-//! Tiny guest images for the VMM's own tests and for benchmarks that need a
-//! guest whose first instruction is known, without a real kernel.
+//! Helpers for the VMM's own tests and for tests and benchmarks elsewhere:
+//! tiny guest images whose first instruction is known, without a real
+//! kernel; guest images named by the environment; what Linux prints for
+//! our e820 map.
+
+use crate::boot::params::{E820Entry, E820_RAM, E820_RESERVED};
 
 /// A minimal x86_64 ELF executable with one PT_LOAD segment.
 pub fn elf_image(paddr: u64, code: &[u8]) -> Vec<u8> {
@@ -62,4 +66,19 @@ pub fn image_from_env(var: &str, in_dir: Option<&str>) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// The line Linux prints for an e820 entry at boot
+/// (`BIOS-e820: [mem 0x...-0x...] usable`), for matching the console.
+pub fn e820_log_line(entry: &E820Entry) -> String {
+    let kind = match entry.kind {
+        E820_RAM => "usable",
+        E820_RESERVED => "reserved",
+        _ => "unknown",
+    };
+    format!(
+        "BIOS-e820: [mem {:#018x}-{:#018x}] {kind}",
+        entry.addr,
+        entry.addr + entry.size - 1
+    )
 }

@@ -33,23 +33,6 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-impl E820Entry {
-    /// The line Linux prints for this entry at boot
-    /// (`BIOS-e820: [mem 0x...-0x...] usable`), for matching the console.
-    pub fn linux_log_line(&self) -> String {
-        let kind = match self.kind {
-            E820_RAM => "usable",
-            E820_RESERVED => "reserved",
-            _ => "unknown",
-        };
-        format!(
-            "BIOS-e820: [mem {:#018x}-{:#018x}] {kind}",
-            self.addr,
-            self.addr + self.size - 1
-        )
-    }
-}
-
 /// The memory map we give the guest: conventional memory up to the EBDA
 /// (which holds the MP table), then RAM from 1 MiB to the end of each region.
 pub fn e820_table(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
@@ -181,7 +164,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            table[1].linux_log_line(),
+            crate::testing::e820_log_line(&table[1]),
             "BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable"
         );
     }

@@ -60,7 +60,8 @@ pub struct QueuePosition {
 
 impl QueuePosition {
     /// Buffers the driver made available that the device has not taken.
-    pub fn unprocessed(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn unprocessed(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.next_avail)
     }
 }

@@ -11,7 +11,7 @@ pub use virtio::VirtioSlot;
 use std::fs::File;
 
 use capped_log::CappedLog;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -50,8 +50,8 @@ pub enum ExitReason {
     SystemEvent { vcpu: usize, kind: u32 },
     /// The configured timeout elapsed first.
     Timeout(Duration),
-    /// [`VmmHandle::stop`] or [`VmmHandle::stop_for_signal`] was called.
-    Stopped { signal: Option<i32> },
+    /// [`VmmHandle::stop`] was called.
+    Stopped,
     /// KVM could not run the guest (entry failure, emulation failure...).
     VcpuFailed { vcpu: usize, detail: String },
     /// [`VmmHandle::snapshot`] was called and the snapshot was written.
@@ -71,8 +71,7 @@ impl std::fmt::Display for ExitReason {
                 write!(f, "KVM system event {kind} on vCPU {vcpu}")
             }
             ExitReason::Timeout(t) => write!(f, "timed out after {:.1}s", t.as_secs_f64()),
-            ExitReason::Stopped { signal: Some(s) } => write!(f, "stopped by signal {s}"),
-            ExitReason::Stopped { signal: None } => write!(f, "stopped by the host"),
+            ExitReason::Stopped => write!(f, "stopped by the host"),
             ExitReason::VcpuFailed { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
             ExitReason::Snapshotted => write!(f, "snapshot written"),
             ExitReason::SnapshotFailed(detail) => write!(f, "snapshot failed: {detail}"),
@@ -113,24 +112,17 @@ pub enum BootProtocol {
     Snapshot,
 }
 
-/// Stops a running VM from any thread. `stop` and `stop_for_signal` only
-/// store an integer and write an eventfd, so a signal handler may call them.
+/// Stops a running VM from any thread. `stop` and `snapshot` only store a
+/// flag and write an eventfd, so a signal handler may call them.
 #[derive(Clone)]
 pub struct VmmHandle {
     evt: Arc<EventFd>,
-    signal: Arc<AtomicI32>,
     snapshot: Arc<AtomicBool>,
 }
 
 impl VmmHandle {
-    /// Ends the VM with [`ExitReason::Stopped`] `{ signal: None }`.
+    /// Ends the VM with [`ExitReason::Stopped`].
     pub fn stop(&self) {
-        let _ = self.evt.write(1);
-    }
-
-    /// Ends the VM with [`ExitReason::Stopped`] `{ signal: Some(signo) }`.
-    pub fn stop_for_signal(&self, signo: i32) {
-        self.signal.store(signo, Ordering::SeqCst);
         let _ = self.evt.write(1);
     }
 
@@ -144,7 +136,6 @@ impl VmmHandle {
     fn new() -> Result<VmmHandle> {
         Ok(VmmHandle {
             evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?),
-            signal: Arc::new(AtomicI32::new(0)),
             snapshot: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -332,6 +323,8 @@ impl Vmm {
         self.protocol
     }
 
+    /// For tests that look into the guest.
+    #[cfg(feature = "testing")]
     pub fn guest_memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }

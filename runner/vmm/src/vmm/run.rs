@@ -253,12 +253,7 @@ impl Vmm {
                         let _ = self.handle.evt.read();
                         snapshot_asked.get_or_insert(now);
                     }
-                    STOP_EVENT => {
-                        let signal = self.handle.signal.load(Ordering::SeqCst);
-                        return Ok(ExitReason::Stopped {
-                            signal: (signal != 0).then_some(signal),
-                        });
-                    }
+                    STOP_EVENT => return Ok(ExitReason::Stopped),
                     token => {
                         let index = token.saturating_sub(FIRST_DEVICE_EVENT) as usize;
                         match device_events.get(index) {
