@@ -198,6 +198,9 @@ pub fn spawn(prep: &Prepared, stdio: ChildStdio) -> Result<Registration, SpawnEr
             // memory prepared before the fork, then execs or _exits.
             match unsafe { libc::fork() } {
                 -1 => Err(io::Error::last_os_error()),
+                // SAFETY: this is the child just forked; `prep`, `argv`
+                // and `envp` were built before the fork and stay alive
+                // until it execs or exits.
                 0 => unsafe { exec_child(prep, &argv, &envp, fds, controlling_terminal, err_fd) },
                 pid => Ok(pid),
             }
@@ -243,6 +246,11 @@ fn nul_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 /// Runs in the forked child. Only async-signal-safe libc calls from here on.
+///
+/// # Safety
+/// Only in a child just forked from this process (it execs or exits, and
+/// never returns); `argv` and `envp` are NUL-terminated arrays of pointers
+/// to C strings that live until it does.
 unsafe fn exec_child(
     prep: &Prepared,
     argv: &[*const libc::c_char],
@@ -251,48 +259,60 @@ unsafe fn exec_child(
     controlling_terminal: bool,
     err_fd: RawFd,
 ) -> ! {
-    libc::setsid();
-    // The agent ignores SIGPIPE (Rust's runtime does) and that would be
-    // inherited across exec; commands expect default dispositions.
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    for sig in 1..libc::SIGRTMIN() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+    // SAFETY: every call is async-signal-safe and reads only our locals
+    // and what the caller prepared before the fork (see # Safety).
+    unsafe {
+        libc::setsid();
+        // The agent ignores SIGPIPE (Rust's runtime does) and that would be
+        // inherited across exec; commands expect default dispositions.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
         }
-    }
-    // Move sources out of 0..=2 first so the dup2s cannot clobber each other.
-    let mut sources = fds;
-    for fd in sources.iter_mut() {
-        if *fd < 3 {
-            *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
-            if *fd < 0 {
+        // Move sources out of 0..=2 first so the dup2s cannot clobber each other.
+        let mut sources = fds;
+        for fd in sources.iter_mut() {
+            if *fd < 3 {
+                *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
+                if *fd < 0 {
+                    child_fail(err_fd, STAGE_SETUP);
+                }
+            }
+        }
+        for (target, fd) in sources.iter().enumerate() {
+            if libc::dup2(*fd, target as RawFd) < 0 {
                 child_fail(err_fd, STAGE_SETUP);
             }
         }
-    }
-    for (target, fd) in sources.iter().enumerate() {
-        if libc::dup2(*fd, target as RawFd) < 0 {
+        // A session leader without a controlling terminal acquires one with
+        // TIOCSCTTY; setsid above made us one.
+        if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
             child_fail(err_fd, STAGE_SETUP);
         }
+        if libc::chdir(prep.cwd.as_ptr()) < 0 {
+            child_fail(err_fd, STAGE_CHDIR);
+        }
+        libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        child_fail(err_fd, STAGE_EXEC)
     }
-    // A session leader without a controlling terminal acquires one with
-    // TIOCSCTTY; setsid above made us one.
-    if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-        child_fail(err_fd, STAGE_SETUP);
-    }
-    if libc::chdir(prep.cwd.as_ptr()) < 0 {
-        child_fail(err_fd, STAGE_CHDIR);
-    }
-    libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    child_fail(err_fd, STAGE_EXEC)
 }
 
+/// Reports the failed stage and errno on `err_fd`, then exits.
+///
+/// # Safety
+/// Only in the forked child (see [`exec_child`]).
 unsafe fn child_fail(err_fd: RawFd, stage: u8) -> ! {
-    let errno = *libc::__errno_location();
-    let e = errno.to_le_bytes();
-    let report = [stage, e[0], e[1], e[2], e[3]];
-    libc::write(err_fd, report.as_ptr().cast(), report.len());
-    libc::_exit(NOT_FOUND)
+    // SAFETY: errno is this thread's; write and _exit are
+    // async-signal-safe, on a local buffer.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let e = errno.to_le_bytes();
+        let report = [stage, e[0], e[1], e[2], e[3]];
+        libc::write(err_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(NOT_FOUND)
+    }
 }

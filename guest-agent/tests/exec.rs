@@ -273,6 +273,7 @@ fn background_writer_does_not_hang_the_exec() {
     let background: i32 = lines.pop().unwrap().parse().unwrap();
     assert_eq!(lines, ["leader"]);
     // Leftovers are not killed on a normal exit; clean up after the test.
+    // SAFETY: kill takes no pointers; the pid is the test's own leftover.
     unsafe { libc::kill(background, libc::SIGKILL) };
 }
 

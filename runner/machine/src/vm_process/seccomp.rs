@@ -396,8 +396,8 @@ mod tests {
     fn vcpu_threads_may_only_make_kvm_ioctls() {
         use std::os::unix::process::ExitStatusExt;
         let killed = in_filtered_child(ThreadKind::Vcpu, || {
-            // SAFETY: FIONBIO on stderr with a valid pointer; refused anyway.
             let mut on: libc::c_int = 0;
+            // SAFETY: FIONBIO on stderr with a valid pointer; refused anyway.
             unsafe { libc::ioctl(2, libc::FIONBIO, &mut on) };
             0
         });
