@@ -8,8 +8,6 @@
 
 use std::path::PathBuf;
 
-use super::html::HtmlError;
-use super::junit::JunitError;
 use crate::plan::{Plan, PlannedJob, PlannedStep};
 use crate::results::{JobResult, RunResults, StepResult};
 
@@ -89,14 +87,17 @@ pub struct Written {
     pub path: PathBuf,
 }
 
-// No `#[from]`: that would make the inner error the source too, and the
-// CLI's error chain would print it twice.
+// The cause is not the `source`: the CLI's error chain would print it
+// twice. It is boxed so that this trait's module need not know each
+// reporter's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("writing the JUnit report: {0}")]
-    Junit(JunitError),
-    #[error("writing the HTML report: {0}")]
-    Html(HtmlError),
+    /// Writing a report file failed; `what` names it ("JUnit report").
+    #[error("writing the {what}: {cause}")]
+    Failed {
+        what: &'static str,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the {0} was not written: the run did not finish")]
     NotWritten(&'static str),
 }

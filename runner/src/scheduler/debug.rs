@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use agent_protocol::ShellRequest;
 
-use super::RunContext;
+use super::context::RunContext;
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::RunEvent;
 use crate::results::{Attempt, JobLog, StepResult, StepStatus};

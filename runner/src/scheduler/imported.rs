@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::job::artifact_request;
-use super::Options;
+use super::artifacts::artifact_request;
+use super::context::Options;
 use crate::imported::{self, Format, Imported, MAX_CASES_PER_JOB};
 use crate::pipeline::ReportFiles;
 use crate::plan::PlannedJob;

@@ -2,69 +2,27 @@
 //! time and never more than host memory allows; jobs beyond that wait in a
 //! queue. Results come back in plan order whatever order jobs finish in.
 
+mod artifacts;
 mod budget;
+mod context;
 mod debug;
 mod imported;
 mod job;
 mod retry;
 
 pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};
+pub use context::{Options, ResolvedImages};
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use context::RunContext;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use crate::pipeline::Image;
 use crate::plan::Plan;
 use crate::report::{Reporter, RunEvent};
 use crate::results::{JobOutcome, JobResult, RunResults};
-use crate::session::ArtifactLimits;
 use runner_machine::Backend;
-
-/// Kernel and rootfs files for each image the plan uses, resolved (and
-/// built, on first use) before the run starts.
-pub type ResolvedImages = HashMap<Image, (PathBuf, PathBuf)>;
-
-pub struct Options {
-    /// Most VMs running at once.
-    pub jobs: usize,
-    /// Start no new job once one has failed.
-    pub fail_fast: bool,
-    pub boot_timeout: Duration,
-    /// Bytes of each step's stdout and stderr kept in memory for reports.
-    pub output_limit: usize,
-    /// Job logs go to `<out_dir>/logs`, artifacts to `<out_dir>/artifacts`.
-    pub out_dir: PathBuf,
-    /// Most bytes each job log and each VM's serial log may take on disk
-    /// (head and tail are kept); `None` for no limit.
-    pub log_limit: Option<u64>,
-    /// Caps on what each job's artifacts may hold.
-    pub artifact_limits: ArtifactLimits,
-    /// What the operator granted beyond the clean room (`files` from any
-    /// host path, the network); the plan was checked against it.
-    pub grants: crate::grants::Grants,
-    /// Open a shell in the VM of a failed step (`--debug-on-failure`);
-    /// only with a terminal.
-    pub debug_on_failure: bool,
-}
-
-/// Everything a job needs from the run around it.
-struct RunContext<'a> {
-    backend: &'a dyn Backend,
-    images: &'a ResolvedImages,
-    reporter: &'a dyn Reporter,
-    options: &'a Options,
-    /// The pipeline's workspace: what `files` may read without the
-    /// host-files grant.
-    workspace: &'a std::path::Path,
-    budget: &'a MemoryBudget,
-    /// Set by fail-fast: jobs that have not started yet are skipped.
-    stop: AtomicBool,
-    /// The name of the job that triggered fail-fast.
-    first_failure: Mutex<Option<String>>,
-}
 
 pub fn run(
     plan: &Plan,
@@ -163,7 +121,7 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
         });
         return result;
     };
-    let result = retry::run_job(job, ctx);
+    let result = retry::run_job(job, ctx, |attempt| job::run(job, ctx, attempt));
     if ctx.options.fail_fast && result.fails_run() && !ctx.stop.swap(true, Ordering::SeqCst) {
         if let Ok(mut first) = ctx.first_failure.lock() {
             *first = Some(job.name.clone());

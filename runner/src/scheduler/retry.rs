@@ -15,16 +15,21 @@
 //! not. The final attempt is the result; the earlier ones are kept in it
 //! (`earlier_attempts`) for the reports.
 
-use super::{job, RunContext};
+use super::context::RunContext;
 use crate::plan::PlannedJob;
 use crate::results::{Attempt, JobOutcome, JobResult, StepResult};
 
-/// Runs `job` until it passes or its attempts are used up.
-pub(super) fn run_job(planned: &PlannedJob, ctx: &RunContext) -> JobResult {
+/// Runs `job` until it passes or its attempts are used up; `run_once`
+/// runs one attempt.
+pub(super) fn run_job(
+    planned: &PlannedJob,
+    ctx: &RunContext,
+    mut run_once: impl FnMut(Attempt) -> JobResult,
+) -> JobResult {
     let mut attempt = Attempt::first(planned.retry);
     let mut earlier = Vec::new();
     loop {
-        let mut result = job::run(planned, ctx, attempt);
+        let mut result = run_once(attempt);
         let retry = result.failed()
             && attempt.can_retry()
             && !matches!(result.outcome, JobOutcome::Cancelled { .. })

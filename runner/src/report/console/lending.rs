@@ -5,10 +5,6 @@
 
 use std::sync::Mutex;
 
-use indicatif::ProgressDrawTarget;
-
-use super::ConsoleReporter;
-
 /// Most lines held while the terminal is lent; later ones are counted, not
 /// kept (plain mode prints step output, and a shell may stay open long).
 const MAX_HELD_LINES: usize = 10_000;
@@ -39,41 +35,28 @@ impl Lending {
         held.left_out += lines.len().saturating_sub(room);
         true
     }
-}
 
-impl ConsoleReporter {
-    pub(super) fn lend_terminal(&self, lent: bool) {
-        if lent {
-            let was_drawing = self.multi.as_ref().is_some_and(|m| !m.is_hidden());
-            if let Some(multi) = &self.multi {
-                let _ = multi.clear();
-                multi.set_draw_target(ProgressDrawTarget::hidden());
-            }
-            *self.lending.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held {
-                was_drawing,
-                ..Held::default()
-            });
-            return;
-        }
-        let taken = self
-            .lending
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(mut held) = taken else {
-            return;
-        };
-        if let (Some(multi), true) = (&self.multi, held.was_drawing) {
-            multi.set_draw_target(ProgressDrawTarget::stdout());
-        }
+    /// The terminal is lent: lines are held from now on. `was_drawing`
+    /// (whether spinners were drawn) is handed back by [`Lending::end`].
+    pub(super) fn begin(&self, was_drawing: bool) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held {
+            was_drawing,
+            ..Held::default()
+        });
+    }
+
+    /// The terminal is back: the lines held (and a note on those left
+    /// out) and whether spinners were drawn before; `None` if it was not
+    /// lent.
+    pub(super) fn end(&self) -> Option<(Vec<String>, bool)> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take()?;
         if held.left_out > 0 {
             held.lines.push(format!(
                 "runner: {} more lines from the time of the debug shell are in the job logs",
                 held.left_out
             ));
         }
-        self.emit(&held.lines);
+        Some((held.lines, held.was_drawing))
     }
 }
 

@@ -145,6 +145,27 @@ impl ConsoleReporter {
     }
 
     /// Writes lines above the spinners (hiding them meanwhile).
+    /// Hides the spinners and holds lines while a debug shell has the
+    /// terminal; draws and prints them again when it is back.
+    fn lend_terminal(&self, lent: bool) {
+        if lent {
+            let was_drawing = self.multi.as_ref().is_some_and(|m| !m.is_hidden());
+            if let Some(multi) = &self.multi {
+                let _ = multi.clear();
+                multi.set_draw_target(ProgressDrawTarget::hidden());
+            }
+            self.lending.begin(was_drawing);
+            return;
+        }
+        let Some((lines, was_drawing)) = self.lending.end() else {
+            return;
+        };
+        if let (Some(multi), true) = (&self.multi, was_drawing) {
+            multi.set_draw_target(ProgressDrawTarget::stdout());
+        }
+        self.emit(&lines);
+    }
+
     fn emit(&self, lines: &[String]) {
         if self.lending.hold(lines) {
             return;

@@ -106,7 +106,10 @@ impl Reporter for HtmlReporter {
                 what: "HTML report",
                 path: self.path.clone(),
             })),
-            Some(Err(e)) => Err(ReportError::Html(e)),
+            Some(Err(e)) => Err(ReportError::Failed {
+                what: "HTML report",
+                cause: Box::new(e),
+            }),
             None => Err(ReportError::NotWritten("HTML report")),
         }
     }

@@ -143,7 +143,10 @@ impl Reporter for JunitReporter {
                 what: "JUnit report",
                 path: self.path.clone(),
             })),
-            Some(Err(e)) => Err(ReportError::Junit(e)),
+            Some(Err(e)) => Err(ReportError::Failed {
+                what: "JUnit report",
+                cause: Box::new(e),
+            }),
             None => Err(ReportError::NotWritten("JUnit report")),
         }
     }
