@@ -28,6 +28,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::Bus;
 use crate::snapshot::vcpu_state::VcpuState;
+use crate::vmm::ExitReason;
 
 /// KVM_SYSTEM_EVENT types (include/uapi/linux/kvm.h).
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -54,6 +55,21 @@ pub enum VcpuEvent {
     /// The controller asked for a snapshot: the thread stopped running the
     /// guest for good and saved its vCPU.
     Saved(Box<VcpuState>),
+}
+
+impl VcpuEvent {
+    /// How the VM ended if vCPU `vcpu` reported this; `None` for the
+    /// events that only answer a pause or a save.
+    pub(crate) fn exit_reason(self, vcpu: usize) -> Option<ExitReason> {
+        match self {
+            VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
+            VcpuEvent::Halted => Some(ExitReason::Halted),
+            VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
+            VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
+            // Only asked for by `try_snapshot`, which collects these itself.
+            VcpuEvent::Stopped | VcpuEvent::Paused | VcpuEvent::Saved(_) => None,
+        }
+    }
 }
 
 /// What a halt probe found (see `VcpuControl::probe`).

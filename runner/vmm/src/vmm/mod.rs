@@ -5,8 +5,9 @@ mod restore;
 mod run;
 mod take_snapshot;
 mod virtio;
+mod virtio_slot;
 
-pub use virtio::VirtioSlot;
+pub use virtio_slot::VirtioSlot;
 
 use std::fs::File;
 
@@ -155,7 +156,7 @@ pub struct Vmm {
     _memory_file: File,
     pio: Bus,
     mmio: Bus,
-    virtio: Vec<virtio::VirtioSlotState>,
+    virtio: Vec<virtio_slot::VirtioSlotState>,
     /// `None` for a restored VM: its memory already holds everything.
     entry: Option<EntryPoint>,
     serial: Arc<Mutex<SerialConsole>>,

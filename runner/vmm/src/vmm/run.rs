@@ -242,7 +242,7 @@ impl Vmm {
                         // after a vCPU paused and ran on.
                         let _ = sources.vcpus_ready.read();
                         while let Ok((index, event)) = rx.try_recv() {
-                            if let Some(reason) = vcpu_exit_reason(index, event) {
+                            if let Some(reason) = event.exit_reason(index) {
                                 return Ok(reason);
                             }
                         }
@@ -276,16 +276,5 @@ impl Vmm {
                 }
             }
         }
-    }
-}
-
-pub(super) fn vcpu_exit_reason(vcpu: usize, event: VcpuEvent) -> Option<ExitReason> {
-    match event {
-        VcpuEvent::TripleFault => Some(ExitReason::TripleFault { vcpu }),
-        VcpuEvent::Halted => Some(ExitReason::Halted),
-        VcpuEvent::SystemEvent { kind } => Some(ExitReason::SystemEvent { vcpu, kind }),
-        VcpuEvent::Failed(detail) => Some(ExitReason::VcpuFailed { vcpu, detail }),
-        // Only asked for by `try_snapshot`, which collects these itself.
-        VcpuEvent::Stopped | VcpuEvent::Paused | VcpuEvent::Saved(_) => None,
     }
 }

@@ -181,7 +181,7 @@ fn pause_vcpus(
 /// guest ended (or a vCPU failed) at that moment, which is how the VM
 /// ended, and there is no snapshot.
 fn unexpected(index: usize, event: VcpuEvent, doing: &str) -> ExitReason {
-    super::run::vcpu_exit_reason(index, event).unwrap_or_else(|| {
+    event.exit_reason(index).unwrap_or_else(|| {
         ExitReason::SnapshotFailed(format!(
             "vCPU {index} stopped while {doing} for the snapshot"
         ))

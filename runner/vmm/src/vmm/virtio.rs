@@ -9,30 +9,12 @@ use runner_devices::virtio::VirtioDevice;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::virtio_slot::{VirtioSlot, VirtioSlotState};
 use super::{write_boot_data, Vmm};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::memory::GuestMemoryMmap;
 use crate::virtio_mmio::{reg, MmioTransport};
-
-/// Where a virtio device was placed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioSlot {
-    /// Guest physical base of its register window.
-    pub base: u64,
-    pub size: u64,
-    /// IOAPIC pin (GSI) of its interrupt.
-    pub irq: u32,
-}
-
-/// A device's transport and the fds the event loop waits on.
-pub(super) struct VirtioSlotState {
-    pub transport: Arc<Mutex<MmioTransport>>,
-    /// One per queue, signalled by KVM on a `QueueNotify` write.
-    pub queue_evts: Vec<EventFd>,
-    /// Kept open for as long as the irqfd registration.
-    pub _irqfd: EventFd,
-}
 
 impl Vmm {
     /// Attaches `device` behind the next free virtio-mmio window and
