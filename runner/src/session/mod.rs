@@ -14,7 +14,6 @@ mod deadline;
 mod files;
 mod restore;
 mod shell;
-mod tar_framing;
 // pub(crate) for the fuzz entry point in `crate::fuzzing`.
 pub(crate) mod unpack;
 
