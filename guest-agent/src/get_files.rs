@@ -10,10 +10,10 @@ use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use safe_untar::{relative_parts, AbsoluteNames};
 use tar::{Builder, HeaderMode};
 
-use crate::put_files::Unpacked;
-use crate::safe_path::relative_components;
+use crate::put_files::Transferred;
 
 /// Names (relative to `base`) of everything `patterns` select, sorted.
 pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> {
@@ -26,7 +26,8 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
     }
     let mut names = BTreeSet::new();
     for pattern in patterns {
-        let parts = relative_components(Path::new(pattern)).map_err(|e| format!("pattern {e}"))?;
+        let parts = relative_parts(Path::new(pattern), AbsoluteNames::Refuse)
+            .map_err(|e| format!("pattern {pattern:?}: {e}"))?;
         let plain: PathBuf = parts.iter().collect();
         let mut matched = false;
         let literal_exists = !plain.as_os_str().is_empty()
@@ -65,12 +66,12 @@ pub fn resolve(base: &str, patterns: &[String]) -> Result<Vec<PathBuf>, String> 
 }
 
 /// Writes `names` (from [`resolve`]) as a complete tar stream into `out`.
-pub fn pack<W: Write>(base: &str, names: &[PathBuf], out: W) -> std::io::Result<(Unpacked, W)> {
+pub fn pack<W: Write>(base: &str, names: &[PathBuf], out: W) -> std::io::Result<(Transferred, W)> {
     let base_path = Path::new("/").join(base);
     let mut builder = Builder::new(out);
     builder.follow_symlinks(false);
     builder.mode(HeaderMode::Complete);
-    let mut done = Unpacked::default();
+    let mut done = Transferred::default();
     // An explicit stack instead of recursion: trees may be deep.
     let mut todo: Vec<PathBuf> = names.iter().rev().cloned().collect();
     while let Some(name) = todo.pop() {

@@ -36,7 +36,6 @@ pub mod pid1;
 mod put_files;
 pub mod reaper;
 mod restore;
-mod safe_path;
 mod server;
 mod shell;
 mod spawn;

@@ -47,7 +47,9 @@ impl<R: Read> ExtensionCap<R> {
     /// moves on to the one after its data.
     fn follow(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            let header_end = self.next_header + BLOCK;
+            // Saturating: a garbage size puts the next header out of reach
+            // (the tar crate then fails the stream on its own checks).
+            let header_end = self.next_header.saturating_add(BLOCK);
             if self.offset < self.next_header {
                 // File data: skip to the next header.
                 let skip = (self.next_header - self.offset).min(bytes.len() as u64);
@@ -62,7 +64,8 @@ impl<R: Read> ExtensionCap<R> {
             bytes = &bytes[take..];
             if self.offset == header_end {
                 let data = checked_data_size(&self.header)?;
-                self.next_header = header_end + data.div_ceil(BLOCK) * BLOCK;
+                let padded = data.div_ceil(BLOCK).saturating_mul(BLOCK);
+                self.next_header = header_end.saturating_add(padded);
             }
         }
         Ok(())
@@ -221,6 +224,16 @@ mod tests {
             let err = drain(&bytes, 4096).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             assert!(err.to_string().contains("at most 65536"), "{err}");
+        }
+    }
+
+    /// Found by the agent's test of a garbage stream: an unparsable size
+    /// of an ordinary entry overflowed the offset of the next header.
+    #[test]
+    fn a_garbage_size_is_passed_on_without_overflow() {
+        let bytes = [0x55u8; 3000];
+        for chunk in [1, 512, 4096] {
+            assert_eq!(drain(&bytes, chunk).unwrap(), bytes.len());
         }
     }
 
