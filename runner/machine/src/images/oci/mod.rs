@@ -12,17 +12,17 @@
 //! layers name are written to a list that rootfs/build-spec.sh applies in
 //! the build's user namespace.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader};
-use std::path::{Component, Path, PathBuf};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
 
+use safe_untar::{relative_parts, AbsoluteNames, Budget, Entry, Limits, Tree, Visitor};
 use serde_json::Value;
 
 use crate::digest::{sha256_bytes, sha256_file};
 
 /// In the cache key: bump when unpacking changes what an image contains.
-pub const UNPACKER_VERSION: &str = "oci-unpack v1";
+pub const UNPACKER_VERSION: &str = "oci-unpack v2";
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -71,24 +71,19 @@ fn unpack_layers(path: &Path, dest: &Path, limit: u64) -> Result<Owners> {
         // the caller's temp dir removes it.
         layers
     };
-    let mut dirs = HashMap::new();
-    let mut budget = Budget {
-        bytes: limit,
-        entries: MAX_ENTRIES,
-    };
+    let mut unpacker = layer::unpacker(dest)?;
+    let mut budget = Budget::new(Limits {
+        max_bytes: limit,
+        max_entries: MAX_ENTRIES,
+    });
     let mut owners = Owners::new();
     for (index, layer) in layers.iter().enumerate() {
-        apply_layer(layer, dest, &mut dirs, &mut budget, &mut owners)
+        apply_layer(layer, &mut unpacker, &mut budget, &mut owners)
             .map_err(|e| format!("layer {}: {e}", index + 1))?;
     }
-    // Directory mtimes last, deepest first: adding children moved them.
-    let mut dirs: Vec<_> = dirs.into_iter().collect();
-    dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
-    for (path, mtime) in dirs {
-        if let Ok(dir) = File::open(dest.join(&path)) {
-            let _ = dir.set_modified(mtime);
-        }
-    }
+    // Directory modes and mtimes last, deepest first: adding children
+    // moved them.
+    unpacker.finish().map_err(|e| e.to_string())?;
     Ok(owners)
 }
 
@@ -230,48 +225,56 @@ fn docker_layers(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Extracts the regular files of the outer tarball (paths checked).
+/// Extracts the regular files of the outer tarball, through the same
+/// engine as the layers: its content is bounded by the tarball's size.
 fn extract_tarball(tarball: &Path, dest: &Path) -> Result<()> {
-    let file = File::open(tarball).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(BufReader::new(file));
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            continue;
+    /// Keeps regular files only: the layers, manifests and configs.
+    struct RegularFiles;
+    impl Visitor for RegularFiles {
+        fn intercept(
+            &mut self,
+            _tree: &mut Tree,
+            entry: &Entry<'_>,
+        ) -> std::result::Result<bool, safe_untar::Error> {
+            Ok(entry.header.entry_type() != tar::EntryType::Regular)
         }
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let rel = safe_relative(&path)
-            .ok_or_else(|| format!("`{}` leaves the tarball's root", path.display()))?;
-        let target = dest.join(rel);
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        let mut out = File::create(&target).map_err(|e| e.to_string())?;
-        io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    let file = File::open(tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let mut unpacker = layer::unpacker(dest)?;
+    let mut budget = Budget::new(Limits {
+        max_bytes: size,
+        max_entries: MAX_ENTRIES,
+    });
+    let done = unpacker.unpack(BufReader::new(file), &mut budget, &mut RegularFiles);
+    match done.error {
+        Some(e) => Err(e.to_string()),
+        None => unpacker.finish().map_err(|e| e.to_string()),
+    }
 }
 
-/// `path` without `/`, `./` and with no `..`; None if it would leave.
+/// `path` without `/` and `./`, of normal components; None if it has `..`.
 fn safe_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
+    relative_parts(path, AbsoluteNames::FromRoot)
+        .ok()
+        .map(|parts| parts.iter().collect())
 }
 
 mod layer;
-use layer::{apply_layer, Budget};
+use layer::apply_layer;
 pub use layer::{Owner, Owners, NAMESPACE_IDS};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies one layer to `root`, as `unpack_layers` does.
+    fn apply(layer: &Path, root: &Path, budget: &mut Budget, owners: &mut Owners) -> Result<()> {
+        let mut unpacker = layer::unpacker(root)?;
+        apply_layer(layer, &mut unpacker, budget, owners)?;
+        unpacker.finish().map_err(|e| e.to_string())
+    }
 
     fn layer(dir: &Path, name: &str, entries: &[(&str, tar::EntryType, &str)]) -> PathBuf {
         let path = dir.join(name);
@@ -327,10 +330,9 @@ mod tests {
                 ("opt/new", file, "n"),
             ],
         );
-        let mut dirs = HashMap::new();
         let mut owners = Owners::new();
-        apply_layer(&lower, &root, &mut dirs, &mut roomy(), &mut owners).unwrap();
-        apply_layer(&upper, &root, &mut dirs, &mut roomy(), &mut owners).unwrap();
+        apply(&lower, &root, &mut roomy(), &mut owners).unwrap();
+        apply(&upper, &root, &mut roomy(), &mut owners).unwrap();
         assert!(root.join("etc/keep").exists());
         assert!(!root.join("etc/gone").exists());
         assert!(!root.join("opt/old").exists());
@@ -342,10 +344,10 @@ mod tests {
     }
 
     fn roomy() -> Budget {
-        Budget {
-            bytes: 1 << 30,
-            entries: 1000,
-        }
+        Budget::new(Limits {
+            max_bytes: 1 << 30,
+            max_entries: 1000,
+        })
     }
 
     #[test]
@@ -375,7 +377,7 @@ mod tests {
         }
         drop(builder);
         let mut owners = Owners::new();
-        apply_layer(&path, &root, &mut HashMap::new(), &mut roomy(), &mut owners).unwrap();
+        apply(&path, &root, &mut roomy(), &mut owners).unwrap();
         let owner = |p: &str| owners[Path::new(p)];
         assert_eq!(
             owner("sudo"),
@@ -417,8 +419,7 @@ mod tests {
         builder.append_data(&mut header, "far", &b""[..]).unwrap();
         builder.finish().unwrap();
         drop(builder);
-        let err =
-            apply_layer(&far, &root, &mut HashMap::new(), &mut roomy(), &mut owners).unwrap_err();
+        let err = apply(&far, &root, &mut roomy(), &mut owners).unwrap_err();
         assert!(err.contains("owner 70000 is beyond the 65536 ids"), "{err}");
     }
 
@@ -470,12 +471,11 @@ mod tests {
         let root = tmp.path().join("root");
         fs::create_dir(&root).unwrap();
         let file = tar::EntryType::Regular;
-        let mut dirs = HashMap::new();
         let mut budget = roomy();
         let mut owners = Owners::new();
         let escape = layer(tmp.path(), "e.tar", &[("../outside", file, "x")]);
-        let err = apply_layer(&escape, &root, &mut dirs, &mut budget, &mut owners).unwrap_err();
-        assert!(err.contains("leaves the image's root"), "{err}");
+        let err = apply(&escape, &root, &mut budget, &mut owners).unwrap_err();
+        assert_eq!(err, "../outside: the name contains `..`");
         assert!(!tmp.path().join("outside").exists());
 
         let through = layer(
@@ -486,16 +486,19 @@ mod tests {
                 ("evil/x", file, "x"),
             ],
         );
-        let err = apply_layer(&through, &root, &mut dirs, &mut budget, &mut owners).unwrap_err();
-        assert!(err.contains("through a symlink"), "{err}");
+        let err = apply(&through, &root, &mut budget, &mut owners).unwrap_err();
+        assert_eq!(
+            err,
+            "evil/x: evil is a symlink, and nothing is written through one"
+        );
 
         let hard = layer(
             tmp.path(),
             "h.tar",
             &[("passwd", tar::EntryType::Link, "../../etc/passwd")],
         );
-        let err = apply_layer(&hard, &root, &mut dirs, &mut budget, &mut owners).unwrap_err();
-        assert!(err.contains("leaves the root"), "{err}");
+        let err = apply(&hard, &root, &mut budget, &mut owners).unwrap_err();
+        assert_eq!(err, "passwd: hard link target: the name contains `..`");
 
         let big = "x".repeat(4096);
         let bomb = layer(
@@ -503,11 +506,11 @@ mod tests {
             "b.tar",
             &[("a", file, big.as_str()), ("b", file, big.as_str())],
         );
-        let mut small = Budget {
-            bytes: 6000,
-            entries: 1000,
-        };
-        let err = apply_layer(&bomb, &root, &mut dirs, &mut small, &mut owners).unwrap_err();
+        let mut small = Budget::new(Limits {
+            max_bytes: 6000,
+            max_entries: 1000,
+        });
+        let err = apply(&bomb, &root, &mut small, &mut owners).unwrap_err();
         assert!(err.contains("more bytes than the image may hold"), "{err}");
 
         // Many empty files: the entry budget.
@@ -515,11 +518,11 @@ mod tests {
         let many: Vec<(&str, tar::EntryType, &str)> =
             names.iter().map(|n| (n.as_str(), file, "")).collect();
         let swarm = layer(tmp.path(), "m.tar", &many);
-        let mut few = Budget {
-            bytes: 1 << 20,
-            entries: 10,
-        };
-        let err = apply_layer(&swarm, &root, &mut dirs, &mut few, &mut owners).unwrap_err();
+        let mut few = Budget::new(Limits {
+            max_bytes: 1 << 20,
+            max_entries: 10,
+        });
+        let err = apply(&swarm, &root, &mut few, &mut owners).unwrap_err();
         assert!(err.contains("more entries than an image may"), "{err}");
 
         // A block device: the host's disk, if it were ever created.
@@ -536,9 +539,115 @@ mod tests {
             builder.append_data(&mut header, "sda", &b""[..]).unwrap();
             builder.finish().unwrap();
             drop(builder);
-            let err = apply_layer(&node, &root, &mut dirs, &mut roomy(), &mut owners).unwrap_err();
+            let err = apply(&node, &root, &mut roomy(), &mut owners).unwrap_err();
             assert!(err.contains("sda: device node refused"), "{err}");
             assert!(!root.join("sda").exists());
+        }
+    }
+
+    /// `tar` compressed as `how` ("gzip" or "zstd"), in `dir/name`.
+    fn compressed(dir: &Path, name: &str, tar: &[u8], how: &str) -> PathBuf {
+        use std::io::Write;
+        let bytes = match how {
+            "gzip" => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(tar).unwrap();
+                gz.finish().unwrap()
+            }
+            _ => zstd::stream::encode_all(tar, 3).unwrap(),
+        };
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn gzip_and_zstd_layers_are_decompressed_as_they_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = layer(
+            tmp.path(),
+            "plain.tar",
+            &[
+                ("etc/", tar::EntryType::Directory, ""),
+                ("etc/os", tar::EntryType::Regular, "linux"),
+            ],
+        );
+        let tar = fs::read(&plain).unwrap();
+        for how in ["gzip", "zstd"] {
+            let root = tmp.path().join(how);
+            fs::create_dir(&root).unwrap();
+            let layer = compressed(tmp.path(), &format!("layer.{how}"), &tar, how);
+            apply(&layer, &root, &mut roomy(), &mut Owners::new()).unwrap();
+            assert_eq!(
+                fs::read_to_string(root.join("etc/os")).unwrap(),
+                "linux",
+                "{how}"
+            );
+        }
+    }
+
+    /// 32 MiB of file content in a small layer, and 32 MiB of zeros after
+    /// the end of an archive: each stops at a 1 MiB budget, with nothing
+    /// big written.
+    #[test]
+    fn a_decompression_bomb_meets_the_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let big = 32u64 << 20;
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(big);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut bomb = header.as_bytes().to_vec();
+        bomb.resize(512 + big as usize + 1024, 0);
+        let small = layer(
+            tmp.path(),
+            "small.tar",
+            &[("a", tar::EntryType::Regular, "x")],
+        );
+        let mut trailing = fs::read(&small).unwrap();
+        trailing.resize(big as usize, 0);
+        for (name, tar) in [("bomb", &bomb), ("trailing", &trailing)] {
+            for how in ["gzip", "zstd"] {
+                let root = tmp.path().join(format!("{name}-{how}"));
+                fs::create_dir(&root).unwrap();
+                let layer = compressed(tmp.path(), &format!("{name}.{how}"), tar, how);
+                assert!(fs::metadata(&layer).unwrap().len() < big / 100);
+                let mut budget = Budget::new(Limits {
+                    max_bytes: 1 << 20,
+                    max_entries: 100,
+                });
+                let err = apply(&layer, &root, &mut budget, &mut Owners::new()).unwrap_err();
+                assert!(
+                    err.contains("more bytes than the image may hold"),
+                    "{name} {how}: {err}"
+                );
+                let (bytes, _) = budget.used();
+                assert!(bytes <= 1 << 20, "{name} {how}: {bytes}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_whiteout_names_a_file_in_its_directory_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        fs::write(tmp.path().join("sibling"), "kept").unwrap();
+        let file = tar::EntryType::Regular;
+        for name in [".wh.", ".wh..", ".wh...", "sub/.wh..."] {
+            let wh = layer(
+                tmp.path(),
+                "wh.tar",
+                &[("sub/kept", file, "k"), (name, file, "")],
+            );
+            let err = apply(&wh, &root, &mut roomy(), &mut Owners::new()).unwrap_err();
+            assert!(
+                err.ends_with("a whiteout that names no file"),
+                "{name}: {err}"
+            );
+            assert!(root.join("sub/kept").exists(), "{name}");
+            assert!(tmp.path().join("sibling").exists(), "{name}");
         }
     }
 
