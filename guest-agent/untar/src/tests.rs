@@ -497,13 +497,14 @@ fn the_workspace_follows_symlinks_that_stay_inside_only() {
     assert_outside_untouched(&dirs);
 }
 
-/// Each link stays inside lexically, and `y` dangles when it is made; once
-/// `x` exists, `y` resolves to the destination's parent.
+/// Each link stays inside lexically, and `y` and `z` dangle when they are
+/// made; once `x` exists, they resolve to the destination's parent.
 #[test]
 fn a_workspace_symlink_is_judged_again_once_everything_exists() {
     let dirs = dirs();
     let mut tar = Forge::default();
     tar.symlink("y", "x/x/..");
+    tar.symlink("z", "x/x/..");
     tar.symlink("x", ".");
     let done = unpack(
         tar.finish().as_slice(),
@@ -513,7 +514,9 @@ fn a_workspace_symlink_is_judged_again_once_everything_exists() {
     );
     let error = done.error.expect("refused").to_string();
     assert!(error.starts_with("y: symlink resolves to "), "{error}");
+    // Every such link is gone, not only the one reported.
     assert!(fs::symlink_metadata(dirs.dest.join("y")).is_err());
+    assert!(fs::symlink_metadata(dirs.dest.join("z")).is_err());
 }
 
 /// A layer that unpacks to more than its budget, in bytes or in raw

@@ -11,6 +11,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Fail, Refusal, Refused};
@@ -79,7 +80,7 @@ impl Tree {
                 }
                 Ok(_) if create && self.policy.replace == Replace::Anything => {
                     self.remove_file(&next)?;
-                    fs::create_dir(&next).map_err(|e| Error::write(&next, e))?;
+                    new_dir(&next)?;
                     next
                 }
                 Ok(_) if create => return Err(Refusal::NotADirectory(shown(&parts[..=i])).into()),
@@ -89,7 +90,7 @@ impl Tree {
                     if !create {
                         return Ok(None);
                     }
-                    fs::create_dir(&next).map_err(|e| Error::write(&next, e))?;
+                    new_dir(&next)?;
                     next
                 }
                 Err(e) => return Err(Error::write(&next, e).into()),
@@ -111,13 +112,13 @@ impl Tree {
             Ok(meta) if meta.is_dir() => Ok(path),
             Ok(_) if self.policy.replace == Replace::Anything => {
                 self.remove_file(&path)?;
-                fs::create_dir(&path).map_err(|e| Error::write(&path, e))?;
+                new_dir(&path)?;
                 Ok(path)
             }
             Ok(meta) if meta.file_type().is_symlink() => self.through_symlink(&path, parts),
             Ok(_) => Err(Refusal::NotADirectory(shown(parts)).into()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&path).map_err(|e| Error::write(&path, e))?;
+                new_dir(&path)?;
                 Ok(path)
             }
             Err(e) => Err(Error::write(&path, e).into()),
@@ -235,6 +236,16 @@ impl Tree {
         }
         Ok(names)
     }
+}
+
+/// Creates the directory `path`, at most 0755 whatever the umask: a directory
+/// made for an entry's parents keeps this mode (one with an entry of its
+/// own gets that entry's mode at the end), and must never let others write.
+fn new_dir(path: &Path) -> Result<(), Error> {
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(path)
+        .map_err(|e| Error::write(path, e))
 }
 
 fn fail_error(fail: Fail, path: &Path) -> Error {

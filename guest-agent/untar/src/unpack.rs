@@ -362,14 +362,20 @@ impl Unpacker {
     /// times, deepest first. A directory that is gone (or replaced) since
     /// its entry is skipped.
     pub fn finish(mut self) -> Result<(), Error> {
+        // Every link is judged (and removed if it leads out) before the
+        // first refusal is reported.
+        let mut first = None;
         for link in std::mem::take(&mut self.symlinks) {
             if let Err(fail) = self.check_resolved(&link) {
                 let entry = self.tree.below_root(&link).display().to_string();
-                return Err(match fail {
+                first.get_or_insert(match fail {
                     Fail::Refused(why) => Error::Refused(Refused { entry, why }),
                     Fail::Fatal(e) => e,
                 });
             }
+        }
+        if let Some(error) = first {
+            return Err(error);
         }
         let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
