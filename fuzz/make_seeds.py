@@ -4,11 +4,13 @@ target, in the layouts the entry points document (see the `fuzzing` module
 of each crate). Run it again after changing a layout; the seeds are
 committed, so neither the fuzzers nor the replay tests need Python."""
 
+import gzip
 import io
 import json
 import os
 import shutil
 import struct
+import subprocess
 import tarfile
 import zlib
 
@@ -417,6 +419,75 @@ def tars():
         (info("dev", tarfile.CHRTYPE), None),
     ])
     write("unpack", "hostile", b"\x00" + hostile)
+    untar(archive, info, plain)
+
+
+def untar(archive, info, plain):
+    """safe_untar: control bits 0-1 pick the policy (0 artifacts, 1 OCI
+    layer, 2 workspace), bit 2 unpacks the stream twice. oci_layer: bit 0
+    applies the layer twice; the layer is gzip, zstd or a plain tar."""
+    ARTIFACTS, OCI, WORKSPACE, TWICE = 0, 1, 2, 4
+    write("safe_untar", "artifacts", bytes([ARTIFACTS]) + plain)
+    write("safe_untar", "artifacts-twice", bytes([ARTIFACTS | TWICE]) + plain)
+    write("safe_untar", "artifacts-hostile", bytes([ARTIFACTS]) + hostile_after(archive, info))
+    layer = archive([
+        (info("/etc", tarfile.DIRTYPE, mode=0o755), None),
+        (info("etc/passwd", size=5), b"root\n"),
+        (info("etc/shadow", tarfile.LNKTYPE, link="/etc/passwd"), None),
+        (info("usr/lib/os-release", size=3), b"os\n"),
+        (info("lib", tarfile.SYMTYPE, link="/usr/lib"), None),
+        (info("run/initctl", tarfile.FIFOTYPE, mode=0o600), None),
+        (info("bin/su", size=3, mode=0o4755), b"su\n"),
+        (info("etc/.wh.shadow"), b""),
+        (info("usr/.wh..wh..opq"), b""),
+        (info("usr/new", size=3), b"new"),
+        (info("tmp", tarfile.DIRTYPE, mode=0o1777), None),
+    ])
+    write("safe_untar", "oci-layer", bytes([OCI]) + layer)
+    write("safe_untar", "oci-layer-twice", bytes([OCI | TWICE]) + layer)
+    write("safe_untar", "oci-layer-hostile", bytes([OCI]) + archive([
+        (info("ok", size=2), b"ok"),
+        (info("out", tarfile.SYMTYPE, link="../outside"), None),
+        (info("out/keep", size=4), b"evil"),
+    ]))
+    workspace = archive([
+        (info("./", tarfile.DIRTYPE, mode=0o750), None),
+        (info("usr/lib", tarfile.DIRTYPE, mode=0o755), None),
+        (info("lib", tarfile.SYMTYPE, link="usr/lib"), None),
+        (info("lib/libx.so", size=3, mode=0o755), b"elf"),
+        (info("bin/tool", size=3, mode=0o4755), b"run"),
+        (info("bin/alias", tarfile.LNKTYPE, link="bin/tool"), None),
+        (info("dangling", tarfile.SYMTYPE, link="later/x"), None),
+        (info("later", tarfile.DIRTYPE, mode=0o700), None),
+    ])
+    write("safe_untar", "workspace", bytes([WORKSPACE]) + workspace)
+    write("safe_untar", "workspace-twice", bytes([WORKSPACE | TWICE]) + workspace)
+    write("safe_untar", "workspace-hostile", bytes([WORKSPACE]) + archive([
+        (info("ok", size=2), b"ok"),
+        (info("a/b", tarfile.SYMTYPE, link=".."), None),
+        (info("c", tarfile.SYMTYPE, link="a/b/.."), None),
+        (info("c/keep", size=4), b"evil"),
+    ]))
+
+    write("oci_layer", "plain", b"\x00" + layer)
+    write("oci_layer", "gzip-twice", b"\x01" + gzip.compress(layer, mtime=0))
+    zstd = subprocess.run(["zstd", "-q", "-c", "-19"], input=layer,
+                          capture_output=True, check=True).stdout
+    write("oci_layer", "zstd", b"\x00" + zstd)
+
+def hostile_after(archive, info):
+    """Honest entries, then what a guest should never get through."""
+    return archive([
+        (info("ok", size=2), b"ok"),
+        (info("../outside/keep", size=4), b"evil"),
+        (info("/abs", size=1), b"x"),
+        (info("up", tarfile.SYMTYPE, link="../outside"), None),
+        (info("up/keep", size=4), b"evil"),
+        (info("hard", tarfile.LNKTYPE, link="../outside/keep"), None),
+        (info("dev", tarfile.CHRTYPE), None),
+        (info("pipe", tarfile.FIFOTYPE), None),
+        (info("suid", size=1, mode=0o6777), b"x"),
+    ])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
 all=(frame vsock_packet block_request device_state net_filter pipeline unpack junit libtest
-    mmio_transport snapshot)
+    mmio_transport snapshot safe_untar oci_layer)
 targets=("${@:-${all[@]}}")
 
 # cargo-fuzz needs nightly-only flags (-Zsanitizer); RUSTC_BOOTSTRAP lets the
@@ -33,7 +33,7 @@ nice -n 10 cargo fuzz build -a >&2
 # for a whole driver set-up and the rings after them.
 max_len() {
     case $1 in
-        unpack|snapshot) echo 16384 ;;
+        unpack|snapshot|safe_untar|oci_layer) echo 16384 ;;
         pipeline|junit|libtest) echo 8192 ;;
         device_state) echo 32768 ;;
         *) echo 4096 ;;

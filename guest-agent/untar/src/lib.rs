@@ -26,6 +26,8 @@ mod budget;
 mod error;
 #[cfg(any(test, feature = "forge"))]
 pub mod forge;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod path;
 mod policy;
 mod stream;

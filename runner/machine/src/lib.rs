@@ -16,6 +16,8 @@
 
 mod digest;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod hybrid_vsock;
 pub mod images;
 pub mod interrupt;

@@ -71,11 +71,21 @@ fn unpack_layers(path: &Path, dest: &Path, limit: u64) -> Result<Owners> {
         // the caller's temp dir removes it.
         layers
     };
+    apply_layers(
+        &layers,
+        dest,
+        Limits {
+            max_bytes: limit,
+            max_entries: MAX_ENTRIES,
+        },
+    )
+}
+
+/// Applies the layer files `layers`, lowest first, to the existing tree
+/// `dest`, within `limits` over all of them. Returns the owners they gave.
+pub(crate) fn apply_layers(layers: &[PathBuf], dest: &Path, limits: Limits) -> Result<Owners> {
     let mut unpacker = layer::unpacker(dest)?;
-    let mut budget = Budget::new(Limits {
-        max_bytes: limit,
-        max_entries: MAX_ENTRIES,
-    });
+    let mut budget = Budget::new(limits);
     let mut owners = Owners::new();
     for (index, layer) in layers.iter().enumerate() {
         apply_layer(layer, &mut unpacker, &mut budget, &mut owners)
