@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use safe_untar::{Budget, Entry, OverBudget, Policy, Refusal, Refused, Tree, Unpacker, Visitor};
 
-use super::Result;
+/// Errors are one line for the image build's report, as in `oci`.
+type Result<T> = std::result::Result<T, String>;
 
 /// Largest zstd window accepted, as a power of two: 128 MiB, zstd's own
 /// default limit for decoding. A frame may ask for up to 2 GiB, which the
