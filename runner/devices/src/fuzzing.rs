@@ -376,6 +376,9 @@ pub const STATE_BLOCK_SECTORS: u64 = 33 * 8 + 4;
 pub const STATE_BLOCK_SERIAL: &[u8; 20] = b"fuzz-serial\0\0\0\0\0\0\0\0\0";
 /// The guest CID the vsock device state is checked against.
 pub const STATE_VSOCK_CID: u64 = 3;
+/// Features the vsock device state is checked against (what a
+/// `VsockDevice` offers).
+pub const STATE_VSOCK_FEATURES: u64 = 0x1_3000_0000;
 
 /// A saved device state from a snapshot file, decoded the way
 /// `restore_state` does before it changes anything. Byte 0 picks the
@@ -386,7 +389,7 @@ pub fn device_state(data: &[u8]) -> bool {
         return false;
     };
     if control & 1 == 1 {
-        return crate::vsock::snapshot::decode(state, STATE_VSOCK_CID).is_ok();
+        return crate::vsock::state::decode(state, STATE_VSOCK_FEATURES, STATE_VSOCK_CID).is_ok();
     }
     let expect = crate::block::snapshot::Expected {
         features: STATE_BLOCK_FEATURES,

@@ -4,10 +4,12 @@
 
 pub mod block;
 pub mod bounded;
+pub mod common;
 /// Fuzz entry points; built for `fuzz/` and for this crate's tests only.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod net;
+pub mod queue;
 pub mod snapshot;
 pub mod virtio;
 pub mod vsock;

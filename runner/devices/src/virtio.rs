@@ -35,7 +35,9 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
+
+use crate::common::VirtioCommon;
 use vm_memory::GuestMemory;
 
 pub use crate::snapshot::SnapshotError;
@@ -124,22 +126,6 @@ impl<'a, M: GuestMemory> DeviceContext<'a, M> {
     }
 }
 
-/// The next chain the driver made available on `queue`, if any.
-///
-/// Devices pop with this, not `QueueT::pop_descriptor_chain`: that answers
-/// `None` for an avail ring the device cannot use as well (the driver's
-/// index more than the queue's size ahead, or the ring at address 0), while
-/// `enable_notification` goes on reporting entries there, so the loop
-/// "pop until `None`, re-enable notifications, go on if more came" would
-/// spin for ever on such a queue. Here that ring is an error, and the
-/// transport asks the driver for a reset.
-pub fn pop_chain<'m, M: GuestMemory>(
-    queue: &mut Queue,
-    mem: &'m M,
-) -> Result<Option<DescriptorChain<&'m M>>, DeviceError> {
-    Ok(queue.iter(mem)?.next())
-}
-
 /// Copies `data.len()` bytes of a device's configuration space, starting at
 /// `offset`, into `data`; bytes beyond its end read as zero, as the virtio
 /// spec asks of [`VirtioDevice::read_config`].
@@ -170,6 +156,10 @@ pub enum DeviceError {
     /// The transport asked for a queue the device does not have.
     #[error("device has no queue {0}")]
     NoSuchQueue(u16),
+    /// The driver's avail index shows buffers whose ring entries cannot be
+    /// read: the queue can never be served.
+    #[error("the avail ring shows buffers whose entries cannot be read")]
+    UnreadableAvailRing,
 }
 
 /// A virtio device model, independent of its transport.
@@ -178,21 +168,39 @@ pub enum DeviceError {
 /// for the VMM or `GuestMemoryMmap<B>` behind vhost-user-backend's
 /// `GuestMemoryAtomic`; device models implement this for every `M: GuestMemory`.
 pub trait VirtioDevice<M: GuestMemory>: Send {
+    /// The device's id, queue sizes, offered and acked features and
+    /// activation, which the feature and queue methods below read and
+    /// change; a device keeps one and lends it here.
+    fn virtio(&self) -> &VirtioCommon;
+
+    /// The same, to change.
+    fn virtio_mut(&mut self) -> &mut VirtioCommon;
+
     /// Virtio device id (`VIRTIO_ID_*`).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.virtio().device_type()
+    }
 
     /// Maximum size of each queue; the slice length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.virtio().queue_max_sizes()
+    }
 
     /// Feature bits the device offers.
-    fn features(&self) -> u64;
+    fn features(&self) -> u64 {
+        self.virtio().features()
+    }
 
     /// Records the features the driver accepted. Bits that were not offered are
     /// ignored.
-    fn ack_features(&mut self, features: u64);
+    fn ack_features(&mut self, features: u64) {
+        self.virtio_mut().ack_features(features);
+    }
 
     /// Features currently accepted by the driver.
-    fn acked_features(&self) -> u64;
+    fn acked_features(&self) -> u64 {
+        self.virtio().acked_features()
+    }
 
     /// Reads `data.len()` bytes of the configuration space at `offset`. Bytes
     /// beyond the end of the configuration space read as zero.
@@ -220,7 +228,12 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     }
 
     /// The driver finished setting the device up; queues may now be used.
-    fn activate(&mut self) -> Result<(), DeviceError>;
+    /// A device with more to do than noting it overrides this and calls
+    /// [`VirtioCommon::activate`] itself.
+    fn activate(&mut self) -> Result<(), DeviceError> {
+        self.virtio_mut().activate();
+        Ok(())
+    }
 
     /// The driver notified queue `queue_index`.
     fn process_queue(
@@ -244,7 +257,11 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
 
     /// The driver reset the device: drop all in-flight state, forget acked
     /// features. The device can be set up and activated again afterwards.
-    fn reset(&mut self);
+    /// A device with in-flight state overrides this and calls
+    /// [`VirtioCommon::reset`] itself.
+    fn reset(&mut self) {
+        self.virtio_mut().reset();
+    }
 
     /// The device's own state for a snapshot, in the versioned encoding of
     /// [`crate::snapshot`]. Called while the VM is paused, so no queue is

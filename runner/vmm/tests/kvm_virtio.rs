@@ -10,6 +10,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{elf_image, require_kvm};
+use runner_devices::common::VirtioCommon;
 use runner_devices::virtio::{DeviceContext, DeviceError, VirtioDevice};
 use runner_vmm::virtio_mmio::reg;
 use runner_vmm::{ExitReason, Vmm, VmmConfig};
@@ -50,32 +51,20 @@ const GUEST: &[u8] = &[
 ];
 
 struct Entropy {
-    acked: u64,
+    virtio: VirtioCommon,
 }
 
 impl<M: GuestMemory> VirtioDevice<M> for Entropy {
-    fn device_type(&self) -> u32 {
-        4
+    fn virtio(&self) -> &VirtioCommon {
+        &self.virtio
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16]
-    }
-    fn features(&self) -> u64 {
-        1 << 32
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & (1 << 32);
-    }
-    fn acked_features(&self) -> u64 {
-        self.acked
+    fn virtio_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.virtio
     }
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(&mut self) -> Result<(), DeviceError> {
-        Ok(())
-    }
     fn process_queue(
         &mut self,
         index: u16,
@@ -103,9 +92,6 @@ impl<M: GuestMemory> VirtioDevice<M> for Entropy {
         }
         ctx.notify_used(index)
     }
-    fn reset(&mut self) {
-        self.acked = 0;
-    }
 }
 
 #[test]
@@ -124,7 +110,9 @@ fn guest_driver_handshake_notify_and_used_buffer() {
     config.timeout = Some(Duration::from_secs(60));
     let mut vmm = Vmm::new(config).unwrap();
     let slot = vmm
-        .add_virtio_device(Box::new(Entropy { acked: 0 }))
+        .add_virtio_device(Box::new(Entropy {
+            virtio: VirtioCommon::new(4, 1 << 32, &[16]),
+        }))
         .unwrap();
     assert_eq!((slot.base, slot.size, slot.irq), (0xd000_0000, 0x1000, 5));
     assert_eq!(

@@ -13,19 +13,21 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemory};
 
-use super::disk::{Disk, DiskError};
+use super::base::DiskError;
+use super::config::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
+use super::disk::Disk;
 use super::request::{self, total_len, Cursor, Rejected, Request, RequestType};
 use super::stats::BlockStats;
-use super::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
-use crate::virtio::{pop_chain, DeviceContext, DeviceError, SnapshotError, VirtioDevice};
+use crate::common::VirtioCommon;
+use crate::queue::{drain_queue, Served};
+use crate::snapshot::SnapshotError;
+use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
 
 /// Index of the request queue (the only queue).
 pub const REQUEST_QUEUE: u16 = 0;
-
-const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
 
 /// Size of `struct virtio_blk_config` up to and including the
 /// write-zeroes fields; everything past `blk_size` reads as zero except
@@ -49,13 +51,11 @@ pub enum BlockError {
 /// A virtio-blk device over a [`Disk`].
 pub struct BlockDevice {
     // pub(super): `super::snapshot` saves and restores these.
+    pub(super) virtio: VirtioCommon,
     pub(super) disk: Disk,
     pub(super) serial: [u8; SERIAL_LEN],
-    pub(super) features: u64,
-    pub(super) acked_features: u64,
     config: [u8; CONFIG_SIZE],
     window: Vec<u8>,
-    pub(super) activated: bool,
     stats: Arc<BlockStats>,
     /// The guest decides how often requests are malformed: bound the logging.
     warnings: RateLimiter,
@@ -111,13 +111,11 @@ impl BlockDevice {
         cfg[34..36].copy_from_slice(&1u16.to_le_bytes());
 
         Ok(BlockDevice {
+            virtio: VirtioCommon::new(VIRTIO_ID_BLOCK, features, &[QUEUE_SIZE]),
             disk,
             serial,
-            features,
-            acked_features: 0,
             config: cfg,
             window: Vec::new(),
-            activated: false,
             stats: Arc::default(),
             warnings: RateLimiter::default(),
         })
@@ -139,7 +137,7 @@ impl BlockDevice {
 
     /// Whether the driver has activated the device (and not reset it since).
     pub fn is_activated(&self) -> bool {
-        self.activated
+        self.virtio.is_activated()
     }
 
     /// The device's request counters; the handle stays valid (and live)
@@ -152,29 +150,9 @@ impl BlockDevice {
         &mut self,
         ctx: &mut DeviceContext<'_, M>,
     ) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(queue) = ctx.queues.queue_mut(REQUEST_QUEUE) else {
-            return Ok(());
-        };
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem)?;
-            while let Some(chain) = pop_chain(queue, mem)? {
-                let head = chain.head_index();
-                let len = self.handle_chain(mem, chain);
-                queue.add_used(mem, head, len)?;
-                used = true;
-            }
-            // Re-enabling reports requests added meanwhile, which must not
-            // wait for a kick that will never come.
-            if !queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        if used {
-            ctx.notify_used(REQUEST_QUEUE)?;
-        }
-        Ok(())
+        drain_queue(ctx, REQUEST_QUEUE, |mem, chain| {
+            Served::Next(self.handle_chain(mem, chain))
+        })
     }
 
     /// Serves one chain; returns the used length (bytes written to the
@@ -234,7 +212,7 @@ impl BlockDevice {
                 if !req.readable.is_empty() {
                     return wrong_shape("read request with device-readable data");
                 }
-                self.read(mem, req)
+                self.transfer(mem, req, Direction::Read)
             }
             RequestType::Out => {
                 if !req.writable.is_empty() {
@@ -244,7 +222,7 @@ impl BlockDevice {
                     tracing::debug!("virtio-blk: write to a read-only disk refused");
                     return Outcome::status(VIRTIO_BLK_S_IOERR);
                 }
-                self.write(mem, req)
+                self.transfer(mem, req, Direction::Write)
             }
             RequestType::Flush => {
                 if !req.readable.is_empty() || !req.writable.is_empty() {
@@ -299,105 +277,118 @@ impl BlockDevice {
         }
     }
 
-    fn read<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
-        let len = total_len(&req.writable);
+    /// Moves a read's or a write's data between the disk and the request's
+    /// data descriptors, a bounce window at a time. Both directions share
+    /// this walk: the range check, the cursor over the descriptors, and
+    /// what a failure half way reports.
+    fn transfer<M: GuestMemory>(&mut self, mem: &M, req: &Request, dir: Direction) -> Outcome {
+        let segments = match dir {
+            Direction::Read => &req.writable,
+            Direction::Write => &req.readable,
+        };
+        let len = total_len(segments);
         let Some(offset) = self.disk_range(req.sector, len) else {
             crate::warn_limited!(
                 self.warnings,
                 sector = req.sector,
                 len,
                 capacity = self.capacity(),
-                "virtio-blk: read outside the disk or not whole sectors"
+                "virtio-blk: {} outside the disk or not whole sectors",
+                dir.name()
             );
             return Outcome::status(VIRTIO_BLK_S_IOERR);
         };
-        let mut cursor = Cursor::new(&req.writable);
+        let mut cursor = Cursor::new(segments);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(MAX_WINDOW as u64) as usize;
             self.grow_window(n);
             let window = &mut self.window[..n];
-            if let Err(e) = self.disk.read_at(window, offset + done) {
-                tracing::error!(offset = offset + done, "virtio-blk: disk read failed: {e}");
-                return Outcome {
-                    status: VIRTIO_BLK_S_IOERR,
-                    written: done,
-                };
+            let at = offset + done;
+            let moved = match dir {
+                Direction::Read => self
+                    .disk
+                    .read_at(window, at)
+                    .map_err(Fault::Disk)
+                    .and_then(|()| cursor.scatter(mem, window).map_err(Fault::Guest)),
+                Direction::Write => cursor
+                    .gather(mem, window)
+                    .map_err(Fault::Guest)
+                    .and_then(|()| self.disk.write_at(window, at).map_err(Fault::Disk)),
+            };
+            match moved {
+                Ok(()) => done += n as u64,
+                Err(Fault::Disk(e)) => {
+                    tracing::error!(offset = at, "virtio-blk: disk {} failed: {e}", dir.name());
+                    return dir.outcome(VIRTIO_BLK_S_IOERR, done);
+                }
+                Err(Fault::Guest(e)) => {
+                    crate::warn_limited!(
+                        self.warnings,
+                        "virtio-blk: cannot copy {} data {} the guest: {e}",
+                        dir.name(),
+                        dir.guest_side()
+                    );
+                    return dir.outcome(VIRTIO_BLK_S_IOERR, done);
+                }
             }
-            if let Err(e) = cursor.scatter(mem, window) {
-                crate::warn_limited!(
-                    self.warnings,
-                    "virtio-blk: cannot copy read data to the guest: {e}"
-                );
-                return Outcome {
-                    status: VIRTIO_BLK_S_IOERR,
-                    written: done,
-                };
-            }
-            done += n as u64;
         }
-        self.stats.read(done);
-        Outcome {
-            status: VIRTIO_BLK_S_OK,
-            written: done,
+        match dir {
+            Direction::Read => self.stats.read(done),
+            Direction::Write => self.stats.wrote(done),
         }
-    }
-
-    fn write<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> Outcome {
-        let len = total_len(&req.readable);
-        let Some(offset) = self.disk_range(req.sector, len) else {
-            crate::warn_limited!(
-                self.warnings,
-                sector = req.sector,
-                len,
-                capacity = self.capacity(),
-                "virtio-blk: write outside the disk or not whole sectors"
-            );
-            return Outcome::status(VIRTIO_BLK_S_IOERR);
-        };
-        let mut cursor = Cursor::new(&req.readable);
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(MAX_WINDOW as u64) as usize;
-            self.grow_window(n);
-            let window = &mut self.window[..n];
-            if let Err(e) = cursor.gather(mem, window) {
-                crate::warn_limited!(
-                    self.warnings,
-                    "virtio-blk: cannot copy write data from the guest: {e}"
-                );
-                return Outcome::status(VIRTIO_BLK_S_IOERR);
-            }
-            if let Err(e) = self.disk.write_at(window, offset + done) {
-                tracing::error!(offset = offset + done, "virtio-blk: disk write failed: {e}");
-                return Outcome::status(VIRTIO_BLK_S_IOERR);
-            }
-            done += n as u64;
-        }
-        self.stats.wrote(done);
-        Outcome::status(VIRTIO_BLK_S_OK)
+        dir.outcome(VIRTIO_BLK_S_OK, done)
     }
 }
 
+/// Which way [`BlockDevice::transfer`] moves data.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// From the disk into the device-writable descriptors.
+    Read,
+    /// From the device-readable descriptors onto the disk.
+    Write,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Read => "read",
+            Direction::Write => "write",
+        }
+    }
+
+    fn guest_side(self) -> &'static str {
+        match self {
+            Direction::Read => "to",
+            Direction::Write => "from",
+        }
+    }
+
+    /// A request that moved `done` bytes: a read wrote them into guest
+    /// memory (the used length counts them), a write wrote none there.
+    fn outcome(self, status: u32, done: u64) -> Outcome {
+        let written = match self {
+            Direction::Read => done,
+            Direction::Write => 0,
+        };
+        Outcome { status, written }
+    }
+}
+
+/// Where a transfer failed.
+enum Fault {
+    Disk(std::io::Error),
+    Guest(vm_memory::GuestMemoryError),
+}
+
 impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
+    fn virtio(&self) -> &VirtioCommon {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.features;
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
+    fn virtio_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.virtio
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -411,11 +402,6 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
         &self.warnings
     }
 
-    fn activate(&mut self) -> Result<(), DeviceError> {
-        self.activated = true;
-        Ok(())
-    }
-
     fn process_queue(
         &mut self,
         queue_index: u16,
@@ -427,11 +413,8 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
         }
     }
 
-    fn reset(&mut self) {
-        // The disk keeps its content: a driver reset is not a new disk.
-        self.acked_features = 0;
-        self.activated = false;
-    }
+    // activate and reset: the defaults. The disk keeps its content across
+    // a driver reset: that is not a new disk.
 
     fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
         self.save()

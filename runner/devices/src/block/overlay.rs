@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use super::disk::{check_range, BaseImage};
+use super::base::{check_range, BaseImage};
 use crate::snapshot::{SnapshotError, StateReader, StateWriter};
 
 /// The largest bitmap an overlay may allocate (1 bit per chunk): 64 MiB, or

@@ -18,9 +18,9 @@
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
+use super::config::{SECTOR_SIZE, SERIAL_LEN};
 use super::device::BlockDevice;
 use super::overlay::SavedChunks;
-use super::{SECTOR_SIZE, SERIAL_LEN};
 use crate::snapshot::{SnapshotError, StateReader, StateWriter};
 
 /// Version of the body format above.
@@ -114,9 +114,9 @@ pub(crate) fn decode<'a>(state: &'a [u8], expect: &Expected) -> Result<Decoded<'
 impl BlockDevice {
     pub(super) fn save(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut w = StateWriter::new(VIRTIO_ID_BLOCK, STATE_VERSION);
-        w.put_u64(self.features);
-        w.put_u64(self.acked_features);
-        w.put_bool(self.activated);
+        w.put_u64(self.virtio.features());
+        w.put_u64(self.virtio.acked_features());
+        w.put_bool(self.virtio.is_activated());
         w.put_u64(self.disk.size() / SECTOR_SIZE);
         w.put_bytes(&self.serial);
         match self.disk.overlay() {
@@ -131,7 +131,7 @@ impl BlockDevice {
 
     pub(super) fn restore(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
         let written = self.disk.overlay().map_or(0, |o| o.written_chunks());
-        if self.activated || self.acked_features != 0 || written != 0 {
+        if !self.virtio.is_fresh() || written != 0 {
             return Err(SnapshotError::Invalid {
                 device: "block",
                 reason: "a restore needs a freshly created device, and this one was \
@@ -140,7 +140,7 @@ impl BlockDevice {
             });
         }
         let expect = Expected {
-            features: self.features,
+            features: self.virtio.features(),
             capacity: self.disk.size() / SECTOR_SIZE,
             serial: self.serial,
             read_only: self.disk.is_read_only(),
@@ -149,8 +149,10 @@ impl BlockDevice {
         if let (Some(chunks), Some(overlay)) = (decoded.chunks, self.disk.overlay_mut()) {
             overlay.restore(chunks)?;
         }
-        self.acked_features = decoded.acked_features;
-        self.activated = decoded.activated;
+        self.virtio.ack_features(decoded.acked_features);
+        if decoded.activated {
+            self.virtio.activate();
+        }
         Ok(())
     }
 }

@@ -24,14 +24,17 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::filter::{DropNotes, Policy, Verdict};
 use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
-use crate::virtio::{pop_chain, DeviceContext, DeviceError, SnapshotError, VirtioDevice};
+use crate::common::VirtioCommon;
+use crate::queue::{drain_queue, pop_or_arm, Served};
+use crate::snapshot::SnapshotError;
+use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -45,7 +48,6 @@ pub const LEGACY_NET_HDR_SIZE: usize = 10;
 /// Most bytes one TX chain may hold: the header and the largest frame.
 pub const MAX_CHAIN: usize = NET_HDR_SIZE + MAX_FRAME;
 
-const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
 const FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
@@ -76,13 +78,13 @@ impl Incoming {
 }
 
 pub struct NetDevice {
+    virtio: VirtioCommon,
     socket: Option<UnixStream>,
     epoll: Epoll,
     mac: [u8; 6],
     policy: Option<Policy>,
     drop_notes: DropNotes,
     vm: String,
-    acked_features: u64,
     /// A frame (with its length prefix) the socket has not taken yet.
     outgoing: Vec<u8>,
     outgoing_sent: usize,
@@ -108,13 +110,13 @@ impl NetDevice {
             EpollEvent::new(interest, 0),
         )?;
         Ok(NetDevice {
+            virtio: VirtioCommon::new(VIRTIO_ID_NET, FEATURES, &[QUEUE_SIZE; 2]),
             socket: Some(config.backend),
             epoll,
             mac: config.mac,
             policy: config.policy,
             drop_notes: DropNotes::default(),
             vm: config.vm,
-            acked_features: 0,
             outgoing: Vec::new(),
             outgoing_sent: 0,
             chain: Vec::with_capacity(MAX_CHAIN),
@@ -192,7 +194,7 @@ impl NetDevice {
 
     /// The virtio-net header's size for the features the driver took.
     fn header_len(&self) -> usize {
-        if self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0 {
+        if self.virtio.has_feature(VIRTIO_F_VERSION_1) {
             NET_HDR_SIZE
         } else {
             LEGACY_NET_HDR_SIZE
@@ -203,76 +205,75 @@ impl NetDevice {
         &mut self,
         ctx: &mut DeviceContext<'_, M>,
     ) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(queue) = ctx.queues.queue_mut(TX_QUEUE) else {
-            return Ok(());
-        };
-        let mut used = false;
+        // One frame in flight at most: while the socket holds the last one,
+        // the rest wait in the queue, with notifications off, until
+        // process_backend sees EPOLLOUT.
+        if !self.flush() {
+            if let Some(queue) = ctx.queues.queue_mut(TX_QUEUE) {
+                queue.disable_notification(ctx.mem)?;
+            }
+            return self.update_interest().map_err(DeviceError::Backend);
+        }
         let mut chain_bytes = std::mem::take(&mut self.chain);
-        'outer: loop {
-            queue.disable_notification(mem)?;
-            // One frame in flight at most: the rest wait in the queue.
-            while self.flush() {
-                let Some(chain) = pop_chain(queue, mem)? else {
-                    break;
-                };
-                let head = chain.head_index();
-                chain_bytes.clear();
-                let mut fits = true;
-                for desc in chain.readable() {
-                    let len = desc.len() as usize;
-                    if chain_bytes.len() + len > MAX_CHAIN {
-                        fits = false;
-                        break;
-                    }
-                    let start = chain_bytes.len();
-                    chain_bytes.resize(start + len, 0);
-                    if mem
-                        .read_slice(&mut chain_bytes[start..], desc.addr())
-                        .is_err()
-                    {
-                        fits = false;
-                        break;
-                    }
-                }
-                queue.add_used(mem, head, 0)?;
-                used = true;
-                let hdr = self.header_len();
-                if !fits || chain_bytes.len() < hdr + MIN_FRAME {
-                    crate::warn_limited!(
-                        self.warnings,
-                        "virtio-net: dropping a tx chain of the wrong size or outside memory"
-                    );
-                    continue;
-                }
-                let frame = &chain_bytes[hdr..];
-                if let Some(policy) = &self.policy {
-                    if let Verdict::Drop(why) = policy.outbound(frame) {
-                        self.drop_notes.note(&self.vm, &why);
-                        continue;
-                    }
-                }
-                if self.socket.is_some() {
-                    self.outgoing
-                        .extend_from_slice(&(frame.len() as u32).to_be_bytes());
-                    self.outgoing.extend_from_slice(frame);
-                }
+        let drained = drain_queue(ctx, TX_QUEUE, |mem, chain| {
+            self.send_chain(mem, chain, &mut chain_bytes);
+            if self.flush() {
+                Served::Next(0)
+            } else {
+                Served::Pause(0)
             }
-            if self.outgoing_sent < self.outgoing.len() {
-                // Wait for EPOLLOUT with notifications off: the queue is
-                // picked up again from process_backend.
-                break 'outer;
+        });
+        self.chain = chain_bytes;
+        drained?;
+        self.update_interest().map_err(DeviceError::Backend)
+    }
+
+    /// Reads one TX chain into `chain_bytes` and queues its frame for the
+    /// socket, unless it is malformed or the `allow` policy drops it.
+    fn send_chain<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        chain: DescriptorChain<&M>,
+        chain_bytes: &mut Vec<u8>,
+    ) {
+        chain_bytes.clear();
+        let mut fits = true;
+        for desc in chain.readable() {
+            let len = desc.len() as usize;
+            if chain_bytes.len() + len > MAX_CHAIN {
+                fits = false;
+                break;
             }
-            if !queue.enable_notification(mem)? {
+            let start = chain_bytes.len();
+            chain_bytes.resize(start + len, 0);
+            if mem
+                .read_slice(&mut chain_bytes[start..], desc.addr())
+                .is_err()
+            {
+                fits = false;
                 break;
             }
         }
-        self.chain = chain_bytes;
-        self.update_interest().map_err(DeviceError::Backend)?;
-        if used {
-            ctx.notify_used(TX_QUEUE)?;
+        let hdr = self.header_len();
+        if !fits || chain_bytes.len() < hdr + MIN_FRAME {
+            crate::warn_limited!(
+                self.warnings,
+                "virtio-net: dropping a tx chain of the wrong size or outside memory"
+            );
+            return;
         }
-        Ok(())
+        let frame = &chain_bytes[hdr..];
+        if let Some(policy) = &self.policy {
+            if let Verdict::Drop(why) = policy.outbound(frame) {
+                self.drop_notes.note(&self.vm, &why);
+                return;
+            }
+        }
+        if self.socket.is_some() {
+            self.outgoing
+                .extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            self.outgoing.extend_from_slice(frame);
+        }
     }
 
     /// Reads from the socket until a whole frame is there or it would
@@ -329,10 +330,8 @@ impl NetDevice {
         self.rx_usable = queue.is_some();
         if let Some(queue) = queue {
             while self.read_incoming() {
-                let Some(chain) = pop_chain(queue, mem)? else {
-                    if queue.enable_notification(mem)? {
-                        continue;
-                    }
+                // Out of buffers: a kick comes when the driver adds some.
+                let Some(chain) = pop_or_arm(queue, mem, false)? else {
                     break;
                 };
                 let head = chain.head_index();
@@ -387,24 +386,12 @@ impl NetDevice {
 }
 
 impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
+    fn virtio(&self) -> &VirtioCommon {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        FEATURES
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & FEATURES;
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
+    fn virtio_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.virtio
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -414,10 +401,6 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
 
     fn warnings(&self) -> &RateLimiter {
         &self.warnings
-    }
-
-    fn activate(&mut self) -> Result<(), DeviceError> {
-        Ok(())
     }
 
     fn process_queue(
@@ -446,7 +429,7 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
     }
 
     fn reset(&mut self) {
-        self.acked_features = 0;
+        self.virtio.reset();
         self.rx_usable = false;
         // Frames the guest or passt sent before the reset may be dropped,
         // but a frame half way through the socket must be finished, or the

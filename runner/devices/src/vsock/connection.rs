@@ -24,12 +24,12 @@ use std::{io, net::Shutdown};
 
 use vm_memory::GuestMemory;
 
+use super::config::VsockTimeouts;
 use super::packet::{
     Op, RxBuffer, TxPacket, VsockHeader, HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TYPE_STREAM,
 };
 use super::socket::{send_nosignal, NoSigPipe};
-use super::VsockTimeouts;
 
 /// Control packets waiting for an rx buffer, in the order they are sent.
 mod pending {

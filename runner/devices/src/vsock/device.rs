@@ -11,11 +11,15 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 
+use super::config::VsockConfig;
 use super::muxer::Muxer;
 use super::packet::{RxBuffer, TxPacket};
-use super::snapshot::ResetEvent;
-use super::VsockConfig;
-use crate::virtio::{pop_chain, DeviceContext, DeviceError, SnapshotError, VirtioDevice};
+use super::reset_event::ResetEvent;
+use super::state;
+use crate::common::VirtioCommon;
+use crate::queue::{drain_queue, pop_or_arm, Served};
+use crate::snapshot::SnapshotError;
+use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
 
 /// Index of the queue the device fills with packets for the guest.
 pub const RX_QUEUE: u16 = 0;
@@ -26,9 +30,7 @@ pub const EVENT_QUEUE: u16 = 2;
 /// Maximum size of each queue. QEMU's vhost-user-vsock-device asks for 1024.
 pub const QUEUE_SIZE: u16 = 1024;
 
-const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
-
-pub(super) const FEATURES: u64 =
+const FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
 /// Why a vsock device could not be created.
@@ -47,13 +49,11 @@ pub enum VsockError {
 /// A virtio-vsock device whose host side is Unix sockets (see the module docs
 /// of `muxer` for the protocol).
 pub struct VsockDevice {
-    // pub(super): `super::snapshot` saves and restores these.
-    pub(super) config: VsockConfig,
-    pub(super) muxer: Muxer,
-    pub(super) acked_features: u64,
-    pub(super) activated: bool,
+    virtio: VirtioCommon,
+    config: VsockConfig,
+    muxer: Muxer,
     /// The transport reset a restored device owes the guest.
-    pub(super) reset_event: ResetEvent,
+    reset_event: ResetEvent,
 }
 
 impl VsockDevice {
@@ -67,10 +67,9 @@ impl VsockDevice {
             source,
         })?;
         Ok(VsockDevice {
+            virtio: VirtioCommon::new(VIRTIO_ID_VSOCK, FEATURES, &[QUEUE_SIZE; 3]),
             config,
             muxer,
-            acked_features: 0,
-            activated: false,
             reset_event: ResetEvent::None,
         })
     }
@@ -85,7 +84,13 @@ impl VsockDevice {
 
     /// Whether the driver has activated the device (and not reset it since).
     pub fn is_activated(&self) -> bool {
-        self.activated
+        self.virtio.is_activated()
+    }
+
+    /// Whether the transport reset is still owed or not yet handled by the
+    /// driver (packets for the guest wait meanwhile).
+    pub fn transport_reset_outstanding(&self) -> bool {
+        self.reset_event != ResetEvent::None
     }
 
     /// Number of live connections.
@@ -97,35 +102,15 @@ impl VsockDevice {
         &mut self,
         ctx: &mut DeviceContext<'_, M>,
     ) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(queue) = ctx.queues.queue_mut(TX_QUEUE) else {
-            return Ok(());
-        };
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem)?;
-            while let Some(chain) = pop_chain(queue, mem)? {
-                let head = chain.head_index();
-                match TxPacket::parse(mem, chain) {
-                    Ok(pkt) => self.muxer.handle_guest_packet(mem, &pkt),
-                    Err(e) => crate::warn_limited!(
-                        self.muxer.warnings(),
-                        "vsock: dropping tx buffer: {e}"
-                    ),
+        drain_queue(ctx, TX_QUEUE, |mem, chain| {
+            match TxPacket::parse(mem, chain) {
+                Ok(pkt) => self.muxer.handle_guest_packet(mem, &pkt),
+                Err(e) => {
+                    crate::warn_limited!(self.muxer.warnings(), "vsock: dropping tx buffer: {e}")
                 }
-                queue.add_used(mem, head, 0)?;
-                used = true;
             }
-            // Re-enabling reports buffers added meanwhile, which must not wait
-            // for a kick that will never come.
-            if !queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        if used {
-            ctx.notify_used(TX_QUEUE)?;
-        }
-        Ok(())
+            Served::Next(0)
+        })
     }
 
     fn process_rx<M: GuestMemory>(
@@ -133,7 +118,8 @@ impl VsockDevice {
         ctx: &mut DeviceContext<'_, M>,
     ) -> Result<(), DeviceError> {
         // After a restore nothing goes to the guest before the transport reset.
-        if !self.advance_reset_event(ctx)? {
+        let warnings = self.muxer.warnings();
+        if !self.reset_event.advance(ctx, EVENT_QUEUE, warnings)? {
             return Ok(());
         }
         let mem = ctx.mem;
@@ -142,12 +128,8 @@ impl VsockDevice {
         };
         let mut used = false;
         while self.muxer.has_pending_rx() {
-            let Some(chain) = pop_chain(queue, mem)? else {
-                // Out of buffers: ask for a kick when the driver adds some,
-                // unless it already did in the meantime.
-                if queue.enable_notification(mem)? {
-                    continue;
-                }
+            // Out of buffers: a kick comes when the driver adds some.
+            let Some(chain) = pop_or_arm(queue, mem, false)? else {
                 break;
             };
             let head = chain.head_index();
@@ -176,27 +158,25 @@ impl VsockDevice {
         }
         Ok(())
     }
+
+    /// What keeps the device from being saved now (see the muxer's).
+    fn blocker(&self) -> Option<SnapshotError> {
+        self.muxer
+            .snapshot_blocker()
+            .map(|why| SnapshotError::Busy {
+                device: "vsock",
+                reason: format!("{why}; a snapshot needs none"),
+            })
+    }
 }
 
 impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
+    fn virtio(&self) -> &VirtioCommon {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        FEATURES
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & FEATURES;
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
+    fn virtio_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.virtio
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -206,11 +186,6 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
 
     fn warnings(&self) -> &RateLimiter {
         self.muxer.warnings()
-    }
-
-    fn activate(&mut self) -> Result<(), DeviceError> {
-        self.activated = true;
-        Ok(())
     }
 
     fn process_queue(
@@ -246,20 +221,46 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
 
     fn reset(&mut self) {
         self.muxer.reset();
-        self.acked_features = 0;
-        self.activated = false;
+        self.virtio.reset();
         self.reset_event = ResetEvent::None;
     }
 
     fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
-        self.save()
+        if let Some(busy) = self.blocker() {
+            return Err(busy);
+        }
+        Ok(state::encode(
+            self.virtio.acked_features(),
+            self.virtio.is_activated(),
+            self.config.guest_cid,
+        ))
     }
 
     fn snapshot_blocker(&self) -> Option<SnapshotError> {
         self.blocker()
     }
 
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
-        self.restore(state)
+    fn restore_state(&mut self, saved: &[u8]) -> Result<(), SnapshotError> {
+        if !self.virtio.is_fresh() || self.muxer.snapshot_blocker().is_some() {
+            return Err(SnapshotError::Invalid {
+                device: "vsock",
+                reason: "a restore needs a freshly created device, and this one was already \
+                         set up or used"
+                    .into(),
+            });
+        }
+        let decoded = state::decode(saved, self.virtio.features(), self.config.guest_cid)?;
+        self.virtio.ack_features(decoded.acked_features);
+        if decoded.activated {
+            self.virtio.activate();
+            self.reset_event = ResetEvent::Pending;
+            // The transport may have nothing else to call us for soon.
+            self.muxer.wake().map_err(|source| SnapshotError::Io {
+                device: "vsock",
+                what: "cannot wake the device to send the transport reset".into(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 }

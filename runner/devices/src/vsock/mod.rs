@@ -4,78 +4,20 @@
 //! - `connection`: one stream's state machine and credit accounting;
 //! - `muxer`: the Unix sockets, the hybrid `CONNECT` protocol, the epoll set;
 //! - [`device`]: the virtqueues and the [`crate::virtio::VirtioDevice`] glue;
-//! - `snapshot`: the device's state for VM snapshots, and the transport
-//!   reset a restored device sends the guest.
+//! - `state`: the device's state for VM snapshots;
+//! - `reset_event`: the transport reset a restored device sends the guest.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
+mod config;
 mod connection;
 mod device;
 mod muxer;
 pub mod packet;
-pub(crate) mod snapshot;
+mod reset_event;
 mod socket;
+// pub(crate) for the fuzz entry points in `crate::fuzzing`.
+pub(crate) mod state;
 #[cfg(test)]
 mod tests;
 
+pub use config::{VsockConfig, VsockTimeouts, DEFAULT_REQUEST_TIMEOUT};
 pub use device::{VsockDevice, VsockError, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
-
-/// How long the device waits for the other side before giving up. The
-/// defaults (10 s each) are generous because TCG guests are slow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VsockTimeouts {
-    /// A host program's `CONNECT <port>` line must arrive within this.
-    pub handshake: Duration,
-    /// A host-initiated connection waits this long for the guest's RESPONSE
-    /// once the REQUEST reached the guest; then the host socket is closed.
-    pub request: Duration,
-    /// A connection whose both directions are shut waits this long for the
-    /// last bytes to drain or for the guest's RST; then it is reset.
-    pub close: Duration,
-}
-
-/// [`VsockTimeouts::request`] by default. Host programs that connect
-/// (the runner's `hybrid_vsock`) wait less than this for the guest's
-/// answer, so they give up first and say why.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Default for VsockTimeouts {
-    fn default() -> Self {
-        VsockTimeouts {
-            handshake: Duration::from_secs(10),
-            request: DEFAULT_REQUEST_TIMEOUT,
-            close: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Configuration of one vsock device.
-#[derive(Clone, Debug)]
-pub struct VsockConfig {
-    /// The guest's context id (3 or more).
-    pub guest_cid: u64,
-    /// Host-side Unix socket: host programs connect here; guest connections to
-    /// host port `P` go to `<uds_path>_<P>`.
-    pub uds_path: PathBuf,
-    /// Bytes of guest data each connection may hold while the host program is
-    /// slow to read (the `buf_alloc` advertised to the guest).
-    pub conn_buffer_size: u32,
-    /// Most simultaneous connections; further ones are refused.
-    pub max_connections: usize,
-    pub timeouts: VsockTimeouts,
-}
-
-impl VsockConfig {
-    /// A configuration with the default buffer size (256 KiB), connection
-    /// limit (256) and timeouts.
-    pub fn new(guest_cid: u64, uds_path: impl Into<PathBuf>) -> VsockConfig {
-        VsockConfig {
-            guest_cid,
-            uds_path: uds_path.into(),
-            conn_buffer_size: 256 * 1024,
-            max_connections: 256,
-            timeouts: VsockTimeouts::default(),
-        }
-    }
-}

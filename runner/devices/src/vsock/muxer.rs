@@ -29,10 +29,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::config::VsockConfig;
 use super::connection::{ConnParams, Connection, State};
 use super::packet::{Op, RxBuffer, TxPacket, VsockHeader, HOST_CID, TYPE_STREAM};
 use super::socket::connect_nonblocking;
-use super::VsockConfig;
 
 mod host;
 

@@ -4,6 +4,7 @@
 //! writable buffer the driver posts with a byte pattern.
 
 use super::*;
+use runner_devices::common::VirtioCommon;
 use runner_devices::virtio::DeviceError;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -15,26 +16,17 @@ const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 const VRING_DESC_F_WRITE: u16 = 2;
 
 struct Entropy {
-    acked: u64,
+    virtio: VirtioCommon,
     activations: u32,
     config: [u8; 8],
 }
 
 impl<M: GuestMemory> VirtioDevice<M> for Entropy {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
+    fn virtio(&self) -> &VirtioCommon {
+        &self.virtio
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16]
-    }
-    fn features(&self) -> u64 {
-        FEATURE_VERSION_1 | FEATURE_EVENT_IDX
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & (FEATURE_VERSION_1 | FEATURE_EVENT_IDX);
-    }
-    fn acked_features(&self) -> u64 {
-        self.acked
+    fn virtio_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.virtio
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
@@ -49,6 +41,7 @@ impl<M: GuestMemory> VirtioDevice<M> for Entropy {
         }
     }
     fn activate(&mut self) -> Result<(), DeviceError> {
+        self.virtio.activate();
         self.activations += 1;
         Ok(())
     }
@@ -81,16 +74,13 @@ impl<M: GuestMemory> VirtioDevice<M> for Entropy {
         }
         ctx.notify_used(index)
     }
-    fn reset(&mut self) {
-        self.acked = 0;
-    }
 }
 
 fn transport() -> (MmioTransport, GuestMemoryMmap, EventFd) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let dev = Entropy {
-        acked: 0,
+        virtio: VirtioCommon::new(VIRTIO_ID_RNG, FEATURE_VERSION_1 | FEATURE_EVENT_IDX, &[16]),
         activations: 0,
         config: *b"RUNNER01",
     };
