@@ -183,12 +183,12 @@ fn kill_vsock_tx(cache: &Path) {
     let [snap] = snapshots(cache).try_into().expect("one snapshot");
     let path = cache.join("snapshots").join(&snap);
     runner_vmm::snapshot::file::rewrite_state(&path, |state| {
-        let mut state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+        let mut state = runner_vmm::snapshot::SnapshotState::decode(&state).unwrap();
         // Devices in attach order: the root disk, then vsock (RX, TX, event).
-        let tx = &mut state["devices"][1]["queues"][1];
-        assert_eq!(tx["ready"], true, "{tx}");
-        tx["ready"] = false.into();
-        serde_json::to_vec(&state).unwrap()
+        let tx = &mut state.devices[1].queues[1];
+        assert!(tx.ready, "{tx:?}");
+        tx.ready = false;
+        state.encode().unwrap()
     })
     .unwrap();
     // Sealed again, as the runner sealed it: the damage is now one only a

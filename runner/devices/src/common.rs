@@ -3,7 +3,10 @@
 //! whether the driver activated it. Each device holds one [`VirtioCommon`]
 //! and hands it to [`crate::virtio::VirtioDevice`] through
 //! `VirtioDevice::virtio`, whose feature and queue methods then need no
-//! code in the device.
+//! code in the device. For snapshots it saves and checks its part of a
+//! device's state ([`CommonState`]).
+
+use serde::{Deserialize, Serialize};
 
 /// The part of a device's state that is the same for every virtio device.
 #[derive(Clone, Debug)]
@@ -82,6 +85,50 @@ impl VirtioCommon {
     pub fn is_fresh(&self) -> bool {
         self.acked_features == 0 && !self.activated
     }
+
+    /// This part of the device's state, for a snapshot.
+    pub fn save(&self) -> CommonState {
+        CommonState {
+            features: self.features,
+            acked_features: self.acked_features,
+            activated: self.activated,
+        }
+    }
+
+    /// Why `saved` cannot be restored into this device, if it cannot: it
+    /// offered other features (another build or configuration), or its
+    /// driver acked some never offered (a damaged or forged state).
+    pub fn check(&self, saved: &CommonState) -> Result<(), String> {
+        if saved.features != self.features {
+            return Err(format!(
+                "the saved device offered features {:#x}, this one offers {:#x}",
+                saved.features, self.features
+            ));
+        }
+        if saved.acked_features & !saved.features != 0 {
+            return Err(format!(
+                "the acked features {:#x} include some never offered ({:#x})",
+                saved.acked_features, saved.features
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes `saved`, which [`VirtioCommon::check`] accepted, instead of
+    /// the driver's negotiation and activation.
+    pub fn restore(&mut self, saved: &CommonState) {
+        self.acked_features = saved.acked_features & self.features;
+        self.activated = saved.activated;
+    }
+}
+
+/// What [`VirtioCommon`] saves: the offered features (which the restoring
+/// device must offer too), the acked ones, and the activation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommonState {
+    pub features: u64,
+    pub acked_features: u64,
+    pub activated: bool,
 }
 
 #[cfg(test)]
@@ -104,5 +151,35 @@ mod tests {
         v.reset();
         assert_eq!(v.acked_features(), 0);
         assert!(!v.is_activated() && v.is_fresh());
+    }
+
+    #[test]
+    fn a_saved_state_restores_only_into_a_device_offering_the_same() {
+        let mut saved = VirtioCommon::new(19, 0b111, &[4]);
+        saved.ack_features(0b101);
+        saved.activate();
+        let state = saved.save();
+
+        let mut fresh = VirtioCommon::new(19, 0b111, &[4]);
+        fresh.check(&state).expect("same device");
+        fresh.restore(&state);
+        assert_eq!(fresh.save(), state);
+        assert!(fresh.is_activated());
+
+        let other = VirtioCommon::new(19, 0b011, &[4]);
+        let why = other.check(&state).expect_err("other features");
+        assert!(
+            why.contains("offered features 0x7, this one offers 0x3"),
+            "{why}"
+        );
+        let forged = CommonState {
+            acked_features: 0b1000,
+            ..state
+        };
+        let why = fresh.check(&forged).expect_err("never offered");
+        assert!(
+            why.contains("acked features 0x8 include some never offered"),
+            "{why}"
+        );
     }
 }

@@ -29,10 +29,14 @@ use std::os::unix::net::UnixStream;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::block::request::{self, total_len, Cursor, Rejected};
+use crate::common::VirtioCommon;
 use crate::net::filter::{Policy, Verdict};
 use crate::net::{stream, NetConfig, NetDevice, TX_QUEUE};
+use crate::snapshot::codec;
+use crate::snapshot::state::DeviceState;
 use crate::virtio::{DeviceContext, Interrupt, VirtioDevice};
 use crate::vsock::packet::{RxBuffer, TxPacket, VsockHeader, MAX_PAYLOAD};
+use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_VSOCK};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 /// Descriptors in the queue; small, so the fuzzer finds loops and indirect
@@ -380,38 +384,60 @@ pub const STATE_VSOCK_CID: u64 = 3;
 /// `VsockDevice` offers).
 pub const STATE_VSOCK_FEATURES: u64 = 0x1_3000_0000;
 
-/// A saved device state from a snapshot file, decoded the way
-/// `restore_state` does before it changes anything. Byte 0 picks the
-/// device: bit 0 clear for block (bit 1 set: a read-only device), set for
-/// vsock; the rest is the state. Returns whether the state was accepted.
+/// Control byte bit of [`device_state`]: the block device checking the
+/// state is read-only (else copy-on-write).
+pub const STATE_READ_ONLY: u8 = 1 << 1;
+
+/// A saved device state from a snapshot file, decoded by the snapshot
+/// codec and checked the way `restore_state` does before it changes
+/// anything, against a block or vsock device configured as the `STATE_*`
+/// constants say. Byte 0: control bits ([`STATE_READ_ONLY`]); the rest is
+/// one encoded [`DeviceState`]. Returns whether the state was accepted.
 pub fn device_state(data: &[u8]) -> bool {
-    let Some((&control, state)) = data.split_first() else {
+    let Some((&control, encoded)) = data.split_first() else {
         return false;
     };
-    if control & 1 == 1 {
-        return crate::vsock::state::decode(state, STATE_VSOCK_FEATURES, STATE_VSOCK_CID).is_ok();
-    }
-    let expect = crate::block::snapshot::Expected {
-        features: STATE_BLOCK_FEATURES,
-        capacity: STATE_BLOCK_SECTORS,
-        serial: *STATE_BLOCK_SERIAL,
-        read_only: control & 2 != 0,
+    let Ok(state) = codec::decode::<DeviceState>(encoded) else {
+        return false;
     };
-    match crate::block::snapshot::decode(state, &expect) {
-        Ok(decoded) => {
-            assert_eq!(
-                decoded.acked_features & !STATE_BLOCK_FEATURES,
-                0,
-                "acked features never offered"
-            );
-            assert_eq!(decoded.chunks.is_none(), expect.read_only);
-            if let Some(chunks) = decoded.chunks {
-                // Chunks are at least a sector.
-                assert!(chunks.count() <= STATE_BLOCK_SECTORS);
-            }
-            true
+    // What decodes survives its own round trip (what a clone of a clone
+    // does with it).
+    let again = codec::encode(&state).expect("a decoded state encodes");
+    assert_eq!(
+        codec::decode::<DeviceState>(&again).ok().as_ref(),
+        Some(&state)
+    );
+    match &state {
+        DeviceState::Vsock(saved) => {
+            let virtio = VirtioCommon::new(VIRTIO_ID_VSOCK, STATE_VSOCK_FEATURES, &[8; 3]);
+            crate::vsock::state::check(saved, &virtio, STATE_VSOCK_CID).is_ok()
         }
-        Err(_) => false,
+        DeviceState::Block(saved) => {
+            let virtio = VirtioCommon::new(VIRTIO_ID_BLOCK, STATE_BLOCK_FEATURES, &[8]);
+            let read_only = control & STATE_READ_ONLY != 0;
+            let expect = crate::block::state::Expected {
+                virtio: &virtio,
+                capacity: STATE_BLOCK_SECTORS,
+                serial: *STATE_BLOCK_SERIAL,
+                read_only,
+            };
+            match crate::block::state::check(saved, &expect) {
+                Ok(chunks) => {
+                    assert_eq!(
+                        saved.virtio.acked_features & !STATE_BLOCK_FEATURES,
+                        0,
+                        "acked features never offered"
+                    );
+                    assert_eq!(chunks.is_none(), read_only);
+                    if let Some(chunks) = chunks {
+                        // Chunks are at least a sector.
+                        assert!(chunks.count() <= STATE_BLOCK_SECTORS);
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
+        }
     }
 }
 
@@ -441,6 +467,53 @@ pub fn replay(target: &str, entry: fn(&[u8]) -> bool) {
     assert!(replayed > 0, "no fuzz inputs for {target}");
 }
 
+/// Where `fuzz/seeds/<target>` is.
+fn seed_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds")).join(target)
+}
+
+/// Keeps `fuzz/seeds/<target>` equal to `seeds` (name, input): seeds whose
+/// layout is a Rust type's encoding are written by the crate's tests from
+/// the types themselves, not by `fuzz/make_seeds.py`. With
+/// `RUNNER_WRITE_SEEDS=1` the directory is rewritten; otherwise every file
+/// must match, so a change to the encoding fails here until the seeds are
+/// regenerated (and reviewed).
+pub fn keep_seeds(target: &str, seeds: &[(&str, Vec<u8>)]) {
+    let dir = seed_dir(target);
+    if std::env::var_os("RUNNER_WRITE_SEEDS").is_some_and(|v| v == "1") {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the seed directory");
+        for (name, input) in seeds {
+            std::fs::write(dir.join(name), input).expect("write a seed");
+        }
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the seed directory")
+        .map(|e| {
+            e.expect("a seed")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = seeds.iter().map(|(name, _)| name.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        on_disk,
+        expected,
+        "{}: rerun with RUNNER_WRITE_SEEDS=1",
+        dir.display()
+    );
+    for (name, input) in seeds {
+        let stored = std::fs::read(dir.join(name)).expect("read a seed");
+        assert!(
+            &stored == input,
+            "seed {target}/{name} is not the current encoding: rerun with RUNNER_WRITE_SEEDS=1"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +531,76 @@ mod tests {
     #[test]
     fn replay_net_filter_inputs() {
         replay("net_filter", net_filter);
+    }
+
+    /// The `device_state` seeds: states as the devices save them, for the
+    /// devices the entry point checks against.
+    fn device_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        use crate::block::{BlockState, SavedOverlay};
+        use crate::common::CommonState;
+        use crate::vsock::VsockState;
+
+        const CHUNK: u64 = 4096;
+        let size = STATE_BLOCK_SECTORS * 512;
+        let block = |written: &[u64]| {
+            let words = size.div_ceil(CHUNK).div_ceil(64) as usize;
+            let mut bitmap = vec![0u64; words];
+            let mut data = Vec::new();
+            for &c in written {
+                bitmap[(c / 64) as usize] |= 1 << (c % 64);
+                let len = CHUNK.min(size - c * CHUNK) as usize;
+                data.extend(std::iter::repeat_n(c as u8 + 1, len));
+            }
+            DeviceState::Block(BlockState {
+                virtio: CommonState {
+                    features: STATE_BLOCK_FEATURES,
+                    acked_features: STATE_BLOCK_FEATURES,
+                    activated: true,
+                },
+                capacity: STATE_BLOCK_SECTORS,
+                serial: *STATE_BLOCK_SERIAL,
+                overlay: Some(SavedOverlay {
+                    chunk_size: CHUNK,
+                    bitmap: bitmap.iter().flat_map(|w| w.to_le_bytes()).collect(),
+                    data,
+                }),
+            })
+        };
+        let read_only = DeviceState::Block(BlockState {
+            virtio: CommonState {
+                features: STATE_BLOCK_FEATURES,
+                acked_features: 0,
+                activated: false,
+            },
+            capacity: STATE_BLOCK_SECTORS,
+            serial: *STATE_BLOCK_SERIAL,
+            overlay: None,
+        });
+        let vsock = DeviceState::Vsock(VsockState {
+            virtio: CommonState {
+                features: STATE_VSOCK_FEATURES,
+                acked_features: STATE_VSOCK_FEATURES,
+                activated: true,
+            },
+            guest_cid: STATE_VSOCK_CID,
+        });
+        let input = |control: u8, state: &DeviceState| {
+            let mut input = vec![control];
+            input.extend(codec::encode(state).expect("encode"));
+            input
+        };
+        vec![
+            ("block-empty", input(0, &block(&[]))),
+            // The last chunk (33) is short.
+            ("block-written", input(0, &block(&[0, 1, 5, 33]))),
+            ("block-read-only", input(STATE_READ_ONLY, &read_only)),
+            ("vsock", input(0, &vsock)),
+        ]
+    }
+
+    #[test]
+    fn device_state_seeds_are_the_current_encoding() {
+        keep_seeds("device_state", &device_state_seeds());
     }
 
     #[test]

@@ -14,4 +14,5 @@ pub mod snapshot;
 pub mod virtio;
 pub mod vsock;
 
-pub use snapshot::SnapshotError;
+pub use snapshot::error::SnapshotError;
+pub use snapshot::state::DeviceState;

@@ -40,7 +40,8 @@ use virtio_queue::{Queue, QueueT};
 use crate::common::VirtioCommon;
 use vm_memory::GuestMemory;
 
-pub use crate::snapshot::SnapshotError;
+use crate::snapshot::error::{device_name, SnapshotError};
+use crate::snapshot::state::DeviceState;
 
 /// How a device tells the driver that something happened.
 ///
@@ -263,16 +264,17 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
         self.virtio_mut().reset();
     }
 
-    /// The device's own state for a snapshot, in the versioned encoding of
-    /// [`crate::snapshot`]. Called while the VM is paused, so no queue is
-    /// processed meanwhile; the transport saves the queues themselves.
+    /// The device's own state for a snapshot (the transport saves it with
+    /// its own, in the encoding of [`crate::snapshot::codec`]). Called while
+    /// the VM is paused, so no queue is processed meanwhile; the transport
+    /// saves the queues themselves.
     ///
     /// Fails with [`SnapshotError::Busy`] when the device holds something a
     /// snapshot cannot carry right now (an open connection), saying what, and
     /// with [`SnapshotError::Unsupported`] (the default) when it never can.
-    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+    fn save_state(&self) -> Result<DeviceState, SnapshotError> {
         Err(SnapshotError::Unsupported {
-            device: crate::snapshot::device_name(self.device_type()),
+            device: device_name(self.device_type()),
             reason: "this device model cannot save its state",
         })
     }
@@ -290,19 +292,20 @@ pub trait VirtioDevice<M: GuestMemory>: Send {
     /// behaves as the saved device did (same acked features, activated if it
     /// was), ready for the queues the transport restores.
     ///
-    /// `state` is untrusted: a state of another device type or version, a
-    /// corrupt one, or one that does not match this device's configuration is
-    /// refused with [`SnapshotError::Invalid`]. After an error the device
-    /// may be partly restored and must be discarded.
+    /// `state` is untrusted (decoded from a file, within the codec's
+    /// bounds): a state of another device type, or one that does not match
+    /// this device's configuration, is refused with
+    /// [`SnapshotError::Invalid`]. After an error the device may be partly
+    /// restored and must be discarded.
     ///
     /// A device that owes the guest something after a restore (vsock's
     /// transport reset) makes its [`VirtioDevice::backend_fd`] readable, so
     /// the transport's first [`VirtioDevice::process_backend`] call sends it;
     /// that call should come once the transport has restored the queues
     /// (until then the device waits for the next call or kick).
-    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SnapshotError> {
+    fn restore_state(&mut self, _state: &DeviceState) -> Result<(), SnapshotError> {
         Err(SnapshotError::Unsupported {
-            device: crate::snapshot::device_name(self.device_type()),
+            device: device_name(self.device_type()),
             reason: "this device model cannot restore a saved state",
         })
     }

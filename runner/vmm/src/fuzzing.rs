@@ -268,7 +268,7 @@ fn restore(path: &Path) -> bool {
     let file_len = opened.file.metadata().expect("stat the snapshot").len();
     assert!(header.memory_offset + header.memory_len <= file_len);
 
-    let Ok(state) = serde_json::from_slice::<SnapshotState>(&opened.state) else {
+    let Ok(state) = SnapshotState::decode(&opened.state) else {
         return false;
     };
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
@@ -298,7 +298,176 @@ fn restore(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_devices::fuzzing::replay;
+    use runner_devices::block::{BlockState, SavedOverlay};
+    use runner_devices::common::CommonState;
+    use runner_devices::fuzzing::{keep_seeds, replay};
+    use runner_devices::vsock::VsockState;
+    use runner_devices::DeviceState;
+
+    use crate::snapshot::vm_state::VmState;
+    use crate::snapshot::SavedSerial;
+    use crate::virtio_mmio::state::{SavedQueue, TransportState};
+
+    /// Features the mmio seeds' drivers take: VERSION_1, EVENT_IDX and
+    /// INDIRECT_DESC, and for block SEG_MAX, BLK_SIZE and FLUSH too.
+    const VSOCK_FEATURES: u64 = (1 << 32) | (1 << 29) | (1 << 28);
+    const BLOCK_FEATURES: u64 = VSOCK_FEATURES | 0x244;
+    /// ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK.
+    const DRIVER_OK_STATUS: u32 = 1 | 2 | 8 | 4;
+
+    fn transport_state(queues: usize, driver_features: u64, device: DeviceState) -> TransportState {
+        TransportState {
+            device_type: device.device_type(),
+            device_features_sel: 1,
+            driver_features_sel: 1,
+            driver_features,
+            queue_sel: 0,
+            status: DRIVER_OK_STATUS,
+            activated: true,
+            interrupt_status: 0,
+            config_generation: 0,
+            queues: (0..queues as u64)
+                .map(|index| {
+                    let base = 0x1_0000 * (index + 1);
+                    SavedQueue {
+                        max_size: 1024,
+                        next_avail: 0,
+                        next_used: 0,
+                        event_idx_enabled: true,
+                        size: 16,
+                        ready: true,
+                        desc_table: base,
+                        avail_ring: base + 0x1000,
+                        used_ring: base + 0x2000,
+                    }
+                })
+                .collect(),
+            device,
+        }
+    }
+
+    fn vsock_transport(driver_features: u64) -> TransportState {
+        let device = DeviceState::Vsock(VsockState {
+            virtio: CommonState {
+                features: VSOCK_FEATURES,
+                acked_features: VSOCK_FEATURES,
+                activated: true,
+            },
+            guest_cid: VSOCK_CID,
+        });
+        transport_state(3, driver_features, device)
+    }
+
+    /// A block device whose guest wrote chunk 3 of the 64 KiB disk.
+    fn block_transport() -> TransportState {
+        let mut serial = [0u8; 20];
+        serial[..BLOCK_SERIAL.len()].copy_from_slice(BLOCK_SERIAL.as_bytes());
+        let device = DeviceState::Block(BlockState {
+            virtio: CommonState {
+                features: BLOCK_FEATURES,
+                acked_features: BLOCK_FEATURES,
+                activated: true,
+            },
+            capacity: (BLOCK_IMAGE_BYTES / 512) as u64,
+            serial,
+            overlay: Some(SavedOverlay {
+                chunk_size: 4096,
+                bitmap: (1u64 << 3).to_le_bytes().to_vec(),
+                data: vec![0x33; 4096],
+            }),
+        });
+        transport_state(1, BLOCK_FEATURES, device)
+    }
+
+    fn state(devices: Vec<TransportState>) -> SnapshotState {
+        SnapshotState {
+            memory_mib: SNAPSHOT_MEMORY_MIB,
+            vm: VmState {
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+                pit: Default::default(),
+                clock: Default::default(),
+            },
+            vcpus: Vec::new(),
+            serial: SavedSerial {
+                baud_divisor_low: 12,
+                baud_divisor_high: 0,
+                interrupt_enable: 0,
+                interrupt_identification: 1,
+                line_control: 3,
+                line_status: 0x60,
+                modem_control: 8,
+                modem_status: 0xb0,
+                scratch: 0,
+                in_buffer: b"AB".to_vec(),
+            },
+            devices,
+        }
+    }
+
+    /// A [`snapshot`] input: the header [`file::write`] writes for
+    /// `state` (its first bytes and its CRC), then the state.
+    fn snapshot_input(control: u8, state: &SnapshotState) -> Vec<u8> {
+        let encoded = state.encode().expect("encode");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("snapshot");
+        let out = file::create(&path).expect("create");
+        let memory_len = u64::from(SNAPSHOT_MEMORY_MIB) << 20;
+        file::write(&out, SNAPSHOT_IDENTITY, &encoded, memory_len, |_, _| Ok(())).expect("write");
+        let written = std::fs::read(&path).expect("read");
+        let mut input = vec![control];
+        input.extend_from_slice(&written[..SNAP_HEADER_BYTES]);
+        input.extend_from_slice(&written[4092..4096]);
+        input.extend_from_slice(&encoded);
+        input
+    }
+
+    fn snapshot_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            (
+                "vsock",
+                snapshot_input(0, &state(vec![vsock_transport(VSOCK_FEATURES)])),
+            ),
+            (
+                "block-and-vsock",
+                snapshot_input(
+                    0,
+                    &state(vec![block_transport(), vsock_transport(VSOCK_FEATURES)]),
+                ),
+            ),
+            // Checksums and the state's length as written, not filled in.
+            (
+                "no-devices-as-given",
+                snapshot_input(
+                    SNAP_HEADER_CRC_AS_GIVEN | SNAP_STATE_AS_GIVEN,
+                    &state(vec![]),
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn snapshot_seeds_are_the_current_encoding() {
+        keep_seeds("snapshot", &snapshot_seeds());
+    }
+
+    /// The snapshot target once restored a transport whose driver features
+    /// held bits its device never offered (the value is the fuzzer's):
+    /// kept in the current encoding as `fuzz/regressions/snapshot/`.
+    #[test]
+    fn unoffered_driver_features_are_refused() {
+        let input = snapshot_input(0, &state(vec![vsock_transport(0x596c_5c00)]));
+        assert!(!snapshot(&input), "restored");
+        let kept = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/regressions/snapshot/unoffered-driver-features-restored"
+        );
+        if std::env::var_os("RUNNER_WRITE_SEEDS").is_some_and(|v| v == "1") {
+            std::fs::write(kept, &input).expect("write the regression input");
+        }
+        assert!(std::fs::read(kept).expect("the regression input") == input);
+    }
 
     #[test]
     fn replay_mmio_transport_inputs() {

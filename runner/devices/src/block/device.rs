@@ -20,10 +20,12 @@ use super::base::DiskError;
 use super::config::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
 use super::disk::Disk;
 use super::request::{self, total_len, Cursor, Rejected, Request, RequestType};
+use super::state::{self, BlockState, Expected};
 use super::stats::BlockStats;
 use crate::common::VirtioCommon;
 use crate::queue::{drain_queue, Served};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::error::SnapshotError;
+use crate::snapshot::state::DeviceState;
 use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
 
 /// Index of the request queue (the only queue).
@@ -50,10 +52,9 @@ pub enum BlockError {
 
 /// A virtio-blk device over a [`Disk`].
 pub struct BlockDevice {
-    // pub(super): `super::snapshot` saves and restores these.
-    pub(super) virtio: VirtioCommon,
-    pub(super) disk: Disk,
-    pub(super) serial: [u8; SERIAL_LEN],
+    virtio: VirtioCommon,
+    disk: Disk,
+    serial: [u8; SERIAL_LEN],
     config: [u8; CONFIG_SIZE],
     window: Vec<u8>,
     stats: Arc<BlockStats>,
@@ -416,11 +417,40 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
     // activate and reset: the defaults. The disk keeps its content across
     // a driver reset: that is not a new disk.
 
-    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
-        self.save()
+    fn save_state(&self) -> Result<DeviceState, SnapshotError> {
+        let overlay = self.disk.overlay().map(|o| o.save()).transpose()?;
+        Ok(DeviceState::Block(BlockState {
+            virtio: self.virtio.save(),
+            capacity: self.capacity(),
+            serial: self.serial,
+            overlay,
+        }))
     }
 
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
-        self.restore(state)
+    fn restore_state(&mut self, saved: &DeviceState) -> Result<(), SnapshotError> {
+        let DeviceState::Block(saved) = saved else {
+            return Err(saved.not_for(VIRTIO_ID_BLOCK));
+        };
+        let written = self.disk.overlay().map_or(0, |o| o.written_chunks());
+        if !self.virtio.is_fresh() || written != 0 {
+            return Err(SnapshotError::Invalid {
+                device: "block",
+                reason: "a restore needs a freshly created device, and this one was \
+                         already set up or written"
+                    .into(),
+            });
+        }
+        let expect = Expected {
+            virtio: &self.virtio,
+            capacity: self.capacity(),
+            serial: self.serial,
+            read_only: self.disk.is_read_only(),
+        };
+        let chunks = state::check(saved, &expect)?;
+        if let (Some(chunks), Some(overlay)) = (chunks, self.disk.overlay_mut()) {
+            overlay.restore(chunks)?;
+        }
+        self.virtio.restore(&saved.virtio);
+        Ok(())
     }
 }

@@ -5,8 +5,8 @@
 //!   [`overlay`] ([`DiskMode::Overlay`]);
 //! - `request`: turning a descriptor chain into a validated request;
 //! - `device`: the request queue and the [`crate::virtio::VirtioDevice`] glue;
-//! - `snapshot`: the device's state for VM snapshots (acked features and the
-//!   overlay's written chunks).
+//! - `state`: the device's state for VM snapshots (features, the disk's
+//!   identity and the overlay's written chunks).
 //!
 //! Every VM gets its own device and so its own overlay: what one guest writes
 //! is invisible to every other guest and gone when the device is dropped.
@@ -18,7 +18,7 @@ pub mod disk;
 pub mod overlay;
 // pub(crate) for the fuzz entry points in `crate::fuzzing`.
 pub(crate) mod request;
-pub(crate) mod snapshot;
+pub(crate) mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -30,5 +30,6 @@ pub use config::{
 };
 pub use device::{BlockDevice, BlockError, REQUEST_QUEUE};
 pub use disk::Disk;
-pub use overlay::{Overlay, SavedChunks};
+pub use overlay::{Overlay, SavedChunks, SavedOverlay};
+pub use state::BlockState;
 pub use stats::{BlockStats, IoCounts};

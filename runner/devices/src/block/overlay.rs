@@ -11,13 +11,16 @@
 //! and unlink where the file system lacks it): nothing is left on disk when
 //! the device goes away, even if the process is killed.
 
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::base::{check_range, BaseImage};
-use crate::snapshot::{SnapshotError, StateReader, StateWriter};
+use crate::snapshot::error::SnapshotError;
 
 /// The largest bitmap an overlay may allocate (1 bit per chunk): 64 MiB, or
 /// a 2 TiB disk at 4 KiB chunks.
@@ -237,19 +240,36 @@ fn for_each_run<E>(
     Ok(())
 }
 
-/// The overlay part of a saved block device, decoded and checked but not
-/// yet applied (so a corrupt state changes nothing).
-///
-/// Encoding (little-endian), after the block device's own fields:
-///
-/// | bytes     | field                                                      |
-/// |-----------|------------------------------------------------------------|
-/// | 8         | chunk size in bytes                                        |
-/// | 8         | number of bitmap words, `ceil(ceil(disk size / chunk) / 64)` |
-/// | 8 × words | the bitmap: bit `c % 64` of word `c / 64` set when chunk `c` was written |
-/// | ...       | the bytes of every written chunk, in chunk order (the disk's last chunk may be short) |
-///
-/// The base image is never part of it: restoring needs the same image.
+/// The overlay part of a saved block device: the written chunks, never
+/// the base image (restoring needs the same image).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOverlay {
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// One bit per chunk, set when the chunk was written: bit `c % 64` of
+    /// the little-endian 64-bit word `c / 64`, for
+    /// `ceil(ceil(disk size / chunk size) / 64)` words.
+    #[serde(with = "serde_bytes")]
+    pub bitmap: Vec<u8>,
+    /// The bytes of every written chunk, in chunk order (the disk's last
+    /// chunk may be short).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Lengths only: the chunks are megabytes.
+impl fmt::Debug for SavedOverlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SavedOverlay")
+            .field("chunk_size", &self.chunk_size)
+            .field("bitmap_bytes", &self.bitmap.len())
+            .field("data_bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// A [`SavedOverlay`], checked against a disk but not yet applied (so a
+/// corrupt state changes nothing).
 pub struct SavedChunks<'a> {
     chunk_size: u64,
     bitmap: Vec<u64>,
@@ -257,46 +277,57 @@ pub struct SavedChunks<'a> {
     data: &'a [u8],
 }
 
-impl<'a> SavedChunks<'a> {
-    /// Reads the overlay section for a disk of `size` bytes. The chunk size
+impl SavedOverlay {
+    /// Checks that this overlay fits a disk of `size` bytes. The chunk size
     /// comes from the state; it decides the bitmap's length, so it must be
     /// one an [`Overlay`] could have (a power of two of at least 512 bytes).
-    pub fn decode(r: &mut StateReader<'a>, size: u64) -> Result<SavedChunks<'a>, SnapshotError> {
-        let chunk_size = r.u64("the overlay chunk size")?;
+    pub fn check(&self, size: u64) -> Result<SavedChunks<'_>, SnapshotError> {
+        let invalid = |reason: String| SnapshotError::Invalid {
+            device: "block",
+            reason,
+        };
+        let chunk_size = self.chunk_size;
         if !chunk_size.is_power_of_two() || chunk_size < 512 {
-            return Err(r.invalid(format!(
+            return Err(invalid(format!(
                 "overlay chunk size {chunk_size} is not a power of two of at least 512"
             )));
         }
         let chunks = size.div_ceil(chunk_size);
         let words = chunks.div_ceil(64);
-        let saved_words = r.u64("the overlay bitmap length")?;
+        if !self.bitmap.len().is_multiple_of(8) {
+            return Err(invalid(format!(
+                "the overlay bitmap is {} bytes, not whole 64-bit words",
+                self.bitmap.len()
+            )));
+        }
+        let saved_words = (self.bitmap.len() / 8) as u64;
         if saved_words != words {
-            return Err(r.invalid(format!(
+            return Err(invalid(format!(
                 "the overlay bitmap has {saved_words} words; a {size}-byte disk in \
                  {chunk_size}-byte chunks needs {words}"
             )));
         }
         if words * 8 > MAX_BITMAP_BYTES {
-            return Err(r.invalid(format!(
+            return Err(invalid(format!(
                 "a {size}-byte disk needs too many {chunk_size}-byte overlay chunks"
             )));
         }
-        let raw = r.take((words * 8) as usize, "the overlay bitmap")?;
         let mut bitmap = Vec::new();
         bitmap
             .try_reserve_exact(words as usize)
-            .map_err(|e| r.invalid(format!("cannot hold the overlay bitmap: {e}")))?;
-        bitmap.extend(raw.chunks_exact(8).map(|w| {
+            .map_err(|e| invalid(format!("cannot hold the overlay bitmap: {e}")))?;
+        bitmap.extend(self.bitmap.chunks_exact(8).map(|w| {
             let mut word = [0u8; 8];
             word.copy_from_slice(w);
             u64::from_le_bytes(word)
         }));
         // Bits past the last chunk would make two encodings of one state.
-        if chunks % 64 != 0 {
+        if !chunks.is_multiple_of(64) {
             let tail = bitmap.last().copied().unwrap_or(0) >> (chunks % 64);
             if tail != 0 {
-                return Err(r.invalid("the overlay bitmap marks chunks past the end of the disk"));
+                return Err(invalid(
+                    "the overlay bitmap marks chunks past the end of the disk".into(),
+                ));
             }
         }
         let count: u64 = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
@@ -305,17 +336,22 @@ impl<'a> SavedChunks<'a> {
             data_len += (end * chunk_size).min(size) - start * chunk_size;
             Ok(())
         });
-        let data_len = usize::try_from(data_len)
-            .map_err(|_| r.invalid("the written chunks do not fit in memory"))?;
-        let data = r.take(data_len, "the written chunks")?;
+        if data_len != self.data.len() as u64 {
+            return Err(invalid(format!(
+                "the written chunks are {} bytes, the bitmap marks {data_len}",
+                self.data.len()
+            )));
+        }
         Ok(SavedChunks {
             chunk_size,
             bitmap,
             count,
-            data,
+            data: &self.data,
         })
     }
+}
 
+impl SavedChunks<'_> {
     /// How many chunks the saved overlay had written.
     pub fn count(&self) -> u64 {
         self.count
@@ -325,9 +361,8 @@ impl<'a> SavedChunks<'a> {
 /// Snapshots: the overlay's written chunks go into the state, the base
 /// image never does.
 impl Overlay {
-    /// Appends the overlay section ([`SavedChunks`] describes it) to `out`,
-    /// reading the written chunks from the overlay file.
-    pub fn save_into(&self, out: &mut StateWriter) -> Result<(), SnapshotError> {
+    /// The written chunks (and which they are), read from the overlay file.
+    pub fn save(&self) -> Result<SavedOverlay, SnapshotError> {
         let chunks = self.size.div_ceil(self.chunk_size);
         let mut data_len = 0u64;
         let _ = for_each_run(&self.written, chunks, |start, end| -> Result<(), ()> {
@@ -339,31 +374,33 @@ impl Overlay {
             what,
             source,
         };
-        let buf = out.buffer();
+        let mut data = Vec::new();
         usize::try_from(data_len)
             .ok()
-            .and_then(|n| buf.try_reserve_exact(n + self.written.len() * 8 + 16).ok())
+            .and_then(|n| data.try_reserve_exact(n).ok())
             .ok_or_else(|| {
                 io_err(
                     format!("cannot hold the {data_len} bytes the guest wrote in memory"),
                     io::ErrorKind::OutOfMemory.into(),
                 )
             })?;
-        buf.extend_from_slice(&self.chunk_size.to_le_bytes());
-        buf.extend_from_slice(&(self.written.len() as u64).to_le_bytes());
-        for word in &self.written {
-            buf.extend_from_slice(&word.to_le_bytes());
-        }
         for_each_run(&self.written, chunks, |start, end| {
             let (from, to) = (self.chunk_start(start), self.chunk_end(end - 1));
-            let at = buf.len();
-            buf.resize(at + (to - from) as usize, 0);
-            self.upper.read_exact_at(&mut buf[at..], from).map_err(|e| {
-                io_err(
-                    format!("cannot read the overlay at {from}..{to} for the snapshot"),
-                    e,
-                )
-            })
+            let at = data.len();
+            data.resize(at + (to - from) as usize, 0);
+            self.upper
+                .read_exact_at(&mut data[at..], from)
+                .map_err(|e| {
+                    io_err(
+                        format!("cannot read the overlay at {from}..{to} for the snapshot"),
+                        e,
+                    )
+                })
+        })?;
+        Ok(SavedOverlay {
+            chunk_size: self.chunk_size,
+            bitmap: self.written.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            data,
         })
     }
 
@@ -391,7 +428,7 @@ impl Overlay {
         for_each_run(&saved.bitmap, chunks, |start, end| {
             let (from, to) = (self.chunk_start(start), self.chunk_end(end - 1));
             let len = (to - from) as usize;
-            // `decode` took exactly the bytes the runs need.
+            // `check` made sure the data is exactly what the runs need.
             let part = saved.data.get(offset..offset + len).ok_or_else(|| {
                 invalid("the written chunks are shorter than the bitmap says".into())
             })?;

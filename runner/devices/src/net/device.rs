@@ -33,7 +33,8 @@ use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
 use crate::common::VirtioCommon;
 use crate::queue::{drain_queue, pop_or_arm, Served};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::error::SnapshotError;
+use crate::snapshot::state::DeviceState;
 use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
 
 pub const RX_QUEUE: u16 = 0;
@@ -440,11 +441,11 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
         let _ = self.update_interest();
     }
 
-    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+    fn save_state(&self) -> Result<DeviceState, SnapshotError> {
         Err(SNAPSHOT_UNSUPPORTED)
     }
 
-    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SnapshotError> {
+    fn restore_state(&mut self, _state: &DeviceState) -> Result<(), SnapshotError> {
         Err(SNAPSHOT_UNSUPPORTED)
     }
 }

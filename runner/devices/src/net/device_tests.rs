@@ -313,7 +313,15 @@ fn snapshots_are_refused_with_the_reason() {
         "net: cannot be snapshotted: the guest's connections and address belong to one passt \
          process that a clone cannot share; jobs with a network always cold-boot"
     );
-    let err = VirtioDevice::<Mem>::restore_state(&mut driver.device, b"RVDS")
+    let vsock_state = crate::snapshot::state::DeviceState::Vsock(crate::vsock::state::VsockState {
+        virtio: crate::common::CommonState {
+            features: 0,
+            acked_features: 0,
+            activated: false,
+        },
+        guest_cid: 3,
+    });
+    let err = VirtioDevice::<Mem>::restore_state(&mut driver.device, &vsock_state)
         .expect_err("net never restores");
     assert!(err.to_string().contains("always cold-boot"), "{err}");
 }

@@ -15,10 +15,11 @@ use super::config::VsockConfig;
 use super::muxer::Muxer;
 use super::packet::{RxBuffer, TxPacket};
 use super::reset_event::ResetEvent;
-use super::state;
+use super::state::{self, VsockState};
 use crate::common::VirtioCommon;
 use crate::queue::{drain_queue, pop_or_arm, Served};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::error::SnapshotError;
+use crate::snapshot::state::DeviceState;
 use crate::virtio::{DeviceContext, DeviceError, VirtioDevice};
 
 /// Index of the queue the device fills with packets for the guest.
@@ -225,22 +226,24 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
         self.reset_event = ResetEvent::None;
     }
 
-    fn save_state(&self) -> Result<Vec<u8>, SnapshotError> {
+    fn save_state(&self) -> Result<DeviceState, SnapshotError> {
         if let Some(busy) = self.blocker() {
             return Err(busy);
         }
-        Ok(state::encode(
-            self.virtio.acked_features(),
-            self.virtio.is_activated(),
-            self.config.guest_cid,
-        ))
+        Ok(DeviceState::Vsock(VsockState {
+            virtio: self.virtio.save(),
+            guest_cid: self.config.guest_cid,
+        }))
     }
 
     fn snapshot_blocker(&self) -> Option<SnapshotError> {
         self.blocker()
     }
 
-    fn restore_state(&mut self, saved: &[u8]) -> Result<(), SnapshotError> {
+    fn restore_state(&mut self, saved: &DeviceState) -> Result<(), SnapshotError> {
+        let DeviceState::Vsock(saved) = saved else {
+            return Err(saved.not_for(VIRTIO_ID_VSOCK));
+        };
         if !self.virtio.is_fresh() || self.muxer.snapshot_blocker().is_some() {
             return Err(SnapshotError::Invalid {
                 device: "vsock",
@@ -249,10 +252,9 @@ impl<M: GuestMemory> VirtioDevice<M> for VsockDevice {
                     .into(),
             });
         }
-        let decoded = state::decode(saved, self.virtio.features(), self.config.guest_cid)?;
-        self.virtio.ack_features(decoded.acked_features);
-        if decoded.activated {
-            self.virtio.activate();
+        state::check(saved, &self.virtio, self.config.guest_cid)?;
+        self.virtio.restore(&saved.virtio);
+        if self.virtio.is_activated() {
             self.reset_event = ResetEvent::Pending;
             // The transport may have nothing else to call us for soon.
             self.muxer.wake().map_err(|source| SnapshotError::Io {

@@ -21,3 +21,4 @@ mod tests;
 
 pub use config::{VsockConfig, VsockTimeouts, DEFAULT_REQUEST_TIMEOUT};
 pub use device::{VsockDevice, VsockError, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+pub use state::VsockState;

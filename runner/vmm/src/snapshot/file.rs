@@ -13,7 +13,8 @@
 //!                40  memory length in bytes (u64) = guest RAM size
 //!                48  identity length (u16), then the identity bytes
 //!              4092  CRC-32 of bytes 0..4092 (u32)
-//! HEADER_SIZE   the state: JSON of `SnapshotState`
+//! HEADER_SIZE   the state: `SnapshotState` in the snapshot codec
+//!               (`runner_devices::snapshot::codec`)
 //! memory offset guest RAM, in memfd order (the regions of
 //!               `layout::ram_ranges`, back to back); all-zero pages are
 //!               holes, so the file is sparse

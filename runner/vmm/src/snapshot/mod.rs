@@ -3,7 +3,11 @@
 //! - [`file`]: the versioned, checked file format (header, state, memory);
 //! - [`vcpu_state`] and [`vm_state`]: what KVM holds per vCPU and per VM;
 //! - the virtio-mmio transports save their own registers and queues
-//!   (`virtio_mmio::state`), and each device model its own bytes.
+//!   (`virtio_mmio::state`), and each device model its own state
+//!   ([`runner_devices::DeviceState`]).
+//!
+//! All of it is one [`SnapshotState`], encoded with the one snapshot codec
+//! ([`runner_devices::snapshot::codec`]) into the file's state section.
 //!
 //! Taking one: [`crate::VmmHandle::snapshot`] on a VM built with a
 //! [`crate::config::SnapshotConfig`]. Every vCPU is paused, the devices
@@ -18,22 +22,48 @@ pub mod file;
 pub mod vcpu_state;
 pub mod vm_state;
 
+use runner_devices::snapshot::codec::{self, at_most, CodecError};
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
+use crate::boot::mptable::MAX_VCPUS;
+use crate::layout::{IRQ_MAX, VIRTIO_IRQ_BASE};
 use crate::virtio_mmio::state::TransportState;
 use vcpu_state::VcpuState;
 use vm_state::VmState;
 
-/// Everything but guest memory, as stored (JSON) in the snapshot file.
+/// Most virtio devices a VM has: one per IRQ line they are given.
+pub const MAX_VIRTIO_DEVICES: usize = (IRQ_MAX + 1 - VIRTIO_IRQ_BASE) as usize;
+
+/// Everything but guest memory, as stored in the snapshot file's state
+/// section ([`SnapshotState::encode`]).
+///
+/// The counts are bounded when decoding: a vCPU's state decodes from a few
+/// bytes into kilobytes (kvm-bindings zero-pads its structs), so an
+/// unbounded count in a hostile file would decide an allocation.
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotState {
     pub memory_mib: u32,
     pub vm: VmState,
+    #[serde(deserialize_with = "at_most::<MAX_VCPUS, _, _>")]
     pub vcpus: Vec<VcpuState>,
     pub serial: SavedSerial,
     /// In attach order: a restore attaches the same devices in that order.
+    #[serde(deserialize_with = "at_most::<MAX_VIRTIO_DEVICES, _, _>")]
     pub devices: Vec<TransportState>,
+}
+
+impl SnapshotState {
+    /// The bytes of the file's state section.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode(self)
+    }
+
+    /// The state a file's state section holds; untrusted bytes, decoded
+    /// within the codec's bounds.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotState, CodecError> {
+        codec::decode(bytes)
+    }
 }
 
 /// The 8250's registers (vm-superio's `SerialState`, which has no serde).

@@ -8,11 +8,13 @@
 //! XSAVE features exist), the LAPIC before the MSRs (the TSC deadline MSR
 //! needs the LAPIC's mode), the events last.
 
+use kvm_bindings::KVM_MAX_MSR_ENTRIES;
 use kvm_bindings::{
     kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
     kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
+use runner_devices::snapshot::codec::at_most;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -20,9 +22,12 @@ use crate::error::{Error, Result};
 /// Most MSRs read per KVM_GET_MSRS call (KVM's own array limit).
 const MSR_BATCH: usize = 255;
 
-/// Everything KVM keeps about one vCPU that a guest can observe.
+/// Everything KVM keeps about one vCPU that a guest can observe. The
+/// lists are bounded when decoding by what KVM itself hands out (its CPUID
+/// and MSR list limits).
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
+    #[serde(deserialize_with = "at_most::<KVM_MAX_CPUID_ENTRIES, _, _>")]
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     pub mp_state: kvm_mp_state,
     pub regs: kvm_regs,
@@ -32,6 +37,7 @@ pub struct VcpuState {
     pub debugregs: kvm_debugregs,
     pub lapic: kvm_lapic_state,
     /// (index, value) of every MSR KVM lets us read.
+    #[serde(deserialize_with = "at_most::<KVM_MAX_MSR_ENTRIES, _, _>")]
     pub msrs: Vec<(u32, u64)>,
     pub events: kvm_vcpu_events,
     /// The guest TSC frequency, so a host with another one can refuse.

@@ -29,7 +29,7 @@ impl Vmm {
             path: from.path.clone(),
             detail,
         };
-        let state: SnapshotState = serde_json::from_slice(&opened.state)
+        let state = SnapshotState::decode(&opened.state)
             .map_err(|e| refused(format!("unreadable state: {e}")))?;
         if state.vcpus.len() != num_vcpus || state.memory_mib != config.memory.size_mib {
             return Err(refused(format!(

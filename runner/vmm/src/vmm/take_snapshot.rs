@@ -145,13 +145,12 @@ impl Vmm {
             serial: serial.into(),
             devices,
         };
-        let json = serde_json::to_vec(&state)
-            .map_err(|e| Error::Snapshot(format!("encoding the state: {e}")))?;
+        let encoded = state.encode().map_err(|e| Error::Snapshot(e.to_string()))?;
         let memory_len = u64::from(self.config.memory.size_mib) << 20;
-        file::write(out, &target.identity, &json, memory_len, |file, at| {
+        file::write(out, &target.identity, &encoded, memory_len, |file, at| {
             memory::save_guest_memory(&self.mem, file, at)
         })?;
-        tracing::debug!(path = %target.path.display(), state_bytes = json.len(), "snapshot written");
+        tracing::debug!(path = %target.path.display(), state_bytes = encoded.len(), "snapshot written");
         Ok(())
     }
 }

@@ -189,8 +189,6 @@ fn random_io_matches_a_flat_model() {
 /// directory: every byte of the disk reads the same from both.
 #[test]
 fn saved_chunks_restore_into_a_fresh_overlay_byte_for_byte() {
-    use crate::snapshot::{StateReader, StateWriter};
-
     // 301 KiB: the last chunk is short, and the bitmap's last word partial.
     let f = fixture(300 * 1024 + 1024);
     let mut o = overlay(&f, 4096);
@@ -211,12 +209,8 @@ fn saved_chunks_restore_into_a_fresh_overlay_byte_for_byte() {
     o.write_at(&[0xAB; 512], o.size() - 512)
         .expect("last sector");
 
-    let mut w = StateWriter::new(2, 1);
-    o.save_into(&mut w).expect("save");
-    let bytes = w.finish();
-    let mut r = StateReader::open(&bytes, 2, 1).expect("header");
-    let saved = SavedChunks::decode(&mut r, o.size()).expect("decode");
-    r.finish().expect("nothing left over");
+    let saved_overlay = o.save().expect("save");
+    let saved = saved_overlay.check(o.size()).expect("check");
     assert_eq!(saved.count(), o.written_chunks());
 
     let other_dir = tempfile::tempdir().expect("dir");
@@ -228,13 +222,11 @@ fn saved_chunks_restore_into_a_fresh_overlay_byte_for_byte() {
     assert_eq!(read(&restored, 0, len), read(&o, 0, len));
 
     // A fresh overlay only: restoring twice is refused.
-    let mut r = StateReader::open(&bytes, 2, 1).expect("header");
-    let again = SavedChunks::decode(&mut r, o.size()).expect("decode");
+    let again = saved_overlay.check(o.size()).expect("check");
     let err = restored.restore(again).expect_err("not fresh");
     assert!(err.to_string().contains("already holds"), "{err}");
     // Another chunk size is refused.
-    let mut r = StateReader::open(&bytes, 2, 1).expect("header");
-    let saved = SavedChunks::decode(&mut r, o.size()).expect("decode");
+    let saved = saved_overlay.check(o.size()).expect("check");
     let base = BaseImage::open(&f.image_path).expect("base");
     let mut big = Overlay::new(base, o.size(), other_dir.path(), 8192).expect("overlay");
     let err = big.restore(saved).expect_err("other chunk size");

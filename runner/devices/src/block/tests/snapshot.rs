@@ -4,20 +4,22 @@
 use std::rc::Rc;
 
 use super::harness::*;
-use crate::block::{BlockConfig, BlockDevice, DiskMode, OVERLAY_CHUNK_SIZE};
-use crate::snapshot::{SnapshotError, StateWriter};
+use crate::block::{BlockConfig, BlockDevice, BlockState, DiskMode, OVERLAY_CHUNK_SIZE};
+use crate::snapshot::codec;
+use crate::snapshot::error::SnapshotError;
+use crate::snapshot::state::DeviceState;
 use crate::virtio::VirtioDevice;
 use crate::vsock::{VsockConfig, VsockDevice};
 
-/// Offsets into a saved block state (see `block::snapshot`).
-const ACTIVATED_AT: usize = 25;
-const SERIAL_AT: usize = 34;
-const OVERLAY_FLAG_AT: usize = 54;
-const CHUNK_SIZE_AT: usize = 55;
-const BITMAP_AT: usize = 71;
-
-fn save(dev: &BlockDevice) -> Vec<u8> {
+fn save(dev: &BlockDevice) -> DeviceState {
     VirtioDevice::<Mem>::save_state(dev).expect("save")
+}
+
+fn block(state: &DeviceState) -> &BlockState {
+    match state {
+        DeviceState::Block(b) => b,
+        other => panic!("not a block state: {other:?}"),
+    }
 }
 
 /// A fresh device over `h`'s image, configured like it, with its own
@@ -35,13 +37,13 @@ fn fresh_device(h: &Harness<'_>) -> (BlockDevice, tempfile::TempDir) {
 }
 
 /// Restores `state` into a fresh device over `h`'s image and drives it.
-fn restore<'a>(mem: &'a Mem, h: &Harness<'_>, state: &[u8]) -> Harness<'a> {
+fn restore<'a>(mem: &'a Mem, h: &Harness<'_>, state: &DeviceState) -> Harness<'a> {
     let (mut dev, dir) = fresh_device(h);
     VirtioDevice::<Mem>::restore_state(&mut dev, state).expect("restore");
     Harness::around(mem, dev, Rc::clone(&h.image), h.image_data.clone(), dir)
 }
 
-fn refusal(dev: &mut BlockDevice, state: &[u8]) -> String {
+fn refusal(dev: &mut BlockDevice, state: &DeviceState) -> String {
     match VirtioDevice::<Mem>::restore_state(dev, state) {
         Err(e @ SnapshotError::Invalid { .. }) => e.to_string(),
         Err(other) => panic!("refused for the wrong reason: {other}"),
@@ -68,10 +70,12 @@ fn written_sectors_come_back_and_the_rest_reads_from_the_base() {
     assert_eq!(written, 4);
 
     let state = save(&h.device);
-    // The written chunks and a bitmap, never the 2 MiB base image.
+    // The written chunks and a bitmap, never the 2 MiB base image, and
+    // the chunks as they are once encoded.
     let chunk_bytes = (written * OVERLAY_CHUNK_SIZE) as usize;
-    assert!(state.len() >= chunk_bytes, "{} bytes", state.len());
-    assert!(state.len() < chunk_bytes + 256, "{} bytes", state.len());
+    let encoded = codec::encode(&state).expect("encode").len();
+    assert!(encoded >= chunk_bytes, "{encoded} bytes");
+    assert!(encoded < chunk_bytes + 256, "{encoded} bytes");
 
     let mem2 = memory();
     let mut r = restore(&mem2, &h, &state);
@@ -216,79 +220,87 @@ fn corrupt_and_foreign_states_are_refused_and_change_nothing() {
     let state = save(&h.device);
     let (mut dev, _dir) = fresh_device(&h);
 
-    // Every truncation, down to nothing.
-    for len in 0..state.len() {
-        let m = refusal(&mut dev, &state[..len]);
+    // Every truncation of its encoding, down to nothing, and any byte
+    // more: the decoding refuses it before a device sees it.
+    let encoded = codec::encode(&state).expect("encode");
+    assert_eq!(
+        codec::decode::<DeviceState>(&encoded).expect("decode"),
+        state
+    );
+    for len in 0..encoded.len() {
         assert!(
-            m.contains("truncated") || m.contains("shorter than its 9-byte header"),
-            "{len} bytes: {m}"
+            codec::decode::<DeviceState>(&encoded[..len]).is_err(),
+            "{len} bytes"
         );
     }
-    let mut longer = state.clone();
+    let mut longer = encoded.clone();
     longer.push(0);
-    assert!(refusal(&mut dev, &longer).contains("1 unexpected bytes"));
+    let err = codec::decode::<DeviceState>(&longer).expect_err("leftover");
+    assert!(err.to_string().contains("1 unexpected bytes"), "{err}");
+    // A flag that is neither 0 nor 1 (`activated`, after the variant and
+    // the two feature words).
+    let s = block(&state);
+    let activated_at = codec::encode(&(0u8, s.virtio.features, s.virtio.acked_features))
+        .expect("encode")
+        .len();
+    assert_eq!(encoded[activated_at], 1, "the activated flag");
+    let mut bad_flag = encoded.clone();
+    bad_flag[activated_at] = 2;
+    assert!(codec::decode::<DeviceState>(&bad_flag).is_err());
 
-    let corrupt = |at: usize, bytes: &[u8]| {
-        let mut s = state.clone();
-        s[at..at + bytes.len()].copy_from_slice(bytes);
-        s
-    };
-    let cases: Vec<(Vec<u8>, &str)> = vec![
-        (corrupt(0, b"XVDS"), "magic"),
-        (corrupt(4, &[2]), "format version 2"),
+    type Damage = fn(&mut BlockState);
+    let cases: [(Damage, &str); 11] = [
         (
-            corrupt(5, &19u32.to_le_bytes()),
-            "belongs to a vsock device",
-        ),
-        (corrupt(ACTIVATED_AT, &[2]), "neither 0 nor 1"),
-        (
-            corrupt(SERIAL_AT, b"other"),
+            |s| s.serial[..5].copy_from_slice(b"other"),
             "saved serial is \"otherserial\"",
         ),
-        (corrupt(OVERLAY_FLAG_AT, &[0]), "was read-only"),
+        (|s| s.overlay = None, "was read-only"),
         (
-            corrupt(CHUNK_SIZE_AT, &1000u64.to_le_bytes()),
+            |s| s.overlay.as_mut().unwrap().chunk_size = 1000,
             "not a power of two",
         ),
         // Other chunks: the bitmap length no longer fits the disk.
         (
-            corrupt(CHUNK_SIZE_AT, &8192u64.to_le_bytes()),
+            |s| s.overlay.as_mut().unwrap().chunk_size = 8192,
             "bitmap has 8 words",
         ),
         (
-            corrupt(CHUNK_SIZE_AT + 8, &9u64.to_le_bytes()),
+            |s| s.overlay.as_mut().unwrap().bitmap.extend([0; 8]),
             "bitmap has 9 words",
         ),
-        // One more chunk marked than there are bytes for.
-        (corrupt(BITMAP_AT, &[0x0f]), "truncated: the written chunks"),
-        // One fewer: bytes are left over.
-        (corrupt(BITMAP_AT, &[0]), "unexpected bytes"),
-        (corrupt(9, &0u64.to_le_bytes()), "offered features 0x0"),
-        (corrupt(17, &u64::MAX.to_le_bytes()), "never offered"),
+        (
+            |s| s.overlay.as_mut().unwrap().bitmap.push(0),
+            "not whole 64-bit words",
+        ),
+        // One more chunk marked than there are bytes for, and one fewer.
+        (
+            |s| s.overlay.as_mut().unwrap().bitmap[0] = 0b110,
+            "the written chunks are 8192 bytes, the bitmap marks 12288",
+        ),
+        (
+            |s| s.overlay.as_mut().unwrap().bitmap[0] = 0,
+            "the written chunks are 8192 bytes, the bitmap marks 4096",
+        ),
+        (|s| s.virtio.features = 0, "offered features 0x0"),
+        (|s| s.virtio.acked_features = u64::MAX, "never offered"),
+        (|s| s.capacity += 1, "the saved disk has"),
     ];
-    for (bad, want) in cases {
-        let m = refusal(&mut dev, &bad);
+    for (damage, want) in cases {
+        let mut bad = block(&state).clone();
+        damage(&mut bad);
+        let m = refusal(&mut dev, &DeviceState::Block(bad));
         assert!(m.contains(want), "want {want:?} in {m}");
     }
     // A bit past the last chunk (the disk has 512 chunks: 8 full words, so
     // make the disk one chunk longer to have a partial last word).
     let odd = Harness::with(&mem, (IMAGE_SECTORS * 512 + 4096) as usize, |c| c);
-    let mut w = StateWriter::new(2, 1);
-    w.put_u64(VirtioDevice::<Mem>::features(&odd.device));
-    w.put_u64(0);
-    w.put_bool(false);
-    w.put_u64(IMAGE_SECTORS + 8);
-    let serial = *b"test-serial\0\0\0\0\0\0\0\0\0";
-    w.put_bytes(&serial);
-    w.put_bool(true);
-    w.put_u64(4096);
-    w.put_u64(9);
-    for word in [0u64; 8].iter().chain(&[0b10]) {
-        w.put_u64(*word);
-    }
-    w.put_bytes(&[0; 4096]);
+    let mut past_the_end = block(&save(&odd.device)).clone();
+    let overlay = past_the_end.overlay.as_mut().expect("overlay");
+    assert_eq!(overlay.bitmap.len(), 9 * 8);
+    overlay.bitmap[64] = 0b10;
+    overlay.data = vec![0; 4096];
     let (mut odd_dev, _dir) = fresh_device(&odd);
-    let m = refusal(&mut odd_dev, &w.finish());
+    let m = refusal(&mut odd_dev, &DeviceState::Block(past_the_end));
     assert!(m.contains("chunks past the end of the disk"), "{m}");
 
     // A state of another device type, made by that device.
@@ -297,7 +309,7 @@ fn corrupt_and_foreign_states_are_refused_and_change_nothing() {
     let vsock_state = VirtioDevice::<Mem>::save_state(&vsock).expect("vsock state");
     let m = refusal(&mut dev, &vsock_state);
     assert!(
-        m.contains("belongs to a vsock device (virtio id 19)"),
+        m.contains("belongs to a vsock device (virtio id 19), not to a block device"),
         "{m}"
     );
 

@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::driver::*;
-use crate::snapshot::{SnapshotError, StateWriter};
+use crate::block::BlockState;
+use crate::common::CommonState;
+use crate::snapshot::codec;
+use crate::snapshot::error::SnapshotError;
+use crate::snapshot::state::DeviceState;
 use crate::virtio::VirtioDevice;
 use crate::vsock::packet::Op;
+use crate::vsock::state::VsockState;
 use virtio_queue::QueueT;
 
 use crate::vsock::{VsockDevice, EVENT_QUEUE, RX_QUEUE};
 
 type Mem = GuestMemoryMmap;
 
-fn save(dev: &VsockDevice) -> Result<Vec<u8>, SnapshotError> {
+fn save(dev: &VsockDevice) -> Result<DeviceState, SnapshotError> {
     VirtioDevice::<Mem>::save_state(dev)
 }
 
@@ -34,7 +39,7 @@ fn busy_reason(dev: &VsockDevice) -> String {
     reason
 }
 
-fn refusal(dev: &mut VsockDevice, state: &[u8]) -> String {
+fn refusal(dev: &mut VsockDevice, state: &DeviceState) -> String {
     match VirtioDevice::<Mem>::restore_state(dev, state) {
         Err(e @ SnapshotError::Invalid { .. }) => e.to_string(),
         Err(other) => panic!("refused for the wrong reason: {other}"),
@@ -43,7 +48,7 @@ fn refusal(dev: &mut VsockDevice, state: &[u8]) -> String {
 }
 
 /// A fresh device configured like the test guest's, restored from `state`.
-fn restored<'a>(mem: &'a Mem, state: &[u8]) -> Guest<'a> {
+fn restored<'a>(mem: &'a Mem, state: &DeviceState) -> Guest<'a> {
     let (config, dir) = Guest::config(|_| {});
     let mut device = VsockDevice::new(config).expect("device");
     VirtioDevice::<Mem>::restore_state(&mut device, state).expect("restore");
@@ -232,36 +237,66 @@ fn foreign_corrupt_and_mismatched_states_are_refused() {
     let mem = memory();
     let g = Guest::new(&mem);
     let state = save(&g.device).expect("save");
-    assert_eq!(state.len(), 9 + 8 + 1 + 8);
+    let DeviceState::Vsock(saved) = &state else {
+        panic!("not a vsock state: {state:?}");
+    };
+    // Features, activation and the CID: a handful of bytes.
+    let encoded = codec::encode(&state).expect("encode");
+    assert!(encoded.len() <= 1 + 10 + 10 + 1 + 10, "{encoded:02x?}");
     let (config, _dir) = Guest::config(|_| {});
     let mut dev = VsockDevice::new(config).expect("device");
 
-    for len in 0..state.len() {
-        let m = refusal(&mut dev, &state[..len]);
+    // Every truncation of its encoding and any byte more: the decoding
+    // refuses it before a device sees it.
+    for len in 0..encoded.len() {
         assert!(
-            m.contains("truncated") || m.contains("shorter than its 9-byte header"),
-            "{len} bytes: {m}"
+            codec::decode::<DeviceState>(&encoded[..len]).is_err(),
+            "{len} bytes"
         );
     }
-    let mut longer = state.clone();
+    let mut longer = encoded.clone();
     longer.extend_from_slice(&[0; 3]);
-    assert!(refusal(&mut dev, &longer).contains("3 unexpected bytes"));
-    let corrupt = |at: usize, bytes: &[u8]| {
-        let mut s = state.clone();
-        s[at..at + bytes.len()].copy_from_slice(bytes);
-        s
-    };
-    for (bad, want) in [
-        (corrupt(4, &[0]), "format version 0"),
-        (corrupt(9, &(1u64 << 63).to_le_bytes()), "never offered"),
-        (corrupt(17, &[9]), "neither 0 nor 1"),
-        (corrupt(18, &4u64.to_le_bytes()), "guest CID 4, this one 3"),
-    ] {
-        let m = refusal(&mut dev, &bad);
+    let err = codec::decode::<DeviceState>(&longer).expect_err("leftover");
+    assert!(err.to_string().contains("3 unexpected bytes"), "{err}");
+    // An activated flag that is neither 0 nor 1, and a device variant
+    // that does not exist.
+    let flag_at = codec::encode(&(1u8, saved.virtio.features, saved.virtio.acked_features))
+        .expect("encode")
+        .len();
+    assert_eq!(encoded[flag_at], 1, "the activated flag");
+    let mut bad = encoded.clone();
+    bad[flag_at] = 9;
+    assert!(codec::decode::<DeviceState>(&bad).is_err());
+    let mut bad = encoded.clone();
+    bad[0] = 9;
+    assert!(codec::decode::<DeviceState>(&bad).is_err());
+
+    type Damage = fn(&mut VsockState);
+    let cases: [(Damage, &str); 3] = [
+        (|s| s.virtio.acked_features |= 1 << 63, "never offered"),
+        (
+            |s| s.virtio.features = 1 << 32,
+            "offered features 0x100000000",
+        ),
+        (|s| s.guest_cid = 4, "guest CID 4, this one 3"),
+    ];
+    for (damage, want) in cases {
+        let mut bad = saved.clone();
+        damage(&mut bad);
+        let m = refusal(&mut dev, &DeviceState::Vsock(bad));
         assert!(m.contains(want), "want {want:?} in {m}");
     }
     // Another device's state.
-    let block = StateWriter::new(2, 1).finish();
+    let block = DeviceState::Block(BlockState {
+        virtio: CommonState {
+            features: 0,
+            acked_features: 0,
+            activated: false,
+        },
+        capacity: 1,
+        serial: [0; 20],
+        overlay: None,
+    });
     let m = refusal(&mut dev, &block);
     assert!(
         m.contains("belongs to a block device (virtio id 2), not to a vsock device"),
