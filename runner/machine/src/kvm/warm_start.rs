@@ -156,11 +156,7 @@ impl WarmStart<'_> {
         }
         let vm = match restore(self.start_process, self.spec, &self.role) {
             Ok(vm) => vm,
-            // The VMM names the file when it refuses it (`Error::SnapshotRefused`).
-            Err(BootError::Setup(why)) if why.contains(&*self.role.path.to_string_lossy()) => {
-                return Ok(Cloned::Refused(why))
-            }
-            Err(other) => return Err(other),
+            Err(e) => return refused_file(e, &self.role.path).map(Cloned::Refused),
         };
         // The VM process has mapped the file by now: if the path still
         // names the same file, that is the one it restored.
@@ -386,4 +382,64 @@ fn restore(
     // generation yet.
     vm.restore_generation = Some(1);
     Ok(vm)
+}
+
+/// Why the VMM refused the snapshot file at `path`, when `err` is that
+/// refusal (a damaged or truncated file, one of another format version or
+/// made for another identity: the caller rebuilds it); any other failure
+/// is returned as it is. The VMM names the file when it refuses it
+/// (`runner_vmm::Error::SnapshotRefused`).
+fn refused_file(err: BootError, path: &Path) -> Result<String, BootError> {
+    match err {
+        BootError::Setup(why) if why.contains(&*path.to_string_lossy()) => Ok(why),
+        other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runner_vmm::snapshot::file;
+
+    const IDENTITY: &str = "warm-start-test";
+    const MEMORY: u64 = 64 * 1024;
+
+    /// What the VM process reports when its VMM cannot restore `path`.
+    fn restore_error(path: &Path) -> BootError {
+        let Err(e) = file::open(path, IDENTITY, MEMORY) else {
+            panic!("{} opened", path.display());
+        };
+        BootError::Setup(crate::vm_process::child::vmm_error(e))
+    }
+
+    /// A file an older runner wrote (another format version) is refused
+    /// like a damaged one: both are rebuilt. Other failures are not the
+    /// file's.
+    #[test]
+    fn an_old_format_version_or_a_damaged_file_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc.snap");
+        let out = file::create(&path).unwrap();
+        file::write(&out, IDENTITY, b"state", MEMORY, |_, _| Ok(())).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+
+        // The version is read before the header's checksum (runner-vmm's
+        // own test keeps that checksum whole).
+        let mut old = whole.clone();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        let why = refused_file(restore_error(&path), &path).expect("rebuilt");
+        assert!(
+            why.contains("format version 1, but this runner reads only version"),
+            "{why}"
+        );
+        assert!(!why.contains('\n'), "{why}");
+
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let why = refused_file(restore_error(&path), &path).expect("rebuilt");
+        assert!(why.contains("truncated"), "{why}");
+
+        let other = BootError::Setup("creating the VM directory: no space left".into());
+        assert!(refused_file(other, &path).is_err());
+    }
 }

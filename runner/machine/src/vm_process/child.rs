@@ -237,7 +237,8 @@ fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
 
 /// VMM build errors (no /dev/kvm, not a kernel, too little memory, too
 /// many vCPUs...) already carry their fix; keep them on one line.
-fn vmm_error(e: runner_vmm::Error) -> String {
+/// A VMM error as the VM process reports it: one line.
+pub(crate) fn vmm_error(e: runner_vmm::Error) -> String {
     format!("kvm backend: {}", e.to_string().replace('\n', " "))
 }
 

@@ -36,8 +36,11 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 pub const MAGIC: &[u8; 8] = b"RUNRSNAP";
-/// Bumped on any change to the header or to `SnapshotState`.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any change to the header or to `SnapshotState`. Version 1
+/// held the state as JSON with hex-encoded device states; version 2 holds
+/// it in the snapshot codec. A file of another version is refused (the
+/// runner then builds a new snapshot).
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_SIZE: u64 = 4096;
 /// Memory starts on a page boundary so it can be mmapped.
 const PAGE: u64 = 4096;
@@ -79,10 +82,13 @@ impl Header {
         if &h[0..8] != MAGIC {
             return Err("not a runner snapshot (bad magic)".into());
         }
+        // Before the checksum: a file of another version is told apart
+        // from a damaged one, whatever that version's header holds.
         let version = u32_at(8);
         if version != FORMAT_VERSION {
             return Err(format!(
-                "format version {version}, this runner reads version {FORMAT_VERSION}"
+                "format version {version}, but this runner reads only version \
+                 {FORMAT_VERSION}: another runner version wrote it"
             ));
         }
         if crc32fast::hash(&h[..4092]) != u32_at(4092) {
@@ -379,6 +385,30 @@ mod tests {
         assert!(other.contains("made for `kernel=abc mem=1`"), "{other}");
         let mem = refusal(&path, "kernel=abc mem=1", 128 * 1024);
         assert!(mem.contains("guest memory"), "{mem}");
+    }
+
+    /// What a runner before the snapshot codec wrote: version 1, a JSON
+    /// state, a header whose checksum holds. Refused in one line naming
+    /// the file (warm start rebuilds a snapshot the VMM refuses).
+    #[test]
+    fn a_file_of_the_previous_format_version_is_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let mut old = std::fs::read(&path).unwrap();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&old[..4092]);
+        old[4092..4096].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        let refused = refusal(&path, "kernel=abc mem=1", 64 * 1024);
+        assert_eq!(
+            refused,
+            format!(
+                "snapshot {}: format version 1, but this runner reads only version 2: another \
+                 runner version wrote it",
+                path.display()
+            )
+        );
+        assert!(!refused.contains('\n'));
     }
 
     #[test]
