@@ -28,8 +28,8 @@ nice -n 10 cargo fuzz build -a >&2
 
 # Longest input per target: tar needs room for several 512-byte blocks, a
 # chain input is a 129-byte table plus the memory it points at, a block
-# device state carries whole 4 KiB chunks (hex encoded in a snapshot's
-# JSON), a report needs room for a few testcases, register operations
+# device state carries whole 4 KiB chunks (and a snapshot's state the VM's
+# zero-padded KVM structs), a report needs room for a few testcases, register operations
 # for a whole driver set-up and the rings after them.
 max_len() {
     case $1 in
