@@ -6,7 +6,8 @@
 //! the run's whole set) from its worker threads: in order within a job,
 //! interleaved across jobs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::plan::{Plan, PlannedJob, PlannedStep};
 use crate::results::{JobResult, RunResults, StepResult};
@@ -100,6 +101,56 @@ pub enum ReportError {
     },
     #[error("the {0} was not written: the run did not finish")]
     NotWritten(&'static str),
+}
+
+/// The file a reporter writes once the run finished, and how writing it
+/// went: what such a reporter answers to [`Reporter::written`].
+pub struct ReportFile {
+    what: &'static str,
+    path: PathBuf,
+    /// `None` until the run finished.
+    outcome: Mutex<Option<Result<(), Box<dyn std::error::Error + Send + Sync>>>>,
+}
+
+impl ReportFile {
+    /// `what` names the report in messages ("JUnit report").
+    pub fn new(what: &'static str, path: PathBuf) -> ReportFile {
+        ReportFile {
+            what,
+            path,
+            outcome: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How writing the file went.
+    pub fn record<E: std::error::Error + Send + Sync + 'static>(&self, outcome: Result<(), E>) {
+        let outcome = outcome.map_err(|e| Box::new(e) as Box<_>);
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+    }
+
+    /// The file, or why it was not written.
+    pub fn written(&self) -> Result<Option<Written>, ReportError> {
+        match self
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(Ok(())) => Ok(Some(Written {
+                what: self.what,
+                path: self.path.clone(),
+            })),
+            Some(Err(cause)) => Err(ReportError::Failed {
+                what: self.what,
+                cause,
+            }),
+            None => Err(ReportError::NotWritten(self.what)),
+        }
+    }
 }
 
 /// The run's reporters, fed the same events in the order they were added.

@@ -19,9 +19,8 @@ mod excerpt;
 mod model;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use crate::report::stream::{ReportError, Reporter, RunEvent, Written};
+use crate::report::stream::{ReportError, ReportFile, Reporter, RunEvent, Written};
 use crate::results::RunResults;
 
 pub use excerpt::TOTAL_BUDGET;
@@ -73,16 +72,13 @@ pub fn write(results: &RunResults, path: &Path) -> Result<(), HtmlError> {
 
 /// Writes the page when the run finishes.
 pub struct HtmlReporter {
-    path: PathBuf,
-    /// `None` until the run finished.
-    outcome: Mutex<Option<Result<(), HtmlError>>>,
+    file: ReportFile,
 }
 
 impl HtmlReporter {
     pub fn new(path: PathBuf) -> HtmlReporter {
         HtmlReporter {
-            path,
-            outcome: Mutex::new(None),
+            file: ReportFile::new("HTML report", path),
         }
     }
 }
@@ -90,28 +86,12 @@ impl HtmlReporter {
 impl Reporter for HtmlReporter {
     fn report(&self, event: &RunEvent<'_>) {
         if let RunEvent::RunFinished { results } = event {
-            let outcome = write(results, &self.path);
-            *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            self.file.record(write(results, self.file.path()));
         }
     }
 
     fn written(&self) -> Result<Option<Written>, ReportError> {
-        match self
-            .outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            Some(Ok(())) => Ok(Some(Written {
-                what: "HTML report",
-                path: self.path.clone(),
-            })),
-            Some(Err(e)) => Err(ReportError::Failed {
-                what: "HTML report",
-                cause: Box::new(e),
-            }),
-            None => Err(ReportError::NotWritten("HTML report")),
-        }
+        self.file.written()
     }
 }
 

@@ -23,14 +23,13 @@ mod suite;
 mod text;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use quick_junit::Report;
 
 pub use text::{JunitOptions, TAB_PLACEHOLDER};
 
 use crate::report::atomic_file::write_atomically;
-use crate::report::stream::{ReportError, Reporter, RunEvent, Written};
+use crate::report::stream::{ReportError, ReportFile, Reporter, RunEvent, Written};
 use crate::results::RunResults;
 use suite::suite;
 use text::xml_text;
@@ -108,18 +107,15 @@ pub fn write_xml(xml: &str, path: &Path) -> Result<(), JunitError> {
 
 /// Writes the JUnit file when the run finishes.
 pub struct JunitReporter {
-    path: PathBuf,
+    file: ReportFile,
     options: JunitOptions,
-    /// `None` until the run finished.
-    outcome: Mutex<Option<Result<(), JunitError>>>,
 }
 
 impl JunitReporter {
     pub fn new(path: PathBuf, options: JunitOptions) -> JunitReporter {
         JunitReporter {
-            path,
+            file: ReportFile::new("JUnit report", path),
             options,
-            outcome: Mutex::new(None),
         }
     }
 }
@@ -127,28 +123,13 @@ impl JunitReporter {
 impl Reporter for JunitReporter {
     fn report(&self, event: &RunEvent<'_>) {
         if let RunEvent::RunFinished { results } = event {
-            let outcome = write(results, &self.path, &self.options);
-            *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            self.file
+                .record(write(results, self.file.path(), &self.options));
         }
     }
 
     fn written(&self) -> Result<Option<Written>, ReportError> {
-        match self
-            .outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            Some(Ok(())) => Ok(Some(Written {
-                what: "JUnit report",
-                path: self.path.clone(),
-            })),
-            Some(Err(e)) => Err(ReportError::Failed {
-                what: "JUnit report",
-                cause: Box::new(e),
-            }),
-            None => Err(ReportError::NotWritten("JUnit report")),
-        }
+        self.file.written()
     }
 }
 
