@@ -249,3 +249,31 @@ impl<R: Reporter + ?Sized> Feed for R {
         self.report(&RunEvent::RunFinished { results });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_file_says_whether_it_was_written_and_why_not() {
+        let file = ReportFile::new("JUnit report", PathBuf::from("out/junit.xml"));
+        let err = file.written().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the JUnit report was not written: the run did not finish"
+        );
+
+        file.record(Err(std::io::Error::other("disk full")));
+        let err = file.written().unwrap_err().to_string();
+        assert_eq!(err, "writing the JUnit report: disk full");
+
+        file.record(Ok::<(), std::io::Error>(()));
+        assert_eq!(
+            file.written().unwrap(),
+            Some(Written {
+                what: "JUnit report",
+                path: PathBuf::from("out/junit.xml"),
+            })
+        );
+    }
+}
