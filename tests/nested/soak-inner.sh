@@ -52,7 +52,8 @@ while kill -0 "$pid" 2>/dev/null; do
     finished=$(grep -c '"type":"job-finished"' "$out/events.jsonl")
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)
     fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
-    procs=$(ls -d /proc/[0-9]* | wc -l)
+    # A process may end between the glob and ls: not worth a line each.
+    procs=$(ls -d /proc/[0-9]* 2>/dev/null | wc -l)
     dirs=$(ls -d "${TMPDIR:-/tmp}"/runner-vm-* 2>/dev/null | wc -l)
     snaps=$(find "$RUNNER_CACHE/snapshots" -type f 2>/dev/null | wc -l)
     [ -n "$rss" ] && echo "$finished $rss $fds $procs $dirs $snaps" >>"$out/samples.txt"
