@@ -195,7 +195,7 @@ def reports():
     """Guest test reports, from the report readers' own fixtures. The
     first byte picks the text limit (runner::fuzzing::REPORT_TEXT_LIMITS:
     0, 7, 100 or 64 KiB)."""
-    fixtures = os.path.join(HERE, "..", "runner", "src", "test_reports", "fixtures")
+    fixtures = os.path.join(HERE, "..", "runner", "src", "imported", "fixtures")
     for name in sorted(os.listdir(fixtures)):
         with open(os.path.join(fixtures, name), "rb") as f:
             text = f.read()
