@@ -77,7 +77,8 @@ impl Outcome {
 
 impl BlockDevice {
     /// Replaces the warning budget (10 a second by default).
-    pub fn set_warnings(&mut self, limiter: RateLimiter) {
+    #[cfg(test)]
+    pub(crate) fn set_warnings(&mut self, limiter: RateLimiter) {
         self.warnings = limiter;
     }
 

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -92,7 +92,9 @@ impl Overlay {
     }
 
     /// Number of names the overlay file has in the file system: 0, always.
-    pub fn link_count(&self) -> io::Result<u64> {
+    #[cfg(test)]
+    pub(crate) fn link_count(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
         Ok(self.upper.metadata()?.nlink())
     }
 

@@ -90,7 +90,8 @@ impl VsockDevice {
 
     /// Whether the transport reset is still owed or not yet handled by the
     /// driver (packets for the guest wait meanwhile).
-    pub fn transport_reset_outstanding(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn transport_reset_outstanding(&self) -> bool {
         self.reset_event != ResetEvent::None
     }
 
