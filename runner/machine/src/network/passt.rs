@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{DNS_ADDRESS, GATEWAY, GUEST_ADDRESS, GUEST_MTU, GUEST_PREFIX_LEN};
-use crate::process::{spawn_guarded, ChildGuard};
+use crate::process::{program_from_env, spawn_guarded, ChildGuard};
 use crate::vm_process::confinement::VmIds;
 use crate::BootError;
 
@@ -35,16 +35,13 @@ const LOG_LIMIT: u64 = 256 * 1024;
 /// The passt binary: `RUNNER_PASST`, else `passt` on PATH; the error is
 /// one line naming the package.
 pub fn locate() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!(
+    if let Some(named) = program_from_env(ENV) {
+        return named.map_err(|path| {
+            format!(
                 "`network` needs passt, but {ENV}={} is not a file; install it with `apt-get install {PACKAGE}`",
                 path.display()
-            ))
-        };
+            )
+        });
     }
     which::which_global("passt").map_err(|_| {
         format!(

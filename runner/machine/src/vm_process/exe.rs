@@ -27,16 +27,13 @@ const RUNNER: &str = "runner";
 /// The `runner` executable for VM processes, or one line saying why there
 /// is none.
 pub fn runner_exe() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!(
+    if let Some(named) = crate::process::program_from_env(ENV) {
+        return named.map_err(|path| {
+            format!(
                 "{ENV}={} is not a file (it must name the runner binary)",
                 path.display()
-            ))
-        };
+            )
+        });
     }
     let current = std::env::current_exe()
         .map_err(|e| format!("cannot tell which executable this is ({e}); set {ENV}"))?;
