@@ -11,65 +11,12 @@
 //! Runs on the backend `RUNNER_BACKEND` names (the nested tier runs it with
 //! the kvm backend).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
-use std::sync::{Arc, Mutex};
 
-use e2e_tests::{job_log, processes_mentioning, require_tool, runner_test, vm_dirs};
+use e2e_tests::{job_log, processes_mentioning, require_tool, runner_test, vm_dirs, HttpServer};
 
 const BODY: &str = "hello from the host, 7f3a9c";
-
-/// A tiny HTTP/1.0 server on the host's loopback that answers every GET
-/// with [`BODY`] and records the paths it was asked for.
-struct Server {
-    port: u16,
-    paths: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the test server");
-        let port = listener.local_addr().unwrap().port();
-        let paths = Arc::new(Mutex::new(Vec::new()));
-        let seen = paths.clone();
-        // Lives until the test process ends; it only ever answers.
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let mut reader = BufReader::new(&conn);
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                // Read the headers up to the blank line.
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let path = request_line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("")
-                    .to_string();
-                seen.lock().unwrap().push(path);
-                let mut conn = &conn;
-                let _ = write!(
-                    conn,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{BODY}",
-                    BODY.len()
-                );
-            }
-        });
-        Server { port, paths }
-    }
-
-    fn paths(&self) -> Vec<String> {
-        let mut paths = self.paths.lock().unwrap().clone();
-        paths.sort();
-        paths
-    }
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -85,7 +32,7 @@ fn run(dir: &Path, yaml: &str, grant: &str) -> Output {
 #[test]
 fn network_is_opt_in_and_allow_is_enforced_on_the_host() {
     require_tool("passt", "passt");
-    let server = Server::start();
+    let server = HttpServer::start(|_| BODY.to_string());
     let port = server.port;
     let url = |path: &str| format!("http://10.0.2.2:{port}/{path}");
     // The same wget for every job, so the jobs that must fail differ from
@@ -187,7 +134,7 @@ jobs:
 #[test]
 fn an_open_network_never_reaches_the_host_unless_named_and_passt_is_not_root() {
     require_tool("passt", "passt");
-    let server = Server::start();
+    let server = HttpServer::start(|_| BODY.to_string());
     let port = server.port;
     let yaml = format!(
         "name: net\ndefaults: {{ files: none }}\njobs:\n  open:\n    network: true\n    steps:\n      - run: \"if timeout 10 wget -q -O - http://10.0.2.2:{port}/host; then exit 1; fi; echo no-host-as-expected; sleep 5\"\n"

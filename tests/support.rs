@@ -223,3 +223,57 @@ pub fn vm_dirs(dir: &std::path::Path) -> Vec<String> {
         .filter(|n| n.starts_with("runner-vm-"))
         .collect()
 }
+
+/// A tiny HTTP/1.0 server on the host's loopback: it answers every GET with
+/// `body(path)` and records the paths it was asked for, so a fetch is
+/// proven on the host, not only by the guest's word.
+pub struct HttpServer {
+    pub port: u16,
+    paths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HttpServer {
+    pub fn start(body: fn(&str) -> String) -> HttpServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the test server");
+        let port = listener.local_addr().unwrap().port();
+        let paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        // Lives until the test process ends; it only ever answers.
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&conn);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Read the headers up to the blank line.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let body = body(&path);
+                seen.lock().unwrap().push(path);
+                let mut conn = &conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        HttpServer { port, paths }
+    }
+
+    /// The paths asked for so far, sorted.
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths = self.paths.lock().unwrap().clone();
+        paths.sort();
+        paths
+    }
+}
