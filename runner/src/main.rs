@@ -4,7 +4,7 @@
 use clap::Parser;
 
 fn main() {
-    runner_machine::vm_process::exe::this_is_the_runner();
+    runner_machine::programs::this_is_the_runner();
     runner::cli::init_logging();
     let cli = runner::cli::Cli::parse();
     let code = match runner::cli::run(cli) {

@@ -24,6 +24,7 @@ pub mod interrupt;
 pub mod kvm;
 pub mod network;
 pub mod process;
+pub mod programs;
 pub mod qemu;
 pub mod select;
 pub mod serial_pump;

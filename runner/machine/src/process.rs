@@ -20,7 +20,6 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -168,7 +167,7 @@ pub fn keep_tree(
     limit: Duration,
     run_as: Option<(u32, u32)>,
 ) -> io::Result<Command> {
-    let exe = crate::vm_process::exe::runner_exe().map_err(io::Error::other)?;
+    let exe = crate::programs::runner_exe().map_err(io::Error::other)?;
     let mut keeper = Command::new(exe);
     keeper
         .arg("__keeper")
@@ -354,14 +353,6 @@ pub fn kill_pid(pid: u32) {
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
-}
-
-/// The program the environment variable `var` names in place of the one
-/// the runner would find itself: `None` when it is unset or empty, the path
-/// as the error when it is not a file (the caller says what it needed).
-pub fn program_from_env(var: &str) -> Option<Result<PathBuf, PathBuf>> {
-    let path = PathBuf::from(std::env::var_os(var).filter(|p| !p.is_empty())?);
-    Some(if path.is_file() { Ok(path) } else { Err(path) })
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ fn seal_purpose(identity: &str) -> String {
 /// (its VMM and device models), vCPUs, memory, and the host's CPU and KVM.
 /// Contents are hashed once per version of each file (`trusted_cache`).
 pub fn identity(cache: &TrustedCache, spec: &VmSpec) -> Result<(String, String), String> {
-    let exe = super::vm_process::exe::runner_exe()?;
+    let exe = crate::programs::runner_exe()?;
     let host = host_fingerprint()?;
     let description = format!(
         "snapshot format {}\nrunner {}\nkernel {}\nrootfs {}\nvcpus {}\nmemory {} MiB\nhost {host}\n",

@@ -334,8 +334,7 @@ fn build(
             let limit = spec
                 .size_mib
                 .map_or(images.limits().max_bytes, |mib| mib << 20);
-            let runner =
-                crate::vm_process::exe::runner_exe().map_err(|e| build_error(&label, e))?;
+            let runner = crate::programs::runner_exe().map_err(|e| build_error(&label, e))?;
             let mut unpack = Command::new(stage(&runner, "runner")?);
             unpack
                 .arg("__unpack-oci")

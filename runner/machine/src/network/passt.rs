@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{DNS_ADDRESS, GATEWAY, GUEST_ADDRESS, GUEST_MTU, GUEST_PREFIX_LEN};
-use crate::process::{program_from_env, spawn_guarded, ChildGuard};
+use crate::process::{spawn_guarded, ChildGuard};
+use crate::programs::program_from_env;
 use crate::vm_process::confinement::VmIds;
 use crate::BootError;
 

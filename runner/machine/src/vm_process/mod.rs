@@ -19,7 +19,6 @@
 pub mod allowlists;
 pub mod child;
 pub mod confinement;
-pub mod exe;
 pub mod jail;
 mod kernel_log;
 mod policy;
@@ -232,7 +231,7 @@ impl VmProcess {
         memory_mib: u64,
         vcpus: u64,
     ) -> Result<VmProcess, BootError> {
-        let exe = exe::runner_exe().map_err(BootError::Setup)?;
+        let exe = crate::programs::runner_exe().map_err(BootError::Setup)?;
         let mut config = config.clone();
         let mut cgroup = None;
         if let Some(jail) = &mut config.jail {
@@ -287,7 +286,7 @@ impl VmProcess {
                 "the VM process ({}) said {other:?} instead of `ready`; is it an older runner \
                  binary? ({} names the binary)",
                 exe.display(),
-                exe::ENV
+                crate::programs::ENV
             ))),
             None => {
                 process.child.kill();

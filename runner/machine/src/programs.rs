@@ -1,5 +1,7 @@
-//! Which executable runs a VM process: the `runner` binary itself, started
-//! as `runner __vm-process`.
+//! Which executables the runner starts that are not found on PATH: the
+//! `runner` binary itself (for VM processes, keepers and image builds,
+//! started as `runner __vm-process` and the like), and any program an
+//! environment variable names in place of the one the runner would find.
 //!
 //! In the `runner` command that is simply this executable, whatever its
 //! file is called (its `main` says so with [`this_is_the_runner`]). The
@@ -24,10 +26,18 @@ pub const ENV: &str = "RUNNER_EXE";
 /// The binary's name.
 const RUNNER: &str = "runner";
 
+/// The program the environment variable `var` names in place of the one
+/// the runner would find itself: `None` when it is unset or empty, the path
+/// as the error when it is not a file (the caller says what it needed).
+pub fn program_from_env(var: &str) -> Option<Result<PathBuf, PathBuf>> {
+    let path = PathBuf::from(std::env::var_os(var).filter(|p| !p.is_empty())?);
+    Some(if path.is_file() { Ok(path) } else { Err(path) })
+}
+
 /// The `runner` executable for VM processes, or one line saying why there
 /// is none.
 pub fn runner_exe() -> Result<PathBuf, String> {
-    if let Some(named) = crate::process::program_from_env(ENV) {
+    if let Some(named) = program_from_env(ENV) {
         return named.map_err(|path| {
             format!(
                 "{ENV}={} is not a file (it must name the runner binary)",
