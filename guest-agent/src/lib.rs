@@ -27,6 +27,7 @@ macro_rules! console {
     };
 }
 
+mod caches;
 mod conn;
 mod exec;
 mod get_files;

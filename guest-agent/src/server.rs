@@ -159,6 +159,17 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                     Err(message) => send_error(conn, format!("applying the restore: {message}"))?,
                 }
             }
+            Message::MountCaches(request) => match crate::caches::check(&request) {
+                Ok(()) => send(
+                    conn,
+                    Message::CachesMounted(crate::caches::mount_all(&request)),
+                )?,
+                Err(message) => send_error(conn, format!("mounting caches: {message}"))?,
+            },
+            Message::UnmountCaches => {
+                let (clean, failed) = crate::caches::unmount_all();
+                send(conn, Message::CachesUnmounted { clean, failed })?
+            }
             // Late messages for a command or shell that has already finished.
             Message::Cancel | Message::StdinEof | Message::Resize(_) => {}
             other => send_error(

@@ -105,7 +105,7 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<bool, ProtocolError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Command, ExecRequest};
+    use crate::{CacheMount, CacheMounted, Command, ExecRequest};
     use std::io::Cursor;
 
     fn round_trip(frame: Frame) {
@@ -139,6 +139,19 @@ mod tests {
             clone_id: "0123456789abcdef0123456789abcdef".into(),
         }));
         round_trip(Frame::Control(Message::RestoreApplied { generation: 7 }));
+        round_trip(Frame::Control(Message::MountCaches(vec![CacheMount {
+            serial: "cache0".into(),
+            paths: vec!["/usr/local/cargo".into(), "/w/target".into()],
+        }])));
+        round_trip(Frame::Control(Message::CachesMounted(vec![CacheMounted {
+            serial: "cache0".into(),
+            error: Some("mounting /dev/vdb (ext4): EINVAL".into()),
+        }])));
+        round_trip(Frame::Control(Message::UnmountCaches));
+        round_trip(Frame::Control(Message::CachesUnmounted {
+            clean: vec!["cache0".into()],
+            failed: vec!["cache 1: busy".into()],
+        }));
         round_trip(Frame::Data(Stream::Stdout, b"hello\0\xff".to_vec()));
         round_trip(Frame::Data(Stream::Tar, Vec::new()));
     }

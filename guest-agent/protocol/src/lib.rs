@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change to frames or messages.
 ///
 /// 2: [`Message::Restored`] and [`Message::RestoreApplied`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: [`Message::MountCaches`] and [`Message::UnmountCaches`].
+pub const PROTOCOL_VERSION: u32 = 3;
 /// AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_PORT: u32 = 10_000;
 /// Largest payload a frame may carry. Larger frames are a protocol error.
@@ -52,7 +53,16 @@ pub const CAPABILITIES: &[&str] = &[
     "shell",
     "network",
     "restore",
+    "caches",
 ];
+
+/// Most cache disks one job may mount.
+pub const MAX_CACHES: usize = 4;
+/// Most paths one cache may bind.
+pub const MAX_CACHE_PATHS: usize = 16;
+/// How long the agent waits for a cache disk to appear with a capacity
+/// (after a restore the host attaches it to an empty slot).
+pub const CACHE_DISK_WAIT_MS: u64 = 10_000;
 
 /// Fewest bytes of host entropy a [`Message::Restored`] may carry: 256 bits,
 /// what the kernel needs to consider its RNG seeded.
@@ -199,6 +209,43 @@ pub enum Message {
     RestoreApplied {
         generation: u64,
     },
+    /// Host → agent, before the job's first command: mount each cache disk
+    /// (found by its virtio-blk serial) and bind its paths onto it. At most
+    /// [`MAX_CACHES`] caches of at most [`MAX_CACHE_PATHS`] absolute paths.
+    /// The agent answers [`Message::CachesMounted`] with one outcome per
+    /// cache (a disk that cannot be mounted does not stop the others), or
+    /// [`Message::Error`] for a request it refuses as a whole.
+    MountCaches(Vec<CacheMount>),
+    /// Agent → host: what became of each requested cache, in order.
+    CachesMounted(Vec<CacheMounted>),
+    /// Host → agent, after the job's last command: sync, then unmount every
+    /// cache this connection's guest mounted, so that its disk holds a
+    /// whole, clean file system. Answered by [`Message::CachesUnmounted`].
+    UnmountCaches,
+    /// Agent → host: the serials of the caches that are now cleanly
+    /// unmounted, and one line for each that could not be.
+    CachesUnmounted {
+        clean: Vec<String>,
+        failed: Vec<String>,
+    },
+}
+
+/// A cache disk and the guest paths that live on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMount {
+    /// The disk's virtio-blk serial (`cache0`).
+    pub serial: String,
+    /// Absolute, normalized guest paths.
+    pub paths: Vec<String>,
+}
+
+/// One cache's mount outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMounted {
+    pub serial: String,
+    /// `None`: mounted and bound; otherwise why not (the paths then stay
+    /// on the guest's own, throwaway root).
+    pub error: Option<String>,
 }
 
 /// An interactive shell, and the terminal it starts with.

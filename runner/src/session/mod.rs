@@ -33,14 +33,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_protocol::{
-    read_frame, write_frame, ExecRequest, ExitStatus, Frame, Message, NetworkConfig, ProtocolError,
-    Stream, CHUNK_SIZE, PROTOCOL_VERSION,
+    read_frame, write_frame, CacheMount, CacheMounted, ExecRequest, ExitStatus, Frame, Message,
+    NetworkConfig, ProtocolError, Stream, CACHE_DISK_WAIT_MS, CHUNK_SIZE, MAX_CACHES,
+    PROTOCOL_VERSION,
 };
 
 use deadline::{DeadlineIo, Expiry};
 
 /// How long the agent may take to answer a control request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A cache mount may wait for each disk to appear (after a restore).
+const MOUNT_CACHES_TIMEOUT: Duration =
+    Duration::from_millis(30_000 + CACHE_DISK_WAIT_MS * MAX_CACHES as u64);
+/// An unmount first syncs what the job wrote to its caches, which can be
+/// gigabytes on an emulated disk; the job's own deadline still applies.
+const UNMOUNT_CACHES_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long one write may block because the guest takes no data (stops
 /// granting vsock credit) before the session is given up.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -238,18 +245,52 @@ impl AgentSession {
     /// Has the agent configure the guest's NIC and resolv.conf; returns the
     /// interface's name.
     pub fn configure_network(&mut self, config: &NetworkConfig) -> Result<String, SessionError> {
-        if !self.capabilities.iter().any(|c| c == "network") {
-            return Err(SessionError::Incompatible(format!(
-                "the agent in this rootfs ({}) cannot configure a network; rebuild the rootfs",
-                self.agent
-            )));
-        }
+        self.require("network", "configure a network")?;
         self.send(Message::ConfigureNetwork(config.clone()))?;
         match self.reply(REPLY_TIMEOUT)? {
             Message::NetworkConfigured { interface } => Ok(interface),
             Message::Error { message } => Err(SessionError::Agent(message)),
             other => Err(SessionError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Has the agent mount each cache disk and bind its paths; one outcome
+    /// per cache, in order (a cache that failed leaves its paths on the
+    /// guest's own root, and the job goes on without it).
+    pub fn mount_caches(
+        &mut self,
+        caches: &[CacheMount],
+    ) -> Result<Vec<CacheMounted>, SessionError> {
+        self.require("caches", "mount caches")?;
+        self.send(Message::MountCaches(caches.to_vec()))?;
+        match self.reply(MOUNT_CACHES_TIMEOUT)? {
+            Message::CachesMounted(outcomes) if outcomes.len() == caches.len() => Ok(outcomes),
+            Message::Error { message } => Err(SessionError::Agent(message)),
+            other => Err(SessionError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Has the agent sync and unmount every cache it mounted: the serials
+    /// now on a clean file system, and one line for each that is not.
+    pub fn unmount_caches(&mut self) -> Result<(Vec<String>, Vec<String>), SessionError> {
+        self.require("caches", "unmount caches")?;
+        self.send(Message::UnmountCaches)?;
+        match self.reply(UNMOUNT_CACHES_TIMEOUT)? {
+            Message::CachesUnmounted { clean, failed } => Ok((clean, failed)),
+            Message::Error { message } => Err(SessionError::Agent(message)),
+            other => Err(SessionError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Fails unless the agent offered `capability`.
+    fn require(&self, capability: &str, what: &str) -> Result<(), SessionError> {
+        if self.capabilities.iter().any(|c| c == capability) {
+            return Ok(());
+        }
+        Err(SessionError::Incompatible(format!(
+            "the agent in this rootfs ({}) cannot {what}; rebuild the rootfs",
+            self.agent
+        )))
     }
 
     /// Asks the guest to sync and power off.
