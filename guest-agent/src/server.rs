@@ -159,10 +159,12 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                     Err(message) => send_error(conn, format!("applying the restore: {message}"))?,
                 }
             }
-            Message::MountCaches(request) => match crate::caches::check(&request) {
+            Message::MountCaches { caches } => match crate::caches::check(&caches) {
                 Ok(()) => send(
                     conn,
-                    Message::CachesMounted(crate::caches::mount_all(&request)),
+                    Message::CachesMounted {
+                        outcomes: crate::caches::mount_all(&caches),
+                    },
                 )?,
                 Err(message) => send_error(conn, format!("mounting caches: {message}"))?,
             },

@@ -139,14 +139,18 @@ mod tests {
             clone_id: "0123456789abcdef0123456789abcdef".into(),
         }));
         round_trip(Frame::Control(Message::RestoreApplied { generation: 7 }));
-        round_trip(Frame::Control(Message::MountCaches(vec![CacheMount {
-            serial: "cache0".into(),
-            paths: vec!["/usr/local/cargo".into(), "/w/target".into()],
-        }])));
-        round_trip(Frame::Control(Message::CachesMounted(vec![CacheMounted {
-            serial: "cache0".into(),
-            error: Some("mounting /dev/vdb (ext4): EINVAL".into()),
-        }])));
+        round_trip(Frame::Control(Message::MountCaches {
+            caches: vec![CacheMount {
+                serial: "cache0".into(),
+                paths: vec!["/usr/local/cargo".into(), "/w/target".into()],
+            }],
+        }));
+        round_trip(Frame::Control(Message::CachesMounted {
+            outcomes: vec![CacheMounted {
+                serial: "cache0".into(),
+                error: Some("mounting /dev/vdb (ext4): EINVAL".into()),
+            }],
+        }));
         round_trip(Frame::Control(Message::UnmountCaches));
         round_trip(Frame::Control(Message::CachesUnmounted {
             clean: vec!["cache0".into()],

@@ -215,9 +215,13 @@ pub enum Message {
     /// The agent answers [`Message::CachesMounted`] with one outcome per
     /// cache (a disk that cannot be mounted does not stop the others), or
     /// [`Message::Error`] for a request it refuses as a whole.
-    MountCaches(Vec<CacheMount>),
+    MountCaches {
+        caches: Vec<CacheMount>,
+    },
     /// Agent → host: what became of each requested cache, in order.
-    CachesMounted(Vec<CacheMounted>),
+    CachesMounted {
+        outcomes: Vec<CacheMounted>,
+    },
     /// Host → agent, after the job's last command: sync, then unmount every
     /// cache this connection's guest mounted, so that its disk holds a
     /// whole, clean file system. Answered by [`Message::CachesUnmounted`].

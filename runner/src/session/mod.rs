@@ -262,9 +262,11 @@ impl AgentSession {
         caches: &[CacheMount],
     ) -> Result<Vec<CacheMounted>, SessionError> {
         self.require("caches", "mount caches")?;
-        self.send(Message::MountCaches(caches.to_vec()))?;
+        self.send(Message::MountCaches {
+            caches: caches.to_vec(),
+        })?;
         match self.reply(MOUNT_CACHES_TIMEOUT)? {
-            Message::CachesMounted(outcomes) if outcomes.len() == caches.len() => Ok(outcomes),
+            Message::CachesMounted { outcomes } if outcomes.len() == caches.len() => Ok(outcomes),
             Message::Error { message } => Err(SessionError::Agent(message)),
             other => Err(SessionError::Unexpected(format!("{other:?}"))),
         }
