@@ -18,12 +18,12 @@
 //!   `quarantine/` (one file per key, the latest), so it fails no job after
 //!   the one that found it; the next job builds a new one.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Once, OnceLock};
 
 use super::VmSpec;
-use crate::trusted_cache::{open_no_follow, TrustedCache};
+use crate::file_lock::{FileLock, LockMode};
+use crate::trusted_cache::TrustedCache;
 
 /// The warm-start snapshots in one directory.
 #[derive(Clone, Debug)]
@@ -172,10 +172,13 @@ impl SnapshotStore {
     }
 
     /// Holds the build lock of `key` until dropped (waits for it).
-    pub fn lock(&self, key: &str) -> std::io::Result<nix::fcntl::Flock<File>> {
-        let file = open_no_follow(&self.dir.join(format!("{key}.lock")))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| std::io::Error::from(e))
+    pub fn lock(&self, key: &str) -> std::io::Result<FileLock> {
+        FileLock::acquire(&self.lock_path(key), LockMode::Exclusive, true)
+            .map(|lock| lock.expect("a blocking flock returns a lock"))
+    }
+
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.lock"))
     }
 }
 

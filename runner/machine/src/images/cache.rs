@@ -14,7 +14,6 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +28,7 @@ use super::key::{self, spec_key};
 use super::oci;
 use super::spec::{ImageSpec, SpecBase};
 use crate::digest::sha256_file;
+use crate::file_lock::{FileLock, LockMode};
 use crate::trusted_cache::{open_no_follow, TrustedCache};
 
 /// Manifest format version; a different one is treated as corrupt.
@@ -131,30 +131,6 @@ impl Entry {
     }
 }
 
-/// An exclusive `flock`, released when dropped (or when the process dies).
-pub struct Lock {
-    _file: File,
-}
-
-impl Lock {
-    pub fn acquire(path: &Path, wait: bool) -> std::io::Result<Option<Lock>> {
-        let file = open_no_follow(path)?;
-        let flags = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
-                return Ok(Some(Lock { _file: file }));
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) if !crate::interrupt::is_interrupted() => continue,
-                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
-                _ => return Err(err),
-            }
-        }
-    }
-}
-
 /// Resolves an image spec to a built image, building it on first use.
 /// `verify` also checks the image's sha256 against the manifest.
 pub fn resolve(
@@ -183,11 +159,11 @@ pub fn resolve(
         eprintln!("runner: {label}: cached, {}", entry.image.display());
         return Ok(entry.image);
     }
-    let lock = match Lock::acquire(&entry.lock, false) {
+    let lock = match FileLock::acquire(&entry.lock, LockMode::Exclusive, false) {
         Ok(Some(lock)) => lock,
         Ok(None) => {
             eprintln!("runner: {label}: another runner is building it; waiting");
-            Lock::acquire(&entry.lock, true)
+            FileLock::acquire(&entry.lock, LockMode::Exclusive, true)
                 .map_err(|e| build_error(&label, format!("locking: {e}")))?
                 .expect("a blocking flock returns a lock")
         }

@@ -6,7 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::cache::{cache, Entry, Lock, Manifest};
+use super::cache::{cache, Entry, Manifest};
+use crate::file_lock::{FileLock, LockMode};
 
 /// One cache entry as listed.
 pub struct Listed {
@@ -136,7 +137,7 @@ pub fn prune(policy: &PrunePolicy, now: SystemTime) -> std::io::Result<(Vec<Stri
         if kept || !(old_enough || l.problem.is_some()) {
             continue;
         }
-        let Some(_lock) = Lock::acquire(&l.entry.lock, false)? else {
+        let Some(_lock) = FileLock::acquire(&l.entry.lock, LockMode::Exclusive, false)? else {
             continue;
         };
         l.entry.remove();
