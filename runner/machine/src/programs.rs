@@ -34,6 +34,16 @@ pub fn program_from_env(var: &str) -> Option<Result<PathBuf, PathBuf>> {
     Some(if path.is_file() { Ok(path) } else { Err(path) })
 }
 
+/// A host program on PATH, or in /usr/sbin or /sbin, which a normal user's
+/// PATH may lack (e2fsprogs' `mke2fs` lives there).
+pub fn host_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs =
+        std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    let dirs = std::env::join_paths(dirs).ok()?;
+    which::which_in_global(program, Some(dirs)).ok()?.next()
+}
+
 /// The `runner` executable for VM processes, or one line saying why there
 /// is none.
 pub fn runner_exe() -> Result<PathBuf, String> {

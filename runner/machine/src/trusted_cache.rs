@@ -85,7 +85,8 @@ impl TrustedCache {
 /// writable by group or others, and (unless `may_be_symlink`, for the root
 /// a user may have moved elsewhere) not a symlink; and its ancestors:
 /// owned by us or root, and writable by others only with the sticky bit.
-fn make_private_dir(dir: &Path, may_be_symlink: bool) -> Result<(), String> {
+/// Every directory of the runner's caches is made and checked so.
+pub fn make_private_dir(dir: &Path, may_be_symlink: bool) -> Result<(), String> {
     check_ancestors(dir)?;
     match std::fs::DirBuilder::new()
         .recursive(true)
@@ -165,6 +166,23 @@ pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Writes `bytes` to `path` whole or not at all: under a temporary name in
+/// the same directory (mode 0600), flushed to disk, then renamed over
+/// `path`. A reader sees the old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // tempfile: a fresh random name, created exclusively, removed if we fail.
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// What identifies a file's bytes without reading them (module docs).
@@ -255,17 +273,7 @@ impl TrustedCache {
         let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let body = format!("{purpose}\n{}\n{digest}\n", identity(&meta));
         let text = format!("{body}{}\n", mac(&host_key(&self.root)?, &body));
-        let temp = seal_path.with_extension(format!("seal-tmp-{}", std::process::id()));
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .and_then(|()| std::fs::rename(&temp, seal_path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
+        let written = write_atomically(seal_path, text.as_bytes());
         written.map_err(|e| format!("sealing {}: {e}", file.display()))
     }
 

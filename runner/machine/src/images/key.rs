@@ -139,24 +139,17 @@ fn hash_tree(path: &Path) -> std::io::Result<String> {
     Ok(sha256_bytes(text.as_bytes()))
 }
 
-/// A program on PATH (or in /sbin, /usr/sbin, which a normal user's PATH
-/// may lack).
+/// A host program the build needs, or which package to install.
 fn which(program: &str) -> Result<PathBuf, ImageError> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs =
-        std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
-    std::env::join_paths(dirs)
-        .ok()
-        .and_then(|dirs| which::which_in_global(program, Some(dirs)).ok()?.next())
-        .ok_or_else(|| ImageError::Build {
-            what: "an image spec".into(),
-            detail: format!(
-                "`{program}` not found; run scripts/setup-host (apt-get install {})",
-                if program == "mmdebstrap" {
-                    "mmdebstrap uidmap"
-                } else {
-                    "e2fsprogs"
-                }
-            ),
-        })
+    crate::programs::host_program(program).ok_or_else(|| ImageError::Build {
+        what: "an image spec".into(),
+        detail: format!(
+            "`{program}` not found; run scripts/setup-host (apt-get install {})",
+            if program == "mmdebstrap" {
+                "mmdebstrap uidmap"
+            } else {
+                "e2fsprogs"
+            }
+        ),
+    })
 }
