@@ -12,16 +12,21 @@
 //! - [`vm_process`]: the process each VM runs in, its jail and seccomp;
 //! - [`network`]: a VM's NIC, as the operator granted it;
 //! - [`trusted_cache`]: the cache directory images and snapshots live in;
+//! - [`caches`]: the jobs' cache volumes (`cache:`), versioned per key;
+//!   [`lru`] evicts from it, the image cache and the snapshots alike;
 //! - [`process`] and [`interrupt`]: guarded children and Ctrl-C.
 
+pub mod caches;
 mod digest;
 mod error;
+pub mod file_lock;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hybrid_vsock;
 pub mod images;
 pub mod interrupt;
 pub mod kvm;
+pub mod lru;
 pub mod network;
 pub mod process;
 pub mod programs;
