@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the commands themselves.
 
+mod cache;
 mod doctor;
 mod exec;
 mod failure;
@@ -35,6 +36,9 @@ enum Command {
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// The jobs' cache volumes (`cache:`): list, prune, clear, export,
+    /// import.
+    Cache(cache::CacheArgs),
     /// Work with JUnit reports.
     #[command(subcommand)]
     Report(report::ReportCommand),
@@ -105,6 +109,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     let result = match command {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
+        Command::Cache(args) => cache::run(args),
         Command::Test(args) => test::run(args),
         Command::Shell(args) => shell::run(args),
         Command::Report(cmd) => report::run(cmd),

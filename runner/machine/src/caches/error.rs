@@ -15,11 +15,12 @@ pub enum CacheError {
     },
     #[error("invalid cache size {size}: {why}")]
     InvalidSize { size: u64, why: String },
-    #[error("{what} {}: {source}", path.display())]
+    /// (`error` is not a `source`: the message already says it.)
+    #[error("{what} {}: {error}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// ENOSPC or EDQUOT: nothing was written, the caller goes on.
     #[error("the host disk is full ({what} {}): nothing was committed", path.display())]
@@ -43,9 +44,9 @@ impl CacheError {
     /// which callers turn into a warning and no commit.
     pub(super) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CacheError {
         let path = path.to_path_buf();
-        move |source| match source.raw_os_error() {
+        move |error| match error.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT) => CacheError::DiskFull { what, path },
-            _ => CacheError::Io { what, path, source },
+            _ => CacheError::Io { what, path, error },
         }
     }
 

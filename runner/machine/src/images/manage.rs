@@ -193,7 +193,7 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn short_age(d: Duration) -> String {
+pub fn short_age(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..=59 => format!("{s}s"),
