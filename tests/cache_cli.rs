@@ -1,14 +1,16 @@
 //! `runner cache` as an operator runs it, on a store filled through the
 //! store's own API (no VM boots here): the table, one line per action,
 //! export and import between two stores, and bad input as one line with a
-//! non-zero exit.
+//! non-zero exit. And the same LRU cap on the image and snapshot caches.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
 
 use e2e_tests::runner_bin;
 use runner_machine::caches::{CacheRequest, CacheStore, Scope};
+use runner_machine::trusted_cache::TrustedCache;
 
 const SIZE: u64 = 8 << 20;
 
@@ -142,4 +144,81 @@ fn list_export_import_clear_and_prune() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// A spec image entry as `runner image build` leaves it, `age_days` after
+/// its last use, taking `bytes` on disk.
+fn plant_image(cache: &TrustedCache, byte: u8, bytes: usize, age_days: u64) -> String {
+    let dir = cache.subdir("images").unwrap();
+    let key = format!("{byte:02x}").repeat(32);
+    let short = &key[..16];
+    let image = dir.join(format!("{short}.ext4"));
+    let mut content = vec![byte; bytes];
+    content[1080..1082].copy_from_slice(&[0x53, 0xef]);
+    std::fs::write(&image, &content).unwrap();
+    let manifest = serde_json::json!({
+        "version": 1, "key": key, "summary": "test", "size_bytes": bytes,
+        "sha256": "0".repeat(64), "built_at": 0, "inputs": [],
+    });
+    std::fs::write(dir.join(format!("{short}.json")), manifest.to_string()).unwrap();
+    cache
+        .seal(
+            &image,
+            &dir.join(format!("{short}.seal")),
+            &format!("image {key}"),
+            &"0".repeat(64),
+        )
+        .unwrap();
+    stamp(&dir.join(format!("{short}.used")), age_days);
+    short.to_string()
+}
+
+/// Creates `path` with a modification time `age_days` ago.
+fn stamp(path: &Path, age_days: u64) {
+    let file = std::fs::File::create(path).unwrap();
+    let when = SystemTime::now() - Duration::from_secs(age_days * 86400);
+    file.set_modified(when).unwrap();
+}
+
+#[test]
+fn image_and_snapshot_prune_evict_the_least_recently_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runner-cache");
+    let cache = TrustedCache::at(root.clone()).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(runner_bin())
+            .env("RUNNER_CACHE", &root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Three images of 1 MiB: at most 2.5 MiB keeps the two most recent.
+    let oldest = plant_image(&cache, 1, 1 << 20, 9);
+    let middle = plant_image(&cache, 2, 1 << 20, 5);
+    let newest = plant_image(&cache, 3, 1 << 20, 1);
+    let out = run(&["image", "prune", "--max-size", "2560K"]);
+    assert_eq!(out, format!("removed {oldest}\n"));
+    let out = run(&["image", "prune", "--older-than", "3d"]);
+    assert_eq!(out, format!("removed {middle}\n"));
+    let images = cache.subdir("images").unwrap();
+    assert!(images.join(format!("{newest}.ext4")).exists());
+
+    let snapshots = cache.subdir("snapshots").unwrap();
+    for (key, age_days) in [("aaaa", 9), ("bbbb", 5), ("cccc", 1)] {
+        std::fs::write(snapshots.join(format!("{key}.snap")), vec![1u8; 1 << 20]).unwrap();
+        stamp(&snapshots.join(format!("{key}.used")), age_days);
+    }
+    let out = run(&["snapshot", "prune", "--max-size", "1536K"]);
+    let removed: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        removed,
+        [
+            format!("removed {}", snapshots.join("aaaa.snap").display()),
+            format!("removed {}", snapshots.join("bbbb.snap").display()),
+        ]
+    );
+    assert!(snapshots.join("cccc.snap").exists());
+    assert!(!snapshots.join("aaaa.used").exists());
 }

@@ -23,7 +23,8 @@ use std::sync::{Once, OnceLock};
 
 use super::VmSpec;
 use crate::file_lock::{FileLock, LockMode};
-use crate::trusted_cache::TrustedCache;
+use crate::lru::{self, Candidate, Evicted, Limits};
+use crate::trusted_cache::{open_no_follow, TrustedCache};
 
 /// The warm-start snapshots in one directory.
 #[derive(Clone, Debug)]
@@ -128,6 +129,78 @@ impl SnapshotStore {
     pub fn remove(&self, key: &str) {
         let _ = std::fs::remove_file(self.path(key));
         let _ = std::fs::remove_file(self.seal_path(key));
+        let _ = std::fs::remove_file(self.used_path(key));
+    }
+
+    /// Its modification time is the last restore of `key`'s snapshot (the
+    /// snapshot's own times are part of its seal).
+    fn used_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.used"))
+    }
+
+    /// Records a use of `key`'s snapshot now, for [`SnapshotStore::prune`].
+    pub fn touch_used(&self, key: &str) {
+        if let Ok(stamp) = open_no_follow(&self.used_path(key)) {
+            let _ = stamp.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Removes snapshots (and quarantined ones) least recently used first,
+    /// as `limits` say (`crate::lru`); never one being built (its key's
+    /// lock is held). A clone restoring one keeps the file it opened.
+    /// Returns the file names removed, and the bytes freed and left.
+    pub fn prune(
+        &self,
+        limits: Limits,
+        now: std::time::SystemTime,
+    ) -> std::io::Result<Evicted<PathBuf>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut candidates = Vec::new();
+        let quarantine = self.dir.join("quarantine");
+        for dir in [&self.dir, &quarantine] {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let path = entry?.path();
+                let Some(key) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".snap"))
+                    .filter(|k| !k.starts_with('.'))
+                else {
+                    continue;
+                };
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                let used = std::fs::metadata(self.used_path(key)).and_then(|m| m.modified());
+                let last_used = match (dir == &self.dir, used) {
+                    (true, Ok(used)) => used,
+                    _ => meta.modified()?,
+                };
+                candidates.push(Candidate {
+                    item: path,
+                    disk_bytes: meta.blocks() * 512,
+                    last_used,
+                });
+            }
+        }
+        Ok(lru::evict(candidates, limits, now, |path| {
+            let key = path.file_stem().and_then(|k| k.to_str()).unwrap_or("");
+            if path.parent() != Some(self.dir.as_path()) {
+                return std::fs::remove_file(path).is_ok();
+            }
+            match FileLock::acquire(&self.lock_path(key), LockMode::Exclusive, false) {
+                Ok(Some(_building_nothing)) => {
+                    self.remove(key);
+                    true
+                }
+                _ => false,
+            }
+        }))
     }
 
     /// A fresh name for building the snapshot of `key` (the VMM creates it).
@@ -400,6 +473,47 @@ mod tests {
         // Gone already: nothing to do.
         assert_eq!(store.quarantine("k", &fresh).unwrap(), None);
         assert_eq!(FileId::of(&store.path("k")).unwrap(), None);
+    }
+
+    #[test]
+    fn prune_drops_the_least_recently_restored_and_never_one_being_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path());
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86400);
+        for (key, days) in [("old", 9), ("new", 1), ("building", 20)] {
+            std::fs::write(store.path(key), vec![1u8; 8192]).unwrap();
+            store.seal(key, "id").unwrap();
+            store.touch_used(key);
+            let stamp = std::fs::File::options()
+                .write(true)
+                .open(store.used_path(key))
+                .unwrap();
+            stamp.set_modified(now - day * days).unwrap();
+        }
+        std::fs::create_dir(store.dir().join("quarantine")).unwrap();
+        let dead = store.dir().join("quarantine/dead.snap");
+        std::fs::write(&dead, b"dead").unwrap();
+        let lock = store.lock("building").unwrap();
+        let limits = Limits {
+            older_than: Some(day * 5),
+            max_bytes: None,
+        };
+        let pruned = store.prune(limits, now + day).unwrap();
+        assert_eq!(pruned.removed, [store.path("old")]);
+        assert_eq!(pruned.in_use, [store.path("building")]);
+        assert!(!store.path("old").exists() && !store.seal_path("old").exists());
+        assert!(!store.used_path("old").exists());
+        assert!(store.path("building").exists() && store.path("new").exists());
+        drop(lock);
+        // A cap of nothing: all of it, the quarantined one too.
+        let limits = Limits {
+            older_than: None,
+            max_bytes: Some(0),
+        };
+        let pruned = store.prune(limits, now).unwrap();
+        assert_eq!(pruned.removed.len(), 3);
+        assert!(!dead.exists() && !store.path("new").exists());
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 
 use super::failure::Failure;
-use crate::pipeline::{parse_byte_size, parse_unbounded_duration};
+use super::image::{parse_age, DEFAULT_PRUNE_AGE};
+use crate::pipeline::parse_byte_size;
 use runner_machine::caches::{CacheError, CacheStore, Evictable, Listed, Scope, DIR_ENV};
 use runner_machine::images::manage::{human_bytes, short_age};
 use runner_machine::lru::Limits;
@@ -69,15 +70,6 @@ enum CacheCommand {
         protected: bool,
     },
 }
-
-/// A cache age: `30d`, `12h`, `0s` for all.
-fn parse_age(text: &str) -> Result<Duration, String> {
-    parse_unbounded_duration(text)
-        .map_err(|_| format!("invalid age `{text}`: expected like `30d`, `12h` or `0s`"))
-}
-
-/// Unused for this long, a version goes with a plain `runner cache prune`.
-const DEFAULT_PRUNE_AGE: Duration = Duration::from_secs(30 * 86400);
 
 /// Bad input is exit code 2, a broken store or host 1.
 fn failure(e: CacheError) -> Failure {

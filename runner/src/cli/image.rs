@@ -9,8 +9,8 @@ use clap::Subcommand;
 
 use super::failure::Failure;
 use crate::grants::{GrantArgs, Grants};
-use crate::pipeline::parse_unbounded_duration;
 use crate::pipeline::Pipeline;
+use crate::pipeline::{parse_byte_size, parse_unbounded_duration};
 use runner_machine::images::{self as image_cache, manage};
 use runner_machine::images::{ImageError, ImageRef, Images};
 
@@ -37,12 +37,17 @@ pub enum ImageCommand {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Remove cached spec images. Default: those unused for 30 days.
+    /// Remove cached spec images, least recently used first. Default:
+    /// those unused for 30 days.
     Prune {
         /// Remove entries last used longer ago than this (`7d`, `12h`, `0s`
         /// for all).
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: Option<std::time::Duration>,
+        /// Then remove more, least recently used first, until the images
+        /// take at most this on disk (`20G`).
+        #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+        max_size: Option<u64>,
         /// Keep the images these pipelines use; without --older-than,
         /// remove every other one.
         #[arg(long = "keep", value_name = "PIPELINE")]
@@ -52,13 +57,15 @@ pub enum ImageCommand {
 
 /// A cache age: `30d`, `12h`, `0s` for all. Unlike a timeout it may be zero
 /// and longer than 7 days.
-fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     parse_unbounded_duration(text)
         .map_err(|_| format!("invalid age `{text}`: expected like `30d`, `12h` or `0s`"))
 }
 
-/// Unused for this long, an entry goes with a plain `runner image prune`.
-const DEFAULT_PRUNE_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+/// Unused for this long, an entry goes with a plain `runner image prune`
+/// (`runner snapshot prune` and `runner cache prune` too).
+pub(super) const DEFAULT_PRUNE_AGE: std::time::Duration =
+    std::time::Duration::from_secs(30 * 86400);
 
 pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
     match cmd {
@@ -72,7 +79,11 @@ pub fn run(cmd: ImageCommand) -> Result<i32, Failure> {
             print!("{}", manage::render(&listed, SystemTime::now(), verbose));
             Ok(0)
         }
-        ImageCommand::Prune { older_than, keep } => prune(older_than, &keep),
+        ImageCommand::Prune {
+            older_than,
+            max_size,
+            keep,
+        } => prune(older_than, max_size, &keep),
     }
 }
 
@@ -162,7 +173,11 @@ fn pipeline_specs(pipeline: &Pipeline) -> Vec<std::sync::Arc<crate::pipeline::Im
     specs
 }
 
-fn prune(older_than: Option<std::time::Duration>, keep: &[PathBuf]) -> Result<i32, Failure> {
+fn prune(
+    older_than: Option<std::time::Duration>,
+    max_size: Option<u64>,
+    keep: &[PathBuf],
+) -> Result<i32, Failure> {
     let keep = if keep.is_empty() {
         None
     } else {
@@ -179,11 +194,12 @@ fn prune(older_than: Option<std::time::Duration>, keep: &[PathBuf]) -> Result<i3
         Some(shorts)
     };
     let policy = manage::PrunePolicy {
-        older_than: older_than.or(if keep.is_none() {
+        older_than: older_than.or(if keep.is_none() && max_size.is_none() {
             Some(DEFAULT_PRUNE_AGE)
         } else {
             None
         }),
+        max_bytes: max_size,
         keep,
     };
     let (removed, freed) = manage::prune(&policy, SystemTime::now())

@@ -9,6 +9,7 @@ mod listing;
 mod out_dir;
 mod report;
 mod shell;
+mod snapshot;
 mod test;
 mod vm_args;
 
@@ -39,6 +40,9 @@ enum Command {
     /// The jobs' cache volumes (`cache:`): list, prune, clear, export,
     /// import.
     Cache(cache::CacheArgs),
+    /// The kvm backend's warm-start snapshots: prune them.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Work with JUnit reports.
     #[command(subcommand)]
     Report(report::ReportCommand),
@@ -110,6 +114,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Exec(args) => exec::run(args),
         Command::Image(cmd) => image::run(cmd),
         Command::Cache(args) => cache::run(args),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Test(args) => test::run(args),
         Command::Shell(args) => shell::run(args),
         Command::Report(cmd) => report::run(cmd),

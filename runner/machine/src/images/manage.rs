@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::cache::{cache, Entry, Manifest};
 use crate::file_lock::{FileLock, LockMode};
+use crate::lru::{self, Candidate, Limits};
 
 /// One cache entry as listed.
 pub struct Listed {
@@ -110,45 +111,80 @@ pub fn render(listed: &[Listed], now: SystemTime, verbose: bool) -> String {
     out
 }
 
-/// What `prune` removes: entries last used before `older_than` ago, except
-/// those in `keep` (short keys); with `keep` given and no age, every entry
-/// not in it.
+/// What `prune` removes: entries last used before `older_than` ago, then
+/// more, least recently used first, while the cache takes more than
+/// `max_bytes`; never those in `keep` (short keys), which still count
+/// towards the size. With `keep` given and no limit, every entry not in it.
 pub struct PrunePolicy {
     pub older_than: Option<Duration>,
+    pub max_bytes: Option<u64>,
     pub keep: Option<HashSet<String>>,
 }
 
-/// Removes the entries the policy selects (and leftovers of builds that
-/// were killed); an entry being built right now (locked) is skipped.
-/// Returns the removed keys and the bytes freed.
+/// Removes the entries the policy selects, corrupt entries, and leftovers
+/// of builds that were killed; an entry being built right now (locked) is
+/// skipped. Returns the removed keys and the bytes freed.
 pub fn prune(policy: &PrunePolicy, now: SystemTime) -> std::io::Result<(Vec<String>, u64)> {
     let mut removed = Vec::new();
     let mut freed = 0;
-    for l in list()? {
-        let kept = policy
+    let mut candidates = Vec::new();
+    let is_kept = |l: &Listed| {
+        policy
             .keep
             .as_ref()
-            .is_some_and(|keep| keep.contains(&l.entry.short));
-        let old_enough = match (policy.older_than, l.last_used) {
-            (Some(age), Some(used)) => now.duration_since(used).is_ok_and(|d| d >= age),
-            (Some(_), None) => true,
-            (None, _) => policy.keep.is_some(),
-        };
-        if kept || !(old_enough || l.problem.is_some()) {
+            .is_some_and(|keep| keep.contains(&l.entry.short))
+    };
+    for l in list()? {
+        if l.problem.is_some() && !is_kept(&l) {
+            if remove_unlocked(&l.entry)? {
+                freed += l.disk_bytes;
+                removed.push(l.entry.short.clone());
+            }
             continue;
         }
-        let Some(_lock) = FileLock::acquire(&l.entry.lock, LockMode::Exclusive, false)? else {
-            continue;
-        };
-        l.entry.remove();
-        let _ = fs::remove_file(&l.entry.lock);
-        freed += l.disk_bytes;
-        removed.push(l.entry.short.clone());
+        candidates.push(Candidate {
+            disk_bytes: l.disk_bytes,
+            last_used: l.last_used.unwrap_or(SystemTime::UNIX_EPOCH),
+            item: l,
+        });
     }
+    let everything_not_kept = policy.keep.is_some() && policy.max_bytes.is_none();
+    let limits = Limits {
+        older_than: policy
+            .older_than
+            .or(everything_not_kept.then_some(Duration::ZERO)),
+        max_bytes: policy.max_bytes,
+    };
+    let mut failed = None;
+    let evicted = lru::evict(candidates, limits, now, |l| {
+        // Kept entries are candidates only to count towards the size.
+        if is_kept(l) || failed.is_some() {
+            return false;
+        }
+        remove_unlocked(&l.entry).unwrap_or_else(|e| {
+            failed = Some(e);
+            false
+        })
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    freed += evicted.freed_bytes;
+    removed.extend(evicted.removed.into_iter().map(|l| l.entry.short));
     if let Ok((_, dir)) = cache() {
         remove_stale_temp(&dir, now);
     }
     Ok((removed, freed))
+}
+
+/// Removes `entry` unless it is being built; true if it is gone.
+fn remove_unlocked(entry: &Entry) -> std::io::Result<bool> {
+    let Some(_lock) = FileLock::acquire(&entry.lock, LockMode::Exclusive, false)? else {
+        return Ok(false);
+    };
+    entry.remove();
+    let _ = fs::remove_file(&entry.lock);
+    Ok(true)
 }
 
 /// Temp files and work dirs older than a day: a build that was killed.

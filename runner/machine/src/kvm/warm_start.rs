@@ -154,6 +154,7 @@ impl WarmStart<'_> {
                 self.role.path.display()
             )));
         }
+        self.store.touch_used(&self.key);
         let vm = match restore(self.start_process, self.spec, &self.role) {
             Ok(vm) => vm,
             Err(e) => return refused_file(e, &self.role.path).map(Cloned::Refused),
