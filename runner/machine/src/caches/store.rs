@@ -360,6 +360,37 @@ impl CacheStore {
         drop(checkout);
     }
 
+    /// Drops a checkout whose base the guest could not use (its file
+    /// system would not mount), and removes that version from the job's
+    /// own scope unless another job holds it, so that the next job starts
+    /// from a fallback or empty. Another scope's version is never touched.
+    /// Returns whether the version was removed.
+    pub fn forget(&self, checkout: Checkout) -> bool {
+        let own = |key: &str| (checkout.scope.clone(), key.to_string());
+        let (scope, key, version) = match &checkout.found {
+            Found::Key { version } => {
+                let (scope, key) = own(&checkout.key);
+                (scope, key, *version)
+            }
+            Found::Fallback {
+                key,
+                scope,
+                version,
+            } if *scope == checkout.scope => {
+                let (scope, key) = own(key);
+                (scope, key, *version)
+            }
+            Found::Fallback { .. } | Found::Empty => return false,
+        };
+        // Our own shared lock on the base would keep it.
+        drop(checkout);
+        let dir = KeyDir::new(&self.root, &scope, &key);
+        match dir.lock(LockMode::Exclusive) {
+            Ok(_lock) => remove_version(&dir, version),
+            Err(_) => false,
+        }
+    }
+
     /// Renames the finished image `temp` (flushed) into place as the
     /// newest version of `dir`'s key, its metadata first, and removes the
     /// older versions nobody holds. Returns the new version's number.

@@ -615,3 +615,25 @@ fn clear_removes_a_key_in_every_scope_or_one() {
         "no cache `k`"
     );
 }
+
+#[test]
+fn a_version_the_guest_could_not_mount_is_forgotten_in_its_own_scope_only() {
+    let (_dir, store) = store();
+    commit(&store, &main_branch(), "deps", &[(0, vec![9; 4096])]);
+    commit(&store, &pr(), "deps-pr", &[(0, vec![7; 4096])]);
+
+    // Read through a fallback from a protected scope: never removed there.
+    let checkout = store.checkout(&request(&pr(), "other", &["deps"])).unwrap();
+    assert!(matches!(checkout.found, Found::Fallback { .. }));
+    assert!(!store.forget(checkout));
+    assert!(version_path(&store, &main_branch(), "deps", 1).exists());
+
+    // Its own key: removed, unless another job still holds it.
+    let held = store.checkout(&request(&pr(), "deps-pr", &[])).unwrap();
+    let checkout = store.checkout(&request(&pr(), "deps-pr", &[])).unwrap();
+    assert!(!store.forget(checkout));
+    assert!(store.forget(held));
+    assert!(!version_path(&store, &pr(), "deps-pr", 1).exists());
+    let next = store.checkout(&request(&pr(), "deps-pr", &[])).unwrap();
+    assert_eq!(next.found, Found::Empty);
+}
