@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
-all=(frame vsock_packet block_request device_state net_filter pipeline unpack junit libtest
+all=(frame vsock_packet block_request layer_file device_state net_filter pipeline unpack junit libtest
     mmio_transport snapshot safe_untar oci_layer)
 targets=("${@:-${all[@]}}")
 
@@ -28,12 +28,12 @@ nice -n 10 cargo fuzz build -a >&2
 
 # Longest input per target: tar needs room for several 512-byte blocks, a
 # chain input is a 129-byte table plus the memory it points at, a block
-# device state carries whole 4 KiB chunks (and a snapshot's state the VM's
+# device state and a layer file carry whole 4 KiB chunks (and a snapshot's state the VM's
 # zero-padded KVM structs), a report needs room for a few testcases, register operations
 # for a whole driver set-up and the rings after them.
 max_len() {
     case $1 in
-        unpack|snapshot|safe_untar|oci_layer) echo 16384 ;;
+        unpack|snapshot|safe_untar|oci_layer|layer_file) echo 16384 ;;
         pipeline|junit|libtest) echo 8192 ;;
         device_state) echo 32768 ;;
         *) echo 4096 ;;

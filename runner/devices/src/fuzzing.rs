@@ -2,8 +2,8 @@
 //! a descriptor chain and the guest memory around it, both taken from the
 //! fuzzer's bytes, fed to the vsock packet and virtio-blk request parsers
 //! and to the virtio-net transmit path with its egress filter
-//! ([`net_filter`]); and a saved device state from a snapshot file
-//! ([`device_state`]).
+//! ([`net_filter`]); a saved device state from a snapshot file
+//! ([`device_state`]); and a cache volume's layer file ([`layer_file`]).
 //!
 //! They live here, not in the fuzz crate, so that this crate's own tests can
 //! replay the inputs kept in `fuzz/regressions/` through exactly the code the
@@ -441,6 +441,47 @@ pub fn device_state(data: &[u8]) -> bool {
     }
 }
 
+/// A cache volume's layer file, read back as the runner does before it
+/// commits the cache: bytes 0..2 are the disk's size in 512-byte sectors
+/// (u16, little-endian), the rest is the file. Returns whether the reader
+/// accepted it; what it returns must be ranges of the disk, whole chunks
+/// (but for the disk's end), sorted and coalesced.
+pub fn layer_file(data: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+
+    use crate::block::layer::written_ranges;
+    use crate::block::OVERLAY_CHUNK_SIZE;
+
+    let Some((size, content)) = data.split_first_chunk::<2>() else {
+        return false;
+    };
+    let disk_size = u64::from(u16::from_le_bytes(*size)) * 512;
+    let file = tempfile::tempfile().expect("a temp file");
+    file.write_all_at(content, 0).expect("write the layer");
+    let Ok(ranges) = written_ranges(&file, disk_size) else {
+        return false;
+    };
+    let mut end = None;
+    for range in &ranges {
+        assert!(
+            range.start < range.end && range.end <= disk_size,
+            "{ranges:?}"
+        );
+        assert!(range.start.is_multiple_of(OVERLAY_CHUNK_SIZE), "{ranges:?}");
+        assert!(
+            range.end.is_multiple_of(OVERLAY_CHUNK_SIZE) || range.end == disk_size,
+            "{ranges:?}"
+        );
+        assert!(
+            end.is_none_or(|e| e < range.start),
+            "not coalesced: {ranges:?}"
+        );
+        end = Some(range.end);
+    }
+    assert!(ranges.is_empty() || !content.is_empty());
+    true
+}
+
 /// Replays every input kept under `fuzz/regressions/<target>` (crashes
 /// the fuzzer once found) and `fuzz/seeds/<target>`, so they stay fixed
 /// without running a fuzzer. Seeds are valid inputs, so each must be
@@ -601,6 +642,48 @@ mod tests {
     #[test]
     fn device_state_seeds_are_the_current_encoding() {
         keep_seeds("device_state", &device_state_seeds());
+    }
+
+    /// The `layer_file` seeds: layers as the device writes them.
+    fn layer_file_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        use crate::block::{BlockConfig, Disk};
+        use std::os::unix::fs::FileExt;
+
+        let layer = |sectors: u16, writes: &[(u64, usize)]| {
+            let image = tempfile::NamedTempFile::new().expect("image");
+            std::fs::write(image.path(), vec![0x5A; usize::from(sectors) * 512]).expect("image");
+            let file = tempfile::tempfile().expect("layer");
+            let base = std::fs::File::open(image.path()).expect("base");
+            let config = BlockConfig::layer(image.path(), base, file.try_clone().expect("fd"));
+            let mut disk = Disk::open(&config.image, &config.mode).expect("disk");
+            for &(sector, len) in writes {
+                disk.write_at(&vec![0xC3; len], sector * 512)
+                    .expect("write");
+            }
+            let mut input = sectors.to_le_bytes().to_vec();
+            let len = file.metadata().expect("stat").len() as usize;
+            let at = input.len();
+            input.resize(at + len, 0);
+            file.read_exact_at(&mut input[at..], 0).expect("read layer");
+            input
+        };
+        vec![
+            ("empty-file", vec![24, 0]),
+            ("nothing-written", layer(24, &[])),
+            ("two-chunks", layer(24, &[(0, 512), (17, 1024)])),
+            // 17 sectors: the last chunk is one sector.
+            ("partial-last-chunk", layer(17, &[(16, 512), (8, 4096)])),
+        ]
+    }
+
+    #[test]
+    fn layer_file_seeds_are_what_the_device_writes() {
+        keep_seeds("layer_file", &layer_file_seeds());
+    }
+
+    #[test]
+    fn replay_layer_file_inputs() {
+        replay("layer_file", layer_file);
     }
 
     #[test]

@@ -40,7 +40,17 @@ impl BaseImage {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
+        let file = File::open(path).map_err(open_err)?;
+        BaseImage::from_file(file, path)
+    }
+
+    /// An image someone else opened (read-only: nothing here writes it);
+    /// `path` names it in messages.
+    pub fn from_file(mut file: File, path: &Path) -> Result<BaseImage, DiskError> {
+        let open_err = |source| DiskError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let kind = file.metadata().map_err(open_err)?.file_type();
         if !kind.is_file() && !kind.is_block_device() {
             return Err(DiskError::NotAnImage(path.to_path_buf()));
@@ -105,6 +115,12 @@ pub enum DiskError {
     NotAnImage(PathBuf),
     #[error("disk image {0} is empty")]
     Empty(PathBuf),
+    #[error("cannot use the layer file of {image}: {source}")]
+    Layer {
+        image: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create the copy-on-write overlay for {image} in {dir}: {source}")]
     Overlay {
         image: PathBuf,

@@ -1,7 +1,9 @@
 //! How a block device is configured, and the sizes and limits every part
 //! of it shares.
 
+use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The unit of virtio-blk addresses (`sector` fields, `capacity`), whatever
 /// the block size.
@@ -32,12 +34,44 @@ pub enum DiskMode {
     /// Writes land in a private copy-on-write overlay: an unlinked temporary
     /// file in `dir` (the system temp dir when `None`), gone with the device.
     Overlay { dir: Option<PathBuf> },
+    /// A cache volume: the base image and the persistent copy-on-write
+    /// layer come as open files (see [`super::layer`] for the layer's
+    /// format), so a process that could not open them by path (a jailed
+    /// one) can still be given them. `BlockConfig::image` then only names
+    /// the disk in messages. The layer file must be empty: it becomes the
+    /// layer, and outlives the device.
+    Layer { base: OpenFile, layer: OpenFile },
 }
+
+/// A file opened elsewhere, shared by the configs that name it. Equal
+/// when it is the same open file.
+#[derive(Clone, Debug)]
+pub struct OpenFile(Arc<File>);
+
+impl OpenFile {
+    pub fn new(file: File) -> OpenFile {
+        OpenFile(Arc::new(file))
+    }
+
+    /// A descriptor of its own for the same open file.
+    pub fn try_clone(&self) -> std::io::Result<File> {
+        self.0.try_clone()
+    }
+}
+
+impl PartialEq for OpenFile {
+    fn eq(&self, other: &OpenFile) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for OpenFile {}
 
 /// Configuration of one block device.
 #[derive(Clone, Debug)]
 pub struct BlockConfig {
-    /// The disk image; opened read-only and never written, in every mode.
+    /// The disk image; opened read-only and never written, in every mode
+    /// (in [`DiskMode::Layer`] it is already open and this only names it).
     pub image: PathBuf,
     pub mode: DiskMode,
     /// Returned by `GET_ID` (at most [`SERIAL_LEN`] bytes); Linux shows it in
@@ -61,6 +95,19 @@ impl BlockConfig {
         BlockConfig {
             image: image.into(),
             mode: DiskMode::ReadOnly,
+            serial: String::new(),
+        }
+    }
+
+    /// A cache volume named `name` over the open `base`, its writes kept
+    /// in the open, empty `layer` (see [`DiskMode::Layer`]).
+    pub fn layer(name: impl Into<PathBuf>, base: File, layer: File) -> BlockConfig {
+        BlockConfig {
+            image: name.into(),
+            mode: DiskMode::Layer {
+                base: OpenFile::new(base),
+                layer: OpenFile::new(layer),
+            },
             serial: String::new(),
         }
     }

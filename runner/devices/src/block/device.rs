@@ -4,6 +4,7 @@
 
 use crate::bounded::RateLimiter;
 use std::ops::Deref;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -15,6 +16,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemory};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::base::DiskError;
 use super::config::{BlockConfig, BLOCK_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_LEN};
@@ -48,6 +50,12 @@ pub enum BlockError {
     Disk(#[from] DiskError),
     #[error("block device serial {serial:?} is {len} bytes long; at most {SERIAL_LEN} fit")]
     SerialTooLong { serial: String, len: usize },
+    #[error("cannot make the event that announces a disk attached to slot {serial:?}: {source}")]
+    Event {
+        serial: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A virtio-blk device over a [`Disk`].
@@ -60,6 +68,12 @@ pub struct BlockDevice {
     stats: Arc<BlockStats>,
     /// The guest decides how often requests are malformed: bound the logging.
     warnings: RateLimiter,
+    /// An empty slot's disk, attached once a snapshot was restored into
+    /// the slot (see [`BlockDevice::slot`]).
+    attach_after_restore: Option<Disk>,
+    /// Readable once a disk was attached to a live slot: the transport's
+    /// next backend call tells the driver the capacity changed. Slots only.
+    attached: Option<EventFd>,
 }
 
 /// What a request came to: the status byte and how many bytes of data the
@@ -84,17 +98,32 @@ impl BlockDevice {
 
     /// Opens the image (and creates the overlay) as `config` says.
     pub fn new(config: BlockConfig) -> Result<BlockDevice, BlockError> {
-        let serial_bytes = config.serial.as_bytes();
-        if serial_bytes.len() > SERIAL_LEN {
-            return Err(BlockError::SerialTooLong {
-                len: serial_bytes.len(),
-                serial: config.serial,
-            });
-        }
-        let mut serial = [0u8; SERIAL_LEN];
-        serial[..serial_bytes.len()].copy_from_slice(serial_bytes);
+        let serial = serial_bytes(&config.serial)?;
         let disk = Disk::open(&config.image, &config.mode)?;
+        Ok(BlockDevice::with_disk(disk, serial))
+    }
 
+    /// An empty slot named `serial`: a writable disk of capacity 0, which
+    /// a snapshot can carry without carrying any disk. A VM built for a
+    /// snapshot gets slots; a clone restored from it gets `disk` (a cache
+    /// volume, of [`DiskMode::Layer`](super::DiskMode::Layer)) attached in
+    /// its slot right after the restore, and the driver is told that the
+    /// capacity changed (a config-change interrupt; Linux then reads the
+    /// new capacity). A slot stays empty with `None`, or when no snapshot
+    /// is restored into it.
+    pub fn slot(serial: &str, disk: Option<Disk>) -> Result<BlockDevice, BlockError> {
+        let bytes = serial_bytes(serial)?;
+        let attached = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BlockError::Event {
+            serial: serial.to_string(),
+            source,
+        })?;
+        let mut device = BlockDevice::with_disk(Disk::vacant(), bytes);
+        device.attach_after_restore = disk;
+        device.attached = Some(attached);
+        Ok(device)
+    }
+
+    fn with_disk(disk: Disk, serial: [u8; SERIAL_LEN]) -> BlockDevice {
         let mut features = (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -112,7 +141,7 @@ impl BlockDevice {
         // vhost-user-blk fills it in too.
         cfg[34..36].copy_from_slice(&1u16.to_le_bytes());
 
-        Ok(BlockDevice {
+        BlockDevice {
             virtio: VirtioCommon::new(VIRTIO_ID_BLOCK, features, &[QUEUE_SIZE]),
             disk,
             serial,
@@ -120,7 +149,28 @@ impl BlockDevice {
             window: Vec::new(),
             stats: Arc::default(),
             warnings: RateLimiter::default(),
-        })
+            attach_after_restore: None,
+            attached: None,
+        }
+    }
+
+    /// Puts `disk` into this empty slot and announces it (see
+    /// [`BlockDevice::slot`]). Its features stay what the driver
+    /// negotiated with the empty slot: a slot is writable, and so is every
+    /// disk attached to it.
+    fn attach(&mut self, disk: Disk) {
+        self.config[0..8].copy_from_slice(&(disk.size() / SECTOR_SIZE).to_le_bytes());
+        self.disk = disk;
+        tracing::debug!(
+            serial = %state::show_serial(&self.serial),
+            sectors = self.capacity(),
+            "virtio-blk: disk attached to its slot"
+        );
+        if let Some(event) = &self.attached {
+            if let Err(e) = event.write(1) {
+                tracing::error!("virtio-blk: cannot announce the attached disk: {e}");
+            }
+        }
     }
 
     /// Disk size in 512-byte sectors.
@@ -418,7 +468,33 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
     // activate and reset: the defaults. The disk keeps its content across
     // a driver reset: that is not a new disk.
 
+    fn backend_fd(&self) -> Option<RawFd> {
+        self.attached.as_ref().map(|e| e.as_raw_fd())
+    }
+
+    /// A slot's disk was attached: tell the driver the capacity changed.
+    fn process_backend(&mut self, ctx: &mut DeviceContext<'_, M>) -> Result<(), DeviceError> {
+        let Some(event) = &self.attached else {
+            return Ok(());
+        };
+        // Non-blocking: Ok only when a disk was attached since the last read.
+        if event.read().is_ok() {
+            ctx.interrupt
+                .signal_config_change()
+                .map_err(DeviceError::Interrupt)?;
+        }
+        Ok(())
+    }
+
     fn save_state(&self) -> Result<DeviceState, SnapshotError> {
+        if self.disk.overlay().is_some_and(|o| o.is_persistent()) {
+            // A cache volume belongs to its store; a snapshot would hand
+            // its content to every clone. Snapshots carry empty slots.
+            return Err(SnapshotError::Unsupported {
+                device: "block",
+                reason: "a cache volume is never part of a snapshot (snapshots carry empty slots)",
+            });
+        }
         let overlay = self.disk.overlay().map(|o| o.save()).transpose()?;
         Ok(DeviceState::Block(BlockState {
             virtio: self.virtio.save(),
@@ -452,6 +528,23 @@ impl<M: GuestMemory> VirtioDevice<M> for BlockDevice {
             overlay.restore(chunks)?;
         }
         self.virtio.restore(&saved.virtio);
+        if let Some(disk) = self.attach_after_restore.take() {
+            self.attach(disk);
+        }
         Ok(())
     }
+}
+
+/// `serial` as `GET_ID` returns it, zero-padded, if it fits.
+fn serial_bytes(serial: &str) -> Result<[u8; SERIAL_LEN], BlockError> {
+    let bytes = serial.as_bytes();
+    if bytes.len() > SERIAL_LEN {
+        return Err(BlockError::SerialTooLong {
+            len: bytes.len(),
+            serial: serial.to_string(),
+        });
+    }
+    let mut padded = [0u8; SERIAL_LEN];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    Ok(padded)
 }

@@ -1,5 +1,6 @@
 //! The storage behind a block device: a base image that is only ever read,
-//! plus (in overlay mode) a private copy-on-write layer for guest writes.
+//! plus (in overlay and layer modes) a copy-on-write layer for guest
+//! writes; or nothing yet, for an empty slot a disk is attached to later.
 
 use std::io;
 use std::path::Path;
@@ -11,6 +12,8 @@ use super::overlay::Overlay;
 enum Backing {
     ReadOnly(BaseImage),
     Overlay(Overlay),
+    /// No disk (yet): an empty slot of capacity 0.
+    Vacant,
 }
 
 /// What a block device reads and writes: a whole number of sectors.
@@ -20,9 +23,19 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Opens `image` read-only and, in overlay mode, creates the overlay.
+    /// Opens `image` read-only and, in overlay mode, creates the overlay
+    /// (in layer mode, both are given open and `image` only names them).
     pub fn open(image: &Path, mode: &DiskMode) -> Result<Disk, DiskError> {
-        let base = BaseImage::open(image)?;
+        let base = match mode {
+            DiskMode::Layer { base, .. } => {
+                let file = base.try_clone().map_err(|source| DiskError::Open {
+                    path: image.to_path_buf(),
+                    source,
+                })?;
+                BaseImage::from_file(file, image)?
+            }
+            DiskMode::ReadOnly | DiskMode::Overlay { .. } => BaseImage::open(image)?,
+        };
         // A trailing partial sector is still addressable; its missing bytes
         // read as zero.
         let size = base.len().div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
@@ -40,8 +53,32 @@ impl Disk {
                     })?;
                 Backing::Overlay(overlay)
             }
+            DiskMode::Layer { layer, .. } => {
+                let layer_err = |source| DiskError::Layer {
+                    image: image.to_path_buf(),
+                    source,
+                };
+                let file = layer.try_clone().map_err(layer_err)?;
+                let overlay =
+                    Overlay::persistent(base, size, file, OVERLAY_CHUNK_SIZE).map_err(layer_err)?;
+                Backing::Overlay(overlay)
+            }
         };
         Ok(Disk { backing, size })
+    }
+
+    /// No disk: capacity 0, every access out of range. A slot that a
+    /// snapshot carries empty, for a disk attached after the restore.
+    pub fn vacant() -> Disk {
+        Disk {
+            backing: Backing::Vacant,
+            size: 0,
+        }
+    }
+
+    /// Whether this is an empty slot ([`Disk::vacant`]).
+    pub fn is_vacant(&self) -> bool {
+        matches!(self.backing, Backing::Vacant)
     }
 
     /// Size of the disk in bytes, a multiple of [`SECTOR_SIZE`].
@@ -57,7 +94,7 @@ impl Disk {
     pub fn overlay(&self) -> Option<&Overlay> {
         match &self.backing {
             Backing::Overlay(o) => Some(o),
-            Backing::ReadOnly(_) => None,
+            Backing::ReadOnly(_) | Backing::Vacant => None,
         }
     }
 
@@ -65,7 +102,7 @@ impl Disk {
     pub fn overlay_mut(&mut self) -> Option<&mut Overlay> {
         match &mut self.backing {
             Backing::Overlay(o) => Some(o),
-            Backing::ReadOnly(_) => None,
+            Backing::ReadOnly(_) | Backing::Vacant => None,
         }
     }
 
@@ -75,6 +112,8 @@ impl Disk {
         match &self.backing {
             Backing::ReadOnly(base) => base.read_at(buf, offset),
             Backing::Overlay(overlay) => overlay.read_at(buf, offset),
+            // Only an empty access passes the range check of an empty disk.
+            Backing::Vacant => Ok(()),
         }
     }
 
@@ -88,14 +127,19 @@ impl Disk {
                 "the disk is read-only",
             )),
             Backing::Overlay(overlay) => overlay.write_at(buf, offset),
+            Backing::Vacant => Ok(()),
         }
     }
 
-    /// Makes completed writes durable. Nothing to do in either mode: the base
-    /// is never written, and the overlay is an unlinked file that no crash
-    /// can bring back, so syncing it would only cost time.
+    /// Makes completed writes durable. The base is never written; a
+    /// throwaway overlay is an unlinked file that no crash can bring back,
+    /// so syncing it would only cost time; a cache's layer is synced, so
+    /// that a guest's `sync` means its data is in the file.
     pub fn flush(&self) -> io::Result<()> {
-        Ok(())
+        match &self.backing {
+            Backing::Overlay(overlay) => overlay.sync(),
+            Backing::ReadOnly(_) | Backing::Vacant => Ok(()),
+        }
     }
 }
 

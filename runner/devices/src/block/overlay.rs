@@ -1,4 +1,4 @@
-//! A throwaway copy-on-write layer over a read-only base image.
+//! A copy-on-write layer over a read-only base image.
 //!
 //! The disk is cut into fixed-size chunks. A bitmap records which chunks the
 //! guest has written; those are read from the overlay file, all others from
@@ -7,9 +7,15 @@
 //!
 //! The overlay file is as large as the disk and keeps each chunk at its own
 //! offset, so no mapping table is needed; it is sparse, so it only costs the
-//! space of what was written. It is created unlinked (`O_TMPFILE`, or create
-//! and unlink where the file system lacks it): nothing is left on disk when
-//! the device goes away, even if the process is killed.
+//! space of what was written. Its file is one of two kinds:
+//!
+//! - **throwaway** (the root disk): created unlinked (`O_TMPFILE`, or create
+//!   and unlink where the file system lacks it), so nothing is left on disk
+//!   when the device goes away, even if the process is killed;
+//! - **persistent** (a cache volume's layer): a file the caller gives,
+//!   which outlives the device; the bitmap is kept in it too, after the
+//!   chunk data, so whoever reads the file later knows which chunks it
+//!   holds (the format is [`super::layer`]'s).
 
 use std::fmt;
 use std::fs::File;
@@ -24,12 +30,23 @@ use crate::snapshot::error::SnapshotError;
 
 /// The largest bitmap an overlay may allocate (1 bit per chunk): 64 MiB, or
 /// a 2 TiB disk at 4 KiB chunks.
-const MAX_BITMAP_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_BITMAP_BYTES: u64 = 64 << 20;
+
+/// Where the guest's writes go, and whether the bitmap goes with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upper {
+    /// An unlinked file; the bitmap lives in memory only.
+    Throwaway,
+    /// A layer file: the bitmap is also written at `bitmap_at`, after
+    /// each write's data.
+    Persistent { bitmap_at: u64 },
+}
 
 /// A base image plus the guest's writes.
 pub struct Overlay {
     base: BaseImage,
     upper: File,
+    kind: Upper,
     size: u64,
     chunk_size: u64,
     /// One bit per chunk: set once the chunk lives in `upper`.
@@ -37,44 +54,108 @@ pub struct Overlay {
     written_count: u64,
 }
 
+/// The bitmap's length in 64-bit words for a disk of `size` bytes, if an
+/// overlay may allocate it; `chunk_size` must be a power of two of at least
+/// 512 bytes.
+pub(crate) fn bitmap_words(size: u64, chunk_size: u64) -> io::Result<u64> {
+    if !chunk_size.is_power_of_two() || chunk_size < 512 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("overlay chunk size {chunk_size} is not a power of two of at least 512"),
+        ));
+    }
+    let words = size.div_ceil(chunk_size).div_ceil(64);
+    if words * 8 > MAX_BITMAP_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a {size}-byte disk needs too many {chunk_size}-byte overlay chunks"),
+        ));
+    }
+    Ok(words)
+}
+
+/// The bitmap's length in words for an overlay of `size` bytes, which may
+/// not be empty.
+fn check_geometry(size: u64, chunk_size: u64) -> io::Result<u64> {
+    if size == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an overlay cannot be empty",
+        ));
+    }
+    bitmap_words(size, chunk_size)
+}
+
 impl Overlay {
-    /// An overlay of `size` bytes over `base`, with its file in `dir`.
-    /// `chunk_size` must be a power of two of at least 512 bytes.
+    /// An overlay of `size` bytes over `base`, with its throwaway file in
+    /// `dir`. `chunk_size` must be a power of two of at least 512 bytes.
     pub fn new(base: BaseImage, size: u64, dir: &Path, chunk_size: u64) -> io::Result<Overlay> {
-        if !chunk_size.is_power_of_two() || chunk_size < 512 {
+        let words = check_geometry(size, chunk_size)?;
+        let upper = tempfile::tempfile_in(dir)?;
+        upper.set_len(size)?;
+        Overlay::build(base, upper, Upper::Throwaway, size, chunk_size, words)
+    }
+
+    /// A persistent overlay of `size` bytes over `base`, kept in `layer`,
+    /// which must be empty: it is laid out as [`super::layer`] says (chunk
+    /// data, then the bitmap at offset `size`).
+    pub fn persistent(
+        base: BaseImage,
+        size: u64,
+        layer: File,
+        chunk_size: u64,
+    ) -> io::Result<Overlay> {
+        let words = check_geometry(size, chunk_size)?;
+        let len = layer.metadata()?.len();
+        if len != 0 {
+            // Its bytes would pass for chunks the guest wrote.
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("overlay chunk size {chunk_size} is not a power of two of at least 512"),
+                format!("the layer file is not empty ({len} bytes)"),
             ));
         }
-        if size == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "an overlay cannot be empty",
-            ));
-        }
-        let words = size.div_ceil(chunk_size).div_ceil(64);
-        if words * 8 > MAX_BITMAP_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a {size}-byte disk needs too many {chunk_size}-byte overlay chunks"),
-            ));
-        }
+        layer.set_len(size + words * 8)?;
+        let kind = Upper::Persistent { bitmap_at: size };
+        Overlay::build(base, layer, kind, size, chunk_size, words)
+    }
+
+    fn build(
+        base: BaseImage,
+        upper: File,
+        kind: Upper,
+        size: u64,
+        chunk_size: u64,
+        words: u64,
+    ) -> io::Result<Overlay> {
         let mut written = Vec::new();
         written
             .try_reserve_exact(words as usize)
             .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e.to_string()))?;
         written.resize(words as usize, 0);
-        let upper = tempfile::tempfile_in(dir)?;
-        upper.set_len(size)?;
         Ok(Overlay {
             base,
             upper,
+            kind,
             size,
             chunk_size,
             written,
             written_count: 0,
         })
+    }
+
+    /// Makes what was written durable: a persistent overlay's file is
+    /// synced (data and bitmap); a throwaway one needs nothing, as no
+    /// crash can bring it back.
+    pub fn sync(&self) -> io::Result<()> {
+        match self.kind {
+            Upper::Throwaway => Ok(()),
+            Upper::Persistent { .. } => self.upper.sync_data(),
+        }
+    }
+
+    /// Whether the guest's writes outlive the device (a cache volume).
+    pub fn is_persistent(&self) -> bool {
+        matches!(self.kind, Upper::Persistent { .. })
     }
 
     /// Size of the disk in bytes.
@@ -171,10 +252,33 @@ impl Overlay {
         }
         // Marked only now: after a failed write the chunks still read as
         // before, which is as good as any content for a failed request.
+        self.persist_marks(first, last)?;
         for chunk in first..=last {
             self.mark_written(chunk);
         }
         Ok(())
+    }
+
+    /// For a persistent overlay, writes the bitmap words of chunks
+    /// `first..=last` with their bits set into the file, after their data
+    /// (so no bit is ever set in the file for data not written yet).
+    fn persist_marks(&self, first: u64, last: u64) -> io::Result<()> {
+        let Upper::Persistent { bitmap_at } = self.kind else {
+            return Ok(());
+        };
+        let (from, to) = ((first / 64) as usize, (last / 64) as usize);
+        let Some(old) = self.written.get(from..=to) else {
+            return Ok(());
+        };
+        let mut words = old.to_vec();
+        for chunk in first..=last {
+            words[(chunk / 64) as usize - from] |= 1 << (chunk % 64);
+        }
+        if words == old {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.upper.write_all_at(&bytes, bitmap_at + from as u64 * 8)
     }
 
     /// Whether writing `offset..end` leaves part of `chunk` that is still
@@ -199,7 +303,7 @@ impl Overlay {
 
 /// Calls `f` with each run `start..end` of consecutive chunks set in
 /// `bitmap`, in order, looking at the first `chunks` bits only.
-fn for_each_run<E>(
+pub(crate) fn for_each_run<E>(
     bitmap: &[u64],
     chunks: u64,
     mut f: impl FnMut(u64, u64) -> Result<(), E>,
@@ -446,6 +550,16 @@ impl Overlay {
             offset += len;
             Ok(())
         })?;
+        if let Upper::Persistent { bitmap_at } = self.kind {
+            let bytes: Vec<u8> = saved.bitmap.iter().flat_map(|w| w.to_le_bytes()).collect();
+            self.upper
+                .write_all_at(&bytes, bitmap_at)
+                .map_err(|source| SnapshotError::Io {
+                    device: "block",
+                    what: "cannot write the restored bitmap to the layer".into(),
+                    source,
+                })?;
+        }
         self.written = saved.bitmap;
         self.written_count = saved.count;
         Ok(())

@@ -33,7 +33,7 @@ pub(crate) struct Expected<'a> {
     pub read_only: bool,
 }
 
-fn show_serial(serial: &[u8]) -> String {
+pub(crate) fn show_serial(serial: &[u8]) -> String {
     let end = serial.iter().position(|&b| b == 0).unwrap_or(serial.len());
     String::from_utf8_lossy(&serial[..end]).into_owned()
 }
@@ -61,6 +61,14 @@ pub(crate) fn check<'s>(
     }
     let size = state.capacity.saturating_mul(SECTOR_SIZE);
     let chunks = match &state.overlay {
+        // An empty slot (no image is empty): nothing to write to, nothing
+        // written, read-only or not.
+        None if state.capacity == 0 => None,
+        Some(_) if state.capacity == 0 => {
+            return Err(invalid(
+                "the saved disk is an empty slot but carries an overlay".into(),
+            ))
+        }
         Some(overlay) => {
             let chunks = overlay.check(size)?;
             if expect.read_only {

@@ -38,6 +38,7 @@ pub fn memory() -> Mem {
 #[derive(Default)]
 pub struct CountingInterrupt {
     pub used: Cell<u32>,
+    pub config_changes: Cell<u32>,
 }
 
 impl Interrupt for CountingInterrupt {
@@ -47,6 +48,7 @@ impl Interrupt for CountingInterrupt {
         Ok(())
     }
     fn signal_config_change(&self) -> io::Result<()> {
+        self.config_changes.set(self.config_changes.get() + 1);
         Ok(())
     }
 }
@@ -190,6 +192,14 @@ impl<'a> Harness<'a> {
         self.device
             .process_queue(REQUEST_QUEUE, &mut ctx)
             .expect("process queue");
+    }
+
+    /// What the transport does when the device's backend fd is readable.
+    pub fn backend(&mut self) {
+        let mut ctx = DeviceContext::new(self.mem, &mut self.queues, &self.irq);
+        self.device
+            .process_backend(&mut ctx)
+            .expect("process backend");
     }
 
     /// The next used element: (head index, used length).

@@ -1,6 +1,7 @@
 //! The block device driven through real split virtqueues, as a driver would.
 
-mod harness;
+pub(crate) mod harness;
 mod io;
 mod malformed;
+mod slot;
 mod snapshot;

@@ -1,0 +1,6 @@
+//! Fuzz target `layer_file`: see the entry point's documentation.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = runner_devices::fuzzing::layer_file(data);
+});
