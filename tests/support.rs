@@ -52,6 +52,7 @@ pub fn spec(name: &str) -> VmSpec {
         boot_timeout: Duration::from_secs(120),
         serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
+        caches: Vec::new(),
     }
 }
 

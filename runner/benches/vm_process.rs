@@ -227,6 +227,7 @@ fn devices_role(dir: &Path, rootfs: &Path) -> Role {
     Role::Devices(DevicesRole {
         disk: Some(disk),
         vsock: Some(vsock),
+        caches: Vec::new(),
     })
 }
 
@@ -285,6 +286,8 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
         restore: None,
         disk,
         vsock,
+        caches: Vec::new(),
+        cache_slots: 0,
     }))
 }
 
@@ -312,7 +315,7 @@ fn process_and_memory(
         role,
     };
     let start = Instant::now();
-    let mut process = VmProcess::start(&config, ids.as_ref(), u64::from(GUEST_MIB), 1)
+    let mut process = VmProcess::start(&config, ids.as_ref(), u64::from(GUEST_MIB), 1, &[])
         .unwrap_or_else(|e| fail(&e.to_string()));
     let took = start.elapsed();
     let memory = match process.jailed_pid() {
@@ -362,6 +365,7 @@ fn device_process_memory(rootfs: &Path) {
         boot_timeout: Duration::from_secs(120),
         serial_log_limit: None,
         network: Default::default(),
+        caches: Vec::new(),
     };
     let mut vm = qemu.start(&spec).unwrap_or_else(|e| fail(&e.to_string()));
     let mut session =

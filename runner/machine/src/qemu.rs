@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::network::{self, passt::Passt, relay::Relay};
 use super::serial_pump::SerialPump;
+use super::vm_process::cache_disks::OpenCaches;
 use super::vm_process::confinement::VmIds;
 use super::vm_process::{self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VsockRole};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
@@ -107,6 +108,9 @@ impl super::Backend for QemuBackend {
         let paths = VmPaths::new(dir.path());
 
         let devices = self.start_devices(spec, dir.path(), &paths, ids.as_ref())?;
+        let caches: Vec<PathBuf> = (0..spec.caches.len())
+            .map(|index| paths.cache_socket(index))
+            .collect();
         let network = QemuNetwork::start(spec, dir.path(), ids.as_ref())?;
         let external_vsock = match &self.vsock {
             VsockProvider::External(program) => Some(start_external_vsock(program, &paths)?),
@@ -120,6 +124,8 @@ impl super::Backend for QemuBackend {
         if let Some(network) = &network {
             cmd.args(nic_args(network.guest_socket()));
         }
+        // After the root disk: it stays the guest's /dev/vda.
+        cmd.args(cache_args(&caches));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(qemu_log));
@@ -181,9 +187,11 @@ impl QemuBackend {
             guest_cid: GUEST_CID,
             socket: Some(paths.vhost_user.clone()),
         });
-        if disk.is_none() && vsock.is_none() {
+        if disk.is_none() && vsock.is_none() && spec.caches.is_empty() {
             return Ok(None);
         }
+        let caches = OpenCaches::open(&spec.caches, |index| Some(paths.cache_socket(index)))
+            .map_err(BootError::Setup)?;
         let config = ProcessConfig {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
@@ -192,10 +200,14 @@ impl QemuBackend {
             // QEMU as a passed fd.
             jail: vm_process::jail_for(dir, vec![spec.rootfs.clone()], Vec::new())
                 .map_err(BootError::Setup)?,
-            role: Role::Devices(DevicesRole { disk, vsock }),
+            role: Role::Devices(DevicesRole {
+                disk,
+                vsock,
+                caches: caches.roles.clone(),
+            }),
         };
         // Guest memory is QEMU's (it touches it first), not this process's.
-        VmProcess::start(&config, ids, 0, 1).map(Some)
+        VmProcess::start(&config, ids, 0, 1, &caches.fds()).map(Some)
     }
 
     fn command(&self, spec: &VmSpec, paths: &VmPaths) -> Command {
@@ -271,6 +283,23 @@ impl QemuBackend {
     }
 }
 
+/// A vhost-user-blk disk for each cache, served by the device process on
+/// its socket (the serial, `cache0`..., comes from our device model).
+fn cache_args(sockets: &[PathBuf]) -> Vec<String> {
+    sockets
+        .iter()
+        .enumerate()
+        .flat_map(|(index, socket)| {
+            [
+                "-chardev".into(),
+                format!("socket,id=cache{index},path={}", qemu_path(socket)),
+                "-device".into(),
+                format!("vhost-user-blk,chardev=cache{index}"),
+            ]
+        })
+        .collect()
+}
+
 /// QEMU option values use `,` as a separator; a literal comma is doubled.
 fn qemu_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
@@ -295,6 +324,13 @@ impl VmPaths {
             serial_socket: dir.join("serial.sock"),
             qemu_log: dir.join("qemu.log"),
         }
+    }
+
+    /// The vhost-user socket of cache `index`; `serial.sock` and the other
+    /// sockets sit beside it.
+    fn cache_socket(&self, index: usize) -> PathBuf {
+        self.vhost_user_blk
+            .with_file_name(format!("cache{index}.sock"))
     }
 }
 

@@ -26,6 +26,20 @@ pub struct VmSpec {
     pub serial_log_limit: Option<u64>,
     /// The VM's NIC, if any ([`crate::network::Nic`]).
     pub network: crate::network::Nic,
+    /// Cache volumes, as extra virtio-blk disks after the root disk (which
+    /// stays the guest's `/dev/vda`), in this order.
+    pub caches: Vec<CacheDisk>,
+}
+
+/// A cache volume: `base` read-only, the guest's writes kept in `layer`.
+#[derive(Clone, Debug)]
+pub struct CacheDisk {
+    /// The virtio-blk serial the agent finds the disk by: `cache0`, `cache1`, ...
+    pub serial: String,
+    /// The image the disk reads where the guest has not written (never written to).
+    pub base: PathBuf,
+    /// An existing, empty file (created by the store) that becomes the layer.
+    pub layer: PathBuf,
 }
 
 /// The serial log cap used unless configured otherwise.

@@ -81,6 +81,7 @@ fn run_in_vm(
         boot_timeout: ctx.options.boot_timeout,
         serial_log_limit: ctx.options.log_limit,
         network: ctx.options.grants.nic(&job.network),
+        caches: Vec::new(),
     };
     ctx.reporter.report(&RunEvent::JobProgress {
         job,

@@ -7,7 +7,13 @@
 //!   thrown away with the VM (the guest is `/dev/vda`);
 //! - vsock, with the hybrid `CONNECT <port>` protocol on a Unix socket,
 //!   exactly like the QEMU backend's, so sessions do not care which backend
-//!   runs the guest.
+//!   runs the guest;
+//! - the NIC, if the job has one;
+//! - the job's cache volumes ([`crate::CacheDisk`]), last: virtio-blk over
+//!   the cache's base with the guest's writes in its layer file. A VM that
+//!   takes or restores a snapshot has [`CACHE_SLOTS`] empty slots there
+//!   instead, and a restored clone gets its caches attached to them (see
+//!   docs/snapshots.md).
 //!
 //! Each VM lives in its own temp directory (hybrid vsock socket, serial
 //! log, overlay, the VM process's log), removed with the VM once its
@@ -20,6 +26,7 @@ use std::sync::Arc;
 use crate::interrupt;
 use crate::network::{self, passt::Passt, Nic};
 use crate::snapshots::SnapshotStore;
+use crate::vm_process::cache_disks::OpenCaches;
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::{
     self, DiskRole, NetRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
@@ -34,6 +41,13 @@ use vm::{Start, VmPaths};
 
 /// What the guest reads from `/sys/block/vda/serial`.
 pub const ROOT_DISK_SERIAL: &str = "runner-rootfs";
+
+/// How many cache volumes a snapshot has room for: every snapshot has
+/// this many empty slots (virtio-blk disks of no sectors, `cache0`...), so
+/// that one snapshot serves every job, whatever caches it has. A job with
+/// more caches boots cold. Each slot takes one of the 19 interrupt lines
+/// of the VMM's virtio devices.
+pub const CACHE_SLOTS: usize = 4;
 
 /// Boots guests with the built-in KVM VMM.
 #[derive(Clone, Debug, Default)]
@@ -76,7 +90,15 @@ impl KvmBackend {
     /// directory is visible, for tests and diagnostics).
     pub fn start_vm(&self, spec: &VmSpec) -> Result<KvmVm, BootError> {
         // A NIC's state lives in passt too: such jobs always boot.
-        match (&self.warm, spec.network.is_on()) {
+        let fits = spec.caches.len() <= CACHE_SLOTS;
+        if self.warm.is_some() && !fits {
+            tracing::debug!(
+                vm = %spec.name,
+                caches = spec.caches.len(),
+                "booting cold: a snapshot has room for {CACHE_SLOTS} caches"
+            );
+        }
+        match (&self.warm, spec.network.is_on() || !fits) {
             (Some(warm), false) => warm_start::start(
                 &|spec, start| self.start_process(spec, start),
                 &warm.store,
@@ -112,6 +134,7 @@ impl KvmBackend {
         let (passt, network) = start_network(spec, dir.path(), ids.as_ref())?;
         let jail = vm_process::jail_for(dir.path(), jail_reads(spec, &start), jail_writes(&start)?)
             .map_err(BootError::Setup)?;
+        let caches = OpenCaches::open(&spec.caches, |_| None).map_err(BootError::Setup)?;
         let config = ProcessConfig {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
@@ -144,6 +167,11 @@ impl KvmBackend {
                     Start::Restore(role) => Some(role.clone()),
                     _ => None,
                 },
+                caches: caches.roles.clone(),
+                cache_slots: match &start {
+                    Start::Cold => 0,
+                    Start::ForSnapshot(_) | Start::Restore(_) => CACHE_SLOTS,
+                },
             })),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
@@ -152,7 +180,10 @@ impl KvmBackend {
             ids.as_ref(),
             u64::from(spec.memory_mib),
             u64::from(vcpus),
+            &caches.fds(),
         )?;
+        // The VM process has its own descriptors of them now.
+        drop(caches);
         let hook = interrupt::on_interrupt(process.killer());
         Ok(KvmVm {
             _hook: hook,
@@ -245,6 +276,7 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             serial_log_limit: None,
             network: Default::default(),
+            caches: Vec::new(),
         }
     }
 

@@ -303,6 +303,8 @@ impl WarmStart<'_> {
             ..self.spec.clone()
         };
         maker.network = Default::default();
+        // A snapshot never holds a cache: it has empty slots for them.
+        maker.caches = Vec::new();
         let mut vm = (self.start_process)(
             &maker,
             Start::ForSnapshot(SnapshotRole {
@@ -336,8 +338,13 @@ impl WarmStart<'_> {
             path: building.to_path_buf(),
             identity: self.role.identity.clone(),
         };
-        let vm = restore(self.start_process, self.spec, &role)
-            .map_err(|e| format!("did not load: {e}"))?;
+        // Without the job's caches: its layers are for its own clone.
+        let spec = VmSpec {
+            caches: Vec::new(),
+            ..self.spec.clone()
+        };
+        let vm =
+            restore(self.start_process, &spec, &role).map_err(|e| format!("did not load: {e}"))?;
         let mut vm = self
             .answered(vm)
             .map_err(|e| e.to_string())?

@@ -10,12 +10,13 @@
 //!   installs the vhost-user filter on every thread at once (TSYNC; threads
 //!   the servers start later inherit it), then its own, narrower one on top.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use runner_devices::block::{BlockConfig, BlockDevice, DiskMode};
+use runner_devices::block::{BlockConfig, BlockDevice, Disk, DiskMode};
 use runner_devices::net::filter::Policy;
 use runner_devices::net::{NetConfig, NetDevice};
 use runner_devices::vsock::{VsockConfig, VsockDevice};
@@ -25,6 +26,7 @@ use runner_vmm::{
     KernelConfig, MemoryConfig, SerialConfig, SnapshotConfig, VcpuConfig, Vmm, VmmConfig,
 };
 
+use super::cache_disks::{self, CacheRole};
 use super::seccomp::{self, Filters, Mode, ThreadKind};
 use super::{DevicesRole, ProcessConfig, Role, VmmRole, PROTOCOL};
 use crate::network::GUEST_MAC;
@@ -43,6 +45,7 @@ pub const TEST_HOOK_JAIL_ENV: &str = "RUNNER_TEST_HOOK_JAIL_PROBE";
 
 /// Runs the VM process; returns its exit code.
 pub fn main() -> i32 {
+    cap_malloc_arenas();
     let mut status = std::io::stdout().lock();
     let mut say = move |line: &str| {
         // The runner may be gone; nothing to do about it then.
@@ -79,6 +82,21 @@ pub fn main() -> i32 {
             say(&format!("error {}", e.replace('\n', " ")));
             1
         }
+    }
+}
+
+/// Most malloc arenas the process's threads may create. Past 8 arenas
+/// glibc counts the host's CPUs, by opening `/sys/devices/system/cpu/online`
+/// from whichever thread needs one more: a file the jail does not have,
+/// through a syscall no thread's seccomp filter allows (a VM with a few
+/// cache disks has that many threads). With a limit set, it never counts.
+const MALLOC_ARENAS: libc::c_int = 8;
+
+fn cap_malloc_arenas() {
+    // SAFETY: mallopt only sets a malloc parameter; called before any
+    // thread is started.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+        tracing::warn!("cannot cap malloc's arenas; a busy VM process may be killed by seccomp");
     }
 }
 
@@ -174,6 +192,10 @@ fn run_vmm(
         vmm.add_virtio_device(Box::new(net_device(net, &config.name)?))
             .map_err(vmm_error)?;
     }
+    // The caches last: the root disk stays the guest's first disk.
+    for device in cache_devices(role)? {
+        vmm.add_virtio_device(Box::new(device)).map_err(vmm_error)?;
+    }
     tracing::debug!(vm = %config.name, cmdline = %vmm.cmdline(), "starting the built-in VMM");
 
     let filters = filters(config, &[ThreadKind::Vcpu, ThreadKind::EventLoop])?;
@@ -210,6 +232,61 @@ fn run_vmm(
     tracing::debug!(reason = %exit.reason, timings = ?exit.timings, "VM ended");
     say(&format!("exit {}", exit.reason));
     Ok(())
+}
+
+/// A cache volume's block device config, from the files the runner gave.
+fn cache_config(role: &CacheRole, taken: &mut HashSet<i32>) -> Result<BlockConfig, String> {
+    let (base, layer) = cache_disks::take(role, taken)?;
+    Ok(BlockConfig::layer(&role.base, base, layer).with_serial(role.serial.clone()))
+}
+
+/// The kvm backend's cache disks: one per cache; or, with snapshots,
+/// [`VmmRole::cache_slots`] empty slots, the caches to be attached to the
+/// first of them once the snapshot is restored.
+fn cache_devices(role: &VmmRole) -> Result<Vec<BlockDevice>, String> {
+    let mut taken = HashSet::new();
+    let fail = |e: &dyn std::fmt::Display| format!("kvm backend: cache disk: {e}");
+    if role.cache_slots == 0 {
+        return role
+            .caches
+            .iter()
+            .map(|cache| {
+                let config = cache_config(cache, &mut taken)?;
+                BlockDevice::new(config).map_err(|e| fail(&e))
+            })
+            .collect();
+    }
+    if role.caches.len() > role.cache_slots || (role.restore.is_none() && !role.caches.is_empty()) {
+        return Err(fail(&format!(
+            "{} caches for {} slots{}: a cache goes into a slot only after a restore",
+            role.caches.len(),
+            role.cache_slots,
+            if role.restore.is_none() {
+                " without a restore"
+            } else {
+                ""
+            }
+        )));
+    }
+    (0..role.cache_slots)
+        .map(|index| {
+            let serial = cache_disks::slot_serial(index);
+            let disk = match role.caches.get(index) {
+                Some(cache) if cache.serial != serial => {
+                    return Err(fail(&format!(
+                        "cache {} cannot go into slot {serial}",
+                        cache.serial
+                    )))
+                }
+                Some(cache) => {
+                    let config = cache_config(cache, &mut taken)?;
+                    Some(Disk::open(&config.image, &config.mode).map_err(|e| fail(&e))?)
+                }
+                None => None,
+            };
+            BlockDevice::slot(&serial, disk).map_err(|e| fail(&e))
+        })
+        .collect()
 }
 
 /// The NIC, connected to passt now: the seccomp filters that follow
@@ -260,6 +337,20 @@ fn run_devices(
             .map_err(|e| format!("starting the root disk: {e}"))?;
         disk = Some(server);
     }
+    let mut caches = Vec::new();
+    let mut taken = HashSet::new();
+    for cache in &role.caches {
+        let config = cache_config(cache, &mut taken)?;
+        let socket = role_socket(cache.socket.as_deref(), &cache.serial)?;
+        let server = BlockServer::start(BlockServerConfig {
+            socket_path: socket.to_path_buf(),
+            image: config.image,
+            mode: config.mode,
+            serial: config.serial,
+        })
+        .map_err(|e| format!("starting cache disk {}: {e}", cache.serial))?;
+        caches.push(server);
+    }
     let mut vsock = None;
     if let Some(v) = &role.vsock {
         let server = VsockServer::start(VsockServerConfig {
@@ -290,7 +381,8 @@ fn run_devices(
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let finished = disk.as_ref().is_none_or(BlockServer::is_finished)
-            && vsock.as_ref().is_none_or(VsockServer::is_finished);
+            && vsock.as_ref().is_none_or(VsockServer::is_finished)
+            && caches.iter().all(BlockServer::is_finished);
         if finished {
             say("exit the devices' frontend disconnected");
             // Without the servers' teardown: the runner removes the VM

@@ -17,6 +17,7 @@
 //! runner itself. It dies with the runner (see [`crate::process`]).
 
 pub mod allowlists;
+pub mod cache_disks;
 pub mod child;
 pub mod confinement;
 pub mod jail;
@@ -25,7 +26,8 @@ mod policy;
 pub mod seccomp;
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
@@ -37,13 +39,14 @@ use serde::{Deserialize, Serialize};
 
 use super::BootError;
 use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+pub use cache_disks::CacheRole;
 use policy::refuse_weakening_on_a_policed_machine;
 
 /// The hidden subcommand that runs a VM process.
 pub const SUBCOMMAND: &str = "__vm-process";
 /// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
 /// stale `runner` binary refuses instead of misreading.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 /// Turns the jail off (`off`), for debugging and for measuring what it
 /// costs; refused on a machine with a policy file.
 pub const JAIL_ENV: &str = "RUNNER_JAIL";
@@ -128,6 +131,14 @@ pub struct VmmRole {
     /// Restore this snapshot instead of booting `kernel`.
     #[serde(default)]
     pub restore: Option<SnapshotRole>,
+    /// Cache volumes, as disks after every other device.
+    #[serde(default)]
+    pub caches: Vec<CacheRole>,
+    /// With snapshots (taking or restoring one): this many empty cache
+    /// slots instead of plain cache disks, the caches attached to the
+    /// first of them after the restore. 0: plain disks.
+    #[serde(default)]
+    pub cache_slots: usize,
 }
 
 /// A snapshot file and the identity it is (to be) made for.
@@ -156,6 +167,9 @@ pub struct NetRole {
 pub struct DevicesRole {
     pub disk: Option<DiskRole>,
     pub vsock: Option<VsockRole>,
+    /// Cache volumes, each on its own vhost-user socket.
+    #[serde(default)]
+    pub caches: Vec<CacheRole>,
 }
 
 /// The root disk: the image read-only, guest writes into an overlay in
@@ -224,12 +238,15 @@ pub struct Outcome {
 impl VmProcess {
     /// Starts the VM process for `config` and waits until it is ready. A
     /// jailed one runs as `ids` (the runner's own when `None`), in a
-    /// cgroup sized for `memory_mib` and `vcpus`.
+    /// cgroup sized for `memory_mib` and `vcpus`. It inherits the open
+    /// descriptors `inherit` (a cache's files: see [`cache_disks`]) and no
+    /// others.
     pub fn start(
         config: &ProcessConfig,
         ids: Option<&confinement::VmIds>,
         memory_mib: u64,
         vcpus: u64,
+        inherit: &[RawFd],
     ) -> Result<VmProcess, BootError> {
         let exe = crate::programs::runner_exe().map_err(BootError::Setup)?;
         let mut config = config.clone();
@@ -255,6 +272,21 @@ impl VmProcess {
         cmd.arg(SUBCOMMAND)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
+        if !inherit.is_empty() {
+            let inherit = inherit.to_vec();
+            // SAFETY: fcntl is async-signal-safe; clearing FD_CLOEXEC in
+            // the forked child alone leaks the files to no other program.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &inherit {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = spawn_guarded(&mut cmd, "VM process")
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", exe.display())))?;
         let mut stdin = child.take_stdin();

@@ -36,11 +36,12 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 pub const MAGIC: &[u8; 8] = b"RUNRSNAP";
-/// Bumped on any change to the header or to `SnapshotState`. Version 1
-/// held the state as JSON with hex-encoded device states; version 2 holds
-/// it in the snapshot codec. A file of another version is refused (the
-/// runner then builds a new snapshot).
-pub const FORMAT_VERSION: u32 = 2;
+/// Bumped on any change to the header or to `SnapshotState`, or to the
+/// devices a snapshotted VM has. Version 1 held the state as JSON with
+/// hex-encoded device states; version 2 holds it in the snapshot codec;
+/// version 3 has empty cache slots after the other devices. A file of
+/// another version is refused (the runner then builds a new snapshot).
+pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_SIZE: u64 = 4096;
 /// Memory starts on a page boundary so it can be mmapped.
 const PAGE: u64 = 4096;
