@@ -22,13 +22,15 @@ readonly out=target/nested
 # The binaries the tier runs, by test target: the VMM on tiny guests, the
 # kvm backend on the real kernel, then everything a user does end to end,
 # the fault drill (a guest that panics, powers off, freezes its agent...),
-# opt-in networking (our virtio-net device on passt), and the on-disk root
-# of images with a `size` (our virtio-blk copy-on-write layer, written).
+# opt-in networking (our virtio-net device on passt), the on-disk root
+# of images with a `size` (our virtio-blk copy-on-write layer, written), and
+# cache volumes (a persistent layer; cold, and attached to a restored
+# clone's empty slot).
 # NESTED_TARGETS="network" runs only the targets it names; `TARGET:FILTER`
 # runs only that target's tests whose names contain FILTER.
 # `snapshot_rounds` is not a test binary: it is warm start's build-and-restore
 # rounds (snapshot-rounds-inner.sh), NESTED_SNAPSHOT_ROUNDS of them (20).
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk snapshot warm_start hostile:jailed snapshot_rounds}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk cache_disks snapshot warm_start hostile:jailed snapshot_rounds}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images
