@@ -8,6 +8,8 @@
 //! go out through an irqfd, with the reason latched in `InterruptStatus`.
 
 #[cfg(test)]
+mod slot_tests;
+#[cfg(test)]
 mod snapshot_tests;
 pub mod state;
 #[cfg(test)]
