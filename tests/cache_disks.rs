@@ -89,19 +89,29 @@ fn run_with_cache(backend: &dyn Backend, name: &str, cache: &CacheDisk, script: 
     stdout
 }
 
+/// Waits (at most 30 s) for `/dev/vdb` to have sectors: a restored
+/// clone's guest learns of its cache from an interrupt, and reads the new
+/// capacity in a work queue of its own, a moment later.
+const WAIT_FOR_SECTORS: &str = "i=0; while [ \"$(cat /sys/block/vdb/size)\" = 0 ] && \
+    [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done; ";
+
 /// The first VM's script: the cache is `/dev/vdb`, by its serial; a file
 /// is written to it and the file system unmounted.
 fn fill_script() -> String {
     format!(
-        "cat /sys/block/vdb/serial; echo; \
+        "{WAIT_FOR_SECTORS}cat /sys/block/vdb/serial; echo; \
          grep -q '^0$' /sys/block/vdb/ro && \
          mkdir -p /mnt/cache && mount -t ext4 /dev/vdb /mnt/cache && \
          echo '{CONTENT}' > /mnt/cache/greeting && sync && umount /mnt/cache && echo filled"
     )
 }
 
-const READ_SCRIPT: &str = "cat /sys/block/vdb/serial; echo; mkdir -p /mnt/cache && \
-    mount -t ext4 /dev/vdb /mnt/cache && cat /mnt/cache/greeting && umount /mnt/cache";
+fn read_script() -> String {
+    format!(
+        "{WAIT_FOR_SECTORS}cat /sys/block/vdb/serial; echo; mkdir -p /mnt/cache && \
+         mount -t ext4 /dev/vdb /mnt/cache && cat /mnt/cache/greeting && umount /mnt/cache"
+    )
+}
 
 /// `base` with the ranges of `layer` laid over it, in a new file.
 fn merge(base: &Path, layer: &Path, into: &Path) -> u64 {
@@ -147,7 +157,7 @@ fn round_trip(first: &dyn Backend, second: &dyn Backend, dir: &Path) {
     assert_eq!(ext4_magic(&merged), [0x53, 0xEF]);
 
     let again = cache_disk(dir, &merged, "second");
-    let out = run_with_cache(second, "cache-read", &again, READ_SCRIPT);
+    let out = run_with_cache(second, "cache-read", &again, &read_script());
     assert_eq!(out, format!("cache0\n{CONTENT}\n"));
 }
 
