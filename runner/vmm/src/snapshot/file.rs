@@ -388,15 +388,15 @@ mod tests {
         assert!(mem.contains("guest memory"), "{mem}");
     }
 
-    /// What a runner before the snapshot codec wrote: version 1, a JSON
-    /// state, a header whose checksum holds. Refused in one line naming
-    /// the file (warm start rebuilds a snapshot the VMM refuses).
+    /// What a runner before the cache slots wrote: version 2, a header
+    /// whose checksum holds. Refused in one line naming the file (warm
+    /// start rebuilds a snapshot the VMM refuses).
     #[test]
     fn a_file_of_the_previous_format_version_is_refused_in_one_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = sample(dir.path());
         let mut old = std::fs::read(&path).unwrap();
-        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        old[8..12].copy_from_slice(&2u32.to_le_bytes());
         let crc = crc32fast::hash(&old[..4092]);
         old[4092..4096].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &old).unwrap();
@@ -404,7 +404,7 @@ mod tests {
         assert_eq!(
             refused,
             format!(
-                "snapshot {}: format version 1, but this runner reads only version 2: another \
+                "snapshot {}: format version 2, but this runner reads only version 3: another \
                  runner version wrote it",
                 path.display()
             )
