@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use agent_protocol::{Command, ExecRequest};
 
+use crate::pipeline::cache::resolve_cache_path;
 use crate::pipeline::{
-    Combination, Env, FileEntry, Files, Image, Network, Pipeline, ReportFiles, StepCommand,
-    DEFAULT_JOB_TIMEOUT, GUEST_WORKSPACE,
+    Cache, Combination, Env, FileEntry, Image, Network, Pipeline, ReportFiles, StepCommand,
+    DEFAULT_JOB_TIMEOUT,
 };
+pub use crate::pipeline::{CachePolicy, CacheWhen};
 
 /// Jobs to run, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +58,51 @@ pub struct PlannedJob {
     pub allow_failure: bool,
     /// Extra attempts after a failure, each in a fresh VM.
     pub retry: u32,
+    /// The job's caches (its own, or `defaults`'), in file order: the VM's
+    /// cache disks `cache0`, `cache1`, ...
+    pub caches: Vec<PlannedCache>,
     pub steps: Vec<PlannedStep>,
+}
+
+/// One cache of a job, resolved: the store's key and the guest paths kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedCache {
+    /// The literal key, or `{prefix}-{hash of the files}` of `key: { files }`.
+    pub key: String,
+    pub fallback_keys: Vec<String>,
+    /// Absolute, normalized guest paths; none inside another.
+    pub paths: Vec<String>,
+    pub policy: CachePolicy,
+    pub when: CacheWhen,
+    /// Bytes.
+    pub size: u64,
+}
+
+impl PlannedCache {
+    /// `cache` for a job whose steps run in `workdir`.
+    fn new(cache: &Cache, workdir: &str) -> PlannedCache {
+        PlannedCache {
+            key: cache.key.clone(),
+            fallback_keys: cache.fallback_keys.clone(),
+            // `Pipeline::parse` refused paths that do not resolve in this
+            // very job; only a pipeline built by hand keeps one as written.
+            paths: cache
+                .paths
+                .iter()
+                .map(|path| resolve_cache_path(workdir, path).unwrap_or_else(|_| path.clone()))
+                .collect(),
+            policy: cache.policy,
+            when: cache.when,
+            size: cache.size,
+        }
+    }
+
+    /// Whether the job's writes become the cache's next version, once the
+    /// job has ended (`job_succeeded`: every step passed): the policy
+    /// pushes, and `when` matches the outcome.
+    pub fn commits(&self, job_succeeded: bool) -> bool {
+        self.policy.pushes() && self.when.matches(job_succeeded)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,16 +172,13 @@ impl Plan {
         let defaults = &pipeline.defaults;
         let mut jobs = Vec::new();
         for job in &pipeline.jobs {
-            let files = match job.files.as_ref().or(defaults.files.as_ref()) {
-                None => vec![FileEntry::workspace(&pipeline.workspace)],
-                Some(Files::Nothing) => Vec::new(),
-                Some(Files::Entries(entries)) => entries.clone(),
-            };
-            let workdir = job
-                .workdir
-                .clone()
-                .or_else(|| defaults.workdir.clone())
-                .unwrap_or_else(|| default_workdir(&files));
+            let files = pipeline.job_files(job);
+            let workdir = pipeline.job_workdir(job, &files);
+            let caches: Vec<PlannedCache> = pipeline
+                .job_caches(job)
+                .iter()
+                .map(|cache| PlannedCache::new(cache, &workdir))
+                .collect();
             let shell = job.shell.clone().or_else(|| defaults.shell.clone());
             let step_timeout = job.step_timeout.or(defaults.step_timeout);
             for (name, matrix) in job.expand() {
@@ -196,6 +239,7 @@ impl Plan {
                         .unwrap_or_default(),
                     allow_failure: job.allow_failure,
                     retry: job.retry,
+                    caches: caches.clone(),
                     steps,
                 });
             }
@@ -269,19 +313,6 @@ impl Matcher {
             Some(pattern) => pattern.matches(name),
             None => name.contains(&self.text),
         }
-    }
-}
-
-/// Steps run in the guest workspace when something is copied there, else in `/`.
-fn default_workdir(files: &[FileEntry]) -> String {
-    let under_workspace = files.iter().any(|entry| {
-        let to = entry.to.trim_end_matches('/');
-        to == GUEST_WORKSPACE || to.starts_with(&format!("{GUEST_WORKSPACE}/"))
-    });
-    if under_workspace {
-        GUEST_WORKSPACE.to_string()
-    } else {
-        "/".to_string()
     }
 }
 

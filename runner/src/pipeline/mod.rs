@@ -6,6 +6,8 @@
 //! The result is then turned into a [`crate::plan::Plan`], which expands
 //! matrices and resolves every default.
 
+pub mod cache;
+pub mod cache_key;
 mod de;
 mod error;
 pub mod files;
@@ -56,18 +58,55 @@ impl Pipeline {
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".to_string());
-        let parsed = de::parse(source, workspace)
-            .map_err(|err| PipelineError::from_yaml(&shown, source, &err))?;
-        Ok(Pipeline {
-            name: parsed.name.unwrap_or(default_name),
-            path: path.to_path_buf(),
-            workspace: workspace.to_path_buf(),
-            image: parsed.image.unwrap_or_default(),
-            vcpus: parsed.vcpus.unwrap_or(DEFAULT_VCPUS),
-            memory_mib: parsed.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
-            defaults: parsed.defaults,
-            jobs: parsed.jobs,
-        })
+        let read = |targets: &de::CacheTargets| {
+            let parsed = de::parse(source, workspace, targets)
+                .map_err(|err| PipelineError::from_yaml(&shown, source, &err))?;
+            Ok(Pipeline {
+                name: parsed.name.unwrap_or_else(|| default_name.clone()),
+                path: path.to_path_buf(),
+                workspace: workspace.to_path_buf(),
+                image: parsed.image.unwrap_or_default(),
+                vcpus: parsed.vcpus.unwrap_or(DEFAULT_VCPUS),
+                memory_mib: parsed.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+                defaults: parsed.defaults,
+                jobs: parsed.jobs,
+            })
+        };
+        let pipeline = read(&de::CacheTargets::default())?;
+        // Relative cache paths and overlaps depend on each job's workdir,
+        // known only now: read again, checking each cache in the jobs that
+        // use it, so that an error still points into the file.
+        match pipeline.cache_targets() {
+            Some(targets) => read(&targets),
+            None => Ok(pipeline),
+        }
+    }
+
+    /// The jobs each cache list applies to; `None` without any cache.
+    fn cache_targets(&self) -> Option<de::CacheTargets> {
+        let any_cache = self.defaults.cache.as_ref().is_some_and(|c| !c.is_empty())
+            || self
+                .jobs
+                .iter()
+                .any(|job| job.cache.as_ref().is_some_and(|c| !c.is_empty()));
+        if !any_cache {
+            return None;
+        }
+        let mut targets = de::CacheTargets::default();
+        for job in &self.jobs {
+            let files = self.job_files(job);
+            let target = de::CacheTarget {
+                job: job.name.clone(),
+                workdir: self.job_workdir(job, &files),
+                file_destinations: files.into_iter().map(|entry| entry.to).collect(),
+            };
+            if job.cache.is_some() {
+                targets.jobs.insert(job.name.clone(), target);
+            } else {
+                targets.defaults.push(target);
+            }
+        }
+        Some(targets)
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::files::FileEntry;
+use super::files::{FileEntry, GUEST_WORKSPACE};
 use super::imported::ReportFiles;
 use super::network::Network;
 use super::scalars::ImageRef;
@@ -72,6 +72,8 @@ pub struct Defaults {
     pub reports: Option<ReportFiles>,
     /// `network:`; `None` when not set (no NIC).
     pub network: Option<Network>,
+    /// `cache:`; `None` when not set.
+    pub cache: Option<Vec<Cache>>,
 }
 
 /// What to copy into the guest before the first step.
@@ -98,12 +100,75 @@ pub struct Job {
     pub reports: Option<ReportFiles>,
     /// `network:`; `None` inherits `defaults`.
     pub network: Option<Network>,
+    /// `cache:`; `None` inherits `defaults`, `Some(vec![])` (`cache: []`)
+    /// turns them off: a job's list replaces `defaults`', as in GitLab.
+    pub cache: Option<Vec<Cache>>,
     pub allow_failure: bool,
     /// Extra attempts after a failure, each in a fresh VM.
     pub retry: u32,
     pub image: Option<Image>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
+}
+
+/// One `cache:` entry: a volume that outlives the job's VM (see
+/// `docs/pipeline-format.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cache {
+    /// The key as the store names it: the literal, or `{prefix}-{hash}` of
+    /// `key: { files }`, computed when the file was parsed.
+    pub key: String,
+    /// Keys to start from when `key` has nothing yet, in order.
+    pub fallback_keys: Vec<String>,
+    /// Guest paths, normalized; absolute, or relative to the job's `workdir`
+    /// (resolved by [`Pipeline::job_workdir`] and the plan).
+    pub paths: Vec<String>,
+    pub policy: CachePolicy,
+    pub when: CacheWhen,
+    /// The file system's size in bytes: the most the cache can hold.
+    pub size: u64,
+}
+
+/// Whether a job reads the cache, writes it back, or both (GitLab's words).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Read only: the job's writes are dropped.
+    Pull,
+    /// Start empty and write back: for the job that fills the cache.
+    Push,
+    #[default]
+    PullPush,
+}
+
+impl CachePolicy {
+    /// Whether the job starts from the stored content.
+    pub fn pulls(self) -> bool {
+        matches!(self, CachePolicy::Pull | CachePolicy::PullPush)
+    }
+
+    /// Whether the job's writes may become the next version.
+    pub fn pushes(self) -> bool {
+        matches!(self, CachePolicy::Push | CachePolicy::PullPush)
+    }
+}
+
+/// After which job outcome a pushing cache is written back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheWhen {
+    #[default]
+    OnSuccess,
+    OnFailure,
+    Always,
+}
+
+impl CacheWhen {
+    pub fn matches(self, job_succeeded: bool) -> bool {
+        match self {
+            CacheWhen::OnSuccess => job_succeeded,
+            CacheWhen::OnFailure => !job_succeeded,
+            CacheWhen::Always => true,
+        }
+    }
 }
 
 /// One variable of a matrix and the values it takes, in file order.
@@ -135,6 +200,49 @@ pub enum StepCommand {
     Script(String),
     /// Executed directly, no shell.
     Argv(Vec<String>),
+}
+
+impl Pipeline {
+    /// What `job` copies in before its first step: its `files`, else
+    /// `defaults`', else the whole workspace; empty for `files: none`.
+    pub fn job_files(&self, job: &Job) -> Vec<FileEntry> {
+        match job.files.as_ref().or(self.defaults.files.as_ref()) {
+            None => vec![FileEntry::workspace(&self.workspace)],
+            Some(Files::Nothing) => Vec::new(),
+            Some(Files::Entries(entries)) => entries.clone(),
+        }
+    }
+
+    /// Where `job`'s steps run unless they say otherwise: its `workdir`,
+    /// else `defaults`', else the guest workspace when `files` (from
+    /// [`Pipeline::job_files`]) copies something there, else `/`.
+    pub fn job_workdir(&self, job: &Job, files: &[FileEntry]) -> String {
+        job.workdir
+            .clone()
+            .or_else(|| self.defaults.workdir.clone())
+            .unwrap_or_else(|| default_workdir(files))
+    }
+
+    /// `job`'s caches: its own `cache`, else `defaults`'.
+    pub fn job_caches<'a>(&'a self, job: &'a Job) -> &'a [Cache] {
+        job.cache
+            .as_deref()
+            .or(self.defaults.cache.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// Steps run in the guest workspace when something is copied there, else in `/`.
+fn default_workdir(files: &[FileEntry]) -> String {
+    let under_workspace = files.iter().any(|entry| {
+        let to = entry.to.trim_end_matches('/');
+        to == GUEST_WORKSPACE || to.starts_with(&format!("{GUEST_WORKSPACE}/"))
+    });
+    if under_workspace {
+        GUEST_WORKSPACE.to_string()
+    } else {
+        "/".to_string()
+    }
 }
 
 /// One matrix combination: `(variable, value)` pairs in axis order.

@@ -5,19 +5,22 @@
 //! attach its position (see `error.rs`). No `#[serde(untagged)]` or
 //! buffering either: buffered content loses its position.
 
+mod cache;
 mod fields;
 mod image;
 mod network;
 mod reports;
 mod steps;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
+use self::cache::CacheListSeed;
+pub(crate) use self::cache::CacheTarget;
 use self::fields::{
     next_key, non_empty, parse_bool, parse_guest_dir, parse_retry, parse_value, parse_vcpus,
     EnvSeed, FilesSeed, KeySeed, StringList, EXTENSION_KEY,
@@ -28,7 +31,7 @@ use self::reports::ReportsSeed;
 use self::steps::{MatrixSeed, StepsSeed};
 use super::error::located;
 use super::scalars::{parse_duration, parse_memory};
-use super::{Defaults, Env, Files, Image, Job, Network, ReportFiles, MAX_MATRIX_JOBS};
+use super::{Cache, Defaults, Env, Files, Image, Job, Network, ReportFiles, MAX_MATRIX_JOBS};
 
 /// The top level of a pipeline, before defaults are filled in.
 pub(crate) struct Parsed {
@@ -40,7 +43,21 @@ pub(crate) struct Parsed {
     pub jobs: Vec<Job>,
 }
 
-pub(crate) fn parse(source: &str, workspace: &Path) -> Result<Parsed, serde_norway::Error> {
+/// The jobs each cache list applies to, for the second reading of a
+/// pipeline with caches (see `de/cache.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct CacheTargets {
+    /// The jobs without a `cache` of their own, which use `defaults`'.
+    pub defaults: Vec<CacheTarget>,
+    /// The jobs with a `cache` of their own, by name.
+    pub jobs: BTreeMap<String, CacheTarget>,
+}
+
+pub(crate) fn parse(
+    source: &str,
+    workspace: &Path,
+    targets: &CacheTargets,
+) -> Result<Parsed, serde_norway::Error> {
     if source.lines().all(|line| {
         let line = line.trim();
         line.is_empty() || line.starts_with('#') || line == "---"
@@ -49,7 +66,7 @@ pub(crate) fn parse(source: &str, workspace: &Path) -> Result<Parsed, serde_norw
             "the pipeline file is empty: it needs at least a `jobs` mapping",
         ));
     }
-    TopSeed { workspace }.deserialize(serde_norway::Deserializer::from_str(source))
+    TopSeed { workspace, targets }.deserialize(serde_norway::Deserializer::from_str(source))
 }
 
 /// Settings shared by `defaults` and each job.
@@ -64,9 +81,10 @@ struct Settings {
     artifacts: Option<Vec<String>>,
     reports: Option<ReportFiles>,
     network: Option<Network>,
+    cache: Option<Vec<Cache>>,
 }
 
-const SETTINGS_KEYS: [&str; 9] = [
+const SETTINGS_KEYS: [&str; 10] = [
     "timeout",
     "step_timeout",
     "env",
@@ -76,6 +94,7 @@ const SETTINGS_KEYS: [&str; 9] = [
     "artifacts",
     "reports",
     "network",
+    "cache",
 ];
 
 /// Reads the value of `key` into `settings`; false when `key` is not a setting.
@@ -85,6 +104,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
     settings: &mut Settings,
     workspace: &Path,
     context: &str,
+    cache_targets: &[CacheTarget],
 ) -> Result<bool, A::Error> {
     match key {
         "timeout" => settings.timeout = Some(parse_value(map, "a duration", &parse_duration)?),
@@ -106,6 +126,13 @@ fn read_setting<'de, A: MapAccess<'de>>(
         }
         "reports" => settings.reports = Some(map.next_value_seed(ReportsSeed { context })?),
         "network" => settings.network = Some(map.next_value_seed(NetworkSeed { context })?),
+        "cache" => {
+            settings.cache = Some(map.next_value_seed(CacheListSeed {
+                workspace,
+                context,
+                targets: cache_targets,
+            })?)
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -137,6 +164,7 @@ fn read_machine<'de, A: MapAccess<'de>>(
 
 struct TopSeed<'a> {
     workspace: &'a Path,
+    targets: &'a CacheTargets,
 }
 
 impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
@@ -180,8 +208,18 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                         &non_empty("`name`".into()),
                     )?)
                 }
-                "defaults" => defaults = map.next_value_seed(DefaultsSeed(self.workspace))?,
-                _ => jobs = Some(map.next_value_seed(JobsSeed(self.workspace))?),
+                "defaults" => {
+                    defaults = map.next_value_seed(DefaultsSeed {
+                        workspace: self.workspace,
+                        targets: &self.targets.defaults,
+                    })?
+                }
+                _ => {
+                    jobs = Some(map.next_value_seed(JobsSeed {
+                        workspace: self.workspace,
+                        targets: &self.targets.jobs,
+                    })?)
+                }
             }
         }
         let Some(jobs) = jobs else {
@@ -198,7 +236,10 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     }
 }
 
-struct DefaultsSeed<'a>(&'a Path);
+struct DefaultsSeed<'a> {
+    workspace: &'a Path,
+    targets: &'a [CacheTarget],
+}
 
 impl<'de> DeserializeSeed<'de> for DefaultsSeed<'_> {
     type Value = Defaults;
@@ -216,7 +257,14 @@ impl<'de> Visitor<'de> for DefaultsSeed<'_> {
         let context = "in `defaults`";
         let (mut seen, mut settings) = (Vec::new(), Settings::default());
         while let Some(key) = next_key(&mut map, &SETTINGS_KEYS, context, &mut seen, &[])? {
-            read_setting(key, &mut map, &mut settings, self.0, context)?;
+            read_setting(
+                key,
+                &mut map,
+                &mut settings,
+                self.workspace,
+                context,
+                self.targets,
+            )?;
         }
         Ok(Defaults {
             timeout: settings.timeout,
@@ -228,12 +276,16 @@ impl<'de> Visitor<'de> for DefaultsSeed<'_> {
             artifacts: settings.artifacts.unwrap_or_default(),
             reports: settings.reports,
             network: settings.network,
+            cache: settings.cache,
         })
     }
 }
 
 /// `jobs:`, a mapping of job names to jobs, kept in file order.
-struct JobsSeed<'a>(&'a Path);
+struct JobsSeed<'a> {
+    workspace: &'a Path,
+    targets: &'a BTreeMap<String, CacheTarget>,
+}
 
 impl<'de> DeserializeSeed<'de> for JobsSeed<'_> {
     type Value = Vec<Job>;
@@ -263,10 +315,12 @@ impl<'de> Visitor<'de> for JobsSeed<'_> {
                 },
             })?;
             let Some(name) = key else { break };
+            let cache_targets = self.targets.get(&name).map(std::slice::from_ref);
             let job = map.next_value_seed(JobSeed {
                 name,
-                workspace: self.0,
+                workspace: self.workspace,
                 taken: &mut taken,
+                cache_targets: cache_targets.unwrap_or_default(),
             })?;
             jobs.push(job);
         }
@@ -291,6 +345,8 @@ struct JobSeed<'a> {
     name: String,
     workspace: &'a Path,
     taken: &'a mut BTreeSet<String>,
+    /// This job, when it has a `cache` and the reading is the second.
+    cache_targets: &'a [CacheTarget],
 }
 
 impl<'de> DeserializeSeed<'de> for JobSeed<'_> {
@@ -323,6 +379,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             "reports",
             "retry",
             "network",
+            "cache",
         ];
         let name = self.name;
         let context = format!("in job `{name}`");
@@ -330,8 +387,14 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             (Vec::new(), Settings::default(), Machine::default());
         let (mut steps, mut matrix, mut allow_failure, mut retry) = (None, Vec::new(), false, 0);
         while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, &[])? {
-            if read_setting(key, &mut map, &mut settings, self.workspace, &context)?
-                || read_machine(key, &mut map, &mut machine, self.workspace, &context)?
+            if read_setting(
+                key,
+                &mut map,
+                &mut settings,
+                self.workspace,
+                &context,
+                self.cache_targets,
+            )? || read_machine(key, &mut map, &mut machine, self.workspace, &context)?
             {
                 continue;
             }
@@ -358,6 +421,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             artifacts: settings.artifacts,
             reports: settings.reports,
             network: settings.network,
+            cache: settings.cache,
             allow_failure,
             retry,
             image: machine.image,
