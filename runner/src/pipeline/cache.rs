@@ -188,16 +188,20 @@ pub fn refusal(path: &str) -> Option<String> {
     }
     if let Some(tree) = SYSTEM_TREES.iter().find(|tree| within(path, tree)) {
         return Some(format!(
-            "cache path `{path}` {outside}: {tree} is the kernel's, rebuilt at every boot"
+            "cache path `{path}` {outside}: {tree} is made anew at every boot"
         ));
     }
-    if let Some(file) = RUNNER_FILES
-        .iter()
-        .find(|file| within(path, file) || within(file, path))
-    {
-        return Some(format!(
-            "cache path `{path}` {outside}: it holds the runner's own {file}"
-        ));
+    for file in RUNNER_FILES {
+        if within(path, file) {
+            return Some(format!(
+                "cache path `{path}` {outside}: it is in the runner's own {file}"
+            ));
+        }
+        if within(file, path) {
+            return Some(format!(
+                "cache path `{path}` {outside}: it holds the runner's own {file}"
+            ));
+        }
     }
     None
 }

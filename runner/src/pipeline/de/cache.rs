@@ -111,6 +111,11 @@ impl<'de> Visitor<'de> for CacheSeed<'_> {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a cache: a mapping with `key` and `paths`")
     }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Cache, E> {
+        Err(located(format!(
+            "a cache is a mapping with `key` and `paths`, not `{text}`"
+        )))
+    }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cache, A::Error> {
         const KEYS: &[&str] = &["key", "paths", "policy", "when", "fallback_keys", "size"];
         let context = format!("in a `cache` {}", self.list.context);
@@ -203,6 +208,11 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<String, E> {
         self.visit_str(&b.to_string())
     }
+    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+        Err(located(format!(
+            "a cache `key` is empty: write one, or leave `key` out for `{DEFAULT_CACHE_KEY}`"
+        )))
+    }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<String, A::Error> {
         const KEYS: &[&str] = &["files", "prefix"];
         let context = "in a cache `key`";
@@ -249,7 +259,7 @@ struct KeyFilesSeed<'a> {
 impl<'de> DeserializeSeed<'de> for KeyFilesSeed<'_> {
     type Value = Vec<String>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -257,6 +267,11 @@ impl<'de> Visitor<'de> for KeyFilesSeed<'_> {
     type Value = Vec<String>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of workspace files")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+        Err(located(format!(
+            "`files` of a cache `key` is a list: write `files: [{text}]`"
+        )))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
         let mut files: Vec<String> = Vec::new();
@@ -290,7 +305,7 @@ struct FallbackKeysSeed;
 impl<'de> DeserializeSeed<'de> for FallbackKeysSeed {
     type Value = Vec<String>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -298,6 +313,11 @@ impl<'de> Visitor<'de> for FallbackKeysSeed {
     type Value = Vec<String>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of cache keys")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+        Err(located(format!(
+            "`fallback_keys` is a list: write `fallback_keys: [{text}]`"
+        )))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
         let mut keys: Vec<String> = Vec::new();
@@ -334,7 +354,7 @@ struct PathsSeed<'a> {
 impl<'de> DeserializeSeed<'de> for PathsSeed<'_> {
     type Value = Vec<String>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -342,6 +362,11 @@ impl<'de> Visitor<'de> for PathsSeed<'_> {
     type Value = Vec<String>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of guest paths")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+        Err(located(format!(
+            "`paths` of a cache is a list: write `paths: [{text}]`"
+        )))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
         let mut paths: Vec<String> = Vec::new();
@@ -400,9 +425,12 @@ impl PathsSeed<'_> {
                 let Some(other_resolved) = resolve(other, target)? else {
                     continue;
                 };
+                if resolved == other_resolved {
+                    return Err(format!("cache path `{resolved}` is listed twice{from}"));
+                }
                 if overlap(&resolved, &other_resolved) {
                     return Err(format!(
-                        "cache path `{resolved}` overlaps `{other_resolved}`{from}: a directory can be in one cache path only"
+                        "cache path `{resolved}` overlaps `{other_resolved}`{from}: one is inside the other, and a directory can be in one cache path only"
                     ));
                 }
             }
@@ -450,3 +478,7 @@ fn origin(path: &str, target: Option<&CacheTarget>) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;
