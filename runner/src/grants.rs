@@ -3,8 +3,11 @@
 //!
 //! A pipeline comes from a pull request. It may *ask* for host files
 //! (`files:` or an `image:` path outside its workspace), for a network
-//! (`network:`), and for big images (`size:`); only the operator *grants*
-//! them, from one of two places:
+//! (`network:`), for big images and caches (`size:`); only the operator
+//! *grants* them, from one of two places. The operator also names the
+//! cache scope a run reads and writes, and whether it is protected (the
+//! pipeline never does: a pull request would poison the caches of
+//! protected branches).
 //! - **A machine policy**, the file [`MACHINE_POLICY`], owned by root and
 //!   writable by nobody else. When it exists it is the grant, for every run
 //!   on the machine, and a command-line grant beyond it is refused: in
@@ -13,7 +16,9 @@
 //!   the machine decided. (So no environment variable grants anything.)
 //! - **Elsewhere, the command line**: `--allow-host-files`,
 //!   `--allow-network[=DEST,...]`, `--allow-setup-network`,
-//!   `--max-image-size`, or the same keys in a `--policy FILE`.
+//!   `--max-image-size`, `--cache-protected`, `--max-cache-size`, or the
+//!   same keys in a `--policy FILE`. `--cache-scope` (or
+//!   `RUNNER_CACHE_SCOPE`: a name grants nothing) picks the scope.
 //!
 //! A job that asks for more than it was granted fails before anything
 //! boots, with one line naming what would grant it.
@@ -23,11 +28,12 @@ use std::path::{Path, PathBuf};
 
 use runner_machine::network::is_public;
 
+use crate::pipeline::cache::check_cache_key;
 use crate::pipeline::network::parse_allow_entry;
 use crate::pipeline::{
     host_scope, parse_byte_size, AllowEntry, Image, ImageRef, Network, SpecBase,
 };
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedCache};
 use runner_machine::network::{Destination, Nic, Reach};
 
 pub use runner_machine::images::{DEFAULT_MAX_IMAGE_SIZE, DEFAULT_SETUP_TIMEOUT};
@@ -35,6 +41,10 @@ pub use runner_machine::MACHINE_POLICY;
 
 /// The keyword for "any public address" in a network grant.
 pub const PUBLIC: &str = "public";
+/// The cache scope of a run that names none.
+pub const DEFAULT_CACHE_SCOPE: &str = "default";
+/// The largest cache `size` granted when nothing says.
+pub const DEFAULT_MAX_CACHE_SIZE: u64 = 32 << 30;
 
 /// What a run may do beyond the clean room.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +56,10 @@ pub struct Grants {
     pub setup_network: bool,
     /// The largest `size` an image spec may have, in bytes.
     pub max_image_size: u64,
+    /// Which caches the run's jobs read and write.
+    pub cache: CacheGrant,
+    /// The largest `size` a cache may have, in bytes.
+    pub max_cache_size: u64,
     /// Where the grants came from; refusals name it.
     pub source: Source,
 }
@@ -57,9 +71,53 @@ impl Default for Grants {
             network: NetworkGrant::default(),
             setup_network: false,
             max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            cache: CacheGrant::default(),
+            max_cache_size: DEFAULT_MAX_CACHE_SIZE,
             source: Source::CommandLine,
         }
     }
+}
+
+/// The caches a run's jobs see: the keys of one scope. A protected scope is
+/// written only by runs the operator trusts (a protected branch's); any
+/// other run may read its keys through `fallback_keys`, never write them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheGrant {
+    /// A name like a cache key: `main`, GitLab's `$CI_COMMIT_REF_SLUG`.
+    pub scope: String,
+    pub protected: bool,
+}
+
+impl Default for CacheGrant {
+    fn default() -> Self {
+        CacheGrant {
+            scope: DEFAULT_CACHE_SCOPE.to_string(),
+            protected: false,
+        }
+    }
+}
+
+fn parse_cache_scope(text: &str) -> Result<String, String> {
+    check_cache_key(text, "cache scope")?;
+    Ok(text.to_string())
+}
+
+/// The cache flags of `runner test`: the scope is a name, so the
+/// environment may set it; protection and size are grants, so it may not.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct CacheArgs {
+    /// The cache scope jobs read and write (default `default`), e.g.
+    /// `--cache-scope "$CI_COMMIT_REF_SLUG"`; a name like a cache key.
+    #[arg(long, value_name = "NAME", env = "RUNNER_CACHE_SCOPE", value_parser = parse_cache_scope)]
+    pub cache_scope: Option<String>,
+    /// The scope is protected: only runs given this grant (a protected
+    /// branch's) write its keys; other runs may read them only through
+    /// `fallback_keys`. Never pass it for a pull request.
+    #[arg(long)]
+    pub cache_protected: bool,
+    /// The largest `size` a cache may ask for (`8G`; default 32G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub max_cache_size: Option<u64>,
 }
 
 /// Where a job's network may go.
@@ -159,10 +217,15 @@ impl GrantArgs {
     /// The run's grants: the machine policy's if there is one (refusing
     /// flags that ask beyond it), else the command line's.
     pub fn resolve(&self) -> Result<Grants, String> {
-        self.resolve_with(Path::new(MACHINE_POLICY))
+        self.resolve_with(&CacheArgs::default(), Path::new(MACHINE_POLICY))
     }
 
-    fn resolve_with(&self, machine_policy: &Path) -> Result<Grants, String> {
+    /// [`GrantArgs::resolve`] for a command that runs jobs with caches.
+    pub fn resolve_with_caches(&self, cache: &CacheArgs) -> Result<Grants, String> {
+        self.resolve_with(cache, Path::new(MACHINE_POLICY))
+    }
+
+    fn resolve_with(&self, cache: &CacheArgs, machine_policy: &Path) -> Result<Grants, String> {
         let mut asked = match &self.policy {
             Some(path) => PolicyFile::read(path)?.grants(),
             None => Grants::default(),
@@ -179,6 +242,13 @@ impl GrantArgs {
         }
         if let Some(size) = self.max_image_size {
             asked.max_image_size = size;
+        }
+        if let Some(scope) = &cache.cache_scope {
+            asked.cache.scope = scope.clone();
+        }
+        asked.cache.protected |= cache.cache_protected;
+        if let Some(size) = cache.max_cache_size {
+            asked.max_cache_size = size;
         }
         let Some(machine) = PolicyFile::read_machine(machine_policy)? else {
             return Ok(asked);
@@ -206,6 +276,27 @@ impl GrantArgs {
         {
             return Err(beyond("--max-image-size"));
         }
+        if asked.cache.protected && !granted.cache.protected {
+            return Err(beyond("--cache-protected"));
+        }
+        match cache.max_cache_size {
+            Some(size) if size > granted.max_cache_size => return Err(beyond("--max-cache-size")),
+            // Asking for less than the machine allows is honoured.
+            Some(size) => granted.max_cache_size = size,
+            None => {}
+        }
+        // The machine's scope, if it names one, is the scope; otherwise the
+        // command line's names it (a name grants nothing).
+        match (&machine.cache_scope, &cache.cache_scope) {
+            (Some(fixed), Some(asked)) if fixed != asked => {
+                return Err(format!(
+                    "--cache-scope {asked} is not this machine's scope: its policy {} sets `cache_scope: {fixed}`",
+                    machine_policy.display()
+                ))
+            }
+            (Some(_), _) => {}
+            (None, _) => granted.cache.scope = asked.cache.scope,
+        }
         Ok(granted)
     }
 }
@@ -224,8 +315,22 @@ struct PolicyFile {
     setup_network: bool,
     #[serde(default)]
     max_image_size: Option<String>,
+    #[serde(default)]
+    cache_scope: Option<String>,
+    #[serde(default)]
+    cache_protected: bool,
+    #[serde(default)]
+    max_cache_size: Option<String>,
     #[serde(skip)]
-    parsed: Option<(NetworkGrant, u64)>,
+    parsed: Option<Parsed>,
+}
+
+/// A policy file's values that need parsing.
+#[derive(Clone, Debug)]
+struct Parsed {
+    network: NetworkGrant,
+    max_image_size: u64,
+    max_cache_size: u64,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -256,11 +361,28 @@ impl PolicyFile {
             Some(PolicyNetwork::List(list)) => list.clone(),
         };
         let network = NetworkGrant::parse(&values).map_err(|e| format!("network: {e}"))?;
-        let size = match &file.max_image_size {
-            Some(text) => parse_byte_size(text).map_err(|e| format!("max_image_size: {e}"))?,
-            None => DEFAULT_MAX_IMAGE_SIZE,
+        let size = |text: &Option<String>, key: &str, default: u64| match text {
+            Some(text) => parse_byte_size(text).map_err(|e| format!("{key}: {e}")),
+            None => Ok(default),
         };
-        file.parsed = Some((network, size));
+        let max_image_size = size(
+            &file.max_image_size,
+            "max_image_size",
+            DEFAULT_MAX_IMAGE_SIZE,
+        )?;
+        let max_cache_size = size(
+            &file.max_cache_size,
+            "max_cache_size",
+            DEFAULT_MAX_CACHE_SIZE,
+        )?;
+        if let Some(scope) = &file.cache_scope {
+            check_cache_key(scope, "cache scope").map_err(|e| format!("cache_scope: {e}"))?;
+        }
+        file.parsed = Some(Parsed {
+            network,
+            max_image_size,
+            max_cache_size,
+        });
         Ok(file)
     }
 
@@ -285,12 +407,22 @@ impl PolicyFile {
     }
 
     fn grants(&self) -> Grants {
-        let (network, max_image_size) = self.parsed.clone().unwrap_or_default();
+        let defaults = Grants::default();
+        let parsed = self.parsed.clone().unwrap_or(Parsed {
+            network: defaults.network,
+            max_image_size: defaults.max_image_size,
+            max_cache_size: defaults.max_cache_size,
+        });
         Grants {
             host_files: self.host_files,
-            network,
+            network: parsed.network,
             setup_network: self.setup_network,
-            max_image_size,
+            max_image_size: parsed.max_image_size,
+            cache: CacheGrant {
+                scope: self.cache_scope.clone().unwrap_or(defaults.cache.scope),
+                protected: self.cache_protected,
+            },
+            max_cache_size: parsed.max_cache_size,
             source: Source::CommandLine,
         }
     }
@@ -327,6 +459,23 @@ impl Grants {
             self.check_image(&job.image, &plan.workspace)
                 .map_err(in_job)?;
             self.check_network(&job.network).map_err(in_job)?;
+            self.check_caches(&job.caches).map_err(in_job)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a cache bigger than the grant.
+    pub fn check_caches(&self, caches: &[PlannedCache]) -> Result<(), String> {
+        for cache in caches {
+            if cache.size > self.max_cache_size {
+                return Err(format!(
+                    "cache `{}` has `size: {}`, more than the {} allowed; {}",
+                    cache.key,
+                    show_size(cache.size),
+                    show_size(self.max_cache_size),
+                    self.how_to_grant("--max-cache-size")
+                ));
+            }
         }
         Ok(())
     }
@@ -430,6 +579,16 @@ impl Grants {
             .collect();
         listed.join(", ")
     }
+}
+
+/// `8G`, `512M`, or bytes: the largest unit that divides `bytes`.
+fn show_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// The host paths an image names: a kernel or rootfs file, an OCI base.

@@ -14,7 +14,7 @@ use clap::Args;
 use super::failure::Failure;
 use super::vm_args::{BackendChoice, ColdArg};
 use super::{listing, out_dir};
-use crate::grants::{GrantArgs, Grants};
+use crate::grants::{CacheArgs, GrantArgs, Grants};
 use crate::pipeline::parse_duration;
 use crate::pipeline::{parse_byte_size, Pipeline};
 use crate::plan::Plan;
@@ -71,6 +71,8 @@ pub struct TestArgs {
     artifacts_max_size: u64,
     #[command(flatten)]
     grants: GrantArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Most artifact entries (files, directories, links) one job may copy out.
     #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES)]
     artifacts_max_files: u64,
@@ -153,7 +155,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     }
     let grants = args
         .grants
-        .resolve()
+        .resolve_with_caches(&args.cache)
         .map_err(|e| config(anyhow::Error::msg(e)))?;
     grants
         .check_plan(&plan)

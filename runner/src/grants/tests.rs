@@ -1,15 +1,28 @@
 use super::*;
 use crate::pipeline::Pipeline;
 
-fn args(flags: &[&str]) -> GrantArgs {
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    grants: GrantArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+fn cli(flags: &[&str]) -> Result<Cli, clap::Error> {
     use clap::Parser;
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        grants: GrantArgs,
-    }
     let argv = std::iter::once("runner").chain(flags.iter().copied());
-    Cli::try_parse_from(argv).unwrap().grants
+    Cli::try_parse_from(argv)
+}
+
+/// What `runner test` would resolve with these flags, and `machine_policy`.
+fn resolve(flags: &[&str], machine_policy: &Path) -> Result<Grants, String> {
+    let cli = cli(flags).unwrap();
+    cli.grants.resolve_with(&cli.cache, machine_policy)
+}
+
+fn args(flags: &[&str]) -> GrantArgs {
+    cli(flags).unwrap().grants
 }
 
 fn no_machine_policy() -> PathBuf {
@@ -17,7 +30,7 @@ fn no_machine_policy() -> PathBuf {
 }
 
 fn grants(flags: &[&str]) -> Grants {
-    args(flags).resolve_with(&no_machine_policy()).unwrap()
+    resolve(flags, &no_machine_policy()).unwrap()
 }
 
 fn plan(dir: &Path, yaml: &str) -> Plan {
@@ -49,7 +62,7 @@ fn the_network_flag_grants_public_addresses_and_named_destinations() {
         ["127.0.0.1:8080", "db:5432"]
     );
     let err = args(&["--allow-network=nope"])
-        .resolve_with(&no_machine_policy())
+        .resolve_with(&CacheArgs::default(), &no_machine_policy())
         .unwrap_err();
     assert!(
         err.starts_with("--allow-network: invalid `allow` entry `nope`"),
@@ -177,7 +190,7 @@ fn a_policy_file_grants_like_the_flags() {
     assert_eq!(g.max_image_size, 40 << 30);
     std::fs::write(&path, "network: everything\n").unwrap();
     let err = args(&["--policy", path.to_str().unwrap()])
-        .resolve_with(&no_machine_policy())
+        .resolve_with(&CacheArgs::default(), &no_machine_policy())
         .unwrap_err();
     assert!(
         err.contains("network: invalid `allow` entry `everything`"),
@@ -185,7 +198,7 @@ fn a_policy_file_grants_like_the_flags() {
     );
     std::fs::write(&path, "netwrok: true\n").unwrap();
     let err = args(&["--policy", path.to_str().unwrap()])
-        .resolve_with(&no_machine_policy())
+        .resolve_with(&CacheArgs::default(), &no_machine_policy())
         .unwrap_err();
     assert!(err.contains("unknown field `netwrok`"), "{err}");
 }
@@ -205,19 +218,23 @@ fn a_machine_policy_is_the_grant_and_flags_cannot_widen_it() {
     .unwrap();
 
     // Nothing on the command line: the machine's grant holds.
-    let g = args(&[]).resolve_with(&machine).unwrap();
+    let g = args(&[])
+        .resolve_with(&CacheArgs::default(), &machine)
+        .unwrap();
     assert_eq!(g.network.destinations.len(), 1);
     assert_eq!(g.source, Source::Machine(machine.clone()));
     // Within it: fine. Beyond it: one line naming the file.
     assert!(args(&["--allow-network=crates.io:443"])
-        .resolve_with(&machine)
+        .resolve_with(&CacheArgs::default(), &machine)
         .is_ok());
     for flag in [
         "--allow-network",
         "--allow-host-files",
         "--allow-setup-network",
     ] {
-        let err = args(&[flag]).resolve_with(&machine).unwrap_err();
+        let err = args(&[flag])
+            .resolve_with(&CacheArgs::default(), &machine)
+            .unwrap_err();
         assert_eq!(
             err,
             format!(
@@ -252,9 +269,194 @@ fn a_machine_policy_is_the_grant_and_flags_cannot_widen_it() {
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    let err = args(&[]).resolve_with(&machine).unwrap_err();
+    let err = args(&[])
+        .resolve_with(&CacheArgs::default(), &machine)
+        .unwrap_err();
     assert!(
         err.contains("must be owned by root and writable by nobody else"),
         "{err}"
+    );
+}
+
+#[test]
+fn the_cache_scope_is_a_name_and_protection_a_flag() {
+    let g = grants(&[]);
+    assert_eq!(g.cache, CacheGrant::default());
+    assert_eq!(g.cache.scope, "default");
+    assert_eq!(g.max_cache_size, 32 << 30);
+    let g = grants(&[
+        "--cache-scope",
+        "feature-x",
+        "--cache-protected",
+        "--max-cache-size",
+        "64G",
+    ]);
+    assert_eq!(
+        g.cache,
+        CacheGrant {
+            scope: "feature-x".into(),
+            protected: true
+        }
+    );
+    assert_eq!(g.max_cache_size, 64 << 30);
+    for bad in ["a/b", "..", "-x", ""] {
+        let flag = format!("--cache-scope={bad}");
+        let err = cli(&[&flag]).err().expect(bad).to_string();
+        assert!(err.contains("invalid cache scope"), "{bad}: {err}");
+    }
+}
+
+/// `RUNNER_CACHE_SCOPE` names the scope; nothing in the environment
+/// protects it (`--cache-protected` has no variable).
+#[test]
+fn the_environment_names_the_scope_and_grants_nothing() {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let env_of = |id: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .unwrap_or_else(|| panic!("no argument {id}"))
+            .get_env()
+            .map(|name| name.to_string_lossy().into_owned())
+    };
+    assert_eq!(env_of("cache_scope").as_deref(), Some("RUNNER_CACHE_SCOPE"));
+    assert_eq!(env_of("cache_protected"), None);
+    assert_eq!(env_of("max_cache_size"), None);
+}
+
+#[test]
+fn a_cache_bigger_than_the_grant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: n\njobs:\n  a:\n    cache: { key: cargo, paths: [/a], size: 40G }\n    steps: [true]\n";
+    let err = refusal(&grants(&[]), dir.path(), yaml);
+    assert_eq!(
+        err,
+        "job `a`: cache `cargo` has `size: 40G`, more than the 32G allowed; pass --max-cache-size to grant it"
+    );
+    assert!(grants(&["--max-cache-size", "40G"])
+        .check_plan(&plan(dir.path(), yaml))
+        .is_ok());
+    let err = refusal(&grants(&["--max-cache-size", "1500M"]), dir.path(), yaml);
+    assert!(err.contains("more than the 1500M allowed"), "{err}");
+    // The default size fits the default grant.
+    let yaml = "name: n\njobs:\n  a:\n    cache: { paths: [/a] }\n    steps: [true]\n";
+    assert!(grants(&[]).check_plan(&plan(dir.path(), yaml)).is_ok());
+}
+
+#[test]
+fn a_policy_file_sets_the_cache_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yml");
+    let policy = path.to_str().unwrap();
+    std::fs::write(
+        &path,
+        "cache_scope: main\ncache_protected: true\nmax_cache_size: 100G\n",
+    )
+    .unwrap();
+    let g = grants(&["--policy", policy]);
+    assert_eq!(
+        g.cache,
+        CacheGrant {
+            scope: "main".into(),
+            protected: true
+        }
+    );
+    assert_eq!(g.max_cache_size, 100 << 30);
+    // Flags win over a --policy file (no machine policy).
+    let g = grants(&["--policy", policy, "--cache-scope", "other"]);
+    assert_eq!(g.cache.scope, "other");
+    for (text, expected) in [
+        (
+            "cache_scope: a/b\n",
+            "cache_scope: invalid cache scope `a/b`",
+        ),
+        (
+            "max_cache_size: lots\n",
+            "max_cache_size: invalid size `lots`",
+        ),
+        ("cache_protected: maybe\n", "cache_protected"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = resolve(&["--policy", policy], &no_machine_policy()).unwrap_err();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_machine_policy_decides_cache_protection_and_size() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test writes a root-owned policy file: run it as root (CI does)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("policy.yml");
+    let write = |text: &str| {
+        std::fs::write(&machine, text).unwrap();
+        std::fs::set_permissions(
+            &machine,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    };
+    let beyond = |flag: &str| {
+        format!(
+            "{flag} goes beyond this machine's policy {}; only its owner can grant more",
+            machine.display()
+        )
+    };
+
+    // An unprotected runner: a pull request's command line cannot protect.
+    write("max_cache_size: 8G\n");
+    let err = resolve(&["--cache-protected"], &machine).unwrap_err();
+    assert_eq!(err, beyond("--cache-protected"));
+    let err = resolve(&["--max-cache-size", "9G"], &machine).unwrap_err();
+    assert_eq!(err, beyond("--max-cache-size"));
+    let g = resolve(
+        &["--cache-scope", "mr-12", "--max-cache-size", "2G"],
+        &machine,
+    )
+    .unwrap();
+    assert_eq!(
+        g.cache,
+        CacheGrant {
+            scope: "mr-12".into(),
+            protected: false
+        }
+    );
+    assert_eq!(g.max_cache_size, 2 << 30, "a smaller ask is honoured");
+    assert_eq!(resolve(&[], &machine).unwrap().max_cache_size, 8 << 30);
+    let d = tempfile::tempdir().unwrap();
+    let err = refusal(
+        &resolve(&[], &machine).unwrap(),
+        d.path(),
+        "name: n\njobs:\n  a:\n    cache: { paths: [/a], size: 9G }\n    steps: [true]\n",
+    );
+    assert!(
+        err.ends_with(&format!(
+            "this machine's policy {} does not grant it",
+            machine.display()
+        )),
+        "{err}"
+    );
+
+    // A protected runner: every run is protected, the flag is redundant.
+    write("cache_protected: true\ncache_scope: main\n");
+    assert!(resolve(&[], &machine).unwrap().cache.protected);
+    let g = resolve(&["--cache-protected", "--cache-scope", "main"], &machine).unwrap();
+    assert_eq!(
+        g.cache,
+        CacheGrant {
+            scope: "main".into(),
+            protected: true
+        }
+    );
+    // Its scope is fixed.
+    let err = resolve(&["--cache-scope", "mr-12"], &machine).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "--cache-scope mr-12 is not this machine's scope: its policy {} sets `cache_scope: main`",
+            machine.display()
+        )
     );
 }

@@ -59,7 +59,7 @@ pub fn parse_cache_size(text: &str) -> Result<u64, String> {
             MIN_CACHE_SIZE >> 20
         ));
     }
-    if size % CACHE_SIZE_UNIT != 0 {
+    if !size.is_multiple_of(CACHE_SIZE_UNIT) {
         return Err(format!(
             "cache `size: {}` is not a whole number of MiB (write e.g. `512M` or `8G`)",
             text.trim()
