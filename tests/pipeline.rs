@@ -234,6 +234,41 @@ fn bad_pipelines_get_a_located_error_and_exit_2() {
     );
 }
 
+#[test]
+fn a_bad_cache_gets_a_located_error_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_line = |out: &Output| {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let overlapping = "name: t\njobs:\n  a:\n    cache:\n      - { key: a, paths: [/root/.cache] }\n      - { key: b, paths: [/root/.cache/pip] }\n    steps: [\"true\"]\n";
+    let stderr = one_line(&run_pipeline(dir.path(), overlapping, &[]));
+    assert!(
+        stderr.contains("pipeline.yml:6:27: cache path `/root/.cache/pip` overlaps `/root/.cache`"),
+        "{stderr}"
+    );
+    let outside =
+        "name: t\njobs:\n  a:\n    cache: { key: k, paths: [/proc/x] }\n    steps: [\"true\"]\n";
+    let stderr = one_line(&run_pipeline(dir.path(), outside, &[]));
+    assert!(
+        stderr.contains(
+            "pipeline.yml:4:30: cache path `/proc/x` is outside the guest's writable tree"
+        ),
+        "{stderr}"
+    );
+    // Beyond the operator's grant: refused before anything boots.
+    let big = "name: t\njobs:\n  a:\n    cache: { key: k, paths: [/root/.cache], size: 8G }\n    steps: [\"true\"]\n";
+    let stderr = one_line(&run_pipeline(dir.path(), big, &["--max-cache-size", "4G"]));
+    assert!(
+        stderr.contains("job `a`: cache `k` has `size: 8G`, more than the 4G allowed; pass --max-cache-size to grant it"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out/junit.xml").exists());
+}
+
 /// A root file system whose init prints a line and then sleeps for ever: the
 /// kernel boots, but the agent never answers, however fast the machine is.
 fn never_ready_rootfs(dir: &Path) -> std::path::PathBuf {
