@@ -300,6 +300,25 @@ def pipelines():
     for name in sorted(os.listdir(src)):
         if name.endswith(".yml"):
             shutil.copy(os.path.join(src, name), os.path.join(SEEDS, "pipeline", name))
+    # Caches: defaults and a job's own, relative paths, a key from files
+    # (absent in the fuzzer's empty workspace), every policy and `when`.
+    write("pipeline", "caches.yml", b"""\
+defaults:
+  cache:
+    - key: { files: [Cargo.lock, sub/b.lock], prefix: cargo }
+      paths: [/usr/local/cargo/registry, target]
+      fallback_keys: [cargo-main]
+      size: 8G
+    - { key: pip, paths: [../pip], policy: pull, when: always }
+jobs:
+  build: { steps: [cargo build] }
+  root:
+    files: none
+    workdir: /src/app
+    cache: { paths: [x, /tmp/y], policy: push, when: on_failure, size: 16M }
+    steps: [true]
+  off: { cache: [], steps: [true] }
+""")
 
 
 def tars():

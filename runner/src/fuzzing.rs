@@ -13,15 +13,20 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::imported::{junit_xml, libtest, TextLimit};
+use crate::pipeline::cache::{
+    check_cache_key, overlap, refusal, resolve_cache_path, MIN_CACHE_SIZE,
+};
 use crate::pipeline::host_scope::lexically_inside;
 use crate::pipeline::Pipeline;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedCache};
 use crate::results::{ImportedCase, ImportedResult, Output};
 use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
 
 /// Parses `data` as a pipeline file and plans it. Bad YAML must give an
 /// error, never a panic; a pipeline that parses must plan into uniquely
-/// named jobs whose log directory names are safe. Returns whether it parsed.
+/// named jobs whose log directory names are safe, and whose caches have
+/// keys the store can use as directory names and absolute, allowed,
+/// non-overlapping paths. Returns whether it parsed.
 pub fn pipeline(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
         return false;
@@ -46,8 +51,35 @@ pub fn pipeline(data: &[u8]) -> bool {
         for step in &job.steps {
             let _ = step.exec_request(None);
         }
+        check_caches(&job.caches);
     }
     true
+}
+
+fn check_caches(caches: &[PlannedCache]) {
+    let mut keys = HashSet::new();
+    let mut paths: Vec<&str> = Vec::new();
+    for cache in caches {
+        assert!(keys.insert(&cache.key), "key {} twice", cache.key);
+        for key in std::iter::once(&cache.key).chain(&cache.fallback_keys) {
+            assert_eq!(check_cache_key(key, "key"), Ok(()));
+        }
+        assert!(cache.size >= MIN_CACHE_SIZE, "size {}", cache.size);
+        assert!(!cache.paths.is_empty());
+        for path in &cache.paths {
+            assert_eq!(
+                resolve_cache_path("/", path).as_ref(),
+                Ok(path),
+                "not absolute and normalized"
+            );
+            assert_eq!(refusal(path), None);
+            assert!(
+                paths.iter().all(|other| !overlap(other, path)),
+                "{path} overlaps"
+            );
+            paths.push(path);
+        }
+    }
 }
 
 /// The budget the fuzzer unpacks with: small, so that running out is reached.
