@@ -29,6 +29,11 @@ fn job_notes(job: &PlannedJob) -> String {
     if job.retry > 0 {
         notes.push(format!("retry {}", job.retry));
     }
+    // The keys as resolved: a `key: { files }` hash is only seen here.
+    if !job.caches.is_empty() {
+        let keys: Vec<&str> = job.caches.iter().map(|c| c.key.as_str()).collect();
+        notes.push(format!("cache {}", keys.join(", ")));
+    }
     if notes.is_empty() {
         String::new()
     } else {
@@ -57,5 +62,16 @@ mod tests {
             text,
             "t (N=1)  (allowed to fail, retry 1)\n    1. make\n    2. check  (retry 2)\nt (N=2)  (allowed to fail, retry 1)\n    1. make\n    2. check  (retry 2)\n"
         );
+    }
+
+    #[test]
+    fn lists_cache_keys_as_resolved() {
+        let yaml = "jobs:\n  t:\n    cache: [{ key: a, paths: [/a] }, { key: { files: [x.lock], prefix: b }, paths: [/b] }]\n    steps: [make]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = Pipeline::parse(yaml, Path::new("p.yml"), dir.path()).unwrap();
+        let text = render(&Plan::new(&pipeline));
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with("t  (cache a, b-"), "{text}");
+        assert_eq!(first.len(), "t  (cache a, b-".len() + 16 + 1, "{text}");
     }
 }
