@@ -5,6 +5,9 @@
 
 use super::scalars::parse_byte_size;
 use super::{CachePolicy, CacheWhen};
+/// Most caches of one job (each is a disk of the VM) and most `paths` of
+/// one cache: what the agent accepts.
+pub use agent_protocol::{MAX_CACHES, MAX_CACHE_PATHS};
 
 /// `size` when a cache does not say.
 pub const DEFAULT_CACHE_SIZE: u64 = 4 << 30;
@@ -16,12 +19,8 @@ pub const MIN_CACHE_SIZE: u64 = 16 << 20;
 pub const CACHE_SIZE_UNIT: u64 = 1 << 20;
 /// Longest key or fallback key.
 pub const MAX_CACHE_KEY_LEN: usize = 128;
-/// Most `paths` of one cache.
-pub const MAX_CACHE_PATHS: usize = 16;
 /// Most `fallback_keys` of one cache.
 pub const MAX_FALLBACK_KEYS: usize = 16;
-/// Most caches of one job: each is a disk of the VM.
-pub const MAX_CACHES: usize = 8;
 /// The key of a cache that names none (GitLab's default too).
 pub const DEFAULT_CACHE_KEY: &str = "default";
 /// Longest guest path accepted (Linux's PATH_MAX).

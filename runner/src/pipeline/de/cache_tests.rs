@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::pipeline::cache::DEFAULT_CACHE_SIZE;
+use crate::pipeline::cache::{DEFAULT_CACHE_SIZE, MAX_CACHES};
 use crate::pipeline::{CachePolicy, CacheWhen, Pipeline};
 use crate::plan::{Plan, PlannedCache};
 
@@ -145,10 +145,20 @@ fn relative_paths_are_checked_in_every_job_that_inherits_them() {
     );
 }
 
-/// `cache:` of job `a` (indented under it) → the error.
-fn job_error(cache: &str) -> String {
+/// Job `a` with this `cache:` (indented under it).
+fn job_with(cache: &str) -> String {
     let indented: String = cache.lines().map(|l| format!("    {l}\n")).collect();
-    error(&format!("jobs:\n  a:\n{indented}    steps: [true]\n"))
+    format!("jobs:\n  a:\n{indented}    steps: [true]\n")
+}
+
+/// `cache:` of job `a` → the error.
+fn job_error(cache: &str) -> String {
+    error(&job_with(cache))
+}
+
+/// `cache:` of job `a` → its planned caches.
+fn caches_of(cache: &str) -> Vec<PlannedCache> {
+    caches(&job_with(cache)).remove(0)
 }
 
 #[test]
@@ -229,12 +239,16 @@ fn limits_are_errors() {
         err.ends_with("more than 16 `fallback_keys` in a cache"),
         "{err}"
     );
-    let caches = many(9, &|i| format!("{{ key: k{i}, paths: [/p{i}] }}"));
-    let err = job_error(&format!("cache: [{caches}]"));
+    let cache = |i| format!("{{ key: k{i}, paths: [/p{i}] }}");
+    let err = job_error(&format!("cache: [{}]", many(MAX_CACHES + 1, &cache)));
     assert!(
-        err.ends_with("more than 8 caches in job `a`: each is a disk of the VM"),
+        err.ends_with(&format!(
+            "more than {MAX_CACHES} caches in job `a`: each is a disk of the VM"
+        )),
         "{err}"
     );
+    let most = caches_of(&format!("cache: [{}]", many(MAX_CACHES, &cache)));
+    assert_eq!(most.len(), MAX_CACHES);
     let long = "k".repeat(129);
     let err = job_error(&format!("cache: {{ key: {long}, paths: [/a] }}"));
     assert!(err.contains("at most 128 characters"), "{err}");
