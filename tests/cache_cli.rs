@@ -48,6 +48,7 @@ fn fill(store: &CacheStore, scope: &Scope, key: &str, byte: u8) {
             key: key.into(),
             fallback_keys: vec![],
             size: SIZE,
+            pull: true,
         })
         .unwrap();
     let layer = std::fs::OpenOptions::new()

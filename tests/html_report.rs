@@ -176,6 +176,7 @@ fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>, started: SystemT
         log_path: Some(PathBuf::from(format!("runner-out/logs/{name}.log"))),
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
+        cache_notes: Vec::new(),
         imported: ImportedTests::default(),
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),

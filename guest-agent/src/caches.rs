@@ -85,13 +85,23 @@ fn is_plain_absolute(path: &str) -> bool {
     }
 }
 
-/// Mounts every cache of a checked request; one outcome per cache.
+/// Mounts every cache of a checked request; one outcome per cache. A
+/// cache that cannot be mounted still gets its paths, as empty directories
+/// on the guest's own root: the job runs as on a cold cache.
 pub fn mount_all(request: &[CacheMount]) -> Vec<CacheMounted> {
     request
         .iter()
-        .map(|cache| CacheMounted {
-            serial: cache.serial.clone(),
-            error: mount_one(cache).err(),
+        .map(|cache| {
+            let error = mount_one(cache).err();
+            if error.is_some() {
+                for path in &cache.paths {
+                    let _ = std::fs::create_dir_all(path);
+                }
+            }
+            CacheMounted {
+                serial: cache.serial.clone(),
+                error,
+            }
         })
         .collect()
 }

@@ -240,6 +240,7 @@ fn attempt(name: &str, started: SystemTime, fail: Option<usize>) -> JobResult {
         log_path: Some(PathBuf::from(format!("runner-out/logs/{name}.log"))),
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
+        cache_notes: Vec::new(),
         imported: ImportedTests::default(),
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),

@@ -102,6 +102,7 @@ fn results(imported: ImportedTests) -> RunResults {
         log_path: None,
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
+        cache_notes: Vec::new(),
         imported,
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),

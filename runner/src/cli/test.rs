@@ -27,6 +27,7 @@ use crate::results::DEFAULT_OUTPUT_LIMIT;
 use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
 use crate::shard::{self, Shard, Timings};
+use runner_machine::caches::CacheStore;
 use runner_machine::images::Images;
 
 #[derive(Args)]
@@ -168,6 +169,14 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     out_dir::prepare(&args.out).map_err(config)?;
     let images = resolve_images(&plan, &grants).map_err(config)?;
     let backend = args.backend.backend(args.cold.cold).map_err(config)?;
+    // Only a run with caches needs the store: opening it sweeps what
+    // killed runs left there.
+    let caches = if plan.jobs.iter().any(|job| !job.caches.is_empty()) {
+        let dir = CacheStore::default_dir().map_err(|e| config(anyhow::Error::new(e)))?;
+        Some(CacheStore::open(&dir).map_err(|e| config(anyhow::Error::new(e)))?)
+    } else {
+        None
+    };
 
     let options = Options {
         jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
@@ -182,6 +191,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         },
         grants,
         debug_on_failure: args.debug_on_failure,
+        caches,
     };
     let junit_options = JunitOptions {
         output_limit: args.output_limit,

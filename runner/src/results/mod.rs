@@ -55,6 +55,9 @@ pub struct JobResult {
     /// Artifacts that are missing or were refused, one line each
     /// (`artifact refused: out/x: device nodes are not copied out`).
     pub artifact_notes: Vec<String>,
+    /// What became of each `cache:` volume (restored, committed, or why
+    /// not); informational unless a line starts with `warning:`.
+    pub cache_notes: Vec<String>,
     /// Testcases from the guest's test reports, and warnings about them.
     pub imported: ImportedTests,
     /// Which attempt this is (`retry:` on the job; each in a fresh VM).
@@ -316,6 +319,7 @@ impl JobResult {
             log_path: None,
             artifacts: Vec::new(),
             artifact_notes: Vec::new(),
+            cache_notes: Vec::new(),
             imported: ImportedTests::default(),
             attempt: Attempt::first(job.retry),
             earlier_attempts: Vec::new(),

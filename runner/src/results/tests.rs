@@ -37,6 +37,7 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         log_path: Some(PathBuf::from("out/01-a/job.log")),
         artifacts: Vec::new(),
         artifact_notes: Vec::new(),
+        cache_notes: Vec::new(),
         imported: ImportedTests::default(),
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),

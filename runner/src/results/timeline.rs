@@ -25,6 +25,8 @@ pub enum PhaseKind {
     ImportedTests,
     /// Copying the artifacts out.
     Artifacts,
+    /// Merging the job's cache writes into new versions, after its VM.
+    Caches,
 }
 
 impl PhaseKind {
@@ -36,6 +38,7 @@ impl PhaseKind {
             PhaseKind::Step { .. } => "step",
             PhaseKind::ImportedTests => "reports",
             PhaseKind::Artifacts => "artifacts",
+            PhaseKind::Caches => "caches",
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Options {
     /// Open a shell in the VM of a failed step (`--debug-on-failure`);
     /// only with a terminal.
     pub debug_on_failure: bool,
+    /// Where `cache:` volumes live; `None` when no job has a cache.
+    pub caches: Option<runner_machine::caches::CacheStore>,
 }
 
 /// Everything a job needs from the run around it.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_protocol::Stream;
 
 use super::artifacts::collect_artifacts;
+use super::caches::JobCaches;
 use super::context::RunContext;
 use super::imported::{Importer, Scope};
 use super::retry;
@@ -72,6 +73,11 @@ fn run_in_vm(
             .ok_or_else(|| JobOutcome::Error {
                 message: "no image was resolved for this job".into(),
             })?;
+    let scope = runner_machine::caches::Scope::new(
+        &ctx.options.grants.cache.scope,
+        ctx.options.grants.cache.protected,
+    );
+    let mut caches = JobCaches::checkout(job, ctx.options.caches.as_ref(), &scope, &log, result);
     let spec = VmSpec {
         name: job.name.clone(),
         kernel,
@@ -81,7 +87,7 @@ fn run_in_vm(
         boot_timeout: ctx.options.boot_timeout,
         serial_log_limit: ctx.options.log_limit,
         network: ctx.options.grants.nic(&job.network),
-        caches: Vec::new(),
+        caches: caches.disks(),
     };
     ctx.reporter.report(&RunEvent::JobProgress {
         job,
@@ -116,6 +122,8 @@ fn run_in_vm(
             })?;
         log.note(&format!("==> network: {interface} is up"));
     }
+    // Before the files: a cache path may lie under where they go.
+    caches.mount(&mut session, &log, result);
     // The agent enforces the job's timeout on each step; this is the
     // host's own bound on everything else (file copies, a guest that never
     // reports), with the same grace as a step.
@@ -255,12 +263,28 @@ fn run_in_vm(
             .timeline
             .push(Phase::until_now(PhaseKind::Artifacts, clock, collecting));
     }
+    // After the artifacts and reports, which may lie on a cache.
+    let succeeded = JobResult::outcome_from_steps(&result.steps) == JobOutcome::Passed;
+    let pending = caches.finish(&mut session, succeeded, &log, result);
     log.flush();
-    // No clean power-off: the root is read-only, the overlay is thrown away
-    // and the artifacts are out, so the guest has nothing worth flushing.
-    // Dropping the VM kills it at once, which is what makes it disposable.
+    // No clean power-off: the root is read-only, the overlay is thrown away,
+    // the artifacts are out and the caches to keep are unmounted, so the
+    // guest has nothing worth flushing. Dropping the VM kills it at once,
+    // which is what makes it disposable.
     drop(session);
     drop(vm);
+    if !pending.is_empty() {
+        ctx.reporter.report(&RunEvent::JobProgress {
+            job,
+            activity: "committing caches",
+        });
+        let committing = Instant::now();
+        pending.commit(&log, result);
+        log.flush();
+        result
+            .timeline
+            .push(Phase::until_now(PhaseKind::Caches, clock, committing));
+    }
     Ok(())
 }
 

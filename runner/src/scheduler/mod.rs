@@ -4,6 +4,7 @@
 
 mod artifacts;
 mod budget;
+mod caches;
 mod context;
 mod debug;
 mod imported;

@@ -137,6 +137,7 @@ fn run_recorded(yaml: &str, backend: FakeBackend, out: &Path) -> (RunResults, Ve
         artifact_limits: Default::default(),
         grants: Default::default(),
         debug_on_failure: false,
+        caches: None,
     };
     let recorder = Recorder::default();
     let results = run(&plan, &backend, &images, &recorder, &options);

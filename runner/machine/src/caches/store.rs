@@ -29,6 +29,9 @@ pub struct CacheRequest {
     pub key: String,
     pub fallback_keys: Vec<String>,
     pub size: u64,
+    /// False: start from an empty file system whatever the key holds
+    /// (GitLab's `policy: push`, which rebuilds a cache from scratch).
+    pub pull: bool,
 }
 
 /// Where a checkout's base came from.
@@ -181,10 +184,18 @@ impl CacheStore {
         // and the layer are locked.
         let own_lock = own.lock(LockMode::Shared)?;
         let seen_highest = own.highest_number()?;
-        let mut chosen = self
-            .newest_usable(&own, request.size, true)?
-            .map(|(version, base, lock)| (Found::Key { version }, base, lock));
-        for key in &request.fallback_keys {
+        let mut chosen = match request.pull {
+            true => self
+                .newest_usable(&own, request.size, true)?
+                .map(|(version, base, lock)| (Found::Key { version }, base, lock)),
+            false => None,
+        };
+        let fallback_keys = if request.pull {
+            &request.fallback_keys[..]
+        } else {
+            &[]
+        };
+        for key in fallback_keys {
             if chosen.is_some() {
                 break;
             }
@@ -353,6 +364,16 @@ impl CacheStore {
             bytes_written,
             replaced_concurrent: version > seen_highest + 1,
         })
+    }
+
+    /// [`CacheStore::commit`] of what the job's disk device wrote to the
+    /// checkout's layer: its written chunks, as the device's bitmap says.
+    /// Call only once the VM process is gone, so that every write is in.
+    pub fn commit_layer(&self, checkout: Checkout) -> Result<Committed, CacheError> {
+        let written =
+            runner_devices::block::layer::written_ranges(checkout.layer_lock.file(), checkout.size)
+                .map_err(CacheError::io("reading the layer", &checkout.layer))?;
+        self.commit(checkout, &written)
     }
 
     /// Drops the job's writes and releases the version it read.

@@ -20,6 +20,7 @@ fn request(scope: &Scope, key: &str, fallback_keys: &[&str]) -> CacheRequest {
         key: key.into(),
         fallback_keys: fallback_keys.iter().map(|k| k.to_string()).collect(),
         size: SIZE,
+        pull: true,
     }
 }
 
@@ -426,6 +427,7 @@ fn bad_names_and_sizes_are_refused_in_one_line() {
             key: key.into(),
             fallback_keys: vec![],
             size,
+            pull: true,
         };
         let err = store.checkout(&request).unwrap_err().to_string();
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -614,6 +616,18 @@ fn clear_removes_a_key_in_every_scope_or_one() {
         store.clear("k", None).unwrap_err().to_string(),
         "no cache `k`"
     );
+}
+
+#[test]
+fn a_push_only_checkout_starts_empty_whatever_the_key_holds() {
+    let (_dir, store) = store();
+    commit(&store, &pr(), "deps", &[(0, vec![9; 4096])]);
+    let mut push = request(&pr(), "deps", &["deps"]);
+    push.pull = false;
+    let checkout = store.checkout(&push).unwrap();
+    assert_eq!(checkout.found, Found::Empty);
+    let ranges = write_layer(&checkout, &[(0, vec![3; 4096])]);
+    assert_eq!(store.commit(checkout, &ranges).unwrap().version, 2);
 }
 
 #[test]

@@ -68,19 +68,29 @@ impl ConsoleReporter {
     /// The end-of-run block for a job's missing or refused artifacts, shown
     /// whether or not the job passed.
     pub(super) fn artifact_report(&self, job: &JobResult) -> Vec<String> {
-        if job.artifact_notes.is_empty() {
-            return Vec::new();
-        }
         let n = job.artifact_notes.len();
         let problems = if n == 1 { "problem" } else { "problems" };
+        self.notes_block(
+            &format!("{}: {n} artifact {problems}", job.name),
+            &job.artifact_notes,
+        )
+    }
+
+    /// The end-of-run block for what became of a job's caches: restored
+    /// from where, committed as which version, or why not.
+    pub(super) fn cache_report(&self, job: &JobResult) -> Vec<String> {
+        self.notes_block(&format!("{}: caches", job.name), &job.cache_notes)
+    }
+
+    fn notes_block(&self, title: &str, notes: &[String]) -> Vec<String> {
+        if notes.is_empty() {
+            return Vec::new();
+        }
         let mut lines = vec![
             String::new(),
-            self.paint(
-                &format!("==== {}: {n} artifact {problems} ====", job.name),
-                "33",
-            ),
+            self.paint(&format!("==== {title} ===="), "33"),
         ];
-        lines.extend(job.artifact_notes.iter().map(|note| one_line(note)));
+        lines.extend(notes.iter().map(|note| one_line(note)));
         lines
     }
 }

@@ -521,6 +521,7 @@ impl ConsoleReporter {
         for job in &results.jobs {
             lines.extend(self.failure_report(job));
             lines.extend(self.artifact_report(job));
+            lines.extend(self.cache_report(job));
             lines.extend(self.test_report_block(job));
         }
         lines.push(String::new());

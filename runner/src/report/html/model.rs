@@ -247,6 +247,7 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
     let mut notes: Vec<String> = result
         .artifact_notes
         .iter()
+        .chain(&result.cache_notes)
         .chain(&result.imported.notes)
         .map(|note| clean_text(note))
         .collect();

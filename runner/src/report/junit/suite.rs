@@ -73,6 +73,7 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     }
     let mut notes = reruns::job_attempt_notes(job);
     notes.extend(job.artifact_notes.iter().cloned());
+    notes.extend(job.cache_notes.iter().cloned());
     notes.extend(job.imported.notes.iter().cloned());
     if !notes.is_empty() {
         // Suite level: these belong to the job, not to any one step.
