@@ -105,53 +105,46 @@ fn junit_suites(path: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-fn gitlab_example_under_gitlab_ci_local_runs_three_shards_holding_every_job_once() {
-    let gitlab_ci_local = ci_client("gitlab-ci-local");
+/// A project as a user would have it: `ci_file` as .gitlab-ci.yml and the
+/// pipeline it names, committed (gitlab-ci-local reads git).
+fn gitlab_project(dir: &Path, ci_file: &str, pipeline: &str) -> PathBuf {
     require_tool("rsync", "rsync");
     require_tool("git", "git");
-
-    // A project as a user would have it: the example as .gitlab-ci.yml and
-    // the pipeline it names, committed (gitlab-ci-local reads git), and the
-    // runner built alongside these tests on the PATH of the jobs.
-    let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("project");
+    let project = dir.join("project");
     std::fs::create_dir_all(project.join("pipelines")).unwrap();
-    std::fs::copy(
-        repo().join("docs/gitlab-ci.yml"),
-        project.join(".gitlab-ci.yml"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("pipelines/matrix.yml"),
-        project.join("pipelines/matrix.yml"),
-    )
-    .unwrap();
+    std::fs::copy(repo().join(ci_file), project.join(".gitlab-ci.yml")).unwrap();
+    std::fs::copy(repo().join(pipeline), project.join(pipeline)).unwrap();
     git(&project, &["init", "-q", "-b", "main"]);
     git(&project, &["add", "-A"]);
     // No remote: gitlab-ci-local says so and falls back to made-up
     // project data, and nothing can reach for the network.
     git(&project, &["commit", "-q", "-m", "example"]);
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(runner_bin(), bin.join("runner")).unwrap();
-    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+    project
+}
+
+/// gitlab-ci-local in `project`, its jobs finding the runner built
+/// alongside these tests on their PATH, and the test images.
+///
+/// --shell-isolation gives each job its own build directory and its own
+/// artifacts under .gitlab-ci-local/artifacts/<job>/, as separate GitLab
+/// machines would; --no-artifacts-to-source keeps the copies apart.
+/// (gitlab-ci-local sets GITLAB_CI=false and drops what precedes a
+/// carriage return in a line, so the runner's collapsible sections, which
+/// tests/ci.rs checks, cannot be seen here.)
+fn gitlab_ci_local(dir: &Path, project: &Path) -> Command {
+    let gitlab_ci_local = ci_client("gitlab-ci-local");
+    let bin = dir.join("bin");
+    if !bin.exists() {
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(runner_bin(), bin.join("runner")).unwrap();
+    }
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))
     .unwrap();
-
-    let expected = planned_jobs(&project, "pipelines/matrix.yml");
-    assert!(expected.len() >= 3, "too few jobs to shard: {expected:?}");
-
-    // --shell-isolation gives each job its own build directory and its own
-    // artifacts under .gitlab-ci-local/artifacts/<job>/, as separate GitLab
-    // machines would; --no-artifacts-to-source keeps the three copies apart.
-    // (gitlab-ci-local sets GITLAB_CI=false and drops what precedes a
-    // carriage return in a line, so the runner's collapsible sections, which
-    // tests/ci.rs checks, cannot be seen here.)
     let images = images();
     let mut cmd = Command::new(&gitlab_ci_local);
-    cmd.current_dir(&project)
+    cmd.current_dir(project)
         .args([
             "--shell-isolation",
             "--no-artifacts-to-source",
@@ -159,15 +152,25 @@ fn gitlab_example_under_gitlab_ci_local_runs_three_shards_holding_every_job_once
         ])
         // Not the user's ~/.gitlab-ci-local (variables, settings).
         .arg("--home")
-        .arg(dir.path().join("home"))
+        .arg(dir.join("home"))
         .env("PATH", &path)
         .env("RUNNER_KERNEL", &images.kernel)
         .env("RUNNER_ROOTFS", &images.rootfs)
-        .env("TMPDIR", dir.path());
+        .env("TMPDIR", dir);
     for var in ["CI", "GITLAB_CI", "CI_NODE_INDEX", "CI_NODE_TOTAL"] {
         cmd.env_remove(var);
     }
-    let out = cmd.output().unwrap();
+    cmd
+}
+
+#[test]
+fn gitlab_example_under_gitlab_ci_local_runs_three_shards_holding_every_job_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = gitlab_project(dir.path(), "docs/gitlab-ci.yml", "pipelines/matrix.yml");
+    let expected = planned_jobs(&project, "pipelines/matrix.yml");
+    assert!(expected.len() >= 3, "too few jobs to shard: {expected:?}");
+
+    let out = gitlab_ci_local(dir.path(), &project).output().unwrap();
     assert_ok("gitlab-ci-local", &out);
 
     let artifacts = project.join(".gitlab-ci-local/artifacts");
@@ -206,6 +209,37 @@ fn gitlab_example_under_gitlab_ci_local_runs_three_shards_holding_every_job_once
         expected,
         "the shards' jobs are not the pipeline's"
     );
+}
+
+/// docs/gitlab-ci-caches.yml, two pipeline runs, each on a "machine" of its
+/// own (its own runner cache store): the first fills the cache and exports
+/// it into GitLab's cache; the second imports it from there and its job
+/// finds what the first left.
+#[test]
+fn gitlab_cache_example_carries_a_runner_cache_from_one_pipeline_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = gitlab_project(
+        dir.path(),
+        "docs/gitlab-ci-caches.yml",
+        "pipelines/caches.yml",
+    );
+    let mut outputs = Vec::new();
+    for machine in ["first", "second"] {
+        let out = gitlab_ci_local(dir.path(), &project)
+            .env("RUNNER_CACHE_DIR", dir.path().join(machine))
+            .output()
+            .unwrap();
+        assert_ok(&format!("gitlab-ci-local, {machine} run"), &out);
+        outputs.push(format!("{}{}", text(&out.stdout), text(&out.stderr)));
+    }
+    let [first, second] = &outputs[..] else {
+        unreachable!()
+    };
+    assert!(first.contains("cache miss: filling it"), "{first}");
+    assert!(first.contains("exported deps version 1"), "{first}");
+    assert!(second.contains("imported deps as version 1"), "{second}");
+    assert!(second.contains("cache hit: filled at"), "{second}");
+    assert!(!second.contains("cache miss"), "{second}");
 }
 
 /// A Jenkinsfile that is not valid Groovy: a stage's closing brace is gone.

@@ -65,7 +65,9 @@ enum CacheCommand {
         /// The scope it goes to (as `runner test` is given it).
         #[arg(long, value_name = "NAME")]
         scope: String,
-        /// The scope is a protected one (a protected branch's).
+        /// The scope is a protected one (a protected branch's): a grant,
+        /// refused where a machine policy does not give it, as
+        /// `runner test --cache-protected` is.
         #[arg(long)]
         protected: bool,
     },
@@ -139,7 +141,17 @@ pub fn run(args: CacheArgs) -> Result<i32, Failure> {
             scope,
             protected,
         } => {
-            let scope = Scope::new(scope, protected);
+            // The same grant as a run's: a pull request's CI job must not
+            // plant a protected key where the machine's owner said no.
+            let asked = crate::grants::CacheArgs {
+                cache_scope: Some(scope),
+                cache_protected: protected,
+                max_cache_size: None,
+            };
+            let grants = crate::grants::GrantArgs::default()
+                .resolve_with_caches(&asked)
+                .map_err(|e| Failure::new(2, anyhow::Error::msg(e)))?;
+            let scope = Scope::new(grants.cache.scope, grants.cache.protected);
             let imported = store.import(&file, &scope).map_err(failure)?;
             println!(
                 "imported {} as version {} in scope {scope}, {}",
