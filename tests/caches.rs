@@ -61,8 +61,9 @@ fn versions(store: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_cache_carries_files_to_the_next_run_only_when_its_policy_and_when_say_so() {
     let dir = tempfile::tempdir().unwrap();
+    // More than the cache's 64M is ENOSPC in the guest, and the job goes on.
     let fill = format!(
-        "{HEAD}jobs:\n  fill:\n{}    steps:\n      - echo one > /var/cache/job/marker && grep /var/cache/job /proc/mounts\n",
+        "{HEAD}jobs:\n  fill:\n{}    steps:\n      - echo one > /var/cache/job/marker && grep /var/cache/job /proc/mounts\n      - if dd if=/dev/zero of=/var/cache/job/big bs=1M count=80 2>dd.err; then exit 1; fi; grep -i 'no space' dd.err && rm /var/cache/job/big\n",
         cache("k", "")
     );
     let out = run(dir.path(), &fill, &[]);
