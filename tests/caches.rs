@@ -96,6 +96,15 @@ fn a_cache_carries_files_to_the_next_run_only_when_its_policy_and_when_say_so() 
         cache("k", ", policy: pull")
     );
     passed(&run(dir.path(), &check, &[]));
+
+    // The operator's cap on the whole store: applied once the jobs are done.
+    let out = run(dir.path(), &check, &["--cache-store-max-size", "1K"]);
+    passed(&out);
+    let text = both(&out);
+    assert!(
+        text.contains("cache store over its 1.0K cap: removed "),
+        "{text}"
+    );
 }
 
 #[test]

@@ -60,6 +60,10 @@ pub struct Grants {
     pub cache: CacheGrant,
     /// The largest `size` a cache may have, in bytes.
     pub max_cache_size: u64,
+    /// The most the whole cache store may take on disk; after a run, least
+    /// recently used versions go until it fits. `None`: no cap (every key
+    /// is still capped by `max_cache_size`, but a pipeline names its keys).
+    pub cache_store_max: Option<u64>,
     /// Where the grants came from; refusals name it.
     pub source: Source,
 }
@@ -73,6 +77,7 @@ impl Default for Grants {
             max_image_size: DEFAULT_MAX_IMAGE_SIZE,
             cache: CacheGrant::default(),
             max_cache_size: DEFAULT_MAX_CACHE_SIZE,
+            cache_store_max: None,
             source: Source::CommandLine,
         }
     }
@@ -118,6 +123,10 @@ pub struct CacheArgs {
     /// The largest `size` a cache may ask for (`8G`; default 32G).
     #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_cache_size: Option<u64>,
+    /// After the run, evict least recently used cache versions until the
+    /// whole store takes at most SIZE on disk (`100G`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub cache_store_max_size: Option<u64>,
 }
 
 /// Where a job's network may go.
@@ -250,6 +259,9 @@ impl GrantArgs {
         if let Some(size) = cache.max_cache_size {
             asked.max_cache_size = size;
         }
+        if let Some(size) = cache.cache_store_max_size {
+            asked.cache_store_max = Some(size);
+        }
         let Some(machine) = PolicyFile::read_machine(machine_policy)? else {
             return Ok(asked);
         };
@@ -284,6 +296,12 @@ impl GrantArgs {
             // Asking for less than the machine allows is honoured.
             Some(size) => granted.max_cache_size = size,
             None => {}
+        }
+        // A cap is the machine's to loosen: a smaller one is honoured.
+        match (granted.cache_store_max, cache.cache_store_max_size) {
+            (Some(cap), Some(size)) if size > cap => return Err(beyond("--cache-store-max-size")),
+            (_, Some(size)) => granted.cache_store_max = Some(size),
+            _ => {}
         }
         // The machine's scope, if it names one, is the scope; otherwise the
         // command line's names it (a name grants nothing).
@@ -321,6 +339,8 @@ struct PolicyFile {
     cache_protected: bool,
     #[serde(default)]
     max_cache_size: Option<String>,
+    #[serde(default)]
+    cache_store_max_size: Option<String>,
     #[serde(skip)]
     parsed: Option<Parsed>,
 }
@@ -331,6 +351,7 @@ struct Parsed {
     network: NetworkGrant,
     max_image_size: u64,
     max_cache_size: u64,
+    cache_store_max: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -378,10 +399,17 @@ impl PolicyFile {
         if let Some(scope) = &file.cache_scope {
             check_cache_key(scope, "cache scope").map_err(|e| format!("cache_scope: {e}"))?;
         }
+        let cache_store_max = match &file.cache_store_max_size {
+            Some(text) => {
+                Some(parse_byte_size(text).map_err(|e| format!("cache_store_max_size: {e}"))?)
+            }
+            None => None,
+        };
         file.parsed = Some(Parsed {
             network,
             max_image_size,
             max_cache_size,
+            cache_store_max,
         });
         Ok(file)
     }
@@ -412,6 +440,7 @@ impl PolicyFile {
             network: defaults.network,
             max_image_size: defaults.max_image_size,
             max_cache_size: defaults.max_cache_size,
+            cache_store_max: defaults.cache_store_max,
         });
         Grants {
             host_files: self.host_files,
@@ -423,6 +452,7 @@ impl PolicyFile {
                 protected: self.cache_protected,
             },
             max_cache_size: parsed.max_cache_size,
+            cache_store_max: parsed.cache_store_max,
             source: Source::CommandLine,
         }
     }

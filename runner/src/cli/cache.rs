@@ -146,7 +146,7 @@ pub fn run(args: CacheArgs) -> Result<i32, Failure> {
             let asked = crate::grants::CacheArgs {
                 cache_scope: Some(scope),
                 cache_protected: protected,
-                max_cache_size: None,
+                ..Default::default()
             };
             let grants = crate::grants::GrantArgs::default()
                 .resolve_with_caches(&asked)

@@ -28,6 +28,7 @@ use crate::scheduler::{self, Options, ResolvedImages};
 use crate::session::{ArtifactLimits, DEFAULT_MAX_ENTRIES};
 use crate::shard::{self, Shard, Timings};
 use runner_machine::caches::CacheStore;
+use runner_machine::images::manage::human_bytes;
 use runner_machine::images::Images;
 
 #[derive(Args)]
@@ -208,6 +209,19 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
         .add(JunitReporter::new(junit_path, junit_options))
         .add(HtmlReporter::new(html_path));
     let results = scheduler::run(&plan, backend.as_ref(), &images, &reporters, &options);
+    if let (Some(store), Some(cap)) = (&options.caches, options.grants.cache_store_max) {
+        // Once the jobs are done with their versions, so none is held.
+        match store.enforce_cap(cap) {
+            Ok(pruned) if !pruned.removed.is_empty() => eprintln!(
+                "runner: cache store over its {} cap: removed {} least recently used versions ({})",
+                human_bytes(cap),
+                pruned.removed.len(),
+                human_bytes(pruned.freed_bytes)
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("runner: warning: capping the cache store: {e}"),
+        }
+    }
     let written = reporters
         .written()
         .map_err(|e| Failure::new(1, anyhow::Error::new(e)))?;

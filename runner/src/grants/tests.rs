@@ -460,3 +460,47 @@ fn a_machine_policy_decides_cache_protection_and_size() {
         )
     );
 }
+
+#[test]
+fn the_cache_store_cap_comes_from_a_flag_or_a_policy_and_only_tightens_a_machine_one() {
+    assert_eq!(grants(&[]).cache_store_max, None);
+    let g = grants(&["--cache-store-max-size", "100G"]);
+    assert_eq!(g.cache_store_max, Some(100 << 30));
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yml");
+    std::fs::write(&policy, "cache_store_max_size: 50G\n").unwrap();
+    let g = grants(&["--policy", policy.to_str().unwrap()]);
+    assert_eq!(g.cache_store_max, Some(50 << 30));
+    std::fs::write(&policy, "cache_store_max_size: lots\n").unwrap();
+    let err = resolve(
+        &["--policy", policy.to_str().unwrap()],
+        &no_machine_policy(),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("cache_store_max_size: invalid size `lots`"),
+        "{err}"
+    );
+
+    if !nix::unistd::geteuid().is_root() {
+        panic!("the rest writes a root-owned policy file: run it as root (CI does)");
+    }
+    let machine = dir.path().join("machine.yml");
+    std::fs::write(&machine, "cache_store_max_size: 20G\n").unwrap();
+    std::fs::set_permissions(
+        &machine,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let err = resolve(&["--cache-store-max-size", "30G"], &machine).unwrap_err();
+    assert!(
+        err.starts_with("--cache-store-max-size goes beyond"),
+        "{err}"
+    );
+    let g = resolve(&["--cache-store-max-size", "10G"], &machine).unwrap();
+    assert_eq!(g.cache_store_max, Some(10 << 30));
+    assert_eq!(
+        resolve(&[], &machine).unwrap().cache_store_max,
+        Some(20 << 30)
+    );
+}

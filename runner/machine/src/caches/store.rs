@@ -127,8 +127,10 @@ impl CacheStore {
     }
 
     /// Removes, in every key, temporary versions and layers whose writer's
-    /// lock is gone (a killed runner's) and metadata without an image (a
-    /// commit killed between its two renames); and unfinished empty images.
+    /// lock is gone (a killed runner's), metadata without an image (a
+    /// commit killed between its two renames) and versions older than the
+    /// newest that no job holds any more (a commit keeps those a job still
+    /// reads); and unfinished empty images.
     fn sweep(&self) -> Result<(), CacheError> {
         for scope in layout::scopes(&self.root)? {
             for key in layout::keys(&self.root, &scope)? {
@@ -147,6 +149,12 @@ impl CacheStore {
                         if !names.contains(&format!("v{version}.img")) {
                             let _ = std::fs::remove_file(dir.meta(version));
                         }
+                    }
+                }
+                let versions = dir.versions()?;
+                if let Some((_newest, older)) = versions.split_last() {
+                    for &version in older {
+                        remove_version(&dir, version);
                     }
                 }
             }

@@ -163,8 +163,12 @@ fn a_version_a_job_holds_stays_until_it_ends() {
     commit(&store, &pr(), "k", &[(0, vec![2; 4096])]);
     assert!(reader.base.exists());
     assert_eq!(std::fs::read(&reader.base).unwrap()[0], 1);
+    let base = reader.base.clone();
     store.discard(reader);
-    commit(&store, &pr(), "k", &[(0, vec![3; 4096])]);
+    // Without another commit, the next open removes it.
+    let again = CacheStore::open(store.dir()).unwrap();
+    assert!(!base.exists());
+    commit(&again, &pr(), "k", &[(0, vec![3; 4096])]);
     let dir = key_dir(&store, &pr(), "k");
     assert_eq!(names(&dir), ["key.lock", "v3.img", "v3.json"]);
 }
