@@ -142,7 +142,21 @@ fn mount_one(cache: &CacheMount) -> Result<(), String> {
 
 /// Binds `path` onto its own directory on the cache file system.
 fn bind(root: &Path, path: &str) -> Result<PathBuf, String> {
-    let source = root.join("paths").join(escape(path));
+    let parent = root.join("paths");
+    let source = parent.join(escape(path));
+    // What an earlier job left on the cache is not to be followed: a
+    // symlink here would bind some other guest directory over `path`.
+    for dir in [&parent, &source] {
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(format!(
+                    "{} on the cache is not a directory (left by an earlier job?)",
+                    dir.display()
+                ))
+            }
+            _ => {}
+        }
+    }
     std::fs::create_dir_all(&source)
         .map_err(|e| format!("creating {} on the cache: {e}", source.display()))?;
     let target = PathBuf::from(path);
