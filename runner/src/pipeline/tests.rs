@@ -468,6 +468,12 @@ fn example_pipelines_are_valid() {
     );
     assert!(spec.files[0].from.is_file(), "{:?}", spec.files[0].from);
 
+    let caches = plan("caches.yml");
+    let cache = &caches.jobs[0].caches[0];
+    assert_eq!(cache.key, "deps");
+    assert_eq!(cache.paths, ["/var/cache/deps"]);
+    assert!(cache.commits(true) && !cache.commits(false));
+
     let count = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(count, 5, "a new example needs a check here");
+    assert_eq!(count, 6, "a new example needs a check here");
 }
