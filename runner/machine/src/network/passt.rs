@@ -94,7 +94,10 @@ impl Passt {
             .args(["--netmask", &GUEST_PREFIX_LEN.to_string()])
             .args(["--gateway", &GATEWAY.to_string()])
             .args(["--mtu", &GUEST_MTU.to_string()])
-            .args(["--dns", &DNS_ADDRESS.to_string()])
+            // Queries to the forwarder go to the first nameserver passt
+            // knows. No `--dns`: that would replace the host's resolv.conf
+            // as the list, leaving no upstream (passt sent the guest's
+            // queries to 0.0.0.0:53, and no name resolved).
             .args(["--dns-forward", &DNS_ADDRESS.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
             .args((!map_host).then_some("--no-map-gw"))
