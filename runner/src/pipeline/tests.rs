@@ -474,6 +474,18 @@ fn example_pipelines_are_valid() {
     assert_eq!(cache.paths, ["/var/cache/deps"]);
     assert!(cache.commits(true) && !cache.commits(false));
 
+    let rust = plan("cache-rust.yml");
+    assert_eq!(names(&rust), ["fetch-and-test", "test-offline"]);
+    let (online, offline) = (&rust.jobs[0], &rust.jobs[1]);
+    assert!(online.network.is_on() && !offline.network.is_on());
+    assert_eq!(online.caches, offline.caches, "both jobs share one cache");
+    let cache = &online.caches[0];
+    assert!(cache.key.starts_with("cargo-"), "{}", cache.key);
+    assert_eq!(
+        cache.paths,
+        ["/var/cache/cargo", "/workspace/examples/cache-rust/target"]
+    );
+
     let count = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(count, 6, "a new example needs a check here");
+    assert_eq!(count, 7, "a new example needs a check here");
 }
