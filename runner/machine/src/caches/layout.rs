@@ -121,6 +121,27 @@ impl KeyDir {
             .map(|lock| lock.expect("a blocking flock returns a lock"))
     }
 
+    /// A new version being written (`.v<N>.tmp-*`, `next` naming the
+    /// version it is meant to become), locked exclusive. Created and
+    /// locked under the key's lock, so no sweep takes it between the two.
+    pub fn temp_version(
+        &self,
+        next: u64,
+    ) -> Result<(tempfile::NamedTempFile, FileLock), CacheError> {
+        let _lock = self.lock(LockMode::Shared)?;
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".v{next}.tmp-"))
+            .tempfile_in(&self.path)
+            .map_err(CacheError::io("creating a new version in", &self.path))?;
+        let reopened = temp
+            .reopen()
+            .map_err(CacheError::io("opening", temp.path()))?;
+        let lock = FileLock::on(reopened, LockMode::Exclusive, false)
+            .map_err(CacheError::io("locking", temp.path()))?
+            .expect("nobody else has a file that was just created");
+        Ok((temp, lock))
+    }
+
     pub fn image(&self, version: u64) -> PathBuf {
         self.path.join(format!("v{version}.img"))
     }

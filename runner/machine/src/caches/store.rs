@@ -338,23 +338,7 @@ impl CacheStore {
         // By construction a checkout writes only to the scope it was made
         // for, and reads other scopes only as a base.
         let dir = KeyDir::new(&self.root, &checkout.scope, &checkout.key);
-        let temp = {
-            // Created and locked under the key's lock: no sweep takes it
-            // between the two.
-            let _lock = dir.lock(LockMode::Shared)?;
-            let temp = tempfile::Builder::new()
-                .prefix(&format!(".v{}.tmp-", checkout.seen_highest + 1))
-                .tempfile_in(&dir.path)
-                .map_err(CacheError::io("creating a new version in", &dir.path))?;
-            let reopened = temp
-                .reopen()
-                .map_err(CacheError::io("opening", temp.path()))?;
-            let lock = FileLock::on(reopened, LockMode::Exclusive, false)
-                .map_err(CacheError::io("locking", temp.path()))?
-                .expect("nobody else has a file that was just created");
-            (temp, lock)
-        };
-        let (temp, _temp_lock) = temp;
+        let (temp, _temp_lock) = dir.temp_version(checkout.seen_highest + 1)?;
         let file = temp.as_file();
         blocks::clone_or_copy(checkout.base_lock.file(), file, checkout.size)
             .map_err(CacheError::io("writing", temp.path()))?;

@@ -28,7 +28,7 @@ use super::error::CacheError;
 use super::layout::{self, check_name, KeyDir, Scope};
 use super::meta;
 use super::store::CacheStore;
-use crate::file_lock::{FileLock, LockMode};
+use crate::file_lock::LockMode;
 
 const MAGIC: &[u8; 8] = b"RUNCACHE";
 const FORMAT: u32 = 1;
@@ -209,19 +209,8 @@ impl CacheStore {
 
         let dir = KeyDir::new(&self.root, scope, &key);
         dir.create()?;
-        let (temp, _temp_lock) = {
-            let _lock = dir.lock(LockMode::Shared)?;
-            let temp = tempfile::Builder::new()
-                .prefix(".v0.tmp-")
-                .tempfile_in(&dir.path)
-                .map_err(CacheError::io("creating a new version in", &dir.path))?;
-            let reopened = temp
-                .reopen()
-                .map_err(CacheError::io("opening", temp.path()))?;
-            let lock = FileLock::on(reopened, LockMode::Exclusive, false)
-                .map_err(CacheError::io("locking", temp.path()))?;
-            (temp, lock)
-        };
+        // Its number is known only when it is published.
+        let (temp, _temp_lock) = dir.temp_version(0)?;
         let image = temp.as_file();
         image
             .set_len(size)
