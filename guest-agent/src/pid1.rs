@@ -115,6 +115,9 @@ pub fn setup() {
         }
         mount_once(m);
     }
+    delegate_cgroup_controllers();
+    share_mounts();
+    open_devices_to_users();
     attach_console();
     if let Err(e) = nix::unistd::sethostname("runner") {
         crate::console!("cannot set the hostname: {e}");
@@ -171,6 +174,57 @@ fn mount_once(m: &Mount) {
     match mount(Some(m.source), target, Some(m.fstype), m.flags, m.data) {
         Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
         Err(e) => crate::console!("cannot mount {} on {}: {e}", m.fstype, m.target),
+    }
+}
+
+/// Where the agent mounted cgroup2 (see MOUNTS).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Enables every controller the kernel offers for the root cgroup's
+/// children, as systemd does on a host: container runtimes (runc, crun,
+/// Podman, Docker) create their cgroups under the root and can only set
+/// memory, cpu, io, pids or cpuset limits on them if the root delegates
+/// those controllers. Each is enabled on its own, so a controller the
+/// kernel refuses costs only itself.
+fn delegate_cgroup_controllers() {
+    let root = Path::new(CGROUP_ROOT);
+    let Ok(available) = std::fs::read_to_string(root.join("cgroup.controllers")) else {
+        return;
+    };
+    for controller in available.split_whitespace() {
+        if let Err(e) = std::fs::write(
+            root.join("cgroup.subtree_control"),
+            format!("+{controller}"),
+        ) {
+            crate::console!("cannot delegate the {controller} cgroup controller: {e}");
+        }
+    }
+}
+
+/// Makes every mount shared (`mount --make-rshared /`), as systemd does on
+/// a host: rootless Podman and other tools that set up mount namespaces
+/// expect mounts made in one to propagate where they are shared.
+fn share_mounts() {
+    let flags = MsFlags::MS_REC.union(MsFlags::MS_SHARED);
+    if let Err(e) = mount(None::<&str>, "/", None::<&str>, flags, None::<&str>) {
+        crate::console!("cannot make the mounts shared: {e}");
+    }
+}
+
+/// Device nodes that udev makes world-usable on a host, and devtmpfs
+/// creates root-only: `/dev/net/tun` is how rootless Podman (slirp4netns,
+/// pasta) gives a user's containers a network.
+const USER_DEVICES: &[&str] = &["/dev/net/tun"];
+
+fn open_devices_to_users() {
+    use std::os::unix::fs::PermissionsExt;
+    for device in USER_DEVICES {
+        if !Path::new(device).exists() {
+            continue;
+        }
+        if let Err(e) = std::fs::set_permissions(device, std::fs::Permissions::from_mode(0o666)) {
+            crate::console!("cannot open {device} to users: {e}");
+        }
     }
 }
 
