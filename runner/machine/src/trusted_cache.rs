@@ -260,6 +260,44 @@ fn mac(key: &[u8], text: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// What a seal file says: what it is for, the identity of the file it was
+/// made for, and that file's digest (a content hash, or a snapshot's
+/// identity).
+struct Seal {
+    purpose: String,
+    identity: String,
+    digest: String,
+}
+
+/// Why a seal does not vouch for its file.
+enum SealFault {
+    /// The seal is authentic and for this purpose, but the file is not the
+    /// one it was made for (another inode, size or time stamps).
+    Moved {
+        digest: String,
+    },
+    Untrusted(String),
+}
+
+impl SealFault {
+    const CHANGED: &'static str = "it changed after it was sealed";
+}
+
+impl std::fmt::Display for SealFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Moved { .. } => f.write_str(Self::CHANGED),
+            Self::Untrusted(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A seal's digest is a sha256 of the content (an image's), not an
+/// identity string (a snapshot's).
+fn is_content_hash(digest: &str) -> bool {
+    digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl TrustedCache {
     /// Records that `file` holds content with sha256 `digest`, for `purpose`
     /// (what it is for: a snapshot's identity, an image's key), in `seal_path`.
@@ -285,7 +323,58 @@ impl TrustedCache {
         seal_path: &Path,
         purpose: &str,
     ) -> Result<String, String> {
-        let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        self.read_seal(file, seal_path, purpose)
+            .map_err(|fault| fault.to_string())
+    }
+
+    /// As [`Self::check_seal`], but a file whose seal is authentic and only
+    /// its identity changed (the cache was copied or restored, or is seen
+    /// through another mount, as the nested tier's L1 sees this machine's)
+    /// is hashed: if its content is still the sealed digest, it is sealed
+    /// again and trusted. Only seals that carry a content hash qualify.
+    /// `before_hashing` is called first (hashing a large file takes time).
+    pub fn check_seal_or_content(
+        &self,
+        file: &Path,
+        seal_path: &Path,
+        purpose: &str,
+        before_hashing: impl FnOnce(),
+    ) -> Result<String, String> {
+        match self.read_seal(file, seal_path, purpose) {
+            Ok(digest) => Ok(digest),
+            Err(SealFault::Moved { digest }) if is_content_hash(&digest) => {
+                before_hashing();
+                // content_digest seals its result too, so a snapshot key
+                // made of this file next does not hash it again.
+                if self.content_digest(file)? != digest {
+                    return Err(SealFault::CHANGED.to_string());
+                }
+                self.seal(file, seal_path, purpose, &digest)?;
+                Ok(digest)
+            }
+            Err(fault) => Err(fault.to_string()),
+        }
+    }
+
+    fn read_seal(&self, file: &Path, seal_path: &Path, purpose: &str) -> Result<String, SealFault> {
+        let meta = std::fs::metadata(file)
+            .map_err(|e| SealFault::Untrusted(format!("{}: {e}", file.display())))?;
+        let seal = self.open_seal(seal_path).map_err(SealFault::Untrusted)?;
+        if seal.purpose != purpose {
+            return Err(SealFault::Untrusted(
+                "its seal is for something else".into(),
+            ));
+        }
+        if seal.identity != identity(&meta) {
+            return Err(SealFault::Moved {
+                digest: seal.digest,
+            });
+        }
+        Ok(seal.digest)
+    }
+
+    /// The seal at `seal_path`, if this host's key made it.
+    fn open_seal(&self, seal_path: &Path) -> Result<Seal, String> {
         let mut text = String::new();
         OpenOptions::new()
             .read(true)
@@ -293,53 +382,34 @@ impl TrustedCache {
             .open(seal_path)
             .and_then(|f| f.take(4096).read_to_string(&mut text))
             .map_err(|e| format!("it has no seal ({e})"))?;
-        let mut lines = text.lines();
-        let (Some(sealed_purpose), Some(sealed_identity), Some(digest), Some(sealed_mac)) =
-            (lines.next(), lines.next(), lines.next(), lines.next())
-        else {
+        let lines: Vec<&str> = text.lines().collect();
+        let [purpose, identity, digest, sealed_mac] = lines[..] else {
             return Err("its seal is damaged".into());
         };
-        let body = format!("{sealed_purpose}\n{sealed_identity}\n{digest}\n");
+        let body = format!("{purpose}\n{identity}\n{digest}\n");
         if mac(&host_key(&self.root)?, &body) != sealed_mac {
             return Err("its seal was not made on this host".into());
         }
-        if sealed_purpose != purpose {
-            return Err("its seal is for something else".into());
-        }
-        if sealed_identity != identity(&meta) {
-            return Err("it changed after it was sealed".into());
-        }
-        Ok(digest.to_string())
+        Ok(Seal {
+            purpose: purpose.to_string(),
+            identity: identity.to_string(),
+            digest: digest.to_string(),
+        })
     }
 
     /// Seals `file` again, for what its current (authentic) seal says,
     /// after a deliberate change: tests that damage a snapshot in one
     /// precise way, or an operator who repaired a file by hand.
     pub fn reseal(&self, file: &Path, seal_path: &Path) -> Result<(), String> {
-        let mut text = String::new();
-        File::open(seal_path)
-            .and_then(|f| f.take(4096).read_to_string(&mut text))
-            .map_err(|e| format!("it has no seal ({e})"))?;
-        let lines: Vec<&str> = text.lines().collect();
-        let [purpose, identity, digest, sealed_mac] = lines[..] else {
-            return Err("its seal is damaged".into());
-        };
-        if mac(
-            &host_key(&self.root)?,
-            &format!("{purpose}\n{identity}\n{digest}\n"),
-        ) != sealed_mac
-        {
-            return Err("its seal was not made on this host".into());
-        }
+        let seal = self.open_seal(seal_path)?;
         // A seal without a content hash (a snapshot's) stays without one.
-        let is_hash = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
-        let digest = if is_hash {
+        let digest = if is_content_hash(&seal.digest) {
             crate::digest::sha256_file(file)
                 .map_err(|e| format!("hashing {}: {e}", file.display()))?
         } else {
-            digest.to_string()
+            seal.digest
         };
-        self.seal(file, seal_path, purpose, &digest)
+        self.seal(file, seal_path, &seal.purpose, &digest)
     }
 
     /// The sha256 of `path`'s content, hashed once per version of the file

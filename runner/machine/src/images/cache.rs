@@ -113,7 +113,24 @@ impl Entry {
     /// Whether the image is the file this runner built for `key`.
     pub fn check_seal(&self, cache: &TrustedCache, key: &str) -> Result<(), String> {
         cache
-            .check_seal(&self.image, &self.seal, &format!("image {key}"))
+            .check_seal(&self.image, &self.seal, &seal_purpose(key))
+            .map(drop)
+    }
+
+    /// As [`Self::check_seal`], and an image whose cache was copied or
+    /// restored (new inodes) is trusted again if its content still has the
+    /// sealed hash, instead of being rebuilt.
+    fn check_seal_or_content(
+        &self,
+        cache: &TrustedCache,
+        key: &str,
+        label: &str,
+    ) -> Result<(), String> {
+        let announce = || {
+            eprintln!("runner: {label}: the cached file was moved or copied; checking its content against its seal")
+        };
+        cache
+            .check_seal_or_content(&self.image, &self.seal, &seal_purpose(key), announce)
             .map(drop)
     }
 
@@ -131,6 +148,11 @@ impl Entry {
     }
 }
 
+/// What an image's seal vouches for.
+fn seal_purpose(key: &str) -> String {
+    format!("image {key}")
+}
+
 /// Resolves an image spec to a built image, building it on first use.
 /// `verify` also checks the image's sha256 against the manifest.
 pub fn resolve(
@@ -145,7 +167,7 @@ pub fn resolve(
     let label = format!("image {} ({summary})", entry.short);
     let usable = |entry: &Entry| -> Result<Manifest, String> {
         let manifest = entry.check(Some(&key))?;
-        entry.check_seal(&cache, &key)?;
+        entry.check_seal_or_content(&cache, &key, &label)?;
         if verify {
             let sum = sha256_file(&entry.image).map_err(|e| format!("image: {e}"))?;
             if sum != manifest.sha256 {
@@ -216,7 +238,7 @@ pub fn resolve(
             .seal(
                 &entry.image,
                 &entry.seal,
-                &format!("image {key}"),
+                &seal_purpose(&key),
                 &manifest.sha256,
             )
             .map_err(std::io::Error::other)

@@ -75,6 +75,48 @@ fn a_file_that_changed_or_was_sealed_elsewhere_fails_its_seal() {
 }
 
 #[test]
+fn a_copied_file_is_trusted_again_only_if_its_content_has_the_sealed_hash() {
+    let (dir, cache) = new_cache();
+    let file = dir.path().join("image.ext4");
+    let seal = dir.path().join("image.seal");
+    std::fs::write(&file, b"ext4 bytes").unwrap();
+    let digest = crate::digest::sha256_bytes(b"ext4 bytes");
+    cache.seal(&file, &seal, "image k", &digest).unwrap();
+
+    // A restored cache: the same bytes in a new inode.
+    let copy = dir.path().join("copy");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    assert!(cache.check_seal(&file, &seal, "image k").is_err());
+    let mut hashed = 0;
+    let checked = cache.check_seal_or_content(&file, &seal, "image k", || hashed += 1);
+    assert_eq!(checked.unwrap(), digest);
+    assert_eq!(hashed, 1);
+    // Sealed again for the new inode: no second hashing.
+    assert_eq!(cache.check_seal(&file, &seal, "image k").unwrap(), digest);
+
+    // Other bytes in its place are refused, and stay refused.
+    let planted = dir.path().join("planted");
+    std::fs::write(&planted, b"evil bytes").unwrap();
+    std::fs::rename(&planted, &file).unwrap();
+    let refused = cache.check_seal_or_content(&file, &seal, "image k", || ());
+    assert_eq!(refused.unwrap_err(), "it changed after it was sealed");
+    assert!(cache.check_seal(&file, &seal, "image k").is_err());
+
+    // A seal without a content hash (a snapshot's) is never re-checked.
+    std::fs::write(&file, b"memory").unwrap();
+    cache.seal(&file, &seal, "snapshot k", "identity").unwrap();
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    let snapshot = cache.check_seal_or_content(&file, &seal, "snapshot k", || panic!("hashed"));
+    assert!(snapshot.is_err());
+    // Nor is a seal made with another host's key.
+    let (_other_dir, other) = new_cache();
+    let foreign = other.check_seal_or_content(&file, &seal, "snapshot k", || panic!("hashed"));
+    assert_eq!(foreign.unwrap_err(), "its seal was not made on this host");
+}
+
+#[test]
 fn content_digests_are_hashed_once_per_version_of_a_file() {
     let (dir, cache) = new_cache();
     let file = dir.path().join("vmlinux");
