@@ -16,14 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use e2e_tests::{images, require_tool, runner_bin};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the repository")
-        .to_path_buf()
-}
+use e2e_tests::{images, repo, require_tool, runner_bin};
 
 /// An npm tool from tests/ci-clients, as scripts/setup-host installs it.
 fn ci_client(name: &str) -> PathBuf {

@@ -15,11 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use e2e_tests::{images, runner_bin};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
+use e2e_tests::{images, repo, runner_bin};
 
 /// `runner test <pipeline> --out out` in `dir`, which must exit with
 /// `code`; returns its stdout.

@@ -17,6 +17,13 @@ use runner::session::AgentSession;
 use runner_machine::images::{ImageRef, Images};
 use runner_machine::{select, Vm, VmSpec};
 
+/// The repository's root (tests/ is one of its crates).
+pub fn repo() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+}
+
 pub struct GuestImages {
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
