@@ -486,6 +486,17 @@ fn example_pipelines_are_valid() {
         ["/var/cache/cargo", "/workspace/examples/cache-rust/target"]
     );
 
+    let containers = plan("containers.yml");
+    assert_eq!(names(&containers), ["podman", "docker"]);
+    for (job, package) in containers.jobs.iter().zip(["podman", "docker.io"]) {
+        let ImageRef::Spec(spec) = &job.image.rootfs else {
+            panic!("containers.yml must use image specs")
+        };
+        assert_eq!(spec.packages[0], package);
+        // Container storage needs the on-disk root a `size` gives.
+        assert!(spec.size_mib.is_some(), "{}: no size", job.name);
+    }
+
     let count = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(count, 7, "a new example needs a check here");
+    assert_eq!(count, 8, "a new example needs a check here");
 }
