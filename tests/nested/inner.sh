@@ -5,7 +5,8 @@
 #
 #   inner.sh RESULTS TESTLIST KERNEL ROOTFS AGENT
 #
-# TESTLIST has one test binary path a line. Per-test logs and a summary go
+# TESTLIST has one line a test binary: `PATH|FILTER|DEADLINE` (FILTER and
+# DEADLINE may be empty). Per-test logs and a summary go
 # to RESULTS. Why retries: TCG's emulated SVM itself loses a few nested boots
 # (tests/nested/README.md); a retry that passes is counted and reported as
 # an environment retry, a test that fails twice fails the tier, and so do
@@ -14,10 +15,17 @@ set -uo pipefail
 
 results="$1" list="$2"
 export RUNNER_KERNEL="$3" RUNNER_ROOTFS="$4" RUNNER_AGENT="$5"
-readonly per_test_deadline="${NESTED_TEST_DEADLINE:-420}"
+# A test's deadline: its line in TESTLIST, or this.
+readonly default_deadline="${NESTED_TEST_DEADLINE:-420}"
 readonly retry_limit_pct="${NESTED_RETRY_LIMIT_PCT:-10}"
 mkdir -p "$results/logs"
 export RUNNER_BACKEND=kvm RUNNER_NESTED=1 CI=true RUST_BACKTRACE=0
+# HOME (and RUNNER_CACHE, XDG_CACHE_HOME) as run.sh had them: the runner
+# cache L1 sees is the host's, through L1's writable overlay.
+set -a
+# shellcheck source=/dev/null
+. "$results/host-env"
+set +a
 # Cold boots for every test but the warm-start ones, which turn snapshots on
 # themselves: the boot path stays proven, and no test depends on a cache.
 export RUNNER_COLD=1
@@ -27,6 +35,18 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 say() { echo "nested: $*"; }
 
 runner="$(cat "$results/runner-path")"
+# Images run.sh built on this machine for the tests: their files are other
+# inodes here, so the runner checks their content against their seals once
+# (and seals them for L1) before any test's deadline starts.
+if [ -f "$results/image-pipelines" ]; then
+    while read -r pipeline; do
+        say "checking the images of $pipeline"
+        if ! "$runner" image build "$pipeline" >/dev/null 2>"$results/image-check.log"; then
+            say "FAIL the images of $pipeline: $(tail -n 3 "$results/image-check.log")"
+            echo "images $pipeline" >>"$results/failed"
+        fi
+    done <"$results/image-pipelines"
+fi
 say "runner doctor:"
 "$runner" doctor | tee "$results/doctor.txt"
 if ! grep -qE 'backend auto +picks kvm' "$results/doctor.txt"; then
@@ -39,11 +59,17 @@ fi
 # froze, whose next run counts as its retry.
 touch "$results/done"
 run_one() { # BIN TEST LOG
-    timeout --kill-after=10 "$per_test_deadline" "$1" --exact "$2" --test-threads 1 --nocapture \
+    timeout --kill-after=10 "${deadline:-$default_deadline}" "$1" --exact "$2" --test-threads 1 --nocapture \
         >"$3" 2>&1 </dev/null
 }
+# run-l1.sh takes L1 for frozen when nothing is written to RESULTS for
+# minutes; a test that runs longer than that (its output comes at its end)
+# must not look like a frozen L1. A frozen L1 stops this beat too.
+( while sleep 60; do date +%s >"$results/heartbeat"; done ) &
+heartbeat=$!
+trap 'kill $heartbeat 2>/dev/null' EXIT
 finished() { awk -v k="$1" '$2 == k {found = 1} END {exit !found}' "$results/done"; }
-while read -r bin filter; do
+while IFS='|' read -r bin filter deadline; do
     [ -n "$bin" ] || continue
     name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
     mapfile -t tests < <("$bin" --list --format terse ${filter:+"$filter"} 2>/dev/null | sed -n 's/: test$//p')

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 : "${RUNNER_KERNEL:?set RUNNER_KERNEL (scripts/test does)}"
 : "${RUNNER_ROOTFS:?set RUNNER_ROOTFS (scripts/test does)}"
 # The whole tier's deadline: L1 is killed past it, and its console tail shown.
-readonly deadline="${NESTED_DEADLINE:-2400}"
+readonly deadline="${NESTED_DEADLINE:-3600}"
 readonly out=target/nested
 
 # The binaries the tier runs, by test target: the VMM on tiny guests, the
@@ -25,12 +25,15 @@ readonly out=target/nested
 # opt-in networking (our virtio-net device on passt), the on-disk root
 # of images with a `size` (our virtio-blk copy-on-write layer, written), and
 # cache volumes (a persistent layer; cold, and attached to a restored
-# clone's empty slot).
+# clone's empty slot), and Docker and Podman in restored clones.
 # NESTED_TARGETS="network" runs only the targets it names; `TARGET:FILTER`
 # runs only that target's tests whose names contain FILTER.
+# The containers target runs two of its tests here by default: Podman's
+# example (build, run, rootless) and Docker's granted network (dockerd, its
+# bridge and NAT), in restored clones; the host tier runs all of them.
 # `snapshot_rounds` is not a test binary: it is warm start's build-and-restore
 # rounds (snapshot-rounds-inner.sh), NESTED_SNAPSHOT_ROUNDS of them (20).
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk cache_disks caches snapshot warm_start hostile:jailed snapshot_rounds}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network job_disk cache_disks caches containers:podman_builds containers:a_docker_container snapshot warm_start hostile:jailed snapshot_rounds}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images
@@ -43,6 +46,21 @@ json=$(cargo test --no-run --quiet -p runner-vmm -p runner -p e2e-tests --messag
 rm -rf "$out"
 mkdir -p "$out"
 echo "$target_dir/debug/runner" >"$out/runner-path"
+# L1 is this machine (its root, read-only), so its runner uses this
+# machine's runner cache: the images built here are found there. Its own
+# init gives it no HOME.
+printf 'HOME=%q\n' "$HOME" >"$out/host-env"
+for var in RUNNER_CACHE XDG_CACHE_HOME; do
+    [ -z "${!var:-}" ] || printf '%s=%q\n' "$var" "${!var}" >>"$out/host-env"
+done
+# Debian spec images cannot be built in L1 (no network there): the
+# containers target's images are built here first. L1 sees them in this
+# machine's runner cache, as other inodes: inner.sh has the runner check
+# their content against their seals once, before the tests.
+if printf '%s\n' "${targets[@]}" | grep -qE '^containers(:|$)'; then
+    RUNNER_AGENT="$agent" "$target_dir/debug/runner" image build pipelines/containers.yml >/dev/null
+    echo "$PWD/pipelines/containers.yml" >>"$out/image-pipelines"
+fi
 for t in "${targets[@]}"; do
     if [ "$t" = snapshot_rounds ]; then
         echo "${NESTED_SNAPSHOT_ROUNDS:-20}" >"$out/snapshot-rounds"
@@ -53,11 +71,17 @@ for t in "${targets[@]}"; do
     bin=$(jq -r --arg t "$name" 'select(.reason == "compiler-artifact" and .target.name == $t
         and (.target.kind | index("test")) and .executable != null) | .executable' <<<"$json")
     [ -n "$bin" ] || { echo "nested: no test binary for target $name" >&2; exit 1; }
-    echo "$bin $filter" >>"$out/tests.txt"
+    # A test's deadline in L1: inner.sh's default (420 s), but more for the
+    # containers target, whose jobs run one at a time there (two container
+    # VMs at once on L1's two emulated CPUs starve dockerd).
+    test_deadline=
+    [ "$name" = containers ] && test_deadline=900
+    echo "$bin|$filter|$test_deadline" >>"$out/tests.txt"
 done
 
-# A test that hangs is killed by inner.sh after 420 s; L1 writing nothing to
-# the results for longer means L1 itself froze (an environment failure):
+# A test that hangs is killed by inner.sh at its deadline; L1 writing nothing
+# to the results for longer (not even inner.sh's heartbeat, once a minute)
+# means L1 itself froze (an environment failure):
 # it is killed and restarted, and inner.sh resumes after the finished tests.
 readonly stall=540
 for attempt in 1 2 3; do
