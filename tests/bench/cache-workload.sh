@@ -20,14 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-cargo build --release --quiet -p runner
-cargo build --quiet --profile agent -p guest-agent --target x86_64-unknown-linux-gnu
-target="$(realpath "${CARGO_TARGET_DIR:-target}")"
-runner="$target/release/runner"
-kernel="${RUNNER_KERNEL:-$("$runner" image build kernel)}"
-# A prebuilt agent: the runner would otherwise ask cargo on every run.
-agent="$target/x86_64-unknown-linux-gnu/agent/guest-agent"
-export RUNNER_KERNEL="$kernel" RUNNER_AGENT="$agent" CI=true
+. tests/bench/setup.sh
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

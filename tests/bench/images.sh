@@ -16,15 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-cargo build --release --quiet -p runner
-cargo build --quiet --profile agent -p guest-agent --target x86_64-unknown-linux-gnu
-target="${CARGO_TARGET_DIR:-target}"
-runner="$PWD/$target/release/runner"
-kernel="${RUNNER_KERNEL:-$("$runner" image build kernel)}"
-rootfs="${RUNNER_ROOTFS:-$("$runner" image build minimal)}"
-# A prebuilt agent: the runner would otherwise ask cargo on every run.
-agent="$PWD/$target/x86_64-unknown-linux-gnu/agent/guest-agent"
-export RUNNER_KERNEL="$kernel" RUNNER_ROOTFS="$rootfs" RUNNER_AGENT="$agent"
+. tests/bench/setup.sh
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
