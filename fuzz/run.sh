@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
 all=(frame vsock_packet block_request layer_file device_state net_filter pipeline unpack junit libtest
-    mmio_transport snapshot safe_untar oci_layer)
+    mmio_transport snapshot safe_untar oci_layer segment)
 targets=("${@:-${all[@]}}")
 
 # cargo-fuzz needs nightly-only flags (-Zsanitizer); RUSTC_BOOTSTRAP lets the

@@ -3,7 +3,8 @@
 //! fuzzer's bytes, fed to the vsock packet and virtio-blk request parsers
 //! and to the virtio-net transmit path with its egress filter
 //! ([`net_filter`]); a saved device state from a snapshot file
-//! ([`device_state`]); and a cache volume's layer file ([`layer_file`]).
+//! ([`device_state`]); a cache volume's layer file ([`layer_file`]); and
+//! the frames members of a job's private segment send ([`segment`]).
 //!
 //! They live here, not in the fuzz crate, so that this crate's own tests can
 //! replay the inputs kept in `fuzz/regressions/` through exactly the code the
@@ -31,6 +32,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::block::request::{self, total_len, Cursor, Rejected};
 use crate::common::VirtioCommon;
 use crate::net::filter::{Policy, Verdict};
+use crate::net::segment::{Member, RateLimit, Segment, Switched, MAX_SEGMENT_FRAME};
 use crate::net::{stream, NetConfig, NetDevice, TX_QUEUE};
 use crate::snapshot::codec;
 use crate::snapshot::state::DeviceState;
@@ -482,6 +484,69 @@ pub fn layer_file(data: &[u8]) -> bool {
     true
 }
 
+/// The members of the segment [`segment`] switches between: a job and two
+/// services, as the runner numbers them.
+pub fn segment_members() -> Vec<Member> {
+    (0..3u8)
+        .map(|i| Member {
+            mac: [0x52, 0x54, 0, 0, 0, i + 1],
+            address: Ipv4Addr::new(10, 0, 2, 15 + i),
+        })
+        .collect()
+}
+
+/// Frames from the members of a job's private segment, one after another:
+/// each record is a port (byte, modulo 4, so that port 3 does not exist),
+/// a number of milliseconds that pass before it (byte), the frame's length
+/// (u16, little-endian) and the frame. Whatever the switch forwards or
+/// answers must be what its rules say: from its port's own MAC and
+/// address, to the one member the frame names, never back to the sender.
+/// Returns whether any frame went anywhere.
+pub fn segment(data: &[u8]) -> bool {
+    let members = segment_members();
+    let limit = RateLimit {
+        frames_per_second: 1000,
+        bytes_per_second: 1 << 20,
+        burst: std::time::Duration::from_millis(20),
+    };
+    let mut switch = Segment::new(members.clone(), limit);
+    let mut now = std::time::Duration::ZERO;
+    let mut rest = data;
+    let mut delivered = false;
+    while let [port, millis, l0, l1, tail @ ..] = rest {
+        let len = usize::from(u16::from_le_bytes([*l0, *l1])).min(tail.len());
+        let (frame, after) = tail.split_at(len);
+        rest = after;
+        let from = usize::from(*port % 4);
+        now += std::time::Duration::from_millis(u64::from(*millis));
+        match switch.switch(from, frame, now) {
+            Switched::Drop(_) => continue,
+            Switched::Forward(to) => {
+                let (sender, target) = (members[from], members[to]);
+                assert_ne!(from, to, "a frame sent back to its sender");
+                assert!(frame.len() <= MAX_SEGMENT_FRAME);
+                assert_eq!(frame[6..12], sender.mac, "forged source MAC");
+                assert_eq!(frame[0..6], target.mac, "not the MAC it named");
+                assert_eq!(frame[12..14], [8, 0], "only IPv4 is forwarded");
+                assert_eq!(frame[26..30], sender.address.octets(), "forged source");
+                assert_eq!(frame[30..34], target.address.octets());
+            }
+            Switched::Reply(reply) => {
+                let sender = members[from];
+                assert_eq!(reply[0..6], sender.mac, "an answer to someone else");
+                let answering = members
+                    .iter()
+                    .position(|m| m.mac[..] == reply[6..12])
+                    .expect("an answer from a member");
+                assert_ne!(answering, from);
+                assert_eq!(reply[28..32], members[answering].address.octets());
+            }
+        }
+        delivered = true;
+    }
+    delivered
+}
+
 /// Replays every input kept under `fuzz/regressions/<target>` (crashes
 /// the fuzzer once found) and `fuzz/seeds/<target>`, so they stay fixed
 /// without running a fuzzer. Seeds are valid inputs, so each must be
@@ -679,6 +744,55 @@ mod tests {
     #[test]
     fn layer_file_seeds_are_what_the_device_writes() {
         keep_seeds("layer_file", &layer_file_seeds());
+    }
+
+    /// The `segment` seeds: a job asking for a service's MAC and talking
+    /// to it, and a member trying to pose as another.
+    fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let m = segment_members();
+        let record = |port: u8, frame: Vec<u8>| {
+            let mut r = vec![port, 1];
+            r.extend((frame.len() as u16).to_le_bytes());
+            r.extend(frame);
+            r
+        };
+        let arp_request = |from: Member, wanted: Ipv4Addr| {
+            let mut f = vec![0xff; 6];
+            f.extend(from.mac);
+            f.extend([8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+            f.extend(from.mac);
+            f.extend(from.address.octets());
+            f.extend([0; 6]);
+            f.extend(wanted.octets());
+            f
+        };
+        let tcp = |from: Member, to: Member, src: Ipv4Addr| {
+            let mut f = to.mac.to_vec();
+            f.extend(from.mac);
+            f.extend([8, 0, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+            f.extend(src.octets());
+            f.extend(to.address.octets());
+            f.extend([0x9c, 0x40, 0x15, 0x38]);
+            f.resize(14 + 40, 0);
+            f
+        };
+        let mut talk = record(0, arp_request(m[0], m[1].address));
+        talk.extend(record(0, tcp(m[0], m[1], m[0].address)));
+        talk.extend(record(1, tcp(m[1], m[0], m[1].address)));
+        let mut posing = record(2, tcp(m[2], m[1], m[0].address));
+        posing.extend(record(2, arp_request(m[2], m[2].address)));
+        posing.extend(record(2, tcp(m[2], m[0], m[2].address)));
+        vec![("job-asks-and-talks", talk), ("posing", posing)]
+    }
+
+    #[test]
+    fn segment_seeds_are_frames_the_switch_forwards() {
+        keep_seeds("segment", &segment_seeds());
+    }
+
+    #[test]
+    fn replay_segment_inputs() {
+        replay("segment", segment);
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! framing of passt's socket ([`stream`]), the host-side `allow` policy
 //! ([`filter`]) and which addresses it never lets through unasked
 //! ([`addresses`]), both shared by the QEMU backend's relay and our own
-//! virtio-net device model ([`device`]) for the built-in VMM.
+//! virtio-net device model ([`device`]) for the built-in VMM; and the
+//! switch of a job's private segment with its service VMs ([`segment`]).
 
 pub mod addresses;
 pub mod device;
 pub mod filter;
+pub mod segment;
 pub mod stream;
 
 pub use device::{NetConfig, NetDevice, NET_HDR_SIZE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod segment_tests;
