@@ -11,9 +11,13 @@
 //! Every NIC's policy is enforced on the host, on the guest's frames (see
 //! `runner_devices::net::filter`): by the [`relay`] between QEMU and passt,
 //! and inside our virtio-net device for the built-in VMM.
+//!
+//! A job with services also has a private [`segment`] with them, behind a
+//! switch of its own.
 
 pub mod passt;
 pub mod relay;
+pub mod segment;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 

@@ -128,3 +128,18 @@ pub const VHOST_USER: &[Syscall] = syscalls![SYS_clock_nanosleep, SYS_nanosleep]
 /// The main thread of a device process, once its servers run: it reports
 /// readiness and sleeps until they end.
 pub const DEVICE_MAIN: &[Syscall] = syscalls![SYS_clock_nanosleep, SYS_nanosleep,];
+
+/// A segment's switch (`switch.rs`), once its filters are on: it waits in
+/// `poll` (or `ppoll`, which libc may use for it), reads and writes its
+/// ports' sockets (read, write, recvfrom, sendto), shuts down a port whose
+/// member broke the framing, and says its status lines (write). Seen in
+/// the e2e test: fcntl, as its sockets are closed at the end.
+pub const SWITCH: &[Syscall] = syscalls![
+    SYS_fcntl,
+    SYS_poll,
+    SYS_ppoll,
+    SYS_read,
+    SYS_recvfrom,
+    SYS_sendto,
+    SYS_shutdown,
+];

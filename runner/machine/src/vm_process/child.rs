@@ -75,6 +75,7 @@ pub fn main() -> i32 {
     let result = match &config.role {
         Role::Vmm(role) => run_vmm(&config, role, &mut say),
         Role::Devices(role) => run_devices(&config, role, &mut say),
+        Role::Switch(role) => run_switch(&config, role, &mut say),
     };
     match result {
         Ok(()) => 0,
@@ -390,6 +391,21 @@ fn run_devices(
             std::process::exit(0);
         }
     }
+}
+
+/// The segment's switch: filters on, then switch until every member left.
+fn run_switch(
+    config: &ProcessConfig,
+    role: &super::switch::SwitchRole,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let filters = filters(config, &[ThreadKind::Switch])?;
+    let lock_down = || match &filters {
+        Some(filters) => seccomp::apply(ThreadKind::Switch, filters.get(ThreadKind::Switch))
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    super::switch::serve(role, lock_down, say)
 }
 
 fn role_socket<'a>(socket: Option<&'a Path>, what: &str) -> Result<&'a Path, String> {

@@ -24,6 +24,7 @@ pub mod jail;
 mod kernel_log;
 mod policy;
 pub mod seccomp;
+pub mod switch;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -108,6 +109,8 @@ pub enum Role {
     Vmm(Box<VmmRole>),
     /// vhost-user device servers for QEMU.
     Devices(DevicesRole),
+    /// The switch of a job's private segment with its services.
+    Switch(switch::SwitchRole),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -259,6 +262,7 @@ impl VmProcess {
             let disk = match &config.role {
                 Role::Vmm(role) => Some(role.disk.image.clone()),
                 Role::Devices(role) => role.disk.as_ref().map(|d| d.image.clone()),
+                Role::Switch(_) => None,
             };
             let memory = confinement::memory_limit(memory_mib, disk.as_deref());
             cgroup = confinement::VmCgroup::create(memory, vcpus);

@@ -69,16 +69,19 @@ pub enum ThreadKind {
     /// The main thread of a device process once its servers run (on top of
     /// [`ThreadKind::VhostUser`], which every thread there has).
     DeviceMain,
+    /// The one thread of a segment's switch.
+    Switch,
 }
 
 impl ThreadKind {
     /// Every kind, so the tests cover each filter.
     #[cfg(test)]
-    const ALL: [ThreadKind; 4] = [
+    const ALL: [ThreadKind; 5] = [
         ThreadKind::Vcpu,
         ThreadKind::EventLoop,
         ThreadKind::VhostUser,
         ThreadKind::DeviceMain,
+        ThreadKind::Switch,
     ];
 
     /// The syscalls this kind of thread may make.
@@ -93,6 +96,7 @@ impl ThreadKind {
                 allowlists::NARROWING,
             ],
             ThreadKind::DeviceMain => &[allowlists::DEVICE_MAIN],
+            ThreadKind::Switch => &[allowlists::SWITCH],
         };
         let mut list: Vec<Syscall> = [allowlists::COMMON]
             .iter()

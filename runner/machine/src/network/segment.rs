@@ -1,0 +1,120 @@
+//! A job's private segment with its service VMs: which addresses the
+//! members get, and the switch between them, started as a jailed process
+//! of its own (`vm_process::switch`) that reads every member's frames.
+//!
+//! Each member's NIC is one end of a socket pair; the switch holds the
+//! other ends. Nothing else is on the segment: no host, no passt, no other
+//! job. The range is not passt's (`10.0.2.0/24`), so a job that also has
+//! its own network keeps the two apart.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use crate::vm_process::confinement::VmIds;
+use crate::vm_process::switch::{PortRole, SwitchRole};
+use crate::vm_process::{self, Outcome, ProcessConfig, Role, VmProcess};
+use crate::BootError;
+
+/// The segment's subnet: `10.0.3.0/24`, members from `.2` on.
+pub const SEGMENT_NETWORK: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 0);
+pub const SEGMENT_PREFIX_LEN: u8 = 24;
+/// At most this many members: the job and its services.
+pub const MAX_MEMBERS: usize = 16;
+/// What the switch's process may use: it holds a few frames per port.
+const SWITCH_MEMORY_MIB: u64 = 64;
+
+/// Member `index`'s address on the segment.
+pub fn member_address(index: usize) -> Ipv4Addr {
+    let [a, b, c, _] = SEGMENT_NETWORK.octets();
+    Ipv4Addr::new(a, b, c, 2 + index as u8)
+}
+
+/// Member `index`'s MAC: locally administered, and not QEMU's default.
+pub fn member_mac(index: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x5e, 0x00, 2 + index as u8]
+}
+
+/// One member's end of the segment: its NIC's connection to the switch.
+#[derive(Debug)]
+pub struct SegmentNic {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+    pub socket: OwnedFd,
+}
+
+/// The running switch. Dropping it kills its process; its members' NICs
+/// then see their connection close.
+pub struct Switch {
+    process: VmProcess,
+    /// Held while the process runs: nobody else gets its ids.
+    _ids: Option<VmIds>,
+    _dir: tempfile::TempDir,
+}
+
+impl Switch {
+    /// Starts the switch for members named `names` (the job first), each
+    /// with the next address; returns it with each member's NIC end.
+    pub fn start(names: &[String]) -> Result<(Switch, Vec<SegmentNic>), BootError> {
+        if names.is_empty() || names.len() > MAX_MEMBERS {
+            return Err(BootError::Setup(format!(
+                "a segment has 1 to {MAX_MEMBERS} members, not {}",
+                names.len()
+            )));
+        }
+        let setup = |what: &str, e: std::io::Error| BootError::Setup(format!("{what}: {e}"));
+        let dir = crate::vm_dir::create().map_err(|e| setup("creating the switch's dir", e))?;
+        let mut nics = Vec::new();
+        let mut ports = Vec::new();
+        let mut switch_ends = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            let (member, switch) =
+                UnixStream::pair().map_err(|e| setup("making a segment port", e))?;
+            let (mac, address) = (member_mac(index), member_address(index));
+            ports.push(PortRole {
+                name: name.clone(),
+                fd: switch.as_raw_fd(),
+                mac,
+                address,
+            });
+            switch_ends.push(switch);
+            nics.push(SegmentNic {
+                name: name.clone(),
+                mac,
+                address,
+                socket: member.into(),
+            });
+        }
+        let jail =
+            vm_process::jail_for(dir.path(), Vec::new(), Vec::new()).map_err(BootError::Setup)?;
+        let ids = match jail {
+            Some(_) => VmIds::allocate().map_err(BootError::Setup)?,
+            None => None,
+        };
+        let config = ProcessConfig {
+            protocol: vm_process::PROTOCOL,
+            name: format!("segment of {}", names[0]),
+            seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
+            jail,
+            role: Role::Switch(SwitchRole { ports }),
+        };
+        let inherit: Vec<RawFd> = switch_ends.iter().map(|s| s.as_raw_fd()).collect();
+        let process = VmProcess::start(&config, ids.as_ref(), SWITCH_MEMORY_MIB, 1, &inherit)?;
+        // The switch holds its own copies now.
+        drop(switch_ends);
+        Ok((
+            Switch {
+                process,
+                _ids: ids,
+                _dir: dir,
+            },
+            nics,
+        ))
+    }
+
+    /// How the switch ended, once it has (it ends when every member left).
+    pub fn outcome(&mut self) -> Option<Outcome> {
+        self.process.outcome()
+    }
+}

@@ -1,0 +1,319 @@
+//! The switch of a job's private segment, run as a VM process of its own
+//! (`Role::Switch`): it reads the frames every member sends, which are
+//! guest bytes, so it gets the same jail and seccomp filters as a VMM.
+//!
+//! Each port is one end of a socket pair the runner made; the other end is
+//! the member's NIC (our virtio-net device, or QEMU's `-netdev stream`),
+//! with the same framing as passt's socket. Identity is the socket, never
+//! what a frame says: `runner_devices::net::segment` decides where each
+//! frame goes. This loop only moves bytes: one thread, `poll`, each
+//! port's output bounded (a frame that does not fit is dropped, as a busy
+//! switch drops it), so no member can make the switch grow.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use runner_devices::net::segment::{Member, RateLimit, Segment, Switched};
+use runner_devices::net::stream::{MAX_FRAME, MIN_FRAME};
+use serde::{Deserialize, Serialize};
+
+/// What a port may have queued towards its member before frames are
+/// dropped: about 170 full frames.
+const MAX_QUEUED: usize = 256 << 10;
+/// Reads of one port before the others get their turn.
+const READS_PER_ROUND: usize = 16;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRole {
+    pub ports: Vec<PortRole>,
+}
+
+/// One member of the segment, on the inherited descriptor `fd`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRole {
+    /// The job's or the service's name, for the log.
+    pub name: String,
+    pub fd: RawFd,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+}
+
+struct Port {
+    name: String,
+    stream: UnixStream,
+    /// Bytes read and not yet a whole frame.
+    input: Vec<u8>,
+    output: VecDeque<u8>,
+    /// Its member went away (or broke the framing): nothing more is read
+    /// from or written to it.
+    closed: bool,
+    /// Why its frames were dropped, each said once.
+    noted: Vec<&'static str>,
+}
+
+/// Takes the ports' descriptors (each at most once), calls `lock_down`
+/// (the seccomp filters go on there: set-up is done), and serves the ports
+/// until every member has gone away.
+pub fn serve(
+    role: &SwitchRole,
+    lock_down: impl FnOnce() -> Result<(), String>,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let mut seen = HashMap::new();
+    let mut ports = Vec::new();
+    for port in &role.ports {
+        if seen.insert(port.fd, &port.name).is_some() || port.fd < 3 {
+            return Err(format!(
+                "port {} has a bad descriptor {}",
+                port.name, port.fd
+            ));
+        }
+        // SAFETY: the runner passed this descriptor for this port alone
+        // (checked above: each is taken once), and nothing else owns it.
+        let stream = unsafe { UnixStream::from_raw_fd(port.fd) };
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("port {}: {e}", port.name))?;
+        ports.push(Port {
+            name: port.name.clone(),
+            stream,
+            input: Vec::new(),
+            output: VecDeque::new(),
+            closed: false,
+            noted: Vec::new(),
+        });
+    }
+    let members = role
+        .ports
+        .iter()
+        .map(|p| Member {
+            mac: p.mac,
+            address: p.address,
+        })
+        .collect();
+    let mut segment = Segment::new(members, RateLimit::default());
+    let mut buf = vec![0u8; 64 << 10];
+    lock_down()?;
+    say("ready");
+    let started = Instant::now();
+    while ports.iter().any(|p| !p.closed) {
+        wait(&ports)?;
+        for from in 0..ports.len() {
+            read_frames(&mut ports, from, &mut segment, &mut buf, started);
+        }
+        for port in ports.iter_mut() {
+            flush(port);
+        }
+    }
+    say("exit every member of the segment went away");
+    Ok(())
+}
+
+/// Waits until a port can be read, or one with queued output written.
+fn wait(ports: &[Port]) -> Result<(), String> {
+    let mut fds: Vec<libc::pollfd> = ports
+        .iter()
+        .filter(|p| !p.closed)
+        .map(|p| libc::pollfd {
+            fd: p.stream.as_raw_fd(),
+            events: libc::POLLIN
+                | if p.output.is_empty() {
+                    0
+                } else {
+                    libc::POLLOUT
+                },
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of pollfd of that length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(format!("polling the segment's ports: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads what port `from` has sent and switches every whole frame in it.
+fn read_frames(
+    ports: &mut [Port],
+    from: usize,
+    segment: &mut Segment,
+    buf: &mut [u8],
+    started: Instant,
+) {
+    if ports[from].closed {
+        return;
+    }
+    // A bounded number of reads per round, so a member that never stops
+    // sending cannot keep the others waiting.
+    for _ in 0..READS_PER_ROUND {
+        match ports[from].stream.read(buf) {
+            Ok(0) => {
+                close(&mut ports[from], "its member went away");
+                return;
+            }
+            Ok(n) => ports[from].input.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                close(&mut ports[from], &format!("reading it failed: {e}"));
+                return;
+            }
+        }
+        // Whole frames are switched as they come, so the input never holds
+        // more than one frame and one read.
+        if !switch_whole_frames(ports, from, segment, started) {
+            return;
+        }
+    }
+}
+
+/// Switches the whole frames at the front of `from`'s input; false if the
+/// port broke the framing and was closed.
+fn switch_whole_frames(
+    ports: &mut [Port],
+    from: usize,
+    segment: &mut Segment,
+    started: Instant,
+) -> bool {
+    let mut at = 0;
+    let input = std::mem::take(&mut ports[from].input);
+    while let Some(len) = input.get(at..at + 4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
+            close(
+                &mut ports[from],
+                &format!("it sent a frame length of {len}, outside {MIN_FRAME}..={MAX_FRAME}"),
+            );
+            return false;
+        }
+        let Some(frame) = input.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        at += 4 + len;
+        match segment.switch(from, frame, started.elapsed()) {
+            Switched::Forward(to) => queue(&mut ports[to], frame),
+            Switched::Reply(reply) => queue(&mut ports[from], &reply),
+            Switched::Drop(why) => note(&mut ports[from], why),
+        }
+    }
+    ports[from].input = input[at..].to_vec();
+    true
+}
+
+fn queue(port: &mut Port, frame: &[u8]) {
+    if port.closed || port.output.len() + 4 + frame.len() > MAX_QUEUED {
+        tracing::debug!(port = %port.name, "dropped a frame: its member does not keep up");
+        return;
+    }
+    port.output.extend((frame.len() as u32).to_be_bytes());
+    port.output.extend(frame);
+}
+
+fn flush(port: &mut Port) {
+    while !port.closed && !port.output.is_empty() {
+        let (front, _) = port.output.as_slices();
+        match port.stream.write(front) {
+            Ok(n) => {
+                port.output.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => close(port, &format!("writing to it failed: {e}")),
+        }
+    }
+}
+
+/// Says why a port's frames are dropped, once per reason: a guest that
+/// spoofs or floods is worth a line, not a line per frame.
+fn note(port: &mut Port, why: &'static str) {
+    if !port.noted.contains(&why) {
+        port.noted.push(why);
+        tracing::warn!("segment: {} sent {why}: dropped (said once)", port.name);
+    }
+}
+
+fn close(port: &mut Port, why: &str) {
+    if !port.closed {
+        tracing::debug!("segment: port {} closed: {why}", port.name);
+        port.closed = true;
+        port.output.clear();
+        port.input.clear();
+        let _ = port.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runner_devices::net::stream::{read_frame, write_frame};
+    use std::os::fd::IntoRawFd;
+
+    fn member(i: u8) -> (UnixStream, PortRole) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let port = PortRole {
+            name: format!("m{i}"),
+            fd: theirs.into_raw_fd(),
+            mac: [0x52, 0x54, 0, 0, 0, i],
+            address: Ipv4Addr::new(10, 0, 2, 14 + i),
+        };
+        (ours, port)
+    }
+
+    fn tcp(from: &PortRole, to: &PortRole, body: u8) -> Vec<u8> {
+        let mut f = to.mac.to_vec();
+        f.extend(from.mac);
+        f.extend([8, 0, 0x45, 0, 0, 41, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend(from.address.octets());
+        f.extend(to.address.octets());
+        f.resize(14 + 40, 0);
+        f.push(body);
+        f
+    }
+
+    #[test]
+    fn frames_go_between_members_and_a_broken_member_is_cut_off_alone() {
+        let (mut a, pa) = member(1);
+        let (mut b, pb) = member(2);
+        let (mut c, pc) = member(3);
+        let role = SwitchRole {
+            ports: vec![pa.clone(), pb.clone(), pc.clone()],
+        };
+        let server = std::thread::spawn(move || serve(&role, || Ok(()), &mut |_| {}));
+        write_frame(&mut a, &tcp(&pa, &pb, 1)).unwrap();
+        // Posing as a: dropped; then c breaks the framing.
+        write_frame(&mut c, &tcp(&pa, &pb, 2)).unwrap();
+        c.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let mut frame = Vec::new();
+        assert!(read_frame(&mut b, &mut frame).unwrap());
+        assert_eq!(frame, tcp(&pa, &pb, 1));
+        // c is gone; a and b still talk.
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).unwrap(), 0);
+        write_frame(&mut b, &tcp(&pb, &pa, 3)).unwrap();
+        assert!(read_frame(&mut a, &mut frame).unwrap());
+        assert_eq!(frame, tcp(&pb, &pa, 3));
+        // Everyone leaving ends the switch.
+        drop((a, b));
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_descriptor_named_twice_is_refused() {
+        let (_a, pa) = member(1);
+        let role = SwitchRole {
+            ports: vec![pa.clone(), pa],
+        };
+        let err = serve(&role, || Ok(()), &mut |_| {}).unwrap_err();
+        assert!(err.contains("bad descriptor"), "{err}");
+    }
+}
