@@ -1,14 +1,20 @@
 //! The switch of a job's private segment, as the runner starts it: a
 //! process of its own (`runner __vm-process`), jailed and under its seccomp
-//! filter, joined to its members by socket pairs. No VM boots here: the
-//! members are this test, speaking the NICs' framing, so each rule can be
-//! checked frame by frame against the real process.
+//! filter, joined to its members by socket pairs.
+//!
+//! The first tests boot no VM: the members are this test, speaking the
+//! NICs' framing, so each rule can be checked frame by frame against the
+//! real process. The last boots real guests on a segment (the backend the
+//! environment selects: QEMU on the host tier, kvm in the nested one).
 
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use e2e_tests::{boot_spec, sh, spec};
 use runner_devices::net::stream::{read_frame, write_frame};
 use runner_machine::network::segment::{SegmentNic, Switch};
 
@@ -136,4 +142,61 @@ fn a_member_that_breaks_the_framing_is_cut_off_and_the_others_go_on() {
     write_frame(&mut members[0].1, &ask).unwrap();
     let answer = next_frame(&mut members[0].1);
     assert_eq!(&answer[12..14], &[8, 6]);
+}
+
+#[test]
+fn guests_on_a_segment_reach_each_other_by_name_and_nothing_else() {
+    std::env::set_var("RUNNER_EXE", e2e_tests::runner_bin());
+    let names = ["job".to_string(), "db".to_string()];
+    let (_switch, nics) = Switch::start(&names).expect("the switch starts");
+    let table: Vec<(String, Ipv4Addr)> = nics.iter().map(|n| (n.name.clone(), n.address)).collect();
+    let nics: Vec<Arc<SegmentNic>> = nics.into_iter().map(Arc::new).collect();
+    // Both boot at once, as a job and its services do.
+    let booting: Vec<_> = nics
+        .iter()
+        .map(|nic| {
+            let mut spec = spec(&nic.name);
+            spec.segment = Some(nic.clone());
+            std::thread::spawn(move || boot_spec(&spec))
+        })
+        .collect();
+    let mut vms: Vec<_> = booting.into_iter().map(|b| b.join().unwrap()).collect();
+    for (vm, nic) in vms.iter_mut().zip(&nics) {
+        let interface = vm
+            .session
+            .configure_network(&nic.guest_config(&table))
+            .expect("the segment's NIC is configured");
+        assert!(interface.starts_with("eth"), "{interface}");
+    }
+    let (job, db) = vms.split_at_mut(1);
+    let (job, db) = (&mut job[0], &mut db[0]);
+    // The database side: one answer on port 5432, in the background.
+    let serve = sh(
+        &mut db.session,
+        "(echo pong | nc -l -p 5432 >/tmp/got 2>&1 &) ; sleep 1; grep job /etc/hosts",
+    );
+    assert!(serve.status.success(), "{}", serve.stderr());
+    assert!(serve.stdout().contains("10.0.3.2"), "{}", serve.stdout());
+
+    let talk = sh(&mut job.session, "echo ping | nc -w 10 db 5432");
+    assert!(talk.status.success(), "{}{}", talk.stdout(), talk.stderr());
+    assert_eq!(talk.stdout().trim(), "pong");
+    let got = sh(&mut db.session, "sleep 1; cat /tmp/got");
+    assert_eq!(got.stdout().trim(), "ping");
+
+    // Nothing else is there: no gateway, no host, no member at .9, no
+    // route out.
+    let alone = sh(
+        &mut job.session,
+        "for to in 10.0.3.9 10.0.2.2 1.1.1.1; do \
+           if echo x | nc -w 3 $to 80; then echo \"reached $to\"; fi; \
+         done; ip route 2>/dev/null || route -n",
+    );
+    assert!(!alone.stdout().contains("reached"), "{}", alone.stdout());
+    assert!(!alone.stdout().contains("default"), "{}", alone.stdout());
+    assert!(
+        alone.stdout().contains("10.0.3.0"),
+        "no segment route: {}",
+        alone.stdout()
+    );
 }

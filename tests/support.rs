@@ -59,6 +59,7 @@ pub fn spec(name: &str) -> VmSpec {
         boot_timeout: Duration::from_secs(120),
         serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
+        segment: None,
         caches: Vec::new(),
     }
 }
@@ -70,11 +71,15 @@ pub struct TestVm {
 }
 
 pub fn boot(name: &str) -> TestVm {
+    boot_spec(&spec(name))
+}
+
+/// Boots `spec` on the backend the environment selects.
+pub fn boot_spec(spec: &VmSpec) -> TestVm {
     let backend = select::from_env().expect("a backend");
-    let spec = spec(name);
-    let mut vm = backend.start(&spec).expect("VM starts");
+    let mut vm = backend.start(spec).expect("VM starts");
     let session = wait_for_agent(vm.as_mut(), spec.boot_timeout)
-        .unwrap_or_else(|e| panic!("{name}: guest did not become ready: {e}"));
+        .unwrap_or_else(|e| panic!("{}: guest did not become ready: {e}", spec.name));
     TestVm { vm, session }
 }
 

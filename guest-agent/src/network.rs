@@ -1,9 +1,11 @@
-//! Static configuration of the guest's NIC, for jobs with `network:`.
+//! Static configuration of the guest's NICs: user-mode networking for jobs
+//! with `network:`, and the private segment of a job with its services.
 //!
-//! The host picks the addresses (they are what it told passt), so there is
-//! no DHCP client here: a handful of ioctls (the same ones `ifconfig` and
-//! `route` use) and a resolv.conf. The root is an overlay on a tmpfs, so
-//! `/etc` is writable and the file goes away with the VM.
+//! The host picks the addresses (they are what it told passt or the
+//! segment's switch), so there is no DHCP client here: a handful of ioctls
+//! (the same ones `ifconfig` and `route` use), a resolv.conf and lines in
+//! /etc/hosts. The root is an overlay on a tmpfs, so `/etc` is writable and
+//! the files go away with the VM.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -13,11 +15,18 @@ use std::path::Path;
 use agent_protocol::NetworkConfig;
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
+const HOSTS: &str = "/etc/hosts";
+const SYS_NET: &str = "/sys/class/net";
 
-/// Configures the first non-loopback interface; returns its name.
+/// Configures the interface `config` names (by MAC, or the first one);
+/// returns its name.
 pub fn configure(config: &NetworkConfig) -> Result<String, String> {
     let address = parse_addr("address", &config.address)?;
-    let gateway = parse_addr("gateway", &config.gateway)?;
+    let gateway = config
+        .gateway
+        .as_deref()
+        .map(|g| parse_addr("gateway", g))
+        .transpose()?;
     if config.prefix_len == 0 || config.prefix_len > 30 {
         return Err(format!("invalid prefix length {}", config.prefix_len));
     }
@@ -29,10 +38,25 @@ pub fn configure(config: &NetworkConfig) -> Result<String, String> {
         .iter()
         .map(|d| parse_addr("name server", d))
         .collect::<Result<Vec<_>, _>>()?;
+    let hosts = config
+        .hosts
+        .iter()
+        .map(|h| {
+            Ok((
+                valid_host_name(&h.name)?,
+                parse_addr("host address", &h.address)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let netmask = Ipv4Addr::from(u32::MAX << (32 - u32::from(config.prefix_len)));
 
-    let name = first_nic(Path::new("/sys/class/net"))
-        .ok_or("the guest has no network interface (is CONFIG_VIRTIO_NET set in the kernel?)")?;
+    let name = match &config.mac {
+        None => first_nic(Path::new(SYS_NET)).ok_or(
+            "the guest has no network interface (is CONFIG_VIRTIO_NET set in the kernel?)",
+        )?,
+        Some(mac) => nic_with_mac(Path::new(SYS_NET), mac)
+            .ok_or_else(|| format!("the guest has no network interface with MAC {mac}"))?,
+    };
     let sock = inet_socket().map_err(|e| format!("socket: {e}"))?;
     let step = |what: &str, result: std::io::Result<()>| {
         result.map_err(|e| format!("{what} on {name}: {e}"))
@@ -47,12 +71,66 @@ pub fn configure(config: &NetworkConfig) -> Result<String, String> {
     )?;
     step("setting the MTU", set_mtu(&sock, &name, config.mtu))?;
     step("bringing the interface up", set_up(&sock, &name))?;
-    step(
-        "adding the default route",
-        add_default_route(&sock, gateway),
-    )?;
-    write_resolv_conf(&dns).map_err(|e| format!("writing {RESOLV_CONF}: {e}"))?;
+    if let Some(gateway) = gateway {
+        step(
+            "adding the default route",
+            add_default_route(&sock, gateway),
+        )?;
+    }
+    if !dns.is_empty() {
+        write_resolv_conf(&dns).map_err(|e| format!("writing {RESOLV_CONF}: {e}"))?;
+    }
+    if !hosts.is_empty() {
+        add_hosts(Path::new(HOSTS), &hosts).map_err(|e| format!("writing {HOSTS}: {e}"))?;
+    }
     Ok(name)
+}
+
+/// A host name as the runner hands them out (a service's name: one
+/// lowercase label); anything else would let a line of /etc/hosts say more
+/// than one name.
+fn valid_host_name(name: &str) -> Result<&str, String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    match ok {
+        true => Ok(name),
+        false => Err(format!("invalid host name {name:?}")),
+    }
+}
+
+/// The interface in `dir` whose `address` file holds `mac`.
+fn nic_with_mac(dir: &Path, mac: &str) -> Option<String> {
+    let wanted = mac.to_ascii_lowercase();
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.len() < libc::IFNAMSIZ)
+        .find(|n| {
+            std::fs::read_to_string(dir.join(n).join("address"))
+                .is_ok_and(|a| a.trim().eq_ignore_ascii_case(&wanted))
+        })
+}
+
+/// Appends `hosts` to the hosts file at `path` (kept if it exists),
+/// through a temp file and a rename.
+fn add_hosts(path: &Path, hosts: &[(&str, Ipv4Addr)]) -> std::io::Result<()> {
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for (name, address) in hosts {
+        text.push_str(&format!("{address}\t{name}\n"));
+    }
+    replace_file(path, text.as_bytes())
 }
 
 fn parse_addr(what: &str, text: &str) -> Result<Ipv4Addr, String> {
@@ -155,19 +233,24 @@ fn add_default_route(sock: &OwnedFd, gateway: Ipv4Addr) -> std::io::Result<()> {
     }
 }
 
-/// Writes resolv.conf through a temp file and a rename, so a reader never
-/// sees half of it.
 fn write_resolv_conf(servers: &[Ipv4Addr]) -> std::io::Result<()> {
     let text: String = servers
         .iter()
         .map(|s| format!("nameserver {s}\n"))
         .collect();
-    let tmp = format!("{RESOLV_CONF}.runner-tmp");
+    replace_file(Path::new(RESOLV_CONF), text.as_bytes())
+}
+
+/// Writes `path` through a temp file beside it and a rename, so a reader
+/// never sees half of it.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".runner-tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, RESOLV_CONF)
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -185,13 +268,46 @@ mod tests {
     }
 
     #[test]
+    fn an_interface_is_found_by_its_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mac) in [("eth0", "52:54:00:12:34:56"), ("eth1", "52:54:00:5e:00:02")] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).unwrap();
+        }
+        let found = nic_with_mac(dir.path(), "52:54:00:5E:00:02");
+        assert_eq!(found.as_deref(), Some("eth1"));
+        assert_eq!(nic_with_mac(dir.path(), "52:54:00:5e:00:09"), None);
+    }
+
+    #[test]
+    fn host_names_are_added_to_what_the_hosts_file_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1\tlocalhost").unwrap();
+        let db = Ipv4Addr::new(10, 0, 3, 3);
+        add_hosts(&hosts, &[("db", db), ("cache", Ipv4Addr::new(10, 0, 3, 4))]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&hosts).unwrap(),
+            "127.0.0.1\tlocalhost\n10.0.3.3\tdb\n10.0.3.4\tcache\n"
+        );
+        let fresh = dir.path().join("none-yet");
+        add_hosts(&fresh, &[("db", db)]).unwrap();
+        assert_eq!(std::fs::read_to_string(&fresh).unwrap(), "10.0.3.3\tdb\n");
+        for bad in ["", "-db", "db-", "DB", "db.example", &"a".repeat(64)] {
+            assert!(valid_host_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused_before_touching_anything() {
         let good = NetworkConfig {
+            mac: None,
             address: "10.0.2.15".into(),
             prefix_len: 24,
-            gateway: "10.0.2.2".into(),
+            gateway: Some("10.0.2.2".into()),
             mtu: 1500,
             dns: vec!["10.0.2.3".into()],
+            hosts: Vec::new(),
         };
         for (bad, what) in [
             (
@@ -221,6 +337,23 @@ mod tests {
                     ..good.clone()
                 },
                 "invalid name server",
+            ),
+            (
+                NetworkConfig {
+                    hosts: vec![agent_protocol::HostEntry {
+                        name: "db localhost".into(),
+                        address: "10.0.3.3".into(),
+                    }],
+                    ..good.clone()
+                },
+                "invalid host name",
+            ),
+            (
+                NetworkConfig {
+                    gateway: Some("".into()),
+                    ..good.clone()
+                },
+                "invalid gateway",
             ),
         ] {
             let err = configure(&bad).unwrap_err();

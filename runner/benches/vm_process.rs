@@ -365,6 +365,7 @@ fn device_process_memory(rootfs: &Path) {
         boot_timeout: Duration::from_secs(120),
         serial_log_limit: None,
         network: Default::default(),
+        segment: None,
         caches: Vec::new(),
     };
     let mut vm = qemu.start(&spec).unwrap_or_else(|e| fail(&e.to_string()));

@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// 2: [`Message::Restored`] and [`Message::RestoreApplied`].
 /// 3: [`Message::MountCaches`] and [`Message::UnmountCaches`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: [`NetworkConfig`] names its interface by MAC, may have no gateway,
+///    and carries host names (a job's private segment with its services).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_PORT: u32 = 10_000;
 /// Largest payload a frame may carry. Larger frames are a protocol error.
@@ -277,19 +279,35 @@ pub struct WindowSize {
     pub cols: u16,
 }
 
-/// The guest's side of user-mode networking; the host knows these values
-/// because it gave them to its network backend (passt) too.
+/// One NIC of the guest: user-mode networking (passt), or a job's private
+/// segment with its services. The host knows these values because it gave
+/// them to the other side (passt, the segment's switch) too.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {
+    /// The interface's MAC (`52:54:00:…`, as in `/sys/class/net/*/address`);
+    /// `None`: the first interface other than `lo`.
+    pub mac: Option<String>,
     /// IPv4 address of the guest, dotted.
     pub address: String,
     /// Prefix length of its subnet (24 for a /24).
     pub prefix_len: u8,
-    /// IPv4 default gateway, dotted.
-    pub gateway: String,
+    /// IPv4 default gateway, dotted; `None`: no default route through this
+    /// interface (a segment leads nowhere else).
+    pub gateway: Option<String>,
     pub mtu: u32,
-    /// Name servers for `/etc/resolv.conf`, in order.
+    /// Name servers for `/etc/resolv.conf`, in order; empty: the file is
+    /// left as it is.
     pub dns: Vec<String>,
+    /// Names added to `/etc/hosts` (a service's name and its address).
+    pub hosts: Vec<HostEntry>,
+}
+
+/// A line of `/etc/hosts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub name: String,
+    /// IPv4, dotted.
+    pub address: String,
 }
 
 /// What to run, and how.

@@ -30,6 +30,28 @@ pub struct ChildGuard {
     what: String,
 }
 
+/// Lets the program `cmd` starts inherit the open descriptors `fds`, under
+/// their numbers, and no others (everything the runner opens is
+/// close-on-exec).
+pub fn inherit_fds(cmd: &mut Command, fds: &[std::os::fd::RawFd]) {
+    if fds.is_empty() {
+        return;
+    }
+    let fds = fds.to_vec();
+    // SAFETY: fcntl is async-signal-safe; clearing FD_CLOEXEC in the
+    // forked child alone leaks the files to no other program.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn spawn_guarded(cmd: &mut Command, what: &str) -> io::Result<ChildGuard> {
     cmd.process_group(0);
     // Read before the fork: in the child, `std::process::id()` is the child.

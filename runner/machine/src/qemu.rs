@@ -10,6 +10,7 @@
 //! removed with the VM.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +23,7 @@ use super::vm_process::confinement::VmIds;
 use super::vm_process::{self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VsockRole};
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
-use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+use crate::process::{inherit_fds, kill_pid, spawn_guarded, ChildGuard};
 
 /// CPU emulation QEMU uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +124,10 @@ impl super::Backend for QemuBackend {
         let mut cmd = self.command(spec, &paths);
         if let Some(network) = &network {
             cmd.args(nic_args(network.guest_socket()));
+        }
+        if let Some(segment) = &spec.segment {
+            cmd.args(segment_nic_args(segment));
+            inherit_fds(&mut cmd, &[segment.socket.as_raw_fd()]);
         }
         // After the root disk: it stays the guest's /dev/vda.
         cmd.args(cache_args(&caches));
@@ -415,6 +420,24 @@ fn nic_args(socket: &Path) -> Vec<String> {
         ),
         "-device".into(),
         "virtio-net-device,netdev=net0".into(),
+    ]
+}
+
+/// A second virtio-net NIC, on the job's private segment: QEMU's stream
+/// netdev on the socket the switch gave this member (inherited), with the
+/// MAC the switch knows it by.
+fn segment_nic_args(segment: &network::segment::SegmentNic) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!(
+            "stream,id=seg0,server=off,addr.type=fd,addr.str={}",
+            segment.socket.as_raw_fd()
+        ),
+        "-device".into(),
+        format!(
+            "virtio-net-device,netdev=seg0,mac={}",
+            network::mac_text(segment.mac)
+        ),
     ]
 }
 

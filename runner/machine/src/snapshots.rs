@@ -382,6 +382,7 @@ mod tests {
             boot_timeout: std::time::Duration::from_secs(1),
             serial_log_limit: None,
             network: Default::default(),
+            segment: None,
             caches: Vec::new(),
         };
         let first = identity(&cache, &spec).unwrap();

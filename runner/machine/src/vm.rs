@@ -26,6 +26,9 @@ pub struct VmSpec {
     pub serial_log_limit: Option<u64>,
     /// The VM's NIC, if any ([`crate::network::Nic`]).
     pub network: crate::network::Nic,
+    /// A second NIC on the private segment of a job and its services
+    /// ([`crate::network::segment`]).
+    pub segment: Option<std::sync::Arc<crate::network::segment::SegmentNic>>,
     /// Cache volumes, as extra virtio-blk disks after the root disk (which
     /// stays the guest's `/dev/vda`), in this order.
     pub caches: Vec<CacheDisk>,

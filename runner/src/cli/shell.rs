@@ -269,6 +269,7 @@ fn vm_spec(args: &ShellArgs, setup: &Setup, grants: &Grants) -> anyhow::Result<V
         boot_timeout: args.boot_timeout,
         serial_log_limit: Some(DEFAULT_SERIAL_LOG_LIMIT),
         network: grants.nic(&setup.network),
+        segment: None,
         caches: Vec::new(),
     })
 }

@@ -93,6 +93,7 @@ impl VmArgs {
             boot_timeout: self.boot_timeout,
             serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
             network: Default::default(),
+            segment: None,
             caches: Vec::new(),
         })
     }

@@ -87,6 +87,7 @@ fn run_in_vm(
         boot_timeout: ctx.options.boot_timeout,
         serial_log_limit: ctx.options.log_limit,
         network: ctx.options.grants.nic(&job.network),
+        segment: None,
         caches: caches.disks(),
     };
     ctx.reporter.report(&RunEvent::JobProgress {

@@ -28,6 +28,7 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
         boot_timeout,
         serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
+        segment: None,
         caches: Vec::new(),
     }
 }

@@ -19,6 +19,7 @@
 //! log, overlay, the VM process's log), removed with the VM once its
 //! process has been killed and reaped.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use crate::snapshots::SnapshotStore;
 use crate::vm_process::cache_disks::OpenCaches;
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::{
-    self, DiskRole, NetRole, ProcessConfig, Role, VmProcess, VmmRole, VsockRole,
+    self, DiskRole, NetRole, ProcessConfig, Role, SegmentRole, VmProcess, VmmRole, VsockRole,
 };
 use crate::{AgentProbe, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 
@@ -98,7 +99,10 @@ impl KvmBackend {
                 "booting cold: a snapshot has room for {CACHE_SLOTS} caches"
             );
         }
-        match (&self.warm, spec.network.is_on() || !fits) {
+        // A NIC's other end (passt, a segment's switch) is not in a
+        // snapshot: such VMs boot.
+        let has_nic = spec.network.is_on() || spec.segment.is_some();
+        match (&self.warm, has_nic || !fits) {
             (Some(warm), false) => warm_start::start(
                 &|spec, start| self.start_process(spec, start),
                 &warm.store,
@@ -159,6 +163,10 @@ impl KvmBackend {
                     socket: None,
                 },
                 network,
+                segment: spec.segment.as_ref().map(|nic| SegmentRole {
+                    fd: nic.socket.as_raw_fd(),
+                    mac: nic.mac,
+                }),
                 snapshot: match &start {
                     Start::ForSnapshot(role) => Some(role.clone()),
                     _ => None,
@@ -175,12 +183,14 @@ impl KvmBackend {
             })),
         };
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
+        let mut inherit = caches.fds();
+        inherit.extend(spec.segment.iter().map(|nic| nic.socket.as_raw_fd()));
         let process = VmProcess::start(
             &config,
             ids.as_ref(),
             u64::from(spec.memory_mib),
             u64::from(vcpus),
-            &caches.fds(),
+            &inherit,
         )?;
         // The VM process has its own descriptors of them now.
         drop(caches);
@@ -276,6 +286,7 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             serial_log_limit: None,
             network: Default::default(),
+            segment: None,
             caches: Vec::new(),
         }
     }

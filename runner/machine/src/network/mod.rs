@@ -47,12 +47,19 @@ pub const GUEST_MTU: u32 = 1500;
 /// What the agent is asked to configure.
 pub fn guest_config() -> NetworkConfig {
     NetworkConfig {
+        mac: Some(mac_text(GUEST_MAC)),
         address: GUEST_ADDRESS.to_string(),
         prefix_len: GUEST_PREFIX_LEN,
-        gateway: GATEWAY.to_string(),
+        gateway: Some(GATEWAY.to_string()),
         mtu: GUEST_MTU,
         dns: vec![DNS_ADDRESS.to_string()],
+        hosts: Vec::new(),
     }
+}
+
+/// A MAC as Linux and QEMU write it: `52:54:00:12:34:56`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// A VM's NIC, as its job asked and the operator granted: none at all (the

@@ -11,6 +11,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+use agent_protocol::{HostEntry, NetworkConfig};
+
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::switch::{PortRole, SwitchRole};
 use crate::vm_process::{self, Outcome, ProcessConfig, Role, VmProcess};
@@ -42,6 +44,30 @@ pub struct SegmentNic {
     pub mac: [u8; 6],
     pub address: Ipv4Addr,
     pub socket: OwnedFd,
+}
+
+impl SegmentNic {
+    /// What the member's agent is asked to configure: this NIC, no
+    /// gateway (the segment leads nowhere else), no name servers, and the
+    /// names of every other member.
+    pub fn guest_config(&self, members: &[(String, Ipv4Addr)]) -> NetworkConfig {
+        NetworkConfig {
+            mac: Some(super::mac_text(self.mac)),
+            address: self.address.to_string(),
+            prefix_len: SEGMENT_PREFIX_LEN,
+            gateway: None,
+            mtu: super::GUEST_MTU,
+            dns: Vec::new(),
+            hosts: members
+                .iter()
+                .filter(|(name, _)| *name != self.name)
+                .map(|(name, address)| HostEntry {
+                    name: name.clone(),
+                    address: address.to_string(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The running switch. Dropping it kills its process; its members' NICs

@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -193,6 +194,16 @@ fn run_vmm(
         vmm.add_virtio_device(Box::new(net_device(net, &config.name)?))
             .map_err(vmm_error)?;
     }
+    // The caches' descriptors are theirs: the segment may not name one.
+    let mut taken: HashSet<i32> = role
+        .caches
+        .iter()
+        .flat_map(|c| [c.base_fd, c.layer_fd])
+        .collect();
+    if let Some(segment) = &role.segment {
+        let nic = segment_device(segment, &config.name, &mut taken)?;
+        vmm.add_virtio_device(Box::new(nic)).map_err(vmm_error)?;
+    }
     // The caches last: the root disk stays the guest's first disk.
     for device in cache_devices(role)? {
         vmm.add_virtio_device(Box::new(device)).map_err(vmm_error)?;
@@ -311,6 +322,30 @@ fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
         vm: vm.to_string(),
     })
     .map_err(|e| format!("kvm backend: network device: {e}"))
+}
+
+/// The NIC on the job's segment, on the socket the runner passed.
+fn segment_device(
+    segment: &super::SegmentRole,
+    vm: &str,
+    taken: &mut HashSet<i32>,
+) -> Result<NetDevice, String> {
+    if segment.fd < 3 || !taken.insert(segment.fd) {
+        return Err(format!(
+            "kvm backend: the segment's NIC has a bad descriptor {}",
+            segment.fd
+        ));
+    }
+    // SAFETY: the runner passed this descriptor for the segment's NIC
+    // alone (checked above against every other one it passed).
+    let backend = unsafe { std::os::unix::net::UnixStream::from_raw_fd(segment.fd) };
+    NetDevice::new(NetConfig {
+        backend,
+        mac: segment.mac,
+        policy: None,
+        vm: vm.to_string(),
+    })
+    .map_err(|e| format!("kvm backend: segment network device: {e}"))
 }
 
 /// VMM build errors (no /dev/kvm, not a kernel, too little memory, too

@@ -28,7 +28,6 @@ pub mod switch;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
@@ -39,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::BootError;
-use crate::process::{kill_pid, spawn_guarded, ChildGuard};
+use crate::process::{inherit_fds, kill_pid, spawn_guarded, ChildGuard};
 pub use cache_disks::CacheRole;
 use policy::refuse_weakening_on_a_policed_machine;
 
@@ -47,7 +46,7 @@ use policy::refuse_weakening_on_a_policed_machine;
 pub const SUBCOMMAND: &str = "__vm-process";
 /// Bumped whenever [`ProcessConfig`] or the status lines change, so that a
 /// stale `runner` binary refuses instead of misreading.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 /// Turns the jail off (`off`), for debugging and for measuring what it
 /// costs; refused on a machine with a policy file.
 pub const JAIL_ENV: &str = "RUNNER_JAIL";
@@ -127,6 +126,9 @@ pub struct VmmRole {
     /// A virtio-net NIC on passt's socket; `None`: no NIC at all.
     #[serde(default)]
     pub network: Option<NetRole>,
+    /// A virtio-net NIC on the job's private segment with its services.
+    #[serde(default)]
+    pub segment: Option<SegmentRole>,
     /// Where a snapshot goes when the runner sends SIGUSR1 (see
     /// [`VmProcess::request_snapshot`]); `None`: SIGUSR1 is ignored.
     #[serde(default)]
@@ -163,6 +165,16 @@ pub struct NetRole {
     pub allowed: Vec<std::net::SocketAddr>,
     /// passt's DNS forwarder, which a policy always lets through.
     pub dns: std::net::Ipv4Addr,
+}
+
+/// The guest's NIC on a segment: the inherited socket its switch holds
+/// the other end of, and the MAC the switch knows it by. The switch
+/// enforces the segment's rules, so the NIC itself filters nothing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRole {
+    pub fd: RawFd,
+    pub mac: [u8; 6],
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -276,21 +288,7 @@ impl VmProcess {
         cmd.arg(SUBCOMMAND)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        if !inherit.is_empty() {
-            let inherit = inherit.to_vec();
-            // SAFETY: fcntl is async-signal-safe; clearing FD_CLOEXEC in
-            // the forked child alone leaks the files to no other program.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &fd in &inherit {
-                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
+        inherit_fds(&mut cmd, inherit);
         let mut child = spawn_guarded(&mut cmd, "VM process")
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", exe.display())))?;
         let mut stdin = child.take_stdin();
