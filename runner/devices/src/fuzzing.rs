@@ -520,7 +520,7 @@ pub fn segment(data: &[u8]) -> bool {
         let from = usize::from(*port % 4);
         now += std::time::Duration::from_millis(u64::from(*millis));
         match switch.switch(from, frame, now) {
-            Switched::Drop(_) => continue,
+            Switched::Drop(_) | Switched::Refuse(_) => continue,
             Switched::Forward(to) => {
                 let (sender, target) = (members[from], members[to]);
                 assert_ne!(from, to, "a frame sent back to its sender");

@@ -70,7 +70,12 @@ pub enum Switched {
     Forward(usize),
     /// Back to the sender: the switch's answer to its ARP request.
     Reply(Vec<u8>),
+    /// Dropped, as any guest's chatter is (IPv6, multicast, gratuitous
+    /// ARP): nobody on the segment needs it.
     Drop(&'static str),
+    /// Dropped, and worth saying: a frame no honest member sends (a forged
+    /// address, a flood, an oversized frame).
+    Refuse(&'static str),
 }
 
 /// The switch's decisions, and each port's rate budget.
@@ -100,21 +105,21 @@ impl Segment {
     /// the same for every call) goes.
     pub fn switch(&mut self, from: usize, frame: &[u8], now: Duration) -> Switched {
         let Some(sender) = self.members.get(from).copied() else {
-            return Switched::Drop("a frame from no port");
+            return Switched::Refuse("a frame from no port");
         };
         if frame.len() < ETH_HEADER {
-            return Switched::Drop("a runt frame");
+            return Switched::Refuse("a runt frame");
         }
         if frame.len() > MAX_SEGMENT_FRAME {
-            return Switched::Drop("a frame larger than the segment's MTU");
+            return Switched::Refuse("a frame larger than the segment's MTU");
         }
         // Charged before anything else: a flood of frames that are all
         // dropped still costs the switch the work of looking at them.
         if !self.buckets[from].take(&self.limit, frame.len(), now) {
-            return Switched::Drop("a frame over its port's rate");
+            return Switched::Refuse("a frame over its port's rate");
         }
         if frame[6..12] != sender.mac {
-            return Switched::Drop("a frame with another source MAC than its port's");
+            return Switched::Refuse("a frame with another source MAC than its port's");
         }
         let payload = &frame[ETH_HEADER..];
         match u16::from_be_bytes([frame[12], frame[13]]) {
@@ -136,7 +141,7 @@ impl Segment {
         if arp[8..14] != sender.mac
             || (sender_ip != sender.address && sender_ip != Ipv4Addr::UNSPECIFIED)
         {
-            return Switched::Drop("an ARP packet that claims another member's addresses");
+            return Switched::Refuse("an ARP packet that claims another member's addresses");
         }
         if op != ARP_REQUEST {
             // Replies and announcements: the switch answers for everyone,
@@ -156,17 +161,17 @@ impl Segment {
 
     fn ipv4(&self, sender: Member, dst_mac: &[u8], packet: &[u8]) -> Switched {
         if packet.len() < 20 || packet[0] >> 4 != 4 {
-            return Switched::Drop("a malformed IPv4 header");
+            return Switched::Refuse("a malformed IPv4 header");
         }
         if ipv4_at(packet, 12) != sender.address {
-            return Switched::Drop("an IPv4 packet with another source than its port's");
+            return Switched::Refuse("an IPv4 packet with another source than its port's");
         }
         let dst = ipv4_at(packet, 16);
         match self.members.iter().position(|m| m.mac == dst_mac) {
             Some(to) if self.members[to].address == dst && self.members[to] != sender => {
                 Switched::Forward(to)
             }
-            Some(_) => Switched::Drop("an IPv4 packet whose address is not its MAC's member"),
+            Some(_) => Switched::Refuse("an IPv4 packet whose address is not its MAC's member"),
             None => Switched::Drop("an IPv4 packet for a MAC not on the segment"),
         }
     }

@@ -48,7 +48,14 @@ fn ipv4(from: Member, to_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, len: usize)
 fn dropped(s: Switched) -> &'static str {
     match s {
         Switched::Drop(why) => why,
-        other => panic!("expected a drop, got {other:?}"),
+        other => panic!("expected a quiet drop, got {other:?}"),
+    }
+}
+
+fn refused(s: Switched) -> &'static str {
+    match s {
+        Switched::Refuse(why) => why,
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -92,9 +99,9 @@ fn arp_never_reaches_another_member_nor_learns_anything_off_the_segment() {
     assert!(dropped(seg.switch(0, &gratuitous, t)).contains("reply"));
     // Claiming the database's address or MAC from the job's port.
     let posing = arp(1, JOB.mac, (DB.address, JOB.mac), CACHE.address);
-    assert!(dropped(seg.switch(0, &posing, t)).contains("another member"));
+    assert!(refused(seg.switch(0, &posing, t)).contains("another member"));
     let posing = arp(1, JOB.mac, (JOB.address, DB.mac), CACHE.address);
-    assert!(dropped(seg.switch(0, &posing, t)).contains("another member"));
+    assert!(refused(seg.switch(0, &posing, t)).contains("another member"));
     // Short, or not IPv4 over Ethernet.
     let mut short = arp(1, JOB.mac, (JOB.address, JOB.mac), DB.address);
     short.truncate(14 + 27);
@@ -111,40 +118,40 @@ fn ipv4_goes_only_to_the_member_it_names_and_never_with_a_forged_source() {
     assert_eq!(seg.switch(1, &back, t), Switched::Forward(0));
 
     // The job's frame sent on the database's port: another source MAC.
-    assert!(dropped(seg.switch(1, &to_db, t)).contains("source MAC"));
+    assert!(refused(seg.switch(1, &to_db, t)).contains("source MAC"));
     // The right MAC, but the database's address as source.
     let forged = ipv4(JOB, CACHE.mac, DB.address, CACHE.address, 60);
-    assert!(dropped(seg.switch(0, &forged, t)).contains("another source"));
+    assert!(refused(seg.switch(0, &forged, t)).contains("another source"));
     // Routed through a member: its MAC, someone else's address.
     let routed = ipv4(JOB, DB.mac, JOB.address, Ipv4Addr::new(1, 1, 1, 1), 60);
-    assert!(dropped(seg.switch(0, &routed, t)).contains("not its MAC's member"));
+    assert!(refused(seg.switch(0, &routed, t)).contains("not its MAC's member"));
     // Broadcast and unknown MACs are never flooded.
     let broadcast = ipv4(JOB, [0xff; 6], JOB.address, Ipv4Addr::BROADCAST, 60);
     assert!(dropped(seg.switch(0, &broadcast, t)).contains("not on the segment"));
     // To oneself.
     let own = ipv4(JOB, JOB.mac, JOB.address, JOB.address, 60);
-    assert!(dropped(seg.switch(0, &own, t)).contains("not its MAC's member"));
+    assert!(refused(seg.switch(0, &own, t)).contains("not its MAC's member"));
     // IPv6 and others.
     let mut v6 = to_db.clone();
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);
     assert!(dropped(seg.switch(0, &v6, t)).contains("neither IPv4 nor ARP"));
     // A port that does not exist.
-    assert!(dropped(seg.switch(7, &to_db, t)).contains("no port"));
+    assert!(refused(seg.switch(7, &to_db, t)).contains("no port"));
 }
 
 #[test]
 fn frame_sizes_are_bounded() {
     let mut seg = segment();
     let t = Duration::ZERO;
-    assert!(dropped(seg.switch(0, &[0; 13], t)).contains("runt"));
+    assert!(refused(seg.switch(0, &[0; 13], t)).contains("runt"));
     let biggest = ipv4(JOB, DB.mac, JOB.address, DB.address, MAX_SEGMENT_FRAME - 14);
     assert_eq!(biggest.len(), MAX_SEGMENT_FRAME);
     assert_eq!(seg.switch(0, &biggest, t), Switched::Forward(1));
     let jumbo = ipv4(JOB, DB.mac, JOB.address, DB.address, MAX_SEGMENT_FRAME - 13);
-    assert!(dropped(seg.switch(0, &jumbo, t)).contains("MTU"));
+    assert!(refused(seg.switch(0, &jumbo, t)).contains("MTU"));
     let mut short_ip = ipv4(JOB, DB.mac, JOB.address, DB.address, 20);
     short_ip.truncate(14 + 19);
-    assert!(dropped(seg.switch(0, &short_ip, t)).contains("malformed"));
+    assert!(refused(seg.switch(0, &short_ip, t)).contains("malformed"));
 }
 
 #[test]
@@ -162,7 +169,7 @@ fn a_flooding_port_is_held_to_its_rate_and_the_others_are_not_charged() {
         .filter(|_| seg.switch(0, &to_db, t0) == Switched::Forward(1))
         .count();
     assert_eq!(passed, 10);
-    assert!(dropped(seg.switch(0, &to_db, t0)).contains("rate"));
+    assert!(refused(seg.switch(0, &to_db, t0)).contains("rate"));
     // The database's port has its own budget.
     let back = ipv4(DB, JOB.mac, DB.address, JOB.address, 60);
     assert_eq!(seg.switch(1, &back, t0), Switched::Forward(0));
@@ -172,7 +179,7 @@ fn a_flooding_port_is_held_to_its_rate_and_the_others_are_not_charged() {
         .filter(|_| seg.switch(0, &to_db, t1) == Switched::Forward(1))
         .count();
     assert_eq!(passed, 5);
-    assert!(dropped(seg.switch(0, &to_db, t0)).contains("rate"));
+    assert!(refused(seg.switch(0, &to_db, t0)).contains("rate"));
 
     // Bytes too: 1 MiB/s with a 100 ms burst is about 69 full frames.
     let bytes_only = RateLimit {

@@ -203,7 +203,10 @@ fn switch_whole_frames(
         match segment.switch(from, frame, started.elapsed()) {
             Switched::Forward(to) => queue(&mut ports[to], frame),
             Switched::Reply(reply) => queue(&mut ports[from], &reply),
-            Switched::Drop(why) => note(&mut ports[from], why),
+            Switched::Drop(why) => {
+                tracing::debug!(port = %ports[from].name, "segment: dropped {why}")
+            }
+            Switched::Refuse(why) => note(&mut ports[from], why),
         }
     }
     ports[from].input = input[at..].to_vec();
@@ -233,12 +236,12 @@ fn flush(port: &mut Port) {
     }
 }
 
-/// Says why a port's frames are dropped, once per reason: a guest that
+/// Says why a port's frames are refused, once per reason: a guest that
 /// spoofs or floods is worth a line, not a line per frame.
 fn note(port: &mut Port, why: &'static str) {
     if !port.noted.contains(&why) {
         port.noted.push(why);
-        tracing::warn!("segment: {} sent {why}: dropped (said once)", port.name);
+        tracing::warn!("segment: {} sent {why}: refused (said once)", port.name);
     }
 }
 
