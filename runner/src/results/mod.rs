@@ -212,8 +212,11 @@ pub struct JobCase {
     pub name: &'static str,
     pub kind: CaseKind,
     pub message: String,
-    /// Extra lines: the serial console tail for a boot error.
+    /// Extra lines: the serial console tail for a boot error, the end of
+    /// a service's log for a job that failed because of it.
     pub detail: Vec<String>,
+    /// What `detail` is, as reports title it: `serial console`, `log`.
+    pub detail_title: &'static str,
 }
 
 /// Case counts of a run. Failures and errors of `allow_failure` jobs are
@@ -352,6 +355,7 @@ impl JobResult {
                 kind: CaseKind::Error,
                 message: format!("VM failed to boot: {message}"),
                 detail: serial_tail.clone(),
+                detail_title: "serial console",
             }),
             JobOutcome::Error { message } => {
                 // Already reported on the step it happened in.
@@ -359,11 +363,16 @@ impl JobResult {
                     StepStatus::Error { message: m } => m == message,
                     _ => false,
                 });
+                // A message's first line says what happened; the lines
+                // after it (a failed service's log) are its detail.
+                let mut lines = message.lines();
+                let first = lines.next().unwrap_or_default().to_string();
                 (!on_a_step).then(|| JobCase {
                     name: "(job)",
                     kind: CaseKind::Error,
-                    message: message.clone(),
-                    detail: Vec::new(),
+                    message: first,
+                    detail: lines.map(|l| l.trim_start().to_string()).collect(),
+                    detail_title: "log",
                 })
             }
             JobOutcome::Cancelled { reason } => self.steps.is_empty().then(|| JobCase {
@@ -371,6 +380,7 @@ impl JobResult {
                 kind: CaseKind::Skipped,
                 message: format!("cancelled: {reason}"),
                 detail: Vec::new(),
+                detail_title: "",
             }),
         }
     }

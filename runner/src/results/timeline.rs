@@ -17,6 +17,9 @@ pub struct Phase {
 pub enum PhaseKind {
     /// Starting the VM until the agent answered (or the boot failed).
     Boot,
+    /// Waiting for the job's services to be ready (they boot beside the
+    /// job's VM; this is what is left once it has booted).
+    Services,
     /// Copying the job's `files` in.
     CopyFiles,
     /// One attempt of step `index` (of [`super::JobResult::steps`]).
@@ -34,6 +37,7 @@ impl PhaseKind {
     pub fn label(self) -> &'static str {
         match self {
             PhaseKind::Boot => "boot",
+            PhaseKind::Services => "services",
             PhaseKind::CopyFiles => "files",
             PhaseKind::Step { .. } => "step",
             PhaseKind::ImportedTests => "reports",

@@ -55,7 +55,8 @@ impl ConsoleReporter {
                 ));
                 if !case.detail.is_empty() {
                     lines.push(format!(
-                        "--- serial console, {} ---",
+                        "--- {}, {} ---",
+                        case.detail_title,
                         last_lines(case.detail.len())
                     ));
                     lines.extend(case.detail.iter().map(|l| clean_text(l)));

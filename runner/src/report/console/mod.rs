@@ -320,7 +320,7 @@ impl ConsoleReporter {
             JobOutcome::Error { message } => format!(
                 "[{name}] {}{allowed}: {}",
                 self.paint("ERROR", "1;31"),
-                one_line(message)
+                first_line(message)
             ),
             JobOutcome::Cancelled { reason } => {
                 format!(
@@ -353,7 +353,7 @@ fn attempt_note(attempt: crate::results::Attempt, passed: bool, how: &str) -> St
 fn job_problem(result: &JobResult) -> String {
     match &result.outcome {
         JobOutcome::BootError { message, .. } => format!("VM failed to boot: {message}"),
-        JobOutcome::Error { message } => message.clone(),
+        JobOutcome::Error { message } => first_line(message),
         _ => result
             .steps
             .iter()
@@ -361,6 +361,15 @@ fn job_problem(result: &JobResult) -> String {
             .map(|s| format!("`{}` {}", s.name, s.status.describe()))
             .unwrap_or_else(|| "failed".to_string()),
     }
+}
+
+/// What a multi-line message says first (its detail is shown below it).
+fn first_line(text: &str) -> String {
+    clean_text(text)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn one_line(text: &str) -> String {

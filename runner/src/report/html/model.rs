@@ -374,8 +374,8 @@ fn attempt_failures(
     if let Some(case) = job.job_case().filter(|c| is_bad(c.kind)) {
         let mut outputs = Vec::new();
         if !case.detail.is_empty() {
-            let serial = budget.text(&case.detail.join("\n"));
-            outputs.push(("serial console".to_string(), serial));
+            let detail = budget.text(&case.detail.join("\n"));
+            outputs.push((case.detail_title.to_string(), detail));
         }
         failures.push(Failure {
             job: index,

@@ -58,8 +58,9 @@ pub fn job_case_status(job: &JobResult, case: &JobCase) -> TestCaseStatus {
     status.set_message(xml_attribute(&message(job, &case.message)));
     if !case.detail.is_empty() {
         let mut body = format!(
-            "{}\n\n--- serial console, {} ---\n",
+            "{}\n\n--- {}, {} ---\n",
             case.message,
+            case.detail_title,
             last_lines(case.detail.len())
         );
         for line in &case.detail {
