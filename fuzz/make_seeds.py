@@ -319,6 +319,25 @@ jobs:
     steps: [true]
   off: { cache: [], steps: [true] }
 """)
+    # Services: defaults and a job's own, an image spec, every key.
+    write("pipeline", "services.yml", b"""\
+defaults:
+  services:
+    - name: db
+      image: { base: debian, packages: [postgresql] }
+      run: ./start-postgres.sh
+      ready: pg_isready -h 127.0.0.1
+      ready_timeout: 2m
+      env: { POSTGRES_PASSWORD: test }
+      memory: 512M
+    - { name: cache, run: redis-server }
+jobs:
+  test: { steps: [psql -h db -c 'select 1'] }
+  own:
+    services: [{ name: web-1, run: httpd -f, image: minimal }]
+    steps: [true]
+  off: { services: [], steps: [true] }
+""")
 
 
 def tars():

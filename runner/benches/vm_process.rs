@@ -282,6 +282,7 @@ fn vmm_role(dir: &Path, kernel: &Path, rootfs: &Path) -> Role {
         serial_log: dir.join("serial.log"),
         serial_log_limit: None,
         network: Default::default(),
+        segment: None,
         snapshot: None,
         restore: None,
         disk,

@@ -17,8 +17,9 @@ use crate::pipeline::cache::{
     check_cache_key, overlap, refusal, resolve_cache_path, MIN_CACHE_SIZE,
 };
 use crate::pipeline::host_scope::lexically_inside;
-use crate::pipeline::Pipeline;
-use crate::plan::{Plan, PlannedCache};
+use crate::pipeline::service::{check_service_name, MAX_SERVICES};
+use crate::pipeline::{Pipeline, MIN_MEMORY_MIB};
+use crate::plan::{Plan, PlannedCache, PlannedService};
 use crate::results::{ImportedCase, ImportedResult, Output};
 use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
 
@@ -26,7 +27,8 @@ use crate::session::unpack::{unpack, ArtifactBudget, ArtifactLimits};
 /// error, never a panic; a pipeline that parses must plan into uniquely
 /// named jobs whose log directory names are safe, and whose caches have
 /// keys the store can use as directory names and absolute, allowed,
-/// non-overlapping paths. Returns whether it parsed.
+/// non-overlapping paths, and whose services have distinct host names and
+/// something to run. Returns whether it parsed.
 pub fn pipeline(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
         return false;
@@ -52,8 +54,33 @@ pub fn pipeline(data: &[u8]) -> bool {
             let _ = step.exec_request(None);
         }
         check_caches(&job.caches);
+        check_services(&job.services);
     }
     true
+}
+
+fn check_services(services: &[PlannedService]) {
+    assert!(
+        services.len() <= MAX_SERVICES,
+        "{} services",
+        services.len()
+    );
+    let mut names = HashSet::new();
+    for service in services {
+        assert!(
+            names.insert(&service.name),
+            "service {} twice",
+            service.name
+        );
+        assert_eq!(check_service_name(&service.name), Ok(()));
+        assert!(!service.run.trim().is_empty(), "empty run");
+        assert!(!service.ready_timeout.is_zero(), "zero ready_timeout");
+        assert!(
+            service.memory_mib >= MIN_MEMORY_MIB,
+            "{}",
+            service.memory_mib
+        );
+    }
 }
 
 fn check_caches(caches: &[PlannedCache]) {

@@ -488,6 +488,11 @@ impl Grants {
             }
             self.check_image(&job.image, &plan.workspace)
                 .map_err(in_job)?;
+            // A service's image spec is built on this host like the job's.
+            for service in &job.services {
+                self.check_image(&service.image, &plan.workspace)
+                    .map_err(|e| in_job(format!("service `{}`: {e}", service.name)))?;
+            }
             self.check_network(&job.network).map_err(in_job)?;
             self.check_caches(&job.caches).map_err(in_job)?;
         }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use agent_protocol::{Command, ExecRequest};
 
 use crate::pipeline::cache::resolve_cache_path;
+use crate::pipeline::service::{DEFAULT_SERVICE_MEMORY_MIB, SERVICE_VCPUS};
 use crate::pipeline::{
-    Cache, Combination, Env, FileEntry, Image, Network, Pipeline, ReportFiles, StepCommand,
-    DEFAULT_JOB_TIMEOUT,
+    Cache, Combination, Env, FileEntry, Image, Network, Pipeline, ReportFiles, Service,
+    StepCommand, DEFAULT_JOB_TIMEOUT,
 };
 pub use crate::pipeline::{CachePolicy, CacheWhen};
 
@@ -61,7 +62,59 @@ pub struct PlannedJob {
     /// The job's caches (its own, or `defaults`'), in file order: the VM's
     /// cache disks `cache0`, `cache1`, ...
     pub caches: Vec<PlannedCache>,
+    /// The job's services (its own, or `defaults`'), in file order; each
+    /// is a VM of its own, on a private segment shared only with the job.
+    pub services: Vec<PlannedService>,
     pub steps: Vec<PlannedStep>,
+}
+
+impl PlannedJob {
+    /// The images this job needs: its own, then its services'.
+    pub fn images(&self) -> impl Iterator<Item = &Image> {
+        std::iter::once(&self.image).chain(self.services.iter().map(|service| &service.image))
+    }
+}
+
+/// One service of a job, resolved: what its VM boots and runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedService {
+    /// The host name the job reaches it by; unique within the job.
+    pub name: String,
+    /// The service's `image`, else the pipeline's (not the job's: a
+    /// service is its own machine, whatever the job boots).
+    pub image: Image,
+    /// Script started in the service's VM; it may stay in the foreground.
+    pub run: String,
+    /// Script polled in the service's VM until it exits 0; `None` when the
+    /// service has no `ready`.
+    pub ready: Option<String>,
+    /// How long `ready` may take to succeed.
+    pub ready_timeout: Duration,
+    /// The service's own `env`, nothing else: neither the runner's
+    /// built-ins (`RUNNER_JOB`, …) nor the job's or `defaults`' `env`,
+    /// which are the job's settings, not its services'.
+    pub env: Env,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+}
+
+impl PlannedService {
+    /// `service` of `pipeline`, its defaults filled in.
+    fn new(service: &Service, pipeline: &Pipeline) -> PlannedService {
+        PlannedService {
+            name: service.name.clone(),
+            image: service
+                .image
+                .clone()
+                .unwrap_or_else(|| pipeline.image.clone()),
+            run: service.run.clone(),
+            ready: service.ready.clone(),
+            ready_timeout: service.ready_timeout,
+            env: service.env.clone(),
+            memory_mib: service.memory_mib.unwrap_or(DEFAULT_SERVICE_MEMORY_MIB),
+            vcpus: SERVICE_VCPUS,
+        }
+    }
 }
 
 /// One cache of a job, resolved: the store's key and the guest paths kept.
@@ -179,6 +232,11 @@ impl Plan {
                 .iter()
                 .map(|cache| PlannedCache::new(cache, &workdir))
                 .collect();
+            let services: Vec<PlannedService> = pipeline
+                .job_services(job)
+                .iter()
+                .map(|service| PlannedService::new(service, pipeline))
+                .collect();
             let shell = job.shell.clone().or_else(|| defaults.shell.clone());
             let step_timeout = job.step_timeout.or(defaults.step_timeout);
             for (name, matrix) in job.expand() {
@@ -240,6 +298,7 @@ impl Plan {
                     allow_failure: job.allow_failure,
                     retry: job.retry,
                     caches: caches.clone(),
+                    services: services.clone(),
                     steps,
                 });
             }

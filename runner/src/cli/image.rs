@@ -119,8 +119,9 @@ fn build(which: &str, verify: bool, grants: &GrantArgs) -> Result<i32, Failure> 
     Ok(0)
 }
 
-/// Every image the pipeline uses (top level and per job): kernels and
-/// root file systems, named, prebuilt or built from a spec; one path a line.
+/// Every image the pipeline uses (top level, per job and per service):
+/// kernels and root file systems, named, prebuilt or built from a spec;
+/// one path a line.
 fn build_pipeline(
     images: &Images,
     path: &Path,
@@ -128,8 +129,6 @@ fn build_pipeline(
     grants: &Grants,
 ) -> Result<i32, Failure> {
     let pipeline = Pipeline::load(path).map_err(|e| Failure::new(2, e))?;
-    let all = std::iter::once(&pipeline.image)
-        .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
     let mut seen = HashSet::new();
     let fail = |e: ImageError| {
         let code = if matches!(e, ImageError::Spec(_)) {
@@ -139,7 +138,7 @@ fn build_pipeline(
         };
         Failure::new(code, e)
     };
-    for image in all {
+    for image in pipeline.images() {
         grants
             .check_image(image, &pipeline.workspace)
             .map_err(|e| Failure::new(2, anyhow::Error::msg(e)))?;
@@ -161,9 +160,7 @@ fn build_pipeline(
 
 fn pipeline_specs(pipeline: &Pipeline) -> Vec<std::sync::Arc<crate::pipeline::ImageSpec>> {
     let mut specs = Vec::new();
-    let all = std::iter::once(&pipeline.image)
-        .chain(pipeline.jobs.iter().filter_map(|job| job.image.as_ref()));
-    for image in all {
+    for image in pipeline.images() {
         if let ImageRef::Spec(spec) = &image.rootfs {
             if !specs.contains(spec) {
                 specs.push(spec.clone());

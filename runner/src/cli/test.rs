@@ -17,7 +17,7 @@ use super::{listing, out_dir};
 use crate::grants::{CacheArgs, GrantArgs, Grants};
 use crate::pipeline::parse_duration;
 use crate::pipeline::{parse_byte_size, Pipeline};
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedJob};
 use crate::report::events;
 use crate::report::html;
 use crate::report::{
@@ -274,15 +274,16 @@ fn select_shard(plan: Plan, args: &TestArgs) -> anyhow::Result<Plan> {
     })
 }
 
-/// Resolves every image the plan uses once, building named ones on first use.
+/// Resolves every image the plan uses (jobs' and services') once, building
+/// named ones and specs on first use.
 fn resolve_images(plan: &Plan, grants: &Grants) -> anyhow::Result<ResolvedImages> {
     let images = Images::from_env().with_limits(grants.build_limits());
     let mut resolved = HashMap::new();
-    for job in &plan.jobs {
-        if !resolved.contains_key(&job.image) {
-            let kernel = images.kernel(&job.image.kernel)?;
-            let rootfs = images.rootfs(&job.image.rootfs)?;
-            resolved.insert(job.image.clone(), (kernel, rootfs));
+    for image in plan.jobs.iter().flat_map(PlannedJob::images) {
+        if !resolved.contains_key(image) {
+            let kernel = images.kernel(&image.kernel)?;
+            let rootfs = images.rootfs(&image.rootfs)?;
+            resolved.insert(image.clone(), (kernel, rootfs));
         }
     }
     Ok(resolved)

@@ -176,6 +176,28 @@ fn an_image_size_beyond_the_cap_is_refused() {
 }
 
 #[test]
+fn a_services_image_is_held_to_the_grants_like_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: n\njobs:\n  a:\n    services: [{ name: db, run: x, image: { base: minimal, size: 512G } }]\n    steps: [true]\n";
+    let err = refusal(&grants(&[]), dir.path(), yaml);
+    assert_eq!(
+        err,
+        "job `a`: service `db`: image `size: 524288M` is more than the 16384M allowed; pass --max-image-size to grant it"
+    );
+    let yaml = "name: n\njobs:\n  a:\n    services: [{ name: db, run: x, image: { rootfs: /etc/shadow } }]\n    steps: [true]\n";
+    let err = refusal(&grants(&[]), dir.path(), yaml);
+    assert!(
+        err.starts_with(
+            "job `a`: service `db`: image `rootfs: /etc/shadow` is outside the workspace"
+        ),
+        "{err}"
+    );
+    assert!(grants(&["--allow-host-files"])
+        .check_plan(&plan(dir.path(), yaml))
+        .is_ok());
+}
+
+#[test]
 fn a_policy_file_grants_like_the_flags() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.yml");

@@ -17,6 +17,7 @@ mod imported;
 mod model;
 pub mod network;
 mod scalars;
+pub mod service;
 #[cfg(test)]
 mod tests;
 

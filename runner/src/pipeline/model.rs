@@ -74,6 +74,8 @@ pub struct Defaults {
     pub network: Option<Network>,
     /// `cache:`; `None` when not set.
     pub cache: Option<Vec<Cache>>,
+    /// `services:`; `None` when not set.
+    pub services: Option<Vec<Service>>,
 }
 
 /// What to copy into the guest before the first step.
@@ -103,6 +105,10 @@ pub struct Job {
     /// `cache:`; `None` inherits `defaults`, `Some(vec![])` (`cache: []`)
     /// turns them off: a job's list replaces `defaults`', as in GitLab.
     pub cache: Option<Vec<Cache>>,
+    /// `services:`; `None` inherits `defaults`, `Some(vec![])`
+    /// (`services: []`) turns them off: like `cache`, a job's list replaces
+    /// `defaults`'.
+    pub services: Option<Vec<Service>>,
     pub allow_failure: bool,
     /// Extra attempts after a failure, each in a fresh VM.
     pub retry: u32,
@@ -127,6 +133,26 @@ pub struct Cache {
     pub when: CacheWhen,
     /// The file system's size in bytes: the most the cache can hold.
     pub size: u64,
+}
+
+/// One `services:` entry: a VM of its own that runs `run` next to the
+/// job's, reached from the job by `name` (see `docs/pipeline-format.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// The host name the job uses: one lowercase DNS label, unique in the
+    /// job's list.
+    pub name: String,
+    /// `None` boots the pipeline's `image`.
+    pub image: Option<Image>,
+    /// Script started in the service's VM; it may stay in the foreground.
+    pub run: String,
+    /// Script polled in the service's VM until it exits 0.
+    pub ready: Option<String>,
+    /// How long `ready` may take to succeed.
+    pub ready_timeout: Duration,
+    pub env: Env,
+    /// `None`: [`crate::pipeline::service::DEFAULT_SERVICE_MEMORY_MIB`].
+    pub memory_mib: Option<u64>,
 }
 
 /// Whether a job reads the cache, writes it back, or both (GitLab's words).
@@ -221,6 +247,30 @@ impl Pipeline {
             .clone()
             .or_else(|| self.defaults.workdir.clone())
             .unwrap_or_else(|| default_workdir(files))
+    }
+
+    /// `job`'s services: its own `services`, else `defaults`'.
+    pub fn job_services<'a>(&'a self, job: &'a Job) -> &'a [Service] {
+        job.services
+            .as_deref()
+            .or(self.defaults.services.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Every image the file names: the top-level one (also what jobs and
+    /// services without an `image` boot), each job's and each service's.
+    /// Repeats are left in.
+    pub fn images(&self) -> impl Iterator<Item = &Image> {
+        let services = self
+            .defaults
+            .services
+            .iter()
+            .chain(self.jobs.iter().filter_map(|job| job.services.as_ref()))
+            .flatten()
+            .filter_map(|service| service.image.as_ref());
+        std::iter::once(&self.image)
+            .chain(self.jobs.iter().filter_map(|job| job.image.as_ref()))
+            .chain(services)
     }
 
     /// `job`'s caches: its own `cache`, else `defaults`'.

@@ -11,6 +11,7 @@ use super::caches::JobCaches;
 use super::context::RunContext;
 use super::imported::{Importer, Scope};
 use super::retry;
+use super::services::JobServices;
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::{OutputStream, RunEvent};
@@ -30,7 +31,9 @@ pub(super) fn run(job: &PlannedJob, ctx: &RunContext, attempt: Attempt) -> JobRe
     let mut result = JobResult::for_job(job, SystemTime::now());
     result.attempt = attempt;
     ctx.reporter.report(&RunEvent::JobStarted { job });
-    result.outcome = match run_in_vm(job, ctx, clock, &mut result) {
+    // Scoped: a job's services each have a thread, which end with it.
+    let ran = std::thread::scope(|scope| run_in_vm(job, ctx, clock, &mut result, scope));
+    result.outcome = match ran {
         Ok(()) => JobResult::outcome_from_steps(&result.steps),
         Err(outcome) => outcome,
     };
@@ -42,11 +45,12 @@ pub(super) fn run(job: &PlannedJob, ctx: &RunContext, attempt: Attempt) -> JobRe
     result
 }
 
-fn run_in_vm(
-    job: &PlannedJob,
-    ctx: &RunContext,
+fn run_in_vm<'scope, 'env>(
+    job: &'env PlannedJob,
+    ctx: &'env RunContext<'env>,
     clock: Instant,
     result: &mut JobResult,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
 ) -> Result<(), JobOutcome> {
     let log_path = ctx
         .options
@@ -73,11 +77,14 @@ fn run_in_vm(
             .ok_or_else(|| JobOutcome::Error {
                 message: "no image was resolved for this job".into(),
             })?;
-    let scope = runner_machine::caches::Scope::new(
+    let cache_scope = runner_machine::caches::Scope::new(
         &ctx.options.grants.cache.scope,
         ctx.options.grants.cache.protected,
     );
-    let mut caches = JobCaches::checkout(job, ctx.options.caches.as_ref(), &scope, &log, result);
+    let mut caches =
+        JobCaches::checkout(job, ctx.options.caches.as_ref(), &cache_scope, &log, result);
+    // Booting beside the job's VM from here on.
+    let services = start_services(job, ctx, result.attempt, &log, scope)?;
     let spec = VmSpec {
         name: job.name.clone(),
         kernel,
@@ -87,7 +94,7 @@ fn run_in_vm(
         boot_timeout: ctx.options.boot_timeout,
         serial_log_limit: ctx.options.log_limit,
         network: ctx.options.grants.nic(&job.network),
-        segment: None,
+        segment: services.as_ref().map(|s| s.job_nic.clone()),
         caches: caches.disks(),
     };
     ctx.reporter.report(&RunEvent::JobProgress {
@@ -122,6 +129,25 @@ fn run_in_vm(
                 message: format!("configuring the guest's network: {e}"),
             })?;
         log.note(&format!("==> network: {interface} is up"));
+    }
+    if let Some(services) = &services {
+        let interface = session
+            .configure_network(&services.job_network())
+            .map_err(|e| JobOutcome::Error {
+                message: format!("configuring the guest's network with its services: {e}"),
+            })?;
+        log.note(&format!("==> services' network: {interface} is up"));
+        ctx.reporter.report(&RunEvent::JobProgress {
+            job,
+            activity: "waiting for services",
+        });
+        let waiting = Instant::now();
+        let ready = services.wait_ready(&log);
+        result
+            .timeline
+            .push(Phase::until_now(PhaseKind::Services, clock, waiting));
+        ready.map_err(|message| JobOutcome::Error { message })?;
+        services.cancel_steps_with(session.canceller());
     }
     // Before the files: a cache path may lie under where they go.
     caches.mount(&mut session, &log, result);
@@ -165,6 +191,17 @@ fn run_in_vm(
         if let Some(reason) = &broken {
             result.steps.push(StepResult::skipped(&step.name, reason));
             continue;
+        }
+        if let Some(message) = services.as_ref().and_then(JobServices::failure) {
+            // A service the steps rely on is gone: what follows would only
+            // fail for that reason, less clearly.
+            let reason = message.lines().next().unwrap_or_default().to_string();
+            for rest in &job.steps[step.index..] {
+                result.steps.push(StepResult::skipped(&rest.name, &reason));
+            }
+            log.note(&format!("==> {message}"));
+            log.flush();
+            return Err(JobOutcome::Error { message });
         }
         let time_left = || clock.elapsed() < job.timeout;
         let job_attempt = result.attempt;
@@ -264,8 +301,10 @@ fn run_in_vm(
             .timeline
             .push(Phase::until_now(PhaseKind::Artifacts, clock, collecting));
     }
+    let service_failed = services.as_ref().and_then(JobServices::failure);
     // After the artifacts and reports, which may lie on a cache.
-    let succeeded = JobResult::outcome_from_steps(&result.steps) == JobOutcome::Passed;
+    let succeeded = JobResult::outcome_from_steps(&result.steps) == JobOutcome::Passed
+        && service_failed.is_none();
     let pending = caches.finish(&mut session, succeeded, &log, result);
     log.flush();
     // No clean power-off: the root is read-only, the overlay is thrown away,
@@ -274,6 +313,7 @@ fn run_in_vm(
     // which is what makes it disposable.
     drop(session);
     drop(vm);
+    drop(services);
     if !pending.is_empty() {
         ctx.reporter.report(&RunEvent::JobProgress {
             job,
@@ -286,7 +326,47 @@ fn run_in_vm(
             .timeline
             .push(Phase::until_now(PhaseKind::Caches, clock, committing));
     }
-    Ok(())
+    match service_failed {
+        Some(message) => {
+            log.note(&format!("==> {message}"));
+            log.flush();
+            Err(JobOutcome::Error { message })
+        }
+        None => Ok(()),
+    }
+}
+
+/// The job's services, started (their VMs boot in the background), or
+/// `None` without services.
+fn start_services<'scope, 'env>(
+    job: &'env PlannedJob,
+    ctx: &'env RunContext<'env>,
+    attempt: Attempt,
+    log: &JobLog,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+) -> Result<Option<JobServices>, JobOutcome> {
+    if job.services.is_empty() {
+        return Ok(None);
+    }
+    ctx.reporter.report(&RunEvent::JobProgress {
+        job,
+        activity: "starting services",
+    });
+    let logs = ctx.options.out_dir.join("logs");
+    let log_path = |service: &str| {
+        let slug = format!("{}.service-{service}", job.slug);
+        logs.join(retry::log_name(&slug, attempt))
+    };
+    let services = JobServices::start(scope, job, ctx, log_path)
+        .map_err(|message| JobOutcome::Error { message })?;
+    for service in &job.services {
+        log.note(&format!(
+            "==> service {}: booting, its log is {}",
+            service.name,
+            log_path(&service.name).display()
+        ));
+    }
+    Ok(Some(services))
 }
 
 /// What one attempt of a step runs with.

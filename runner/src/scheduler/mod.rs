@@ -10,6 +10,7 @@ mod debug;
 mod imported;
 mod job;
 mod retry;
+mod services;
 
 pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};
 pub use context::{Options, ResolvedImages};
@@ -107,12 +108,23 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
             first.unwrap_or_default()
         ));
     }
-    let memory = job.memory_mib + VM_OVERHEAD_MIB;
+    // The job's VM and each of its services' VMs.
+    let memory = job.memory_mib
+        + VM_OVERHEAD_MIB
+        + job
+            .services
+            .iter()
+            .map(|s| s.memory_mib + VM_OVERHEAD_MIB)
+            .sum::<u64>();
     let Some(_reservation) = ctx.budget.acquire(memory) else {
         let mut result = JobResult::for_job(job, SystemTime::now());
+        let with_services = match job.services.len() {
+            0 => String::new(),
+            n => format!(" (with its {n} services' VMs)"),
+        };
         result.outcome = JobOutcome::Error {
             message: format!(
-                "the job needs {memory} MiB but the host can give VMs only {} MiB",
+                "the job needs {memory} MiB{with_services} but the host can give VMs only {} MiB",
                 ctx.budget.total_mib()
             ),
         };

@@ -310,6 +310,15 @@ impl AgentSession {
         }
     }
 
+    /// A handle that cancels whatever command this session is running
+    /// (from another thread): the agent kills its process group, and the
+    /// command ends as cancelled. Nothing happens when none runs.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            writer: self.writer.clone(),
+        }
+    }
+
     fn send(&self, msg: Message) -> Result<(), SessionError> {
         let w = self.writer.lock().map_err(|_| SessionError::Closed)?;
         write_locked(&w, &Frame::Control(msg), self.deadline)
@@ -408,6 +417,21 @@ fn write_stdin(stream: &UnixStream, frame: &Frame, finished: &AtomicBool) -> io:
         }
     }
     Ok(())
+}
+
+/// See [`AgentSession::canceller`].
+#[derive(Clone)]
+pub struct Canceller {
+    writer: SharedWriter,
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        if let Ok(w) = self.writer.lock() {
+            // A session already gone has nothing left to cancel.
+            let _ = write_locked(&w, &Frame::Control(Message::Cancel), None);
+        }
+    }
 }
 
 /// Writes one frame on the (locked) shared socket. A guest that takes no

@@ -10,6 +10,7 @@ mod fields;
 mod image;
 mod network;
 mod reports;
+mod services;
 mod steps;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,10 +29,13 @@ use self::fields::{
 use self::image::ImageSeed;
 use self::network::NetworkSeed;
 use self::reports::ReportsSeed;
+use self::services::ServiceListSeed;
 use self::steps::{MatrixSeed, StepsSeed};
 use super::error::located;
 use super::scalars::{parse_duration, parse_memory};
-use super::{Cache, Defaults, Env, Files, Image, Job, Network, ReportFiles, MAX_MATRIX_JOBS};
+use super::{
+    Cache, Defaults, Env, Files, Image, Job, Network, ReportFiles, Service, MAX_MATRIX_JOBS,
+};
 
 /// The top level of a pipeline, before defaults are filled in.
 pub(crate) struct Parsed {
@@ -82,9 +86,10 @@ struct Settings {
     reports: Option<ReportFiles>,
     network: Option<Network>,
     cache: Option<Vec<Cache>>,
+    services: Option<Vec<Service>>,
 }
 
-const SETTINGS_KEYS: [&str; 10] = [
+const SETTINGS_KEYS: [&str; 11] = [
     "timeout",
     "step_timeout",
     "env",
@@ -95,6 +100,7 @@ const SETTINGS_KEYS: [&str; 10] = [
     "reports",
     "network",
     "cache",
+    "services",
 ];
 
 /// Reads the value of `key` into `settings`; false when `key` is not a setting.
@@ -132,6 +138,9 @@ fn read_setting<'de, A: MapAccess<'de>>(
                 context,
                 targets: cache_targets,
             })?)
+        }
+        "services" => {
+            settings.services = Some(map.next_value_seed(ServiceListSeed { workspace, context })?)
         }
         _ => return Ok(false),
     }
@@ -277,6 +286,7 @@ impl<'de> Visitor<'de> for DefaultsSeed<'_> {
             reports: settings.reports,
             network: settings.network,
             cache: settings.cache,
+            services: settings.services,
         })
     }
 }
@@ -380,6 +390,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             "retry",
             "network",
             "cache",
+            "services",
         ];
         let name = self.name;
         let context = format!("in job `{name}`");
@@ -422,6 +433,7 @@ impl<'de> Visitor<'de> for JobSeed<'_> {
             reports: settings.reports,
             network: settings.network,
             cache: settings.cache,
+            services: settings.services,
             allow_failure,
             retry,
             image: machine.image,

@@ -1,0 +1,395 @@
+//! A job's services (`services:` in the pipeline): each is a VM of its own,
+//! booted beside the job's, on a private segment that only the job and its
+//! services share (`runner_machine::network::segment`), where each reaches
+//! the others by name.
+//!
+//! Each service has a thread (scoped to the job) that boots its VM, starts
+//! `run` on one agent connection and polls `ready` on another, then keeps
+//! watch until the job lets it go. The job's first step waits until every
+//! `ready` has passed. A service that does not boot, whose `run` fails, or
+//! that is not ready in time fails the job as an error naming it, with the
+//! tail of its log; so does one whose VM dies or whose `run` fails while
+//! the job runs. Every service VM, and the switch, is a guarded child: they
+//! end with the job, and with the runner however it ends.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::Scope;
+use std::time::{Duration, Instant};
+
+use agent_protocol::{Command, ExecRequest, AGENT_PORT};
+use runner_machine::network::segment::{SegmentNic, Switch};
+use runner_machine::{Vm, VmSpec};
+
+use super::context::RunContext;
+use crate::plan::{PlannedJob, PlannedService};
+use crate::results::JobLog;
+use crate::session::{wait_for_agent, AgentSession, Canceller};
+
+/// Lines of a failed service's log quoted in the job's error.
+const LOG_TAIL_LINES: usize = 15;
+/// Pause between two tries of `ready`.
+const READY_POLL: Duration = Duration::from_millis(500);
+/// How often a ready service's VM is checked while the job runs.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The running services of one job, and their segment.
+pub(super) struct JobServices {
+    /// The job's own NIC on the segment.
+    pub(super) job_nic: Arc<SegmentNic>,
+    /// Every member's name and address, for `/etc/hosts`.
+    table: Vec<(String, Ipv4Addr)>,
+    services: Vec<ServiceHandle>,
+    /// Cancels the job's running step when a service fails.
+    on_failure: OnFailure,
+    /// After the services (field order is drop order): their VMs are gone
+    /// by the time the switch is killed.
+    _switch: Switch,
+}
+
+/// What a service's thread does when the service fails during the job.
+type OnFailure = Arc<Mutex<Option<Canceller>>>;
+
+/// The job's side of one service's thread.
+struct ServiceHandle {
+    name: String,
+    log: JobLog,
+    ready: mpsc::Receiver<Result<Duration, String>>,
+    /// Set by the service's thread when it fails after becoming ready.
+    failure: Arc<Mutex<Option<String>>>,
+    /// Dropping it tells the thread to stop its VM.
+    _stop: mpsc::Sender<()>,
+}
+
+impl JobServices {
+    /// Starts the segment and every service's VM, in parallel; returns at
+    /// once. `log_name` names a service's log file in the job's log
+    /// directory.
+    pub(super) fn start<'scope, 'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        job: &'env PlannedJob,
+        ctx: &'env RunContext<'env>,
+        log_path: impl Fn(&str) -> std::path::PathBuf,
+    ) -> Result<JobServices, String> {
+        let mut names = vec![job.name.clone()];
+        names.extend(job.services.iter().map(|s| s.name.clone()));
+        let (switch, nics) =
+            Switch::start(&names).map_err(|e| format!("starting the services' network: {e}"))?;
+        let table: Vec<(String, Ipv4Addr)> = nics
+            .iter()
+            .map(|nic| (nic.name.clone(), nic.address))
+            .collect();
+        let mut nics = nics.into_iter().map(Arc::new);
+        let job_nic = nics.next().expect("the job is the segment's first member");
+        let mut services = Vec::new();
+        let on_failure = OnFailure::default();
+        for (service, nic) in job.services.iter().zip(nics) {
+            let path = log_path(&service.name);
+            let log = crate::results::JobLog::with_limit(&path, ctx.options.log_limit)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            let (ready_tx, ready) = mpsc::channel();
+            let (stop, stopped) = mpsc::channel();
+            let failure = Arc::new(Mutex::new(None));
+            let watch = Watch {
+                service,
+                job,
+                ctx,
+                nic,
+                table: table.clone(),
+                log: log.clone(),
+                failure: failure.clone(),
+                on_failure: on_failure.clone(),
+            };
+            scope.spawn(move || watch.run(scope, ready_tx, stopped));
+            services.push(ServiceHandle {
+                name: service.name.clone(),
+                log,
+                ready,
+                failure,
+                _stop: stop,
+            });
+        }
+        Ok(JobServices {
+            job_nic,
+            table,
+            services,
+            on_failure,
+            _switch: switch,
+        })
+    }
+
+    /// From now on, a service that fails cancels the job's running step
+    /// (through `canceller`): a step waiting on a dead service would
+    /// otherwise wait until its timeout.
+    pub(super) fn cancel_steps_with(&self, canceller: Canceller) {
+        *self.on_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(canceller);
+    }
+
+    /// What the job's agent is asked to configure on its segment NIC.
+    pub(super) fn job_network(&self) -> agent_protocol::NetworkConfig {
+        self.job_nic.guest_config(&self.table)
+    }
+
+    /// Waits until every service is ready; the first that is not fails the
+    /// job with this error.
+    pub(super) fn wait_ready(&self, job_log: &JobLog) -> Result<(), String> {
+        for service in &self.services {
+            let outcome = service
+                .ready
+                .recv()
+                .unwrap_or_else(|_| Err("stopped before it was ready".into()));
+            match outcome {
+                Ok(took) => job_log.note(&format!(
+                    "==> service {} is ready ({:.1} s after the job started it)",
+                    service.name,
+                    took.as_secs_f64()
+                )),
+                Err(why) => return Err(service.error(&why)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The first service that failed since it became ready, as the job's
+    /// error.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.services.iter().find_map(|service| {
+            let failure = service.failure.lock().unwrap_or_else(|p| p.into_inner());
+            failure.as_ref().map(|why| service.error(why))
+        })
+    }
+}
+
+impl ServiceHandle {
+    /// The job's error for this service: what happened on the first line,
+    /// then the end of the service's log.
+    fn error(&self, why: &str) -> String {
+        self.log.flush();
+        let path = self.log.path();
+        let mut message = format!(
+            "service `{}` {why} (its log: {})",
+            self.name,
+            path.display()
+        );
+        for line in runner_machine::tail_lines(path, LOG_TAIL_LINES) {
+            message.push_str("\n  ");
+            message.push_str(&line);
+        }
+        message
+    }
+}
+
+/// Everything one service's thread needs.
+struct Watch<'env> {
+    service: &'env PlannedService,
+    job: &'env PlannedJob,
+    ctx: &'env RunContext<'env>,
+    nic: Arc<SegmentNic>,
+    table: Vec<(String, Ipv4Addr)>,
+    log: JobLog,
+    failure: Arc<Mutex<Option<String>>>,
+    on_failure: OnFailure,
+}
+
+impl<'env> Watch<'env> {
+    fn run<'scope>(
+        self,
+        scope: &'scope Scope<'scope, 'env>,
+        ready: mpsc::Sender<Result<Duration, String>>,
+        stop: mpsc::Receiver<()>,
+    ) {
+        let started = Instant::now();
+        let Some((mut vm, mut session)) = self.boot(&ready) else {
+            return;
+        };
+        // Set before the VM is killed: `run` ending then is no failure.
+        let stopping = Arc::new(AtomicBool::new(false));
+        let run_ended = Arc::new(Mutex::new(None::<String>));
+        match self.start_run(vm.as_ref(), scope, &stopping, &run_ended) {
+            Ok(()) => {}
+            Err(why) => {
+                let _ = ready.send(Err(why));
+                return;
+            }
+        }
+        match self.poll_ready(&mut session, &run_ended) {
+            Ok(()) => {
+                self.log.note("==> ready");
+                let _ = ready.send(Ok(started.elapsed()));
+            }
+            Err(why) => {
+                self.log.note(&format!("==> {why}"));
+                let _ = ready.send(Err(why));
+                stopping.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        // Keep watch until the job lets the service go.
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WATCH_EVERY) {
+            let why = match vm.exited() {
+                Some(how) => {
+                    let why = format!("stopped during the job: its VM ended ({how})");
+                    self.log.note(&format!("==> {why}"));
+                    Some(why)
+                }
+                // Already in the log, from `run`'s thread.
+                None => run_ended.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            };
+            if let Some(why) = why {
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                let on_failure = self.on_failure.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(canceller) = on_failure.as_ref() {
+                    canceller.cancel();
+                }
+                break;
+            }
+        }
+        stopping.store(true, Ordering::SeqCst);
+        self.log.note("==> stopped with the job");
+        self.log.flush();
+        // Dropping the VM kills it; its `run` connection then ends.
+    }
+
+    /// Boots the service's VM and configures its NIC; on failure, says why
+    /// on `ready`.
+    fn boot(
+        &self,
+        ready: &mpsc::Sender<Result<Duration, String>>,
+    ) -> Option<(Box<dyn Vm>, AgentSession)> {
+        let fail = |why: String| {
+            self.log.note(&format!("==> {why}"));
+            let _ = ready.send(Err(why));
+            None
+        };
+        let Some((kernel, rootfs)) = self.ctx.images.get(&self.service.image).cloned() else {
+            return fail("has no resolved image".into());
+        };
+        let spec = VmSpec {
+            name: format!("{} service {}", self.job.name, self.service.name),
+            kernel,
+            rootfs,
+            vcpus: self.service.vcpus,
+            memory_mib: self.service.memory_mib.try_into().unwrap_or(u32::MAX),
+            boot_timeout: self.ctx.options.boot_timeout,
+            serial_log_limit: self.ctx.options.log_limit,
+            network: Default::default(),
+            segment: Some(self.nic.clone()),
+            caches: Vec::new(),
+        };
+        self.log.note(&format!(
+            "==> booting service {} ({})",
+            self.service.name,
+            self.ctx.backend.name()
+        ));
+        let booted = self.ctx.backend.start(&spec).and_then(|mut vm| {
+            let session = wait_for_agent(vm.as_mut(), spec.boot_timeout)?;
+            Ok((vm, session))
+        });
+        let (vm, mut session) = match booted {
+            Ok(booted) => booted,
+            Err(e) => {
+                let tail = e.serial_tail().join("\n  ");
+                return fail(format!("did not boot: {e}; last console lines:\n  {tail}"));
+            }
+        };
+        if let Err(e) = session.configure_network(&self.nic.guest_config(&self.table)) {
+            return fail(format!("could not configure its network: {e}"));
+        }
+        Some((vm, session))
+    }
+
+    /// Starts `run` on a connection of its own, streaming its output into
+    /// the service's log; when it ends with a failure (or its VM goes
+    /// away) before `stopping`, `run_ended` says how.
+    fn start_run<'scope>(
+        &self,
+        vm: &dyn Vm,
+        scope: &'scope Scope<'scope, 'env>,
+        stopping: &Arc<AtomicBool>,
+        run_ended: &Arc<Mutex<Option<String>>>,
+    ) -> Result<(), String> {
+        let mut session = vm
+            .connect(AGENT_PORT)
+            .map_err(|e| e.to_string())
+            .and_then(|stream| AgentSession::handshake(stream).map_err(|e| e.to_string()))
+            .map_err(|e| format!("could not start `run`: {e}"))?;
+        let request = self.request(&self.service.run, None);
+        let (log, stopping, run_ended) = (self.log.clone(), stopping.clone(), run_ended.clone());
+        self.log.note(&format!("==> run: {}", self.service.run));
+        scope.spawn(move || {
+            let exit = session.exec(request, None, &mut |_, bytes| log.write(bytes));
+            let why = match exit {
+                // A `run` that starts a daemon and returns is fine: what it
+                // started goes on.
+                Ok(exit) if exit.success() => {
+                    log.note("==> run: exited 0");
+                    None
+                }
+                Ok(exit) => Some(format!("`run` failed: {}", exit.describe())),
+                Err(e) => Some(format!("lost its agent while `run` ran: {e}")),
+            };
+            if let Some(why) = why.filter(|_| !stopping.load(Ordering::SeqCst)) {
+                log.note(&format!("==> {why}"));
+                *run_ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            }
+        });
+        Ok(())
+    }
+
+    /// Tries `ready` until it exits 0, within `ready_timeout`; without a
+    /// `ready`, the service is ready once `run` started.
+    fn poll_ready(
+        &self,
+        session: &mut AgentSession,
+        run_ended: &Mutex<Option<String>>,
+    ) -> Result<(), String> {
+        let Some(ready) = &self.service.ready else {
+            return Ok(());
+        };
+        let limit = self.service.ready_timeout;
+        let deadline = Instant::now() + limit;
+        let mut tries = 0u32;
+        loop {
+            if let Some(why) = run_ended.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Err(why);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "was not ready within {} (`ready` failed {tries} times: {ready})",
+                    humantime::format_duration(limit)
+                ));
+            }
+            tries += 1;
+            let log = &self.log;
+            let exit = session
+                .exec(self.request(ready, Some(left)), None, &mut |_, b| {
+                    log.write(b)
+                })
+                .map_err(|e| format!("lost its agent while `ready` ran: {e}"))?;
+            if exit.success() {
+                return Ok(());
+            }
+            std::thread::sleep(READY_POLL.min(left));
+        }
+    }
+
+    fn request(&self, script: &str, timeout: Option<Duration>) -> ExecRequest {
+        ExecRequest {
+            command: Command::Script {
+                script: script.to_string(),
+                shell: String::new(),
+            },
+            env: self
+                .service
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout_ms: timeout.map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `services:` end to end, with the test images: each service is a VM of
+//! its own on its job's private segment, reached by name; the job's first
+//! step waits for every `ready`; a service that is never ready, or that
+//! fails during the job, fails the job as an error naming it, with the end
+//! of its log; and nothing is left behind.
+//!
+//! The services here are the minimal image's busybox (`nc`, `httpd`), so
+//! that the tests need no package download; the last test runs
+//! `pipelines/services.yml`, a real PostgreSQL from Debian's packages.
+
+use std::path::Path;
+
+use e2e_tests::{both, job_log, runner_test, vm_dirs};
+
+fn service_log(dir: &Path, job: &str, service: &str) -> String {
+    job_log(dir, &format!("{job}.service-{service}"))
+}
+
+#[test]
+fn two_jobs_each_reach_their_own_two_services_by_name_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two jobs at once, each with a `db` and a `web` that answer with the
+    // job's name: each job must get its own.
+    let job = |name: &str| {
+        format!(
+            r#"
+  {name}:
+    services:
+      - name: db
+        run: while true; do echo "db of {name}" | nc -l -p 5432; done
+        ready: netstat -ltn | grep -q ':5432 '
+      - name: web
+        run: |
+          ip route
+          if wget -q -T 3 -O /dev/null http://1.1.1.1/; then echo REACHED-OUTSIDE; fi
+          mkdir -p /srv && echo "web of $OWNER" > /srv/index.html
+          httpd -p 8080 -h /srv
+        ready: wget -q -O /dev/null http://127.0.0.1:8080/
+        env: {{ OWNER: {name} }}
+    steps:
+      - echo ping | nc -w 10 db 5432
+      - wget -q -O- http://web:8080/
+      - if wget -q -T 3 -O /dev/null http://1.1.1.1/; then exit 1; fi
+"#
+        )
+    };
+    let yaml = format!("jobs:{}{}", job("first"), job("second"));
+    let out = runner_test(dir.path(), &yaml)
+        .args(["--jobs", "2"])
+        .output()
+        .unwrap();
+    let text = both(&out);
+    assert!(out.status.success(), "{text}");
+    for name in ["first", "second"] {
+        let log = job_log(dir.path(), name);
+        assert!(log.contains(&format!("db of {name}")), "{log}");
+        assert!(log.contains(&format!("web of {name}")), "{log}");
+        assert!(log.contains("service db is ready"), "{log}");
+        assert!(log.contains("service web is ready"), "{log}");
+        let web = service_log(dir.path(), name, "web");
+        assert!(web.contains("==> ready"), "{web}");
+        // Without a network grant a service has the segment and nothing
+        // else: no default route, nothing outside answers.
+        assert!(web.contains("10.0.3.0/24"), "{web}");
+        assert!(!web.contains("default"), "{web}");
+        // (The script itself is in the log too, after `==> run:`.)
+        assert!(!web.lines().any(|l| l == "REACHED-OUTSIDE"), "{web}");
+    }
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_service_that_is_never_ready_fails_its_job_with_its_name_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+jobs:
+  waits:
+    services:
+      - name: never
+        run: echo starting never; while true; do sleep 1; done
+        ready: echo not ready yet; false
+        ready_timeout: 3s
+    steps: [echo must-not-run]
+"#;
+    let out = runner_test(dir.path(), yaml).output().unwrap();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("service `never` was not ready within 3s"),
+        "{text}"
+    );
+    // The end of its log is in the error: what `ready` said.
+    assert!(text.contains("not ready yet"), "{text}");
+    assert!(!job_log(dir.path(), "waits").contains("must-not-run"));
+    assert!(service_log(dir.path(), "waits", "never").contains("starting never"));
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_service_that_fails_during_the_job_stops_its_step_and_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first step makes the service's `run` exit 3; the second would
+    // never end on its own: only the service's failure can stop it.
+    let yaml = r#"
+jobs:
+  crashes:
+    timeout: 20m
+    services:
+      - name: flaky
+        run: nc -l -p 7000; echo flaky is going down; exit 3
+        ready: netstat -ltn | grep -q ':7000 '
+    steps:
+      - echo bye | nc -w 5 flaky 7000
+      - while true; do sleep 1; done
+      - echo must-not-run
+"#;
+    let out = runner_test(dir.path(), yaml).output().unwrap();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("service `flaky` `run` failed"), "{text}");
+    assert!(text.contains("flaky is going down"), "{text}");
+    let log = job_log(dir.path(), "crashes");
+    assert!(!log.contains("must-not-run"), "{log}");
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
