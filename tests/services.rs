@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use e2e_tests::{both, job_log, runner_test, vm_dirs};
+use e2e_tests::{both, job_log, repo, runner_test, vm_dirs};
 
 fn service_log(dir: &Path, job: &str, service: &str) -> String {
     job_log(dir, &format!("{job}.service-{service}"))
@@ -121,5 +121,22 @@ jobs:
     assert!(text.contains("flaky is going down"), "{text}");
     let log = job_log(dir.path(), "crashes");
     assert!(!log.contains("must-not-run"), "{log}");
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn the_example_pipeline_queries_postgres_running_as_its_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = std::fs::read_to_string(repo().join("pipelines/services.yml")).unwrap();
+    let out = runner_test(dir.path(), &yaml).output().unwrap();
+    let text = both(&out);
+    assert!(out.status.success(), "{text}");
+    let log = job_log(dir.path(), "queries");
+    assert!(log.contains("service db is ready"), "{log}");
+    // The job's own rows, read back from the service.
+    assert!(log.contains("(2 rows)"), "{log}");
+    assert!(log.contains("| queries"), "{log}");
+    let db = service_log(dir.path(), "queries", "db");
+    assert!(db.contains("ALTER ROLE"), "{db}");
     assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
 }

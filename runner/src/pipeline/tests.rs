@@ -497,6 +497,15 @@ fn example_pipelines_are_valid() {
         assert!(spec.size_mib.is_some(), "{}: no size", job.name);
     }
 
+    let services = plan("services.yml");
+    assert_eq!(names(&services), ["queries"]);
+    let db = &services.jobs[0].services;
+    assert_eq!(db.len(), 1);
+    assert_eq!((db[0].name.as_str(), db[0].memory_mib), ("db", 512));
+    assert!(db[0].ready.is_some());
+    // The job's image is the service's: its `psql` talks to the server.
+    assert_eq!(db[0].image, services.jobs[0].image);
+
     let count = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(count, 8, "a new example needs a check here");
+    assert_eq!(count, 9, "a new example needs a check here");
 }
