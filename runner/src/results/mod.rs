@@ -66,6 +66,23 @@ pub struct JobResult {
     pub earlier_attempts: Vec<JobResult>,
     /// Where the VM's time went, in order; empty when no VM was started.
     pub timeline: Vec<Phase>,
+    /// The job's services (`services:`), in file order; empty without.
+    pub services: Vec<ServiceResult>,
+}
+
+/// What became of one of a job's services.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceResult {
+    pub name: String,
+    /// When its `ready` first passed, on the job's clock; `None` if it
+    /// never did.
+    pub ready_at: Option<Duration>,
+    /// Why it failed its job, on one line; `None` if it did not.
+    pub failure: Option<String>,
+    /// Its log: `run`'s and `ready`'s output, with the runner's notes.
+    pub log_path: PathBuf,
+    /// Its VM's boot, then its wait for `ready`, on the job's clock.
+    pub timeline: Vec<Phase>,
 }
 
 /// Attempt `number` of at most `of` (1 + `retry`).
@@ -327,6 +344,7 @@ impl JobResult {
             attempt: Attempt::first(job.retry),
             earlier_attempts: Vec::new(),
             timeline: Vec::new(),
+            services: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use super::caches::JobCaches;
 use super::context::RunContext;
 use super::imported::{Importer, Scope};
 use super::retry;
-use super::services::JobServices;
+use super::services::{JobServices, ServiceRecords};
 use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::{OutputStream, RunEvent};
@@ -32,7 +32,11 @@ pub(super) fn run(job: &PlannedJob, ctx: &RunContext, attempt: Attempt) -> JobRe
     result.attempt = attempt;
     ctx.reporter.report(&RunEvent::JobStarted { job });
     // Scoped: a job's services each have a thread, which end with it.
-    let ran = std::thread::scope(|scope| run_in_vm(job, ctx, clock, &mut result, scope));
+    let services = ServiceRecords::default();
+    let ran = std::thread::scope(|scope| {
+        run_in_vm(job, ctx, clock, &mut result, (scope, &services))
+    });
+    result.services = services.results();
     result.outcome = match ran {
         Ok(()) => JobResult::outcome_from_steps(&result.steps),
         Err(outcome) => outcome,
@@ -50,7 +54,7 @@ fn run_in_vm<'scope, 'env>(
     ctx: &'env RunContext<'env>,
     clock: Instant,
     result: &mut JobResult,
-    scope: &'scope std::thread::Scope<'scope, 'env>,
+    (scope, records): (&'scope std::thread::Scope<'scope, 'env>, &ServiceRecords),
 ) -> Result<(), JobOutcome> {
     let log_path = ctx
         .options
@@ -84,7 +88,7 @@ fn run_in_vm<'scope, 'env>(
     let mut caches =
         JobCaches::checkout(job, ctx.options.caches.as_ref(), &cache_scope, &log, result);
     // Booting beside the job's VM from here on.
-    let services = start_services(job, ctx, result.attempt, &log, scope)?;
+    let services = start_services(job, ctx, (clock, result.attempt), &log, (scope, records))?;
     let spec = VmSpec {
         name: job.name.clone(),
         kernel,
@@ -341,9 +345,9 @@ fn run_in_vm<'scope, 'env>(
 fn start_services<'scope, 'env>(
     job: &'env PlannedJob,
     ctx: &'env RunContext<'env>,
-    attempt: Attempt,
+    (clock, attempt): (Instant, Attempt),
     log: &JobLog,
-    scope: &'scope std::thread::Scope<'scope, 'env>,
+    (scope, records): (&'scope std::thread::Scope<'scope, 'env>, &ServiceRecords),
 ) -> Result<Option<JobServices>, JobOutcome> {
     if job.services.is_empty() {
         return Ok(None);
@@ -357,7 +361,7 @@ fn start_services<'scope, 'env>(
         let slug = format!("{}.service-{service}", job.slug);
         logs.join(retry::log_name(&slug, attempt))
     };
-    let services = JobServices::start(scope, job, ctx, log_path)
+    let services = JobServices::start(scope, job, ctx, clock, log_path, records)
         .map_err(|message| JobOutcome::Error { message })?;
     for service in &job.services {
         log.note(&format!(

@@ -25,7 +25,7 @@ use runner_machine::{Vm, VmSpec};
 
 use super::context::RunContext;
 use crate::plan::{PlannedJob, PlannedService};
-use crate::results::JobLog;
+use crate::results::{JobLog, Phase, PhaseKind, ServiceResult};
 use crate::session::{wait_for_agent, AgentSession, Canceller};
 
 /// Lines of a failed service's log quoted in the job's error.
@@ -49,6 +49,27 @@ pub(super) struct JobServices {
     _switch: Switch,
 }
 
+/// What became of each service, kept by its thread and read by the job
+/// once every thread has ended (whatever way the job ended).
+#[derive(Default)]
+pub(super) struct ServiceRecords(Mutex<Vec<Record>>);
+
+type Record = Arc<Mutex<ServiceResult>>;
+
+impl ServiceRecords {
+    fn add(&self, record: Record) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    }
+
+    pub(super) fn results(&self) -> Vec<ServiceResult> {
+        let records = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        records
+            .iter()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+}
+
 /// What a service's thread does when the service fails during the job.
 type OnFailure = Arc<Mutex<Option<Canceller>>>;
 
@@ -65,13 +86,15 @@ struct ServiceHandle {
 
 impl JobServices {
     /// Starts the segment and every service's VM, in parallel; returns at
-    /// once. `log_name` names a service's log file in the job's log
-    /// directory.
+    /// once. `log_path` names a service's log file; `clock` is the job's;
+    /// each service's result goes to `records`.
     pub(super) fn start<'scope, 'env>(
         scope: &'scope Scope<'scope, 'env>,
         job: &'env PlannedJob,
         ctx: &'env RunContext<'env>,
+        clock: Instant,
         log_path: impl Fn(&str) -> std::path::PathBuf,
+        records: &ServiceRecords,
     ) -> Result<JobServices, String> {
         let mut names = vec![job.name.clone()];
         names.extend(job.services.iter().map(|s| s.name.clone()));
@@ -92,7 +115,17 @@ impl JobServices {
             let (ready_tx, ready) = mpsc::channel();
             let (stop, stopped) = mpsc::channel();
             let failure = Arc::new(Mutex::new(None));
+            let record = Arc::new(Mutex::new(ServiceResult {
+                name: service.name.clone(),
+                ready_at: None,
+                failure: None,
+                log_path: path.clone(),
+                timeline: Vec::new(),
+            }));
+            records.add(record.clone());
             let watch = Watch {
+                clock,
+                record,
                 service,
                 job,
                 ctx,
@@ -183,6 +216,9 @@ impl ServiceHandle {
 
 /// Everything one service's thread needs.
 struct Watch<'env> {
+    /// The job's clock, which the record's times are on.
+    clock: Instant,
+    record: Record,
     service: &'env PlannedService,
     job: &'env PlannedJob,
     ctx: &'env RunContext<'env>,
@@ -204,23 +240,29 @@ impl<'env> Watch<'env> {
         let Some((mut vm, mut session)) = self.boot(&ready) else {
             return;
         };
+        let waiting = Instant::now();
         // Set before the VM is killed: `run` ending then is no failure.
         let stopping = Arc::new(AtomicBool::new(false));
         let run_ended = Arc::new(Mutex::new(None::<String>));
         match self.start_run(vm.as_ref(), scope, &stopping, &run_ended) {
             Ok(()) => {}
             Err(why) => {
+                self.failed(&why);
                 let _ = ready.send(Err(why));
                 return;
             }
         }
-        match self.poll_ready(&mut session, &run_ended) {
+        let polled = self.poll_ready(&mut session, &run_ended);
+        self.phase(PhaseKind::Services, waiting);
+        match polled {
             Ok(()) => {
                 self.log.note("==> ready");
+                self.with_record(|r| r.ready_at = Some(self.clock.elapsed()));
                 let _ = ready.send(Ok(started.elapsed()));
             }
             Err(why) => {
                 self.log.note(&format!("==> {why}"));
+                self.failed(&why);
                 let _ = ready.send(Err(why));
                 stopping.store(true, Ordering::SeqCst);
                 return;
@@ -238,6 +280,7 @@ impl<'env> Watch<'env> {
                 None => run_ended.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             };
             if let Some(why) = why {
+                self.failed(&why);
                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 let on_failure = self.on_failure.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(canceller) = on_failure.as_ref() {
@@ -252,6 +295,20 @@ impl<'env> Watch<'env> {
         // Dropping the VM kills it; its `run` connection then ends.
     }
 
+    fn with_record(&self, f: impl FnOnce(&mut ServiceResult)) {
+        f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn phase(&self, kind: PhaseKind, began: Instant) {
+        let phase = Phase::until_now(kind, self.clock, began);
+        self.with_record(|r| r.timeline.push(phase));
+    }
+
+    fn failed(&self, why: &str) {
+        let line = why.lines().next().unwrap_or_default().to_string();
+        self.with_record(|r| r.failure = Some(line));
+    }
+
     /// Boots the service's VM and configures its NIC; on failure, says why
     /// on `ready`.
     fn boot(
@@ -260,6 +317,7 @@ impl<'env> Watch<'env> {
     ) -> Option<(Box<dyn Vm>, AgentSession)> {
         let fail = |why: String| {
             self.log.note(&format!("==> {why}"));
+            self.failed(&why);
             let _ = ready.send(Err(why));
             None
         };
@@ -283,10 +341,12 @@ impl<'env> Watch<'env> {
             self.service.name,
             self.ctx.backend.name()
         ));
+        let booting = Instant::now();
         let booted = self.ctx.backend.start(&spec).and_then(|mut vm| {
             let session = wait_for_agent(vm.as_mut(), spec.boot_timeout)?;
             Ok((vm, session))
         });
+        self.phase(PhaseKind::Boot, booting);
         let (vm, mut session) = match booted {
             Ok(booted) => booted,
             Err(e) => {
