@@ -181,6 +181,7 @@ fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>, started: SystemT
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline,
+        services: Vec::new(),
     }
 }
 

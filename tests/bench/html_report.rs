@@ -245,6 +245,7 @@ fn attempt(name: &str, started: SystemTime, fail: Option<usize>) -> JobResult {
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline,
+        services: Vec::new(),
     }
 }
 

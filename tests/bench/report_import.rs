@@ -107,6 +107,7 @@ fn results(imported: ImportedTests) -> RunResults {
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline: Vec::new(),
+        services: Vec::new(),
     };
     RunResults {
         pipeline_name: "bench".into(),

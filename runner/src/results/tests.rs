@@ -42,6 +42,7 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         attempt: Attempt::first(0),
         earlier_attempts: Vec::new(),
         timeline: Vec::new(),
+        services: Vec::new(),
     }
 }
 
