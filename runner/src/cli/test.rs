@@ -35,7 +35,8 @@ use runner_machine::images::Images;
 pub struct TestArgs {
     /// The pipeline file.
     pipeline: PathBuf,
-    /// Most VMs running at once (default: the number of CPUs). Host memory
+    /// Most VMs running at once (default: the number of CPUs), a job's
+    /// services' VMs included (a job needing more runs alone). Host memory
     /// limits it further.
     #[arg(short, long)]
     jobs: Option<usize>,

@@ -1,11 +1,13 @@
-//! Host memory as a budget: a VM starts only when its memory fits in what is
-//! left, so `--jobs` never overcommits the host; extra jobs wait their turn.
+//! What the host has a fixed amount of, as budgets: its memory (a job starts
+//! only when its VMs' memory fits in what is left, so `--jobs` never
+//! overcommits the host) and its VM slots (`--jobs`: a job with services
+//! takes one slot per VM). Extra jobs wait their turn.
 
 use std::sync::{Condvar, Mutex};
 
-pub struct MemoryBudget {
-    total_mib: u64,
-    free_mib: Mutex<u64>,
+pub struct Budget {
+    total: u64,
+    free: Mutex<u64>,
     freed: Condvar,
 }
 
@@ -13,18 +15,18 @@ pub struct MemoryBudget {
 /// device threads and page tables.
 pub const VM_OVERHEAD_MIB: u64 = 64;
 
-impl MemoryBudget {
-    pub fn new(total_mib: u64) -> MemoryBudget {
-        MemoryBudget {
-            total_mib,
-            free_mib: Mutex::new(total_mib),
+impl Budget {
+    pub fn new(total: u64) -> Budget {
+        Budget {
+            total,
+            free: Mutex::new(total),
             freed: Condvar::new(),
         }
     }
 
     /// 80% of what the kernel says is available now, leaving room for the
     /// host's own work (and the page cache the images live in).
-    pub fn from_host() -> MemoryBudget {
+    pub fn host_memory_mib() -> Budget {
         let available_kib = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|text| {
@@ -33,41 +35,45 @@ impl MemoryBudget {
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             })
             .unwrap_or(4 * 1024 * 1024);
-        MemoryBudget::new(available_kib / 1024 * 8 / 10)
+        Budget::new(available_kib / 1024 * 8 / 10)
     }
 
-    pub fn total_mib(&self) -> u64 {
-        self.total_mib
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
-    /// Blocks until `mib` is free and takes it. `None` if it can never fit.
-    pub fn acquire(&self, mib: u64) -> Option<Reservation<'_>> {
-        if mib > self.total_mib {
+    /// Blocks until `amount` is free and takes it. `None` if it can never
+    /// fit.
+    pub fn acquire(&self, amount: u64) -> Option<Reservation<'_>> {
+        if amount > self.total {
             return None;
         }
-        let mut free = self.free_mib.lock().unwrap_or_else(|p| p.into_inner());
-        while *free < mib {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free < amount {
             free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
         }
-        *free -= mib;
-        Some(Reservation { budget: self, mib })
+        *free -= amount;
+        Some(Reservation {
+            budget: self,
+            amount,
+        })
     }
 }
 
-/// Memory held by one running VM; given back when dropped.
+/// What one job holds while it runs; given back when dropped.
 pub struct Reservation<'a> {
-    budget: &'a MemoryBudget,
-    mib: u64,
+    budget: &'a Budget,
+    amount: u64,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         let mut free = self
             .budget
-            .free_mib
+            .free
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *free += self.mib;
+        *free += self.amount;
         self.budget.freed.notify_all();
     }
 }
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn reservations_wait_for_memory_and_never_exceed_the_total() {
-        let budget = MemoryBudget::new(1000);
+        let budget = Budget::new(1000);
         assert!(budget.acquire(1001).is_none(), "can never fit");
         let in_use = AtomicU64::new(0);
         let peak = AtomicU64::new(0);
@@ -100,6 +106,6 @@ mod tests {
             800,
             "two 400 MiB VMs fit in 1000"
         );
-        assert_eq!(*budget.free_mib.lock().unwrap(), 1000);
+        assert_eq!(*budget.free.lock().unwrap(), 1000);
     }
 }

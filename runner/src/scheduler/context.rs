@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::budget::MemoryBudget;
+use super::budget::Budget;
 use crate::pipeline::Image;
 use crate::report::Reporter;
 use crate::session::ArtifactLimits;
@@ -51,7 +51,10 @@ pub(super) struct RunContext<'a> {
     /// The pipeline's workspace: what `files` may read without the
     /// host-files grant.
     pub(super) workspace: &'a std::path::Path,
-    pub(super) budget: &'a MemoryBudget,
+    /// The host's memory for VMs, in MiB.
+    pub(super) memory: &'a Budget,
+    /// VMs running at once (`--jobs`).
+    pub(super) vms: &'a Budget,
     /// Set by fail-fast: jobs that have not started yet are skipped.
     pub(super) stop: AtomicBool,
     /// The name of the job that triggered fail-fast.

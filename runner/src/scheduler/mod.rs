@@ -12,7 +12,7 @@ mod job;
 mod retry;
 mod services;
 
-pub use budget::{MemoryBudget, VM_OVERHEAD_MIB};
+pub use budget::{Budget, VM_OVERHEAD_MIB};
 pub use context::{Options, ResolvedImages};
 
 use context::RunContext;
@@ -36,14 +36,16 @@ pub fn run(
     let started = SystemTime::now();
     let clock = Instant::now();
     reporter.report(&RunEvent::RunStarted { plan });
-    let budget = MemoryBudget::from_host();
+    let memory = Budget::host_memory_mib();
+    let vms = Budget::new(options.jobs.max(1) as u64);
     let ctx = RunContext {
         backend,
         images,
         reporter,
         options,
         workspace: &plan.workspace,
-        budget: &budget,
+        memory: &memory,
+        vms: &vms,
         stop: AtomicBool::new(false),
         first_failure: Mutex::new(None),
     };
@@ -116,7 +118,11 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
             .iter()
             .map(|s| s.memory_mib + VM_OVERHEAD_MIB)
             .sum::<u64>();
-    let Some(_reservation) = ctx.budget.acquire(memory) else {
+    // `--jobs` counts VMs: a job with services waits for a slot for each
+    // of its VMs. One that needs more than `--jobs` runs alone.
+    let vms = (1 + job.services.len() as u64).min(ctx.vms.total());
+    let _slots = ctx.vms.acquire(vms);
+    let Some(_reservation) = ctx.memory.acquire(memory) else {
         let mut result = JobResult::for_job(job, SystemTime::now());
         let with_services = match job.services.len() {
             0 => String::new(),
@@ -125,7 +131,7 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
         result.outcome = JobOutcome::Error {
             message: format!(
                 "the job needs {memory} MiB{with_services} but the host can give VMs only {} MiB",
-                ctx.budget.total_mib()
+                ctx.memory.total()
             ),
         };
         ctx.reporter.report(&RunEvent::JobFinished {
