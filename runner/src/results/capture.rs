@@ -8,7 +8,8 @@
 //! the full stream goes to the log file on disk.
 
 use std::collections::VecDeque;
-use std::io::{self, BufWriter, Write};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,36 @@ impl Output {
             total_bytes: bytes.len() as u64,
             ..Output::default()
         }
+    }
+
+    /// The file at `path` as a capture with this `limit` would have kept
+    /// it: all of it if it fits, else its first and last bytes. Reads at
+    /// most `limit` bytes, however large the file (a service's log is
+    /// only capped by `--log-limit`).
+    pub fn read_file(path: &Path, limit: usize) -> io::Result<Output> {
+        let mut file = File::open(path)?;
+        let total_bytes = file.metadata()?.len();
+        let mut head = Vec::new();
+        let mut tail = Vec::new();
+        let truncated = total_bytes > limit as u64;
+        if truncated {
+            let tail_limit = limit - limit / 2;
+            (&mut file)
+                .take((limit / 2) as u64)
+                .read_to_end(&mut head)?;
+            file.seek(SeekFrom::Start(total_bytes - tail_limit as u64))?;
+            file.take(tail_limit as u64).read_to_end(&mut tail)?;
+            trim_partial_utf8(&mut head, &mut tail);
+        } else {
+            file.take(limit as u64).read_to_end(&mut head)?;
+        }
+        Ok(Output {
+            head,
+            tail,
+            total_bytes,
+            truncated,
+            log_path: Some(path.to_path_buf()),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -371,6 +402,30 @@ mod tests {
         assert!(text.starts_with("==> step 1: spam\nspam 0\n"));
         assert!(text.ends_with("spam 9999\n==> step 1: ok\n"), "{text}");
         assert!(text.contains(" bytes omitted here]\n"), "{text}");
+    }
+
+    #[test]
+    fn a_file_is_read_as_a_capture_would_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("service.log");
+        let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let out = Output::read_file(&path, 20).unwrap();
+        assert!(out.truncated);
+        assert_eq!((out.head.len(), out.tail.len()), (10, 10));
+        assert_eq!(out.total_bytes, text.len() as u64);
+        assert!(
+            out.text().starts_with("line 0\nlin\n[... "),
+            "{}",
+            out.text()
+        );
+        assert!(out.text().ends_with("\nline 999\n"), "{}", out.text());
+        assert!(out.text().contains("full output in"));
+        assert_eq!(out.last_lines(1), ["line 999"]);
+        let whole = Output::read_file(&path, 1 << 20).unwrap();
+        assert!(!whole.truncated);
+        assert_eq!(whole.text(), text);
+        assert!(Output::read_file(&dir.path().join("missing"), 20).is_err());
     }
 
     #[test]

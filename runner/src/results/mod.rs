@@ -1,10 +1,11 @@
 //! What a run produced: the scheduler fills these in, the reporters read them.
 //!
 //! The unit of counting is the *case*, as in JUnit: each step is a case,
-//! plus one synthetic case per job for a problem that belongs to no step
-//! (the VM did not boot, the agent was lost, the job was cancelled before
-//! any step). [`JobResult::cases`] lists them; the console summary and the
-//! JUnit file both count from it, so they always agree.
+//! so is each of the job's services (see [`ServiceResult::kind`]), plus
+//! one synthetic case per job for a problem that belongs to no step or
+//! service (the VM did not boot, the agent was lost, the job was cancelled
+//! before any step). [`JobResult::cases`] lists them; the console summary
+//! and the JUnit file both count from it, so they always agree.
 
 mod capture;
 mod imported;
@@ -323,6 +324,44 @@ impl StepResult {
     }
 }
 
+/// The first line of the job's error when service `name` failed it: the
+/// scheduler writes it, the reports recognise it (the service's own case
+/// then carries the error).
+pub fn service_error(name: &str, why: &str) -> String {
+    format!("service `{name}` {why}")
+}
+
+impl ServiceResult {
+    /// A service is a case of its job: passed once its `ready` passed, an
+    /// error if it failed the job (whenever that was), skipped if the job
+    /// ended before it was ready.
+    pub fn kind(&self) -> CaseKind {
+        match (&self.failure, self.ready_at) {
+            (Some(_), _) => CaseKind::Error,
+            (None, Some(_)) => CaseKind::Passed,
+            (None, None) => CaseKind::Skipped,
+        }
+    }
+
+    /// `ready after 3.2s`, `failed: …`, `not ready before the job ended`.
+    pub fn describe(&self) -> String {
+        match (&self.failure, self.ready_at) {
+            (Some(failure), _) => format!("failed: {failure}"),
+            (None, Some(ready)) => format!("ready after {}", format_duration(ready)),
+            (None, None) => "not ready before the job ended".to_string(),
+        }
+    }
+
+    /// Its log as reports quote it: head and tail, at most `limit` bytes;
+    /// a line saying why when it cannot be read.
+    pub fn log(&self, limit: usize) -> Output {
+        Output::read_file(&self.log_path, limit).unwrap_or_else(|err| {
+            let note = format!("[cannot read {}: {err}]\n", self.log_path.display());
+            Output::from_bytes(note.as_bytes())
+        })
+    }
+}
+
 impl JobResult {
     /// A result for `job` with its name, classname and `allow_failure`
     /// filled in, no steps yet, and outcome [`JobOutcome::Passed`].
@@ -376,16 +415,18 @@ impl JobResult {
                 detail_title: "serial console",
             }),
             JobOutcome::Error { message } => {
-                // Already reported on the step it happened in.
+                // Already reported on the step it happened in, or on the
+                // service that failed (its case is an error).
                 let on_a_step = self.steps.iter().any(|s| match &s.status {
                     StepStatus::Error { message: m } => m == message,
                     _ => false,
                 });
+                let on_a_service = self.names_a_failed_service(message);
                 // A message's first line says what happened; the lines
                 // after it (a failed service's log) are its detail.
                 let mut lines = message.lines();
                 let first = lines.next().unwrap_or_default().to_string();
-                (!on_a_step).then(|| JobCase {
+                (!on_a_step && !on_a_service).then(|| JobCase {
                     name: "(job)",
                     kind: CaseKind::Error,
                     message: first,
@@ -403,10 +444,21 @@ impl JobResult {
         }
     }
 
-    /// Kinds of all cases of this job: steps, the testcases of the guest's
-    /// reports, then the job case.
+    /// Whether a job error is a failed service's ([`service_error`]).
+    fn names_a_failed_service(&self, message: &str) -> bool {
+        self.services.iter().any(|service| {
+            service
+                .failure
+                .as_ref()
+                .is_some_and(|why| message.starts_with(&service_error(&service.name, why)))
+        })
+    }
+
+    /// Kinds of all cases of this job: services, steps, the testcases of
+    /// the guest's reports, then the job case.
     pub fn cases(&self) -> Vec<CaseKind> {
-        let mut kinds: Vec<CaseKind> = self.steps.iter().map(|s| s.status.kind()).collect();
+        let mut kinds: Vec<CaseKind> = self.services.iter().map(ServiceResult::kind).collect();
+        kinds.extend(self.steps.iter().map(|s| s.status.kind()));
         kinds.extend(self.imported.cases.iter().map(ImportedCase::kind));
         kinds.extend(self.job_case().map(|case| case.kind));
         kinds

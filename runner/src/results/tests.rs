@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::*;
@@ -44,6 +44,65 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         timeline: Vec::new(),
         services: Vec::new(),
     }
+}
+
+/// Job `queries` with two services, their logs written under `dir`: `db`
+/// was ready at 3.2s; `cache` was never ready, which failed the job before
+/// its step ran (the job's error as the scheduler words it).
+pub(crate) fn job_with_services(dir: &Path) -> JobResult {
+    let phase = |kind, start: u64, ms: u64| Phase {
+        kind,
+        start: Duration::from_millis(start),
+        duration: Duration::from_millis(ms),
+    };
+    let log = |name: &str, text: &str| {
+        let path = dir.join(format!("01-queries.service-{name}.log"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let db = ServiceResult {
+        name: "db".into(),
+        ready_at: Some(Duration::from_millis(3200)),
+        failure: None,
+        log_path: log(
+            "db",
+            "==> booting service db (qemu)\n==> run: ./start-db\nlistening on 5432\n==> ready\n",
+        ),
+        timeline: vec![
+            phase(PhaseKind::Boot, 0, 1500),
+            phase(PhaseKind::Services, 1500, 1700),
+        ],
+    };
+    let why = "was not ready within 2s (`ready` failed 3 times: redis-cli ping)";
+    let cache_log = log(
+        "cache",
+        &format!(
+            "==> booting service cache (qemu)\n==> run: redis-server\n\
+             Could not connect\n\x1b[31mCould not connect\x1b[0m\n==> {why}\n"
+        ),
+    );
+    let cache = ServiceResult {
+        name: "cache".into(),
+        ready_at: None,
+        failure: Some(why.into()),
+        log_path: cache_log.clone(),
+        timeline: vec![
+            phase(PhaseKind::Boot, 0, 1400),
+            phase(PhaseKind::Services, 1400, 2000),
+        ],
+    };
+    let message = format!(
+        "service `cache` {why} (its log: {})\n  Could not connect\n  ==> {why}",
+        cache_log.display()
+    );
+    let mut queries = job("queries", JobOutcome::Error { message }, Vec::new());
+    queries.duration = Duration::from_millis(3600);
+    queries.timeline = vec![
+        phase(PhaseKind::Boot, 0, 1200),
+        phase(PhaseKind::Services, 1200, 2200),
+    ];
+    queries.services = vec![db, cache];
+    queries
 }
 
 pub(crate) fn run(jobs: Vec<JobResult>) -> RunResults {
@@ -261,4 +320,47 @@ fn statuses_describe_themselves() {
         StepResult::skipped("x", "`a` failed").status.describe(),
         "skipped: `a` failed"
     );
+}
+
+#[test]
+fn each_service_is_a_case_and_a_failed_one_carries_the_job_s_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = job_with_services(dir.path());
+    // Counted once: on the service, not again as the job's case.
+    assert_eq!(queries.job_case(), None);
+    assert_eq!(queries.cases(), [CaseKind::Passed, CaseKind::Error]);
+    assert!(queries.fails_run());
+    let r = run(vec![queries]);
+    assert_eq!(r.summary_line(), "1 passed, 1 failed in 34.5s");
+    let [db, cache] = &r.jobs[0].services[..] else {
+        panic!("two services")
+    };
+    assert_eq!(db.describe(), "ready after 3.2s");
+    assert!(cache
+        .describe()
+        .starts_with("failed: was not ready within 2s"));
+    let log = cache.log(1 << 10).text();
+    assert!(
+        log.ends_with("`ready` failed 3 times: redis-cli ping)\n"),
+        "{log}"
+    );
+
+    // A job that ended before its service was ready skips it; the job's
+    // own problem is still its case.
+    let mut boot = job(
+        "b",
+        JobOutcome::BootError {
+            message: "no agent".into(),
+            serial_tail: Vec::new(),
+        },
+        Vec::new(),
+    );
+    let mut never = db.clone();
+    never.ready_at = None;
+    boot.services = vec![never.clone()];
+    assert_eq!(boot.cases(), [CaseKind::Skipped, CaseKind::Error]);
+    assert_eq!(never.describe(), "not ready before the job ended");
+    // A log that is gone is a line in the report, not a failed report.
+    never.log_path = dir.path().join("gone.log");
+    assert!(never.log(100).text().starts_with("[cannot read "));
 }

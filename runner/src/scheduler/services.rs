@@ -58,7 +58,10 @@ type Record = Arc<Mutex<ServiceResult>>;
 
 impl ServiceRecords {
     fn add(&self, record: Record) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
     }
 
     pub(super) fn results(&self) -> Vec<ServiceResult> {
@@ -201,9 +204,10 @@ impl ServiceHandle {
     fn error(&self, why: &str) -> String {
         self.log.flush();
         let path = self.log.path();
+        let first = why.lines().next().unwrap_or_default();
         let mut message = format!(
-            "service `{}` {why} (its log: {})",
-            self.name,
+            "{} (its log: {})",
+            crate::results::service_error(&self.name, first),
             path.display()
         );
         for line in runner_machine::tail_lines(path, LOG_TAIL_LINES) {

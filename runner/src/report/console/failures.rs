@@ -1,13 +1,14 @@
-//! The console's end-of-run blocks for failing steps and for artifacts (a
-//! child of console.rs, which it extends).
+//! The console's end-of-run blocks for failing steps and services, for
+//! artifacts, caches and services (a child of console.rs, which it
+//! extends).
 
 use super::{one_line, ConsoleReporter};
 use crate::report::text::{clean_text, last_lines};
-use crate::results::{CaseKind, JobResult, Output, StepStatus};
+use crate::results::{CaseKind, JobResult, Output, StepStatus, DEFAULT_OUTPUT_LIMIT};
 
 impl ConsoleReporter {
-    /// The end-of-run block for one job: each failing step's output tail,
-    /// or the job-level problem.
+    /// The end-of-run block for one job: each failed service's log tail,
+    /// each failing step's output tail, or the job-level problem.
     pub(super) fn failure_report(&self, job: &JobResult) -> Vec<String> {
         let mut lines = Vec::new();
         let allowed = if job.allow_failure {
@@ -16,6 +17,23 @@ impl ConsoleReporter {
             ""
         };
         let n = self.options.failure_tail_lines;
+        for service in &job.services {
+            let Some(failure) = &service.failure else {
+                continue;
+            };
+            lines.push(String::new());
+            lines.push(self.paint(
+                &format!(
+                    "==== {} › service {}: {}{allowed} ====",
+                    job.name,
+                    service.name,
+                    one_line(failure)
+                ),
+                "1;31",
+            ));
+            tail_block(&mut lines, "log", &service.log(DEFAULT_OUTPUT_LIMIT), n);
+            lines.push(format!("full log: {}", service.log_path.display()));
+        }
         for step in &job.steps {
             if !matches!(
                 step.status,
@@ -81,6 +99,17 @@ impl ConsoleReporter {
     /// from where, committed as which version, or why not.
     pub(super) fn cache_report(&self, job: &JobResult) -> Vec<String> {
         self.notes_block(&format!("{}: caches", job.name), &job.cache_notes)
+    }
+
+    /// The end-of-run block for a job's services: how each went, in a
+    /// line. Nothing for a job without services.
+    pub(super) fn service_report(&self, job: &JobResult) -> Vec<String> {
+        let lines: Vec<String> = job
+            .services
+            .iter()
+            .map(|service| format!("{}: {}", service.name, service.describe()))
+            .collect();
+        self.notes_block(&format!("{}: services", job.name), &lines)
     }
 
     fn notes_block(&self, title: &str, notes: &[String]) -> Vec<String> {

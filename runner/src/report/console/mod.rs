@@ -10,8 +10,9 @@
 //!   collapsible section per job; one job's section is live at a time, the
 //!   others' lines follow when their turn comes (see `gitlab_sections`).
 //!
-//! At the end: every failing step's output tail under a header, then the
-//! summary line `N passed, N failed …` that CI log parsers look for.
+//! At the end: every failing step's output tail (and failed service's log
+//! tail) under a header, a line per service of a job that has any, then
+//! the summary line `N passed, N failed …` that CI log parsers look for.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -28,8 +29,9 @@ use crate::results::{CaseKind, JobOutcome, JobResult, RunResults, StepResult, St
 use gitlab_sections::{Opening, Sections};
 use live_lines::{LineSplitter, LiveBudget};
 
-// The end-of-run blocks (failing steps, artifacts, the guest's own test
-// reports) and lending the terminal to a debug shell.
+// The end-of-run blocks (failing steps and services, artifacts, caches,
+// services, the guest's own test reports) and lending the terminal to a
+// debug shell.
 mod failures;
 mod gitlab_sections;
 mod imported;
@@ -531,6 +533,7 @@ impl ConsoleReporter {
             lines.extend(self.failure_report(job));
             lines.extend(self.artifact_report(job));
             lines.extend(self.cache_report(job));
+            lines.extend(self.service_report(job));
             lines.extend(self.test_report_block(job));
         }
         lines.push(String::new());

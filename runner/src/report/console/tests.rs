@@ -8,7 +8,7 @@ use indicatif::TermLike;
 use super::*;
 use crate::pipeline::Pipeline;
 use crate::report::stream::Feed;
-use crate::results::tests::{failed, job, run, step};
+use crate::results::tests::{failed, job, job_with_services, run, step};
 use crate::results::Output;
 
 /// A writer the test can read back (the report's other tests use it too).
@@ -180,6 +180,27 @@ fn boot_errors_show_the_serial_tail() {
         buffer.text(),
         "[b] VM FAILED TO BOOT: agent silent\n\n==== b: VM failed to boot: agent silent ====\n\
          --- serial console, last line ---\npanic\n\n0 passed, 1 failed in 34.5s\n"
+    );
+}
+
+#[test]
+fn services_get_a_line_each_and_a_failed_one_its_log_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reporter, buffer) = plain(false, false);
+    let queries = job_with_services(dir.path());
+    let log = queries.services[1].log_path.display().to_string();
+    reporter.on_job_finished(&plan().jobs[0], &queries);
+    reporter.finish(&run(vec![queries]));
+    let why = "was not ready within 2s (`ready` failed 3 times: redis-cli ping)";
+    assert_eq!(
+        buffer.text(),
+        format!(
+            "[queries] ERROR: service `cache` {why} (its log: {log})\n\
+             \n==== queries › service cache: {why} ====\n\
+             --- log (last 2 lines) ---\nCould not connect\n==> {why}\nfull log: {log}\n\
+             \n==== queries: services ====\ndb: ready after 3.2s\ncache: failed: {why}\n\
+             \n1 passed, 1 failed in 34.5s\n"
+        )
     );
 }
 

@@ -180,6 +180,18 @@ impl JsonEvents {
 
     fn job_finished(&self, job: &PlannedJob, result: &JobResult) {
         let (outcome, message) = job_outcome(result);
+        let services: Vec<Value> = result
+            .services
+            .iter()
+            .map(|service| {
+                json!({
+                    "name": service.name,
+                    "ready_s": service.ready_at.map(|t| t.as_secs_f64()),
+                    "failure": service.failure,
+                    "log": service.log_path.display().to_string(),
+                })
+            })
+            .collect();
         self.emit(
             "job-finished",
             json!({
@@ -191,6 +203,7 @@ impl JsonEvents {
                 "boot_s": result.boot.map(|b| b.as_secs_f64()),
                 "attempt": attempt(result.attempt),
                 "log": result.log_path.as_ref().map(|p| p.display().to_string()),
+                "services": services,
             }),
         );
     }
@@ -238,7 +251,7 @@ mod tests {
     use super::super::console::tests::{plan, Buffer};
     use super::*;
     use crate::report::stream::Feed;
-    use crate::results::tests::{failed, job, run, step};
+    use crate::results::tests::{failed, job, job_with_services, run, step};
 
     #[test]
     fn each_event_is_one_versioned_json_line() {
@@ -289,6 +302,40 @@ mod tests {
         assert_eq!(parsed[5]["outcome"], "failed");
         assert_eq!(parsed[6]["failed"], 1);
         assert_eq!(parsed[6]["exit_code"], 1);
+    }
+
+    #[test]
+    fn a_finished_job_lists_its_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = Buffer::default();
+        let events = JsonEvents::new(Box::new(buffer.clone()));
+        let result = job_with_services(dir.path());
+        events.on_job_finished(&plan().jobs[0], &result);
+        events.on_job_finished(
+            &plan().jobs[1],
+            &job("lint", JobOutcome::Passed, Vec::new()),
+        );
+        let text = buffer.text();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines[0]["outcome"], "error");
+        let log = |i: usize| result.services[i].log_path.display().to_string();
+        assert_eq!(
+            lines[0]["services"],
+            json!([
+                {"name": "db", "ready_s": 3.2, "failure": null, "log": log(0)},
+                {
+                    "name": "cache",
+                    "ready_s": null,
+                    "failure": "was not ready within 2s (`ready` failed 3 times: redis-cli ping)",
+                    "log": log(1)
+                }
+            ])
+        );
+        // A job without services says so with an empty list.
+        assert_eq!(lines[1]["services"], json!([]));
     }
 
     #[test]

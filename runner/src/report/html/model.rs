@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::excerpt::{Budget, TOTAL_BUDGET};
+use super::excerpt::{Budget, MAX_EACH, TOTAL_BUDGET};
 use crate::report::text::clean_text;
 use crate::results::{
     CaseKind, ImportedCase, ImportedResult, JobOutcome, JobResult, PhaseKind, RunResults,
-    StepResult, StepStatus,
+    ServiceResult, StepResult, StepStatus,
 };
 
 /// Failing testcases of one job's reports listed one by one; the rest are
@@ -59,8 +59,23 @@ pub struct Vm {
     pub duration: f64,
     /// This attempt's own status, as [`Job::status`].
     pub status: &'static str,
-    /// `[kind, label, start, duration, status]`, start from the run's start.
-    pub phases: Vec<(&'static str, String, f64, f64, &'static str)>,
+    pub phases: Vec<PhaseBar>,
+    /// This attempt's services, each a lane under the VM's.
+    pub services: Vec<ServiceLane>,
+}
+
+/// `[kind, label, start, duration, status]`, start from the run's start.
+pub type PhaseBar = (&'static str, String, f64, f64, &'static str);
+
+#[derive(Serialize)]
+pub struct ServiceLane {
+    pub name: String,
+    /// `passed`, `error`, `skipped`.
+    pub status: &'static str,
+    /// `ready after 3.2s`, `failed: …`.
+    pub detail: String,
+    /// Its VM's boot, then its wait for `ready`.
+    pub phases: Vec<PhaseBar>,
 }
 
 #[derive(Serialize)]
@@ -152,9 +167,10 @@ fn all_attempts(job: &JobResult) -> Vec<&JobResult> {
 }
 
 /// How many texts the budget is shared among: each failing step's two
-/// streams, job cases, failing testcases.
+/// streams, failed services' logs, job cases, failing testcases.
 fn count_texts(results: &RunResults) -> usize {
     let per_attempt = |job: &JobResult| {
+        let services = job.services.iter().filter(|s| is_bad(s.kind())).count();
         let steps: usize = job
             .steps
             .iter()
@@ -168,7 +184,7 @@ fn count_texts(results: &RunResults) -> usize {
             .filter(|c| is_bad(c.kind()))
             .count()
             .min(MAX_REPORT_FAILURES_PER_JOB);
-        2 * steps + 3 * cases + usize::from(job.job_case().is_some())
+        2 * steps + services + 3 * cases + usize::from(job.job_case().is_some())
     };
     results
         .jobs
@@ -275,6 +291,13 @@ fn job_summary(job: &JobResult) -> String {
     if let Some(case) = job.job_case() {
         return clean_text(&case.message);
     }
+    if let Some(service) = job.services.iter().find(|s| is_bad(s.kind())) {
+        return clean_text(&format!(
+            "service `{}` {}",
+            service.name,
+            service.describe()
+        ));
+    }
     if let Some(step) = job.steps.iter().find(|s| is_bad(s.status.kind())) {
         return clean_text(&format!("`{}`: {}", step.name, step.status.describe()));
     }
@@ -314,6 +337,11 @@ fn vm(job: &JobResult, run_start: SystemTime) -> Vm {
                 PhaseKind::Boot if matches!(job.outcome, JobOutcome::BootError { .. }) => {
                     ("boot".to_string(), "error")
                 }
+                PhaseKind::Services => {
+                    let waited_in_vain = job.services.iter().any(never_ready);
+                    let status = if waited_in_vain { "error" } else { "passed" };
+                    ("waiting for services".to_string(), status)
+                }
                 kind => (kind.label().to_string(), "passed"),
             };
             let start = secs(offset + phase.start);
@@ -335,6 +363,56 @@ fn vm(job: &JobResult, run_start: SystemTime) -> Vm {
         duration: secs(job.duration),
         status: job_status(job),
         phases,
+        services: job
+            .services
+            .iter()
+            .map(|service| service_lane(service, offset))
+            .collect(),
+    }
+}
+
+/// Whether a service failed before its `ready` passed.
+fn never_ready(service: &ServiceResult) -> bool {
+    service.failure.is_some() && service.ready_at.is_none()
+}
+
+/// `offset`: its job's start from the run's.
+fn service_lane(service: &ServiceResult, offset: Duration) -> ServiceLane {
+    // Never ready: it failed in its last phase (boot, or the wait).
+    let failed_at = never_ready(service).then(|| service.timeline.len().saturating_sub(1));
+    let phases = service
+        .timeline
+        .iter()
+        .enumerate()
+        .map(|(index, phase)| {
+            let label = match phase.kind {
+                PhaseKind::Services => "waiting for ready",
+                kind => kind.label(),
+            };
+            let status = if failed_at == Some(index) {
+                "error"
+            } else {
+                "passed"
+            };
+            (
+                phase.kind.label(),
+                label.to_string(),
+                secs(offset + phase.start),
+                secs(phase.duration),
+                status,
+            )
+        })
+        .collect();
+    ServiceLane {
+        name: clean_text(&service.name),
+        status: match service.kind() {
+            CaseKind::Passed => "passed",
+            CaseKind::Failed => "failed",
+            CaseKind::Error => "error",
+            CaseKind::Skipped => "skipped",
+        },
+        detail: clean_text(&service.describe()),
+        phases,
     }
 }
 
@@ -346,6 +424,16 @@ fn attempt_failures(
 ) -> Vec<Failure> {
     let mut failures = Vec::new();
     let name = clean_text(&job.name);
+    for service in job.services.iter().filter(|s| is_bad(s.kind())) {
+        let log = service.log(MAX_EACH);
+        failures.push(Failure {
+            job: index,
+            title: format!("{name} › service {}", clean_text(&service.name)),
+            attempt: attempt.to_string(),
+            message: clean_text(service.failure.as_deref().unwrap_or_default()),
+            outputs: vec![("log".to_string(), budget.output(&log))],
+        });
+    }
     for step in &job.steps {
         for this in step.earlier_attempts.iter().chain([step]) {
             if !is_bad(this.status.kind()) {

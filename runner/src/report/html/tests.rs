@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
-use crate::results::tests::{failed, job, run, step};
+use crate::results::tests::{failed, job, job_with_services, run, step};
 use crate::results::{JobOutcome, Output, Phase, PhaseKind, StepStatus};
 
 /// The embedded data, parsed back.
@@ -314,4 +314,86 @@ fn failing_tests_of_the_guest_s_reports_are_failures_too() {
         failures[50]["message"],
         "10 more failing tests; the JUnit file lists them all"
     );
+}
+
+#[test]
+fn each_service_has_a_lane_and_a_failed_one_is_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = render(&run(vec![job_with_services(dir.path())])).unwrap();
+    let data = data(&page);
+    let job = &data["jobs"][0];
+    assert_eq!(job["status"], "error");
+    let why = "was not ready within 2s (`ready` failed 3 times: redis-cli ping)";
+    assert_eq!(job["summary"], format!("service `cache` failed: {why}"));
+    let vm = &job["vms"][0];
+    // The job waited for its services in vain.
+    assert_eq!(
+        vm["phases"][1],
+        serde_json::json!(["services", "waiting for services", 1.2, 2.2, "error"])
+    );
+    assert_eq!(
+        vm["services"],
+        serde_json::json!([
+            {
+                "name": "db",
+                "status": "passed",
+                "detail": "ready after 3.2s",
+                "phases": [
+                    ["boot", "boot", 0.0, 1.5, "passed"],
+                    ["services", "waiting for ready", 1.5, 1.7, "passed"]
+                ]
+            },
+            {
+                "name": "cache",
+                "status": "error",
+                "detail": format!("failed: {why}"),
+                "phases": [
+                    ["boot", "boot", 0.0, 1.4, "passed"],
+                    ["services", "waiting for ready", 1.4, 2.0, "error"]
+                ]
+            }
+        ])
+    );
+    // Its failure, with its log, is the job's only one.
+    let failures = data["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["title"], "queries › service cache");
+    assert_eq!(failures[0]["message"], why);
+    assert_eq!(failures[0]["outputs"][0][0], "log");
+    let log = failures[0]["outputs"][0][1].as_str().unwrap();
+    assert!(
+        log.starts_with("==> booting service cache (qemu)\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\nCould not connect\nCould not connect\n"),
+        "{log}"
+    );
+    // The page colours and names the phase the job waits in.
+    assert!(TEMPLATE.contains(".k-services {"));
+    assert!(TEMPLATE.contains(r#"["waiting for services", "k-services"]"#));
+}
+
+#[test]
+fn a_huge_service_log_is_cut_to_the_report_s_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = run(vec![job_with_services(dir.path())]);
+    let cache_log = &results.jobs[0].services[1].log_path;
+    let mut big = b"FIRST LINE\n".to_vec();
+    big.extend(std::iter::repeat_n(b"0123456789abcde\n".as_slice(), 10 << 16).flatten());
+    big.extend(b"LAST LINE: not ready\n");
+    std::fs::write(cache_log, &big).unwrap();
+    let page = render(&results).unwrap();
+    assert!(
+        page.len() < TEMPLATE.len() + 64 * 1024,
+        "{} bytes",
+        page.len()
+    );
+    let log = data(&page)["failures"][0]["outputs"][0][1]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(log.starts_with("FIRST LINE\n"), "{log}");
+    assert!(log.ends_with("LAST LINE: not ready\n"));
+    assert!(log.contains(&format!("full output in {} ...]", cache_log.display())));
 }

@@ -1,6 +1,7 @@
 //! JUnit XML for GitLab, Jenkins and friends: one `<testsuite>` per job,
-//! one `<testcase>` per step, and the testcases of the guest's own test
-//! reports after the step they came from (`imported`). The root
+//! one `<testcase>` per service (`service <name>`, its log as output) and
+//! per step, and the testcases of the guest's own test reports after the
+//! step they came from (`imported`). The root
 //! keeps to the attributes the strict schemas share ([`ROOT_ATTRIBUTES`]).
 //!
 //! Written with `quick-junit`, not `junit-report` (the workspace's first
@@ -18,6 +19,7 @@
 mod imported;
 pub mod merge;
 mod reruns;
+mod service;
 mod status;
 mod suite;
 mod text;

@@ -7,12 +7,17 @@
 //!
 //! A step's earlier attempts come from its own `retry` (same VM) and from
 //! the job's earlier attempts (fresh VMs): the same step, by position.
-//! A job-level problem of an earlier attempt (its VM did not boot, its
-//! agent was lost) belongs to no step; it is listed in the suite's
-//! `<system-err>` as `attempt 1/3: VM failed to boot: ...`.
+//! A service's earlier attempts come from the job's earlier attempts: the
+//! same service, by name. A job-level problem of an earlier attempt (its
+//! VM did not boot, its agent was lost) belongs to no step or service; it
+//! is listed in the suite's `<system-err>` as
+//! `attempt 1/3: VM failed to boot: ...`.
+
+use std::time::Duration;
 
 use quick_junit::{TestCaseStatus, TestRerun};
 
+use super::service;
 use super::status::step_status;
 use super::text::JunitOptions;
 use crate::results::{CaseKind, JobResult, StepResult};
@@ -36,24 +41,51 @@ pub(super) fn step_reruns(job: &JobResult, index: usize, options: &JunitOptions)
         .collect()
 }
 
-/// One earlier attempt as a rerun element: the same message, type and
-/// body its own `<failure>` would have had, prefixed with the attempt.
+/// Every earlier attempt of the job in which its service `name` failed,
+/// oldest first.
+pub(super) fn service_reruns(
+    job: &JobResult,
+    name: &str,
+    options: &JunitOptions,
+) -> Vec<TestRerun> {
+    job.earlier_attempts
+        .iter()
+        .filter_map(|earlier| {
+            let service = earlier.services.iter().find(|s| s.name == name)?;
+            (service.kind() == CaseKind::Error).then(|| {
+                let log = service.log(options.output_limit);
+                let status = service::status(earlier, service, &log, options);
+                let label = earlier.attempt.to_string();
+                rerun_of(status, &label, service::time(service))
+            })
+        })
+        .collect()
+}
+
+/// One earlier attempt of a step as a rerun element.
 fn rerun(job: &JobResult, step: &StepResult, options: &JunitOptions) -> TestRerun {
+    let status = step_status(job, step, options);
+    rerun_of(status, &attempts_label(job, step), step.duration)
+}
+
+/// A failed attempt's status as a rerun element: the same message, type
+/// and body its own `<failure>` or `<error>` would have had, prefixed with
+/// the attempt (`label`).
+fn rerun_of(status: TestCaseStatus, label: &str, time: Duration) -> TestRerun {
     let TestCaseStatus::NonSuccess {
         kind,
         message,
         ty,
         description,
         ..
-    } = step_status(job, step, options)
+    } = status
     else {
         unreachable!("only failed attempts are turned into reruns")
     };
     let mut rerun = TestRerun::new(kind);
-    rerun.set_time(step.duration);
+    rerun.set_time(time);
     rerun.set_message(format!(
-        "{}: {}",
-        attempts_label(job, step),
+        "{label}: {}",
         message.as_deref().unwrap_or_default()
     ));
     if let Some(ty) = ty {
@@ -105,7 +137,7 @@ mod tests {
 
     use super::super::{render, tests::assert_valid_file, write};
     use super::*;
-    use crate::results::tests::{failed, job, run, step};
+    use crate::results::tests::{failed, job, job_with_services, run, step};
     use crate::results::{Attempt, JobOutcome, StepStatus};
 
     /// Step `check` failed once and passed on attempt 2/3; step `lint`
@@ -179,6 +211,40 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("<property name=\"attempt\" value=\"attempt 2/2\"/>"));
+    }
+
+    #[test]
+    fn a_service_that_failed_an_earlier_attempt_is_flaky() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = job_with_services(dir.path());
+        first.attempt = Attempt::first(1);
+        let mut last = job_with_services(dir.path());
+        last.outcome = JobOutcome::Passed;
+        last.services[1].failure = None;
+        last.services[1].ready_at = Some(Duration::from_secs(5));
+        last.attempt = Attempt::first(1).next();
+        last.earlier_attempts = vec![first];
+        let results = run(vec![last]);
+        let xml = render(&results, &JunitOptions::default()).unwrap();
+        let doc = Document::parse(&xml).unwrap();
+        let cache = doc
+            .descendants()
+            .find(|n| n.attribute("name") == Some("service cache"))
+            .unwrap();
+        let flaky = cache
+            .children()
+            .find(|n| n.has_tag_name("flakyError"))
+            .unwrap();
+        assert_eq!(
+            flaky.attribute("message"),
+            Some("attempt 1/2: was not ready within 2s (`ready` failed 3 times: redis-cli ping)")
+        );
+        assert_eq!(flaky.attribute("type"), Some("service"));
+        // Not also a note of the suite: the rerun has it.
+        assert!(!xml.contains("<system-err>"), "{xml}");
+        let path = dir.path().join("junit.xml");
+        write(&results, &path, &JunitOptions::default()).unwrap();
+        assert_valid_file(&path);
     }
 
     #[test]

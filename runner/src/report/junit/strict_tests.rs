@@ -15,13 +15,14 @@
 //! what we write, and this test says so by name.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use roxmltree::Node;
 
 use super::tests::{assert_valid, parse, sample};
 use super::*;
+use crate::results::tests::job_with_services;
 use crate::results::{ImportedCase, ImportedResult, ImportedTests, Output, Problem};
 
 /// (element, attributes, child elements) as the xUnit plugin's junit-10.xsd
@@ -132,10 +133,12 @@ fn declared<'a>(
 }
 
 /// Every kind of case the runner writes: steps of every status, a boot
-/// error, allowed failures, properties, suite notes, and imported cases
-/// of every result with locations and output.
-fn everything() -> RunResults {
+/// error, allowed failures, properties, suite notes, imported cases of
+/// every result with locations and output, and services (their logs
+/// under `dir`).
+fn everything(dir: &Path) -> RunResults {
     let mut results = sample();
+    results.jobs.push(job_with_services(dir));
     let job = &mut results.jobs[0];
     job.artifact_notes = vec!["artifact `x` not collected: missing".into()];
     let mut passed = ImportedCase::new("tests::adds");
@@ -176,21 +179,23 @@ fn everything() -> RunResults {
 
 #[test]
 fn the_root_carries_only_name_time_tests_failures_and_errors() {
-    let xml = render(&everything(), &JunitOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = render(&everything(dir.path()), &JunitOptions::default()).unwrap();
     let doc = parse(&xml);
     let root = doc.root_element();
     let written: BTreeSet<&str> = root.attributes().map(|a| a.name()).collect();
     assert_eq!(written, ROOT.into_iter().collect());
     assert_eq!(ROOT_ATTRIBUTES, ROOT);
-    // The counts still add up, imported cases included.
-    assert_eq!(root.attribute("tests"), Some("10"));
+    // The counts still add up, imported cases and services included.
+    assert_eq!(root.attribute("tests"), Some("12"));
     assert_eq!(root.attribute("failures"), Some("3"));
-    assert_eq!(root.attribute("errors"), Some("2"));
+    assert_eq!(root.attribute("errors"), Some("3"));
 }
 
 #[test]
 fn every_element_and_attribute_written_is_in_the_schemas_lists() {
-    let xml = render(&everything(), &JunitOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = render(&everything(dir.path()), &JunitOptions::default()).unwrap();
     let doc = parse(&xml);
     let mut seen = BTreeSet::new();
     for node in doc.descendants().filter(Node::is_element) {
@@ -248,12 +253,13 @@ fn every_element_and_attribute_written_is_in_the_schemas_lists() {
     {
         assert!(problem.attribute("type").is_some_and(|t| !t.is_empty()));
     }
-    assert_valid(&everything());
+    assert_valid(&everything(dir.path()));
 }
 
 #[test]
 fn imported_cases_follow_their_step_with_the_job_in_their_classname() {
-    let xml = render(&everything(), &JunitOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = render(&everything(dir.path()), &JunitOptions::default()).unwrap();
     let doc = parse(&xml);
     let suite = doc
         .descendants()

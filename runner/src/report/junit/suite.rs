@@ -1,6 +1,6 @@
-//! One job as one `<testsuite>`: a case per step with the guest's own
-//! testcases after the step they came from, the job's own case, earlier
-//! attempts and the notes that belong to the whole job.
+//! One job as one `<testsuite>`: a case per service, a case per step with
+//! the guest's own testcases after the step they came from, the job's own
+//! case, earlier attempts and the notes that belong to the whole job.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +9,7 @@ use quick_junit::{Property, TestCase, TestSuite};
 
 use super::imported::{self, CaseNames};
 use super::reruns;
+use super::service;
 use super::status::{job_case_status, step_status};
 use super::text::{limited, xml_text, JunitOptions};
 use crate::results::JobResult;
@@ -33,6 +34,10 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
         suite.add_property(Property::new("attempt", job.attempt.to_string()));
     }
     let mut names = CaseNames::default();
+    // First, as they were: the steps ran once every service was ready.
+    for service in &job.services {
+        suite.add_test_case(service::testcase(job, service, &mut names, options));
+    }
     let imported = &job.imported.cases;
     for (index, step) in job.steps.iter().enumerate() {
         let mut status = step_status(job, step, options);

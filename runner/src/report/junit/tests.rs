@@ -8,7 +8,7 @@ use std::time::Duration;
 use roxmltree::{Document, Node};
 
 use super::*;
-use crate::results::tests::{failed, job, run, step};
+use crate::results::tests::{failed, job, job_with_services, run, step};
 use crate::results::{ExitStatus, JobOutcome, Output, OutputCapture, StepResult, StepStatus};
 
 pub(super) fn sample() -> RunResults {
@@ -251,6 +251,96 @@ fn long_output_is_trimmed_with_a_pointer_to_the_log() {
         "[... {omitted} bytes omitted; full output in out/01-a/job.log ...]"
     )));
     assert!(out.len() < 200);
+}
+
+#[test]
+fn each_service_is_a_case_with_its_log_and_its_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = run(vec![job_with_services(dir.path())]);
+    let options = JunitOptions {
+        failure_tail_lines: 3,
+        ..JunitOptions::default()
+    };
+    let xml = render(&results, &options).unwrap();
+    let doc = parse(&xml);
+    let suite = elements(doc.root_element(), "testsuite")[0];
+    let cases = elements(suite, "testcase");
+    let names: Vec<_> = cases.iter().map(|c| c.attribute("name").unwrap()).collect();
+    // The service carries the job's error: no `(job)` case repeats it.
+    assert_eq!(names, ["service db", "service cache"]);
+    assert!(cases
+        .iter()
+        .all(|c| c.attribute("classname") == Some("queries")));
+
+    let db = cases[0];
+    assert_eq!(child_tags(db), ["system-out"]);
+    assert_eq!(db.attribute("time"), Some("3.200"));
+    assert!(elements(db, "system-out")[0]
+        .text()
+        .unwrap()
+        .ends_with("listening on 5432\n==> ready\n"));
+
+    let cache = cases[1];
+    assert_eq!(child_tags(cache), ["error", "system-out"]);
+    assert_eq!(cache.attribute("time"), Some("0.000"));
+    let error = elements(cache, "error")[0];
+    assert_eq!(error.attribute("type"), Some("service"));
+    let why = "was not ready within 2s (`ready` failed 3 times: redis-cli ping)";
+    assert_eq!(error.attribute("message"), Some(why));
+    let log = results.jobs[0].services[1].log_path.display().to_string();
+    assert_eq!(
+        error.text(),
+        Some(
+            format!(
+                "service `cache` of job `queries`: {why}\n\n--- log, last 3 lines ---\n\
+                 Could not connect\nCould not connect\n==> {why}\n\nfull log: {log}\n"
+            )
+            .as_str()
+        )
+    );
+    let out = elements(cache, "system-out")[0].text().unwrap();
+    assert!(
+        out.starts_with("==> booting service cache (qemu)\n"),
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}'), "{out}");
+
+    // The counts are the console's.
+    let counts = results.counts();
+    assert_eq!((counts.passed, counts.failed), (1, 1));
+    assert_eq!(suite.attribute("tests"), Some("2"));
+    assert_eq!(suite.attribute("errors"), Some("1"));
+    assert_eq!(doc.root_element().attribute("errors"), Some("1"));
+    assert_valid(&results);
+}
+
+#[test]
+fn a_long_service_log_is_read_and_cut_like_step_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = run(vec![job_with_services(dir.path())]);
+    let db_log = &results.jobs[0].services[0].log_path;
+    let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(db_log, &text).unwrap();
+    let options = JunitOptions {
+        output_limit: 100,
+        failure_tail_lines: 5,
+    };
+    let xml = render(&results, &options).unwrap();
+    let doc = parse(&xml);
+    let out = doc
+        .descendants()
+        .find(|n| n.has_tag_name("system-out"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(out.starts_with("line 0\nline 1\n"), "{out}");
+    assert!(out.ends_with("line 99999\n"), "{out}");
+    let omitted = text.len() - 100;
+    assert!(out.contains(&format!(
+        "[... {omitted} bytes omitted; full output in {} ...]",
+        db_log.display()
+    )));
+    assert!(out.len() < 300, "{out}");
 }
 
 #[test]
