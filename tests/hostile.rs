@@ -7,9 +7,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use e2e_tests::{images, processes_mentioning, runner_bin, vm_dirs};
+use e2e_tests::{eventually, images, processes_mentioning, runner_bin, vm_dirs};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -149,14 +148,6 @@ fn hostile_artifacts_come_back_as_data_only() {
 
 /// Polls `done` until it holds; the limit is only a backstop against a
 /// hung test, far above what a slow machine needs.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_killed_runner_leaves_no_vm_behind_and_its_dir_is_swept() {
     let dir = tempfile::tempdir().unwrap();

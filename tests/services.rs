@@ -10,7 +10,10 @@
 
 use std::path::Path;
 
-use e2e_tests::{both, job_log, repo, runner_test, vm_dirs};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use e2e_tests::{both, eventually, job_log, processes_with_tmpdir, repo, runner_test, vm_dirs};
 
 fn service_log(dir: &Path, job: &str, service: &str) -> String {
     job_log(dir, &format!("{job}.service-{service}"))
@@ -121,6 +124,48 @@ jobs:
     assert!(text.contains("flaky is going down"), "{text}");
     let log = job_log(dir.path(), "crashes");
     assert!(!log.contains("must-not-run"), "{log}");
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_runner_leaves_no_service_nor_switch_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+defaults: { files: none }
+jobs:
+  forever:
+    services:
+      - name: idle
+        run: while true; do sleep 1; done
+    steps: [echo step-running; sleep 3600]
+"#;
+    let mut runner = runner_test(dir.path(), yaml)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the step runs, the job's VM, the service's and the switch are
+    // all up (the console prints the step's output as it comes); then
+    // SIGKILL, which lets no cleanup run.
+    let stdout = BufReader::new(runner.stdout.take().unwrap());
+    let mut lines = stdout.lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("step-running"))),
+        "the step never ran"
+    );
+    assert!(processes_with_tmpdir(dir.path()).len() > 3);
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    eventually("every VM process and the switch to die", || {
+        processes_with_tmpdir(dir.path()).is_empty()
+    });
+    // The job's, the service's and the switch's directories, which the
+    // next run sweeps.
+    assert_eq!(vm_dirs(dir.path()).len(), 3, "{:?}", vm_dirs(dir.path()));
+    let out = runner_test(dir.path(), "jobs:\n  a:\n    steps: [\"true\"]\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
     assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
 }
 

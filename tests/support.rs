@@ -159,6 +159,19 @@ pub fn runner_test(dir: &std::path::Path, yaml: &str) -> std::process::Command {
     cmd
 }
 
+/// Waits until `done`, checking every 200 ms; a generous bound (10 min)
+/// only turns a hang into a failure naming `what`.
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The log of the job whose slug ends with `name`, in a [`runner_test`]
 /// run's `out/logs`.
 pub fn job_log(dir: &std::path::Path, name: &str) -> String {
@@ -222,6 +235,32 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
                     proc_dir.file_name().to_string_lossy()
                 ));
             }
+        }
+    }
+    found
+}
+
+/// Processes started with `TMPDIR=dir` (as [`runner_test`] starts the
+/// runner, so everything it spawns inherits it: VM processes whose command
+/// line names nothing of `dir`, like a segment's switch, too).
+pub fn processes_with_tmpdir(dir: &std::path::Path) -> Vec<String> {
+    let mut wanted = b"TMPDIR=".to_vec();
+    wanted.extend(dir.as_os_str().as_encoded_bytes());
+    let mut found = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(environ) = std::fs::read(proc_dir.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == wanted.as_slice())
+        {
+            let cmdline = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{}: {}",
+                proc_dir.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
         }
     }
     found
