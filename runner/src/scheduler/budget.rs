@@ -68,11 +68,7 @@ pub struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut free = self
-            .budget
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut free = self.budget.free.lock().unwrap_or_else(|p| p.into_inner());
         *free += self.amount;
         self.budget.freed.notify_all();
     }

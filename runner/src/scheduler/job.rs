@@ -33,9 +33,8 @@ pub(super) fn run(job: &PlannedJob, ctx: &RunContext, attempt: Attempt) -> JobRe
     ctx.reporter.report(&RunEvent::JobStarted { job });
     // Scoped: a job's services each have a thread, which end with it.
     let services = ServiceRecords::default();
-    let ran = std::thread::scope(|scope| {
-        run_in_vm(job, ctx, clock, &mut result, (scope, &services))
-    });
+    let ran =
+        std::thread::scope(|scope| run_in_vm(job, ctx, clock, &mut result, (scope, &services)));
     result.services = services.results();
     result.outcome = match ran {
         Ok(()) => JobResult::outcome_from_steps(&result.steps),
