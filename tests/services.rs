@@ -128,6 +128,44 @@ jobs:
 }
 
 #[test]
+fn a_flooding_service_is_capped_and_one_too_big_for_the_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MiB of output against a 1 MiB log cap; then a service asking for
+    // more memory than this host (24 GiB) has.
+    let yaml = r#"
+jobs:
+  floods:
+    services:
+      - name: chatty
+        run: head -c 8388608 /dev/zero | tr '\0' x; echo; echo done flooding
+        ready: "true"
+    steps: ["true"]
+  huge:
+    services:
+      - { name: big, run: "true", memory: 1000G }
+    steps: [echo must-not-run]
+"#;
+    let out = runner_test(dir.path(), yaml)
+        .args(["--log-limit", "1M"])
+        .output()
+        .unwrap();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let chatty = dir.path().join("out/logs/01-floods.service-chatty.log");
+    let size = std::fs::metadata(&chatty).unwrap().len();
+    assert!(size <= 1 << 20, "{size} bytes");
+    // The cap keeps the head and a rolling tail: the end is there.
+    let tail = String::from_utf8_lossy(&std::fs::read(&chatty).unwrap()).into_owned();
+    assert!(tail.contains("done flooding"), "{}", &tail[tail.len().saturating_sub(300)..]);
+    assert!(job_log(dir.path(), "floods").contains("service chatty is ready"));
+    assert!(
+        text.contains("with its service's VM) but the host can give VMs only"),
+        "{text}"
+    );
+    assert!(!text.contains("must-not-run"), "{text}");
+}
+
+#[test]
 fn a_killed_runner_leaves_no_service_nor_switch_behind() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = r#"

@@ -126,6 +126,7 @@ fn run_or_skip(job: &crate::plan::PlannedJob, ctx: &RunContext) -> JobResult {
         let mut result = JobResult::for_job(job, SystemTime::now());
         let with_services = match job.services.len() {
             0 => String::new(),
+            1 => " (with its service's VM)".to_string(),
             n => format!(" (with its {n} services' VMs)"),
         };
         result.outcome = JobOutcome::Error {
