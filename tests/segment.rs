@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use e2e_tests::{boot_spec, sh, spec};
+use runner_devices::net::segment::{self, Member};
 use runner_devices::net::stream::{read_frame, write_frame};
 use runner_machine::network::segment::{SegmentNic, Switch};
 
@@ -37,14 +38,11 @@ fn start(names: &[&str]) -> (Switch, Vec<(SegmentNic, UnixStream)>) {
 }
 
 fn arp_request(from: &SegmentNic, wanted: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend(from.mac);
-    f.extend([8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
-    f.extend(from.mac);
-    f.extend(from.address.octets());
-    f.extend([0; 6]);
-    f.extend(wanted.octets());
-    f
+    let asker = Member {
+        mac: from.mac,
+        address: from.address,
+    };
+    segment::arp_request(asker, wanted)
 }
 
 fn udp(from: &SegmentNic, to: &SegmentNic, src: Ipv4Addr, body: &[u8]) -> Vec<u8> {

@@ -749,22 +749,13 @@ mod tests {
     /// The `segment` seeds: a job asking for a service's MAC and talking
     /// to it, and a member trying to pose as another.
     fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        use crate::net::segment::arp_request;
         let m = segment_members();
         let record = |port: u8, frame: Vec<u8>| {
             let mut r = vec![port, 1];
             r.extend((frame.len() as u16).to_le_bytes());
             r.extend(frame);
             r
-        };
-        let arp_request = |from: Member, wanted: Ipv4Addr| {
-            let mut f = vec![0xff; 6];
-            f.extend(from.mac);
-            f.extend([8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
-            f.extend(from.mac);
-            f.extend(from.address.octets());
-            f.extend([0; 6]);
-            f.extend(wanted.octets());
-            f
         };
         let tcp = |from: Member, to: Member, src: Ipv4Addr| {
             let mut f = to.mac.to_vec();

@@ -179,16 +179,36 @@ impl Segment {
 
 /// `target`'s answer to `asker`, who asked from `asker_ip`.
 fn arp_reply(target: &Member, asker: Member, asker_ip: Ipv4Addr) -> Vec<u8> {
+    let to = Member {
+        address: asker_ip,
+        ..asker
+    };
+    arp_frame(ARP_REPLY, *target, asker.mac, to)
+}
+
+/// The request a member sends for `wanted`'s MAC (broadcast), as guests
+/// send it: what the switch answers.
+pub fn arp_request(asker: Member, wanted: Ipv4Addr) -> Vec<u8> {
+    let target = Member {
+        mac: [0; 6],
+        address: wanted,
+    };
+    arp_frame(ARP_REQUEST, asker, [0xff; 6], target)
+}
+
+/// An ARP frame for IPv4 over Ethernet from `sender` to `dst_mac`, about
+/// `target`.
+fn arp_frame(op: u16, sender: Member, dst_mac: [u8; 6], target: Member) -> Vec<u8> {
     let mut frame = Vec::with_capacity(ETH_HEADER + ARP_LEN);
-    frame.extend(asker.mac);
-    frame.extend(target.mac);
+    frame.extend(dst_mac);
+    frame.extend(sender.mac);
     frame.extend(ETHERTYPE_ARP.to_be_bytes());
     frame.extend([0, 1, 8, 0, 6, 4]);
-    frame.extend(ARP_REPLY.to_be_bytes());
+    frame.extend(op.to_be_bytes());
+    frame.extend(sender.mac);
+    frame.extend(sender.address.octets());
     frame.extend(target.mac);
     frame.extend(target.address.octets());
-    frame.extend(asker.mac);
-    frame.extend(asker_ip.octets());
     frame
 }
 
