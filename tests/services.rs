@@ -156,7 +156,11 @@ jobs:
     assert!(size <= 1 << 20, "{size} bytes");
     // The cap keeps the head and a rolling tail: the end is there.
     let tail = String::from_utf8_lossy(&std::fs::read(&chatty).unwrap()).into_owned();
-    assert!(tail.contains("done flooding"), "{}", &tail[tail.len().saturating_sub(300)..]);
+    assert!(
+        tail.contains("done flooding"),
+        "{}",
+        &tail[tail.len().saturating_sub(300)..]
+    );
     assert!(job_log(dir.path(), "floods").contains("service chatty is ready"));
     assert!(
         text.contains("with its service's VM) but the host can give VMs only"),

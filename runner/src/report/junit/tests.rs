@@ -232,18 +232,8 @@ fn long_output_is_trimmed_with_a_pointer_to_the_log() {
         vec![step("s", StepStatus::Passed)],
     )]);
     r.jobs[0].steps[0].stdout = output.clone();
-    let options = JunitOptions {
-        output_limit: 100,
-        failure_tail_lines: 5,
-    };
-    let xml = render(&r, &options).unwrap();
-    let doc = parse(&xml);
-    let out = doc
-        .descendants()
-        .find(|n| n.has_tag_name("system-out"))
-        .unwrap()
-        .text()
-        .unwrap();
+    let xml = render(&r, &SMALL_OUTPUT).unwrap();
+    let out = first_system_out(&xml);
     assert!(out.starts_with("line 0\nline 1\n"), "{out}");
     assert!(out.ends_with("line 9999\n"), "{out}");
     let omitted = output.total_bytes - 100;
@@ -321,18 +311,8 @@ fn a_long_service_log_is_read_and_cut_like_step_output() {
     let db_log = &results.jobs[0].services[0].log_path;
     let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
     std::fs::write(db_log, &text).unwrap();
-    let options = JunitOptions {
-        output_limit: 100,
-        failure_tail_lines: 5,
-    };
-    let xml = render(&results, &options).unwrap();
-    let doc = parse(&xml);
-    let out = doc
-        .descendants()
-        .find(|n| n.has_tag_name("system-out"))
-        .unwrap()
-        .text()
-        .unwrap();
+    let xml = render(&results, &SMALL_OUTPUT).unwrap();
+    let out = first_system_out(&xml);
     assert!(out.starts_with("line 0\nline 1\n"), "{out}");
     assert!(out.ends_with("line 99999\n"), "{out}");
     let omitted = text.len() - 100;
@@ -403,4 +383,23 @@ pub(crate) fn assert_valid_file(path: &std::path::Path) {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
     assert!(stderr.contains("validates"), "{stderr}");
+}
+
+/// Options that keep 100 bytes of each output: head, omission note, tail.
+const SMALL_OUTPUT: JunitOptions = JunitOptions {
+    output_limit: 100,
+    failure_tail_lines: 5,
+};
+
+/// The text of the report's first `<system-out>`.
+fn first_system_out(xml: &str) -> String {
+    let doc = parse(xml);
+    let out = doc
+        .descendants()
+        .find(|n| n.has_tag_name("system-out"))
+        .expect("a system-out")
+        .text()
+        .unwrap_or_default()
+        .to_string();
+    out
 }
