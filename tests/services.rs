@@ -13,7 +13,10 @@ use std::path::Path;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use e2e_tests::{both, eventually, job_log, processes_with_tmpdir, repo, runner_test, vm_dirs};
+use e2e_tests::{
+    both, eventually, job_log, processes_with_tmpdir, repo, require_tool, runner_test, vm_dirs,
+    HttpServer,
+};
 
 fn service_log(dir: &Path, job: &str, service: &str) -> String {
     job_log(dir, &format!("{job}.service-{service}"))
@@ -35,7 +38,7 @@ fn two_jobs_each_reach_their_own_two_services_by_name_and_nothing_else() {
       - name: web
         run: |
           ip route
-          if wget -q -T 3 -O /dev/null http://1.1.1.1/; then echo REACHED-OUTSIDE; fi
+          if timeout 5 wget -q -O /dev/null http://1.1.1.1/; then echo REACHED-OUTSIDE; fi
           mkdir -p /srv && echo "web of $OWNER" > /srv/index.html
           httpd -p 8080 -h /srv
         ready: wget -q -O /dev/null http://127.0.0.1:8080/
@@ -43,7 +46,7 @@ fn two_jobs_each_reach_their_own_two_services_by_name_and_nothing_else() {
     steps:
       - echo ping | nc -w 10 db 5432
       - wget -q -O- http://web:8080/
-      - if wget -q -T 3 -O /dev/null http://1.1.1.1/; then exit 1; fi
+      - if timeout 5 wget -q -O /dev/null http://1.1.1.1/; then exit 1; fi
 "#
         )
     };
@@ -70,6 +73,41 @@ fn two_jobs_each_reach_their_own_two_services_by_name_and_nothing_else() {
         assert!(!web.lines().any(|l| l == "REACHED-OUTSIDE"), "{web}");
     }
     assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_job_with_a_granted_network_keeps_it_beside_its_services() {
+    require_tool("passt", "passt");
+    let server = HttpServer::start(|path| format!("host saw {path}"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = server.port;
+    // Its own NIC (passt, the host's port it was granted) and its segment
+    // NIC (the service), side by side; the service still has no way out.
+    let yaml = format!(
+        r#"
+defaults: {{ files: none }}
+jobs:
+  both:
+    network: {{ allow: ["127.0.0.1:{port}"] }}
+    services:
+      - name: db
+        run: while true; do echo pong | nc -l -p 5432; done
+        ready: netstat -ltn | grep -q ':5432 '
+    steps:
+      - echo ping | nc -w 10 db 5432
+      - timeout 30 wget -q -O - http://10.0.2.2:{port}/from-the-job
+"#
+    );
+    let out = runner_test(dir.path(), &yaml)
+        .arg(format!("--allow-network=127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let text = both(&out);
+    assert!(out.status.success(), "{text}");
+    let log = job_log(dir.path(), "both");
+    assert!(log.contains("pong"), "{log}");
+    assert!(log.contains("host saw /from-the-job"), "{log}");
+    assert_eq!(server.paths(), ["/from-the-job"]);
 }
 
 #[test]
