@@ -208,6 +208,32 @@ jobs:
 }
 
 #[test]
+fn a_job_that_fails_before_its_services_are_ready_does_not_wait_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // The job's VM cannot boot; its service would never be ready, and may
+    // wait 30 minutes: the job ends with its boot error all the same, and
+    // says the service was not ready.
+    std::fs::write(dir.path().join("bogus-kernel"), "not a kernel").unwrap();
+    let yaml = r#"
+jobs:
+  early:
+    image: { kernel: ./bogus-kernel, rootfs: minimal }
+    services:
+      - { name: slow, run: "true", ready: "false", ready_timeout: 30m }
+    steps: ["true"]
+"#;
+    let out = runner_test(dir.path(), yaml).output().unwrap();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("VM failed to boot"), "{text}");
+    assert!(
+        text.contains("slow: not ready before the job ended"),
+        "{text}"
+    );
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
 fn a_killed_runner_leaves_no_service_nor_switch_behind() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = r#"

@@ -44,6 +44,8 @@ pub(super) struct JobServices {
     services: Vec<ServiceHandle>,
     /// Cancels the job's running step when a service fails.
     on_failure: OnFailure,
+    /// Set when the job lets its services go, however it ended.
+    shutdown: Arc<Shutdown>,
     /// After the services (field order is drop order): their VMs are gone
     /// by the time the switch is killed.
     _switch: Switch,
@@ -70,6 +72,21 @@ impl ServiceRecords {
             .iter()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
+    }
+}
+
+/// The job letting its services go: a service still booting or waiting
+/// for `ready` stops there rather than making the job's end wait for it.
+#[derive(Default)]
+struct Shutdown {
+    now: AtomicBool,
+    /// The connections on which `ready` runs, to cut a long one short.
+    ready_runs: Mutex<Vec<Canceller>>,
+}
+
+impl Shutdown {
+    fn is_on(&self) -> bool {
+        self.now.load(Ordering::SeqCst)
     }
 }
 
@@ -111,6 +128,7 @@ impl JobServices {
         let job_nic = nics.next().expect("the job is the segment's first member");
         let mut services = Vec::new();
         let on_failure = OnFailure::default();
+        let shutdown = Arc::new(Shutdown::default());
         for (service, nic) in job.services.iter().zip(nics) {
             let path = log_path(&service.name);
             let log = crate::results::JobLog::with_limit(&path, ctx.options.log_limit)
@@ -137,6 +155,7 @@ impl JobServices {
                 log: log.clone(),
                 failure: failure.clone(),
                 on_failure: on_failure.clone(),
+                shutdown: shutdown.clone(),
             };
             scope.spawn(move || watch.run(scope, ready_tx, stopped));
             services.push(ServiceHandle {
@@ -152,6 +171,7 @@ impl JobServices {
             table,
             services,
             on_failure,
+            shutdown,
             _switch: switch,
         })
     }
@@ -198,6 +218,20 @@ impl JobServices {
     }
 }
 
+impl Drop for JobServices {
+    fn drop(&mut self) {
+        self.shutdown.now.store(true, Ordering::SeqCst);
+        let runs = self
+            .shutdown
+            .ready_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for run in runs.iter() {
+            run.cancel();
+        }
+    }
+}
+
 impl ServiceHandle {
     /// The job's error for this service: what happened on the first line,
     /// then the end of the service's log.
@@ -231,6 +265,7 @@ struct Watch<'env> {
     log: JobLog,
     failure: Arc<Mutex<Option<String>>>,
     on_failure: OnFailure,
+    shutdown: Arc<Shutdown>,
 }
 
 impl<'env> Watch<'env> {
@@ -244,6 +279,11 @@ impl<'env> Watch<'env> {
         let Some((mut vm, mut session)) = self.boot(&ready) else {
             return;
         };
+        if self.shutdown.is_on() {
+            self.log
+                .note("==> stopped with the job before it was ready");
+            return;
+        }
         let waiting = Instant::now();
         // Set before the VM is killed: `run` ending then is no failure.
         let stopping = Arc::new(AtomicBool::new(false));
@@ -415,9 +455,19 @@ impl<'env> Watch<'env> {
         let limit = self.service.ready_timeout;
         let deadline = Instant::now() + limit;
         let mut tries = 0u32;
+        let mut runs = self
+            .shutdown
+            .ready_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        runs.push(session.canceller());
+        drop(runs);
         loop {
             if let Some(why) = run_ended.lock().unwrap_or_else(|p| p.into_inner()).clone() {
                 return Err(why);
+            }
+            if self.shutdown.is_on() {
+                return Err("stopped with the job before it was ready".into());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
