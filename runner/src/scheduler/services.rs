@@ -46,8 +46,9 @@ pub(super) struct JobServices {
     on_failure: OnFailure,
     /// Set when the job lets its services go, however it ended.
     shutdown: Arc<Shutdown>,
-    /// After the services (field order is drop order): their VMs are gone
-    /// by the time the switch is killed.
+    /// Dropped last (field order is drop order): the services are told to
+    /// stop first. Their VMs may outlive it by a moment, seeing their
+    /// NIC's connection close, which is harmless.
     _switch: Switch,
 }
 
