@@ -194,6 +194,14 @@ fn from_job(args: &ShellArgs, path: &Path, grants: &Grants) -> anyhow::Result<Se
         ..plan.clone()
     };
     grants.check_plan(&single).map_err(anyhow::Error::msg)?;
+    if !job.services.is_empty() {
+        // Said, not hidden: a command that reaches `db` fails here.
+        let names: Vec<&str> = job.services.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "runner: note: `runner shell` does not start the job's services ({});              `runner test --debug-on-failure` opens a shell with them running",
+            names.join(", ")
+        );
+    }
     let collected = if grants.host_files {
         files::collect(&job.files).map_err(anyhow::Error::from)
     } else {
