@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use quick_junit::{TestCaseStatus, TestRerun};
 
-use super::service;
 use super::status::step_status;
 use super::text::JunitOptions;
 use crate::results::{CaseKind, JobResult, StepResult};
@@ -41,27 +40,6 @@ pub(super) fn step_reruns(job: &JobResult, index: usize, options: &JunitOptions)
         .collect()
 }
 
-/// Every earlier attempt of the job in which its service `name` failed,
-/// oldest first.
-pub(super) fn service_reruns(
-    job: &JobResult,
-    name: &str,
-    options: &JunitOptions,
-) -> Vec<TestRerun> {
-    job.earlier_attempts
-        .iter()
-        .filter_map(|earlier| {
-            let service = earlier.services.iter().find(|s| s.name == name)?;
-            (service.kind() == CaseKind::Error).then(|| {
-                let log = service.log(options.output_limit);
-                let status = service::status(earlier, service, &log, options);
-                let label = earlier.attempt.to_string();
-                rerun_of(status, &label, service::time(service))
-            })
-        })
-        .collect()
-}
-
 /// One earlier attempt of a step as a rerun element.
 fn rerun(job: &JobResult, step: &StepResult, options: &JunitOptions) -> TestRerun {
     let status = step_status(job, step, options);
@@ -71,7 +49,7 @@ fn rerun(job: &JobResult, step: &StepResult, options: &JunitOptions) -> TestReru
 /// A failed attempt's status as a rerun element: the same message, type
 /// and body its own `<failure>` or `<error>` would have had, prefixed with
 /// the attempt (`label`).
-fn rerun_of(status: TestCaseStatus, label: &str, time: Duration) -> TestRerun {
+pub(super) fn rerun_of(status: TestCaseStatus, label: &str, time: Duration) -> TestRerun {
     let TestCaseStatus::NonSuccess {
         kind,
         message,

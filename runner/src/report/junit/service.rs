@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus};
+use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestRerun};
 
 use super::imported::CaseNames;
 use super::reruns;
@@ -23,10 +23,7 @@ pub(super) fn testcase(
     // within the output limit, as a step's output is cut.
     let log = service.log(options.output_limit);
     let mut status = status(job, service, &log, options);
-    reruns::attach(
-        &mut status,
-        reruns::service_reruns(job, &service.name, options),
-    );
+    reruns::attach(&mut status, service_reruns(job, &service.name, options));
     let name = names.unique(&job.classname, &format!("service {}", service.name));
     let mut case = TestCase::new(xml_text(&name), status);
     case.set_classname(xml_text(&job.classname));
@@ -35,6 +32,23 @@ pub(super) fn testcase(
         case.set_system_out(xml_text(&log.text()));
     }
     case
+}
+
+/// Every earlier attempt of the job in which its service `name` failed,
+/// oldest first.
+fn service_reruns(job: &JobResult, name: &str, options: &JunitOptions) -> Vec<TestRerun> {
+    job.earlier_attempts
+        .iter()
+        .filter_map(|earlier| {
+            let service = earlier.services.iter().find(|s| s.name == name)?;
+            (service.kind() == CaseKind::Error).then(|| {
+                let log = service.log(options.output_limit);
+                let status = status(earlier, service, &log, options);
+                let label = earlier.attempt.to_string();
+                reruns::rerun_of(status, &label, time(service))
+            })
+        })
+        .collect()
 }
 
 /// When it was ready, on the job's clock: what the job waited for.
