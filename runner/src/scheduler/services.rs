@@ -61,18 +61,12 @@ type Record = Arc<Mutex<ServiceResult>>;
 
 impl ServiceRecords {
     fn add(&self, record: Record) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
+        lock(&self.0).push(record);
     }
 
     pub(super) fn results(&self) -> Vec<ServiceResult> {
-        let records = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        records
-            .iter()
-            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect()
+        let records = lock(&self.0);
+        records.iter().map(|r| lock(r).clone()).collect()
     }
 }
 
@@ -99,8 +93,8 @@ struct ServiceHandle {
     name: String,
     log: JobLog,
     ready: mpsc::Receiver<Result<Duration, String>>,
-    /// Set by the service's thread when it fails after becoming ready.
-    failure: Arc<Mutex<Option<String>>>,
+    /// What became of it, its failure included, as its thread keeps it.
+    record: Record,
     /// Dropping it tells the thread to stop its VM.
     _stop: mpsc::Sender<()>,
 }
@@ -136,7 +130,6 @@ impl JobServices {
                 .map_err(|e| format!("creating {}: {e}", path.display()))?;
             let (ready_tx, ready) = mpsc::channel();
             let (stop, stopped) = mpsc::channel();
-            let failure = Arc::new(Mutex::new(None));
             let record = Arc::new(Mutex::new(ServiceResult {
                 name: service.name.clone(),
                 ready_at: None,
@@ -147,14 +140,13 @@ impl JobServices {
             records.add(record.clone());
             let watch = Watch {
                 clock,
-                record,
+                record: record.clone(),
                 service,
                 job,
                 ctx,
                 nic,
                 table: table.clone(),
                 log: log.clone(),
-                failure: failure.clone(),
                 on_failure: on_failure.clone(),
                 shutdown: shutdown.clone(),
             };
@@ -163,7 +155,7 @@ impl JobServices {
                 name: service.name.clone(),
                 log,
                 ready,
-                failure,
+                record,
                 _stop: stop,
             });
         }
@@ -181,7 +173,7 @@ impl JobServices {
     /// (through `canceller`): a step waiting on a dead service would
     /// otherwise wait until its timeout.
     pub(super) fn cancel_steps_with(&self, canceller: Canceller) {
-        *self.on_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(canceller);
+        *lock(&self.on_failure) = Some(canceller);
     }
 
     /// What the job's agent is asked to configure on its segment NIC.
@@ -209,12 +201,12 @@ impl JobServices {
         Ok(())
     }
 
-    /// The first service that failed since it became ready, as the job's
-    /// error.
+    /// The first service that failed, as the job's error. Once
+    /// [`Self::wait_ready`] passed, that is a failure during the job.
     pub(super) fn failure(&self) -> Option<String> {
         self.services.iter().find_map(|service| {
-            let failure = service.failure.lock().unwrap_or_else(|p| p.into_inner());
-            failure.as_ref().map(|why| service.error(why))
+            let failure = lock(&service.record).failure.clone();
+            failure.map(|why| service.error(&why))
         })
     }
 }
@@ -222,11 +214,7 @@ impl JobServices {
 impl Drop for JobServices {
     fn drop(&mut self) {
         self.shutdown.now.store(true, Ordering::SeqCst);
-        let runs = self
-            .shutdown
-            .ready_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let runs = lock(&self.shutdown.ready_runs);
         for run in runs.iter() {
             run.cancel();
         }
@@ -264,7 +252,6 @@ struct Watch<'env> {
     nic: Arc<SegmentNic>,
     table: Vec<(String, Ipv4Addr)>,
     log: JobLog,
-    failure: Arc<Mutex<Option<String>>>,
     on_failure: OnFailure,
     shutdown: Arc<Shutdown>,
 }
@@ -288,8 +275,7 @@ impl<'env> Watch<'env> {
         let waiting = Instant::now();
         // Set before the VM is killed: `run` ending then is no failure.
         let stopping = Arc::new(AtomicBool::new(false));
-        let run_ended = Arc::new(Mutex::new(None::<String>));
-        match self.start_run(vm.as_ref(), scope, &stopping, &run_ended) {
+        match self.start_run(vm.as_ref(), scope, &stopping) {
             Ok(()) => {}
             Err(why) => {
                 self.failed(&why);
@@ -297,7 +283,7 @@ impl<'env> Watch<'env> {
                 return;
             }
         }
-        let polled = self.poll_ready(&mut session, &run_ended);
+        let polled = self.poll_ready(&mut session);
         self.phase(PhaseKind::Services, waiting);
         match polled {
             Ok(()) => {
@@ -307,7 +293,10 @@ impl<'env> Watch<'env> {
             }
             Err(why) => {
                 self.log.note(&format!("==> {why}"));
-                self.failed(&why);
+                // Let go by its job, it did not fail.
+                if !self.shutdown.is_on() {
+                    self.failed(&why);
+                }
                 let _ = ready.send(Err(why));
                 stopping.store(true, Ordering::SeqCst);
                 return;
@@ -315,20 +304,14 @@ impl<'env> Watch<'env> {
         }
         // Keep watch until the job lets the service go.
         while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WATCH_EVERY) {
-            let why = match vm.exited() {
-                Some(how) => {
-                    let why = format!("stopped during the job: its VM ended ({how})");
-                    self.log.note(&format!("==> {why}"));
-                    Some(why)
-                }
-                // Already in the log, from `run`'s thread.
-                None => run_ended.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            };
-            if let Some(why) = why {
+            if let Some(how) = vm.exited() {
+                let why = format!("stopped during the job: its VM ended ({how})");
+                self.log.note(&format!("==> {why}"));
                 self.failed(&why);
-                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                let on_failure = self.on_failure.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(canceller) = on_failure.as_ref() {
+            }
+            // Its VM's end, or its `run`'s failure (from `run`'s thread).
+            if lock(&self.record).failure.is_some() {
+                if let Some(canceller) = lock(&self.on_failure).as_ref() {
                     canceller.cancel();
                 }
                 break;
@@ -341,7 +324,7 @@ impl<'env> Watch<'env> {
     }
 
     fn with_record(&self, f: impl FnOnce(&mut ServiceResult)) {
-        f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut lock(&self.record));
     }
 
     fn phase(&self, kind: PhaseKind, began: Instant) {
@@ -350,8 +333,7 @@ impl<'env> Watch<'env> {
     }
 
     fn failed(&self, why: &str) {
-        let line = why.lines().next().unwrap_or_default().to_string();
-        self.with_record(|r| r.failure = Some(line));
+        mark_failed(&self.record, why);
     }
 
     /// Boots the service's VM and configures its NIC; on failure, says why
@@ -407,13 +389,12 @@ impl<'env> Watch<'env> {
 
     /// Starts `run` on a connection of its own, streaming its output into
     /// the service's log; when it ends with a failure (or its VM goes
-    /// away) before `stopping`, `run_ended` says how.
+    /// away) before `stopping`, the service's record says how.
     fn start_run<'scope>(
         &self,
         vm: &dyn Vm,
         scope: &'scope Scope<'scope, 'env>,
         stopping: &Arc<AtomicBool>,
-        run_ended: &Arc<Mutex<Option<String>>>,
     ) -> Result<(), String> {
         let mut session = vm
             .connect(AGENT_PORT)
@@ -421,7 +402,7 @@ impl<'env> Watch<'env> {
             .and_then(|stream| AgentSession::handshake(stream).map_err(|e| e.to_string()))
             .map_err(|e| format!("could not start `run`: {e}"))?;
         let request = self.request(&self.service.run, None);
-        let (log, stopping, run_ended) = (self.log.clone(), stopping.clone(), run_ended.clone());
+        let (log, stopping, record) = (self.log.clone(), stopping.clone(), self.record.clone());
         self.log.note(&format!("==> run: {}", self.service.run));
         scope.spawn(move || {
             let exit = session.exec(request, None, &mut |_, bytes| log.write(bytes));
@@ -437,7 +418,7 @@ impl<'env> Watch<'env> {
             };
             if let Some(why) = why.filter(|_| !stopping.load(Ordering::SeqCst)) {
                 log.note(&format!("==> {why}"));
-                *run_ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                mark_failed(&record, &why);
             }
         });
         Ok(())
@@ -445,26 +426,16 @@ impl<'env> Watch<'env> {
 
     /// Tries `ready` until it exits 0, within `ready_timeout`; without a
     /// `ready`, the service is ready once `run` started.
-    fn poll_ready(
-        &self,
-        session: &mut AgentSession,
-        run_ended: &Mutex<Option<String>>,
-    ) -> Result<(), String> {
+    fn poll_ready(&self, session: &mut AgentSession) -> Result<(), String> {
         let Some(ready) = &self.service.ready else {
             return Ok(());
         };
         let limit = self.service.ready_timeout;
         let deadline = Instant::now() + limit;
         let mut tries = 0u32;
-        let mut runs = self
-            .shutdown
-            .ready_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        runs.push(session.canceller());
-        drop(runs);
+        lock(&self.shutdown.ready_runs).push(session.canceller());
         loop {
-            if let Some(why) = run_ended.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            if let Some(why) = lock(&self.record).failure.clone() {
                 return Err(why);
             }
             if self.shutdown.is_on() {
@@ -507,4 +478,17 @@ impl<'env> Watch<'env> {
             ..Default::default()
         }
     }
+}
+
+/// Records why a service failed, on one line. The first cause stays: a
+/// VM that ended also loses `run`'s connection, which says less.
+fn mark_failed(record: &Record, why: &str) {
+    let line = why.lines().next().unwrap_or_default();
+    lock(record).failure.get_or_insert_with(|| line.to_string());
+}
+
+/// A lock whose holder cannot have left it half-changed: every writer
+/// here sets whole fields.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
