@@ -186,7 +186,9 @@ fn switch_whole_frames(
     started: Instant,
 ) -> bool {
     let mut at = 0;
-    let input = std::mem::take(&mut ports[from].input);
+    // Out of the port while its frames go to other ports; put back below
+    // with only the partial frame left, keeping its allocation.
+    let mut input = std::mem::take(&mut ports[from].input);
     while let Some(len) = input.get(at..at + 4) {
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
         if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
@@ -209,7 +211,8 @@ fn switch_whole_frames(
             Switched::Refuse(why) => note(&mut ports[from], why),
         }
     }
-    ports[from].input = input[at..].to_vec();
+    input.drain(..at);
+    ports[from].input = input;
     true
 }
 
