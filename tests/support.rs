@@ -225,19 +225,7 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
 /// The command lines of processes that mention `needle` (a test's temp
 /// dir: every VM process names its sockets there).
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    proc_dir.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
+    processes_where(|_, cmdline| cmdline.contains(needle))
 }
 
 /// Processes started with `TMPDIR=dir` (as [`runner_test`] starts the
@@ -246,20 +234,25 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
 pub fn processes_with_tmpdir(dir: &std::path::Path) -> Vec<String> {
     let mut wanted = b"TMPDIR=".to_vec();
     wanted.extend(dir.as_os_str().as_encoded_bytes());
+    processes_where(|proc_dir, _| {
+        std::fs::read(proc_dir.join("environ"))
+            .is_ok_and(|environ| environ.split(|&b| b == 0).any(|var| var == wanted))
+    })
+}
+
+/// `pid: command line` of every process for which `matches(its /proc
+/// directory, its command line)`.
+fn processes_where(matches: impl Fn(&std::path::Path, &str) -> bool) -> Vec<String> {
     let mut found = Vec::new();
     for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(environ) = std::fs::read(proc_dir.path().join("environ")) else {
+        let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) else {
             continue;
         };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == wanted.as_slice())
-        {
-            let cmdline = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if matches(&proc_dir.path(), &cmdline) {
             found.push(format!(
-                "{}: {}",
-                proc_dir.file_name().to_string_lossy(),
-                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                "{}: {cmdline}",
+                proc_dir.file_name().to_string_lossy()
             ));
         }
     }
