@@ -90,13 +90,7 @@ pub fn configure(config: &NetworkConfig) -> Result<String, String> {
 /// lowercase label); anything else would let a line of /etc/hosts say more
 /// than one name.
 fn valid_host_name(name: &str) -> Result<&str, String> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    match ok {
+    match agent_protocol::is_host_label(name) {
         true => Ok(name),
         false => Err(format!("invalid host name {name:?}")),
     }

@@ -302,6 +302,22 @@ pub struct NetworkConfig {
     pub hosts: Vec<HostEntry>,
 }
 
+/// Longest [`HostEntry::name`]: one DNS label.
+pub const MAX_HOST_LABEL: usize = 63;
+
+/// Whether `name` is one lowercase host-name label (RFC 1123): 1 to
+/// [`MAX_HOST_LABEL`] letters, digits and `-`, not at either end. The
+/// names the runner gives its services, and all an `/etc/hosts` line of
+/// the agent's may hold.
+pub fn is_host_label(name: &str) -> bool {
+    (1..=MAX_HOST_LABEL).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// A line of `/etc/hosts`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {

@@ -16,8 +16,8 @@ pub const DEFAULT_SERVICE_MEMORY_MIB: u64 = 256;
 /// vCPUs of a service's VM: a test's backing service seldom needs more, and
 /// the job's own VM should get the host's cores.
 pub const SERVICE_VCPUS: u32 = 1;
-/// Longest service name: one DNS label.
-pub const MAX_SERVICE_NAME_LEN: usize = 63;
+/// Longest service name: one DNS label, as the guest's agent takes it.
+pub const MAX_SERVICE_NAME_LEN: usize = agent_protocol::MAX_HOST_LABEL;
 
 /// Checks a service name, which is the host name the job reaches it by: one
 /// RFC 1123 label in lowercase, not `localhost`, and not a number the C
@@ -29,14 +29,7 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
                 .to_string(),
         );
     }
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if name.len() > MAX_SERVICE_NAME_LEN
-        || !valid_chars
-        || name.starts_with('-')
-        || name.ends_with('-')
-    {
+    if !agent_protocol::is_host_label(name) {
         return Err(format!(
             "invalid service name `{name}`: it is the service's host name, so 1 to {MAX_SERVICE_NAME_LEN} lowercase letters, digits and `-`, not starting or ending with `-`"
         ));
