@@ -38,7 +38,7 @@ use crate::snapshot::codec;
 use crate::snapshot::state::DeviceState;
 use crate::virtio::{DeviceContext, Interrupt, VirtioDevice};
 use crate::vsock::packet::{RxBuffer, TxPacket, VsockHeader, MAX_PAYLOAD};
-use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_VSOCK};
+use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_VSOCK};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 /// Descriptors in the queue; small, so the fuzzer finds loops and indirect
@@ -272,6 +272,7 @@ pub fn net_filter(data: &[u8]) -> bool {
         mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         policy: Some(policy.clone()),
         vm: "fuzz".into(),
+        restorable: false,
     })
     .expect("net device");
     let features = if control & NET_LEGACY != 0 {
@@ -385,6 +386,10 @@ pub const STATE_VSOCK_CID: u64 = 3;
 /// Features the vsock device state is checked against (what a
 /// `VsockDevice` offers).
 pub const STATE_VSOCK_FEATURES: u64 = 0x1_3000_0000;
+/// Features and MAC the net device state is checked against (what a
+/// segment's `NetDevice` offers).
+pub const STATE_NET_FEATURES: u64 = 0x1_2000_0020;
+pub const STATE_NET_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x5e, 0x00, 0x02];
 
 /// Control byte bit of [`device_state`]: the block device checking the
 /// state is read-only (else copy-on-write).
@@ -392,7 +397,7 @@ pub const STATE_READ_ONLY: u8 = 1 << 1;
 
 /// A saved device state from a snapshot file, decoded by the snapshot
 /// codec and checked the way `restore_state` does before it changes
-/// anything, against a block or vsock device configured as the `STATE_*`
+/// anything, against a block, vsock or net device configured as the `STATE_*`
 /// constants say. Byte 0: control bits ([`STATE_READ_ONLY`]); the rest is
 /// one encoded [`DeviceState`]. Returns whether the state was accepted.
 pub fn device_state(data: &[u8]) -> bool {
@@ -413,6 +418,10 @@ pub fn device_state(data: &[u8]) -> bool {
         DeviceState::Vsock(saved) => {
             let virtio = VirtioCommon::new(VIRTIO_ID_VSOCK, STATE_VSOCK_FEATURES, &[8; 3]);
             crate::vsock::state::check(saved, &virtio, STATE_VSOCK_CID).is_ok()
+        }
+        DeviceState::Net(saved) => {
+            let virtio = VirtioCommon::new(VIRTIO_ID_NET, STATE_NET_FEATURES, &[8; 2]);
+            crate::net::state::check(saved, &virtio, STATE_NET_MAC).is_ok()
         }
         DeviceState::Block(saved) => {
             let virtio = VirtioCommon::new(VIRTIO_ID_BLOCK, STATE_BLOCK_FEATURES, &[8]);
@@ -690,6 +699,14 @@ mod tests {
             },
             guest_cid: STATE_VSOCK_CID,
         });
+        let net = DeviceState::Net(crate::net::state::NetState {
+            virtio: CommonState {
+                features: STATE_NET_FEATURES,
+                acked_features: STATE_NET_FEATURES,
+                activated: true,
+            },
+            mac: STATE_NET_MAC,
+        });
         let input = |control: u8, state: &DeviceState| {
             let mut input = vec![control];
             input.extend(codec::encode(state).expect("encode"));
@@ -701,6 +718,7 @@ mod tests {
             ("block-written", input(0, &block(&[0, 1, 5, 33]))),
             ("block-read-only", input(STATE_READ_ONLY, &read_only)),
             ("vsock", input(0, &vsock)),
+            ("net", input(0, &net)),
         ]
     }
 

@@ -15,6 +15,9 @@
 //!   down instead of the device buffering.
 //!
 //! With a [`Policy`] every TX frame is checked first (the `allow` list).
+//!
+//! Snapshots: a NIC on a segment saves and restores ([`super::state`]);
+//! one on passt refuses ([`SNAPSHOT_UNSUPPORTED`]).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -29,6 +32,7 @@ use vm_memory::{Bytes, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::filter::{DropNotes, Policy, Verdict};
+use super::state::{self, NetState};
 use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
 use crate::common::VirtioCommon;
@@ -61,6 +65,11 @@ pub struct NetConfig {
     pub policy: Option<Policy>,
     /// Names the VM in policy warnings.
     pub vm: String,
+    /// Whether the other end keeps nothing of the guest, so that a clone
+    /// of the VM may be connected to a new one: true for a segment's
+    /// switch (it answers ARP from its own table, and a member's MAC and
+    /// address are its index's on every segment), false for passt.
+    pub restorable: bool,
 }
 
 /// A frame read from the socket, part way or whole.
@@ -97,6 +106,7 @@ pub struct NetDevice {
     /// Whether the driver has made the RX queue usable; until then the
     /// socket is not read (nothing could take a frame).
     rx_usable: bool,
+    restorable: bool,
     warnings: RateLimiter,
 }
 
@@ -124,6 +134,7 @@ impl NetDevice {
             incoming: Incoming::default(),
             interest,
             rx_usable: false,
+            restorable: config.restorable,
             warnings: RateLimiter::default(),
         })
     }
@@ -442,11 +453,40 @@ impl<M: GuestMemory> VirtioDevice<M> for NetDevice {
     }
 
     fn save_state(&self) -> Result<DeviceState, SnapshotError> {
-        Err(SNAPSHOT_UNSUPPORTED)
+        if !self.restorable {
+            return Err(SNAPSHOT_UNSUPPORTED);
+        }
+        Ok(DeviceState::Net(NetState {
+            virtio: self.virtio.save(),
+            mac: self.mac,
+        }))
     }
 
-    fn restore_state(&mut self, _state: &DeviceState) -> Result<(), SnapshotError> {
-        Err(SNAPSHOT_UNSUPPORTED)
+    fn restore_state(&mut self, saved: &DeviceState) -> Result<(), SnapshotError> {
+        if !self.restorable {
+            return Err(SNAPSHOT_UNSUPPORTED);
+        }
+        let DeviceState::Net(saved) = saved else {
+            return Err(saved.not_for(VIRTIO_ID_NET));
+        };
+        if !self.virtio.is_fresh() {
+            return Err(SnapshotError::Invalid {
+                device: "net",
+                reason: "a restore needs a freshly created device, and this one was already \
+                         set up"
+                    .into(),
+            });
+        }
+        state::check(saved, &self.virtio, self.mac)?;
+        self.virtio.restore(&saved.virtio);
+        // The restored driver posted its receive buffers long ago and
+        // kicks no more: read the new socket from now on.
+        self.rx_usable = self.virtio.is_activated();
+        self.update_interest().map_err(|source| SnapshotError::Io {
+            device: "net",
+            what: "cannot watch the new socket".into(),
+            source,
+        })
     }
 }
 

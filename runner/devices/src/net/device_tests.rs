@@ -50,18 +50,13 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
+    /// A driver of a NIC on passt (which never snapshots).
     fn new(mem: &'a Mem, policy: Option<Policy>) -> (Driver<'a>, UnixStream) {
-        let (ours, passt) = UnixStream::pair().unwrap();
-        passt
-            .set_read_timeout(Some(Duration::from_secs(600)))
-            .unwrap();
-        let mut device = NetDevice::new(NetConfig {
-            backend: ours,
-            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-            policy,
-            vm: "test".into(),
-        })
-        .unwrap();
+        let (device, passt) = device(policy, false);
+        Driver::of(mem, device, passt)
+    }
+
+    fn of(mem: &'a Mem, mut device: NetDevice, passt: UnixStream) -> (Driver<'a>, UnixStream) {
         let features = VirtioDevice::<Mem>::features(&device);
         VirtioDevice::<Mem>::ack_features(&mut device, features);
         VirtioDevice::<Mem>::activate(&mut device).unwrap();
@@ -180,6 +175,25 @@ fn tcp_frame(dst: [u8; 4], port: u16) -> Vec<u8> {
     f.extend(port.to_be_bytes());
     f.extend([0; 16]);
     f
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+/// A device that no driver has set up yet, and the other end of its socket.
+fn device(policy: Option<Policy>, restorable: bool) -> (NetDevice, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    theirs
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .unwrap();
+    let device = NetDevice::new(NetConfig {
+        backend: ours,
+        mac: MAC,
+        policy,
+        vm: "test".into(),
+        restorable,
+    })
+    .unwrap();
+    (device, theirs)
 }
 
 fn memory() -> Mem {
@@ -324,6 +338,50 @@ fn snapshots_are_refused_with_the_reason() {
     let err = VirtioDevice::<Mem>::restore_state(&mut driver.device, &vsock_state)
         .expect_err("net never restores");
     assert!(err.to_string().contains("always cold-boot"), "{err}");
+}
+
+/// A NIC on a segment is saved with its MAC and negotiation; restored on
+/// a new socket, it reads that socket at once, into the receive buffers
+/// the guest posted before the snapshot (a restored driver kicks no more).
+#[test]
+fn a_segment_nic_restores_onto_a_new_socket_and_receives_at_once() {
+    let mem = memory();
+    let (original, switch) = device(None, true);
+    let (mut driver, _old_switch) = Driver::of(&mem, original, switch);
+    driver.publish(RX_QUEUE, &[(DATA, 2048, true)]);
+    driver.kick(RX_QUEUE);
+    let saved = VirtioDevice::<Mem>::save_state(&driver.device).expect("a segment NIC saves");
+
+    // Only a fresh device of the same MAC takes it.
+    let (socket, _s) = UnixStream::pair().unwrap();
+    let mut other_mac = NetDevice::new(NetConfig {
+        backend: socket,
+        mac: [0x52, 0x54, 0, 0x5e, 0, 9],
+        policy: None,
+        vm: "test".into(),
+        restorable: true,
+    })
+    .unwrap();
+    let err = VirtioDevice::<Mem>::restore_state(&mut other_mac, &saved).unwrap_err();
+    assert!(err.to_string().contains("MAC 52:54:00:12:34:56"), "{err}");
+    let err = VirtioDevice::<Mem>::restore_state(&mut driver.device, &saved).unwrap_err();
+    assert!(err.to_string().contains("freshly created"), "{err}");
+
+    let (mut clone, mut new_switch) = device(None, true);
+    VirtioDevice::<Mem>::restore_state(&mut clone, &saved).expect("restores");
+    assert!(VirtioDevice::<Mem>::virtio(&clone).is_activated());
+    driver.device = clone;
+    let frame = tcp_frame([10, 0, 3, 2], 5432);
+    stream::write_frame(&mut new_switch, &frame).unwrap();
+    driver.backend();
+    assert_eq!(
+        driver.next_used(RX_QUEUE),
+        Some((NET_HDR_SIZE + frame.len()) as u32)
+    );
+    let mut got = vec![0; frame.len()];
+    mem.read_slice(&mut got, GuestAddress(DATA + NET_HDR_SIZE as u64))
+        .unwrap();
+    assert_eq!(got, frame);
 }
 
 /// Found by the `mmio_transport` fuzz target (there with vsock): a

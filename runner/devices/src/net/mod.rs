@@ -9,6 +9,7 @@ pub mod addresses;
 pub mod device;
 pub mod filter;
 pub mod segment;
+pub mod state;
 pub mod stream;
 
 pub use device::{NetConfig, NetDevice, NET_HDR_SIZE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};

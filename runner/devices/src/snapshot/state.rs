@@ -3,10 +3,11 @@
 //! ([`super::codec`]).
 
 use serde::{Deserialize, Serialize};
-use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_VSOCK};
+use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_VSOCK};
 
 use super::error::{device_name, SnapshotError};
 use crate::block::state::BlockState;
+use crate::net::state::NetState;
 use crate::vsock::state::VsockState;
 
 /// A device's saved state, one variant per device model that can be
@@ -16,6 +17,7 @@ use crate::vsock::state::VsockState;
 pub enum DeviceState {
     Block(BlockState),
     Vsock(VsockState),
+    Net(NetState),
 }
 
 impl DeviceState {
@@ -24,6 +26,7 @@ impl DeviceState {
         match self {
             DeviceState::Block(_) => VIRTIO_ID_BLOCK,
             DeviceState::Vsock(_) => VIRTIO_ID_VSOCK,
+            DeviceState::Net(_) => VIRTIO_ID_NET,
         }
     }
 

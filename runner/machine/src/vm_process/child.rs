@@ -320,6 +320,7 @@ fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
         mac: GUEST_MAC,
         policy,
         vm: vm.to_string(),
+        restorable: false,
     })
     .map_err(|e| format!("kvm backend: network device: {e}"))
 }
@@ -344,6 +345,7 @@ fn segment_device(
         mac: segment.mac,
         policy: None,
         vm: vm.to_string(),
+        restorable: true,
     })
     .map_err(|e| format!("kvm backend: segment network device: {e}"))
 }
