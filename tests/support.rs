@@ -60,6 +60,7 @@ pub fn spec(name: &str) -> VmSpec {
         serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
         segment: None,
+        prepare: None,
         caches: Vec::new(),
     }
 }

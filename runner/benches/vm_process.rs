@@ -367,6 +367,7 @@ fn device_process_memory(rootfs: &Path) {
         serial_log_limit: None,
         network: Default::default(),
         segment: None,
+        prepare: None,
         caches: Vec::new(),
     };
     let mut vm = qemu.start(&spec).unwrap_or_else(|e| fail(&e.to_string()));

@@ -33,7 +33,7 @@ readonly out=target/nested
 # bridge and NAT), in restored clones; the host tier runs all of them.
 # `snapshot_rounds` is not a test binary: it is warm start's build-and-restore
 # rounds (snapshot-rounds-inner.sh), NESTED_SNAPSHOT_ROUNDS of them (20).
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network segment services:a_service_that job_disk cache_disks caches containers:podman_builds containers:a_docker_container snapshot warm_start hostile:jailed snapshot_rounds}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network segment services:a_service_that services:the_example_pipeline job_disk cache_disks caches containers:podman_builds containers:a_docker_container snapshot warm_start hostile:jailed snapshot_rounds}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images
@@ -54,12 +54,19 @@ for var in RUNNER_CACHE XDG_CACHE_HOME; do
     [ -z "${!var:-}" ] || printf '%s=%q\n' "$var" "${!var}" >>"$out/host-env"
 done
 # Debian spec images cannot be built in L1 (no network there): the
-# containers target's images are built here first. L1 sees them in this
+# containers and services targets' images are built here first. L1 sees them in this
 # machine's runner cache, as other inodes: inner.sh has the runner check
 # their content against their seals once, before the tests.
+build_images() {
+    RUNNER_AGENT="$agent" "$target_dir/debug/runner" image build "$1" >/dev/null
+    echo "$PWD/$1" >>"$out/image-pipelines"
+}
 if printf '%s\n' "${targets[@]}" | grep -qE '^containers(:|$)'; then
-    RUNNER_AGENT="$agent" "$target_dir/debug/runner" image build pipelines/containers.yml >/dev/null
-    echo "$PWD/pipelines/containers.yml" >>"$out/image-pipelines"
+    build_images pipelines/containers.yml
+fi
+# The services target's example runs PostgreSQL, warm-started.
+if printf '%s\n' "${targets[@]}" | grep -qE '^services(:the_example|$)'; then
+    build_images pipelines/services.yml
 fi
 for t in "${targets[@]}"; do
     if [ "$t" = snapshot_rounds ]; then
@@ -75,7 +82,9 @@ for t in "${targets[@]}"; do
     # containers target, whose jobs run one at a time there (two container
     # VMs at once on L1's two emulated CPUs starve dockerd).
     test_deadline=
-    [ "$name" = containers ] && test_deadline=900
+    # So does the services example: PostgreSQL, booted for its snapshot
+    # and then restored.
+    case "$t" in containers* | services | services:the_example*) test_deadline=900 ;; esac
     echo "$bin|$filter|$test_deadline" >>"$out/tests.txt"
 done
 

@@ -17,6 +17,9 @@
 //! - A published snapshot whose clone does not answer is moved to
 //!   `quarantine/` (one file per key, the latest), so it fails no job after
 //!   the one that found it; the next job builds a new one.
+//! - A VM that cannot be prepared for a snapshot as it is (a service whose
+//!   `run` stays in the foreground, `crate::Preparation`) gets
+//!   `<key>.never`, saying why: its jobs boot cold without trying again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Once, OnceLock};
@@ -123,6 +126,21 @@ impl SnapshotStore {
         std::os::unix::fs::lchown(file, Some(uid.as_raw()), Some(gid.as_raw()))
             .and_then(|()| std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)))
             .map_err(|e| format!("taking {} back from its VM: {e}", file.display()))
+    }
+
+    fn never_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.never"))
+    }
+
+    /// Records that `key`'s VM can never be snapshotted, and why.
+    pub fn mark_never(&self, key: &str, why: &str) {
+        let _ = std::fs::write(self.never_path(key), why);
+    }
+
+    /// Why `key`'s VM can never be snapshotted, if it was found so.
+    pub fn never(&self, key: &str) -> Option<String> {
+        let why = std::fs::read(self.never_path(key)).ok()?;
+        Some(String::from_utf8_lossy(&why).trim().to_string())
     }
 
     /// Removes the snapshot of `key` and its seal.
@@ -308,6 +326,18 @@ pub fn identity(cache: &TrustedCache, spec: &VmSpec) -> Result<(String, String),
         spec.vcpus,
         spec.memory_mib,
     );
+    let mut description = description;
+    if let Some(nic) = &spec.segment {
+        // Member `i` has the same MAC and address on every segment.
+        description.push_str(&format!(
+            "segment member {} {}\n",
+            crate::network::mac_text(nic.mac),
+            nic.address
+        ));
+    }
+    if let Some(preparation) = &spec.prepare {
+        description.push_str(&format!("prepared\n{}\n", preparation.identity()));
+    }
     tracing::debug!(%description, "snapshot identity");
     let digest = crate::digest::sha256_bytes(description.as_bytes());
     Ok((digest[..16].to_string(), digest))
@@ -383,6 +413,7 @@ mod tests {
             serial_log_limit: None,
             network: Default::default(),
             segment: None,
+            prepare: None,
             caches: Vec::new(),
         };
         let first = identity(&cache, &spec).unwrap();
@@ -418,6 +449,25 @@ mod tests {
         };
         assert_ne!(identity(&cache, &bigger).unwrap().0, first.0);
         assert_eq!(first.0.len(), 16);
+        // A segment member, and each of its preparations, has its own.
+        let (_switch, nics) =
+            crate::network::segment::Switch::start(&["job".into(), "db".into()]).unwrap();
+        let nics: Vec<_> = nics.into_iter().map(std::sync::Arc::new).collect();
+        let member = |i: usize| VmSpec {
+            segment: Some(nics[i].clone()),
+            ..spec.clone()
+        };
+        let (job, db) = (
+            identity(&cache, &member(0)).unwrap().0,
+            identity(&cache, &member(1)).unwrap().0,
+        );
+        assert!(job != db && job != first.0 && db != first.0);
+        let prepared = |run: &str| VmSpec {
+            prepare: Some(std::sync::Arc::new(Prepared(run.into()))),
+            ..member(1)
+        };
+        let a = identity(&cache, &prepared("a")).unwrap().0;
+        assert!(a != db && a != identity(&cache, &prepared("b")).unwrap().0);
         // The kernel's content, not its name, size or time.
         std::fs::write(&kernel, b"K").unwrap();
         assert_ne!(identity(&cache, &spec).unwrap().0, first.0);
@@ -431,6 +481,31 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[derive(Debug)]
+    struct Prepared(String);
+
+    impl crate::Preparation for Prepared {
+        fn identity(&self) -> String {
+            self.0.clone()
+        }
+        fn prepare(&self, _vm: &mut dyn crate::Vm) -> Result<(), crate::Unprepared> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_vm_that_can_never_be_prepared_is_remembered_with_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path());
+        assert_eq!(store.never("k"), None);
+        store.mark_never("k", "its `run` stays in the foreground\n");
+        assert_eq!(
+            store.never("k").as_deref(),
+            Some("its `run` stays in the foreground")
+        );
+        assert_eq!(store.never("other"), None);
     }
 
     #[test]

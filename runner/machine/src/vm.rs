@@ -29,6 +29,11 @@ pub struct VmSpec {
     /// A second NIC on the private segment of a job and its services
     /// ([`crate::network::segment`]).
     pub segment: Option<std::sync::Arc<crate::network::segment::SegmentNic>>,
+    /// What a snapshot of this VM is taken after, beyond its agent's first
+    /// answer; its clones start from there (`None`: a freshly booted
+    /// guest). Backends without snapshots ignore it: the VM boots, and the
+    /// layer above sees no restore (`Vm::restore_generation`).
+    pub prepare: Option<std::sync::Arc<dyn Preparation>>,
     /// Cache volumes, as extra virtio-blk disks after the root disk (which
     /// stays the guest's `/dev/vda`), in this order.
     pub caches: Vec<CacheDisk>,
@@ -111,6 +116,29 @@ pub trait AgentProbe: Send + Sync + std::fmt::Debug {
     /// Runs `argv` in the guest through `agent`, within `limit`; `Err`
     /// says why it did not succeed.
     fn run(&self, agent: &mut AnsweredAgent, argv: &[&str], limit: Duration) -> Result<(), String>;
+}
+
+/// What a VM does, once its agent answered, before a snapshot of it is
+/// taken, so that its clones start from there: a service's `run` until
+/// its `ready` passed. The layer above speaks the agent's protocol, as for
+/// [`AgentProbe`].
+pub trait Preparation: Send + Sync + std::fmt::Debug {
+    /// What the prepared guest depends on besides its images and size:
+    /// part of the snapshot's identity.
+    fn identity(&self) -> String;
+    /// Prepares `vm`, whose agent answered; returns with every agent
+    /// connection it opened closed (a snapshot holds none).
+    fn prepare(&self, vm: &mut dyn Vm) -> Result<(), Unprepared>;
+}
+
+/// Why a VM was not prepared for its snapshot.
+#[derive(Debug)]
+pub enum Unprepared {
+    /// Not this time: its job boots cold, a later one tries again.
+    Failed(String),
+    /// Never, as it is: until its identity changes, its jobs boot cold
+    /// without trying.
+    Never(String),
 }
 
 /// How many console lines a boot error carries.

@@ -278,6 +278,7 @@ fn vm_spec(args: &ShellArgs, setup: &Setup, grants: &Grants) -> anyhow::Result<V
         serial_log_limit: Some(DEFAULT_SERIAL_LOG_LIMIT),
         network: grants.nic(&setup.network),
         segment: None,
+        prepare: None,
         caches: Vec::new(),
     })
 }

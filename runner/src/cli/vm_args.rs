@@ -94,6 +94,7 @@ impl VmArgs {
             serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
             network: Default::default(),
             segment: None,
+            prepare: None,
             caches: Vec::new(),
         })
     }

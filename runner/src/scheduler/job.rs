@@ -98,6 +98,7 @@ fn run_in_vm<'scope, 'env>(
         serial_log_limit: ctx.options.log_limit,
         network: ctx.options.grants.nic(&job.network),
         segment: services.as_ref().map(|s| s.job_nic.clone()),
+        prepare: None,
         caches: caches.disks(),
     };
     ctx.reporter.report(&RunEvent::JobProgress {

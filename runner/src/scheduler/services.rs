@@ -11,6 +11,10 @@
 //! tail of its log; so does one whose VM dies or whose `run` fails while
 //! the job runs. Every service VM, and the switch, is a guarded child: they
 //! end with the job, and with the runner however it ends.
+//!
+//! With warm start (kvm), a service's VM is a clone of a snapshot taken
+//! once its `ready` first passed ([`prepare`]): its `run` is not run
+//! again, and one `ready` confirms it before the job's first step.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 use agent_protocol::{Command, ExecRequest, AGENT_PORT};
 use runner_machine::network::segment::{SegmentNic, Switch};
 use runner_machine::{Vm, VmSpec};
+
+mod prepare;
 
 use super::context::RunContext;
 use crate::plan::{PlannedJob, PlannedService};
@@ -275,13 +281,14 @@ impl<'env> Watch<'env> {
         let waiting = Instant::now();
         // Set before the VM is killed: `run` ending then is no failure.
         let stopping = Arc::new(AtomicBool::new(false));
-        match self.start_run(vm.as_ref(), scope, &stopping) {
-            Ok(()) => {}
-            Err(why) => {
-                self.failed(&why);
-                let _ = ready.send(Err(why));
-                return;
-            }
+        if vm.restore_generation().is_some() {
+            self.log.note(
+                "==> restored from a snapshot taken once `ready` passed: `run` is not run again",
+            );
+        } else if let Err(why) = self.start_run(vm.as_ref(), scope, &stopping) {
+            self.failed(&why);
+            let _ = ready.send(Err(why));
+            return;
         }
         let polled = self.poll_ready(&mut session);
         self.phase(PhaseKind::Services, waiting);
@@ -361,6 +368,11 @@ impl<'env> Watch<'env> {
             serial_log_limit: self.ctx.options.log_limit,
             network: Default::default(),
             segment: Some(self.nic.clone()),
+            prepare: Some(Arc::new(prepare::ServicePreparation::new(
+                self.service,
+                &self.nic,
+                self.log.clone(),
+            ))),
             caches: Vec::new(),
         };
         self.log.note(&format!(
@@ -396,12 +408,8 @@ impl<'env> Watch<'env> {
         scope: &'scope Scope<'scope, 'env>,
         stopping: &Arc<AtomicBool>,
     ) -> Result<(), String> {
-        let mut session = vm
-            .connect(AGENT_PORT)
-            .map_err(|e| e.to_string())
-            .and_then(|stream| AgentSession::handshake(stream).map_err(|e| e.to_string()))
-            .map_err(|e| format!("could not start `run`: {e}"))?;
-        let request = self.request(&self.service.run, None);
+        let mut session = open_session(vm).map_err(|e| format!("could not start `run`: {e}"))?;
+        let request = request(self.service, &self.service.run, None);
         let (log, stopping, record) = (self.log.clone(), stopping.clone(), self.record.clone());
         self.log.note(&format!("==> run: {}", self.service.run));
         scope.spawn(move || {
@@ -424,60 +432,82 @@ impl<'env> Watch<'env> {
         Ok(())
     }
 
-    /// Tries `ready` until it exits 0, within `ready_timeout`; without a
-    /// `ready`, the service is ready once `run` started.
+    /// Tries `ready` (see [`poll_ready`]) until the service fails or the
+    /// job lets it go.
     fn poll_ready(&self, session: &mut AgentSession) -> Result<(), String> {
-        let Some(ready) = &self.service.ready else {
-            return Ok(());
-        };
-        let limit = self.service.ready_timeout;
-        let deadline = Instant::now() + limit;
-        let mut tries = 0u32;
         lock(&self.shutdown.ready_runs).push(session.canceller());
-        loop {
+        poll_ready(session, self.service, &self.log, || {
             if let Some(why) = lock(&self.record).failure.clone() {
-                return Err(why);
+                return Some(why);
             }
-            if self.shutdown.is_on() {
-                return Err("stopped with the job before it was ready".into());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "was not ready within {} (`ready` failed {tries} times: {ready})",
-                    humantime::format_duration(limit)
-                ));
-            }
-            tries += 1;
-            let log = &self.log;
-            let exit = session
-                .exec(self.request(ready, Some(left)), None, &mut |_, b| {
-                    log.write(b)
-                })
-                .map_err(|e| format!("lost its agent while `ready` ran: {e}"))?;
-            if exit.success() {
-                return Ok(());
-            }
-            std::thread::sleep(READY_POLL.min(left));
-        }
+            self.shutdown
+                .is_on()
+                .then(|| "stopped with the job before it was ready".to_string())
+        })
     }
+}
 
-    fn request(&self, script: &str, timeout: Option<Duration>) -> ExecRequest {
-        ExecRequest {
-            command: Command::Script {
-                script: script.to_string(),
-                shell: String::new(),
-            },
-            env: self
-                .service
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            timeout_ms: timeout.map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
-            ..Default::default()
+/// Tries `service`'s `ready` on `session` until it exits 0, within its
+/// `ready_timeout`, its output going to `log`; without a `ready`, the
+/// service is ready at once. `give_up` says why to stop trying, if it
+/// should.
+fn poll_ready(
+    session: &mut AgentSession,
+    service: &PlannedService,
+    log: &JobLog,
+    give_up: impl Fn() -> Option<String>,
+) -> Result<(), String> {
+    let Some(ready) = &service.ready else {
+        return Ok(());
+    };
+    let limit = service.ready_timeout;
+    let deadline = Instant::now() + limit;
+    let mut tries = 0u32;
+    loop {
+        if let Some(why) = give_up() {
+            return Err(why);
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "was not ready within {} (`ready` failed {tries} times: {ready})",
+                humantime::format_duration(limit)
+            ));
+        }
+        tries += 1;
+        let exit = session
+            .exec(request(service, ready, Some(left)), None, &mut |_, b| {
+                log.write(b)
+            })
+            .map_err(|e| format!("lost its agent while `ready` ran: {e}"))?;
+        if exit.success() {
+            return Ok(());
+        }
+        std::thread::sleep(READY_POLL.min(left));
     }
+}
+
+/// `script` as `service` runs it: in its environment, within `timeout`.
+fn request(service: &PlannedService, script: &str, timeout: Option<Duration>) -> ExecRequest {
+    ExecRequest {
+        command: Command::Script {
+            script: script.to_string(),
+            shell: String::new(),
+        },
+        env: service
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        timeout_ms: timeout.map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+        ..Default::default()
+    }
+}
+
+/// A new agent connection to `vm`, past its handshake.
+fn open_session(vm: &dyn Vm) -> Result<AgentSession, String> {
+    let stream = vm.connect(AGENT_PORT).map_err(|e| e.to_string())?;
+    AgentSession::handshake(stream).map_err(|e| e.to_string())
 }
 
 /// Records why a service failed, on one line. The first cause stays: a

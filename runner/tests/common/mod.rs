@@ -29,6 +29,7 @@ pub fn spec(name: &str, boot_timeout: Duration) -> VmSpec {
         serial_log_limit: Some(runner_machine::DEFAULT_SERIAL_LOG_LIMIT),
         network: Default::default(),
         segment: None,
+        prepare: None,
         caches: Vec::new(),
     }
 }

@@ -90,7 +90,6 @@ impl KvmBackend {
     /// Like [`crate::Backend::start`], with the concrete VM type (its
     /// directory is visible, for tests and diagnostics).
     pub fn start_vm(&self, spec: &VmSpec) -> Result<KvmVm, BootError> {
-        // A NIC's state lives in passt too: such jobs always boot.
         let fits = spec.caches.len() <= CACHE_SLOTS;
         if self.warm.is_some() && !fits {
             tracing::debug!(
@@ -99,10 +98,9 @@ impl KvmBackend {
                 "booting cold: a snapshot has room for {CACHE_SLOTS} caches"
             );
         }
-        // A NIC's other end (passt, a segment's switch) is not in a
-        // snapshot: such VMs boot.
-        let has_nic = spec.network.is_on() || spec.segment.is_some();
-        match (&self.warm, has_nic || !fits) {
+        // passt keeps state of its guest that no clone could share: VMs
+        // with a network boot. A segment's NIC restores onto the job's.
+        match (&self.warm, spec.network.is_on() || !fits) {
             (Some(warm), false) => warm_start::start(
                 &|spec, start| self.start_process(spec, start),
                 &warm.store,
@@ -287,6 +285,7 @@ mod tests {
             serial_log_limit: None,
             network: Default::default(),
             segment: None,
+            prepare: None,
             caches: Vec::new(),
         }
     }

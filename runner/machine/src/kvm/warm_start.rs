@@ -12,14 +12,23 @@
 //!   quarantined (if it is still the file that was restored) and this job
 //!   boots cold, so a bad snapshot fails no job, and the next job builds a
 //!   new one.
+//!
+//! A VM with a [`crate::Preparation`] (a service) is prepared after its
+//! agent's first answer and before the snapshot; one that never can be
+//! boots cold from then on. A VM on a segment is made and checked on a
+//! stand-in for its NIC ([`SegmentNic::stand_in`]): only its clone gets
+//! the job's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use super::vm::{KvmVm, Start};
+use crate::network::segment::SegmentNic;
 use crate::snapshots::{warn_once, FileId, SnapshotStore};
 use crate::vm_process::SnapshotRole;
-use crate::{AgentProbe, BootError, VmSpec};
+use crate::{AgentProbe, BootError, Unprepared, VmSpec};
 
 /// How long the snapshot VM gets to write its snapshot and end once asked:
 /// guest memory goes to disk, at disk speed.
@@ -65,6 +74,13 @@ pub(super) fn start(
             return start_process(spec, Start::Cold);
         }
     };
+    if let Some(why) = store.never(&key) {
+        warn_once(&format!(
+            "{} boots cold: snapshot {key} cannot be made ({why})",
+            spec.name
+        ));
+        return start_process(spec, Start::Cold);
+    }
     let warm = WarmStart {
         start_process,
         store,
@@ -136,6 +152,8 @@ enum BuildError {
     Snapshot(String),
     /// A clone of it did not work (see [`WarmStart::check`]).
     Check(String),
+    /// The VM can never be prepared for one, as it is.
+    Never(String),
 }
 
 impl WarmStart<'_> {
@@ -232,8 +250,12 @@ impl WarmStart<'_> {
     /// one is the guest's failure to boot at all (the job's error).
     fn build(&self) -> Result<Result<(), String>, BootError> {
         let key = &self.key;
+        let prepared = match self.spec.prepare {
+            Some(_) => format!(" of {}, prepared,", self.spec.name),
+            None => String::new(),
+        };
         eprintln!(
-            "runner: snapshot {key} ({} vCPU, {} MiB): building (once per kernel, rootfs and VM size; --cold boots without)",
+            "runner: snapshot {key}{prepared} ({} vCPU, {} MiB): building (once per kernel, rootfs and VM size; --cold boots without)",
             self.spec.vcpus, self.spec.memory_mib
         );
         let started = Instant::now();
@@ -292,6 +314,10 @@ impl WarmStart<'_> {
             Err(BuildError::Check(why)) => Ok(Err(format!(
                 "snapshot {key} failed its check twice (a clone of it {why})"
             ))),
+            Err(BuildError::Never(why)) => {
+                self.store.mark_never(key, &why);
+                Ok(Err(format!("snapshot {key} cannot be made ({why})")))
+            }
         }
     }
 
@@ -300,6 +326,7 @@ impl WarmStart<'_> {
     fn make(&self, building: &Path) -> Result<(), BuildError> {
         let mut maker = VmSpec {
             name: format!("snapshot-{}", self.key),
+            segment: stand_in(self.spec).map_err(BuildError::Snapshot)?,
             ..self.spec.clone()
         };
         maker.network = Default::default();
@@ -320,6 +347,12 @@ impl WarmStart<'_> {
                 .answer(&mut vm, self.spec.boot_timeout)
                 .map_err(BuildError::Boot)?,
         );
+        if let Some(preparation) = &self.spec.prepare {
+            preparation.prepare(&mut vm).map_err(|e| match e {
+                Unprepared::Failed(why) => BuildError::Snapshot(why),
+                Unprepared::Never(why) => BuildError::Never(why),
+            })?;
+        }
         vm.process.request_snapshot();
         vm.process.wait_exit(SNAPSHOT_WRITE_LIMIT);
         match vm.process.outcome() {
@@ -338,9 +371,10 @@ impl WarmStart<'_> {
             path: building.to_path_buf(),
             identity: self.role.identity.clone(),
         };
-        // Without the job's caches: its layers are for its own clone.
+        // Without the job's caches and NIC: they are for its own clone.
         let spec = VmSpec {
             caches: Vec::new(),
+            segment: stand_in(self.spec)?,
             ..self.spec.clone()
         };
         let vm =
@@ -378,6 +412,15 @@ impl WarmStart<'_> {
             Err(e) => Ok(Err(e.to_string())),
         }
     }
+}
+
+/// A stand-in for `spec`'s segment NIC, if it has one.
+fn stand_in(spec: &VmSpec) -> Result<Option<Arc<SegmentNic>>, String> {
+    spec.segment
+        .as_ref()
+        .map(|nic| nic.stand_in().map(Arc::new))
+        .transpose()
+        .map_err(|e| format!("making a stand-in for its segment NIC: {e}"))
 }
 
 fn restore(

@@ -70,6 +70,28 @@ impl SegmentNic {
     }
 }
 
+impl SegmentNic {
+    /// This member on a segment of its own that leads nowhere, for the VMs
+    /// that make and check a snapshot of it: nothing they send reaches the
+    /// job's segment, and its NIC's stream is whole for the clone that gets
+    /// it. What they send is read and thrown away, until the last end of
+    /// the returned NIC's socket is closed.
+    pub fn stand_in(&self) -> std::io::Result<SegmentNic> {
+        let (member, sink) = UnixStream::pair()?;
+        std::thread::Builder::new()
+            .name("segment stand-in".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut &sink, &mut std::io::sink());
+            })?;
+        Ok(SegmentNic {
+            name: self.name.clone(),
+            mac: self.mac,
+            address: self.address,
+            socket: member.into(),
+        })
+    }
+}
+
 /// The running switch. Dropping it kills its process; its members' NICs
 /// then see their connection close.
 pub struct Switch {
