@@ -17,7 +17,7 @@ use agent_protocol::NetworkConfig;
 use runner_machine::network::segment::SegmentNic;
 use runner_machine::{Preparation, Unprepared, Vm};
 
-use super::{open_session, poll_ready, request};
+use super::guest::{open_session, poll_ready, request};
 use crate::plan::PlannedService;
 use crate::results::JobLog;
 
