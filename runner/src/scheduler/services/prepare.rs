@@ -28,7 +28,7 @@ const RUN_RETURN_GRACE: Duration = Duration::from_secs(30);
 
 /// What a service's snapshot is prepared with.
 #[derive(Debug)]
-pub(in crate::scheduler) struct ServicePreparation {
+pub(super) struct ServicePreparation {
     service: PlannedService,
     /// Its NIC as the snapshot has it: its member's address, and no names
     /// (the restoring job's are added after the restore).
@@ -39,7 +39,7 @@ pub(in crate::scheduler) struct ServicePreparation {
 }
 
 impl ServicePreparation {
-    pub(in crate::scheduler) fn new(
+    pub(super) fn new(
         service: &PlannedService,
         nic: &SegmentNic,
         log: JobLog,
