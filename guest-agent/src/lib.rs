@@ -40,6 +40,7 @@ mod restore;
 mod server;
 mod shell;
 mod spawn;
+mod usage;
 
 pub use server::{serve_connection, ConnectionEnd};
 

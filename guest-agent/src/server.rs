@@ -130,6 +130,16 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                     uptime_ms: pid1::uptime_ms(),
                 },
             )?,
+            Message::Usage => match crate::usage::report() {
+                Some((total, peak)) => send(
+                    conn,
+                    Message::UsageReport {
+                        memory_total_kib: total,
+                        memory_peak_kib: peak,
+                    },
+                )?,
+                None => send_error(conn, "reading /proc/meminfo".into())?,
+            },
             Message::Shutdown => {
                 send(conn, Message::ShuttingDown)?;
                 conn.finish_sending(SHUTDOWN_LINGER);

@@ -56,6 +56,7 @@ pub const CAPABILITIES: &[&str] = &[
     "network",
     "restore",
     "caches",
+    "usage",
 ];
 
 /// Most cache disks one job may mount.
@@ -233,6 +234,18 @@ pub enum Message {
     CachesUnmounted {
         clean: Vec<String>,
         failed: Vec<String>,
+    },
+    /// Host → agent: how much memory the guest has used at most since the
+    /// last `Usage` (on any connection; the first starts the sampling),
+    /// answered by [`Message::UsageReport`]. The agent samples
+    /// `/proc/meminfo` itself, so a short peak between two requests counts.
+    Usage,
+    /// Agent → host: memory the kernel offers (`MemTotal`), and the most of
+    /// it in use (`MemTotal - MemAvailable`: page cache it can drop is not
+    /// use) at one time since the last `Usage`, in KiB.
+    UsageReport {
+        memory_total_kib: u64,
+        memory_peak_kib: u64,
     },
 }
 
