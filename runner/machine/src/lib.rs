@@ -17,6 +17,7 @@
 //! - [`process`] and [`interrupt`]: guarded children and Ctrl-C.
 
 pub mod caches;
+pub mod cpu_time;
 mod digest;
 mod error;
 pub mod file_lock;

@@ -227,6 +227,9 @@ impl QemuBackend {
             // kernel command line, which is how our ACPI-less kernel finds them.
             .args(["-M", "microvm,acpi=off,memory-backend=mem"])
             .args(["-m", &format!("{mem}M"), "-smp", &spec.vcpus.to_string()])
+            // Names its vCPU threads `CPU 0/TCG`...: their CPU time is the
+            // guest's (crate::cpu_time).
+            .args(["-name", "runner,debug-threads=on"])
             // vhost-user needs guest memory the backend can map: a shared memfd.
             .args([
                 "-object",
@@ -458,6 +461,10 @@ struct QemuVm {
 }
 
 impl Vm for QemuVm {
+    fn cpu_time(&self) -> Option<Duration> {
+        crate::cpu_time::of_threads(self.qemu.pid(), "CPU ")
+    }
+
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
         super::hybrid_vsock::connect(&self.paths.vsock_uds, port)
     }

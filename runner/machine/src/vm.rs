@@ -94,6 +94,11 @@ pub trait Vm: Send {
     fn restore_generation(&self) -> Option<u64> {
         None
     }
+    /// The CPU time its vCPUs have used so far, from the host; `None` if
+    /// the backend cannot tell. Read before the VM is dropped.
+    fn cpu_time(&self) -> Option<Duration> {
+        None
+    }
     /// The agent connection an [`AgentProbe`] opened (and, for a clone,
     /// announced the restore on) while the backend checked the VM; to be
     /// used instead of connecting again.

@@ -78,6 +78,11 @@ impl KvmVm {
 }
 
 impl Vm for KvmVm {
+    fn cpu_time(&self) -> Option<Duration> {
+        // runner-vmm names its vCPU threads `vcpu0`, `vcpu1`...
+        crate::cpu_time::of_threads(self.vmm_pid(), "vcpu")
+    }
+
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
         // No need to track the streams for Ctrl-C: killing the VM process
         // closes its end of every connection.
