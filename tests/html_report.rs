@@ -182,6 +182,7 @@ fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>, started: SystemT
         earlier_attempts: Vec::new(),
         timeline,
         services: Vec::new(),
+        metering: Default::default(),
     }
 }
 

@@ -246,6 +246,7 @@ fn attempt(name: &str, started: SystemTime, fail: Option<usize>) -> JobResult {
         earlier_attempts: Vec::new(),
         timeline,
         services: Vec::new(),
+        metering: Default::default(),
     }
 }
 

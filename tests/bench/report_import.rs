@@ -108,6 +108,7 @@ fn results(imported: ImportedTests) -> RunResults {
         earlier_attempts: Vec::new(),
         timeline: Vec::new(),
         services: Vec::new(),
+        metering: Default::default(),
     };
     RunResults {
         pipeline_name: "bench".into(),

@@ -9,6 +9,7 @@
 
 mod capture;
 mod imported;
+mod metering;
 mod timeline;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 pub use agent_protocol::ExitStatus;
 pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
 pub use imported::{ImportedCase, ImportedResult, ImportedTests, Problem};
+pub use metering::{MemoryUse, Metering, WARN_AT_PERCENT};
 pub use timeline::{Phase, PhaseKind};
 
 use crate::pipeline::format_duration;
@@ -69,6 +71,8 @@ pub struct JobResult {
     pub timeline: Vec<Phase>,
     /// The job's services (`services:`), in file order; empty without.
     pub services: Vec<ServiceResult>,
+    /// What its VM used.
+    pub metering: Metering,
 }
 
 /// What became of one of a job's services.
@@ -384,6 +388,7 @@ impl JobResult {
             earlier_attempts: Vec::new(),
             timeline: Vec::new(),
             services: Vec::new(),
+            metering: Metering::default(),
         }
     }
 

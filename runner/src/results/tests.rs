@@ -43,6 +43,7 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
         earlier_attempts: Vec::new(),
         timeline: Vec::new(),
         services: Vec::new(),
+        metering: Default::default(),
     }
 }
 

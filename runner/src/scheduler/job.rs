@@ -16,7 +16,8 @@ use crate::pipeline::{files, host_scope};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::{OutputStream, RunEvent};
 use crate::results::{
-    Attempt, JobLog, JobOutcome, JobResult, Phase, PhaseKind, StepResult, StepStatus, TimeLimit,
+    Attempt, JobLog, JobOutcome, JobResult, MemoryUse, Phase, PhaseKind, StepResult, StepStatus,
+    TimeLimit,
 };
 use crate::session::wait_for_agent;
 use crate::session::{AgentSession, SessionError, HOST_GRACE};
@@ -155,6 +156,9 @@ fn run_in_vm<'scope, 'env>(
     }
     // Before the files: a cache path may lie under where they go.
     caches.mount(&mut session, &log, result);
+    // The job's memory use is counted from here (boot and set-up are not
+    // its doing); an agent that cannot tell leaves it unmeasured.
+    let metered = session.memory_use().ok().flatten().is_some();
     // The agent enforces the job's timeout on each step; this is the
     // host's own bound on everything else (file copies, a guest that never
     // reports), with the same grace as a step.
@@ -205,6 +209,7 @@ fn run_in_vm<'scope, 'env>(
             }
             log.note(&format!("==> {message}"));
             log.flush();
+            result.metering.cpu = vm.cpu_time();
             return Err(JobOutcome::Error { message });
         }
         let time_left = || clock.elapsed() < job.timeout;
@@ -246,6 +251,7 @@ fn run_in_vm<'scope, 'env>(
             }
             log.note(&format!("==> {reason}"));
             log.flush();
+            result.metering.cpu = vm.cpu_time();
             return Ok(());
         }
         let session_lost = matches!(step_result.status, StepStatus::Error { .. });
@@ -281,10 +287,14 @@ fn run_in_vm<'scope, 'env>(
             // Without an agent nothing else can run or be collected.
             let message = format!("lost the guest agent during `{}`", step.name);
             log.flush();
+            result.metering.cpu = vm.cpu_time();
             return Err(JobOutcome::Error { message });
         }
     }
 
+    if metered {
+        meter_memory(&mut session, &log, result);
+    }
     session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
     if !job.reports.is_empty() {
         ctx.reporter.report(&RunEvent::JobProgress {
@@ -316,6 +326,7 @@ fn run_in_vm<'scope, 'env>(
     // guest has nothing worth flushing. Dropping the VM kills it at once,
     // which is what makes it disposable.
     drop(session);
+    result.metering.cpu = vm.cpu_time();
     drop(vm);
     drop(services);
     if !pending.is_empty() {
@@ -478,4 +489,19 @@ fn run_step(
         result: &result,
     });
     result
+}
+
+/// The most guest memory in use during the steps, into `result`, with a
+/// warning in the job's log when it came close to the job's `memory`.
+fn meter_memory(session: &mut AgentSession, log: &JobLog, result: &mut JobResult) {
+    let Ok(Some((total_bytes, peak_bytes))) = session.memory_use() else {
+        return;
+    };
+    result.metering.memory = Some(MemoryUse {
+        total_bytes,
+        peak_bytes,
+    });
+    for line in result.metering.warnings() {
+        log.note(&format!("==> warning: {line}"));
+    }
 }

@@ -242,6 +242,27 @@ impl AgentSession {
         }
     }
 
+    /// The guest's memory: `MemTotal` and the most in use since the last
+    /// call (the first starts the agent's sampling), in bytes; `None` from
+    /// an agent that does not sample.
+    pub fn memory_use(&mut self) -> Result<Option<(u64, u64)>, SessionError> {
+        if !self.capabilities.iter().any(|c| c == "usage") {
+            return Ok(None);
+        }
+        self.send(Message::Usage)?;
+        match self.reply(REPLY_TIMEOUT)? {
+            Message::UsageReport {
+                memory_total_kib,
+                memory_peak_kib,
+            } => Ok(Some((
+                memory_total_kib.saturating_mul(1024),
+                memory_peak_kib.saturating_mul(1024),
+            ))),
+            Message::Error { message } => Err(SessionError::Agent(message)),
+            other => Err(SessionError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Has the agent configure the guest's NIC and resolv.conf; returns the
     /// interface's name.
     pub fn configure_network(&mut self, config: &NetworkConfig) -> Result<String, SessionError> {

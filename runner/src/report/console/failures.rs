@@ -112,6 +112,15 @@ impl ConsoleReporter {
         self.notes_block(&format!("{}: services", job.name), &lines)
     }
 
+    /// The end-of-run block for a job that came close to a limit: one
+    /// warning line each, naming the setting to raise.
+    pub(super) fn metering_report(&self, job: &JobResult) -> Vec<String> {
+        self.notes_block(
+            &format!("{}: close to its limits", job.name),
+            &job.metering.warnings(),
+        )
+    }
+
     fn notes_block(&self, title: &str, notes: &[String]) -> Vec<String> {
         if notes.is_empty() {
             return Vec::new();

@@ -359,3 +359,36 @@ fn live_mode_shows_a_spinner_per_job_with_step_and_last_output() {
         "[build] make test ... ok (1.2s)\n[build] passed in 3s, boot 1.4s\n\n0 passed, 0 failed in 34.5s\n"
     );
 }
+
+/// What the job's VM used is on its line, and a job close to its memory
+/// gets a block that names the setting to raise.
+#[test]
+fn a_jobs_use_is_on_its_line_and_a_near_limit_is_warned() {
+    let (reporter, buffer) = plain(false, false);
+    let mut build = job(
+        "build",
+        JobOutcome::Passed,
+        vec![step("make", StepStatus::Passed)],
+    );
+    build.metering = crate::results::Metering {
+        cpu: Some(Duration::from_millis(2500)),
+        memory: Some(crate::results::MemoryUse {
+            total_bytes: 480 << 20,
+            peak_bytes: 460 << 20,
+        }),
+    };
+    reporter.on_job_finished(&plan().jobs[0], &build);
+    reporter.finish(&run(vec![build]));
+    let text = buffer.text();
+    assert!(
+        text.starts_with("[build] passed in 3s, boot 1.4s, cpu 2.5s, memory 460/480 MiB\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\n==== build: close to its limits ====\nused 95% of its memory at peak \
+             (460 of 480 MiB): raise `memory` before it runs out\n"
+        ),
+        "{text}"
+    );
+}

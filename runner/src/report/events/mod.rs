@@ -204,6 +204,12 @@ impl JsonEvents {
                 "attempt": attempt(result.attempt),
                 "log": result.log_path.as_ref().map(|p| p.display().to_string()),
                 "services": services,
+                "metering": {
+                    "cpu_s": result.metering.cpu.map(|c| c.as_secs_f64()),
+                    "memory_peak_bytes": result.metering.memory.map(|m| m.peak_bytes),
+                    "memory_total_bytes": result.metering.memory.map(|m| m.total_bytes),
+                    "warnings": result.metering.warnings(),
+                },
             }),
         );
     }

@@ -49,6 +49,18 @@ pub struct Job {
     /// Artifact and report warnings, earlier attempts.
     pub notes: Vec<String>,
     pub log: Option<String>,
+    /// What its (last) VM used, for the detail's bars.
+    pub usage: Usage,
+}
+
+/// A job VM's use ([`crate::results::Metering`]), as the page draws it.
+#[derive(Serialize)]
+pub struct Usage {
+    pub cpu: Option<f64>,
+    pub memory_peak: Option<u64>,
+    pub memory_total: Option<u64>,
+    /// Lines for a job close to a limit.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -283,6 +295,12 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
             .log_path
             .as_ref()
             .map(|p| clean_text(&p.display().to_string())),
+        usage: Usage {
+            cpu: result.metering.cpu.map(secs),
+            memory_peak: result.metering.memory.map(|m| m.peak_bytes),
+            memory_total: result.metering.memory.map(|m| m.total_bytes),
+            warnings: result.metering.warnings(),
+        },
     }
 }
 

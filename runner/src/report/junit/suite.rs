@@ -27,6 +27,22 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
             format!("{:.3}", boot.as_secs_f64()),
         ));
     }
+    if let Some(cpu) = job.metering.cpu {
+        suite.add_property(Property::new(
+            "cpu_seconds",
+            format!("{:.3}", cpu.as_secs_f64()),
+        ));
+    }
+    if let Some(memory) = job.metering.memory {
+        suite.add_property(Property::new(
+            "memory_peak_bytes",
+            memory.peak_bytes.to_string(),
+        ));
+        suite.add_property(Property::new(
+            "memory_total_bytes",
+            memory.total_bytes.to_string(),
+        ));
+    }
     if let Some(log) = &job.log_path {
         suite.add_property(Property::new("log", xml_text(&log.display().to_string())));
     }

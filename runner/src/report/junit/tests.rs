@@ -403,3 +403,33 @@ fn first_system_out(xml: &str) -> String {
         .to_string();
     out
 }
+
+#[test]
+fn what_a_jobs_vm_used_is_in_its_properties() {
+    let mut build = job(
+        "build",
+        JobOutcome::Passed,
+        vec![step("make", StepStatus::Passed)],
+    );
+    build.metering = crate::results::Metering {
+        cpu: Some(Duration::from_millis(1234)),
+        memory: Some(crate::results::MemoryUse {
+            total_bytes: 500 << 20,
+            peak_bytes: 300 << 20,
+        }),
+    };
+    let xml = render(&run(vec![build]), &JunitOptions::default()).unwrap();
+    let doc = parse(&xml);
+    let properties: Vec<(&str, &str)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("property"))
+        .map(|n| (n.attribute("name").unwrap(), n.attribute("value").unwrap()))
+        .collect();
+    for expected in [
+        ("cpu_seconds", "1.234"),
+        ("memory_peak_bytes", "314572800"),
+        ("memory_total_bytes", "524288000"),
+    ] {
+        assert!(properties.contains(&expected), "{properties:?}");
+    }
+}
