@@ -86,3 +86,40 @@ jobs:
     );
     assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
 }
+
+/// A step that failed because the guest ran out of memory, or because its
+/// file system was full, says so in its failure, with the setting to raise.
+#[test]
+fn a_step_failed_by_the_oom_killer_or_a_full_disk_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    // `tail` keeps a whole line in memory, and /dev/zero has no newline:
+    // it grows until the kernel kills it.
+    let yaml = r#"
+memory: 256M
+defaults: { files: none }
+jobs:
+  starved:
+    steps:
+      - head -c 2000m /dev/zero | tail >/dev/null
+  full:
+    steps:
+      - mkdir -p /small && mount -t tmpfs -o size=8M none /small
+      - name: fill
+        run: dd if=/dev/zero of=big bs=1M count=20
+        workdir: /small
+"#;
+    let out = runner_test(dir.path(), yaml).output().unwrap();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "; the guest ran out of memory: the kernel killed 1 process (raise `memory`)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("exit code 1; its working directory's file system was full (give the image a larger `size`)"),
+        "{text}"
+    );
+    assert_eq!(vm_dirs(dir.path()), Vec::<String>::new());
+}

@@ -51,8 +51,9 @@ impl From<ProtocolError> for ExecAbort {
 /// Runs `req` to completion and sends its `Exited`.
 pub fn run<S: Read + Write + AsFd>(conn: &mut Conn<S>, req: &ExecRequest) -> Result<(), ExecAbort> {
     let started = Instant::now();
+    let watch = crate::usage::CommandWatch::start(req.cwd.as_deref());
     match start(req) {
-        Ok(running) => running.supervise(conn, req, started),
+        Ok(running) => running.supervise(conn, req, started, &watch),
         Err(e) => report_spawn_failure(conn, e, started),
     }
 }
@@ -167,8 +168,9 @@ impl Running {
         conn: &mut Conn<S>,
         req: &ExecRequest,
         started: Instant,
+        watch: &crate::usage::CommandWatch,
     ) -> Result<(), ExecAbort> {
-        let result = self.pump(conn, req, started);
+        let result = self.pump(conn, req, started, watch);
         if result.is_err() {
             // Host gone or misbehaving: nobody will collect this command.
             self.kill_group();
@@ -181,6 +183,7 @@ impl Running {
         conn: &mut Conn<S>,
         req: &ExecRequest,
         started: Instant,
+        watch: &crate::usage::CommandWatch,
     ) -> Result<(), ExecAbort> {
         // A timeout too large to represent is no timeout (and must not panic).
         let deadline = req
@@ -276,6 +279,8 @@ impl Running {
             timed_out,
             cancelled,
             error: None,
+            oom_kills: watch.oom_kills(),
+            disk_full: status.code != Some(0) && watch.disk_full(),
         };
         conn.send(&Frame::Control(Message::Exited(result)))?;
         Ok(())

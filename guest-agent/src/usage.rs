@@ -1,7 +1,8 @@
 //! The guest's memory use, sampled by the agent itself: the host asks for
 //! the peak since it last asked (`Message::Usage`), so a peak that came and
 //! went between two questions still counts, and the host's questions cost
-//! one round trip each, not one per sample.
+//! one round trip each, not one per sample. And, for each command, what
+//! likely failed it: OOM kills while it ran, a full file system after.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -34,6 +35,79 @@ pub fn report() -> Option<(u64, u64)> {
     Some((total, peak))
 }
 
+/// What a command's run is compared against: the OOM kills so far, and
+/// where it works.
+pub struct CommandWatch {
+    oom_kills: Option<u64>,
+    dir: String,
+}
+
+impl CommandWatch {
+    pub fn start(cwd: Option<&str>) -> CommandWatch {
+        CommandWatch {
+            oom_kills: oom_kills(),
+            dir: cwd.unwrap_or("/").to_string(),
+        }
+    }
+
+    /// Processes the OOM killer ended since [`CommandWatch::start`].
+    pub fn oom_kills(&self) -> u64 {
+        match (self.oom_kills, oom_kills()) {
+            (Some(before), Some(now)) => now.saturating_sub(before),
+            _ => 0,
+        }
+    }
+
+    /// Whether the working directory's file system has (almost) no room
+    /// left: less than 1% and less than 1 MiB free, as root sees it.
+    pub fn disk_full(&self) -> bool {
+        let Ok(fs) = nix::sys::statvfs::statvfs(self.dir.as_str()) else {
+            return false;
+        };
+        let block = fs.fragment_size().max(1);
+        let (free, total) = (fs.blocks_free() * block, fs.blocks() * block);
+        total > 0 && free < (total / 100).min(1 << 20)
+    }
+}
+
+/// How many processes the kernel's OOM killer has ended since boot, as
+/// far as its log still holds: `/proc/vmstat` counts them only with
+/// CONFIG_VM_EVENT_COUNTERS, which our kernel leaves out, so the kernel
+/// log's `Killed process` lines are counted instead.
+fn oom_kills() -> Option<u64> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let mut kmsg = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    // One record per read; EAGAIN at the end of the buffer.
+    let mut record = vec![0u8; 8192];
+    let mut kills = 0;
+    loop {
+        match kmsg.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => kills += u64::from(is_oom_kill(&record[..n])),
+            // A record overwritten while we read: skip on.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    Some(kills)
+}
+
+/// Whether a kernel log record says the OOM killer ended a process
+/// (`Out of memory: Killed process 42 (tail) ...`, or a memory cgroup's).
+fn is_oom_kill(record: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(record);
+    let message = text.split_once(';').map_or(&*text, |(_, m)| m);
+    message.contains("out of memory: Killed process")
+        || message.contains("Out of memory: Killed process")
+}
+
 fn read() -> Option<(u64, u64)> {
     parse(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
@@ -62,6 +136,24 @@ mod tests {
         assert_eq!(parse(text), Some((500000, 150000)));
         assert_eq!(parse("MemTotal: 5 kB\n"), None);
         assert_eq!(parse("MemTotal: x kB\nMemAvailable: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn a_command_watch_sees_no_kills_and_room_here() {
+        let watch = CommandWatch::start(Some("/"));
+        assert_eq!(watch.oom_kills(), 0);
+        assert!(is_oom_kill(
+            b"3,1234,5678,-;Out of memory: Killed process 42 (tail) total-vm:1kB"
+        ));
+        assert!(is_oom_kill(
+            b"3,9,9,-;Memory cgroup out of memory: Killed process 7 (x)"
+        ));
+        assert!(!is_oom_kill(b"6,1,1,-;Killed process accounting"));
+        let dir = tempfile::tempdir().unwrap();
+        let here = CommandWatch::start(dir.path().to_str());
+        assert!(!here.disk_full());
+        // Unreadable: not full.
+        assert!(!CommandWatch::start(Some("/no/such/dir")).disk_full());
     }
 
     #[test]

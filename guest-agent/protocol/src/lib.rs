@@ -391,6 +391,14 @@ pub struct ExitStatus {
     /// Why the command could not run at all (missing binary, bad cwd). Such
     /// a result carries exit code 127 (not found) or 126 (not executable).
     pub error: Option<String>,
+    /// Processes the kernel's OOM killer ended in the guest while the
+    /// command ran (its own or not: the guest is the job's alone).
+    #[serde(default)]
+    pub oom_kills: u64,
+    /// The file system of the command's working directory had no room
+    /// left when it ended: a write likely failed with ENOSPC.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 impl ExitStatus {
@@ -405,13 +413,31 @@ impl ExitStatus {
             (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
             (None, None) => "no exit status".to_string(),
         };
-        if self.timed_out {
+        let mut text = if self.timed_out {
             format!("{base}, timed out")
         } else if self.cancelled {
             format!("{base}, cancelled")
         } else {
             base
+        };
+        // What most likely failed it, and the setting that would not have.
+        if self.oom_kills > 0 {
+            let processes = if self.oom_kills == 1 {
+                "process"
+            } else {
+                "processes"
+            };
+            text.push_str(&format!(
+                "; the guest ran out of memory: the kernel killed {} {processes} (raise `memory`)",
+                self.oom_kills
+            ));
         }
+        if self.disk_full {
+            text.push_str(
+                "; its working directory's file system was full (give the image a larger `size`)",
+            );
+        }
+        text
     }
 }
 
@@ -453,6 +479,32 @@ mod tests {
         };
         assert!(!killed.success());
         assert_eq!(killed.describe(), "killed by signal 9 (SIGKILL), timed out");
+        let starved = ExitStatus {
+            signal: Some(9),
+            oom_kills: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            starved.describe(),
+            "killed by signal 9 (SIGKILL); the guest ran out of memory: the kernel killed 1 \
+             process (raise `memory`)"
+        );
+        let full = ExitStatus {
+            code: Some(1),
+            disk_full: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            full.describe(),
+            "exit code 1; its working directory's file system was full (give the image a \
+             larger `size`)"
+        );
+        // An agent without these fields still decodes.
+        let old: ExitStatus = serde_json::from_str(
+            r#"{"code":0,"signal":null,"duration_ms":1,"max_rss_kib":0,"timed_out":false,"cancelled":false,"error":null}"#,
+        )
+        .unwrap();
+        assert_eq!((old.oom_kills, old.disk_full), (0, false));
     }
 
     #[test]
