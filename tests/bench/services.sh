@@ -35,8 +35,10 @@ mkdir -p "$out"
 "$runner" image build pipelines/services.yml >/dev/null
 cp pipelines/services.yml "$out/services.yml"
 {
+    # The example's image (its anchor), each job's VM at 256M.
     sed -n '/^name:/,/^defaults:/p' pipelines/services.yml | sed 's/^name: services/name: services-memory/;/^defaults:/d'
-    echo "defaults: { files: none, timeout: 30m, memory: 256M }"
+    echo "memory: 256M"
+    echo "defaults: { files: none, timeout: 30m }"
     echo "jobs:"
     for i in 1 2 3; do
         cat <<JOB
@@ -80,6 +82,8 @@ for i in \$(seq $runs); do
     ready_after cold --cold >>\$results/ready-cold
     ready_after warm >>\$results/ready-warm
     grep -q 'boots cold\\|is dead' \$results/test-warm.log && { echo "a warm run booted cold:" >&2; cat \$results/test-warm.log >&2; exit 1; }
+    # Where a warm service's time went: its log's notes, with their times.
+    grep -h '^==> ' /tmp/out-warm/logs/*service-db*.log >>\$results/warm-notes
 done
 echo "ready cold \$(median <\$results/ready-cold) warm \$(median <\$results/ready-warm)" >>\$results/results
 

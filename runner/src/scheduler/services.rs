@@ -293,7 +293,10 @@ impl<'env> Watch<'env> {
         self.phase(PhaseKind::Services, waiting);
         match polled {
             Ok(()) => {
-                self.log.note("==> ready");
+                self.log.note(&format!(
+                    "==> ready, {:.1} s after the job started it",
+                    self.clock.elapsed().as_secs_f64()
+                ));
                 self.with_record(|r| r.ready_at = Some(self.clock.elapsed()));
                 let _ = ready.send(Ok(started.elapsed()));
             }
@@ -392,6 +395,14 @@ impl<'env> Watch<'env> {
                 return fail(format!("did not boot: {e}; last console lines:\n  {tail}"));
             }
         };
+        let how = match vm.restore_generation() {
+            Some(_) => "restored",
+            None => "booted",
+        };
+        self.log.note(&format!(
+            "==> {how}: its agent answered {:.1} s after the job started it",
+            self.clock.elapsed().as_secs_f64()
+        ));
         if let Err(e) = session.configure_network(&self.nic.guest_config(&self.table)) {
             return fail(format!("could not configure its network: {e}"));
         }

@@ -49,6 +49,7 @@ pub(super) fn poll_ready(
             })
             .map_err(|e| format!("lost its agent while `ready` ran: {e}"))?;
         if exit.success() {
+            log.note(&format!("==> `ready` passed on try {tries}"));
             return Ok(());
         }
         std::thread::sleep(READY_POLL.min(left));
