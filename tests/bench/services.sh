@@ -51,7 +51,7 @@ cp pipelines/services.yml "$out/services.yml"
         run: |
           install -d -o postgres -g postgres /run/postgresql
           pg_ctlcluster "\$(ls /etc/postgresql)" main start
-        ready: runuser -u postgres -- psql -c 'select 1'
+        ready: pg_isready -h 127.0.0.1
         ready_timeout: 10m
     steps: [ 'sleep 600' ]
 JOB
