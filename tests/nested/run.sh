@@ -33,7 +33,7 @@ readonly out=target/nested
 # bridge and NAT), in restored clones; the host tier runs all of them.
 # `snapshot_rounds` is not a test binary: it is warm start's build-and-restore
 # rounds (snapshot-rounds-inner.sh), NESTED_SNAPSHOT_ROUNDS of them (20).
-read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network segment services:a_service_that services:the_example_pipeline job_disk cache_disks caches containers:podman_builds containers:a_docker_container snapshot warm_start hostile:jailed snapshot_rounds}"
+read -ra targets <<<"${NESTED_TARGETS:-kvm_guests kvm_virtio linux_early_boot kvm_backend kvm_interrupt agent cli pipeline faults network segment services:a_service_that services:the_example_pipeline metering job_disk cache_disks caches containers:podman_builds containers:a_docker_container snapshot warm_start hostile:jailed snapshot_rounds}"
 readonly targets
 cargo build --quiet -p runner
 # The static guest agent, as the runner builds it (images.rs): spec images
