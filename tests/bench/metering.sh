@@ -8,17 +8,8 @@
 #   tests/bench/metering.sh [--runs N]   (RUNNER_KERNEL / RUNNER_ROOTFS as for the tests)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-runs=7
-case "${1:-}" in
-    --runs) runs="$2" ;;
-    "") ;;
-    *) echo "usage: tests/bench/metering.sh [--runs N]" >&2; exit 2 ;;
-esac
-
 . tests/bench/setup.sh
-out=target/metering-bench
-rm -rf "$out"
-mkdir -p "$out"
+bench_args metering 7 "$@"
 # Timed by the guest's uptime (busybox's date has no %N).
 loop='t() { awk "{printf \"%d\", \$1 * 1000}" /proc/uptime; }; s=$(t); i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo loop_ms=$(($(t) - s))'
 cat >"$out/busy.yml" <<YAML

@@ -18,17 +18,8 @@
 #   tests/bench/services.sh [--runs N]   (RUNNER_KERNEL / RUNNER_ROOTFS as for the tests)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-runs=7
-case "${1:-}" in
-    --runs) runs="$2" ;;
-    "") ;;
-    *) echo "usage: tests/bench/services.sh [--runs N]" >&2; exit 2 ;;
-esac
-
 . tests/bench/setup.sh
-out=target/services-bench
-rm -rf "$out"
-mkdir -p "$out"
+bench_args services 7 "$@"
 # Debian's PostgreSQL image is built here: L1 has no network. L1 sees this
 # machine's runner cache through its writable overlay, where the snapshots
 # go and vanish with it.

@@ -50,6 +50,24 @@ pub(crate) fn job(name: &str, outcome: JobOutcome, steps: Vec<StepResult>) -> Jo
 /// Job `queries` with two services, their logs written under `dir`: `db`
 /// was ready at 3.2s; `cache` was never ready, which failed the job before
 /// its step ran (the job's error as the scheduler words it).
+/// A passed job of one step whose VM used `cpu_ms` of CPU and `peak_mib`
+/// of `total_mib` MiB of memory.
+pub(crate) fn metered(name: &str, cpu_ms: u64, peak_mib: u64, total_mib: u64) -> JobResult {
+    let mut metered = job(
+        name,
+        JobOutcome::Passed,
+        vec![step("make", StepStatus::Passed)],
+    );
+    metered.metering = super::Metering {
+        cpu: Some(Duration::from_millis(cpu_ms)),
+        memory: Some(super::MemoryUse {
+            total_bytes: total_mib << 20,
+            peak_bytes: peak_mib << 20,
+        }),
+    };
+    metered
+}
+
 pub(crate) fn job_with_services(dir: &Path) -> JobResult {
     let phase = |kind, start: u64, ms: u64| Phase {
         kind,

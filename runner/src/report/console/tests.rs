@@ -365,18 +365,7 @@ fn live_mode_shows_a_spinner_per_job_with_step_and_last_output() {
 #[test]
 fn a_jobs_use_is_on_its_line_and_a_near_limit_is_warned() {
     let (reporter, buffer) = plain(false, false);
-    let mut build = job(
-        "build",
-        JobOutcome::Passed,
-        vec![step("make", StepStatus::Passed)],
-    );
-    build.metering = crate::results::Metering {
-        cpu: Some(Duration::from_millis(2500)),
-        memory: Some(crate::results::MemoryUse {
-            total_bytes: 480 << 20,
-            peak_bytes: 460 << 20,
-        }),
-    };
+    let build = crate::results::tests::metered("build", 2500, 460, 480);
     reporter.on_job_finished(&plan().jobs[0], &build);
     reporter.finish(&run(vec![build]));
     let text = buffer.text();

@@ -406,18 +406,7 @@ fn first_system_out(xml: &str) -> String {
 
 #[test]
 fn what_a_jobs_vm_used_is_in_its_properties() {
-    let mut build = job(
-        "build",
-        JobOutcome::Passed,
-        vec![step("make", StepStatus::Passed)],
-    );
-    build.metering = crate::results::Metering {
-        cpu: Some(Duration::from_millis(1234)),
-        memory: Some(crate::results::MemoryUse {
-            total_bytes: 500 << 20,
-            peak_bytes: 300 << 20,
-        }),
-    };
+    let build = crate::results::tests::metered("build", 1234, 300, 500);
     let xml = render(&run(vec![build]), &JunitOptions::default()).unwrap();
     let doc = parse(&xml);
     let properties: Vec<(&str, &str)> = doc
