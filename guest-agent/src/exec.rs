@@ -271,6 +271,7 @@ impl Running {
         }
 
         let (status, exited_at) = exit.ok_or(ExecAbort::Disconnected)?;
+        let failed = status.code != Some(0);
         let result = ExitStatus {
             code: status.code,
             signal: status.signal,
@@ -279,8 +280,9 @@ impl Running {
             timed_out,
             cancelled,
             error: None,
-            oom_kills: watch.oom_kills(),
-            disk_full: status.code != Some(0) && watch.disk_full(),
+            // What failed it: looked for only when something did.
+            oom_kills: if failed { watch.oom_kills() } else { 0 },
+            disk_full: failed && watch.disk_full(),
         };
         conn.send(&Frame::Control(Message::Exited(result)))?;
         Ok(())

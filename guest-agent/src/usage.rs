@@ -38,24 +38,45 @@ pub fn report() -> Option<(u64, u64)> {
 /// What a command's run is compared against: the OOM kills so far, and
 /// where it works.
 pub struct CommandWatch {
-    oom_kills: Option<u64>,
+    /// The kernel log, read from where it ended when the command started.
+    kmsg: Option<std::fs::File>,
     dir: String,
 }
 
 impl CommandWatch {
+    /// Costs an open and a seek: every command, `ready` polls included,
+    /// starts one, and the log is read only for one that failed.
     pub fn start(cwd: Option<&str>) -> CommandWatch {
         CommandWatch {
-            oom_kills: oom_kills(),
+            kmsg: kmsg_from_now(),
             dir: cwd.unwrap_or("/").to_string(),
         }
     }
 
-    /// Processes the OOM killer ended since [`CommandWatch::start`].
+    /// Processes the OOM killer ended since [`CommandWatch::start`], from
+    /// the kernel log's `Killed process` records (`/proc/vmstat` counts
+    /// them only with CONFIG_VM_EVENT_COUNTERS, which our kernel leaves
+    /// out). Reads only the records logged since.
     pub fn oom_kills(&self) -> u64 {
-        match (self.oom_kills, oom_kills()) {
-            (Some(before), Some(now)) => now.saturating_sub(before),
-            _ => 0,
+        use std::io::Read;
+
+        let Some(mut kmsg) = self.kmsg.as_ref() else {
+            return 0;
+        };
+        // One record per read; EAGAIN at the end of the log.
+        let mut record = vec![0u8; 8192];
+        let mut kills = 0;
+        loop {
+            match kmsg.read(&mut record) {
+                Ok(0) => break,
+                Ok(n) => kills += u64::from(is_oom_kill(&record[..n])),
+                // Records overwritten before we read them: skip on.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
         }
+        kills
     }
 
     /// Whether the working directory's file system has (almost) no room
@@ -70,33 +91,18 @@ impl CommandWatch {
     }
 }
 
-/// How many processes the kernel's OOM killer has ended since boot, as
-/// far as its log still holds: `/proc/vmstat` counts them only with
-/// CONFIG_VM_EVENT_COUNTERS, which our kernel leaves out, so the kernel
-/// log's `Killed process` lines are counted instead.
-fn oom_kills() -> Option<u64> {
-    use std::io::Read;
+/// The kernel log, positioned after its last record (non-blocking).
+fn kmsg_from_now() -> Option<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
 
     let mut kmsg = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/kmsg")
         .ok()?;
-    // One record per read; EAGAIN at the end of the buffer.
-    let mut record = vec![0u8; 8192];
-    let mut kills = 0;
-    loop {
-        match kmsg.read(&mut record) {
-            Ok(0) => break,
-            Ok(n) => kills += u64::from(is_oom_kill(&record[..n])),
-            // A record overwritten while we read: skip on.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    Some(kills)
+    kmsg.seek(SeekFrom::End(0)).ok()?;
+    Some(kmsg)
 }
 
 /// Whether a kernel log record says the OOM killer ended a process

@@ -391,8 +391,9 @@ pub struct ExitStatus {
     /// Why the command could not run at all (missing binary, bad cwd). Such
     /// a result carries exit code 127 (not found) or 126 (not executable).
     pub error: Option<String>,
-    /// Processes the kernel's OOM killer ended in the guest while the
-    /// command ran (its own or not: the guest is the job's alone).
+    /// For a command that failed: processes the kernel's OOM killer ended
+    /// in the guest while it ran (its own or not: the guest is the job's
+    /// alone).
     #[serde(default)]
     pub oom_kills: u64,
     /// The file system of the command's working directory had no room
