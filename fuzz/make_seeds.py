@@ -155,21 +155,54 @@ def udp(src_port, dst_port, payload):
     return struct.pack(">HHHH", src_port, dst_port, 8 + len(payload), 0) + payload
 
 
+def dns_name(name):
+    return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+
+
+def dns_query(qid, name):
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + dns_name(name) + struct.pack(">HH", 1, 1)
+
+
+def dns_answer(qid, name, address, ttl):
+    return (struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + dns_name(name)
+            + struct.pack(">HH", 1, 1) + struct.pack(">HHHIH", 0xc00c, 1, 1, ttl, 4)
+            + bytes(address))
+
+
+def record(kind, data):
+    return bytes([kind]) + struct.pack(">H", len(data)) + data
+
+
+# The forwarder's first id upstream (runner_devices::net::egress::Egress).
+FIRST_FORWARDED_ID = 0xf891
+
+
 def net():
-    """Frames runner_devices::fuzzing::net_policy lets through, bare and in
-    TX chains (`NET_BARE_FRAME` = 0x40, `NET_LEGACY` = 0x08)."""
-    allowed_v6 = bytes.fromhex("20010db8000000000000000000000001")
+    """Inputs runner_devices::fuzzing::net_filter accepts: record series
+    for the egress policy under net_rules (`NET_BARE_FRAME` = 0x40; kind
+    0 a guest frame, 1 a resolver datagram), and TX chains for the device
+    (`NET_LEGACY` = 0x08)."""
     frames = {
         "arp": eth(0x0806, struct.pack(">HHBBH", 1, 0x0800, 6, 4, 1) + bytes(20)),
         "dhcp": ipv4(17, [255] * 4, udp(68, 67, bytes(240))),
-        "dns-udp": ipv4(17, [10, 0, 2, 3], udp(40000, 53, b"\x12\x34" + bytes(10))),
-        "dns-tcp": ipv4(6, [10, 0, 2, 3], tcp_syn(40001, 53)),
         "tcp-allowed": ipv4(6, [10, 0, 2, 2], tcp_syn(40002, 8080)),
-        "udp6-allowed": ipv6(17, allowed_v6, udp(40003, 443, b"quic")),
-        "tcp6-allowed": ipv6(6, allowed_v6, tcp_syn(40004, 443)),
     }
     for name, frame in frames.items():
-        write("net_filter", "bare-" + name, b"\x40" + frame)
+        write("net_filter", "bare-" + name, b"\x40" + record(0, frame))
+    query = ipv4(17, [10, 0, 2, 3], udp(40000, 53, dns_query(0x1234, "crates.io")))
+    # The name resolves, and its address opens on the entry's port.
+    write("net_filter", "bare-dns-resolved", b"\x40" + record(0, query)
+          + record(1, dns_answer(FIRST_FORWARDED_ID, "crates.io", [151, 101, 0, 1], 60))
+          + record(0, ipv4(6, [151, 101, 0, 1], tcp_syn(40005, 443))))
+    # The operator's name answers the host's loopback: the gateway opens.
+    query = ipv4(17, [10, 0, 2, 3], udp(40000, 53, dns_query(0x1235, "web.test")))
+    write("net_filter", "bare-dns-loopback", b"\x40" + record(0, query)
+          + record(1, dns_answer(FIRST_FORWARDED_ID, "web.test", [127, 0, 0, 1], 60))
+          + record(0, ipv4(6, [10, 0, 2, 2], tcp_syn(40006, 8000))))
+    # A name not listed: NXDOMAIN here; then ARP, which passes.
+    query = ipv4(17, [10, 0, 2, 3], udp(40000, 53, dns_query(0x1236, "evil.example")))
+    write("net_filter", "bare-dns-nxdomain", b"\x40" + record(0, query)
+          + record(0, frames["arp"]))
     hdr = bytes(12)
     syn = frames["tcp-allowed"]
     # Linux: the virtio-net header and the frame in one descriptor.
@@ -180,15 +213,14 @@ def net():
         desc(DATA, 12, F_NEXT, 1), desc(0x8000 - 20, len(syn))],
         hdr.ljust(0x8000 - 20 - DATA, b"\0") + syn))
     # A writable descriptor in a TX chain is not part of the frame.
-    dns = frames["dns-udp"]
+    dns = query
     write("net_filter", "tx-indirect", chain_input(0, [
         desc(DATA + 0x200, 48, F_INDIRECT)],
         (hdr + dns).ljust(0x200, b"\0") + desc(DATA, 12, F_NEXT, 1)
         + desc(DATA + 12, len(dns), F_NEXT, 2) + desc(DATA + 0x400, 64, F_WRITE)))
     # A legacy driver: a 10-byte header.
-    v6 = frames["udp6-allowed"]
     write("net_filter", "tx-legacy", chain_input(0x08, [
-        desc(DATA, 10 + len(v6))], bytes(10) + v6))
+        desc(DATA, 10 + len(syn))], bytes(10) + syn))
 
 
 def reports():

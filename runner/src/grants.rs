@@ -167,7 +167,13 @@ impl NetworkGrant {
 
     /// Whether `entry` of a job's `allow` list is within this grant.
     fn covers(&self, entry: &AllowEntry) -> bool {
-        self.destinations.contains(entry) || (self.public && !names_a_special_address(entry))
+        self.names(entry) || (self.public && !names_a_special_address(entry))
+    }
+
+    /// Whether the operator named `entry` (or a wildcard over it): then
+    /// its answers may be the host or a private address.
+    fn names(&self, entry: &AllowEntry) -> bool {
+        self.destinations.iter().any(|d| d.covers(entry))
     }
 
     /// Whether `other` grants nothing this one does not.
@@ -176,8 +182,9 @@ impl NetworkGrant {
     }
 }
 
-/// A literal address that is not public, or `localhost`: names resolve
-/// when the VM starts, and the filter keeps them to public addresses then.
+/// A literal address that is not public, or `localhost`: names are
+/// resolved by the guest, and the filter keeps their answers to public
+/// addresses then.
 fn names_a_special_address(entry: &AllowEntry) -> bool {
     entry.host == "localhost" || entry.host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip))
 }
@@ -565,7 +572,7 @@ impl Grants {
                 public: false,
                 destinations: entries
                     .iter()
-                    .map(|e| dest(e, self.network.destinations.contains(e)))
+                    .map(|e| dest(e, self.network.names(e)))
                     .collect(),
             }),
         }

@@ -1,8 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature):
 //! a descriptor chain and the guest memory around it, both taken from the
 //! fuzzer's bytes, fed to the vsock packet and virtio-blk request parsers
-//! and to the virtio-net transmit path with its egress filter
-//! ([`net_filter`]); a saved device state from a snapshot file
+//! to the virtio-net transmit path and to the egress policy with its DNS
+//! forwarder ([`net_filter`]); a saved device state from a snapshot file
 //! ([`device_state`]); a cache volume's layer file ([`layer_file`]); and
 //! the frames members of a job's private segment send ([`segment`]).
 //!
@@ -24,14 +24,16 @@
 //! fills the first 64 KiB from [`DATA`] on, then spills into [`REGION2`].
 
 use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::net::UnixStream;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::block::request::{self, total_len, Cursor, Rejected};
 use crate::common::VirtioCommon;
-use crate::net::filter::{Policy, Verdict};
+use crate::net::dns;
+use crate::net::egress::{Egress, NameRule, Rules};
+use crate::net::filter::Verdict;
 use crate::net::segment::{Member, RateLimit, Segment, Switched, MAX_SEGMENT_FRAME};
 use crate::net::{stream, NetConfig, NetDevice, TX_QUEUE};
 use crate::snapshot::codec;
@@ -213,25 +215,30 @@ pub fn block_request(data: &[u8]) -> bool {
 /// Control byte bit of [`net_filter`]: the driver took no VERSION_1, so
 /// its frames follow the 10-byte legacy header.
 pub const NET_LEGACY: u8 = 1 << 3;
-/// Control byte bit of [`net_filter`]: the rest of the input is one frame,
-/// given straight to the filter (no chain, no device).
+/// Control byte bit of [`net_filter`]: the rest of the input is a series
+/// of records for the egress policy alone (no chain, no device): a kind
+/// byte (even: a frame from the guest; odd: a datagram from the
+/// resolver), a 16-bit big-endian length, and that many bytes.
 pub const NET_BARE_FRAME: u8 = 1 << 6;
-/// The DNS forwarder of [`net_policy`].
-pub const NET_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 
-/// The `allow` policy [`net_filter`] runs the frames through: one IPv4 and
-/// one IPv6 destination, and passt's DNS forwarder.
-pub fn net_policy() -> Policy {
-    Policy {
+/// The egress rules [`net_filter`] runs the records through: one address,
+/// a name, a wildcard, and a name the operator named.
+pub fn net_rules() -> Rules {
+    let name = |pattern: &str, port, named_by_operator| NameRule {
+        pattern: pattern.into(),
+        port,
+        named_by_operator,
+    };
+    Rules {
         public: false,
-        allowed: vec![
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 8080),
-            SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-                443,
-            ),
+        addresses: vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080)],
+        names: vec![
+            name("crates.io", 443, false),
+            name("*.example.org", 80, false),
+            name("web.test", 8000, true),
         ],
-        dns: NET_DNS,
+        dns: Ipv4Addr::new(10, 0, 2, 3),
+        gateway: Ipv4Addr::new(10, 0, 2, 2),
     }
 }
 
@@ -247,31 +254,26 @@ impl Interrupt for NoInterrupt {
     }
 }
 
-/// What the guest sends on the network under [`net_policy`]: the chain is
-/// the virtio-net device's TX queue (bits 0-2 of the control byte: head
-/// descriptor; [`NET_LEGACY`]: a legacy driver), and whatever reaches the
-/// socket passt would read is checked again here, independently of the
-/// filter, to be ARP, DHCP, DNS to the forwarder or TCP/UDP to an allowed
-/// destination. With [`NET_BARE_FRAME`] the rest of the input is a frame
-/// for the filter alone. Returns whether a frame passed.
+/// What the guest sends on the network. Without [`NET_BARE_FRAME`]: the
+/// chain is the virtio-net device's TX queue (bits 0-2 of the control
+/// byte: head descriptor; [`NET_LEGACY`]: a legacy driver), and what
+/// reaches the socket must be one well-framed frame at most. With it: the
+/// records go through the egress policy under [`net_rules`], and every
+/// frame that passes is checked again here, independently of the policy,
+/// to be ARP, DHCP, or TCP/UDP to an entry's address or to an address an
+/// accepted answer gave on a rule's port; every answer and forwarded query
+/// must read back. Returns whether a frame passed.
 pub fn net_filter(data: &[u8]) -> bool {
     let Some((&control, rest)) = data.split_first() else {
         return false;
     };
-    let policy = net_policy();
     if control & NET_BARE_FRAME != 0 {
-        let passed = policy.outbound(rest) == Verdict::Pass;
-        if passed {
-            assert_really_allowed(&policy, rest);
-        }
-        return passed;
+        return egress_records(rest);
     }
     let (ours, mut passt) = UnixStream::pair().expect("socket pair");
     let mut device = NetDevice::new(NetConfig {
         backend: ours,
         mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-        policy: Some(policy.clone()),
-        vm: "fuzz".into(),
         restorable: false,
     })
     .expect("net device");
@@ -300,54 +302,104 @@ pub fn net_filter(data: &[u8]) -> bool {
     let mut frames = 0;
     let mut frame = Vec::new();
     while stream::read_frame(&mut reader, &mut frame).expect("well-framed") {
-        assert_really_allowed(&policy, &frame);
+        assert!(frame.len() >= stream::MIN_FRAME, "a runt frame went out");
         frames += 1;
     }
     assert!(frames <= 1, "{frames} frames out of one chain");
     frames == 1
 }
 
+/// The bare mode of [`net_filter`]: records through one [`Egress`], a
+/// second apart each.
+fn egress_records(mut input: &[u8]) -> bool {
+    let rules = net_rules();
+    let mut egress = Egress::new(rules.clone());
+    let start = std::time::Instant::now();
+    let mut answered: Vec<Ipv4Addr> = Vec::new();
+    let mut passed = false;
+    let mut step = 0u32;
+    while let [kind, hi, lo, tail @ ..] = input {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+        let (bytes, next) = tail.split_at(len);
+        input = next;
+        step += 1;
+        let now = start + std::time::Duration::from_secs(step.into());
+        if kind % 2 == 1 {
+            if let Some(frame) = egress.from_resolver(bytes, now) {
+                let message = answer_of(&frame);
+                let response = dns::parse_response(message).expect("an answer reads back");
+                answered.extend(response.a_records.iter().map(|a| a.address));
+            }
+            continue;
+        }
+        match egress.outbound(bytes, now) {
+            Verdict::Pass => {
+                assert_really_allowed(&rules, &answered, bytes);
+                passed = true;
+            }
+            Verdict::Answer { frame, .. } => {
+                dns::parse_response(answer_of(&frame)).expect("our answer reads back");
+            }
+            Verdict::Resolve(query) => {
+                let query = dns::parse_query(&query).expect("a forwarded query reads back");
+                assert!(
+                    rules.names.iter().any(|r| r.covers(&query.name)),
+                    "`{}` was forwarded",
+                    query.name
+                );
+                assert_eq!(query.qtype, dns::TYPE_A, "only A queries are forwarded");
+            }
+            Verdict::Drop(_) => {}
+        }
+    }
+    passed
+}
+
+/// The DNS message in a frame the policy made: IPv4 header checksum
+/// right, UDP from port 53.
+fn answer_of(frame: &[u8]) -> &[u8] {
+    let ip = &frame[14..34];
+    let mut sum = 0u32;
+    for pair in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "the IPv4 header checksum of an answer");
+    assert_eq!(&frame[34..36], &53u16.to_be_bytes());
+    &frame[42..]
+}
+
 /// Panics unless `frame`, read with nothing but its headers, is ARP, DHCP
-/// (IPv4 UDP from port 68 to 67), DNS to the forwarder, or TCP/UDP to a
-/// destination `policy` allows, in an IP datagram whose lengths hold its
-/// whole transport header: what passt will make of the frame.
-fn assert_really_allowed(policy: &Policy, frame: &[u8]) {
+/// (IPv4 UDP from port 68 to 67 broadcast), or IPv4 TCP/UDP to an entry's
+/// address, or to an address in `answered` (or the gateway, for the
+/// operator's name) on a rule's port, in a datagram whose lengths hold
+/// its whole transport header: what passt will make of the frame.
+fn assert_really_allowed(rules: &Rules, answered: &[Ipv4Addr], frame: &[u8]) {
     let be16 = |bytes: &[u8], at: usize| {
         bytes
             .get(at..at + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
     };
     let ethertype = be16(frame, 12).expect("a frame that passed has an Ethernet header");
+    if ethertype == 0x0806 {
+        return;
+    }
+    assert_eq!(ethertype, 0x0800, "ethertype {ethertype:#06x} passed");
     let ip = &frame[14..];
-    let (protocol, dst, segment) = match ethertype {
-        0x0806 => return,
-        0x0800 => {
-            assert!(ip.len() >= 20 && ip[0] >> 4 == 4, "not IPv4: {frame:02x?}");
-            let header = usize::from(ip[0] & 0x0f) * 4;
-            let total = usize::from(be16(ip, 2).unwrap_or(0));
-            assert!(
-                20 <= header && header <= total && total <= ip.len(),
-                "IPv4 header of {header} bytes, total length {total}, {} bytes sent",
-                ip.len()
-            );
-            assert_eq!(be16(ip, 6).unwrap_or(0) & 0x3fff, 0, "an IPv4 fragment");
-            let dst: [u8; 4] = ip[16..20].try_into().unwrap_or_default();
-            (ip[9], IpAddr::from(dst), &ip[header..total])
-        }
-        0x86dd => {
-            assert!(ip.len() >= 40 && ip[0] >> 4 == 6, "not IPv6: {frame:02x?}");
-            let payload = usize::from(be16(ip, 4).unwrap_or(0));
-            assert!(
-                40 + payload <= ip.len(),
-                "IPv6 payload length {payload}, {} bytes sent",
-                ip.len() - 40
-            );
-            let dst: [u8; 16] = ip[24..40].try_into().unwrap_or_default();
-            (ip[6], IpAddr::from(dst), &ip[40..40 + payload])
-        }
-        other => panic!("ethertype {other:#06x} passed"),
-    };
-    let min_header = match protocol {
+    assert!(ip.len() >= 20 && ip[0] >> 4 == 4, "not IPv4: {frame:02x?}");
+    let header = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(be16(ip, 2).unwrap_or(0));
+    assert!(
+        20 <= header && header <= total && total <= ip.len(),
+        "IPv4 header of {header} bytes, total length {total}, {} bytes sent",
+        ip.len()
+    );
+    assert_eq!(be16(ip, 6).unwrap_or(0) & 0x3fff, 0, "an IPv4 fragment");
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let segment = &ip[header..total];
+    let min_header = match ip[9] {
         6 => 20,
         17 => 8,
         other => panic!("IP protocol {other} passed"),
@@ -359,16 +411,13 @@ fn assert_really_allowed(policy: &Policy, frame: &[u8]) {
     );
     let src_port = be16(segment, 0).unwrap_or(0);
     let dst_port = be16(segment, 2).unwrap_or(0);
-    let dhcp = protocol == 17
-        && dst == IpAddr::V4(Ipv4Addr::BROADCAST)
-        && src_port == 68
-        && dst_port == 67;
-    let dns = dst == IpAddr::V4(policy.dns) && dst_port == 53;
-    let allowed = policy.allowed.contains(&SocketAddr::new(dst, dst_port))
-        || (policy.public && crate::net::addresses::is_public(dst));
+    let dhcp = ip[9] == 17 && dst == Ipv4Addr::BROADCAST && src_port == 68 && dst_port == 67;
+    let listed = rules.addresses.contains(&SocketAddrV4::new(dst, dst_port));
+    let learned = answered.contains(&dst) && rules.names.iter().any(|r| r.port == dst_port);
     assert!(
-        dhcp || dns || allowed,
-        "protocol {protocol} from port {src_port} to {dst} port {dst_port} passed"
+        dhcp || listed || learned,
+        "protocol {} from port {src_port} to {dst} port {dst_port} passed",
+        ip[9]
     );
 }
 

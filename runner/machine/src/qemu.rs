@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::network::{self, passt::Passt, relay::Relay};
+use super::network::{self, user_nic::UserNic};
 use super::serial_pump::SerialPump;
 use super::vm_process::cache_disks::OpenCaches;
 use super::vm_process::confinement::VmIds;
@@ -112,7 +112,15 @@ impl super::Backend for QemuBackend {
         let caches: Vec<PathBuf> = (0..spec.caches.len())
             .map(|index| paths.cache_socket(index))
             .collect();
-        let network = QemuNetwork::start(spec, dir.path(), ids.as_ref())?;
+        // Every NIC's frames pass the VM's egress process: QEMU's end of
+        // the NIC is a socket whose other end that process holds.
+        let (network, guest_nic) = match &spec.network {
+            network::Nic::User(reach) => {
+                let (nic, guest) = UserNic::start(reach, dir.path(), ids.as_ref(), &spec.name)?;
+                (Some(nic), Some(guest))
+            }
+            network::Nic::None => (None, None),
+        };
         let external_vsock = match &self.vsock {
             VsockProvider::External(program) => Some(start_external_vsock(program, &paths)?),
             VsockProvider::Builtin => None,
@@ -122,8 +130,9 @@ impl super::Backend for QemuBackend {
         let qemu_log = File::create(&paths.qemu_log)
             .map_err(|e| BootError::Setup(format!("creating {}: {e}", paths.qemu_log.display())))?;
         let mut cmd = self.command(spec, &paths);
-        if let Some(network) = &network {
-            cmd.args(nic_args(network.guest_socket()));
+        if let Some(guest) = &guest_nic {
+            cmd.args(nic_args(guest.as_raw_fd()));
+            inherit_fds(&mut cmd, &[guest.as_raw_fd()]);
         }
         if let Some(segment) = &spec.segment {
             cmd.args(segment_nic_args(segment));
@@ -137,12 +146,14 @@ impl super::Backend for QemuBackend {
         tracing::debug!(vm = %spec.name, "starting {cmd:?}");
         let qemu = spawn_guarded(&mut cmd, "qemu")
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", self.qemu.display())))?;
+        // QEMU has its own descriptor of it now.
+        drop(guest_nic);
 
         let hook = {
             let external_pid = external_vsock.as_ref().map(ChildGuard::pid);
             let kill_devices = devices.as_ref().map(VmProcess::killer);
             let qemu_pid = qemu.pid();
-            let passt_pid = network.as_ref().map(|n| n.passt.pid());
+            let kill_network = network.as_ref().map(UserNic::killer);
             // Killing the processes closes every host connection to the
             // guest, so blocked reads end.
             interrupt::on_interrupt(move || {
@@ -153,8 +164,8 @@ impl super::Backend for QemuBackend {
                 if let Some(pid) = external_pid {
                     kill_pid(pid);
                 }
-                if let Some(pid) = passt_pid {
-                    kill_pid(pid);
+                if let Some(kill) = &kill_network {
+                    kill();
                 }
             })
         };
@@ -373,54 +384,12 @@ fn start_external_vsock(program: &Path, paths: &VmPaths) -> Result<ChildGuard, B
     Ok(child)
 }
 
-/// The guest's NIC: passt, and for an `allow` policy the relay QEMU
-/// connects to instead. Field order is drop order: the relay's threads
-/// end before passt is killed.
-struct QemuNetwork {
-    relay: Relay,
-    passt: Passt,
-}
-
-impl QemuNetwork {
-    /// passt (and the relay) for a VM whose job has `network`; `None`
-    /// without it, and then QEMU gets no NIC at all.
-    fn start(
-        spec: &VmSpec,
-        dir: &Path,
-        ids: Option<&VmIds>,
-    ) -> Result<Option<QemuNetwork>, BootError> {
-        let network::Nic::User(reach) = &spec.network else {
-            return Ok(None);
-        };
-        // Resolve before starting anything: a typo in a host name costs nothing.
-        let policy = network::policy(reach)?;
-        let program = network::passt::locate().map_err(BootError::Setup)?;
-        let passt = Passt::start(&program, dir, ids, network::maps_host(&policy))?;
-        // Every NIC's frames pass our filter: QEMU talks to passt only
-        // through the relay.
-        let relay = Relay::start(
-            &dir.join("net-relay.sock"),
-            passt.socket(),
-            policy,
-            &spec.name,
-        )
-        .map_err(|e| BootError::Setup(format!("starting the network relay: {e}")))?;
-        Ok(Some(QemuNetwork { relay, passt }))
-    }
-
-    fn guest_socket(&self) -> &Path {
-        self.relay.socket()
-    }
-}
-
-/// A virtio-net NIC on QEMU's stream netdev (passt's protocol).
-fn nic_args(socket: &Path) -> Vec<String> {
+/// A virtio-net NIC on QEMU's stream netdev (passt's protocol), on the
+/// inherited socket its egress process holds the other end of.
+fn nic_args(fd: std::os::fd::RawFd) -> Vec<String> {
     vec![
         "-netdev".into(),
-        format!(
-            "stream,id=net0,server=off,addr.type=unix,addr.path={}",
-            qemu_path(socket)
-        ),
+        format!("stream,id=net0,server=off,addr.type=fd,addr.str={fd}"),
         "-device".into(),
         "virtio-net-device,netdev=net0".into(),
     ]
@@ -450,7 +419,7 @@ fn segment_nic_args(segment: &network::segment::SegmentNic) -> Vec<String> {
 struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
-    _network: Option<QemuNetwork>,
+    _network: Option<UserNic>,
     _serial: SerialPump,
     devices: Option<VmProcess>,
     _external_vsock: Option<ChildGuard>,

@@ -27,8 +27,9 @@ impl Network {
     }
 }
 
-/// One `host:port` of an `allow` list. The host is a name (resolved on
-/// the host when the VM starts), an IPv4 address, or `[IPv6]`.
+/// One `host:port` of an `allow` list. The host is an IPv4 address, a
+/// name (enforced when the guest resolves it), or `*.name` for every name
+/// under that one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AllowEntry {
     /// Without brackets for IPv6.
@@ -36,39 +37,45 @@ pub struct AllowEntry {
     pub port: u16,
 }
 
-impl fmt::Display for AllowEntry {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+impl AllowEntry {
+    /// Whether this entry names `other`'s destinations and more: the same
+    /// entry, or a wildcard over `other`'s name (or wildcard) on its port.
+    pub fn covers(&self, other: &AllowEntry) -> bool {
+        if self.port != other.port {
+            return false;
         }
+        let under = |suffix: &str| other.host.ends_with(suffix);
+        self.host == other.host || self.host.strip_prefix('*').is_some_and(under)
     }
 }
 
-/// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses `host:port`, `*.host:port` or `1.2.3.4:port`. IPv6 is refused:
+/// the guest's network is IPv4 only, and an entry that could never work
+/// is better an error than a silent drop.
 pub fn parse_allow_entry(text: &str) -> Result<AllowEntry, String> {
     let text = text.trim();
     let bad = |why: &str| format!("invalid `allow` entry `{text}`: {why} (expected host:port)");
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| bad("`[` without `]`"))?;
-        let port = after
-            .strip_prefix(':')
-            .ok_or_else(|| bad("no `:port` after the address"))?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(bad("not an IPv6 address in brackets"));
-        }
-        (host, port)
-    } else {
-        let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-        if host.contains(':') {
-            return Err(bad("write an IPv6 address in brackets, as [::1]:80"));
-        }
-        if !valid_host_name(host) {
-            return Err(bad("not a host name or address"));
-        }
-        (host, port)
-    };
+    if text.starts_with('[') || text.matches(':').count() > 1 {
+        return Err(bad(
+            "IPv6 is not supported (the guest's network is IPv4 only); list an IPv4 address or a name",
+        ));
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if !valid_host_name(name) || name.contains('*') {
+        return Err(bad("not a host name, `*.` and a name, or an IPv4 address"));
+    }
+    if host.starts_with("*.") && !name.contains('.') {
+        return Err(bad(
+            "a wildcard covers the names under a domain, as `*.example.org`",
+        ));
+    }
     let port = match port.parse::<u16>() {
         Ok(port) if port > 0 => port,
         _ => return Err(bad("the port must be a number from 1 to 65535")),
@@ -106,7 +113,7 @@ mod tests {
 
     #[test]
     fn jobs_inherit_network_from_defaults_and_can_turn_it_off() {
-        let source = "defaults:\n  network: true\njobs:\n  a:\n    steps: [x]\n  b:\n    network: false\n    steps: [x]\n  c:\n    network:\n      allow: [\"example.com:443\", \"[::1]:80\"]\n    steps: [x]\n";
+        let source = "defaults:\n  network: true\njobs:\n  a:\n    steps: [x]\n  b:\n    network: false\n    steps: [x]\n  c:\n    network:\n      allow: [\"example.com:443\", \"*.example.org:80\"]\n    steps: [x]\n";
         let plan = Plan::new(&parse(source).unwrap());
         let networks: Vec<_> = plan.jobs.iter().map(|j| j.network.clone()).collect();
         assert_eq!(
@@ -120,7 +127,7 @@ mod tests {
                         port: 443
                     },
                     AllowEntry {
-                        host: "::1".into(),
+                        host: "*.example.org".into(),
                         port: 80
                     }
                 ])
@@ -184,8 +191,20 @@ mod tests {
             parse_allow_entry("10.0.2.2:8080"),
             Ok(entry("10.0.2.2", 8080))
         );
-        assert_eq!(parse_allow_entry("[::1]:80"), Ok(entry("::1", 80)));
-        assert_eq!(entry("::1", 80).to_string(), "[::1]:80");
+        assert_eq!(
+            parse_allow_entry("*.PythonHosted.org:443"),
+            Ok(entry("*.pythonhosted.org", 443))
+        );
+        let wildcard = entry("*.example.org", 443);
+        assert!(wildcard.covers(&entry("a.example.org", 443)));
+        assert!(wildcard.covers(&entry("*.b.example.org", 443)));
+        assert!(!wildcard.covers(&entry("example.org", 443)));
+        assert!(!wildcard.covers(&entry("a.example.org", 80)));
+        assert!(!wildcard.covers(&entry("evilexample.org", 443)));
+        assert!(entry("a.b", 1).covers(&entry("a.b", 1)));
+        assert!(wildcard.covers(&wildcard));
+        let err = parse_allow_entry("[::1]:80").unwrap_err();
+        assert!(err.contains("IPv6 is not supported"), "{err}");
         for bad in [
             "example.com",
             "example.com:0",
@@ -197,6 +216,10 @@ mod tests {
             "[::1]80",
             "[nope]:80",
             "a..b:80",
+            "*:80",
+            "*.com:80",
+            "a.*.com:80",
+            "**.a.com:80",
         ] {
             let err = parse_allow_entry(bad).unwrap_err();
             assert!(err.contains("invalid `allow` entry"), "{bad}: {err}");

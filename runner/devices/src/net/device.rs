@@ -14,7 +14,8 @@
 //!   guest buffer, the socket is not read (no EPOLLIN), so passt is slowed
 //!   down instead of the device buffering.
 //!
-//! With a [`Policy`] every TX frame is checked first (the `allow` list).
+//! The device enforces no policy: what is on the other end does (the
+//! job's egress process before passt, or the segment's switch).
 //!
 //! Snapshots: a NIC on a segment saves and restores ([`super::state`]);
 //! one on passt refuses ([`SNAPSHOT_UNSUPPORTED`]).
@@ -31,7 +32,6 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::filter::{DropNotes, Policy, Verdict};
 use super::state::{self, NetState};
 use super::stream::{MAX_FRAME, MIN_FRAME};
 use crate::bounded::RateLimiter;
@@ -61,10 +61,6 @@ pub struct NetConfig {
     /// Connected to passt (or anything speaking its framing).
     pub backend: UnixStream,
     pub mac: [u8; 6],
-    /// The `allow` policy, if the job has one.
-    pub policy: Option<Policy>,
-    /// Names the VM in policy warnings.
-    pub vm: String,
     /// Whether the other end keeps nothing of the guest, so that a clone
     /// of the VM may be connected to a new one: true for a segment's
     /// switch (it answers ARP from its own table, and a member's MAC and
@@ -92,9 +88,6 @@ pub struct NetDevice {
     socket: Option<UnixStream>,
     epoll: Epoll,
     mac: [u8; 6],
-    policy: Option<Policy>,
-    drop_notes: DropNotes,
-    vm: String,
     /// A frame (with its length prefix) the socket has not taken yet.
     outgoing: Vec<u8>,
     outgoing_sent: usize,
@@ -125,9 +118,6 @@ impl NetDevice {
             socket: Some(config.backend),
             epoll,
             mac: config.mac,
-            policy: config.policy,
-            drop_notes: DropNotes::default(),
-            vm: config.vm,
             outgoing: Vec::new(),
             outgoing_sent: 0,
             chain: Vec::with_capacity(MAX_CHAIN),
@@ -241,7 +231,7 @@ impl NetDevice {
     }
 
     /// Reads one TX chain into `chain_bytes` and queues its frame for the
-    /// socket, unless it is malformed or the `allow` policy drops it.
+    /// socket, unless it is malformed.
     fn send_chain<M: GuestMemory>(
         &mut self,
         mem: &M,
@@ -275,12 +265,6 @@ impl NetDevice {
             return;
         }
         let frame = &chain_bytes[hdr..];
-        if let Some(policy) = &self.policy {
-            if let Verdict::Drop(why) = policy.outbound(frame) {
-                self.drop_notes.note(&self.vm, &why);
-                return;
-            }
-        }
         if self.socket.is_some() {
             self.outgoing
                 .extend_from_slice(&(frame.len() as u32).to_be_bytes());

@@ -4,7 +4,6 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::device::{NetConfig, NetDevice, NET_HDR_SIZE, RX_QUEUE, TX_QUEUE};
-use super::filter::Policy;
 use super::stream;
 use crate::virtio::{DeviceContext, Interrupt, VirtioDevice};
 
@@ -51,8 +49,8 @@ struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     /// A driver of a NIC on passt (which never snapshots).
-    fn new(mem: &'a Mem, policy: Option<Policy>) -> (Driver<'a>, UnixStream) {
-        let (device, passt) = device(policy, false);
+    fn new(mem: &'a Mem) -> (Driver<'a>, UnixStream) {
+        let (device, passt) = device(false);
         Driver::of(mem, device, passt)
     }
 
@@ -180,7 +178,7 @@ fn tcp_frame(dst: [u8; 4], port: u16) -> Vec<u8> {
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
 /// A device that no driver has set up yet, and the other end of its socket.
-fn device(policy: Option<Policy>, restorable: bool) -> (NetDevice, UnixStream) {
+fn device(restorable: bool) -> (NetDevice, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     theirs
         .set_read_timeout(Some(Duration::from_secs(600)))
@@ -188,8 +186,6 @@ fn device(policy: Option<Policy>, restorable: bool) -> (NetDevice, UnixStream) {
     let device = NetDevice::new(NetConfig {
         backend: ours,
         mac: MAC,
-        policy,
-        vm: "test".into(),
         restorable,
     })
     .unwrap();
@@ -203,7 +199,7 @@ fn memory() -> Mem {
 #[test]
 fn frames_go_out_framed_and_come_in_with_a_header() {
     let mem = memory();
-    let (mut driver, mut passt) = Driver::new(&mem, None);
+    let (mut driver, mut passt) = Driver::new(&mem);
     let frame = tcp_frame([10, 0, 2, 2], 80);
     driver.send(DATA, &frame);
     assert_eq!(driver.next_used(TX_QUEUE), Some(0));
@@ -229,35 +225,9 @@ fn frames_go_out_framed_and_come_in_with_a_header() {
 }
 
 #[test]
-fn the_policy_drops_frames_to_destinations_not_allowed() {
-    let mem = memory();
-    let policy = Policy {
-        public: false,
-        allowed: vec!["10.0.2.2:8080".parse().unwrap()],
-        dns: Ipv4Addr::new(10, 0, 2, 3),
-    };
-    let (mut driver, mut passt) = Driver::new(&mem, Some(policy));
-    driver.send(DATA, &tcp_frame([10, 0, 2, 2], 9999));
-    driver.send(DATA + 0x1000, &tcp_frame([10, 0, 2, 2], 8080));
-    // Both chains are returned to the guest, only one frame goes out.
-    assert_eq!(driver.next_used(TX_QUEUE), Some(0));
-    assert_eq!(driver.next_used(TX_QUEUE), Some(0));
-    let mut got = Vec::new();
-    assert!(stream::read_frame(&mut passt, &mut got).unwrap());
-    assert_eq!(got, tcp_frame([10, 0, 2, 2], 8080));
-    passt.set_nonblocking(true).unwrap();
-    let mut rest = [0u8; 1];
-    assert_eq!(
-        passt.read(&mut rest).unwrap_err().kind(),
-        io::ErrorKind::WouldBlock,
-        "nothing else was sent"
-    );
-}
-
-#[test]
 fn oversized_or_small_buffers_and_a_broken_peer_are_survived() {
     let mem = memory();
-    let (mut driver, mut passt) = Driver::new(&mem, None);
+    let (mut driver, mut passt) = Driver::new(&mem);
     // An RX buffer too small for the frame: used with length 0.
     stream::write_frame(&mut passt, &[1; 200]).unwrap();
     driver.publish(RX_QUEUE, &[(DATA, 100, true)]);
@@ -290,7 +260,7 @@ fn oversized_or_small_buffers_and_a_broken_peer_are_survived() {
 #[test]
 fn a_legacy_driver_gets_the_10_byte_header() {
     let mem = memory();
-    let (mut driver, mut passt) = Driver::new(&mem, None);
+    let (mut driver, mut passt) = Driver::new(&mem);
     let mac_only = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
     VirtioDevice::<Mem>::ack_features(&mut driver.device, mac_only);
     let frame = tcp_frame([10, 0, 2, 2], 80);
@@ -316,7 +286,7 @@ fn a_legacy_driver_gets_the_10_byte_header() {
 #[test]
 fn snapshots_are_refused_with_the_reason() {
     let mem = memory();
-    let (mut driver, _passt) = Driver::new(&mem, None);
+    let (mut driver, _passt) = Driver::new(&mem);
     let err = VirtioDevice::<Mem>::save_state(&driver.device).expect_err("net never saves");
     assert!(
         matches!(err, crate::SnapshotError::Unsupported { device: "net", .. }),
@@ -346,7 +316,7 @@ fn snapshots_are_refused_with_the_reason() {
 #[test]
 fn a_segment_nic_restores_onto_a_new_socket_and_receives_at_once() {
     let mem = memory();
-    let (original, switch) = device(None, true);
+    let (original, switch) = device(true);
     let (mut driver, _old_switch) = Driver::of(&mem, original, switch);
     driver.publish(RX_QUEUE, &[(DATA, 2048, true)]);
     driver.kick(RX_QUEUE);
@@ -357,8 +327,6 @@ fn a_segment_nic_restores_onto_a_new_socket_and_receives_at_once() {
     let mut other_mac = NetDevice::new(NetConfig {
         backend: socket,
         mac: [0x52, 0x54, 0, 0x5e, 0, 9],
-        policy: None,
-        vm: "test".into(),
         restorable: true,
     })
     .unwrap();
@@ -367,7 +335,7 @@ fn a_segment_nic_restores_onto_a_new_socket_and_receives_at_once() {
     let err = VirtioDevice::<Mem>::restore_state(&mut driver.device, &saved).unwrap_err();
     assert!(err.to_string().contains("freshly created"), "{err}");
 
-    let (mut clone, mut new_switch) = device(None, true);
+    let (mut clone, mut new_switch) = device(true);
     VirtioDevice::<Mem>::restore_state(&mut clone, &saved).expect("restores");
     assert!(VirtioDevice::<Mem>::virtio(&clone).is_activated());
     driver.device = clone;
@@ -391,7 +359,7 @@ fn a_segment_nic_restores_onto_a_new_socket_and_receives_at_once() {
 #[test]
 fn an_avail_index_out_of_reach_is_an_error_not_a_spin() {
     let mem = memory();
-    let (mut driver, _passt) = Driver::new(&mem, None);
+    let (mut driver, _passt) = Driver::new(&mem);
     let avail = driver.queues[usize::from(TX_QUEUE)].avail_ring();
     mem.write_obj(QSIZE + 1, GuestAddress(avail + 2)).unwrap();
     let mut ctx = DeviceContext::new(driver.mem, &mut driver.queues, &driver.irq);

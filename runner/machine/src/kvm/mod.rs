@@ -21,11 +21,11 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::interrupt;
-use crate::network::{self, passt::Passt, Nic};
+use crate::network::{user_nic::UserNic, Nic};
 use crate::snapshots::SnapshotStore;
 use crate::vm_process::cache_disks::OpenCaches;
 use crate::vm_process::confinement::VmIds;
@@ -133,7 +133,13 @@ impl KvmBackend {
             vm_process::give_to(ids, dir.path(), &[]).map_err(BootError::Setup)?;
         }
         let paths = VmPaths::new(dir.path());
-        let (passt, network) = start_network(spec, dir.path(), ids.as_ref())?;
+        let (nic, guest_nic) = match &spec.network {
+            Nic::User(reach) => {
+                let (nic, guest) = UserNic::start(reach, dir.path(), ids.as_ref(), &spec.name)?;
+                (Some(nic), Some(guest))
+            }
+            Nic::None => (None, None),
+        };
         let jail = vm_process::jail_for(dir.path(), jail_reads(spec, &start), jail_writes(&start)?)
             .map_err(BootError::Setup)?;
         let caches = OpenCaches::open(&spec.caches, |_| None).map_err(BootError::Setup)?;
@@ -160,7 +166,7 @@ impl KvmBackend {
                     guest_cid: GUEST_CID,
                     socket: None,
                 },
-                network,
+                network: guest_nic.as_ref().map(|fd| NetRole { fd: fd.as_raw_fd() }),
                 segment: spec.segment.as_ref().map(|nic| SegmentRole {
                     fd: nic.socket.as_raw_fd(),
                     mac: nic.mac,
@@ -183,6 +189,7 @@ impl KvmBackend {
         tracing::debug!(vm = %spec.name, "starting the built-in VMM in its own process");
         let mut inherit = caches.fds();
         inherit.extend(spec.segment.iter().map(|nic| nic.socket.as_raw_fd()));
+        inherit.extend(guest_nic.iter().map(|fd| fd.as_raw_fd()));
         let process = VmProcess::start(
             &config,
             ids.as_ref(),
@@ -191,12 +198,12 @@ impl KvmBackend {
             &inherit,
         )?;
         // The VM process has its own descriptors of them now.
-        drop(caches);
+        drop((caches, guest_nic));
         let hook = interrupt::on_interrupt(process.killer());
         Ok(KvmVm {
             _hook: hook,
             process,
-            passt,
+            nic,
             paths,
             dir: Some(dir),
             restore_generation: None,
@@ -243,33 +250,11 @@ impl crate::Backend for KvmBackend {
     }
 }
 
-/// passt for a VM with a NIC, and what the VM process needs to attach our
-/// virtio-net device to it (with the policy, which the device enforces);
-/// nothing without one: no NIC at all.
-fn start_network(
-    spec: &VmSpec,
-    dir: &Path,
-    ids: Option<&VmIds>,
-) -> Result<(Option<Passt>, Option<NetRole>), BootError> {
-    let Nic::User(reach) = &spec.network else {
-        return Ok((None, None));
-    };
-    let policy = network::policy(reach)?;
-    let program = network::passt::locate().map_err(BootError::Setup)?;
-    let passt = Passt::start(&program, dir, ids, network::maps_host(&policy))?;
-    let role = NetRole {
-        socket: passt.socket().to_path_buf(),
-        public: policy.public,
-        allowed: policy.allowed,
-        dns: policy.dns,
-    };
-    Ok((Some(passt), Some(role)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Backend;
+    use std::path::Path;
     use std::time::Duration;
 
     fn spec(dir: &Path) -> VmSpec {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::interrupt::HookGuard;
-use crate::network::passt::Passt;
+use crate::network::user_nic::UserNic;
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::{SnapshotRole, VmProcess};
 use crate::{tail_lines, AnsweredAgent, Vm};
@@ -39,8 +39,8 @@ impl VmPaths {
 pub struct KvmVm {
     pub(super) _hook: HookGuard,
     pub(super) process: VmProcess,
-    /// The NIC's network stack; killed after the VM process.
-    pub(super) passt: Option<Passt>,
+    /// The NIC's egress process and passt; killed after the VM process.
+    pub(super) nic: Option<UserNic>,
     pub(super) paths: VmPaths,
     pub(super) dir: Option<tempfile::TempDir>,
     /// A restored clone's generation, which the agent is told (with a new
@@ -113,7 +113,7 @@ impl Vm for KvmVm {
 impl Drop for KvmVm {
     fn drop(&mut self) {
         self.process.kill();
-        drop(self.passt.take());
+        drop(self.nic.take());
         // Only now that nothing writes into it any more.
         if let Some(dir) = self.dir.take() {
             if let Err(e) = dir.close() {

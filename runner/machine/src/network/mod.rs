@@ -3,26 +3,27 @@
 //! A VM with a NIC ([`Nic`]) gets its own passt ([`passt`]), and the
 //! guest's network is the same on both backends: address
 //! [`GUEST_ADDRESS`]/[`GUEST_PREFIX_LEN`], gateway [`GATEWAY`], DNS through
-//! passt's forwarder at [`DNS_ADDRESS`]. The agent configures the guest
+//! the forwarder at [`DNS_ADDRESS`]. The agent configures the guest
 //! statically with these values ([`guest_config`]). passt maps the gateway
-//! to the host's loopback only when the operator named a port there
-//! (`--allow-network=127.0.0.1:PORT`); otherwise it is no address at all.
+//! to the host's loopback only when the operator named a destination that
+//! may be there; otherwise it is no address at all.
 //!
-//! Every NIC's policy is enforced on the host, on the guest's frames (see
-//! `runner_devices::net::filter`): by the [`relay`] between QEMU and passt,
-//! and inside our virtio-net device for the built-in VMM.
+//! Every NIC's policy is enforced on the host, on the guest's frames, by
+//! the VM's egress process between the NIC and passt ([`user_nic`]; the
+//! policy is `runner_devices::net::egress`), which is also the guest's DNS
+//! forwarder: names in `allow` are enforced when the guest resolves them.
 //!
 //! A job with services also has a private [`segment`] with them, behind a
 //! switch of its own.
 
 pub mod passt;
-pub mod relay;
 pub mod segment;
+pub mod user_nic;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use agent_protocol::NetworkConfig;
-use runner_devices::net::filter::Policy;
+use runner_devices::net::egress::{NameRule, Rules};
 
 /// Whether an address is on the public internet (not loopback, private,
 /// link-local, …): `runner`'s grants check `allow` entries with it too.
@@ -35,13 +36,13 @@ pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const GUEST_PREFIX_LEN: u8 = 24;
 /// The guest's default gateway; passt maps it to the host's loopback.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-/// passt forwards DNS queries sent here to the host's resolver.
+/// The guest's DNS forwarder: its egress process answers here.
 pub const DNS_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 /// The MAC address of the guest's NIC (a locally administered one, as
 /// QEMU's default is); passt learns it from the guest's first frame.
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// The guest's MTU: Ethernet-sized frames keep every buffer on the way
-/// (relay, device queues) small.
+/// (egress process, device queues) small.
 pub const GUEST_MTU: u32 = 1500;
 
 /// What the agent is asked to configure.
@@ -97,46 +98,53 @@ pub struct Destination {
     pub named_by_operator: bool,
 }
 
-/// The filter for a NIC. Host names are resolved here, once, when the VM
-/// starts; an address on the host's loopback stands for the host, which the
-/// guest reaches at [`GATEWAY`].
-pub fn policy(reach: &Reach) -> Result<Policy, BootError> {
-    let mut allowed = Vec::new();
+/// The egress rules for a NIC. Addresses are kept as they are, and the
+/// host's loopback (or `localhost`) stands for the host, which the guest
+/// reaches at [`GATEWAY`]; names are matched when the guest resolves them.
+pub fn rules(reach: &Reach) -> Result<Rules, BootError> {
+    let mut rules = Rules {
+        public: reach.public,
+        addresses: Vec::new(),
+        names: Vec::new(),
+        dns: DNS_ADDRESS,
+        gateway: GATEWAY,
+    };
     for dest in &reach.destinations {
-        let shown = format!("{}:{}", dest.host, dest.port);
-        let addrs = (dest.host.as_str(), dest.port)
-            .to_socket_addrs()
-            .map_err(|e| BootError::Setup(format!("resolving `allow` entry `{shown}`: {e}")))?;
-        for addr in addrs {
-            let addr = match addr.ip() {
-                ip if ip.is_loopback() => SocketAddr::new(IpAddr::V4(GATEWAY), addr.port()),
-                _ => addr,
-            };
-            if !dest.named_by_operator && !is_public(addr.ip()) {
-                // A name that resolves to the host or a private network
-                // (DNS rebinding, a split horizon) gets no further.
-                tracing::warn!(
-                    "`allow` entry `{shown}` resolves to {addr}, a host, private or link-local \
-                     address the operator did not name: left out"
-                );
-                continue;
+        let address = match dest.host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => Some(v4),
+            Ok(IpAddr::V6(_)) => {
+                return Err(BootError::Setup(format!(
+                    "`allow` entry `[{}]:{}`: the guest's network is IPv4 only",
+                    dest.host, dest.port
+                )))
             }
-            if !allowed.contains(&addr) {
-                allowed.push(addr);
+            Err(_) if dest.host == "localhost" => Some(Ipv4Addr::LOCALHOST),
+            Err(_) => None,
+        };
+        match address {
+            Some(ip) => {
+                let ip = if ip.is_loopback() { GATEWAY } else { ip };
+                let to = SocketAddrV4::new(ip, dest.port);
+                if !rules.addresses.contains(&to) {
+                    rules.addresses.push(to);
+                }
             }
+            None => rules.names.push(NameRule {
+                pattern: dest.host.trim_end_matches('.').to_ascii_lowercase(),
+                port: dest.port,
+                named_by_operator: dest.named_by_operator,
+            }),
         }
     }
-    Ok(Policy {
-        public: reach.public,
-        allowed,
-        dns: DNS_ADDRESS,
-    })
+    Ok(rules)
 }
 
-/// Whether `policy` reaches the host at the gateway: only then does passt
-/// map the gateway to the host's loopback.
-pub fn maps_host(policy: &Policy) -> bool {
-    policy.allowed.iter().any(|a| a.ip() == IpAddr::V4(GATEWAY))
+/// Whether `rules` may reach the host at the gateway (an entry for its
+/// loopback, or a name the operator named, whose answer may be it): only
+/// then does passt map the gateway to the host's loopback.
+pub fn maps_host(rules: &Rules) -> bool {
+    rules.addresses.iter().any(|a| *a.ip() == GATEWAY)
+        || rules.names.iter().any(|n| n.named_by_operator)
 }
 
 #[cfg(test)]
@@ -152,46 +160,52 @@ mod tests {
     }
 
     #[test]
-    fn the_host_and_private_addresses_are_reached_only_where_the_operator_named_them() {
+    fn addresses_stay_addresses_names_become_rules_and_the_host_is_the_gateway() {
         let reach = Reach {
             public: false,
             destinations: vec![
                 dest("127.0.0.1", 8080, true),
                 dest("1.1.1.1", 443, false),
-                // Resolves to the host, and nobody named it: left out.
-                dest("localhost", 22, false),
-                dest("10.1.2.3", 5432, false),
+                dest("Crates.IO.", 443, false),
+                dest("*.pythonhosted.org", 443, false),
             ],
         };
-        let policy = policy(&reach).unwrap();
+        let rules = rules(&reach).unwrap();
         assert_eq!(
-            policy.allowed,
+            rules.addresses,
             vec![
-                "10.0.2.2:8080".parse::<SocketAddr>().unwrap(),
+                "10.0.2.2:8080".parse::<SocketAddrV4>().unwrap(),
                 "1.1.1.1:443".parse().unwrap()
             ]
         );
-        assert!(!policy.public);
-        assert_eq!(policy.dns, DNS_ADDRESS);
-        assert!(maps_host(&policy));
-        let open = super::policy(&Reach {
+        let patterns: Vec<&str> = rules.names.iter().map(|n| n.pattern.as_str()).collect();
+        assert_eq!(patterns, ["crates.io", "*.pythonhosted.org"]);
+        assert!(!rules.public && maps_host(&rules));
+        assert_eq!(rules.dns, DNS_ADDRESS);
+        // An open network with nothing the operator named: no host.
+        let open = super::rules(&Reach {
             public: true,
-            destinations: vec![],
+            destinations: vec![dest("db.internal", 5432, false)],
         })
         .unwrap();
-        assert!(open.public && open.allowed.is_empty() && !maps_host(&open));
+        assert!(open.public && !maps_host(&open));
+        // The operator's name may answer with the host.
+        let named = super::rules(&Reach {
+            public: false,
+            destinations: vec![dest("web.test", 8000, true)],
+        })
+        .unwrap();
+        assert!(maps_host(&named));
     }
 
     #[test]
-    fn an_unresolvable_name_is_a_setup_error() {
+    fn an_ipv6_entry_is_refused() {
         let reach = Reach {
             public: false,
-            destinations: vec![dest("no-such-host.invalid", 80, false)],
+            destinations: vec![dest("::1", 80, true)],
         };
-        match policy(&reach) {
-            Err(BootError::Setup(msg)) => {
-                assert!(msg.contains("no-such-host.invalid:80"), "{msg}")
-            }
+        match rules(&reach) {
+            Err(BootError::Setup(msg)) => assert!(msg.contains("IPv4 only"), "{msg}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
     }

@@ -12,6 +12,8 @@
 //! directory, quits after its one client (`--one-off`), forwards no host
 //! ports into the guest, and logs to a size-capped file next to the socket.
 
+use std::io;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,13 +56,12 @@ pub fn locate() -> Result<PathBuf, String> {
 /// A running passt; dropping it kills and reaps it.
 pub struct Passt {
     child: ChildGuard,
-    socket: PathBuf,
     log: PathBuf,
 }
 
 impl Passt {
-    /// Starts passt with its socket and log in `dir`, and waits for the
-    /// socket.
+    /// Starts passt with its socket and log in `dir`, and returns it with
+    /// its one connection (for the NIC's egress process).
     /// passt maps the guest's gateway to the host's loopback only with
     /// `map_host` (the operator named a port there).
     pub fn start(
@@ -68,7 +69,7 @@ impl Passt {
         dir: &Path,
         ids: Option<&VmIds>,
         map_host: bool,
-    ) -> Result<Passt, BootError> {
+    ) -> Result<(Passt, UnixStream), BootError> {
         let socket = dir.join("passt.sock");
         let log = dir.join("passt.log");
         let mut cmd = Command::new(program);
@@ -94,10 +95,9 @@ impl Passt {
             .args(["--netmask", &GUEST_PREFIX_LEN.to_string()])
             .args(["--gateway", &GATEWAY.to_string()])
             .args(["--mtu", &GUEST_MTU.to_string()])
-            // Queries to the forwarder go to the first nameserver passt
-            // knows. No `--dns`: that would replace the host's resolv.conf
-            // as the list, leaving no upstream (passt sent the guest's
-            // queries to 0.0.0.0:53, and no name resolved).
+            // The egress process answers the guest's DNS itself, so no
+            // query reaches passt there; passt still owns the address on
+            // the guest's link (it answers its ARP).
             .args(["--dns-forward", &DNS_ADDRESS.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
             .args((!map_host).then_some("--no-map-gw"))
@@ -117,8 +117,25 @@ impl Passt {
         tracing::debug!("starting {cmd:?}");
         let mut child = spawn_guarded(&mut cmd, "passt")
             .map_err(|e| BootError::Setup(format!("starting {}: {e}", program.display())))?;
+        // passt creates its socket before it listens on it, and takes one
+        // client (`--one-off`): the first connection that is not refused
+        // is the NIC's.
         let deadline = Instant::now() + SOCKET_TIMEOUT;
-        while !socket.exists() {
+        let connection = loop {
+            match UnixStream::connect(&socket) {
+                Ok(connection) => break connection,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) => {}
+                Err(e) => {
+                    return Err(BootError::Setup(format!(
+                        "connecting to passt at {}: {e}",
+                        socket.display()
+                    )))
+                }
+            }
             if let Some(status) = child.try_wait() {
                 return Err(BootError::Setup(format!(
                     "passt exited at start ({status}): {}",
@@ -127,18 +144,13 @@ impl Passt {
             }
             if Instant::now() > deadline {
                 return Err(BootError::Setup(format!(
-                    "passt did not create its socket within {SOCKET_TIMEOUT:?}: {}",
+                    "passt did not take a connection within {SOCKET_TIMEOUT:?}: {}",
                     last_log_line(&log)
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(Passt { child, socket, log })
-    }
-
-    /// The socket the guest's NIC (or the relay) connects to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+        };
+        Ok((Passt { child, log }, connection))
     }
 
     pub fn pid(&self) -> u32 {

@@ -18,7 +18,6 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use runner_devices::block::{BlockConfig, BlockDevice, Disk, DiskMode};
-use runner_devices::net::filter::Policy;
 use runner_devices::net::{NetConfig, NetDevice};
 use runner_devices::vsock::{VsockConfig, VsockDevice};
 use runner_vhost::block::{BlockServer, BlockServerConfig};
@@ -76,7 +75,12 @@ pub fn main() -> i32 {
     let result = match &config.role {
         Role::Vmm(role) => run_vmm(&config, role, &mut say),
         Role::Devices(role) => run_devices(&config, role, &mut say),
-        Role::Switch(role) => run_switch(&config, role, &mut say),
+        // Switch until every member left.
+        Role::Switch(role) => lock_down_for(&config, ThreadKind::Switch)
+            .and_then(|lock_down| super::switch::serve(role, lock_down, &mut say)),
+        // Relay until the guest or passt went away.
+        Role::Egress(role) => lock_down_for(&config, ThreadKind::Egress)
+            .and_then(|lock_down| super::egress::serve(role, lock_down, &mut say)),
     };
     match result {
         Ok(()) => 0,
@@ -190,18 +194,20 @@ fn run_vmm(
     let vsock = VsockDevice::new(VsockConfig::new(role.vsock.guest_cid, &role.vsock.uds))
         .map_err(|e| format!("kvm backend: vsock device: {e}"))?;
     vmm.add_virtio_device(Box::new(vsock)).map_err(vmm_error)?;
-    if let Some(net) = &role.network {
-        vmm.add_virtio_device(Box::new(net_device(net, &config.name)?))
-            .map_err(vmm_error)?;
-    }
-    // The caches' descriptors are theirs: the segment may not name one.
+    // The caches' descriptors are theirs: a NIC may not name one.
     let mut taken: HashSet<i32> = role
         .caches
         .iter()
         .flat_map(|c| [c.base_fd, c.layer_fd])
         .collect();
+    // passt keeps the guest's flows: that NIC cannot be restored onto
+    // another. A segment's switch answers from its own table: it can.
+    if let Some(net) = &role.network {
+        let nic = inherited_nic(net.fd, GUEST_MAC, false, "", &mut taken)?;
+        vmm.add_virtio_device(Box::new(nic)).map_err(vmm_error)?;
+    }
     if let Some(segment) = &role.segment {
-        let nic = segment_device(segment, &config.name, &mut taken)?;
+        let nic = inherited_nic(segment.fd, segment.mac, true, "segment ", &mut taken)?;
         vmm.add_virtio_device(Box::new(nic)).map_err(vmm_error)?;
     }
     // The caches last: the root disk stays the guest's first disk.
@@ -301,53 +307,29 @@ fn cache_devices(role: &VmmRole) -> Result<Vec<BlockDevice>, String> {
         .collect()
 }
 
-/// The NIC, connected to passt now: the seccomp filters that follow
-/// allow reading and writing the socket, not opening it.
-fn net_device(net: &super::NetRole, vm: &str) -> Result<NetDevice, String> {
-    let backend = std::os::unix::net::UnixStream::connect(&net.socket).map_err(|e| {
-        format!(
-            "kvm backend: connecting the NIC to passt at {}: {e}",
-            net.socket.display()
-        )
-    })?;
-    let policy = Some(Policy {
-        public: net.public,
-        allowed: net.allowed.clone(),
-        dns: net.dns,
-    });
-    NetDevice::new(NetConfig {
-        backend,
-        mac: GUEST_MAC,
-        policy,
-        vm: vm.to_string(),
-        restorable: false,
-    })
-    .map_err(|e| format!("kvm backend: network device: {e}"))
-}
-
-/// The NIC on the job's segment, on the socket the runner passed.
-fn segment_device(
-    segment: &super::SegmentRole,
-    vm: &str,
+/// A NIC on a socket the runner passed: its egress process or its
+/// segment's switch holds the other end and enforces the rules.
+fn inherited_nic(
+    fd: i32,
+    mac: [u8; 6],
+    restorable: bool,
+    what: &str,
     taken: &mut HashSet<i32>,
 ) -> Result<NetDevice, String> {
-    if segment.fd < 3 || !taken.insert(segment.fd) {
+    if fd < 3 || !taken.insert(fd) {
         return Err(format!(
-            "kvm backend: the segment's NIC has a bad descriptor {}",
-            segment.fd
+            "kvm backend: the {what}NIC has a bad descriptor {fd}"
         ));
     }
-    // SAFETY: the runner passed this descriptor for the segment's NIC
-    // alone (checked above against every other one it passed).
-    let backend = unsafe { std::os::unix::net::UnixStream::from_raw_fd(segment.fd) };
+    // SAFETY: the runner passed this descriptor for this NIC alone
+    // (checked above against every other one it passed).
+    let backend = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     NetDevice::new(NetConfig {
         backend,
-        mac: segment.mac,
-        policy: None,
-        vm: vm.to_string(),
-        restorable: true,
+        mac,
+        restorable,
     })
-    .map_err(|e| format!("kvm backend: segment network device: {e}"))
+    .map_err(|e| format!("kvm backend: {what}network device: {e}"))
 }
 
 /// VMM build errors (no /dev/kvm, not a kernel, too little memory, too
@@ -430,19 +412,17 @@ fn run_devices(
     }
 }
 
-/// The segment's switch: filters on, then switch until every member left.
-fn run_switch(
+/// The seccomp filter of a one-thread role (the segment's switch, a
+/// NIC's egress process), to put on once its set-up is done.
+fn lock_down_for(
     config: &ProcessConfig,
-    role: &super::switch::SwitchRole,
-    say: &mut dyn FnMut(&str),
-) -> Result<(), String> {
-    let filters = filters(config, &[ThreadKind::Switch])?;
-    let lock_down = || match &filters {
-        Some(filters) => seccomp::apply(ThreadKind::Switch, filters.get(ThreadKind::Switch))
-            .map_err(|e| e.to_string()),
+    kind: ThreadKind,
+) -> Result<impl FnOnce() -> Result<(), String>, String> {
+    let filters = filters(config, &[kind])?;
+    Ok(move || match &filters {
+        Some(filters) => seccomp::apply(kind, filters.get(kind)).map_err(|e| e.to_string()),
         None => Ok(()),
-    };
-    super::switch::serve(role, lock_down, say)
+    })
 }
 
 fn role_socket<'a>(socket: Option<&'a Path>, what: &str) -> Result<&'a Path, String> {

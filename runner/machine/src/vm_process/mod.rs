@@ -20,6 +20,8 @@ pub mod allowlists;
 pub mod cache_disks;
 pub mod child;
 pub mod confinement;
+pub mod egress;
+mod framed_port;
 pub mod jail;
 mod kernel_log;
 mod policy;
@@ -110,6 +112,8 @@ pub enum Role {
     Devices(DevicesRole),
     /// The switch of a job's private segment with its services.
     Switch(switch::SwitchRole),
+    /// Between a NIC and passt: the job's egress policy.
+    Egress(egress::EgressRole),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -154,17 +158,13 @@ pub struct SnapshotRole {
     pub identity: String,
 }
 
-/// The guest's NIC: passt's socket, and the `allow` policy to enforce.
+/// The guest's NIC: the inherited socket whose other end its egress
+/// process holds. That process enforces the job's policy, so the NIC
+/// itself filters nothing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetRole {
-    pub socket: PathBuf,
-    /// Any public address may be reached.
-    pub public: bool,
-    /// Resolved `allow` entries, and destinations the operator named.
-    pub allowed: Vec<std::net::SocketAddr>,
-    /// passt's DNS forwarder, which a policy always lets through.
-    pub dns: std::net::Ipv4Addr,
+    pub fd: RawFd,
 }
 
 /// The guest's NIC on a segment: the inherited socket its switch holds
@@ -274,7 +274,7 @@ impl VmProcess {
             let disk = match &config.role {
                 Role::Vmm(role) => Some(role.disk.image.clone()),
                 Role::Devices(role) => role.disk.as_ref().map(|d| d.image.clone()),
-                Role::Switch(_) => None,
+                Role::Switch(_) | Role::Egress(_) => None,
             };
             let memory = confinement::memory_limit(memory_mib, disk.as_deref());
             cgroup = confinement::VmCgroup::create(memory, vcpus);

@@ -71,17 +71,21 @@ pub enum ThreadKind {
     DeviceMain,
     /// The one thread of a segment's switch.
     Switch,
+    /// The one thread of a NIC's egress process: the switch's calls (poll,
+    /// read and write its sockets, the resolver's UDP one too).
+    Egress,
 }
 
 impl ThreadKind {
     /// Every kind, so the tests cover each filter.
     #[cfg(test)]
-    const ALL: [ThreadKind; 5] = [
+    const ALL: [ThreadKind; 6] = [
         ThreadKind::Vcpu,
         ThreadKind::EventLoop,
         ThreadKind::VhostUser,
         ThreadKind::DeviceMain,
         ThreadKind::Switch,
+        ThreadKind::Egress,
     ];
 
     /// The syscalls this kind of thread may make.
@@ -96,7 +100,7 @@ impl ThreadKind {
                 allowlists::NARROWING,
             ],
             ThreadKind::DeviceMain => &[allowlists::DEVICE_MAIN],
-            ThreadKind::Switch => &[allowlists::SWITCH],
+            ThreadKind::Switch | ThreadKind::Egress => &[allowlists::SWITCH],
         };
         let mut list: Vec<Syscall> = [allowlists::COMMON]
             .iter()

@@ -10,22 +10,16 @@
 //! port's output bounded (a frame that does not fit is dropped, as a busy
 //! switch drops it), so no member can make the switch grow.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use runner_devices::net::segment::{Member, RateLimit, Segment, Switched};
-use runner_devices::net::stream::{MAX_FRAME, MIN_FRAME};
 use serde::{Deserialize, Serialize};
 
-/// What a port may have queued towards its member before frames are
-/// dropped: about 170 full frames.
-const MAX_QUEUED: usize = 256 << 10;
-/// Reads of one port before the others get their turn.
-const READS_PER_ROUND: usize = 16;
+use super::framed_port::{wait, whole_frames, FramedPort, Read1, READS_PER_ROUND};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,19 +36,6 @@ pub struct PortRole {
     pub fd: RawFd,
     pub mac: [u8; 6],
     pub address: Ipv4Addr,
-}
-
-struct Port {
-    name: String,
-    stream: UnixStream,
-    /// Bytes read and not yet a whole frame.
-    input: Vec<u8>,
-    output: VecDeque<u8>,
-    /// Its member went away (or broke the framing): nothing more is read
-    /// from or written to it.
-    closed: bool,
-    /// Why its frames were dropped, each said once.
-    noted: Vec<&'static str>,
 }
 
 /// Takes the ports' descriptors (each at most once), calls `lock_down`
@@ -77,17 +58,9 @@ pub fn serve(
         // SAFETY: the runner passed this descriptor for this port alone
         // (checked above: each is taken once), and nothing else owns it.
         let stream = unsafe { UnixStream::from_raw_fd(port.fd) };
-        stream
-            .set_nonblocking(true)
+        let port = FramedPort::new(port.name.clone(), stream)
             .map_err(|e| format!("port {}: {e}", port.name))?;
-        ports.push(Port {
-            name: port.name.clone(),
-            stream,
-            input: Vec::new(),
-            output: VecDeque::new(),
-            closed: false,
-            noted: Vec::new(),
-        });
+        ports.push(port);
     }
     let members = role
         .ports
@@ -103,158 +76,61 @@ pub fn serve(
     say("ready");
     let started = Instant::now();
     while ports.iter().any(|p| !p.closed) {
-        wait(&ports)?;
+        let mut fds: Vec<libc::pollfd> = (ports.iter())
+            .filter(|p| !p.closed)
+            .map(FramedPort::pollfd)
+            .collect();
+        wait(&mut fds, "the segment's ports")?;
         for from in 0..ports.len() {
             read_frames(&mut ports, from, &mut segment, &mut buf, started);
         }
         for port in ports.iter_mut() {
-            flush(port);
+            port.flush();
         }
     }
     say("exit every member of the segment went away");
     Ok(())
 }
 
-/// Waits until a port can be read, or one with queued output written.
-fn wait(ports: &[Port]) -> Result<(), String> {
-    let mut fds: Vec<libc::pollfd> = ports
-        .iter()
-        .filter(|p| !p.closed)
-        .map(|p| libc::pollfd {
-            fd: p.stream.as_raw_fd(),
-            events: libc::POLLIN
-                | if p.output.is_empty() {
-                    0
-                } else {
-                    libc::POLLOUT
-                },
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `fds` is a valid array of pollfd of that length.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(format!("polling the segment's ports: {e}"));
-        }
-    }
-    Ok(())
-}
-
 /// Reads what port `from` has sent and switches every whole frame in it.
 fn read_frames(
-    ports: &mut [Port],
+    ports: &mut [FramedPort],
     from: usize,
     segment: &mut Segment,
     buf: &mut [u8],
     started: Instant,
 ) {
-    if ports[from].closed {
-        return;
-    }
     // A bounded number of reads per round, so a member that never stops
     // sending cannot keep the others waiting.
     for _ in 0..READS_PER_ROUND {
-        match ports[from].stream.read(buf) {
-            Ok(0) => {
-                close(&mut ports[from], "its member went away");
-                return;
-            }
-            Ok(n) => ports[from].input.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                close(&mut ports[from], &format!("reading it failed: {e}"));
-                return;
-            }
-        }
-        // Whole frames are switched as they come, so the input never holds
-        // more than one frame and one read.
-        if !switch_whole_frames(ports, from, segment, started) {
+        if let Read1::Done = ports[from].read_once(buf) {
             return;
         }
-    }
-}
-
-/// Switches the whole frames at the front of `from`'s input; false if the
-/// port broke the framing and was closed.
-fn switch_whole_frames(
-    ports: &mut [Port],
-    from: usize,
-    segment: &mut Segment,
-    started: Instant,
-) -> bool {
-    let mut at = 0;
-    // Out of the port while its frames go to other ports; put back below
-    // with only the partial frame left, keeping its allocation.
-    let mut input = std::mem::take(&mut ports[from].input);
-    while let Some(len) = input.get(at..at + 4) {
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
-            close(
-                &mut ports[from],
-                &format!("it sent a frame length of {len}, outside {MIN_FRAME}..={MAX_FRAME}"),
-            );
-            return false;
-        }
-        let Some(frame) = input.get(at + 4..at + 4 + len) else {
-            break;
-        };
-        at += 4 + len;
-        match segment.switch(from, frame, started.elapsed()) {
-            Switched::Forward(to) => queue(&mut ports[to], frame),
-            Switched::Reply(reply) => queue(&mut ports[from], &reply),
-            Switched::Drop(why) => {
-                tracing::debug!(port = %ports[from].name, "segment: dropped {why}")
+        // Whole frames are switched as they come, so the input never holds
+        // more than one frame and one read. The input is out of the port
+        // while its frames go to other ports, and put back with only the
+        // partial frame left, keeping its allocation.
+        let mut input = std::mem::take(&mut ports[from].input);
+        let switched = whole_frames(&input, |frame| {
+            match segment.switch(from, frame, started.elapsed()) {
+                Switched::Forward(to) => ports[to].queue(frame),
+                Switched::Reply(reply) => ports[from].queue(&reply),
+                Switched::Drop(why) => {
+                    tracing::debug!(port = %ports[from].name, "segment: dropped {why}")
+                }
+                Switched::Refuse(why) => ports[from].note("segment", why),
             }
-            Switched::Refuse(why) => note(&mut ports[from], why),
-        }
-    }
-    input.drain(..at);
-    ports[from].input = input;
-    true
-}
-
-fn queue(port: &mut Port, frame: &[u8]) {
-    if port.closed || port.output.len() + 4 + frame.len() > MAX_QUEUED {
-        tracing::debug!(port = %port.name, "dropped a frame: its member does not keep up");
-        return;
-    }
-    port.output.extend((frame.len() as u32).to_be_bytes());
-    port.output.extend(frame);
-}
-
-fn flush(port: &mut Port) {
-    while !port.closed && !port.output.is_empty() {
-        let (front, _) = port.output.as_slices();
-        match port.stream.write(front) {
-            Ok(n) => {
-                port.output.drain(..n);
+        });
+        match switched {
+            Ok(taken) => {
+                input.drain(..taken);
+                ports[from].input = input;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => close(port, &format!("writing to it failed: {e}")),
+            Err(why) => {
+                ports[from].close(&why);
+                return;
+            }
         }
-    }
-}
-
-/// Says why a port's frames are refused, once per reason: a guest that
-/// spoofs or floods is worth a line, not a line per frame.
-fn note(port: &mut Port, why: &'static str) {
-    if !port.noted.contains(&why) {
-        port.noted.push(why);
-        tracing::warn!("segment: {} sent {why}: refused (said once)", port.name);
-    }
-}
-
-fn close(port: &mut Port, why: &str) {
-    if !port.closed {
-        tracing::debug!("segment: port {} closed: {why}", port.name);
-        port.closed = true;
-        port.output.clear();
-        port.input.clear();
-        let _ = port.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -262,6 +138,7 @@ fn close(port: &mut Port, why: &str) {
 mod tests {
     use super::*;
     use runner_devices::net::stream::{read_frame, write_frame};
+    use std::io::{Read, Write};
     use std::os::fd::IntoRawFd;
 
     fn member(i: u8) -> (UnixStream, PortRole) {

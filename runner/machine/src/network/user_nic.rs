@@ -1,0 +1,175 @@
+//! A VM's NIC to the outside, on either backend: passt, and the VM's
+//! egress process between passt and the guest (`vm_process::egress`),
+//! which enforces the job's policy and forwards its DNS queries to the
+//! host's resolver.
+//!
+//! The guest's NIC is one end of a socket pair the runner makes; the
+//! egress process holds the other end, a connection to passt and a UDP
+//! socket connected to the resolver, all made here, so the jailed process
+//! opens nothing itself.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use super::passt::{self, Passt};
+use super::Reach;
+use crate::vm_process::confinement::VmIds;
+use crate::vm_process::egress::EgressRole;
+use crate::vm_process::{self, ProcessConfig, Role, VmProcess};
+use crate::BootError;
+
+/// Names the resolver the guests' DNS queries go to (`ADDRESS` or
+/// `ADDRESS:PORT`), instead of the first `nameserver` of
+/// `/etc/resolv.conf`. The operator's setting, never the pipeline's.
+pub const RESOLVER_ENV: &str = "RUNNER_DNS_SERVER";
+/// What the egress process may use: a few frames each way and a bounded
+/// table of answers and flows.
+const EGRESS_MEMORY_MIB: u64 = 64;
+
+/// A running NIC. Field order is drop order: the egress process is killed
+/// first, then passt.
+pub struct UserNic {
+    egress: VmProcess,
+    /// Held while the process runs: nobody else gets its ids.
+    _ids: Option<VmIds>,
+    _dir: tempfile::TempDir,
+    passt: Passt,
+}
+
+impl UserNic {
+    /// Starts passt in `vm_dir` (as `vm_ids`) and the egress process with
+    /// `reach`'s rules; returns them with the guest NIC's end of the
+    /// socket pair, for the VM to inherit.
+    pub fn start(
+        reach: &Reach,
+        vm_dir: &Path,
+        vm_ids: Option<&VmIds>,
+        vm: &str,
+    ) -> Result<(UserNic, OwnedFd), BootError> {
+        let rules = super::rules(reach)?;
+        let resolver = resolver()?;
+        let program = passt::locate().map_err(BootError::Setup)?;
+        let (passt, to_passt) = Passt::start(&program, vm_dir, vm_ids, super::maps_host(&rules))?;
+        let setup = |what: &str, e: std::io::Error| BootError::Setup(format!("{what}: {e}"));
+        let to_resolver = connected_udp(resolver)
+            .map_err(|e| setup(&format!("a socket to the resolver {resolver}"), e))?;
+        let (guest, ours) = UnixStream::pair().map_err(|e| setup("making the NIC's socket", e))?;
+        let dir = crate::vm_dir::create().map_err(|e| setup("creating the NIC's dir", e))?;
+        let jail =
+            vm_process::jail_for(dir.path(), Vec::new(), Vec::new()).map_err(BootError::Setup)?;
+        let ids = match jail {
+            Some(_) => VmIds::allocate().map_err(BootError::Setup)?,
+            None => None,
+        };
+        let config = ProcessConfig {
+            protocol: vm_process::PROTOCOL,
+            name: format!("network of {vm}"),
+            seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
+            jail,
+            role: Role::Egress(EgressRole {
+                vm: vm.to_string(),
+                guest_fd: ours.as_raw_fd(),
+                passt_fd: to_passt.as_raw_fd(),
+                resolver_fd: to_resolver.as_raw_fd(),
+                rules,
+            }),
+        };
+        let inherit = [
+            ours.as_raw_fd(),
+            to_passt.as_raw_fd(),
+            to_resolver.as_raw_fd(),
+        ];
+        let egress = VmProcess::start(&config, ids.as_ref(), EGRESS_MEMORY_MIB, 1, &inherit)?;
+        // The process holds its own copies now.
+        drop((ours, to_passt, to_resolver));
+        let nic = UserNic {
+            egress,
+            _ids: ids,
+            _dir: dir,
+            passt,
+        };
+        Ok((nic, guest.into()))
+    }
+
+    pub fn passt_pid(&self) -> u32 {
+        self.passt.pid()
+    }
+
+    /// Kills the egress process and passt (a runner interrupted).
+    pub fn killer(&self) -> impl Fn() + Send + Sync + 'static {
+        let kill_egress = self.egress.killer();
+        let passt = self.passt.pid();
+        move || {
+            kill_egress();
+            // SAFETY: kill(2) on a child's pid; a reaped one is ESRCH.
+            unsafe { libc::kill(passt as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// `Some(description)` once passt or the egress process has ended.
+    pub fn exited(&mut self) -> Option<String> {
+        if let Some(passt) = self.passt.exited() {
+            return Some(passt);
+        }
+        let ended = self.egress.exited()?;
+        Some(format!("the network's egress process ended: {ended}"))
+    }
+}
+
+/// The resolver: [`RESOLVER_ENV`], else the host's first name server.
+pub fn resolver() -> Result<SocketAddr, BootError> {
+    if let Ok(named) = std::env::var(RESOLVER_ENV) {
+        return parse_resolver(&named).ok_or_else(|| {
+            BootError::Setup(format!(
+                "{RESOLVER_ENV}={named} is not an address or address:port"
+            ))
+        });
+    }
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    conf.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .find_map(|rest| parse_resolver(rest.trim()))
+        .ok_or_else(|| {
+            BootError::Setup(format!(
+                "`network` needs a name server for the guest, and /etc/resolv.conf lists none; name one with {RESOLVER_ENV}=ADDRESS"
+            ))
+        })
+}
+
+fn parse_resolver(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse().ok()
+}
+
+fn connected_udp(to: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("an address"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("an address"),
+    };
+    let socket = UdpSocket::bind(any)?;
+    socket.connect(to)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolver_is_an_address_with_an_optional_port() {
+        assert_eq!(
+            parse_resolver("10.255.255.53"),
+            Some("10.255.255.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_resolver("127.0.0.1:5353"),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(parse_resolver("::1"), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(parse_resolver("resolver.example"), None);
+    }
+}

@@ -1,0 +1,298 @@
+//! A NIC's egress process (`Role::Egress`): between the guest's NIC and
+//! passt, it applies the job's egress policy
+//! (`runner_devices::net::egress`) to every frame the guest sends, and is
+//! the guest's DNS forwarder. It reads guest bytes and DNS answers a guest
+//! steers, so it gets the same jail and seccomp filters as a VMM; both
+//! backends' NICs go through it, so there is one place where a job's
+//! network is enforced.
+//!
+//! Its sockets come from the runner: the guest's end (the other end is our
+//! virtio-net device or QEMU's `-netdev stream`), a connection to passt,
+//! and a UDP socket connected to the resolver. One thread, `poll`, each
+//! direction's output bounded ([`super::framed_port`]).
+
+use std::collections::HashSet;
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use runner_devices::net::egress::{Egress, Rules};
+use runner_devices::net::filter::{DropNotes, Verdict};
+use serde::{Deserialize, Serialize};
+
+use super::framed_port::{wait, whole_frames, FramedPort, Read1, READS_PER_ROUND};
+
+/// Most datagrams read from the resolver in one round.
+const ANSWERS_PER_ROUND: usize = 16;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRole {
+    /// The VM's name, for the log.
+    pub vm: String,
+    /// The runner's end of the guest NIC's socket pair.
+    pub guest_fd: RawFd,
+    /// Connected to passt.
+    pub passt_fd: RawFd,
+    /// A UDP socket connected to the resolver.
+    pub resolver_fd: RawFd,
+    pub rules: Rules,
+}
+
+/// Takes the descriptors (each once), calls `lock_down` (set-up is done:
+/// the seccomp filters go on), and relays until the guest or passt goes
+/// away.
+pub fn serve(
+    role: &EgressRole,
+    lock_down: impl FnOnce() -> Result<(), String>,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let fds = [role.guest_fd, role.passt_fd, role.resolver_fd];
+    if fds.iter().any(|&fd| fd < 3) || fds.iter().collect::<HashSet<_>>().len() != fds.len() {
+        return Err(format!("bad descriptors {fds:?}"));
+    }
+    // SAFETY: the runner passed these descriptors for these sockets alone
+    // (checked above: each is taken once), and nothing else owns them.
+    let (guest, passt, resolver) = unsafe {
+        (
+            UnixStream::from_raw_fd(role.guest_fd),
+            UnixStream::from_raw_fd(role.passt_fd),
+            UdpSocket::from_raw_fd(role.resolver_fd),
+        )
+    };
+    let setup = |what: &str, e: io::Error| format!("{what}: {e}");
+    let mut guest = FramedPort::new("the guest".into(), guest).map_err(|e| setup("guest", e))?;
+    let mut passt = FramedPort::new("passt".into(), passt).map_err(|e| setup("passt", e))?;
+    resolver
+        .set_nonblocking(true)
+        .map_err(|e| setup("resolver", e))?;
+    let mut relay = Relay {
+        vm: &role.vm,
+        egress: Egress::new(role.rules.clone()),
+        notes: DropNotes::default(),
+        resolver,
+        buf: vec![0u8; 64 << 10],
+    };
+    lock_down()?;
+    say("ready");
+    while !guest.closed && !passt.closed {
+        let mut fds = [guest.pollfd(), passt.pollfd(), relay.resolver_pollfd()];
+        wait(&mut fds, "the NIC's sockets")?;
+        relay.guest_frames(&mut guest, &mut passt);
+        relay.passt_frames(&mut passt, &mut guest);
+        relay.resolver_answers(&mut guest);
+        guest.flush();
+        passt.flush();
+    }
+    say("exit the guest's NIC or passt went away");
+    Ok(())
+}
+
+struct Relay<'a> {
+    vm: &'a str,
+    egress: Egress,
+    notes: DropNotes,
+    resolver: UdpSocket,
+    buf: Vec<u8>,
+}
+
+impl Relay<'_> {
+    fn resolver_pollfd(&self) -> libc::pollfd {
+        use std::os::fd::AsRawFd;
+        libc::pollfd {
+            fd: self.resolver.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }
+    }
+
+    /// The guest's frames, through the policy.
+    fn guest_frames(&mut self, guest: &mut FramedPort, passt: &mut FramedPort) {
+        for _ in 0..READS_PER_ROUND {
+            if let Read1::Done = guest.read_once(&mut self.buf) {
+                return;
+            }
+            let mut input = std::mem::take(&mut guest.input);
+            let now = Instant::now();
+            let mut answers = Vec::new();
+            let taken = whole_frames(&input, |frame| match self.egress.outbound(frame, now) {
+                Verdict::Pass => passt.queue(frame),
+                Verdict::Drop(why) => self.notes.note(self.vm, &why),
+                Verdict::Answer { frame, refused } => {
+                    if let Some(why) = refused {
+                        self.notes.note(self.vm, &why);
+                    }
+                    answers.push(frame);
+                }
+                Verdict::Resolve(query) => {
+                    // A resolver that does not take it now gets no retry:
+                    // the guest's resolver asks again.
+                    if let Err(e) = self.resolver.send(&query) {
+                        tracing::debug!(vm = %self.vm, "sending a DNS query: {e}");
+                    }
+                }
+            });
+            match taken {
+                Ok(taken) => {
+                    input.drain(..taken);
+                    guest.input = input;
+                }
+                Err(why) => {
+                    guest.close(&why);
+                    return;
+                }
+            }
+            for answer in answers {
+                guest.queue(&answer);
+            }
+        }
+    }
+
+    /// passt's frames, to the guest as they are: passt only answers flows
+    /// the guest opened, which the policy let through.
+    fn passt_frames(&mut self, passt: &mut FramedPort, guest: &mut FramedPort) {
+        for _ in 0..READS_PER_ROUND {
+            if let Read1::Done = passt.read_once(&mut self.buf) {
+                return;
+            }
+            let mut input = std::mem::take(&mut passt.input);
+            match whole_frames(&input, |frame| guest.queue(frame)) {
+                Ok(taken) => {
+                    input.drain(..taken);
+                    passt.input = input;
+                }
+                Err(why) => {
+                    passt.close(&why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The resolver's answers, to the guest once the policy has read them.
+    fn resolver_answers(&mut self, guest: &mut FramedPort) {
+        for _ in 0..ANSWERS_PER_ROUND {
+            match self.resolver.recv(&mut self.buf) {
+                Ok(n) => {
+                    if let Some(frame) = self.egress.from_resolver(&self.buf[..n], Instant::now()) {
+                        guest.queue(&frame);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Would block, or the resolver refused (ICMP): the guest's
+                // resolver times out and asks again.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runner_devices::net::dns;
+    use runner_devices::net::egress::NameRule;
+    use runner_devices::net::stream::{read_frame, write_frame};
+    use std::net::Ipv4Addr;
+    use std::os::fd::IntoRawFd;
+    use std::time::Duration;
+
+    fn udp_frame(dst: [u8; 4], dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![
+            0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 8, 0,
+        ];
+        f.extend([0x45, 0]);
+        f.extend((28 + payload.len() as u16).to_be_bytes());
+        f.extend([0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 2, 15]);
+        f.extend(dst);
+        f.extend(40000u16.to_be_bytes());
+        f.extend(dst_port.to_be_bytes());
+        f.extend((8 + payload.len() as u16).to_be_bytes());
+        f.extend([0, 0]);
+        f.extend(payload);
+        f
+    }
+
+    /// A guest, passt and a resolver, all fake: a listed name is asked of
+    /// the resolver and its address opens; an unlisted one is answered
+    /// NXDOMAIN without reaching it; passt's frames reach the guest.
+    #[test]
+    fn names_go_to_the_resolver_and_open_what_it_answers() {
+        let (mut guest, guest_end) = UnixStream::pair().unwrap();
+        let (mut passt, passt_end) = UnixStream::pair().unwrap();
+        let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
+        ours.connect(resolver.local_addr().unwrap()).unwrap();
+        resolver.connect(ours.local_addr().unwrap()).unwrap();
+        resolver
+            .set_read_timeout(Some(Duration::from_secs(600)))
+            .unwrap();
+        let role = EgressRole {
+            vm: "t".into(),
+            guest_fd: guest_end.into_raw_fd(),
+            passt_fd: passt_end.into_raw_fd(),
+            resolver_fd: ours.into_raw_fd(),
+            rules: Rules {
+                public: false,
+                addresses: vec![],
+                names: vec![NameRule {
+                    pattern: "crates.io".into(),
+                    port: 443,
+                    named_by_operator: false,
+                }],
+                dns: Ipv4Addr::new(10, 0, 2, 3),
+                gateway: Ipv4Addr::new(10, 0, 2, 2),
+            },
+        };
+        let server = std::thread::spawn(move || serve(&role, || Ok(()), &mut |_| {}));
+        let tcp_to = |dst: [u8; 4]| {
+            let mut f = udp_frame(dst, 443, &[0; 12]);
+            f[23] = 6;
+            f
+        };
+        // Hard-coded, before any answer: dropped (nothing reaches passt,
+        // checked below by what arrives first).
+        write_frame(&mut guest, &tcp_to([151, 101, 0, 1])).unwrap();
+        // Unlisted: NXDOMAIN to the guest.
+        let query = dns::build::query(1, "evil.example", dns::TYPE_A);
+        write_frame(&mut guest, &udp_frame([10, 0, 2, 3], 53, &query)).unwrap();
+        let mut frame = Vec::new();
+        assert!(read_frame(&mut guest, &mut frame).unwrap());
+        let answer = dns::parse_response(&frame[42..]).unwrap();
+        assert_eq!(answer.rcode, dns::RCODE_NXDOMAIN);
+        // Listed: the resolver gets it and answers.
+        let query = dns::build::query(2, "crates.io", dns::TYPE_A);
+        write_frame(&mut guest, &udp_frame([10, 0, 2, 3], 53, &query)).unwrap();
+        let mut asked = [0u8; 512];
+        let n = resolver.recv(&mut asked).unwrap();
+        let forwarded = dns::parse_query(&asked[..n]).unwrap();
+        assert_eq!(
+            forwarded.name, "crates.io",
+            "the only query the resolver saw"
+        );
+        resolver
+            .send(&dns::build::response(
+                forwarded.id,
+                "crates.io",
+                &[[151, 101, 0, 1]],
+                60,
+            ))
+            .unwrap();
+        assert!(read_frame(&mut guest, &mut frame).unwrap());
+        let answer = dns::parse_response(&frame[42..]).unwrap();
+        assert_eq!((answer.id, answer.a_records.len()), (2, 1));
+        // Now the address is open, and it is the first frame passt gets.
+        write_frame(&mut guest, &tcp_to([151, 101, 0, 1])).unwrap();
+        assert!(read_frame(&mut passt, &mut frame).unwrap());
+        assert_eq!(frame, tcp_to([151, 101, 0, 1]));
+        // passt to the guest, unfiltered.
+        write_frame(&mut passt, &[7; 60]).unwrap();
+        assert!(read_frame(&mut guest, &mut frame).unwrap());
+        assert_eq!(frame, [7; 60]);
+        // The guest going away ends it.
+        drop(guest);
+        server.join().unwrap().unwrap();
+    }
+}
