@@ -14,7 +14,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use e2e_tests::{job_log, processes_mentioning, require_tool, runner_test, vm_dirs, HttpServer};
+use e2e_tests::{
+    job_log, processes_mentioning, require_tool, runner_test, vm_dirs, DnsServer, HttpServer,
+};
 
 const BODY: &str = "hello from the host, 7f3a9c";
 
@@ -184,6 +186,111 @@ fn an_open_network_never_reaches_the_host_unless_named_and_passt_is_not_root() {
             "passt ran as root: {passt_uids:?}"
         );
     }
+}
+
+/// Names in `allow`, enforced by the VM's egress process when the guest
+/// resolves them, against a test resolver on the host (the operator's
+/// `RUNNER_DNS_SERVER`): a listed name and a name under a listed wildcard
+/// resolve and reach the host's server; a name not listed gets NXDOMAIN
+/// and its query never reaches the resolver; the address a listed name
+/// resolves to, hard-coded by a job that never asked for the name, is
+/// dropped. The names resolve to the host's loopback, which the operator
+/// named (so the guest is told the gateway).
+#[test]
+fn names_in_allow_are_enforced_when_the_guest_resolves_them() {
+    require_tool("passt", "passt");
+    let server = HttpServer::start(|_| BODY.to_string());
+    let resolver = DnsServer::start(
+        |name| match name {
+            "web.test" | "a.cdn.test" | "evil.test" => Some([127, 0, 0, 1]),
+            _ => None,
+        },
+        60,
+    );
+    let port = server.port;
+    let fetch = |host: &str, path: &str| {
+        format!(
+            "body=$(timeout 300 wget -q -O - http://{host}:{port}/{path}) && test \"$body\" = '{BODY}' && echo fetched-ok-{path}"
+        )
+    };
+    let cannot = |host: &str, path: &str| {
+        format!("if timeout 10 wget -q -O - http://{host}:{port}/{path}; then exit 1; fi; echo refused-{path}")
+    };
+    let yaml = format!(
+        r#"
+name: egress
+defaults:
+  files: none
+  network:
+    allow: ["web.test:{port}", "*.cdn.test:{port}"]
+jobs:
+  named:
+    steps:
+      - run: "{named}"
+      - run: "{wild}"
+      - run: "{evil}"
+  hardcoded:
+    steps:
+      - run: "{hard}"
+"#,
+        named = fetch("web.test", "named").replace('"', "\\\""),
+        wild = fetch("a.cdn.test", "wild").replace('"', "\\\""),
+        evil = cannot("evil.test", "evil").replace('"', "\\\""),
+        hard = cannot("10.0.2.2", "hardcoded").replace('"', "\\\""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner_test(dir.path(), &yaml)
+        .args([
+            "--jobs",
+            "2",
+            &format!("--allow-network=web.test:{port},*.cdn.test:{port}"),
+        ])
+        .env("RUNNER_DNS_SERVER", format!("127.0.0.1:{}", resolver.port))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("error:"),
+        "{stderr}\n{}",
+        text(&out.stdout)
+    );
+    let logs: String = ["named", "hardcoded"]
+        .iter()
+        .map(|job| format!("--- {job}:\n{}\n", job_log(dir.path(), job)))
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{stderr}\n{logs}",
+        text(&out.stdout),
+    );
+    let named = job_log(dir.path(), "named");
+    for done in ["fetched-ok-named", "fetched-ok-wild", "refused-evil"] {
+        assert!(named.contains(done), "{done}: {logs}");
+    }
+    assert!(
+        job_log(dir.path(), "hardcoded").contains("refused-hardcoded"),
+        "{logs}"
+    );
+    // The host's own view: only the names reached it, and the resolver
+    // never heard of the name the job may not resolve.
+    assert_eq!(server.paths(), vec!["/named", "/wild"], "{logs}");
+    let asked = resolver.asked();
+    assert!(asked.iter().any(|n| n == "web.test"), "{asked:?}");
+    assert!(asked.iter().any(|n| n == "a.cdn.test"), "{asked:?}");
+    assert!(!asked.iter().any(|n| n.contains("evil")), "{asked:?}");
+    assert!(
+        stderr.contains("network policy of `named`: dropped the DNS query for `evil.test`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "network policy of `hardcoded`: dropped TCP to 10.0.2.2:{port}"
+        )),
+        "{stderr}"
+    );
+    let needle = dir.path().to_string_lossy().into_owned();
+    assert_eq!(processes_mentioning(&needle), Vec::<String>::new());
 }
 
 #[test]

@@ -270,6 +270,73 @@ pub fn vm_dirs(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A DNS server on the host's loopback for the egress tests: it answers
+/// `A` queries from `table` (name -> address, with `ttl`), NXDOMAIN for
+/// names not in it, an empty answer for other types, and records every
+/// name it was asked, so a test can show what never reached it.
+pub struct DnsServer {
+    pub port: u16,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DnsServer {
+    pub fn start(table: fn(&str) -> Option<[u8; 4]>, ttl: u32) -> DnsServer {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding the test resolver");
+        let port = socket.local_addr().unwrap().port();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        // Lives until the test process ends; it only ever answers.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let Some((name, question_end)) = dns_question(&buf[..n]) else {
+                    continue;
+                };
+                let qtype = u16::from_be_bytes([buf[question_end - 4], buf[question_end - 3]]);
+                log.lock().unwrap().push(name.clone());
+                let mut answer = buf[..question_end].to_vec();
+                answer[2] = 0x81; // a response, recursion desired
+                answer[3] = 0x80; // recursion available, no error
+                answer[6..12].fill(0);
+                match table(&name) {
+                    Some(address) if qtype == 1 => {
+                        answer[7] = 1;
+                        answer.extend([0xc0, 12, 0, 1, 0, 1]);
+                        answer.extend(ttl.to_be_bytes());
+                        answer.extend([0, 4]);
+                        answer.extend(address);
+                    }
+                    Some(_) => {}
+                    None => answer[3] = 0x83, // NXDOMAIN
+                }
+                let _ = socket.send_to(&answer, from);
+            }
+        });
+        DnsServer { port, asked }
+    }
+
+    /// The names asked so far, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+/// A query's question name (lower case) and where its question ends.
+fn dns_question(msg: &[u8]) -> Option<(String, usize)> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*msg.get(at)?);
+        if len == 0 || len > 63 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(msg.get(at + 1..at + 1 + len)?).to_lowercase());
+        at += 1 + len;
+    }
+    msg.get(at + 1..at + 5)?;
+    Some((labels.join("."), at + 5))
+}
+
 /// A tiny HTTP/1.0 server on the host's loopback: it answers every GET with
 /// `body(path)` and records the paths it was asked for, so a fetch is
 /// proven on the host, not only by the guest's word.
