@@ -239,6 +239,7 @@ pub fn net_rules() -> Rules {
         ],
         dns: Ipv4Addr::new(10, 0, 2, 3),
         gateway: Ipv4Addr::new(10, 0, 2, 2),
+        resolver: true,
     }
 }
 

@@ -92,6 +92,10 @@ pub struct Rules {
     /// The guest's gateway: an answer of the host's loopback for a name
     /// the operator named is given to the guest as this.
     pub gateway: Ipv4Addr,
+    /// Whether there is a resolver to forward to; without one (a host with
+    /// no name server) every query the policy would forward fails
+    /// (SERVFAIL) at once, rather than after the guest's timeouts.
+    pub resolver: bool,
 }
 
 /// A query sent to the resolver, waiting for its answer.
@@ -230,11 +234,18 @@ impl Egress {
         }
         self.pending
             .retain(|_, p| now.duration_since(p.sent) < QUERY_TIMEOUT);
-        if self.pending.len() >= MAX_PENDING {
+        let unanswerable = if !self.rules.resolver {
+            Some("a DNS query, with no name server on the host to ask")
+        } else if self.pending.len() >= MAX_PENDING {
+            Some("a DNS query while 256 others wait")
+        } else {
+            None
+        };
+        if let Some(why) = unanswerable {
             let answer = dns::reply(msg, &query, dns::RCODE_SERVFAIL);
             return Verdict::Answer {
                 frame: udp_frame(&addressing, &answer),
-                refused: Some(Dropped::Other("a DNS query while 256 others wait")),
+                refused: Some(Dropped::Other(why)),
             };
         }
         let id = self.fresh_id();

@@ -35,6 +35,7 @@ fn rules() -> Rules {
         ],
         dns: DNS,
         gateway: GATEWAY,
+        resolver: true,
     }
 }
 
@@ -326,6 +327,24 @@ fn only_a_queries_of_listed_names_are_forwarded() {
             "{why}"
         );
     }
+}
+
+#[test]
+fn without_a_resolver_a_listed_name_fails_at_once() {
+    let mut e = Egress::new(Rules {
+        resolver: false,
+        ..rules()
+    });
+    let verdict = e.outbound(&dns_query(5, "crates.io", dns::TYPE_A), Instant::now());
+    let Verdict::Answer {
+        frame,
+        refused: Some(_),
+    } = verdict
+    else {
+        panic!("{verdict:?}");
+    };
+    let answer = dns::parse_response(&answer_message(&frame)).unwrap();
+    assert_eq!(answer.rcode, dns::RCODE_SERVFAIL);
 }
 
 #[test]

@@ -108,6 +108,7 @@ pub fn rules(reach: &Reach) -> Result<Rules, BootError> {
         names: Vec::new(),
         dns: DNS_ADDRESS,
         gateway: GATEWAY,
+        resolver: true,
     };
     for dest in &reach.destinations {
         let address = match dest.host.parse::<IpAddr>() {

@@ -48,13 +48,24 @@ impl UserNic {
         vm_ids: Option<&VmIds>,
         vm: &str,
     ) -> Result<(UserNic, OwnedFd), BootError> {
-        let rules = super::rules(reach)?;
+        let mut rules = super::rules(reach)?;
         let resolver = resolver()?;
+        rules.resolver = resolver.is_some();
         let program = passt::locate().map_err(BootError::Setup)?;
         let (passt, to_passt) = Passt::start(&program, vm_dir, vm_ids, super::maps_host(&rules))?;
         let setup = |what: &str, e: std::io::Error| BootError::Setup(format!("{what}: {e}"));
-        let to_resolver = connected_udp(resolver)
-            .map_err(|e| setup(&format!("a socket to the resolver {resolver}"), e))?;
+        let to_resolver = match resolver {
+            Some(resolver) => Some(
+                connected_udp(resolver)
+                    .map_err(|e| setup(&format!("a socket to the resolver {resolver}"), e))?,
+            ),
+            None => {
+                tracing::warn!(
+                    "`{vm}` has a network and the host no name server (/etc/resolv.conf lists none, and {RESOLVER_ENV} is not set): its guest resolves no name"
+                );
+                None
+            }
+        };
         let (guest, ours) = UnixStream::pair().map_err(|e| setup("making the NIC's socket", e))?;
         let dir = crate::vm_dir::create().map_err(|e| setup("creating the NIC's dir", e))?;
         let jail =
@@ -72,15 +83,12 @@ impl UserNic {
                 vm: vm.to_string(),
                 guest_fd: ours.as_raw_fd(),
                 passt_fd: to_passt.as_raw_fd(),
-                resolver_fd: to_resolver.as_raw_fd(),
+                resolver_fd: to_resolver.as_ref().map(|r| r.as_raw_fd()),
                 rules,
             }),
         };
-        let inherit = [
-            ours.as_raw_fd(),
-            to_passt.as_raw_fd(),
-            to_resolver.as_raw_fd(),
-        ];
+        let mut inherit = vec![ours.as_raw_fd(), to_passt.as_raw_fd()];
+        inherit.extend(to_resolver.as_ref().map(|r| r.as_raw_fd()));
         let egress = VmProcess::start(&config, ids.as_ref(), EGRESS_MEMORY_MIB, 1, &inherit)?;
         // The process holds its own copies now.
         drop((ours, to_passt, to_resolver));
@@ -118,24 +126,21 @@ impl UserNic {
     }
 }
 
-/// The resolver: [`RESOLVER_ENV`], else the host's first name server.
-pub fn resolver() -> Result<SocketAddr, BootError> {
+/// The resolver: [`RESOLVER_ENV`], else the host's first name server;
+/// `None` when the host has none.
+pub fn resolver() -> Result<Option<SocketAddr>, BootError> {
     if let Ok(named) = std::env::var(RESOLVER_ENV) {
-        return parse_resolver(&named).ok_or_else(|| {
+        return parse_resolver(&named).map(Some).ok_or_else(|| {
             BootError::Setup(format!(
                 "{RESOLVER_ENV}={named} is not an address or address:port"
             ))
         });
     }
     let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    conf.lines()
+    Ok(conf
+        .lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .find_map(|rest| parse_resolver(rest.trim()))
-        .ok_or_else(|| {
-            BootError::Setup(format!(
-                "`network` needs a name server for the guest, and /etc/resolv.conf lists none; name one with {RESOLVER_ENV}=ADDRESS"
-            ))
-        })
+        .find_map(|rest| parse_resolver(rest.trim())))
 }
 
 fn parse_resolver(text: &str) -> Option<SocketAddr> {

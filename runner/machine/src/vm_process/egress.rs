@@ -36,8 +36,9 @@ pub struct EgressRole {
     pub guest_fd: RawFd,
     /// Connected to passt.
     pub passt_fd: RawFd,
-    /// A UDP socket connected to the resolver.
-    pub resolver_fd: RawFd,
+    /// A UDP socket connected to the resolver; `None` on a host with no
+    /// name server (`rules.resolver` is false then).
+    pub resolver_fd: Option<RawFd>,
     pub rules: Rules,
 }
 
@@ -49,7 +50,8 @@ pub fn serve(
     lock_down: impl FnOnce() -> Result<(), String>,
     say: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
-    let fds = [role.guest_fd, role.passt_fd, role.resolver_fd];
+    let mut fds = vec![role.guest_fd, role.passt_fd];
+    fds.extend(role.resolver_fd);
     if fds.iter().any(|&fd| fd < 3) || fds.iter().collect::<HashSet<_>>().len() != fds.len() {
         return Err(format!("bad descriptors {fds:?}"));
     }
@@ -59,15 +61,17 @@ pub fn serve(
         (
             UnixStream::from_raw_fd(role.guest_fd),
             UnixStream::from_raw_fd(role.passt_fd),
-            UdpSocket::from_raw_fd(role.resolver_fd),
+            role.resolver_fd.map(|fd| UdpSocket::from_raw_fd(fd)),
         )
     };
     let setup = |what: &str, e: io::Error| format!("{what}: {e}");
     let mut guest = FramedPort::new("the guest".into(), guest).map_err(|e| setup("guest", e))?;
     let mut passt = FramedPort::new("passt".into(), passt).map_err(|e| setup("passt", e))?;
-    resolver
-        .set_nonblocking(true)
-        .map_err(|e| setup("resolver", e))?;
+    if let Some(resolver) = &resolver {
+        resolver
+            .set_nonblocking(true)
+            .map_err(|e| setup("resolver", e))?;
+    }
     let mut relay = Relay {
         vm: &role.vm,
         egress: Egress::new(role.rules.clone()),
@@ -94,15 +98,16 @@ struct Relay<'a> {
     vm: &'a str,
     egress: Egress,
     notes: DropNotes,
-    resolver: UdpSocket,
+    resolver: Option<UdpSocket>,
     buf: Vec<u8>,
 }
 
 impl Relay<'_> {
+    /// Without a resolver, an entry `poll` skips (a negative descriptor).
     fn resolver_pollfd(&self) -> libc::pollfd {
         use std::os::fd::AsRawFd;
         libc::pollfd {
-            fd: self.resolver.as_raw_fd(),
+            fd: self.resolver.as_ref().map_or(-1, |r| r.as_raw_fd()),
             events: libc::POLLIN,
             revents: 0,
         }
@@ -129,7 +134,8 @@ impl Relay<'_> {
                 Verdict::Resolve(query) => {
                     // A resolver that does not take it now gets no retry:
                     // the guest's resolver asks again.
-                    if let Err(e) = self.resolver.send(&query) {
+                    let sent = self.resolver.as_ref().map(|r| r.send(&query));
+                    if let Some(Err(e)) = sent {
                         tracing::debug!(vm = %self.vm, "sending a DNS query: {e}");
                     }
                 }
@@ -173,8 +179,11 @@ impl Relay<'_> {
 
     /// The resolver's answers, to the guest once the policy has read them.
     fn resolver_answers(&mut self, guest: &mut FramedPort) {
+        let Some(resolver) = &self.resolver else {
+            return;
+        };
         for _ in 0..ANSWERS_PER_ROUND {
-            match self.resolver.recv(&mut self.buf) {
+            match resolver.recv(&mut self.buf) {
                 Ok(n) => {
                     if let Some(frame) = self.egress.from_resolver(&self.buf[..n], Instant::now()) {
                         guest.queue(&frame);
@@ -233,7 +242,7 @@ mod tests {
             vm: "t".into(),
             guest_fd: guest_end.into_raw_fd(),
             passt_fd: passt_end.into_raw_fd(),
-            resolver_fd: ours.into_raw_fd(),
+            resolver_fd: Some(ours.into_raw_fd()),
             rules: Rules {
                 public: false,
                 addresses: vec![],
@@ -244,6 +253,7 @@ mod tests {
                 }],
                 dns: Ipv4Addr::new(10, 0, 2, 3),
                 gateway: Ipv4Addr::new(10, 0, 2, 2),
+                resolver: true,
             },
         };
         let server = std::thread::spawn(move || serve(&role, || Ok(()), &mut |_| {}));
