@@ -182,6 +182,14 @@ impl NetworkGrant {
     }
 }
 
+/// How an open network was written, for a refusal.
+fn open_network(network: &Network) -> &'static str {
+    match network {
+        Network::Audit => "network: { audit: true }",
+        _ => "network: true",
+    }
+}
+
 /// A literal address that is not public, or `localhost`: names are
 /// resolved by the guest, and the filter keeps their answers to public
 /// addresses then.
@@ -559,7 +567,7 @@ impl Grants {
         };
         match network {
             Network::Off => Nic::None,
-            Network::Open => Nic::User(Reach {
+            Network::Open | Network::Audit => Nic::User(Reach {
                 public: true,
                 destinations: self
                     .network
@@ -582,14 +590,16 @@ impl Grants {
     pub fn check_network(&self, network: &Network) -> Result<(), String> {
         match network {
             Network::Off => Ok(()),
-            Network::Open if self.network.public => Ok(()),
-            Network::Open if self.network.any() => Err(format!(
-                "`network: true` asks for every address, and only {} {} granted; list what the job needs in `network: {{ allow: [...] }}`",
+            Network::Open | Network::Audit if self.network.public => Ok(()),
+            Network::Open | Network::Audit if self.network.any() => Err(format!(
+                "`{}` asks for every address, and only {} {} granted; list what the job needs in `network: {{ allow: [...] }}`",
+                open_network(network),
                 self.granted_destinations(),
                 if self.network.destinations.len() == 1 { "is" } else { "are" }
             )),
-            Network::Open => Err(format!(
-                "`network: true` needs the network; {}",
+            Network::Open | Network::Audit => Err(format!(
+                "`{}` needs the network; {}",
+                open_network(network),
                 self.how_to_grant("--allow-network")
             )),
             Network::Allow(entries) => {

@@ -172,7 +172,7 @@ impl super::Backend for QemuBackend {
         Ok(Box::new(QemuVm {
             _hook: hook,
             qemu,
-            _network: network,
+            network,
             _serial: serial,
             devices,
             _external_vsock: external_vsock,
@@ -419,7 +419,7 @@ fn segment_nic_args(segment: &network::segment::SegmentNic) -> Vec<String> {
 struct QemuVm {
     _hook: HookGuard,
     qemu: ChildGuard,
-    _network: Option<UserNic>,
+    network: Option<UserNic>,
     _serial: SerialPump,
     devices: Option<VmProcess>,
     _external_vsock: Option<ChildGuard>,
@@ -432,6 +432,10 @@ struct QemuVm {
 impl Vm for QemuVm {
     fn cpu_time(&self) -> Option<Duration> {
         crate::cpu_time::of_threads(self.qemu.pid(), "CPU ")
+    }
+
+    fn network_use(&mut self) -> Option<crate::network::EgressReport> {
+        self.network.as_mut()?.report()
     }
 
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {

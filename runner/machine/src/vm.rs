@@ -99,6 +99,11 @@ pub trait Vm: Send {
     fn cpu_time(&self) -> Option<Duration> {
         None
     }
+    /// What its NIC's guest touched so far (every destination, allowed or
+    /// not, with names and bytes), from the host; `None` without a NIC.
+    fn network_use(&mut self) -> Option<crate::network::EgressReport> {
+        None
+    }
     /// The agent connection an [`AgentProbe`] opened (and, for a clone,
     /// announced the restore on) while the backend checked the VM; to be
     /// used instead of connecting again.

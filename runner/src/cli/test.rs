@@ -108,6 +108,11 @@ pub struct TestArgs {
     /// terminal; refused in CI.
     #[arg(long)]
     debug_on_failure: bool,
+    /// End with each networked job's `allow` list that would have let
+    /// through everything it touched (names as the guest resolved them),
+    /// ready to paste; pair with `network: { audit: true }`.
+    #[arg(long)]
+    suggest_allow: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -203,7 +208,7 @@ pub fn run(args: TestArgs) -> Result<i32, Failure> {
     let html_path = args.html.unwrap_or_else(|| args.out.join(html::FILE_NAME));
     let mut reporters = Reporters::new();
     match args.message_format {
-        MessageFormat::Human => reporters.add(ConsoleReporter::stdout()),
+        MessageFormat::Human => reporters.add(ConsoleReporter::stdout(args.suggest_allow)),
         MessageFormat::Json => reporters.add(JsonEvents::stdout()),
     };
     reporters

@@ -120,6 +120,16 @@ fn a_job_asking_for_a_network_it_was_not_granted_is_refused_with_the_flag() {
             "{special}: {err}"
         );
     }
+    // An audit is an open network: it needs the public grant.
+    let audit = "name: n\njobs:\n  a: { network: { audit: true }, steps: [true] }\n";
+    let err = refusal(&grants(&[]), dir.path(), audit);
+    assert!(
+        err.contains("`network: { audit: true }` needs the network"),
+        "{err}"
+    );
+    assert!(grants(&["--allow-network"])
+        .check_plan(&plan(dir.path(), audit))
+        .is_ok());
     // A wildcard the operator granted covers the names under it, and
     // makes them the operator's (their answers may be private).
     let wild = grants(&["--allow-network=*.internal.example:5432"]);

@@ -1,8 +1,8 @@
 //! `network:`: whether a job's VM gets a NIC, and where it may connect.
 //!
 //! Without it the guest has loopback only (the clean-room default). The
-//! format is `network: true | false` or `network: { allow: [host:port, …] }`;
-//! the host side is `runner_machine::network`.
+//! format is `network: true | false`, `network: { allow: [host:port, …] }`
+//! or `network: { audit: true }`; the host side is `runner_machine::network`.
 
 use std::fmt;
 
@@ -19,6 +19,9 @@ pub enum Network {
     /// (plus the built-in DNS forwarder); everything else is dropped on
     /// the host.
     Allow(Vec<AllowEntry>),
+    /// An open NIC whose every destination is listed in the reports, to
+    /// write an `allow` list from (`--suggest-allow`).
+    Audit,
 }
 
 impl Network {
@@ -175,6 +178,23 @@ mod tests {
             let err = parse(source).unwrap_err();
             assert!(err.contains(message), "{err}");
         }
+    }
+
+    #[test]
+    fn an_audit_is_an_open_network_and_never_beside_allow() {
+        let plan = Plan::new(
+            &parse("jobs:\n  a:\n    network: { audit: true }\n    steps: [x]\n  b:\n    network: { audit: false }\n    steps: [x]\n").unwrap(),
+        );
+        assert_eq!(plan.jobs[0].network, Network::Audit);
+        assert_eq!(plan.jobs[1].network, Network::Open);
+        let err =
+            parse("jobs:\n  a:\n    network: { allow: [\"x:1\"], audit: true }\n    steps: [x]\n")
+                .unwrap_err();
+        assert!(err.starts_with("p.yml:3:"), "{err}");
+        assert!(err.contains("audit") && err.contains("allow"), "{err}");
+        let err =
+            parse("jobs:\n  a:\n    network: { audit: maybe }\n    steps: [x]\n").unwrap_err();
+        assert!(err.contains("p.yml:3:23"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn the_console_summary_lists_artifact_problems_of_passing_jobs() {
         gitlab_sections: false,
         color: false,
         failure_tail_lines: 2,
+        suggest_allow: false,
     };
     let console = ConsoleReporter::new(options, Box::new(buffer.clone()));
     console.finish(&results());

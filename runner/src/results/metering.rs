@@ -1,9 +1,11 @@
-//! What a job's VM used: the CPU time of its vCPUs (from the host) and the
+//! What a job's VM used: the CPU time of its vCPUs (from the host), the
 //! most guest memory in use at once during its steps (from the agent,
-//! which samples it). A job close to its `memory` gets a warning naming the
+//! which samples it), and its network (from its NIC's egress process). A job close to its `memory` gets a warning naming the
 //! setting, so that the next OOM is not a surprise.
 
 use std::time::Duration;
+
+use super::NetworkUse;
 
 /// Use at or above this share of a limit is warned about.
 pub const WARN_AT_PERCENT: u64 = 90;
@@ -16,6 +18,8 @@ pub struct Metering {
     pub cpu: Option<Duration>,
     /// Guest memory during the steps.
     pub memory: Option<MemoryUse>,
+    /// What its NIC touched; `None` without one.
+    pub network: Option<NetworkUse>,
 }
 
 /// Guest memory: what the kernel had (a little under the job's `memory`:
@@ -65,6 +69,9 @@ impl Metering {
                 memory.total_bytes >> 20
             ));
         }
+        if let Some(network) = &self.network {
+            parts.push(network.summary());
+        }
         parts.join(", ")
     }
 }
@@ -83,6 +90,7 @@ mod tests {
                 total_bytes: 500 * MIB,
                 peak_bytes: 476 * MIB,
             }),
+            network: None,
         };
         assert_eq!(
             near.warnings(),
@@ -94,7 +102,7 @@ mod tests {
                 total_bytes: 500 * MIB,
                 peak_bytes: 300 * MIB,
             }),
-            ..near
+            ..near.clone()
         };
         assert!(fine.warnings().is_empty());
         assert!(Metering::default().warnings().is_empty());

@@ -8,6 +8,7 @@
 //! and the JUnit file both count from it, so they always agree.
 
 mod capture;
+mod egress;
 mod imported;
 mod metering;
 mod timeline;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 pub use agent_protocol::ExitStatus;
 pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
+pub use egress::NetworkUse;
 pub use imported::{ImportedCase, ImportedResult, ImportedTests, Problem};
 pub use metering::{MemoryUse, Metering, WARN_AT_PERCENT};
 pub use timeline::{Phase, PhaseKind};

@@ -64,8 +64,42 @@ pub(crate) fn metered(name: &str, cpu_ms: u64, peak_mib: u64, total_mib: u64) ->
             total_bytes: total_mib << 20,
             peak_bytes: peak_mib << 20,
         }),
+        network: None,
     };
     metered
+}
+
+/// A passed job whose NIC reached crates.io, was refused 10.0.0.5:5432
+/// and the name `evil.example`; `audit` as the job asked.
+pub(crate) fn networked(name: &str, audit: bool) -> JobResult {
+    use runner_machine::network::{EgressReport, Touched};
+    let touched = |name: Option<&str>, address: [u8; 4], port, allowed| Touched {
+        protocol: "TCP".into(),
+        address: address.into(),
+        port,
+        names: name.map(str::to_string).into_iter().collect(),
+        allowed,
+        bytes_out: if allowed { 1300 } else { 0 },
+        bytes_in: if allowed { 35_000 } else { 0 },
+        first_ms: 10,
+        last_ms: 900,
+    };
+    let mut networked = metered(name, 1000, 100, 500);
+    networked.metering.network = Some(super::NetworkUse {
+        audit,
+        report: EgressReport {
+            destinations: vec![
+                touched(Some("crates.io"), [151, 101, 0, 1], 443, true),
+                touched(None, [10, 0, 0, 5], 5432, false),
+            ],
+            more_destinations: 0,
+            refused_names: vec!["evil.example".into()],
+            more_refused_names: 0,
+            bytes_out: 1300,
+            bytes_in: 35_000,
+        },
+    });
+    networked
 }
 
 pub(crate) fn job_with_services(dir: &Path) -> JobResult {

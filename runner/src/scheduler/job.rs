@@ -12,12 +12,12 @@ use super::context::RunContext;
 use super::imported::{Importer, Scope};
 use super::retry;
 use super::services::{JobServices, ServiceRecords};
-use crate::pipeline::{files, host_scope};
+use crate::pipeline::{files, host_scope, Network};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::{OutputStream, RunEvent};
 use crate::results::{
-    Attempt, JobLog, JobOutcome, JobResult, MemoryUse, Phase, PhaseKind, StepResult, StepStatus,
-    TimeLimit,
+    Attempt, JobLog, JobOutcome, JobResult, MemoryUse, NetworkUse, Phase, PhaseKind, StepResult,
+    StepStatus, TimeLimit,
 };
 use crate::session::wait_for_agent;
 use crate::session::{AgentSession, SessionError, HOST_GRACE};
@@ -209,7 +209,7 @@ fn run_in_vm<'scope, 'env>(
             }
             log.note(&format!("==> {message}"));
             log.flush();
-            result.metering.cpu = vm.cpu_time();
+            meter_vm(job, vm.as_mut(), result);
             return Err(JobOutcome::Error { message });
         }
         let time_left = || clock.elapsed() < job.timeout;
@@ -251,7 +251,7 @@ fn run_in_vm<'scope, 'env>(
             }
             log.note(&format!("==> {reason}"));
             log.flush();
-            result.metering.cpu = vm.cpu_time();
+            meter_vm(job, vm.as_mut(), result);
             return Ok(());
         }
         let session_lost = matches!(step_result.status, StepStatus::Error { .. });
@@ -287,7 +287,7 @@ fn run_in_vm<'scope, 'env>(
             // Without an agent nothing else can run or be collected.
             let message = format!("lost the guest agent during `{}`", step.name);
             log.flush();
-            result.metering.cpu = vm.cpu_time();
+            meter_vm(job, vm.as_mut(), result);
             return Err(JobOutcome::Error { message });
         }
     }
@@ -326,7 +326,7 @@ fn run_in_vm<'scope, 'env>(
     // guest has nothing worth flushing. Dropping the VM kills it at once,
     // which is what makes it disposable.
     drop(session);
-    result.metering.cpu = vm.cpu_time();
+    meter_vm(job, vm.as_mut(), result);
     drop(vm);
     drop(services);
     if !pending.is_empty() {
@@ -489,6 +489,16 @@ fn run_step(
         result: &result,
     });
     result
+}
+
+/// What the host measured of the VM, read while it still runs: its
+/// vCPUs' time, and what its NIC touched.
+fn meter_vm(job: &PlannedJob, vm: &mut dyn Vm, result: &mut JobResult) {
+    result.metering.cpu = vm.cpu_time();
+    result.metering.network = vm.network_use().map(|report| NetworkUse {
+        audit: matches!(job.network, Network::Audit),
+        report,
+    });
 }
 
 /// The most guest memory in use during the steps, into `result`, with a

@@ -22,8 +22,14 @@
 //! [`FLOW_IDLE`]. An address no answer gave, hard-coded in the job, is
 //! dropped unless an entry names it.
 //!
-//! Everything here is bounded: pending queries, learned addresses and
-//! flows each have a cap, past which the oldest or expired go first.
+//! **What the guest touched** is kept as it goes ([`EgressReport`]):
+//! every destination it sent TCP or UDP to, allowed or not, with the name
+//! it resolved to it, bytes each way and when; and the names it was
+//! refused. That is the audit record, and `allow`'s raw material.
+//!
+//! Everything here is bounded: pending queries, learned addresses, flows
+//! and the record each have a cap, past which the oldest or expired go
+//! first, or the rest is only counted.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -51,6 +57,51 @@ const MAX_FLOWS: usize = 8192;
 const DNS_PORT: u16 = 53;
 /// Largest answer that fits the guest's MTU in one UDP datagram.
 const MAX_ANSWER: usize = 1500 - 20 - 8;
+/// Most destinations and refused names a report lists; the rest are
+/// counted.
+pub const MAX_REPORTED: usize = 256;
+/// Most addresses whose names are remembered for the report.
+const MAX_NAMED: usize = 4096;
+/// Most names remembered for one address.
+pub const MAX_NAMES_PER_ADDRESS: usize = 8;
+
+/// What a NIC's guest touched, as the egress policy saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressReport {
+    /// Every destination the guest sent TCP or UDP to, allowed or not, in
+    /// the order first seen (DNS to the forwarder is not one).
+    pub destinations: Vec<Touched>,
+    /// Destinations past the first [`MAX_REPORTED`]: counted only.
+    pub more_destinations: u64,
+    /// Names the guest was refused (NXDOMAIN), in the order first asked.
+    pub refused_names: Vec<String>,
+    pub more_refused_names: u64,
+    /// Bytes of the frames that went out, and of those that came in.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// One destination: protocol, address and port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Touched {
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// The names whose answers gave the guest this address (several names
+    /// may share one, as on a CDN), at most [`MAX_NAMES_PER_ADDRESS`].
+    pub names: Vec<String>,
+    /// Whether the policy let its first packet through.
+    pub allowed: bool,
+    /// Frame bytes each way.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// Milliseconds from the NIC's first frame to its first and last.
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
 
 /// One `allow` entry by name: `crates.io:443`, or `*.example.org:443` for
 /// every name under `example.org` (not the name itself).
@@ -132,6 +183,13 @@ pub struct Egress {
     next_id: u16,
     /// Answers left out, said once each (`name -> address`).
     left_out: Vec<(String, Ipv4Addr)>,
+    report: EgressReport,
+    /// Where each destination is in the report.
+    touched: HashMap<(&'static str, SocketAddrV4), usize>,
+    /// The names each answered address was given for.
+    names: HashMap<Ipv4Addr, Vec<String>>,
+    /// The NIC's first frame: the report's times count from it.
+    epoch: Option<Instant>,
 }
 
 impl Egress {
@@ -144,6 +202,97 @@ impl Egress {
             // Not zero, so that ids do not start where the guest's might.
             next_id: 0x5a5a,
             left_out: Vec::new(),
+            report: EgressReport::default(),
+            touched: HashMap::new(),
+            names: HashMap::new(),
+            epoch: None,
+        }
+    }
+
+    /// What the guest touched so far.
+    pub fn report(&self) -> &EgressReport {
+        &self.report
+    }
+
+    /// A frame passt sent the guest: counted, and its bytes added to the
+    /// destination it comes from.
+    pub fn inbound(&mut self, frame: &[u8], now: Instant) {
+        self.report.bytes_in += frame.len() as u64;
+        if let Ok(Packet::Transport(t)) = classify(frame) {
+            let ms = self.ms(now);
+            if let Some(&at) = self.touched.get(&(t.protocol, t.from)) {
+                let entry = &mut self.report.destinations[at];
+                entry.bytes_in += frame.len() as u64;
+                entry.last_ms = ms;
+            }
+        }
+    }
+
+    fn ms(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u64
+    }
+
+    /// Records a TCP or UDP frame to `to` (`bytes` long) and whether it
+    /// passed.
+    fn touch(
+        &mut self,
+        protocol: &'static str,
+        to: SocketAddrV4,
+        allowed: bool,
+        bytes: usize,
+        now: Instant,
+    ) {
+        let ms = self.ms(now);
+        if allowed {
+            self.report.bytes_out += bytes as u64;
+        }
+        let at = match self.touched.get(&(protocol, to)) {
+            Some(&at) => at,
+            None if self.report.destinations.len() < MAX_REPORTED => {
+                self.report.destinations.push(Touched {
+                    protocol: protocol.to_string(),
+                    address: *to.ip(),
+                    port: to.port(),
+                    names: self.names.get(to.ip()).cloned().unwrap_or_default(),
+                    allowed,
+                    bytes_out: 0,
+                    bytes_in: 0,
+                    first_ms: ms,
+                    last_ms: ms,
+                });
+                let at = self.report.destinations.len() - 1;
+                self.touched.insert((protocol, to), at);
+                at
+            }
+            None => {
+                self.report.more_destinations += 1;
+                // Counted once (while the map is not huge): later frames
+                // find it here and add nothing.
+                if self.touched.len() < 16 * MAX_REPORTED {
+                    self.touched.insert((protocol, to), usize::MAX);
+                }
+                return;
+            }
+        };
+        if let Some(entry) = self.report.destinations.get_mut(at) {
+            entry.allowed |= allowed;
+            if allowed {
+                entry.bytes_out += bytes as u64;
+            }
+            entry.last_ms = ms;
+        }
+    }
+
+    fn refuse_name(&mut self, name: &str) {
+        let report = &mut self.report;
+        if report.refused_names.iter().any(|n| n == name) {
+            return;
+        }
+        if report.refused_names.len() < MAX_REPORTED {
+            report.refused_names.push(name.to_string());
+        } else {
+            report.more_refused_names += 1;
         }
     }
 
@@ -173,14 +322,17 @@ impl Egress {
         };
         if let Some(seen) = self.flows.get_mut(&flow) {
             *seen = now;
+            self.touch(flow.protocol, flow.to, true, frame.len(), now);
             return Verdict::Pass;
         }
         if !self.opens(transport.to, now) {
+            self.touch(flow.protocol, flow.to, false, frame.len(), now);
             return Verdict::Drop(Dropped::NotAllowed {
                 protocol: transport.protocol,
                 to: SocketAddr::V4(transport.to),
             });
         }
+        self.touch(flow.protocol, flow.to, true, frame.len(), now);
         if self.flows.len() >= MAX_FLOWS {
             self.flows
                 .retain(|_, seen| now.duration_since(*seen) < FLOW_IDLE);
@@ -217,6 +369,7 @@ impl Egress {
         };
         let covered = self.rules.names.iter().any(|r| r.covers(&query.name));
         if !covered && !self.rules.public {
+            self.refuse_name(&query.name);
             let answer = dns::reply(msg, &query, dns::RCODE_NXDOMAIN);
             return Verdict::Answer {
                 frame: udp_frame(&addressing, &answer),
@@ -287,11 +440,13 @@ impl Egress {
             .cloned()
             .collect();
         for record in &response.a_records {
+            self.name(record.address, &pending.name);
             let ttl = Duration::from_secs(record.ttl.into()).clamp(MIN_TTL, MAX_TTL);
             for rule in &rules {
                 let opened = if record.address.is_loopback() && rule.named_by_operator {
                     answer[record.offset..record.offset + 4]
                         .copy_from_slice(&self.rules.gateway.octets());
+                    self.name(self.rules.gateway, &pending.name);
                     self.rules.gateway
                 } else if rule.named_by_operator || is_public(IpAddr::V4(record.address)) {
                     record.address
@@ -310,6 +465,25 @@ impl Egress {
             answer[6..12].fill(0);
         }
         Some(udp_frame(&pending.to_guest, &answer))
+    }
+
+    /// Remembers that the guest was given `address` for `name`.
+    fn name(&mut self, address: Ipv4Addr, name: &str) {
+        let add = |names: &mut Vec<String>| {
+            if names.len() < MAX_NAMES_PER_ADDRESS && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        };
+        if self.names.len() < MAX_NAMED || self.names.contains_key(&address) {
+            add(self.names.entry(address).or_default());
+        }
+        // A destination seen before this answer (a retry, or another name
+        // on the same address) gets the name too.
+        for entry in &mut self.report.destinations {
+            if entry.address == address {
+                add(&mut entry.names);
+            }
+        }
     }
 
     fn learn(&mut self, to: SocketAddrV4, until: Instant) {

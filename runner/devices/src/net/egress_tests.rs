@@ -348,6 +348,98 @@ fn without_a_resolver_a_listed_name_fails_at_once() {
 }
 
 #[test]
+fn the_report_lists_what_was_touched_with_its_name_bytes_and_verdict() {
+    let mut e = Egress::new(rules());
+    let t0 = Instant::now();
+    resolve(&mut e, "crates.io", &[[151, 101, 0, 1]], 60, t0);
+    let t1 = t0 + Duration::from_millis(1500);
+    let syn = tcp([151, 101, 0, 1], 443);
+    assert_eq!(e.outbound(&syn, t1), Verdict::Pass);
+    // The server's answer comes back through passt.
+    let mut back = syn.clone();
+    back[26..30].copy_from_slice(&[151, 101, 0, 1]);
+    back[30..34].copy_from_slice(&[10, 0, 2, 15]);
+    back[34..38].copy_from_slice(&[1, 187, 0x9c, 0x40]);
+    back.extend([0; 100]);
+    e.inbound(&back, t1);
+    assert!(matches!(
+        e.outbound(&tcp([1, 1, 1, 1], 22), t1),
+        Verdict::Drop(_)
+    ));
+    let _ = e.outbound(&dns_query(8, "evil.example", dns::TYPE_A), t1);
+    let _ = e.outbound(&dns_query(9, "evil.example", dns::TYPE_A), t1);
+    let report = e.report();
+    let seen: Vec<_> = report
+        .destinations
+        .iter()
+        .map(|d| {
+            (
+                d.protocol.as_str(),
+                d.address,
+                d.port,
+                d.names.join(","),
+                d.allowed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "TCP",
+                Ipv4Addr::new(151, 101, 0, 1),
+                443,
+                "crates.io".to_string(),
+                true
+            ),
+            ("TCP", Ipv4Addr::new(1, 1, 1, 1), 22, String::new(), false),
+        ]
+    );
+    let crates = &report.destinations[0];
+    assert_eq!(
+        (crates.bytes_out, crates.bytes_in),
+        (syn.len() as u64, back.len() as u64)
+    );
+    assert_eq!(
+        report.destinations[1].bytes_out, 0,
+        "nothing of a dropped one went out"
+    );
+    assert_eq!(report.refused_names, ["evil.example"]);
+    assert!(report.bytes_in >= back.len() as u64);
+    // Another name on the same address (a CDN): both are its names.
+    resolve(
+        &mut e,
+        "files.pythonhosted.org",
+        &[[151, 101, 0, 1]],
+        60,
+        t1,
+    );
+    assert_eq!(
+        e.report().destinations[0].names,
+        ["crates.io", "files.pythonhosted.org"]
+    );
+    // Bounded: past the cap, destinations are counted, not listed.
+    let mut open = Egress::new(Rules {
+        public: true,
+        ..rules()
+    });
+    for i in 0..300u16 {
+        let _ = open.outbound(
+            &ipv4(TCP, [1, 1, (i >> 8) as u8, i as u8], 40000, 443, &[]),
+            t1,
+        );
+    }
+    assert_eq!(
+        open.report().destinations.len(),
+        super::egress::MAX_REPORTED
+    );
+    assert_eq!(
+        open.report().more_destinations,
+        300 - super::egress::MAX_REPORTED as u64
+    );
+}
+
+#[test]
 fn answers_that_answer_no_query_are_ignored() {
     let mut e = Egress::new(rules());
     let now = Instant::now();

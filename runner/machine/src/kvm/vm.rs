@@ -83,6 +83,10 @@ impl Vm for KvmVm {
         crate::cpu_time::of_threads(self.vmm_pid(), "vcpu")
     }
 
+    fn network_use(&mut self) -> Option<crate::network::EgressReport> {
+        self.nic.as_mut()?.report()
+    }
+
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
         // No need to track the streams for Ctrl-C: killing the VM process
         // closes its end of every connection.

@@ -23,6 +23,8 @@ pub mod user_nic;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use agent_protocol::NetworkConfig;
+/// What a NIC's guest touched: every destination, its name and bytes.
+pub use runner_devices::net::egress::{EgressReport, Touched};
 use runner_devices::net::egress::{NameRule, Rules};
 
 /// Whether an address is on the public internet (not loopback, private,

@@ -8,10 +8,13 @@
 //! socket connected to the resolver, all made here, so the jailed process
 //! opens nothing itself.
 
+use std::io::{BufRead, Read, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+
+use runner_devices::net::egress::EgressReport;
 
 use super::passt::{self, Passt};
 use super::Reach;
@@ -27,11 +30,18 @@ pub const RESOLVER_ENV: &str = "RUNNER_DNS_SERVER";
 /// What the egress process may use: a few frames each way and a bounded
 /// table of answers and flows.
 const EGRESS_MEMORY_MIB: u64 = 64;
+/// How long the egress process may take to report (it answers at once).
+const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A report is at most 512 entries of a few hundred bytes; anything
+/// longer is cut and fails to parse.
+const MAX_REPORT_BYTES: u64 = 1 << 20;
 
 /// A running NIC. Field order is drop order: the egress process is killed
 /// first, then passt.
 pub struct UserNic {
     egress: VmProcess,
+    /// Where the record of what the guest touched is asked for.
+    control: UnixStream,
     /// Held while the process runs: nobody else gets its ids.
     _ids: Option<VmIds>,
     _dir: tempfile::TempDir,
@@ -67,6 +77,8 @@ impl UserNic {
             }
         };
         let (guest, ours) = UnixStream::pair().map_err(|e| setup("making the NIC's socket", e))?;
+        let (control, control_end) =
+            UnixStream::pair().map_err(|e| setup("making the NIC's control socket", e))?;
         let dir = crate::vm_dir::create().map_err(|e| setup("creating the NIC's dir", e))?;
         let jail =
             vm_process::jail_for(dir.path(), Vec::new(), Vec::new()).map_err(BootError::Setup)?;
@@ -84,16 +96,25 @@ impl UserNic {
                 guest_fd: ours.as_raw_fd(),
                 passt_fd: to_passt.as_raw_fd(),
                 resolver_fd: to_resolver.as_ref().map(|r| r.as_raw_fd()),
+                control_fd: control_end.as_raw_fd(),
                 rules,
             }),
         };
-        let mut inherit = vec![ours.as_raw_fd(), to_passt.as_raw_fd()];
+        let mut inherit = vec![
+            ours.as_raw_fd(),
+            to_passt.as_raw_fd(),
+            control_end.as_raw_fd(),
+        ];
         inherit.extend(to_resolver.as_ref().map(|r| r.as_raw_fd()));
         let egress = VmProcess::start(&config, ids.as_ref(), EGRESS_MEMORY_MIB, 1, &inherit)?;
         // The process holds its own copies now.
-        drop((ours, to_passt, to_resolver));
+        drop((ours, to_passt, to_resolver, control_end));
+        control
+            .set_read_timeout(Some(REPORT_TIMEOUT))
+            .map_err(|e| setup("the NIC's control socket", e))?;
         let nic = UserNic {
             egress,
+            control,
             _ids: ids,
             _dir: dir,
             passt,
@@ -101,8 +122,26 @@ impl UserNic {
         Ok((nic, guest.into()))
     }
 
-    pub fn passt_pid(&self) -> u32 {
-        self.passt.pid()
+    /// What the guest touched so far, from its egress process; `None`
+    /// (logged) if it does not answer.
+    pub fn report(&mut self) -> Option<EgressReport> {
+        let asked = (&self.control).write_all(b"?");
+        let mut line = Vec::new();
+        let read = asked.and_then(|()| {
+            let mut reader = std::io::BufReader::new(&self.control).take(MAX_REPORT_BYTES);
+            reader.read_until(b'\n', &mut line)
+        });
+        match read.map(|_| serde_json::from_slice::<EgressReport>(&line)) {
+            Ok(Ok(report)) => Some(report),
+            Ok(Err(e)) => {
+                tracing::warn!("the network's egress process sent no report: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("the network's egress process did not report: {e}");
+                None
+            }
+        }
     }
 
     /// Kills the egress process and passt (a runner interrupted).

@@ -8,17 +8,19 @@
 //!
 //! Its sockets come from the runner: the guest's end (the other end is our
 //! virtio-net device or QEMU's `-netdev stream`), a connection to passt,
-//! and a UDP socket connected to the resolver. One thread, `poll`, each
-//! direction's output bounded ([`super::framed_port`]).
+//! a UDP socket connected to the resolver, and a control socket on which
+//! each byte the runner sends is answered with the record of what the
+//! guest touched so far ([`EgressReport`], one line of JSON). One thread,
+//! `poll`, each direction's output bounded ([`super::framed_port`]).
 
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::UdpSocket;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use runner_devices::net::egress::{Egress, Rules};
+use runner_devices::net::egress::{Egress, EgressReport, Rules};
 use runner_devices::net::filter::{DropNotes, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +41,8 @@ pub struct EgressRole {
     /// A UDP socket connected to the resolver; `None` on a host with no
     /// name server (`rules.resolver` is false then).
     pub resolver_fd: Option<RawFd>,
+    /// The runner asks for the report here.
+    pub control_fd: RawFd,
     pub rules: Rules,
 }
 
@@ -50,20 +54,22 @@ pub fn serve(
     lock_down: impl FnOnce() -> Result<(), String>,
     say: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
-    let mut fds = vec![role.guest_fd, role.passt_fd];
+    let mut fds = vec![role.guest_fd, role.passt_fd, role.control_fd];
     fds.extend(role.resolver_fd);
     if fds.iter().any(|&fd| fd < 3) || fds.iter().collect::<HashSet<_>>().len() != fds.len() {
         return Err(format!("bad descriptors {fds:?}"));
     }
     // SAFETY: the runner passed these descriptors for these sockets alone
     // (checked above: each is taken once), and nothing else owns them.
-    let (guest, passt, resolver) = unsafe {
+    let (guest, passt, resolver, control) = unsafe {
         (
             UnixStream::from_raw_fd(role.guest_fd),
             UnixStream::from_raw_fd(role.passt_fd),
             role.resolver_fd.map(|fd| UdpSocket::from_raw_fd(fd)),
+            UnixStream::from_raw_fd(role.control_fd),
         )
     };
+    let mut control = Some(control);
     let setup = |what: &str, e: io::Error| format!("{what}: {e}");
     let mut guest = FramedPort::new("the guest".into(), guest).map_err(|e| setup("guest", e))?;
     let mut passt = FramedPort::new("passt".into(), passt).map_err(|e| setup("passt", e))?;
@@ -82,8 +88,16 @@ pub fn serve(
     lock_down()?;
     say("ready");
     while !guest.closed && !passt.closed {
-        let mut fds = [guest.pollfd(), passt.pollfd(), relay.resolver_pollfd()];
+        let mut fds = [
+            guest.pollfd(),
+            passt.pollfd(),
+            relay.resolver_pollfd(),
+            control_pollfd(control.as_ref()),
+        ];
         wait(&mut fds, "the NIC's sockets")?;
+        if fds[3].revents != 0 {
+            answer_control(&mut control, relay.egress.report());
+        }
         relay.guest_frames(&mut guest, &mut passt);
         relay.passt_frames(&mut passt, &mut guest);
         relay.resolver_answers(&mut guest);
@@ -92,6 +106,39 @@ pub fn serve(
     }
     say("exit the guest's NIC or passt went away");
     Ok(())
+}
+
+/// The control socket's `poll` entry; a negative descriptor once it is
+/// gone, which `poll` skips.
+fn control_pollfd(control: Option<&UnixStream>) -> libc::pollfd {
+    use std::os::fd::AsRawFd;
+    libc::pollfd {
+        fd: control.map_or(-1, |c| c.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Answers what the runner sent on the control socket: the report, once
+/// per read (however many bytes it asked with). The runner reads at once,
+/// and a report is far smaller than the socket's buffer, so the write does
+/// not wait. A closed or broken control socket is dropped.
+fn answer_control(control: &mut Option<UnixStream>, report: &EgressReport) {
+    let Some(socket) = control.as_mut() else {
+        return;
+    };
+    let mut asked = [0u8; 64];
+    let answered = match socket.read(&mut asked) {
+        Ok(0) | Err(_) => false,
+        Ok(_) => {
+            let mut line = serde_json::to_vec(report).unwrap_or_default();
+            line.push(b'\n');
+            socket.write_all(&line).is_ok()
+        }
+    };
+    if !answered {
+        *control = None;
+    }
 }
 
 struct Relay<'a> {
@@ -164,7 +211,13 @@ impl Relay<'_> {
                 return;
             }
             let mut input = std::mem::take(&mut passt.input);
-            match whole_frames(&input, |frame| guest.queue(frame)) {
+            let now = Instant::now();
+            let egress = &mut self.egress;
+            let forwarded = whole_frames(&input, |frame| {
+                egress.inbound(frame, now);
+                guest.queue(frame);
+            });
+            match forwarded {
                 Ok(taken) => {
                     input.drain(..taken);
                     passt.input = input;
@@ -231,6 +284,7 @@ mod tests {
     fn names_go_to_the_resolver_and_open_what_it_answers() {
         let (mut guest, guest_end) = UnixStream::pair().unwrap();
         let (mut passt, passt_end) = UnixStream::pair().unwrap();
+        let (mut control, control_end) = UnixStream::pair().unwrap();
         let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
         let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
         ours.connect(resolver.local_addr().unwrap()).unwrap();
@@ -243,6 +297,7 @@ mod tests {
             guest_fd: guest_end.into_raw_fd(),
             passt_fd: passt_end.into_raw_fd(),
             resolver_fd: Some(ours.into_raw_fd()),
+            control_fd: control_end.into_raw_fd(),
             rules: Rules {
                 public: false,
                 addresses: vec![],
@@ -301,6 +356,19 @@ mod tests {
         write_frame(&mut passt, &[7; 60]).unwrap();
         assert!(read_frame(&mut guest, &mut frame).unwrap());
         assert_eq!(frame, [7; 60]);
+        // The record, on the control socket.
+        control.write_all(b"?").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&control), &mut line).unwrap();
+        let report: EgressReport = serde_json::from_str(&line).unwrap();
+        assert_eq!(report.refused_names, ["evil.example"]);
+        let touched: Vec<_> = (report.destinations.iter())
+            .map(|d| (d.address, d.names.join(","), d.allowed))
+            .collect();
+        let crates = Ipv4Addr::new(151, 101, 0, 1);
+        // The hard-coded try came first, before the name: named since.
+        assert_eq!(touched, [(crates, "crates.io".to_string(), true)]);
+        assert!(report.bytes_in >= 60 && report.bytes_out > 0);
         // The guest going away ends it.
         drop(guest);
         server.join().unwrap().unwrap();

@@ -6,7 +6,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 use super::super::error::located;
 use super::super::network::{parse_allow_entry, Network};
-use super::fields::{next_key, parse_bool, Parse};
+use super::fields::{next_key, parse_bool, parse_value, Parse};
 
 pub(crate) struct NetworkSeed<'a> {
     pub context: &'a str,
@@ -44,19 +44,26 @@ impl<'de> Visitor<'de> for NetworkSeed<'_> {
         )))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Network, A::Error> {
-        const KEYS: &[&str] = &["allow"];
+        const KEYS: &[&str] = &["allow", "audit"];
         let context = format!("in `network` {}", self.context);
         let mut seen = Vec::new();
-        let mut allow = None;
-        while next_key(&mut map, KEYS, &context, &mut seen, &[])?.is_some() {
-            allow = Some(map.next_value_seed(AllowSeed)?);
+        let mut network = None;
+        // An audit lets everything through, to list it: no `allow` beside.
+        let exclusive = &[("allow", "audit")];
+        while let Some(key) = next_key(&mut map, KEYS, &context, &mut seen, exclusive)? {
+            network = Some(match key {
+                "allow" => Network::Allow(map.next_value_seed(AllowSeed)?),
+                _ => match parse_value(&mut map, "`true` or `false`", &parse_bool)? {
+                    true => Network::Audit,
+                    false => Network::Open,
+                },
+            });
         }
-        match allow {
-            Some(entries) => Ok(Network::Allow(entries)),
-            None => Err(located(format!(
-                "missing `allow` {context}: list the host:port destinations the job may reach"
-            ))),
-        }
+        network.ok_or_else(|| {
+            located(format!(
+                "missing `allow` {context}: list the host:port destinations the job may reach, or write `audit: true`"
+            ))
+        })
     }
 }
 

@@ -121,6 +121,27 @@ impl ConsoleReporter {
         )
     }
 
+    /// The end-of-run block of what a job's network touched: every
+    /// destination for an audit, else only what was refused (so a fetch
+    /// that failed says it was blocked, not only that it timed out).
+    pub(super) fn network_report(&self, job: &JobResult) -> Vec<String> {
+        let Some(network) = &job.metering.network else {
+            return Vec::new();
+        };
+        if network.audit {
+            let title = format!("{}: network audit ({})", job.name, network.summary());
+            let mut table = network.table();
+            if table.is_empty() {
+                table.push("it reached nothing".to_string());
+            }
+            return self.notes_block(&title, &table);
+        }
+        self.notes_block(
+            &format!("{}: network refused", job.name),
+            &network.refused(),
+        )
+    }
+
     fn notes_block(&self, title: &str, notes: &[String]) -> Vec<String> {
         if notes.is_empty() {
             return Vec::new();

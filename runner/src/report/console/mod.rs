@@ -53,6 +53,9 @@ pub struct ConsoleOptions {
     pub color: bool,
     /// Lines of each failing step's stdout and stderr shown at the end.
     pub failure_tail_lines: usize,
+    /// End with each networked job's `allow` list that would have sufficed
+    /// (`--suggest-allow`).
+    pub suggest_allow: bool,
 }
 
 impl ConsoleOptions {
@@ -82,6 +85,7 @@ impl ConsoleOptions {
             gitlab_sections: gitlab,
             color: (stdout_is_tty || gitlab) && env("NO_COLOR").is_none(),
             failure_tail_lines: 20,
+            suggest_allow: false,
         }
     }
 }
@@ -124,9 +128,14 @@ impl ConsoleReporter {
         ConsoleReporter::with_draw_target(options, out, target)
     }
 
-    /// To stdout, with [`ConsoleOptions::detect`]ed options.
-    pub fn stdout() -> ConsoleReporter {
-        ConsoleReporter::new(ConsoleOptions::detect(), Box::new(std::io::stdout()))
+    /// To stdout, with [`ConsoleOptions::detect`]ed options, and
+    /// `suggest_allow` as asked.
+    pub fn stdout(suggest_allow: bool) -> ConsoleReporter {
+        let options = ConsoleOptions {
+            suggest_allow,
+            ..ConsoleOptions::detect()
+        };
+        ConsoleReporter::new(options, Box::new(std::io::stdout()))
     }
 
     /// Like [`ConsoleReporter::new`], with the spinners drawn on `target`.
@@ -545,13 +554,47 @@ impl ConsoleReporter {
             lines.extend(self.cache_report(job));
             lines.extend(self.service_report(job));
             lines.extend(self.metering_report(job));
+            lines.extend(self.network_report(job));
             lines.extend(self.test_report_block(job));
+        }
+        if self.options.suggest_allow {
+            lines.extend(suggested_allow(results));
         }
         lines.push(String::new());
         // No colour: CI parsers match this line as plain text.
         lines.push(results.summary_line());
         self.emit(&lines);
     }
+}
+
+/// `--suggest-allow`: for each job with a network, the `allow` list that
+/// would have let everything it touched through, ready to paste.
+fn suggested_allow(results: &RunResults) -> Vec<String> {
+    let mut lines = vec![
+        String::new(),
+        "==== allow lists that would have sufficed (--suggest-allow) ====".to_string(),
+    ];
+    let mut any = false;
+    for job in &results.jobs {
+        let Some(network) = &job.metering.network else {
+            continue;
+        };
+        any = true;
+        let entries: Vec<String> = (network.suggested_allow().iter())
+            .map(|e| format!("{e:?}"))
+            .collect();
+        lines.push(format!("{}:", job.name));
+        lines.push("  network:".to_string());
+        if entries.is_empty() {
+            lines.push("    # it reached nothing: `network: false` would do".to_string());
+        } else {
+            lines.push(format!("    allow: [{}]", entries.join(", ")));
+        }
+    }
+    if !any {
+        lines.push("no job had a network".to_string());
+    }
+    lines
 }
 
 impl Reporter for ConsoleReporter {

@@ -38,6 +38,7 @@ pub(in crate::report) fn plain(gitlab: bool, color: bool) -> (ConsoleReporter, B
         gitlab_sections: gitlab,
         color,
         failure_tail_lines: 2,
+        suggest_allow: false,
     };
     (
         ConsoleReporter::new(options, Box::new(buffer.clone())),
@@ -323,6 +324,7 @@ fn live_mode_shows_a_spinner_per_job_with_step_and_last_output() {
         gitlab_sections: false,
         color: false,
         failure_tail_lines: 5,
+        suggest_allow: false,
     };
     let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
     let reporter = ConsoleReporter::with_draw_target(options, Box::new(buffer.clone()), target);
@@ -377,6 +379,56 @@ fn a_jobs_use_is_on_its_line_and_a_near_limit_is_warned() {
         text.contains(
             "\n==== build: close to its limits ====\nused 95% of its memory at peak \
              (460 of 480 MiB): raise `memory` before it runs out\n"
+        ),
+        "{text}"
+    );
+}
+
+/// A job's network is on its line; a blocked job lists what was refused,
+/// an audit every destination, and `--suggest-allow` the list to paste.
+#[test]
+fn a_jobs_network_is_reported_and_an_allow_list_suggested() {
+    let (reporter, buffer) = plain(false, false);
+    let blocked = crate::results::tests::networked("build", false);
+    reporter.on_job_finished(&plan().jobs[0], &blocked);
+    reporter.finish(&run(vec![blocked]));
+    let text = buffer.text();
+    assert!(
+        text.contains("memory 100/500 MiB, net 1.3 KiB out, 34.2 KiB in\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\n==== build: network refused ====\ndenied   TCP  -  10.0.0.5:5432\n\
+             refused  DNS  evil.example (NXDOMAIN)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("crates.io"),
+        "only refusals without an audit: {text}"
+    );
+    assert!(!text.contains("would have sufficed"), "{text}");
+
+    let buffer = Buffer::default();
+    let options = ConsoleOptions {
+        mode: ConsoleMode::Plain,
+        gitlab_sections: false,
+        color: false,
+        failure_tail_lines: 2,
+        suggest_allow: true,
+    };
+    let reporter = ConsoleReporter::new(options, Box::new(buffer.clone()));
+    reporter.finish(&run(vec![crate::results::tests::networked("build", true)]));
+    let text = buffer.text();
+    assert!(
+        text.contains("==== build: network audit (net 1.3 KiB out, 34.2 KiB in) ====\nallowed  TCP  crates.io"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "==== allow lists that would have sufficed (--suggest-allow) ====\nbuild:\n  network:\n    \
+             allow: [\"crates.io:443\", \"10.0.0.5:5432\"]\n"
         ),
         "{text}"
     );

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use crate::plan::{Plan, PlannedJob, PlannedStep};
 use crate::report::stream::{OutputStream, Reporter, RunEvent};
-use crate::results::{Attempt, JobOutcome, JobResult, RunResults, StepResult, StepStatus};
+use crate::results::{
+    Attempt, JobOutcome, JobResult, NetworkUse, RunResults, StepResult, StepStatus,
+};
 
 pub const EVENTS_VERSION: u32 = 1;
 
@@ -209,6 +211,7 @@ impl JsonEvents {
                     "memory_peak_bytes": result.metering.memory.map(|m| m.peak_bytes),
                     "memory_total_bytes": result.metering.memory.map(|m| m.total_bytes),
                     "warnings": result.metering.warnings(),
+                    "network": result.metering.network.as_ref().map(network),
                 },
             }),
         );
@@ -250,6 +253,22 @@ impl Reporter for JsonEvents {
             RunEvent::JobProgress { .. } | RunEvent::TerminalLent { .. } => {}
         }
     }
+}
+
+/// A job's network, as `job-finished` carries it: what the egress process
+/// recorded, and the `allow` list that would have sufficed.
+fn network(network: &NetworkUse) -> serde_json::Value {
+    let report = &network.report;
+    json!({
+        "audit": network.audit,
+        "bytes_out": report.bytes_out,
+        "bytes_in": report.bytes_in,
+        "destinations": report.destinations,
+        "more_destinations": report.more_destinations,
+        "refused_names": report.refused_names,
+        "more_refused_names": report.more_refused_names,
+        "suggested_allow": network.suggested_allow(),
+    })
 }
 
 #[cfg(test)]
@@ -342,6 +361,26 @@ mod tests {
         );
         // A job without services says so with an empty list.
         assert_eq!(lines[1]["services"], json!([]));
+    }
+
+    #[test]
+    fn a_finished_job_carries_what_its_network_touched() {
+        let buffer = Buffer::default();
+        let events = JsonEvents::new(Box::new(buffer.clone()));
+        let result = crate::results::tests::networked("build", false);
+        events.on_job_finished(&plan().jobs[0], &result);
+        let line: Value = serde_json::from_str(buffer.text().trim()).unwrap();
+        let network = &line["metering"]["network"];
+        assert_eq!(network["audit"], false);
+        assert_eq!(network["bytes_in"], 35_000);
+        assert_eq!(network["destinations"][0]["names"], json!(["crates.io"]));
+        assert_eq!(network["destinations"][0]["address"], "151.101.0.1");
+        assert_eq!(network["destinations"][1]["allowed"], false);
+        assert_eq!(network["refused_names"], json!(["evil.example"]));
+        assert_eq!(
+            network["suggested_allow"],
+            json!(["crates.io:443", "10.0.0.5:5432"])
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use serde::Serialize;
 use super::excerpt::{Budget, MAX_EACH, TOTAL_BUDGET};
 use crate::report::text::clean_text;
 use crate::results::{
-    CaseKind, ImportedCase, ImportedResult, JobOutcome, JobResult, PhaseKind, RunResults,
-    ServiceResult, StepResult, StepStatus,
+    CaseKind, ImportedCase, ImportedResult, JobOutcome, JobResult, NetworkUse, PhaseKind,
+    RunResults, ServiceResult, StepResult, StepStatus,
 };
 
 /// Failing testcases of one job's reports listed one by one; the rest are
@@ -61,6 +61,31 @@ pub struct Usage {
     pub memory_total: Option<u64>,
     /// Lines for a job close to a limit.
     pub warnings: Vec<String>,
+    /// What its NIC touched; `None` without a network.
+    pub network: Option<NetworkTable>,
+}
+
+/// A job's network, as the detail's table draws it: every destination
+/// (allowed or denied) and every refused name.
+#[derive(Serialize)]
+pub struct NetworkTable {
+    /// `net 1.2 KiB out, 34.0 KiB in`.
+    pub summary: String,
+    pub audit: bool,
+    pub rows: Vec<NetworkRow>,
+    /// Destinations past the report's cap, counted only.
+    pub more: u64,
+    pub refused_names: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct NetworkRow {
+    pub allowed: bool,
+    pub protocol: String,
+    pub name: String,
+    pub address: String,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
 }
 
 #[derive(Serialize)]
@@ -300,7 +325,28 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
             memory_peak: result.metering.memory.map(|m| m.peak_bytes),
             memory_total: result.metering.memory.map(|m| m.total_bytes),
             warnings: result.metering.warnings(),
+            network: result.metering.network.as_ref().map(network_table),
         },
+    }
+}
+
+fn network_table(network: &NetworkUse) -> NetworkTable {
+    let report = &network.report;
+    NetworkTable {
+        summary: network.summary(),
+        audit: network.audit,
+        rows: (report.destinations.iter())
+            .map(|d| NetworkRow {
+                allowed: d.allowed,
+                protocol: clean_text(&d.protocol),
+                name: clean_text(&d.names.join(", ")),
+                address: format!("{}:{}", d.address, d.port),
+                bytes_out: d.bytes_out,
+                bytes_in: d.bytes_in,
+            })
+            .collect(),
+        more: report.more_destinations,
+        refused_names: report.refused_names.iter().map(|n| clean_text(n)).collect(),
     }
 }
 

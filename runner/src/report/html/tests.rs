@@ -397,3 +397,16 @@ fn a_huge_service_log_is_cut_to_the_report_s_share() {
     assert!(log.ends_with("LAST LINE: not ready\n"));
     assert!(log.contains(&format!("full output in {} ...]", cache_log.display())));
 }
+
+#[test]
+fn a_jobs_network_table_is_in_the_page() {
+    let page = render(&run(vec![crate::results::tests::networked("build", true)])).unwrap();
+    let network = &data(&page)["jobs"][0]["usage"]["network"];
+    assert_eq!(network["audit"], true);
+    assert_eq!(network["summary"], "net 1.3 KiB out, 34.2 KiB in");
+    assert_eq!(network["rows"][0]["name"], "crates.io");
+    assert_eq!(network["rows"][0]["address"], "151.101.0.1:443");
+    assert_eq!(network["rows"][1]["allowed"], false);
+    assert_eq!(network["refused_names"][0], "evil.example");
+    assert!(page.contains("function networkTable("));
+}

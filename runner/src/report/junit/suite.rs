@@ -43,6 +43,22 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
             memory.total_bytes.to_string(),
         ));
     }
+    if let Some(network) = &job.metering.network {
+        let report = &network.report;
+        suite.add_property(Property::new(
+            "network_bytes_out",
+            report.bytes_out.to_string(),
+        ));
+        suite.add_property(Property::new(
+            "network_bytes_in",
+            report.bytes_in.to_string(),
+        ));
+        // One property per destination and refused name: the audit table,
+        // as a CI server lists a suite's properties.
+        for row in network.table() {
+            suite.add_property(Property::new("egress", xml_text(&row)));
+        }
+    }
     if let Some(log) = &job.log_path {
         suite.add_property(Property::new("log", xml_text(&log.display().to_string())));
     }

@@ -422,3 +422,27 @@ fn what_a_jobs_vm_used_is_in_its_properties() {
         assert!(properties.contains(&expected), "{properties:?}");
     }
 }
+
+#[test]
+fn what_a_jobs_network_touched_is_in_its_properties() {
+    let build = crate::results::tests::networked("build", true);
+    let xml = render(&run(vec![build]), &JunitOptions::default()).unwrap();
+    let doc = parse(&xml);
+    let properties: Vec<(&str, &str)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("property"))
+        .map(|n| (n.attribute("name").unwrap(), n.attribute("value").unwrap()))
+        .collect();
+    for expected in [
+        ("network_bytes_out", "1300"),
+        ("network_bytes_in", "35000"),
+        (
+            "egress",
+            "allowed  TCP  crates.io  151.101.0.1:443  out 1.3 KiB, in 34.2 KiB",
+        ),
+        ("egress", "denied   TCP  -  10.0.0.5:5432"),
+        ("egress", "refused  DNS  evil.example (NXDOMAIN)"),
+    ] {
+        assert!(properties.contains(&expected), "{properties:?}");
+    }
+}
