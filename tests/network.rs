@@ -289,8 +289,83 @@ jobs:
         )),
         "{stderr}"
     );
+    // The run's report says what was refused, job by job.
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("==== named: network refused ====\nrefused  DNS  evil.test (NXDOMAIN)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "==== hardcoded: network refused ====\ndenied   TCP  -  10.0.2.2:{port}\n"
+        )),
+        "{stdout}"
+    );
     let needle = dir.path().to_string_lossy().into_owned();
     assert_eq!(processes_mentioning(&needle), Vec::<String>::new());
+}
+
+/// An audit lists exactly what the job touched, by the names it resolved,
+/// and the `allow` list `--suggest-allow` prints from it makes the same
+/// job pass with its network locked to that list.
+#[test]
+fn an_audit_s_suggested_allow_list_is_enough_in_block_mode() {
+    require_tool("passt", "passt");
+    let server = HttpServer::start(|_| BODY.to_string());
+    let resolver = DnsServer::start(
+        |name| matches!(name, "web.test" | "a.cdn.test").then_some([127, 0, 0, 1]),
+        60,
+    );
+    let port = server.port;
+    let steps = format!(
+        "    steps:\n      - run: \"test \\\"$(timeout 300 wget -q -O - http://web.test:{port}/one)\\\" = '{BODY}'\"\n      - run: \"test \\\"$(timeout 300 wget -q -O - http://a.cdn.test:{port}/two)\\\" = '{BODY}'\"\n"
+    );
+    let run = |network: &str, grant: &str| {
+        let yaml = format!(
+            "name: audit\ndefaults: {{ files: none }}\njobs:\n  fetch:\n    network: {network}\n{steps}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = runner_test(dir.path(), &yaml)
+            .args([grant, "--suggest-allow"])
+            .env("RUNNER_DNS_SERVER", format!("127.0.0.1:{}", resolver.port))
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}\n{}",
+            text(&out.stderr),
+            job_log(dir.path(), "fetch")
+        );
+        stdout
+    };
+    let named = format!("web.test:{port},a.cdn.test:{port}");
+    let audit = run(
+        "{ audit: true }",
+        &format!("--allow-network=public,{named}"),
+    );
+    assert!(audit.contains("==== fetch: network audit (net "), "{audit}");
+    // Both names answered the host (the gateway): one destination, which
+    // both named.
+    let row = format!("allowed  TCP  web.test,a.cdn.test  10.0.2.2:{port}  out ");
+    assert!(audit.contains(&row), "{row}: {audit}");
+    let allow = audit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("allow: "))
+        .expect("a suggested allow list")
+        .to_string();
+    assert_eq!(
+        allow,
+        format!("[\"web.test:{port}\", \"a.cdn.test:{port}\"]")
+    );
+    // The list, pasted: the same job passes with its network locked.
+    let locked = run(
+        &format!("{{ allow: {allow} }}"),
+        &format!("--allow-network={named}"),
+    );
+    assert!(!locked.contains("==== fetch: network refused"), "{locked}");
+    assert_eq!(server.paths(), vec!["/one", "/one", "/two", "/two"]);
 }
 
 #[test]
