@@ -1,7 +1,8 @@
 //! Metering end to end: what a job's VM used (its vCPUs' CPU time from the
-//! host, the most guest memory in use during its steps from the agent) is
-//! on its console line and in its JUnit properties, close to what the job
-//! really used; a job near its `memory` gets a warning naming the setting.
+//! host, the most guest memory in use during its steps and what they wrote
+//! to its disk from the agent) is on its console line and in its JUnit
+//! properties, close to what the job really used; a job near its `memory`
+//! gets a warning naming the setting.
 
 use e2e_tests::{both, job_log, runner_test, vm_dirs};
 
@@ -41,6 +42,10 @@ jobs:
   near:
     steps:
       - {near}; echo "filling $want MiB"; {}
+  writes:
+    image: {{ base: minimal, size: 1G }}
+    steps:
+      - dd if=/dev/urandom of=/var/written bs=1M count=100 2>/dev/null && sync
 "#,
         fill("300"),
         fill("$want")
@@ -49,7 +54,8 @@ jobs:
     let text = both(&out);
     assert!(out.status.success(), "{text}");
     let xml = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
-    let (fills, near_suite) = xml.split_at(xml.find("name=\"near\"").unwrap());
+    let (fills, rest) = xml.split_at(xml.find("name=\"near\"").unwrap());
+    let (near_suite, writes) = rest.split_at(rest.find("name=\"writes\"").unwrap());
 
     let mib = |bytes: f64| bytes / f64::from(1 << 20);
     let peak = mib(property(fills, "memory_peak_bytes"));
@@ -77,6 +83,16 @@ jobs:
         "{warning}"
     );
     assert!(job_log(dir.path(), "near").contains("==> warning: used"));
+    // 100 MiB written to the disk of a `size: 1G` image, read from the
+    // guest's block layer (the file system's journal adds a little).
+    let written = mib(property(writes, "disk_written_bytes"));
+    assert!(
+        (100.0..=110.0).contains(&written),
+        "written {written} MiB:\n{text}"
+    );
+    let disk = mib(property(writes, "disk_total_bytes"));
+    assert!((900.0..=1024.0).contains(&disk), "disk {disk} MiB");
+    assert!(mib(property(writes, "disk_used_bytes")) >= 100.0, "{xml}");
     // The console's line for each job says it too.
     assert!(
         text.lines().any(|l| l.starts_with("[fills] passed in")

@@ -136,6 +136,7 @@ fn serve<S: Read + Write + AsFd>(conn: &mut Conn<S>) -> Result<ConnectionEnd, Ab
                     Message::UsageReport {
                         memory_total_kib: total,
                         memory_peak_kib: peak,
+                        disk: crate::usage::disk(),
                     },
                 )?,
                 None => send_error(conn, "reading /proc/meminfo".into())?,

@@ -35,6 +35,39 @@ pub fn report() -> Option<(u64, u64)> {
     Some((total, peak))
 }
 
+/// KiB written to the virtio disks since boot, and the root file
+/// system's size and use; `None` if either cannot be read.
+pub fn disk() -> Option<agent_protocol::DiskReport> {
+    let mut written_sectors = 0u64;
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("vd") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        written_sectors += sectors_written(&stat)?;
+    }
+    let (total, free) = fs_space("/")?;
+    Some(agent_protocol::DiskReport {
+        // The block layer counts 512-byte sectors, whatever the disk's.
+        written_kib: written_sectors / 2,
+        root_total_kib: total >> 10,
+        root_used_kib: total.saturating_sub(free) >> 10,
+    })
+}
+
+/// The 7th field of a block device's `stat`: sectors written.
+fn sectors_written(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(6)?.parse().ok()
+}
+
+/// A file system's size and free bytes (root's reserve included: the
+/// job's steps run as root), or `None`.
+fn fs_space(path: &str) -> Option<(u64, u64)> {
+    let fs = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = fs.fragment_size().max(1);
+    Some((fs.blocks() * block, fs.blocks_free() * block))
+}
+
 /// What a command's run is compared against: the OOM kills so far, and
 /// where it works.
 pub struct CommandWatch {
@@ -82,11 +115,9 @@ impl CommandWatch {
     /// Whether the working directory's file system has (almost) no room
     /// left: less than 1% and less than 1 MiB free, as root sees it.
     pub fn disk_full(&self) -> bool {
-        let Ok(fs) = nix::sys::statvfs::statvfs(self.dir.as_str()) else {
+        let Some((total, free)) = fs_space(&self.dir) else {
             return false;
         };
-        let block = fs.fragment_size().max(1);
-        let (free, total) = (fs.blocks_free() * block, fs.blocks() * block);
         total > 0 && free < (total / 100).min(1 << 20)
     }
 }
@@ -169,5 +200,14 @@ mod tests {
         PEAK_KIB.fetch_max(u64::MAX / 2, Ordering::Relaxed);
         assert_eq!(report().unwrap().1, u64::MAX / 2);
         assert!(report().unwrap().1 < u64::MAX / 2);
+    }
+
+    #[test]
+    fn a_block_stat_line_gives_its_sectors_written() {
+        let stat = "    4218     1212   321770     1734      933      860   103952     2004        0     3280     3738";
+        assert_eq!(sectors_written(stat), Some(103_952));
+        assert_eq!(sectors_written("1 2 3"), None);
+        let (total, free) = fs_space("/").unwrap();
+        assert!(total > 0 && free <= total);
     }
 }

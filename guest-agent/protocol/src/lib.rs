@@ -243,10 +243,24 @@ pub enum Message {
     /// Agent → host: memory the kernel offers (`MemTotal`), and the most of
     /// it in use (`MemTotal - MemAvailable`: page cache it can drop is not
     /// use) at one time since the last `Usage`, in KiB.
+    ///
+    /// And the guest's disks: KiB written to its virtio disks since boot
+    /// (`/sys/block/vd*/stat`), and the root file system's size and use
+    /// (`statvfs("/")`). `None` from an agent that does not say.
     UsageReport {
         memory_total_kib: u64,
         memory_peak_kib: u64,
+        #[serde(default)]
+        disk: Option<DiskReport>,
     },
+}
+
+/// The guest's disks, as [`Message::UsageReport`] carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    pub written_kib: u64,
+    pub root_total_kib: u64,
+    pub root_used_kib: u64,
 }
 
 /// A cache disk and the guest paths that live on it.

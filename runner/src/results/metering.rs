@@ -1,6 +1,7 @@
 //! What a job's VM used: the CPU time of its vCPUs (from the host), the
-//! most guest memory in use at once during its steps (from the agent,
-//! which samples it), and its network (from its NIC's egress process). A job close to its `memory` gets a warning naming the
+//! most guest memory in use at once during its steps and what they wrote
+//! to its disks (from the agent, which samples them), and its network
+//! (from its NIC's egress process). A job close to its `memory` gets a warning naming the
 //! setting, so that the next OOM is not a surprise.
 
 use std::time::Duration;
@@ -18,6 +19,8 @@ pub struct Metering {
     pub cpu: Option<Duration>,
     /// Guest memory during the steps.
     pub memory: Option<MemoryUse>,
+    /// The guest's disks after the steps.
+    pub disk: Option<DiskUse>,
     /// What its NIC touched; `None` without one.
     pub network: Option<NetworkUse>,
 }
@@ -28,6 +31,25 @@ pub struct Metering {
 pub struct MemoryUse {
     pub total_bytes: u64,
     pub peak_bytes: u64,
+}
+
+/// The guest's disks: bytes its steps wrote to them (every virtio disk,
+/// caches included, as the guest's block layer counts them), and its root
+/// file system's size (about the image's `size`) and use at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUse {
+    pub written_bytes: u64,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl DiskUse {
+    /// The root file system's use as a share of its size, in whole percent.
+    pub fn percent(&self) -> u64 {
+        (self.used_bytes.saturating_mul(100))
+            .checked_div(self.total_bytes)
+            .unwrap_or(0)
+    }
 }
 
 impl MemoryUse {
@@ -52,6 +74,14 @@ impl Metering {
                 memory.total_bytes >> 20
             ));
         }
+        if let Some(disk) = self.disk.filter(|d| d.percent() >= WARN_AT_PERCENT) {
+            lines.push(format!(
+                "filled {}% of its root file system ({} of {} MiB): raise the image's `size` before it runs out",
+                disk.percent(),
+                disk.used_bytes >> 20,
+                disk.total_bytes >> 20
+            ));
+        }
         lines
     }
 
@@ -67,6 +97,14 @@ impl Metering {
                 "memory {}/{} MiB",
                 memory.peak_bytes >> 20,
                 memory.total_bytes >> 20
+            ));
+        }
+        if let Some(disk) = self.disk {
+            parts.push(format!(
+                "disk {} MiB written, {}/{} MiB used",
+                disk.written_bytes >> 20,
+                disk.used_bytes >> 20,
+                disk.total_bytes >> 20
             ));
         }
         if let Some(network) = &self.network {
@@ -90,6 +128,7 @@ mod tests {
                 total_bytes: 500 * MIB,
                 peak_bytes: 476 * MIB,
             }),
+            disk: None,
             network: None,
         };
         assert_eq!(
@@ -112,5 +151,18 @@ mod tests {
             peak_bytes: 1,
         };
         assert_eq!(empty.percent(), 0);
+        let full = Metering {
+            disk: Some(DiskUse {
+                written_bytes: 100 * MIB,
+                used_bytes: 950 * MIB,
+                total_bytes: 1000 * MIB,
+            }),
+            ..Metering::default()
+        };
+        assert_eq!(
+            full.warnings(),
+            ["filled 95% of its root file system (950 of 1000 MiB): raise the image's `size` before it runs out"]
+        );
+        assert_eq!(full.summary(), "disk 100 MiB written, 950/1000 MiB used");
     }
 }

@@ -20,7 +20,7 @@ pub use agent_protocol::ExitStatus;
 pub use capture::{omission_note, JobLog, Output, OutputCapture, DEFAULT_OUTPUT_LIMIT};
 pub use egress::NetworkUse;
 pub use imported::{ImportedCase, ImportedResult, ImportedTests, Problem};
-pub use metering::{MemoryUse, Metering, WARN_AT_PERCENT};
+pub use metering::{DiskUse, MemoryUse, Metering, WARN_AT_PERCENT};
 pub use timeline::{Phase, PhaseKind};
 
 use crate::pipeline::format_duration;

@@ -64,6 +64,7 @@ pub(crate) fn metered(name: &str, cpu_ms: u64, peak_mib: u64, total_mib: u64) ->
             total_bytes: total_mib << 20,
             peak_bytes: peak_mib << 20,
         }),
+        disk: None,
         network: None,
     };
     metered

@@ -16,11 +16,11 @@ use crate::pipeline::{files, host_scope, Network};
 use crate::plan::{PlannedJob, PlannedStep};
 use crate::report::{OutputStream, RunEvent};
 use crate::results::{
-    Attempt, JobLog, JobOutcome, JobResult, MemoryUse, NetworkUse, Phase, PhaseKind, StepResult,
-    StepStatus, TimeLimit,
+    Attempt, DiskUse, JobLog, JobOutcome, JobResult, MemoryUse, NetworkUse, Phase, PhaseKind,
+    StepResult, StepStatus, TimeLimit,
 };
 use crate::session::wait_for_agent;
-use crate::session::{AgentSession, SessionError, HOST_GRACE};
+use crate::session::{AgentSession, GuestUsage, SessionError, HOST_GRACE};
 use runner_machine::{Vm, VmSpec};
 
 /// Time the artifacts always get, even when the job's own time is up:
@@ -156,9 +156,10 @@ fn run_in_vm<'scope, 'env>(
     }
     // Before the files: a cache path may lie under where they go.
     caches.mount(&mut session, &log, result);
-    // The job's memory use is counted from here (boot and set-up are not
-    // its doing); an agent that cannot tell leaves it unmeasured.
-    let metered = session.memory_use().ok().flatten().is_some();
+    // The job's memory use and disk writes are counted from here (boot
+    // and set-up are not its doing); an agent that cannot tell leaves them
+    // unmeasured.
+    let before_steps = session.usage().ok().flatten();
     // The agent enforces the job's timeout on each step; this is the
     // host's own bound on everything else (file copies, a guest that never
     // reports), with the same grace as a step.
@@ -292,8 +293,8 @@ fn run_in_vm<'scope, 'env>(
         }
     }
 
-    if metered {
-        meter_memory(&mut session, &log, result);
+    if let Some(before) = before_steps {
+        meter_guest(&mut session, &before, &log, result);
     }
     session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
     if !job.reports.is_empty() {
@@ -501,15 +502,28 @@ fn meter_vm(job: &PlannedJob, vm: &mut dyn Vm, result: &mut JobResult) {
     });
 }
 
-/// The most guest memory in use during the steps, into `result`, with a
-/// warning in the job's log when it came close to the job's `memory`.
-fn meter_memory(session: &mut AgentSession, log: &JobLog, result: &mut JobResult) {
-    let Ok(Some((total_bytes, peak_bytes))) = session.memory_use() else {
+/// The most guest memory in use during the steps and what they did to
+/// its disks (since `before`), into `result`, with a warning in the job's
+/// log when it came close to its `memory` or its root file system's size.
+fn meter_guest(
+    session: &mut AgentSession,
+    before: &GuestUsage,
+    log: &JobLog,
+    result: &mut JobResult,
+) {
+    let Ok(Some(after)) = session.usage() else {
         return;
     };
     result.metering.memory = Some(MemoryUse {
-        total_bytes,
-        peak_bytes,
+        total_bytes: after.memory_total_bytes,
+        peak_bytes: after.memory_peak_bytes,
+    });
+    result.metering.disk = after.disk.map(|disk| DiskUse {
+        written_bytes: (disk.written_kib)
+            .saturating_sub(before.disk.map_or(0, |d| d.written_kib))
+            .saturating_mul(1024),
+        used_bytes: disk.root_used_kib.saturating_mul(1024),
+        total_bytes: disk.root_total_kib.saturating_mul(1024),
     });
     for line in result.metering.warnings() {
         log.note(&format!("==> warning: {line}"));

@@ -242,10 +242,10 @@ impl AgentSession {
         }
     }
 
-    /// The guest's memory: `MemTotal` and the most in use since the last
-    /// call (the first starts the agent's sampling), in bytes; `None` from
-    /// an agent that does not sample.
-    pub fn memory_use(&mut self) -> Result<Option<(u64, u64)>, SessionError> {
+    /// The guest's use: its memory (`MemTotal` and the most in use since
+    /// the last call; the first starts the agent's sampling) and its
+    /// disks; `None` from an agent that does not sample.
+    pub fn usage(&mut self) -> Result<Option<GuestUsage>, SessionError> {
         if !self.capabilities.iter().any(|c| c == "usage") {
             return Ok(None);
         }
@@ -254,10 +254,12 @@ impl AgentSession {
             Message::UsageReport {
                 memory_total_kib,
                 memory_peak_kib,
-            } => Ok(Some((
-                memory_total_kib.saturating_mul(1024),
-                memory_peak_kib.saturating_mul(1024),
-            ))),
+                disk,
+            } => Ok(Some(GuestUsage {
+                memory_total_bytes: memory_total_kib.saturating_mul(1024),
+                memory_peak_bytes: memory_peak_kib.saturating_mul(1024),
+                disk,
+            })),
             Message::Error { message } => Err(SessionError::Agent(message)),
             other => Err(SessionError::Unexpected(format!("{other:?}"))),
         }
@@ -469,6 +471,15 @@ fn write_locked(
         (Err(_), Some(why)) => Err(why.into()),
         (Err(e), None) => Err(e.into()),
     }
+}
+
+/// What the agent said of the guest's use ([`AgentSession::usage`]). The
+/// guest says it: a hostile one misreports only its own job's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestUsage {
+    pub memory_total_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub disk: Option<agent_protocol::DiskReport>,
 }
 
 #[cfg(test)]

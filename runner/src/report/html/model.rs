@@ -59,6 +59,10 @@ pub struct Usage {
     pub cpu: Option<f64>,
     pub memory_peak: Option<u64>,
     pub memory_total: Option<u64>,
+    /// The root file system's use and size, and what the steps wrote.
+    pub disk_used: Option<u64>,
+    pub disk_total: Option<u64>,
+    pub disk_written: Option<u64>,
     /// Lines for a job close to a limit.
     pub warnings: Vec<String>,
     /// What its NIC touched; `None` without a network.
@@ -324,6 +328,9 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
             cpu: result.metering.cpu.map(secs),
             memory_peak: result.metering.memory.map(|m| m.peak_bytes),
             memory_total: result.metering.memory.map(|m| m.total_bytes),
+            disk_used: result.metering.disk.map(|d| d.used_bytes),
+            disk_total: result.metering.disk.map(|d| d.total_bytes),
+            disk_written: result.metering.disk.map(|d| d.written_bytes),
             warnings: result.metering.warnings(),
             network: result.metering.network.as_ref().map(network_table),
         },

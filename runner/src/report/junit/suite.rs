@@ -43,6 +43,15 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
             memory.total_bytes.to_string(),
         ));
     }
+    if let Some(disk) = job.metering.disk {
+        for (name, value) in [
+            ("disk_written_bytes", disk.written_bytes),
+            ("disk_used_bytes", disk.used_bytes),
+            ("disk_total_bytes", disk.total_bytes),
+        ] {
+            suite.add_property(Property::new(name, value.to_string()));
+        }
+    }
     if let Some(network) = &job.metering.network {
         let report = &network.report;
         suite.add_property(Property::new(
