@@ -24,6 +24,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The logs of `jobs`, one after the other, for a failure's message.
+fn logs(dir: &Path, jobs: &[&str]) -> String {
+    (jobs.iter())
+        .map(|job| format!("--- {job}:\n{}\n", job_log(dir, job)))
+        .collect()
+}
+
 fn run(dir: &Path, yaml: &str, grant: &str) -> Output {
     runner_test(dir, yaml)
         .args(["--jobs", "2", grant])
@@ -93,10 +100,7 @@ jobs:
     // The operator names both host ports: the `allow` lists decide.
     let grant = format!("--allow-network=public,127.0.0.1:{port},127.0.0.1:{other_port}");
     let out = run(dir.path(), &yaml, &grant);
-    let logs: String = ["open", "none", "allowed", "denied"]
-        .iter()
-        .map(|job| format!("--- {job}:\n{}\n", job_log(dir.path(), job)))
-        .collect();
+    let logs = logs(dir.path(), &["open", "none", "allowed", "denied"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -254,10 +258,7 @@ jobs:
         "{stderr}\n{}",
         text(&out.stdout)
     );
-    let logs: String = ["named", "hardcoded"]
-        .iter()
-        .map(|job| format!("--- {job}:\n{}\n", job_log(dir.path(), job)))
-        .collect();
+    let logs = logs(dir.path(), &["named", "hardcoded"]);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -123,40 +123,12 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-
-    fn touched(name: Option<&str>, address: [u8; 4], port: u16, allowed: bool) -> Touched {
-        Touched {
-            protocol: "TCP".into(),
-            address: Ipv4Addr::from(address),
-            port,
-            names: name.map(str::to_string).into_iter().collect(),
-            allowed,
-            bytes_out: 1300,
-            bytes_in: 35_000,
-            first_ms: 10,
-            last_ms: 900,
-        }
-    }
 
     #[test]
     fn the_table_the_refusals_and_the_suggested_allow_list() {
-        let network = NetworkUse {
-            audit: true,
-            report: EgressReport {
-                destinations: vec![
-                    touched(Some("crates.io"), [151, 101, 0, 1], 443, true),
-                    touched(Some("crates.io"), [151, 101, 0, 2], 443, true),
-                    touched(None, [10, 0, 0, 5], 5432, false),
-                ],
-                more_destinations: 0,
-                refused_names: vec!["evil.example".into()],
-                more_refused_names: 0,
-                bytes_out: 2600,
-                bytes_in: 70_000,
-            },
-        };
-        assert_eq!(network.summary(), "net 2.5 KiB out, 68.4 KiB in");
+        let job = crate::results::tests::networked("build", true);
+        let mut network = job.metering.network.unwrap();
+        assert_eq!(network.summary(), "net 1.3 KiB out, 34.2 KiB in");
         assert_eq!(
             network.table()[0],
             "allowed  TCP  crates.io  151.101.0.1:443  out 1.3 KiB, in 34.2 KiB"
@@ -168,9 +140,14 @@ mod tests {
                 "refused  DNS  evil.example (NXDOMAIN)"
             ]
         );
+        // Two names on one address (a CDN), and the same one again.
+        let mut cdn = network.report.destinations[0].clone();
+        cdn.names.push("static.crates.io".into());
+        cdn.address = [151, 101, 0, 2].into();
+        network.report.destinations.push(cdn);
         assert_eq!(
             network.suggested_allow(),
-            ["crates.io:443", "10.0.0.5:5432"]
+            ["crates.io:443", "10.0.0.5:5432", "static.crates.io:443"]
         );
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 30), "3.0 GiB");

@@ -13,9 +13,8 @@ use std::os::unix::net::UnixStream;
 
 use agent_protocol::{HostEntry, NetworkConfig};
 
-use crate::vm_process::confinement::VmIds;
 use crate::vm_process::switch::{PortRole, SwitchRole};
-use crate::vm_process::{self, Outcome, ProcessConfig, Role, VmProcess};
+use crate::vm_process::{HelperProcess, Outcome, Role};
 use crate::BootError;
 
 /// The segment's subnet: `10.0.3.0/24`, members from `.2` on.
@@ -95,10 +94,7 @@ impl SegmentNic {
 /// The running switch. Dropping it kills its process; its members' NICs
 /// then see their connection close.
 pub struct Switch {
-    process: VmProcess,
-    /// Held while the process runs: nobody else gets its ids.
-    _ids: Option<VmIds>,
-    _dir: tempfile::TempDir,
+    helper: HelperProcess,
 }
 
 impl Switch {
@@ -112,7 +108,6 @@ impl Switch {
             )));
         }
         let setup = |what: &str, e: std::io::Error| BootError::Setup(format!("{what}: {e}"));
-        let dir = crate::vm_dir::create().map_err(|e| setup("creating the switch's dir", e))?;
         let mut nics = Vec::new();
         let mut ports = Vec::new();
         let mut switch_ends = Vec::new();
@@ -134,35 +129,20 @@ impl Switch {
                 socket: member.into(),
             });
         }
-        let jail =
-            vm_process::jail_for(dir.path(), Vec::new(), Vec::new()).map_err(BootError::Setup)?;
-        let ids = match jail {
-            Some(_) => VmIds::allocate().map_err(BootError::Setup)?,
-            None => None,
-        };
-        let config = ProcessConfig {
-            protocol: vm_process::PROTOCOL,
-            name: format!("segment of {}", names[0]),
-            seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
-            jail,
-            role: Role::Switch(SwitchRole { ports }),
-        };
         let inherit: Vec<RawFd> = switch_ends.iter().map(|s| s.as_raw_fd()).collect();
-        let process = VmProcess::start(&config, ids.as_ref(), SWITCH_MEMORY_MIB, 1, &inherit)?;
+        let helper = HelperProcess::start(
+            format!("segment of {}", names[0]),
+            Role::Switch(SwitchRole { ports }),
+            SWITCH_MEMORY_MIB,
+            &inherit,
+        )?;
         // The switch holds its own copies now.
         drop(switch_ends);
-        Ok((
-            Switch {
-                process,
-                _ids: ids,
-                _dir: dir,
-            },
-            nics,
-        ))
+        Ok((Switch { helper }, nics))
     }
 
     /// How the switch ended, once it has (it ends when every member left).
     pub fn outcome(&mut self) -> Option<Outcome> {
-        self.process.outcome()
+        self.helper.process.outcome()
     }
 }

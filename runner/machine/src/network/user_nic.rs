@@ -20,7 +20,7 @@ use super::passt::{self, Passt};
 use super::Reach;
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::egress::EgressRole;
-use crate::vm_process::{self, ProcessConfig, Role, VmProcess};
+use crate::vm_process::{HelperProcess, Role};
 use crate::BootError;
 
 /// Names the resolver the guests' DNS queries go to (`ADDRESS` or
@@ -39,12 +39,9 @@ const MAX_REPORT_BYTES: u64 = 1 << 20;
 /// A running NIC. Field order is drop order: the egress process is killed
 /// first, then passt.
 pub struct UserNic {
-    egress: VmProcess,
+    egress: HelperProcess,
     /// Where the record of what the guest touched is asked for.
     control: UnixStream,
-    /// Held while the process runs: nobody else gets its ids.
-    _ids: Option<VmIds>,
-    _dir: tempfile::TempDir,
     passt: Passt,
 }
 
@@ -79,34 +76,26 @@ impl UserNic {
         let (guest, ours) = UnixStream::pair().map_err(|e| setup("making the NIC's socket", e))?;
         let (control, control_end) =
             UnixStream::pair().map_err(|e| setup("making the NIC's control socket", e))?;
-        let dir = crate::vm_dir::create().map_err(|e| setup("creating the NIC's dir", e))?;
-        let jail =
-            vm_process::jail_for(dir.path(), Vec::new(), Vec::new()).map_err(BootError::Setup)?;
-        let ids = match jail {
-            Some(_) => VmIds::allocate().map_err(BootError::Setup)?,
-            None => None,
-        };
-        let config = ProcessConfig {
-            protocol: vm_process::PROTOCOL,
-            name: format!("network of {vm}"),
-            seccomp: vm_process::seccomp::mode_from_env().map_err(BootError::Setup)?,
-            jail,
-            role: Role::Egress(EgressRole {
-                vm: vm.to_string(),
-                guest_fd: ours.as_raw_fd(),
-                passt_fd: to_passt.as_raw_fd(),
-                resolver_fd: to_resolver.as_ref().map(|r| r.as_raw_fd()),
-                control_fd: control_end.as_raw_fd(),
-                rules,
-            }),
-        };
         let mut inherit = vec![
             ours.as_raw_fd(),
             to_passt.as_raw_fd(),
             control_end.as_raw_fd(),
         ];
         inherit.extend(to_resolver.as_ref().map(|r| r.as_raw_fd()));
-        let egress = VmProcess::start(&config, ids.as_ref(), EGRESS_MEMORY_MIB, 1, &inherit)?;
+        let role = Role::Egress(EgressRole {
+            vm: vm.to_string(),
+            guest_fd: ours.as_raw_fd(),
+            passt_fd: to_passt.as_raw_fd(),
+            resolver_fd: to_resolver.as_ref().map(|r| r.as_raw_fd()),
+            control_fd: control_end.as_raw_fd(),
+            rules,
+        });
+        let egress = HelperProcess::start(
+            format!("network of {vm}"),
+            role,
+            EGRESS_MEMORY_MIB,
+            &inherit,
+        )?;
         // The process holds its own copies now.
         drop((ours, to_passt, to_resolver, control_end));
         control
@@ -115,8 +104,6 @@ impl UserNic {
         let nic = UserNic {
             egress,
             control,
-            _ids: ids,
-            _dir: dir,
             passt,
         };
         Ok((nic, guest.into()))
@@ -146,7 +133,7 @@ impl UserNic {
 
     /// Kills the egress process and passt (a runner interrupted).
     pub fn killer(&self) -> impl Fn() + Send + Sync + 'static {
-        let kill_egress = self.egress.killer();
+        let kill_egress = self.egress.process.killer();
         let passt = self.passt.pid();
         move || {
             kill_egress();
@@ -160,7 +147,7 @@ impl UserNic {
         if let Some(passt) = self.passt.exited() {
             return Some(passt);
         }
-        let ended = self.egress.exited()?;
+        let ended = self.egress.process.exited()?;
         Some(format!("the network's egress process ended: {ended}"))
     }
 }

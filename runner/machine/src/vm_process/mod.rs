@@ -444,6 +444,48 @@ impl VmProcess {
     }
 }
 
+/// A VM process that runs no VM: a segment's switch or a NIC's egress
+/// process. It reads guest bytes, so it is jailed like a VM's, in a
+/// directory and under ids of its own.
+pub struct HelperProcess {
+    pub process: VmProcess,
+    /// Held while the process runs: nobody else gets its ids.
+    _ids: Option<confinement::VmIds>,
+    _dir: tempfile::TempDir,
+}
+
+impl HelperProcess {
+    /// Starts `role` as `name`, inheriting `inherit`, in at most
+    /// `memory_mib` of memory.
+    pub fn start(
+        name: String,
+        role: Role,
+        memory_mib: u64,
+        inherit: &[RawFd],
+    ) -> Result<HelperProcess, BootError> {
+        let dir = crate::vm_dir::create()
+            .map_err(|e| BootError::Setup(format!("creating the dir of the {name}: {e}")))?;
+        let jail = jail_for(dir.path(), Vec::new(), Vec::new()).map_err(BootError::Setup)?;
+        let ids = match jail {
+            Some(_) => confinement::VmIds::allocate().map_err(BootError::Setup)?,
+            None => None,
+        };
+        let config = ProcessConfig {
+            protocol: PROTOCOL,
+            name,
+            seccomp: seccomp::mode_from_env().map_err(BootError::Setup)?,
+            jail,
+            role,
+        };
+        let process = VmProcess::start(&config, ids.as_ref(), memory_mib, 1, inherit)?;
+        Ok(HelperProcess {
+            process,
+            _ids: ids,
+            _dir: dir,
+        })
+    }
+}
+
 /// The pids of this process's children that are VM processes, for tests
 /// and benchmarks that look at them.
 pub fn children() -> Vec<u32> {

@@ -412,11 +412,8 @@ fn a_jobs_network_is_reported_and_an_allow_list_suggested() {
 
     let buffer = Buffer::default();
     let options = ConsoleOptions {
-        mode: ConsoleMode::Plain,
-        gitlab_sections: false,
-        color: false,
-        failure_tail_lines: 2,
         suggest_allow: true,
+        ..ConsoleOptions::from_env(false, |_| None)
     };
     let reporter = ConsoleReporter::new(options, Box::new(buffer.clone()));
     reporter.finish(&run(vec![crate::results::tests::networked("build", true)]));

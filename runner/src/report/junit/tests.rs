@@ -404,21 +404,31 @@ fn first_system_out(xml: &str) -> String {
     out
 }
 
+/// Every `<property>` in `xml`, as (name, value).
+fn properties(xml: &str) -> Vec<(String, String)> {
+    let doc = parse(xml);
+    let properties = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("property"))
+        .map(|n| {
+            let attribute = |name| n.attribute(name).unwrap().to_string();
+            (attribute("name"), attribute("value"))
+        })
+        .collect();
+    properties
+}
+
 #[test]
 fn what_a_jobs_vm_used_is_in_its_properties() {
     let build = crate::results::tests::metered("build", 1234, 300, 500);
     let xml = render(&run(vec![build]), &JunitOptions::default()).unwrap();
-    let doc = parse(&xml);
-    let properties: Vec<(&str, &str)> = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("property"))
-        .map(|n| (n.attribute("name").unwrap(), n.attribute("value").unwrap()))
-        .collect();
+    let properties = properties(&xml);
     for expected in [
         ("cpu_seconds", "1.234"),
         ("memory_peak_bytes", "314572800"),
         ("memory_total_bytes", "524288000"),
     ] {
+        let expected = (expected.0.to_string(), expected.1.to_string());
         assert!(properties.contains(&expected), "{properties:?}");
     }
 }
@@ -427,12 +437,7 @@ fn what_a_jobs_vm_used_is_in_its_properties() {
 fn what_a_jobs_network_touched_is_in_its_properties() {
     let build = crate::results::tests::networked("build", true);
     let xml = render(&run(vec![build]), &JunitOptions::default()).unwrap();
-    let doc = parse(&xml);
-    let properties: Vec<(&str, &str)> = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("property"))
-        .map(|n| (n.attribute("name").unwrap(), n.attribute("value").unwrap()))
-        .collect();
+    let properties = properties(&xml);
     for expected in [
         ("network_bytes_out", "1300"),
         ("network_bytes_in", "35000"),
@@ -443,6 +448,7 @@ fn what_a_jobs_network_touched_is_in_its_properties() {
         ("egress", "denied   TCP  -  10.0.0.5:5432"),
         ("egress", "refused  DNS  evil.example (NXDOMAIN)"),
     ] {
+        let expected = (expected.0.to_string(), expected.1.to_string());
         assert!(properties.contains(&expected), "{properties:?}");
     }
 }
