@@ -310,8 +310,12 @@ impl Egress {
         if *transport.to.ip() == self.rules.dns && transport.to.port() == DNS_PORT {
             return match transport.protocol {
                 "UDP" => self.query(frame, &transport, now),
+                // An open network lets every name through anyway: a retry
+                // over TCP (after a truncated answer) goes to passt's
+                // forwarder, unread.
+                _ if self.rules.public => Verdict::Pass,
                 _ => Verdict::Drop(Dropped::Other(
-                    "DNS over TCP (the forwarder answers UDP; an answer too big for it fails)",
+                    "DNS over TCP (with an `allow` list the forwarder answers UDP only; an answer too big for it fails)",
                 )),
             };
         }
