@@ -57,15 +57,19 @@ impl UserNic {
     ) -> Result<(UserNic, OwnedFd), BootError> {
         let mut rules = super::rules(reach)?;
         let resolver = resolver()?;
-        rules.resolver = resolver.is_some();
         let program = passt::locate().map_err(BootError::Setup)?;
         let (passt, to_passt) = Passt::start(&program, vm_dir, vm_ids, super::maps_host(&rules))?;
         let setup = |what: &str, e: std::io::Error| BootError::Setup(format!("{what}: {e}"));
-        let to_resolver = match resolver {
-            Some(resolver) => Some(
-                connected_udp(resolver)
-                    .map_err(|e| setup(&format!("a socket to the resolver {resolver}"), e))?,
-            ),
+        // A name server the host cannot reach (no route: a sandbox, the
+        // nested tier) is as good as none: the VM still boots.
+        let to_resolver = match resolver.map(|r| (r, connected_udp(r))) {
+            Some((_, Ok(socket))) => Some(socket),
+            Some((resolver, Err(e))) => {
+                tracing::warn!(
+                    "`{vm}` has a network, and the host's name server {resolver} is out of reach ({e}): its guest resolves no name"
+                );
+                None
+            }
             None => {
                 tracing::warn!(
                     "`{vm}` has a network and the host no name server (/etc/resolv.conf lists none, and {RESOLVER_ENV} is not set): its guest resolves no name"
@@ -73,6 +77,7 @@ impl UserNic {
                 None
             }
         };
+        rules.resolver = to_resolver.is_some();
         let (guest, ours) = UnixStream::pair().map_err(|e| setup("making the NIC's socket", e))?;
         let (control, control_end) =
             UnixStream::pair().map_err(|e| setup("making the NIC's control socket", e))?;
