@@ -15,3 +15,19 @@ export RUNNER_AGENT CI=true
 RUNNER_KERNEL="${RUNNER_KERNEL:-$("$runner" image build kernel)}"
 RUNNER_ROOTFS="${RUNNER_ROOTFS:-$("$runner" image build minimal)}"
 export RUNNER_KERNEL RUNNER_ROOTFS
+
+# bench_args NAME RUNS [--runs N]: sets `runs` (RUNS unless given) and
+# `out`, the bench's emptied output directory, target/NAME-bench.
+bench_args() {
+    local name="$1"
+    runs="$2"
+    shift 2
+    case "${1:-}" in
+        --runs) runs="$2" ;;
+        "") ;;
+        *) echo "usage: tests/bench/$name.sh [--runs N]" >&2; exit 2 ;;
+    esac
+    out="target/$name-bench"
+    rm -rf "$out"
+    mkdir -p "$out"
+}
