@@ -43,14 +43,29 @@ pub(super) fn poll_ready(
             ));
         }
         tries += 1;
+        let began = Instant::now();
         let exit = session
             .exec(request(service, ready, Some(left)), None, &mut |_, b| {
                 log.write(b)
             })
             .map_err(|e| format!("lost its agent while `ready` ran: {e}"))?;
+        // How long a try took, and in the guest: a slow `ready` shows
+        // whether the command itself or the way to it is slow.
+        let took = format!(
+            "{:.2} s, {} ms of it in the guest",
+            began.elapsed().as_secs_f64(),
+            exit.duration_ms
+        );
         if exit.success() {
-            log.note(&format!("==> `ready` passed on try {tries}"));
+            log.note(&format!("==> `ready` passed on try {tries} ({took})"));
             return Ok(());
+        }
+        if tries == 1 {
+            log.note(&format!(
+                "==> `ready` failed on try 1 ({}, {took}); trying every {} ms",
+                exit.describe(),
+                READY_POLL.as_millis()
+            ));
         }
         std::thread::sleep(READY_POLL.min(left));
     }
