@@ -24,7 +24,7 @@ use runner_devices::net::egress::{Egress, EgressReport, Rules};
 use runner_devices::net::filter::{DropNotes, Verdict};
 use serde::{Deserialize, Serialize};
 
-use super::framed_port::{wait, whole_frames, FramedPort, Read1, READS_PER_ROUND};
+use super::framed_port::{wait, FramedPort};
 
 /// Most datagrams read from the resolver in one round.
 const ANSWERS_PER_ROUND: usize = 16;
@@ -162,72 +162,47 @@ impl Relay<'_> {
 
     /// The guest's frames, through the policy.
     fn guest_frames(&mut self, guest: &mut FramedPort, passt: &mut FramedPort) {
-        for _ in 0..READS_PER_ROUND {
-            if let Read1::Done = guest.read_once(&mut self.buf) {
-                return;
+        let Relay {
+            vm,
+            egress,
+            notes,
+            resolver,
+            buf,
+        } = self;
+        let now = Instant::now();
+        let mut answers = Vec::new();
+        guest.read_frames(buf, |frame| match egress.outbound(frame, now) {
+            Verdict::Pass => passt.queue(frame),
+            Verdict::Drop(why) => notes.note(vm, &why),
+            Verdict::Answer { frame, refused } => {
+                if let Some(why) = refused {
+                    notes.note(vm, &why);
+                }
+                answers.push(frame);
             }
-            let mut input = std::mem::take(&mut guest.input);
-            let now = Instant::now();
-            let mut answers = Vec::new();
-            let taken = whole_frames(&input, |frame| match self.egress.outbound(frame, now) {
-                Verdict::Pass => passt.queue(frame),
-                Verdict::Drop(why) => self.notes.note(self.vm, &why),
-                Verdict::Answer { frame, refused } => {
-                    if let Some(why) = refused {
-                        self.notes.note(self.vm, &why);
-                    }
-                    answers.push(frame);
-                }
-                Verdict::Resolve(query) => {
-                    // A resolver that does not take it now gets no retry:
-                    // the guest's resolver asks again.
-                    let sent = self.resolver.as_ref().map(|r| r.send(&query));
-                    if let Some(Err(e)) = sent {
-                        tracing::debug!(vm = %self.vm, "sending a DNS query: {e}");
-                    }
-                }
-            });
-            match taken {
-                Ok(taken) => {
-                    input.drain(..taken);
-                    guest.input = input;
-                }
-                Err(why) => {
-                    guest.close(&why);
-                    return;
+            Verdict::Resolve(query) => {
+                // A resolver that does not take it now gets no retry: the
+                // guest's resolver asks again.
+                let sent = resolver.as_ref().map(|r| r.send(&query));
+                if let Some(Err(e)) = sent {
+                    tracing::debug!(vm = %vm, "sending a DNS query: {e}");
                 }
             }
-            for answer in answers {
-                guest.queue(&answer);
-            }
+        });
+        for answer in answers {
+            guest.queue(&answer);
         }
     }
 
     /// passt's frames, to the guest as they are: passt only answers flows
     /// the guest opened, which the policy let through.
     fn passt_frames(&mut self, passt: &mut FramedPort, guest: &mut FramedPort) {
-        for _ in 0..READS_PER_ROUND {
-            if let Read1::Done = passt.read_once(&mut self.buf) {
-                return;
-            }
-            let mut input = std::mem::take(&mut passt.input);
-            let now = Instant::now();
-            let egress = &mut self.egress;
-            let forwarded = whole_frames(&input, |frame| {
-                egress.inbound(frame, now);
-                guest.queue(frame);
-            });
-            match forwarded {
-                Ok(taken) => {
-                    input.drain(..taken);
-                    passt.input = input;
-                }
-                Err(why) => {
-                    passt.close(&why);
-                    return;
-                }
-            }
-        }
+        let now = Instant::now();
+        let egress = &mut self.egress;
+        passt.read_frames(&mut self.buf, |frame| {
+            egress.inbound(frame, now);
+            guest.queue(frame);
+        });
     }
 
     /// The resolver's answers, to the guest once the policy has read them.

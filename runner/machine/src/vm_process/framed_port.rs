@@ -90,6 +90,31 @@ impl FramedPort {
         }
     }
 
+    /// Reads what the peer sent (a bounded number of reads, so a peer that
+    /// never stops cannot keep the others waiting) and gives each whole
+    /// frame to `each` as it comes, so the input never holds more than one
+    /// frame and one read. Broken framing closes the port.
+    pub fn read_frames(&mut self, buf: &mut [u8], mut each: impl FnMut(&[u8])) {
+        for _ in 0..READS_PER_ROUND {
+            if let Read1::Done = self.read_once(buf) {
+                return;
+            }
+            // Out of the port while `each` runs, and put back with only the
+            // partial frame left, keeping its allocation.
+            let mut input = std::mem::take(&mut self.input);
+            match whole_frames(&input, &mut each) {
+                Ok(taken) => {
+                    input.drain(..taken);
+                    self.input = input;
+                }
+                Err(why) => {
+                    self.close(&why);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Queues `frame` for the peer; dropped when the queue is full, as a
     /// busy switch drops it.
     pub fn queue(&mut self, frame: &[u8]) {
