@@ -213,6 +213,7 @@ fn disk_and_vsock(dir: &Path, rootfs: &Path, vhost_user: bool) -> (DiskRole, Vso
             overlay_dir: dir.to_path_buf(),
             serial: String::new(),
             socket: socket("blk.sock"),
+            written_counter_fd: None,
         },
         VsockRole {
             uds: dir.join("vm.vsock"),

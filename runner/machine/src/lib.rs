@@ -39,6 +39,7 @@ pub mod trusted_cache;
 mod vm;
 pub mod vm_dir;
 pub mod vm_process;
+pub mod write_counter;
 
 pub use error::BootError;
 pub use vm::*;

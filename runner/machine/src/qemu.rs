@@ -21,6 +21,7 @@ use super::serial_pump::SerialPump;
 use super::vm_process::cache_disks::OpenCaches;
 use super::vm_process::confinement::VmIds;
 use super::vm_process::{self, DevicesRole, DiskRole, ProcessConfig, Role, VmProcess, VsockRole};
+use super::write_counter::WriteCounter;
 use super::{tail_lines, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 use crate::interrupt::{self, HookGuard};
 use crate::process::{inherit_fds, kill_pid, spawn_guarded, ChildGuard};
@@ -108,7 +109,15 @@ impl super::Backend for QemuBackend {
         }
         let paths = VmPaths::new(dir.path());
 
-        let devices = self.start_devices(spec, dir.path(), &paths, ids.as_ref())?;
+        let written =
+            match self.disk {
+                DiskProvider::Builtin => Some(WriteCounter::new().map_err(|e| {
+                    BootError::Setup(format!("making the disk's write counter: {e}"))
+                })?),
+                _ => None,
+            };
+        let devices =
+            self.start_devices(spec, dir.path(), &paths, ids.as_ref(), written.as_ref())?;
         let caches: Vec<PathBuf> = (0..spec.caches.len())
             .map(|index| paths.cache_socket(index))
             .collect();
@@ -175,6 +184,7 @@ impl super::Backend for QemuBackend {
             network,
             _serial: serial,
             devices,
+            written,
             _external_vsock: external_vsock,
             paths,
             _dir: dir,
@@ -191,12 +201,14 @@ impl QemuBackend {
         dir: &Path,
         paths: &VmPaths,
         ids: Option<&VmIds>,
+        written: Option<&WriteCounter>,
     ) -> Result<Option<VmProcess>, BootError> {
         let disk = (self.disk == DiskProvider::Builtin).then(|| DiskRole {
             image: spec.rootfs.clone(),
             overlay_dir: dir.to_path_buf(),
             serial: String::new(),
             socket: Some(paths.vhost_user_blk.clone()),
+            written_counter_fd: written.map(WriteCounter::fd),
         });
         let vsock = matches!(self.vsock, VsockProvider::Builtin).then(|| VsockRole {
             uds: paths.vsock_uds.clone(),
@@ -222,8 +234,10 @@ impl QemuBackend {
                 caches: caches.roles.clone(),
             }),
         };
+        let mut inherit = caches.fds();
+        inherit.extend(written.map(WriteCounter::fd));
         // Guest memory is QEMU's (it touches it first), not this process's.
-        VmProcess::start(&config, ids, 0, 1, &caches.fds()).map(Some)
+        VmProcess::start(&config, ids, 0, 1, &inherit).map(Some)
     }
 
     fn command(&self, spec: &VmSpec, paths: &VmPaths) -> Command {
@@ -422,6 +436,8 @@ struct QemuVm {
     network: Option<UserNic>,
     _serial: SerialPump,
     devices: Option<VmProcess>,
+    /// The bytes the guest wrote to its root disk, with our disk.
+    written: Option<WriteCounter>,
     _external_vsock: Option<ChildGuard>,
     paths: VmPaths,
     _dir: tempfile::TempDir,
@@ -436,6 +452,10 @@ impl Vm for QemuVm {
 
     fn network_use(&mut self) -> Option<crate::network::EgressReport> {
         self.network.as_mut()?.report()
+    }
+
+    fn disk_written(&self) -> Option<u64> {
+        self.written.as_ref().map(WriteCounter::bytes)
     }
 
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {

@@ -104,6 +104,11 @@ pub trait Vm: Send {
     fn network_use(&mut self) -> Option<crate::network::EgressReport> {
         None
     }
+    /// The bytes the guest has written to its root disk so far, as our
+    /// block device counts them; `None` if the backend's disk is not ours.
+    fn disk_written(&self) -> Option<u64> {
+        None
+    }
     /// The agent connection an [`AgentProbe`] opened (and, for a clone,
     /// announced the restore on) while the backend checked the VM; to be
     /// used instead of connecting again.

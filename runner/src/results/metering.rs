@@ -1,7 +1,8 @@
 //! What a job's VM used: the CPU time of its vCPUs (from the host), the
-//! most guest memory in use at once during its steps and what they wrote
-//! to its disks (from the agent, which samples them), and its network
-//! (from its NIC's egress process). A job close to its `memory` gets a warning naming the
+//! most guest memory in use at once during its steps and how full its root
+//! file system was (from the agent, which samples them), what the steps
+//! wrote to the root disk (from our block device), and its network (from
+//! its NIC's egress process). A job close to its `memory` gets a warning naming the
 //! setting, so that the next OOM is not a surprise.
 
 use std::time::Duration;
@@ -33,9 +34,10 @@ pub struct MemoryUse {
     pub peak_bytes: u64,
 }
 
-/// The guest's disks: bytes its steps wrote to them (every virtio disk,
-/// caches included, as the guest's block layer counts them), and its root
-/// file system's size (about the image's `size`) and use at the end.
+/// The guest's disks: bytes its steps wrote to the root disk (as our block
+/// device counts them; the guest's block layer's count, caches included,
+/// where the disk is not ours), and its root file system's size (about
+/// the image's `size`) and use at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskUse {
     pub written_bytes: u64,

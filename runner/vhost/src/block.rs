@@ -113,6 +113,12 @@ impl BlockServer {
         self.stats.counts()
     }
 
+    /// Counts the bytes the guest writes in `mirror` too (a word the host
+    /// shares with this process).
+    pub fn mirror_written(&self, mirror: &'static std::sync::atomic::AtomicU64) {
+        self.stats.mirror_written(mirror);
+    }
+
     /// True once QEMU disconnected (or the server was stopped).
     pub fn is_finished(&self) -> bool {
         self.server.is_finished()

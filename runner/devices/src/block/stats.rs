@@ -2,6 +2,7 @@
 //! device runs (e.g. by whoever owns the vhost-user server it was moved into).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// A copy of the counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub struct BlockStats {
     written_bytes: AtomicU64,
     flushes: AtomicU64,
     failed: AtomicU64,
+    /// Bytes written, also counted here: a word of memory the host shares
+    /// with this process, so the host reads it without asking.
+    written_mirror: OnceLock<&'static AtomicU64>,
 }
 
 impl BlockStats {
@@ -49,6 +53,14 @@ impl BlockStats {
     pub(crate) fn wrote(&self, bytes: u64) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.written_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(mirror) = self.written_mirror.get() {
+            mirror.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the bytes written in `mirror` too, from now on (once).
+    pub fn mirror_written(&self, mirror: &'static AtomicU64) {
+        let _ = self.written_mirror.set(mirror);
     }
 
     pub(crate) fn flushed(&self) {

@@ -32,6 +32,7 @@ use crate::vm_process::confinement::VmIds;
 use crate::vm_process::{
     self, DiskRole, NetRole, ProcessConfig, Role, SegmentRole, VmProcess, VmmRole, VsockRole,
 };
+use crate::write_counter::WriteCounter;
 use crate::{AgentProbe, BootError, Vm, VmSpec, GUEST_CID, GUEST_CMDLINE};
 
 mod vm;
@@ -143,6 +144,8 @@ impl KvmBackend {
         let jail = vm_process::jail_for(dir.path(), jail_reads(spec, &start), jail_writes(&start)?)
             .map_err(BootError::Setup)?;
         let caches = OpenCaches::open(&spec.caches, |_| None).map_err(BootError::Setup)?;
+        let written = WriteCounter::new()
+            .map_err(|e| BootError::Setup(format!("making the disk's write counter: {e}")))?;
         let config = ProcessConfig {
             protocol: vm_process::PROTOCOL,
             name: spec.name.clone(),
@@ -160,6 +163,7 @@ impl KvmBackend {
                     overlay_dir: dir.path().to_path_buf(),
                     serial: ROOT_DISK_SERIAL.to_string(),
                     socket: None,
+                    written_counter_fd: Some(written.fd()),
                 },
                 vsock: VsockRole {
                     uds: paths.vsock_uds.clone(),
@@ -190,6 +194,7 @@ impl KvmBackend {
         let mut inherit = caches.fds();
         inherit.extend(spec.segment.iter().map(|nic| nic.socket.as_raw_fd()));
         inherit.extend(guest_nic.iter().map(|fd| fd.as_raw_fd()));
+        inherit.push(written.fd());
         let process = VmProcess::start(
             &config,
             ids.as_ref(),
@@ -204,6 +209,7 @@ impl KvmBackend {
             _hook: hook,
             process,
             nic,
+            written,
             paths,
             dir: Some(dir),
             restore_generation: None,

@@ -8,6 +8,7 @@ use crate::interrupt::HookGuard;
 use crate::network::user_nic::UserNic;
 use crate::vm_process::confinement::VmIds;
 use crate::vm_process::{SnapshotRole, VmProcess};
+use crate::write_counter::WriteCounter;
 use crate::{tail_lines, AnsweredAgent, Vm};
 
 /// How a VM process starts its guest.
@@ -41,6 +42,8 @@ pub struct KvmVm {
     pub(super) process: VmProcess,
     /// The NIC's egress process and passt; killed after the VM process.
     pub(super) nic: Option<UserNic>,
+    /// The bytes the guest wrote to its root disk, as our device counts.
+    pub(super) written: WriteCounter,
     pub(super) paths: VmPaths,
     pub(super) dir: Option<tempfile::TempDir>,
     /// A restored clone's generation, which the agent is told (with a new
@@ -85,6 +88,10 @@ impl Vm for KvmVm {
 
     fn network_use(&mut self) -> Option<crate::network::EgressReport> {
         self.nic.as_mut()?.report()
+    }
+
+    fn disk_written(&self) -> Option<u64> {
+        Some(self.written.bytes())
     }
 
     fn connect(&self, port: u32) -> std::io::Result<UnixStream> {

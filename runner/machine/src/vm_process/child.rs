@@ -190,6 +190,9 @@ fn run_vmm(
         serial: role.disk.serial.clone(),
     })
     .map_err(|e| format!("kvm backend: root disk: {e}"))?;
+    if let Some(fd) = role.disk.written_counter_fd {
+        disk.stats().mirror_written(written_counter(fd)?);
+    }
     vmm.add_virtio_device(Box::new(disk)).map_err(vmm_error)?;
     let vsock = VsockDevice::new(VsockConfig::new(role.vsock.guest_cid, &role.vsock.uds))
         .map_err(|e| format!("kvm backend: vsock device: {e}"))?;
@@ -307,6 +310,16 @@ fn cache_devices(role: &VmmRole) -> Result<Vec<BlockDevice>, String> {
         .collect()
 }
 
+/// The root disk's write counter the runner passed (`write_counter`).
+fn written_counter(fd: i32) -> Result<&'static std::sync::atomic::AtomicU64, String> {
+    if fd < 3 {
+        return Err(format!(
+            "the disk's write counter has a bad descriptor {fd}"
+        ));
+    }
+    crate::write_counter::map_for_device(fd)
+}
+
 /// A NIC on a socket the runner passed: its egress process or its
 /// segment's switch holds the other end and enforces the rules.
 fn inherited_nic(
@@ -355,6 +368,9 @@ fn run_devices(
         server_config.serial = d.serial.clone();
         let server = BlockServer::start(server_config)
             .map_err(|e| format!("starting the root disk: {e}"))?;
+        if let Some(fd) = d.written_counter_fd {
+            server.mirror_written(written_counter(fd)?);
+        }
         disk = Some(server);
     }
     let mut caches = Vec::new();

@@ -197,6 +197,10 @@ pub struct DiskRole {
     pub serial: String,
     /// The vhost-user socket (device processes only).
     pub socket: Option<PathBuf>,
+    /// The inherited memory file whose first word counts the bytes the
+    /// guest writes (`write_counter`); `None`: not counted.
+    #[serde(default)]
+    pub written_counter_fd: Option<RawFd>,
 }
 
 /// The vsock device: host programs connect to `uds`.
