@@ -296,10 +296,6 @@ impl Egress {
         }
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.rules
-    }
-
     /// The verdict on a frame the guest sent, at `now`.
     pub fn outbound(&mut self, frame: &[u8], now: Instant) -> Verdict {
         let transport = match classify(frame) {
