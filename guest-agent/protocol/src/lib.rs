@@ -244,9 +244,9 @@ pub enum Message {
     /// it in use (`MemTotal - MemAvailable`: page cache it can drop is not
     /// use) at one time since the last `Usage`, in KiB.
     ///
-    /// And the guest's disks: KiB written to its virtio disks since boot
-    /// (`/sys/block/vd*/stat`), and the root file system's size and use
-    /// (`statvfs("/")`). `None` from an agent that does not say.
+    /// And the root file system's size and use (`statvfs("/")`); `None`
+    /// from an agent that does not say. (What the guest writes to its
+    /// disk is counted by the host's block device, not asked of it.)
     UsageReport {
         memory_total_kib: u64,
         memory_peak_kib: u64,
@@ -258,7 +258,6 @@ pub enum Message {
 /// The guest's disks, as [`Message::UsageReport`] carries them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskReport {
-    pub written_kib: u64,
     pub root_total_kib: u64,
     pub root_used_kib: u64,
 }

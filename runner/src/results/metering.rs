@@ -34,13 +34,12 @@ pub struct MemoryUse {
     pub peak_bytes: u64,
 }
 
-/// The guest's disks: bytes its steps wrote to the root disk (as our block
-/// device counts them; the guest's block layer's count, caches included,
-/// where the disk is not ours), and its root file system's size (about
-/// the image's `size`) and use at the end.
+/// The guest's disks: bytes its steps wrote to the root disk, as our block
+/// device counts them (`None` where the disk is not ours), and its root
+/// file system's size (about the image's `size`) and use at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskUse {
-    pub written_bytes: u64,
+    pub written_bytes: Option<u64>,
     pub used_bytes: u64,
     pub total_bytes: u64,
 }
@@ -102,9 +101,11 @@ impl Metering {
             ));
         }
         if let Some(disk) = self.disk {
+            let written = (disk.written_bytes)
+                .map(|w| format!("{} MiB written, ", w >> 20))
+                .unwrap_or_default();
             parts.push(format!(
-                "disk {} MiB written, {}/{} MiB used",
-                disk.written_bytes >> 20,
+                "disk {written}{}/{} MiB used",
                 disk.used_bytes >> 20,
                 disk.total_bytes >> 20
             ));
@@ -155,7 +156,7 @@ mod tests {
         assert_eq!(empty.percent(), 0);
         let full = Metering {
             disk: Some(DiskUse {
-                written_bytes: 100 * MIB,
+                written_bytes: Some(100 * MIB),
                 used_bytes: 950 * MIB,
                 total_bytes: 1000 * MIB,
             }),

@@ -20,7 +20,7 @@ use crate::results::{
     StepResult, StepStatus, TimeLimit,
 };
 use crate::session::wait_for_agent;
-use crate::session::{AgentSession, GuestUsage, SessionError, HOST_GRACE};
+use crate::session::{AgentSession, SessionError, HOST_GRACE};
 use runner_machine::{Vm, VmSpec};
 
 /// Time the artifacts always get, even when the job's own time is up:
@@ -159,7 +159,7 @@ fn run_in_vm<'scope, 'env>(
     // The job's memory use and disk writes are counted from here (boot
     // and set-up are not its doing); an agent that cannot tell leaves them
     // unmeasured.
-    let before_steps = session.usage().ok().flatten();
+    let metered = session.usage().ok().flatten().is_some();
     let written_before_steps = vm.disk_written();
     // The agent enforces the job's timeout on each step; this is the
     // host's own bound on everything else (file copies, a guest that never
@@ -294,13 +294,12 @@ fn run_in_vm<'scope, 'env>(
         }
     }
 
-    if let Some(before) = before_steps {
-        // What the steps wrote, as our block device counted it; the
-        // guest's own count where the disk is not ours.
-        let host_written = written_before_steps
+    if metered {
+        // What the steps wrote, as our block device counted it.
+        let written = written_before_steps
             .zip(vm.disk_written())
             .map(|(before, after)| after.saturating_sub(before));
-        meter_guest(&mut session, &before, host_written, &log, result);
+        meter_guest(&mut session, written, &log, result);
     }
     session.set_deadline(Some(job_deadline.max(Instant::now() + ARTIFACT_TIME)));
     if !job.reports.is_empty() {
@@ -508,14 +507,13 @@ fn meter_vm(job: &PlannedJob, vm: &mut dyn Vm, result: &mut JobResult) {
     });
 }
 
-/// The most guest memory in use during the steps and what they did to
-/// its disks (since `before`; the bytes written as the host counted them,
-/// when it did), into `result`, with a warning in the job's log when it
-/// came close to its `memory` or its root file system's size.
+/// The most guest memory in use during the steps and how full its root
+/// file system is, into `result` with what the steps wrote (`written`, as
+/// the host counted it), and a warning in the job's log when it came close
+/// to its `memory` or its root file system's size.
 fn meter_guest(
     session: &mut AgentSession,
-    before: &GuestUsage,
-    host_written: Option<u64>,
+    written: Option<u64>,
     log: &JobLog,
     result: &mut JobResult,
 ) {
@@ -527,11 +525,7 @@ fn meter_guest(
         peak_bytes: after.memory_peak_bytes,
     });
     result.metering.disk = after.disk.map(|disk| DiskUse {
-        written_bytes: host_written.unwrap_or_else(|| {
-            (disk.written_kib)
-                .saturating_sub(before.disk.map_or(0, |d| d.written_kib))
-                .saturating_mul(1024)
-        }),
+        written_bytes: written,
         used_bytes: disk.root_used_kib.saturating_mul(1024),
         total_bytes: disk.root_total_kib.saturating_mul(1024),
     });

@@ -210,7 +210,7 @@ impl JsonEvents {
                     "cpu_s": result.metering.cpu.map(|c| c.as_secs_f64()),
                     "memory_peak_bytes": result.metering.memory.map(|m| m.peak_bytes),
                     "memory_total_bytes": result.metering.memory.map(|m| m.total_bytes),
-                    "disk_written_bytes": result.metering.disk.map(|d| d.written_bytes),
+                    "disk_written_bytes": result.metering.disk.and_then(|d| d.written_bytes),
                     "disk_used_bytes": result.metering.disk.map(|d| d.used_bytes),
                     "disk_total_bytes": result.metering.disk.map(|d| d.total_bytes),
                     "warnings": result.metering.warnings(),

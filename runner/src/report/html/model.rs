@@ -330,7 +330,7 @@ fn job(result: &JobResult, attempts: &[&JobResult], run_start: SystemTime) -> Jo
             memory_total: result.metering.memory.map(|m| m.total_bytes),
             disk_used: result.metering.disk.map(|d| d.used_bytes),
             disk_total: result.metering.disk.map(|d| d.total_bytes),
-            disk_written: result.metering.disk.map(|d| d.written_bytes),
+            disk_written: result.metering.disk.and_then(|d| d.written_bytes),
             warnings: result.metering.warnings(),
             network: result.metering.network.as_ref().map(network_table),
         },

@@ -46,10 +46,12 @@ pub fn suite(job: &JobResult, options: &JunitOptions) -> TestSuite {
     if let Some(disk) = job.metering.disk {
         for (name, value) in [
             ("disk_written_bytes", disk.written_bytes),
-            ("disk_used_bytes", disk.used_bytes),
-            ("disk_total_bytes", disk.total_bytes),
+            ("disk_used_bytes", Some(disk.used_bytes)),
+            ("disk_total_bytes", Some(disk.total_bytes)),
         ] {
-            suite.add_property(Property::new(name, value.to_string()));
+            if let Some(value) = value {
+                suite.add_property(Property::new(name, value.to_string()));
+            }
         }
     }
     if let Some(network) = &job.metering.network {
