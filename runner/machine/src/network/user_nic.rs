@@ -142,18 +142,8 @@ impl UserNic {
         let passt = self.passt.pid();
         move || {
             kill_egress();
-            // SAFETY: kill(2) on a child's pid; a reaped one is ESRCH.
-            unsafe { libc::kill(passt as i32, libc::SIGKILL) };
+            crate::process::kill_pid(passt);
         }
-    }
-
-    /// `Some(description)` once passt or the egress process has ended.
-    pub fn exited(&mut self) -> Option<String> {
-        if let Some(passt) = self.passt.exited() {
-            return Some(passt);
-        }
-        let ended = self.egress.process.exited()?;
-        Some(format!("the network's egress process ended: {ended}"))
     }
 }
 
